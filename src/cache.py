@@ -1,0 +1,46 @@
+"""The pre-resized uint8 cache: training reads memory-mapped arrays, never a full-size PNG per step."""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from src.canonical import load_index, load_meta
+from src.images import read_image, resize, to_channels
+
+
+def cache_dir(dataset_dir: Path, size: int) -> Path:
+    return Path(dataset_dir) / "cache" / str(size)
+
+
+def open_cache(dataset_dir: Path, size: int) -> tuple:
+    """(images, masks) as read-only memory maps, rows in index.csv order; builds the cache first if absent."""
+    folder = cache_dir(dataset_dir, size)
+    if not (folder / "masks.npy").exists():
+        build_cache(dataset_dir, size)
+    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+
+
+def build_cache(dataset_dir: Path, size: int) -> None:
+    """Resize every canonical image and mask to size x size (written to a temporary folder, then renamed)."""
+    dataset_dir = Path(dataset_dir)
+    meta, index = load_meta(dataset_dir), load_index(dataset_dir)
+    folder = cache_dir(dataset_dir, size)
+    tmp = folder.with_name(f".{size}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    shape = (size, size) if meta["channels"] == 1 else (size, size, meta["channels"])
+    images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(index), *shape))
+    masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(index), size, size))
+    for position, row in enumerate(tqdm(index.itertuples(), total=len(index), desc=f"cache {size}px", unit="img")):
+        image = to_channels(read_image(dataset_dir / "images" / f"{row.id}.png"), meta["channels"], row.id)
+        images[position] = resize(image, size, is_mask=False)
+        if row.split == "train":
+            masks[position] = resize(read_image(dataset_dir / "masks" / f"{row.id}.png"), size, is_mask=True)
+    images.flush()
+    masks.flush()
+    del images, masks
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)

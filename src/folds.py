@@ -1,0 +1,104 @@
+"""K-fold split files, folds/<name>.csv, written with scikit-learn splitters.
+
+Re-write alone: python -m src.folds <name> --k 5 --strategy auto --seed 42
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from src.canonical import load_index, load_meta
+
+STRATEGIES = ["auto", "kfold", "stratified", "group", "official", "tissue"]
+
+
+def strata(train: pd.DataFrame, task: str, bins: int = 5) -> np.ndarray:
+    """Binary: quantile bins of the mask's foreground fraction. Multiclass: the dominant foreground class."""
+    if task == "multiclass":
+        return train["dominant_class"].to_numpy()
+    ranks = train["foreground"].rank(method="first")
+    return pd.qcut(ranks, q=min(bins, len(train)), labels=False).to_numpy()
+
+
+def resolve_strategy(strategy: str, train: pd.DataFrame, meta: dict) -> str:
+    if strategy != "auto":
+        return strategy
+    if meta.get("official_folds") and "official_fold" in train:
+        return "official"
+    if train["group"].astype(bool).any() and train["group"].nunique() < len(train):
+        return "group"
+    return "stratified"
+
+
+def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "auto", seed: int = 42) -> pd.DataFrame:
+    """One row per training image: id, fold (0..k-1), and the group/stratum the split used."""
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    strategy = resolve_strategy(strategy, train, meta)
+    folds = pd.DataFrame({"id": train["id"]})
+    if strategy == "official":
+        if "official_fold" not in train:
+            raise ValueError(f"dataset '{meta['name']}' has no official folds; use --strategy auto or stratified")
+        official = sorted(train["official_fold"].unique())
+        folds["fold"] = train["official_fold"].map({f: i for i, f in enumerate(official)})
+        folds["official_fold"] = train["official_fold"]
+        return folds
+    if k < 2 or k > len(train):
+        raise ValueError(f"k={k} folds impossible for {len(train)} training images")
+    if strategy == "kfold":
+        splitter, y, groups = KFold(k, shuffle=True, random_state=seed), None, None
+    elif strategy == "stratified":
+        y, groups = strata(train, meta["task"]), None
+        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+    elif strategy == "tissue":
+        if "tissue" not in train:
+            raise ValueError(f"dataset '{meta['name']}' has no tissue column; use --strategy stratified")
+        y, groups = train["tissue"].to_numpy(), None
+        splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
+    elif strategy == "group":
+        y, groups = strata(train, meta["task"]), train["group"].to_numpy()
+        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    else:
+        raise ValueError(f"unknown fold strategy '{strategy}'; choose one of {STRATEGIES}")
+    fold = np.full(len(train), -1)
+    for i, (_, valid) in enumerate(splitter.split(train, y, groups)):
+        fold[valid] = i
+    folds["fold"] = fold
+    if groups is not None:
+        folds["group"] = groups
+    if y is not None:
+        folds["stratum"] = y
+    return folds
+
+
+def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed: int) -> Path:
+    folds = make_folds(load_index(dataset_dir), load_meta(dataset_dir), k, strategy, seed)
+    path = Path(folds_dir) / f"{Path(dataset_dir).name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folds.to_csv(path, index=False)
+    return path
+
+
+def load_folds(folds_dir: Path, dataset: str) -> pd.DataFrame:
+    path = Path(folds_dir) / f"{dataset}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare ...` or `python -m src.folds {dataset}`")
+    return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="dataset under data/")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
+    args = parser.parse_args()
+    path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

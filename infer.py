@@ -1,0 +1,167 @@
+"""Predict out-of-fold and test images with trained runs, at each image's original size, and score the OOF ones.
+
+  python infer.py --tta                 # every run of the dataset, flip TTA
+  python infer.py --tta d4 --arch unetpp --folds 0,1
+  python infer.py --images new_xrays/   # any folder of images, predicted by every fold's model
+
+Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json + best.pt), writes preds/ (see src/predict.py),
+preds/.../oof_scores.csv (Dice, IoU, HD95 per image and class) and prints mean +- std per fold.
+"""
+import argparse
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from src.cache import open_cache
+from src.canonical import load_index
+from src.config import Config
+from src.data import CachedSegmentation, default_workers
+from src.folds import load_folds
+from src.images import IMAGE_SUFFIXES, read_image, resize, to_channels
+from src.metrics import image_scores, per_image, pooled_by_class
+from src.models import ModelError
+from src.predict import load_pred, load_trained_model, pred_dir, save_pred, to_original_size, with_tta
+
+
+def parse_args(argv=None):
+    defaults = Config()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=defaults.dataset)
+    parser.add_argument("--tta", nargs="?", const="flip", default="none", choices=["none", "flip", "d4"],
+                        help="test-time augmentation; --tta alone means flip")
+    parser.add_argument("--arch", help="only runs of this architecture")
+    parser.add_argument("--encoder", help="only runs of this encoder")
+    parser.add_argument("--folds", help="only these folds, e.g. 0,1")
+    parser.add_argument("--runs", help="only run folders matching this glob, e.g. 'unet*'")
+    parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=-1)
+    parser.add_argument("--overwrite", action="store_true", help="predict again images that already have a file")
+    parser.add_argument("--runs-dir", default=defaults.runs_dir)
+    parser.add_argument("--data-dir", default=defaults.data_dir)
+    parser.add_argument("--folds-dir", default=defaults.folds_dir)
+    parser.add_argument("--preds-dir", default="preds")
+    return parser.parse_args(argv)
+
+
+class FolderImages(Dataset):
+    """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position)."""
+
+    def __init__(self, paths: list, size: int, channels: int):
+        self.paths, self.size, self.channels = paths, size, channels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        original = to_channels(read_image(self.paths[i]), self.channels, str(self.paths[i]))
+        image = torch.from_numpy(resize(original, self.size, is_mask=False))
+        return (image[None] if image.ndim == 2 else image.permute(2, 0, 1)), torch.tensor(original.shape[:2]), i
+
+
+def find_runs(args) -> list:
+    root = Path(args.runs_dir) / args.dataset
+    runs = sorted(p.parent for p in root.glob("*/fold*/config.json"))
+    runs = [r for r in runs if (not args.runs or fnmatch(r.parent.name, args.runs))
+            and (not args.arch or r.parent.name.startswith(args.arch + "-"))
+            and (not args.encoder or r.parent.name.endswith("-" + args.encoder))
+            and (not args.folds or r.name[4:] in args.folds.split(","))]
+    if not runs:
+        sys.exit(f"infer: no training runs match in {root} (train one with `accelerate launch train.py ...`)")
+    return runs
+
+
+@torch.no_grad()
+def predict(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Path, batch_size: int, workers: int,
+            device, desc: str) -> None:
+    """Stream batches through the model and write one file per image; memory does not grow with the dataset.
+
+    The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for batch in tqdm(loader, desc=desc, unit="batch"):
+        images, keys = batch[0], batch[-1].tolist()
+        originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
+        with autocast:
+            probs = model(images.to(device, non_blocking=True)).float()
+        for key, prob in zip(keys, to_original_size(probs, originals)):
+            save_pred(out_dir / f"{ids[key]}.npz", prob)
+
+
+def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict, index: pd.DataFrame) -> pd.DataFrame:
+    """Dice, IoU and HD95 of every OOF prediction against its original-size mask."""
+    extra = [c for c in ("tissue",) if c in index]
+    info = folds[["id", "fold"]].merge(index[["id", *extra]], on="id")
+    rows = []
+    for row in tqdm(info.itertuples(index=False), total=len(info), desc="score OOF", unit="img"):
+        pred = class_map(load_pred(out_dir / "oof" / f"{row.id}.npz"), meta["task"])
+        mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
+        rows += [{**row._asdict(), **r} for r in image_scores(pred, mask, meta["classes"])]
+    return pd.DataFrame(rows)
+
+
+def class_map(prob: np.ndarray, task: str) -> np.ndarray:
+    return (prob[0] >= 128).astype(np.uint8) if task == "binary" else prob.argmax(axis=0).astype(np.uint8)
+
+
+def print_summary(name: str, scores: pd.DataFrame) -> None:
+    images = per_image(scores)
+    table = images.groupby("fold")[["dice", "iou", "hd95"]].agg(["mean", "std"])
+    print(f"\n{name}: OOF at original resolution, mean +- std over images")
+    for fold, r in table.iterrows():
+        print(f"  fold {fold}: Dice {r[('dice', 'mean')]:.4f} +- {r[('dice', 'std')]:.4f}   IoU {r[('iou', 'mean')]:.4f}"
+              f"   HD95 {r[('hd95', 'mean')]:.1f} px")
+    print(f"  all   : Dice {images['dice'].mean():.4f} +- {images['dice'].std():.4f}   IoU {images['iou'].mean():.4f}"
+          f"   HD95 {images['hd95'].mean():.1f} px   ({len(images)} images)")
+    if scores["class"].nunique() > 1:
+        print("  per class (pooled Dice): " + ", ".join(f"{c} {d:.3f}" for c, d in pooled_by_class(scores).items()))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = default_workers(args.workers)
+    runs = find_runs(args)
+    dataset_dir = Path(args.data_dir) / args.dataset
+    index, folds = load_index(dataset_dir), load_folds(args.folds_dir, args.dataset)
+    test_paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images else None
+    scored = {}
+    for run_dir in runs:
+        try:
+            model, cfg, meta = load_trained_model(run_dir, device)
+        except (FileNotFoundError, ModelError) as error:
+            sys.exit(f"infer: {error}")
+        model = with_tta(model, meta["task"], args.tta)
+        out_dir = pred_dir(args.preds_dir, args.dataset, cfg.run_name, args.tta)
+        images, masks = open_cache(dataset_dir, cfg.size)
+        jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
+        if test_paths is None:
+            jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
+        for kind, rows, target in jobs:
+            todo = rows[[args.overwrite or not (target / f"{i}.npz").exists() for i in rows["id"]]]
+            if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
+                predict(model, CachedSegmentation(images, masks, todo.index), dict(zip(todo.index, todo["id"])),
+                        dict(zip(todo.index, zip(todo["height"], todo["width"]))), target, args.batch_size, workers,
+                        device, f"{cfg.run_name} fold{cfg.fold} {kind}")
+        if test_paths:
+            target = out_dir / "test" / f"fold{cfg.fold}"
+            todo = [p for p in test_paths if args.overwrite or not (target / f"{p.stem}.npz").exists()]
+            predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)}, None,
+                    target, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} images")
+        scored[out_dir] = (cfg.run_name, meta)
+    for out_dir, (name, meta) in scored.items():
+        done = folds[[(out_dir / "oof" / f"{i}.npz").exists() for i in folds["id"]]]
+        scores = score_oof(out_dir, done, dataset_dir, meta, index)
+        scores.to_csv(out_dir / "oof_scores.csv", index=False)
+        print_summary(f"{name} (tta {args.tta})", scores)
+
+
+if __name__ == "__main__":
+    main()

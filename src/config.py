@@ -1,0 +1,94 @@
+"""The one configuration shape shared by train.py, infer.py and ensemble.py.
+
+train.py saves a run's full Config as runs/<dataset>/<arch>-<encoder>/fold<k>/config.json; later stages read it back.
+"""
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+def knob(default, help, **kwargs):
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = knob("demo", "dataset name under data/ (prepared with python -m src.prepare)")
+    fold: int = knob(0, "the fold held out for validation")
+    size: int = knob(256, "training side in pixels; read from data/<dataset>/cache/<size> (built if missing)")
+    aug: str = knob("medium", "albumentations preset", choices=["none", "light", "medium", "heavy"])
+    # model
+    arch: str = knob("unet", "any segmentation-models-pytorch architecture: unet, unetpp, fpn, deeplabv3plus, ...")
+    encoder: str = knob("resnet34", "any smp encoder, or a timm one as tu-<name>")
+    encoder_weights: str = knob("imagenet", "imagenet (download or Hugging Face cache), none, or PATH to a state dict")
+    decoder_channels: str = knob("", "unet/unetpp decoder widths, e.g. 64,32,16,16,8 (default: smp's)")
+    # optimisation
+    epochs: int = knob(40, "maximum number of epochs")
+    batch_size: int = knob(16, "images per step per process")
+    grad_accum: int = knob(1, "gradient accumulation steps")
+    lr: float = knob(3e-4, "decoder/head learning rate (RAdam inside Lookahead)")
+    encoder_lr_mult: float = knob(0.1, "encoder learning rate = lr * this")
+    weight_decay: float = knob(1e-4, "decoder/head weight decay")
+    encoder_weight_decay: float = knob(1e-5, "encoder weight decay")
+    lookahead_k: int = knob(6, "Lookahead: fast steps per slow update")
+    lookahead_alpha: float = knob(0.5, "Lookahead: slow weights step size")
+    scheduler: str = knob("plateau", "learning-rate schedule", choices=["plateau", "cosine"])
+    warmup_epochs: int = knob(1, "cosine: linear warm-up epochs")
+    plateau_patience: int = knob(3, "plateau: epochs without improvement before lr is halved")
+    patience: int = knob(10, "early stopping: epochs without improvement of validation Dice")
+    # loss
+    dice_weight: float = knob(1.0, "weight of the Dice loss")
+    ce_weight: float = knob(0.8, "weight of BCE (binary) or cross-entropy/focal (multiclass)")
+    focal: bool = knob(False, "multiclass: focal loss instead of cross-entropy")
+    class_weights: str = knob("none", "multiclass cross-entropy weights: none, auto (inverse sqrt frequency), or a list")
+    # run
+    precision: str = knob("auto", "mixed precision: auto (bf16/fp16 on GPU, none on CPU)", choices=["auto", "no", "fp16", "bf16"])
+    compile: bool = knob(False, "torch.compile the model")
+    workers: int = knob(-1, "data loader workers per process (-1: from the CPU count)")
+    seed: int = knob(42, "seed for everything")
+    tracker: str = knob("wandb", "experiment tracker (offline unless logged in)", choices=["wandb", "none"])
+    data_dir: str = knob("data", "where prepared datasets live")
+    folds_dir: str = knob("folds", "where fold files live")
+    runs_dir: str = knob("runs", "where training runs are written")
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.arch}-{self.encoder}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.dataset / self.run_name / f"fold{self.fold}"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.data_dir) / self.dataset
+
+    def save(self, path: Path, **extra) -> None:
+        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2) + "\n")
+
+
+def load_run_config(run_dir: Path) -> tuple:
+    """(Config, dataset meta) saved by train.py in run_dir/config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: not a training run folder")
+    saved = json.loads(path.read_text())
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in known}), saved.get("meta", {})
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                                help=f"{f.metadata['help']} (default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})

@@ -1,0 +1,39 @@
+"""Dice + BCE (binary) or Dice + cross-entropy/focal (multiclass), from smp's losses."""
+import numpy as np
+import torch
+from segmentation_models_pytorch import losses
+
+
+def class_weights(spec: str, masks: np.ndarray, n_classes: int) -> torch.Tensor | None:
+    """none, auto (inverse square root of the training pixels' class frequency, mean 1), or 'w0,w1,...'."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        counts = np.bincount(np.asarray(masks).ravel(), minlength=n_classes).astype(np.float64) + 1
+        weights = 1 / np.sqrt(counts / counts.sum())
+        return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+    weights = [float(w) for w in spec.split(",")]
+    if len(weights) != n_classes:
+        raise ValueError(f"--class-weights has {len(weights)} values for {n_classes} classes (background included)")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class SegmentationLoss(torch.nn.Module):
+    def __init__(self, task: str, dice_weight: float = 1.0, ce_weight: float = 0.8, focal: bool = False,
+                 weights: torch.Tensor | None = None):
+        super().__init__()
+        self.task, self.dice_weight, self.ce_weight = task, dice_weight, ce_weight
+        self.dice = losses.DiceLoss(mode=task, from_logits=True)
+        if task == "binary":
+            self.ce = losses.SoftBCEWithLogitsLoss()
+        elif focal:
+            self.ce = losses.FocalLoss(mode="multiclass")
+        else:
+            self.ce = torch.nn.CrossEntropyLoss(weight=weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.long()
+        logits = logits.float()
+        if self.task == "binary":
+            target = target[:, None].float()
+        return self.dice_weight * self.dice(logits, target) + self.ce_weight * self.ce(logits, target)

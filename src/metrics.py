@@ -1,0 +1,91 @@
+"""Dice, IoU (smp's metrics) per image and class, and the 95th-percentile Hausdorff distance.
+
+Conventions: an image where a class is absent from both prediction and truth scores Dice = IoU = 1 for it, and
+HD95 = 0; where it is absent from only one of them, HD95 is the image diagonal (the largest possible distance).
+Per-image scores average the foreground classes; per-class dataset scores pool the pixels of all images.
+"""
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from scipy import ndimage
+
+
+def predicted_classes(logits_or_probs: torch.Tensor, task: str, threshold: float = 0.5, probs: bool = False) -> torch.Tensor:
+    """NxCxHxW scores -> NxHxW class indices (binary: 1 where the foreground probability passes threshold)."""
+    if task == "binary":
+        cut = threshold if probs else float(np.log(threshold / (1 - threshold)))
+        return (logits_or_probs[:, 0] > cut).long()
+    return logits_or_probs.argmax(dim=1)
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> tuple:
+    """Per image and foreground class: true positive, false positive and false negative pixel counts (N x C-1)."""
+    pred, target = pred.long(), target.long()
+    if n_classes == 2:
+        tp, fp, fn, _ = smp.metrics.get_stats(pred[:, None], target[:, None], mode="binary")
+        return tp, fp, fn
+    tp, fp, fn, _ = smp.metrics.get_stats(pred, target, mode="multiclass", num_classes=n_classes)
+    return tp[:, 1:], fp[:, 1:], fn[:, 1:]
+
+
+def dice_iou(tp, fp, fn) -> tuple:
+    """Element-wise Dice and IoU with the empty-vs-empty = 1 convention."""
+    tp, fp, fn = (torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a).double() for a in (tp, fp, fn))
+    dice = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+    iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+    return dice, iou
+
+
+def summarize(tp, fp, fn, class_names: list) -> dict:
+    """Mean per-image Dice/IoU, and pooled Dice/IoU for each foreground class."""
+    dice, iou = dice_iou(tp, fp, fn)
+    summary = {"dice": dice.mean(dim=1).mean().item(), "iou": iou.mean(dim=1).mean().item(),
+               "dice_std": dice.mean(dim=1).std(unbiased=False).item(), "images": int(dice.shape[0])}
+    pooled_dice, pooled_iou = dice_iou(*(torch.as_tensor(np.asarray(a)).sum(dim=0) for a in (tp, fp, fn)))
+    for name, d, j in zip(class_names[1:], pooled_dice.tolist(), pooled_iou.tolist()):
+        summary[f"dice_{name}"], summary[f"iou_{name}"] = d, j
+    return summary
+
+
+def hd95(pred: np.ndarray, target: np.ndarray) -> float:
+    """95th percentile of the symmetric boundary distances, in pixels of the given arrays."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    if not pred.any() and not target.any():
+        return 0.0
+    if not pred.any() or not target.any():
+        return float(np.hypot(*pred.shape))
+    # Every boundary point lies in the union's bounding box, so distances computed inside it are exact.
+    ys, xs = np.nonzero(pred | target)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    pred, target = np.pad(pred[box], 1), np.pad(target[box], 1)
+    pred_edge = pred & ~ndimage.binary_erosion(pred)
+    target_edge = target & ~ndimage.binary_erosion(target)
+    to_target = ndimage.distance_transform_edt(~target_edge)[pred_edge]
+    to_pred = ndimage.distance_transform_edt(~pred_edge)[target_edge]
+    return float(np.percentile(np.concatenate([to_target, to_pred]), 95))
+
+
+def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list) -> list:
+    """One row per foreground class of one image: pixel counts, Dice, IoU and HD95 (pixels of this image)."""
+    rows = []
+    for c, name in enumerate(class_names[1:], start=1):
+        p, t = pred == c, target == c
+        tp = int((p & t).sum())
+        fp, fn = int(p.sum()) - tp, int(t.sum()) - tp
+        dice, iou = dice_iou([tp], [fp], [fn])
+        rows.append({"class": name, "tp": tp, "fp": fp, "fn": fn, "dice": dice.item(), "iou": iou.item(),
+                     "hd95": hd95(p, t)})
+    return rows
+
+
+def per_image(scores) -> "pd.DataFrame":
+    """Scores table (one row per image and class) -> one row per image, classes averaged."""
+    keep = [c for c in scores.columns if c not in ("class", "tp", "fp", "fn", "dice", "iou", "hd95")]
+    return scores.groupby(keep, sort=False)[["dice", "iou", "hd95"]].mean().reset_index()
+
+
+def pooled_by_class(scores) -> dict:
+    """Dice of each class with its pixels pooled over all images (rare classes are not drowned by empty images)."""
+    sums = scores.groupby("class", sort=False)[["tp", "fp", "fn"]].sum()
+    dice, _ = dice_iou(sums["tp"].to_numpy(), sums["fp"].to_numpy(), sums["fn"].to_numpy())
+    return dict(zip(sums.index, dice.tolist()))

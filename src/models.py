@@ -1,0 +1,111 @@
+"""Model factory: any smp architecture and encoder by name, pretrained weights from the hub, its cache or a file."""
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+
+# Our short names for smp's architectures; every other smp name is accepted as it is.
+ARCH_ALIASES = {"unetpp": "unetplusplus", "unet++": "unetplusplus"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model that cannot be built as asked; the message says what to do."""
+
+
+def canonical_arch(arch: str) -> str:
+    """'unetplusplus', 'Unet++' and 'unetpp' are all 'unetpp'; run folders use this name."""
+    name = arch.lower()
+    smp_name = ARCH_ALIASES.get(name, name)
+    if smp_name not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise ModelError(f"unknown architecture '{arch}'; choose one of: unetpp, "
+                         + ", ".join(sorted(smp.MODEL_ARCHITECTURES_MAPPING)))
+    return "unetpp" if smp_name == "unetplusplus" else smp_name
+
+
+def check_encoder(encoder: str) -> None:
+    if encoder.startswith("tu-"):
+        if not timm.list_models(encoder[3:].split(".")[0]):
+            raise ModelError(f"unknown timm encoder '{encoder}'; list them with python -c \"import timm; "
+                             f"print(timm.list_models('*{encoder[3:8]}*'))\"")
+    elif encoder not in smp.encoders.get_encoder_names():
+        raise ModelError(f"unknown encoder '{encoder}'; list smp's with python -c \"import segmentation_models_pytorch "
+                         "as smp; print(smp.encoders.get_encoder_names())\", or use any timm model as tu-<name>")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _with_pretrained_weights(build, encoder: str):
+    """Build with hub weights; offline, use only the Hugging Face cache instead of retrying for a minute."""
+    import huggingface_hub.constants as hub
+
+    offline_before = hub.HF_HUB_OFFLINE
+    if not _hub_reachable():
+        hub.HF_HUB_OFFLINE = True
+    try:
+        return build()
+    except OSError as error:  # huggingface_hub's LocalEntryNotFoundError is an OSError
+        raise ModelError(f"cannot get imagenet weights for encoder '{encoder}': no internet and not in the Hugging Face "
+                         f"cache ({hub.HF_HUB_CACHE}); run once with internet, or pass --encoder-weights PATH "
+                         "(a local state dict) or --encoder-weights none") from error
+    finally:
+        hub.HF_HUB_OFFLINE = offline_before
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str) -> None:
+    """A local encoder state dict (.pt/.pth/.safetensors), or a whole-model one whose keys start with 'encoder.'."""
+    if not Path(path).is_file():
+        raise ModelError(f"--encoder-weights {path}: no such file; use imagenet, none, or a path to a state dict")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    if any(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{path}: does not fit encoder (missing {len(missing)} keys e.g. {missing[:2]}, "
+                         f"unexpected {len(unexpected)} e.g. {unexpected[:2]})")
+
+
+def create_model(arch: str, encoder: str, in_channels: int, classes: int, weights: str = "none",
+                 decoder_channels: str = "") -> torch.nn.Module:
+    """smp.create_model by name; weights: 'imagenet', 'none' or a path to a state dict."""
+    smp_arch = ARCH_ALIASES.get(canonical_arch(arch), canonical_arch(arch))
+    check_encoder(encoder)
+    kwargs = {}
+    if decoder_channels:
+        kwargs["decoder_channels"] = [int(c) for c in decoder_channels.split(",")]
+    pretrained = None
+    if weights == "imagenet":
+        pretrained = True if encoder.startswith("tu-") else "imagenet"  # timm picks its default pretrained tag
+
+    def build():
+        return smp.create_model(smp_arch, encoder_name=encoder, encoder_weights=pretrained,
+                                in_channels=in_channels, classes=classes, **kwargs)
+
+    model = _with_pretrained_weights(build, encoder) if pretrained else build()
+    if weights not in ("imagenet", "none"):
+        load_encoder_weights(model, weights)
+    return model
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NxCxHxW on the device -> float, ImageNet statistics (their mean for grey images)."""
+    channels = images.shape[1]
+    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else [sum(IMAGENET_MEAN) / 3] * channels, device=images.device)
+    std = torch.tensor(IMAGENET_STD if channels == 3 else [sum(IMAGENET_STD) / 3] * channels, device=images.device)
+    return (images.float() / 255 - mean[:, None, None]) / std[:, None, None]

@@ -1,0 +1,46 @@
+"""Weights & Biases through Accelerate's trackers: offline unless the user is logged in, never a login prompt."""
+import netrc
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def prepare_wandb_env() -> str:
+    """Set WANDB_MODE=offline when no key is known (an explicit WANDB_MODE wins); return the mode."""
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def start(accelerator, project: str, group: str, name: str, job_type: str, config: dict, folder: Path) -> None:
+    """Runs are grouped by arch+encoder, one run per fold: project=dataset, group=<arch>-<encoder>, name=fold<k>."""
+    mode = prepare_wandb_env()
+    folder.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {
+        "group": group, "name": name, "job_type": job_type, "dir": str(folder), "reinit": "create_new"}})
+    if accelerator.is_main_process:
+        run = accelerator.get_tracker("wandb", unwrap=True)
+        where = f"offline run in {run.dir}; upload later with `wandb sync {Path(run.dir).parent}`" if mode == "offline" \
+            else f"run {run.url}"
+        print(f"W&B: {where}")
+
+
+def mask_overlays(images: np.ndarray, preds: np.ndarray, truths: np.ndarray, class_names: list) -> list:
+    """wandb.Image objects with predicted and true masks as overlays (the W&B mask viewer)."""
+    import wandb
+
+    labels = dict(enumerate(class_names))
+    return [wandb.Image(image.squeeze(-1) if image.shape[-1] == 1 else image, masks={"prediction": {"mask_data": pred, "class_labels": labels},
+                                      "ground_truth": {"mask_data": truth, "class_labels": labels}})
+            for image, pred, truth in zip(images, preds, truths)]

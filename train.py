@@ -1,0 +1,228 @@
+"""Train one fold of one architecture on a prepared dataset.
+
+  accelerate launch train.py --fold 0 --arch unetpp          # CPU, one GPU or many: Accelerate decides
+  python train.py --dataset demo --fold 0 --arch unet --encoder resnet18 --encoder-weights none
+
+Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: best.pt (best epoch's weights), config.json (everything needed to
+rebuild the model offline), history.csv (one row per epoch), metrics.json (the best epoch's validation scores) and
+state/ (full training state, saved every epoch, for --resume).
+"""
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm import tqdm
+
+from src import tracking
+from src.augment import build_augmentation
+from src.cache import open_cache
+from src.canonical import load_index, load_meta
+from src.config import add_config_arguments, config_from_args
+from src.data import CachedSegmentation, default_workers, make_loader
+from src.folds import load_folds
+from src.losses import SegmentationLoss, class_weights
+from src.metrics import confusion, predicted_classes, summarize
+from src.models import ModelError, canonical_arch, check_encoder, create_model, normalize
+from src.optim import build_optimizer, build_scheduler
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run and start again")
+    parser.add_argument("--validate-only", action="store_true", help="score the run's best.pt on its fold and exit")
+    return parser.parse_args(argv)
+
+
+def mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int, folds_file: str) -> tuple:
+    """Cache row positions of the training and validation images of one fold."""
+    if fold not in set(folds["fold"]):
+        sys.exit(f"train: fold {fold} is not in {folds_file} (it has folds {sorted(set(folds['fold']))})")
+    position = {image_id: i for i, image_id in enumerate(index["id"])}
+    valid = folds["fold"] == fold
+    return (np.array([position[i] for i in folds.loc[~valid, "id"]]),
+            np.array([position[i] for i in folds.loc[valid, "id"]]))
+
+
+@torch.no_grad()
+def validate(model, loader, accelerator, meta) -> tuple:
+    """Scores over the whole fold, each image counted once whatever the number of processes."""
+    model.eval()
+    n_classes = len(meta["classes"])
+    counts, rows, example = [], [], None
+    for images, masks, batch_rows in loader:
+        pred = predicted_classes(model(normalize(images).contiguous(memory_format=torch.channels_last)), meta["task"])
+        stats = accelerator.gather_for_metrics((*confusion(pred, masks, n_classes), batch_rows))
+        counts.append([s.cpu() for s in stats[:3]])
+        rows.append(stats[3].cpu())
+        if example is None:
+            example = (images[:4].cpu().numpy(), pred[:4].cpu().numpy(), masks[:4].cpu().numpy())
+    order = torch.cat(rows).argsort()  # a fixed order makes the means identical for any number of processes
+    tp, fp, fn = (torch.cat([c[k] for c in counts])[order] for k in range(3))
+    return summarize(tp, fp, fn, meta["classes"]), example
+
+
+def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
+    """Full state (model, optimiser, scheduler, RNGs, counters) into state/, replaced atomically."""
+    tmp, final = run_dir / "state.tmp", run_dir / "state"
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer.json").write_text(json.dumps(trainer))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    try:
+        cfg.arch = canonical_arch(cfg.arch)
+        check_encoder(cfg.encoder)
+        meta = load_meta(cfg.dataset_dir)
+        index, folds = load_index(cfg.dataset_dir), load_folds(cfg.folds_dir, cfg.dataset)
+    except (ModelError, FileNotFoundError) as error:
+        sys.exit(f"train: {error}")
+    train_rows, valid_rows = fold_rows(index, folds, cfg.fold, f"{cfg.folds_dir}/{cfg.dataset}.csv")
+    run_dir = cfg.run_dir
+    if args.validate_only and not (run_dir / "best.pt").exists():
+        sys.exit(f"train: {run_dir / 'best.pt'} not found: train the run first")
+    if args.resume and not (run_dir / "state").exists():
+        sys.exit(f"train: nothing to resume in {run_dir} (no state/ folder); drop --resume")
+    if (run_dir / "config.json").exists() and not (args.resume or args.overwrite or args.validate_only):
+        sys.exit(f"train: {run_dir} already holds a run; pass --resume to continue it or --overwrite to start again")
+
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
+        log_with="wandb" if cfg.tracker == "wandb" and not args.validate_only else None,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True))
+    if args.overwrite and accelerator.is_main_process:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed)
+
+    # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
+    with accelerator.main_process_first():
+        images, masks = open_cache(cfg.dataset_dir, cfg.size)
+    workers = default_workers(cfg.workers, accelerator.num_processes)
+    train_set = CachedSegmentation(images, masks, train_rows, build_augmentation(cfg.aug), seed=cfg.seed)
+    train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=workers)
+    valid_loader = make_loader(CachedSegmentation(images, masks, valid_rows), cfg.batch_size, False, workers)
+
+    # Model, loss, optimiser, schedule.
+    n_classes = len(meta["classes"])
+    try:
+        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else n_classes,
+                             "none" if args.validate_only else cfg.encoder_weights, cfg.decoder_channels)
+    except ModelError as error:
+        sys.exit(f"train: {error}")
+    model = model.to(memory_format=torch.channels_last)
+    weights = class_weights(cfg.class_weights, masks[train_rows], n_classes) if meta["task"] == "multiclass" else None
+    loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)  # stepped per epoch, so not wrapped by accelerate.prepare
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer, train_loader, valid_loader, loss_fn = accelerator.prepare(
+        model, optimizer, train_loader, valid_loader, loss_fn)
+    accelerator.register_for_checkpointing(scheduler)
+
+    if args.validate_only:
+        accelerator.unwrap_model(model).load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
+        scores, _ = validate(model, valid_loader, accelerator, meta)
+        if accelerator.is_main_process:
+            print(json.dumps(scores))
+        return
+
+    trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    history = []
+    if args.resume:
+        accelerator.load_state(str(run_dir / "state"))
+        trainer = json.loads((run_dir / "state" / "trainer.json").read_text())
+        history = pd.read_csv(run_dir / "history.csv").iloc[:trainer["epoch"]].to_dict("records")
+        accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']} (best Dice {trainer['best']:.4f})")
+    elif accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json", meta=meta)
+    accelerator.wait_for_everyone()
+    if cfg.tracker == "wandb":
+        tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name, name=f"fold{cfg.fold}", job_type="train",
+                       config=vars(cfg), folder=run_dir)
+
+    for epoch in range(trainer["epoch"], cfg.epochs):
+        if trainer["bad_epochs"] >= cfg.patience:
+            break
+        start = time.time()
+        model.train()
+        train_set.epoch = epoch
+        train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        seen = torch.zeros((), device=accelerator.device)
+        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                        disable=not accelerator.is_local_main_process)
+        for images_batch, masks_batch, _ in progress:
+            with accelerator.accumulate(model):
+                logits = model(normalize(images_batch).contiguous(memory_format=torch.channels_last))
+                loss = loss_fn(logits, masks_batch)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
+            seen += len(images_batch)
+        train_loss = (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(seen, "sum")).item()
+        scores, example = validate(model, valid_loader, accelerator, meta)
+        lr = optimizer.param_groups[-1]["lr"]
+        if cfg.scheduler == "plateau":
+            scheduler.step(scores["dice"])
+        else:
+            scheduler.step()
+
+        improved = scores["dice"] > trainer["best"]
+        trainer.update(epoch=epoch + 1, bad_epochs=0 if improved else trainer["bad_epochs"] + 1)
+        if improved:
+            trainer.update(best=scores["dice"], best_epoch=epoch + 1)
+            accelerator.save(accelerator.unwrap_model(model).state_dict(), run_dir / "best.pt")
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+               **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.time() - start}
+        history.append(row)
+        if accelerator.is_main_process:
+            pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+            if improved:
+                (run_dir / "metrics.json").write_text(json.dumps({"epoch": epoch + 1, **scores}, indent=2) + "\n")
+        save_state(accelerator, run_dir, trainer)
+        if cfg.tracker == "wandb":
+            log = {k: v for k, v in row.items() if k != "epoch"}
+            if accelerator.is_main_process and epoch % 5 == 0:
+                log["val_examples"] = tracking.mask_overlays(example[0].transpose(0, 2, 3, 1), *example[1:],
+                                                             meta["classes"])
+            accelerator.log(log, step=epoch + 1)
+        accelerator.print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val Dice {scores['dice']:.4f}, "
+                          f"IoU {scores['iou']:.4f}{' *' if improved else ''} ({row['seconds']:.1f}s)")
+
+    if accelerator.is_main_process:
+        final = {"best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        (run_dir / "metrics.json").write_text(json.dumps({**metrics, **final}, indent=2) + "\n")
+        print(f"best epoch {trainer['best_epoch']}: val Dice {trainer['best']:.4f} -> {run_dir}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> tuple
 
 def dice_iou(tp, fp, fn) -> tuple:
     """Element-wise Dice and IoU with the empty-vs-empty = 1 convention."""
-    tp, fp, fn = (torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a).double() for a in (tp, fp, fn))
+    tp, fp, fn = (a.double() if torch.is_tensor(a) else torch.tensor(np.array(a), dtype=torch.float64) for a in (tp, fp, fn))
     dice = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
     iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn).clamp(min=1), torch.ones_like(tp))
     return dice, iou
@@ -41,7 +41,7 @@ def summarize(tp, fp, fn, class_names: list) -> dict:
     dice, iou = dice_iou(tp, fp, fn)
     summary = {"dice": dice.mean(dim=1).mean().item(), "iou": iou.mean(dim=1).mean().item(),
                "dice_std": dice.mean(dim=1).std(unbiased=False).item(), "images": int(dice.shape[0])}
-    pooled_dice, pooled_iou = dice_iou(*(torch.as_tensor(np.asarray(a)).sum(dim=0) for a in (tp, fp, fn)))
+    pooled_dice, pooled_iou = dice_iou(*(torch.as_tensor(a).sum(dim=0) for a in (tp, fp, fn)))
     for name, d, j in zip(class_names[1:], pooled_dice.tolist(), pooled_iou.tolist()):
         summary[f"dice_{name}"], summary[f"iou_{name}"] = d, j
     return summary

@@ -1,0 +1,179 @@
+"""Average fold x architecture predictions into final masks, tune post-processing on OOF data, write the scores.
+
+  python ensemble.py                         # every run with predictions for the dataset
+  python ensemble.py --runs 'unet*' --weights unet-resnet34=1,unetpp-resnet34=2
+
+Reads preds/<dataset>/ (infer.py) and data/<dataset>/masks; writes ensemble/<dataset>/: masks/<id>.png (final masks
+at original size: 0/255 for binary, class index for multiclass), submission.csv (Kaggle RLE), scores.json,
+leaderboard.md, comparison.png and scores.png.
+"""
+import argparse
+import json
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from src import postprocess, report
+from src.canonical import load_meta
+from src.folds import load_folds
+from src.images import read_image, write_png
+from src.metrics import image_scores, per_image, pooled_by_class
+from src.predict import load_pred
+from src.rle import rle_encode
+from src.stats import paired_comparison
+
+TTA_PREFERENCE = ["d4", "flip", "none"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="demo")
+    parser.add_argument("--tta", choices=["best", "none", "flip", "d4"], default="best",
+                        help="which TTA predictions to use per run (best: d4, else flip, else none)")
+    parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
+    parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
+    parser.add_argument("--figures", type=int, default=4, help="OOF images in comparison.png")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--folds-dir", default="folds")
+    parser.add_argument("--preds-dir", default="preds")
+    parser.add_argument("--out-dir", default="ensemble")
+    return parser.parse_args(argv)
+
+
+def find_predictions(preds_root: Path, tta: str, runs_glob: str | None) -> dict:
+    """{run name: its chosen tta-* folder}; only runs whose OOF predictions were scored by infer.py."""
+    chosen = {}
+    for run in sorted(p for p in preds_root.iterdir() if p.is_dir()) if preds_root.is_dir() else []:
+        if runs_glob and not fnmatch(run.name, runs_glob):
+            continue
+        available = [m for m in TTA_PREFERENCE if (run / f"tta-{m}" / "oof_scores.csv").exists()]
+        wanted = available[:1] if tta == "best" else [m for m in available if m == tta]
+        if wanted:
+            chosen[run.name] = run / f"tta-{wanted[0]}"
+    if not chosen:
+        sys.exit(f"ensemble: no scored predictions in {preds_root} (run `python infer.py --tta` first)")
+    return chosen
+
+
+def summarize_scores(scores: pd.DataFrame) -> dict:
+    images = per_image(scores)
+    fold_means = images.groupby("fold")["dice"].mean()
+    return {"dice": images["dice"].mean(), "dice_image_std": images["dice"].std(ddof=0),
+            "dice_fold_std": fold_means.std(ddof=0), "iou": images["iou"].mean(), "hd95": images["hd95"].mean(),
+            "folds": {int(f): d for f, d in fold_means.items()}, "per_class": pooled_by_class(scores)}
+
+
+def mean_probs(paths: list, weights: list) -> np.ndarray:
+    """Weighted mean of uint8 probability files -> float32 C x H x W in [0, 1]."""
+    total = sum(w * load_pred(p).astype(np.float32) for p, w in zip(paths, weights))
+    return total / (255 * sum(weights))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dataset_dir = Path(args.data_dir) / args.dataset
+    meta, folds = load_meta(dataset_dir), load_folds(args.folds_dir, args.dataset)
+    runs = find_predictions(Path(args.preds_dir) / args.dataset, args.tta, args.runs)
+    weight_of = {name: 1.0 for name in runs}
+    for item in filter(None, (args.weights or "").split(",")):
+        name, value = item.split("=")
+        if name not in runs:
+            sys.exit(f"ensemble: --weights names '{name}', which has no predictions (have: {', '.join(runs)})")
+        weight_of[name] = float(value)
+    out = Path(args.out_dir) / args.dataset
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+
+    # 1. Each run on its own, from the OOF scores infer.py wrote.
+    run_scores = {name: pd.read_csv(path / "oof_scores.csv", dtype={"id": str}) for name, path in runs.items()}
+    summaries = {name: {"tta": path.name[4:], **summarize_scores(run_scores[name])} for name, path in runs.items()}
+    tta_gain = {}
+    for name, path in runs.items():
+        plain = path.parent / "tta-none" / "oof_scores.csv"
+        if path.name != "tta-none" and plain.exists():
+            base = per_image(pd.read_csv(plain, dtype={"id": str}))["dice"].mean()
+            tta_gain[name] = {"tta": path.name[4:], "gain": summaries[name]["dice"] - base}
+
+    # 2. Tune post-processing on the averaged OOF probabilities (test predictions are never read here).
+    oof_ids = [i for i in folds["id"] if all((p / "oof" / f"{i}.npz").exists() for p in runs.values())]
+    if len(oof_ids) < len(folds):
+        print(f"ensemble: {len(folds) - len(oof_ids)} training images lack an OOF prediction from some run; "
+              f"scoring the {len(oof_ids)} that all runs predicted")
+
+    def oof_probs(image_id):
+        return mean_probs([p / "oof" / f"{image_id}.npz" for p in runs.values()], [weight_of[n] for n in runs])
+
+    def truth(image_id):
+        return read_image(dataset_dir / "masks" / f"{image_id}.png")
+
+    candidates = postprocess.binary_candidates()
+    candidate_scores = np.stack([
+        postprocess.binary_candidate_dice(oof_probs(i)[0], truth(i), candidates) if meta["task"] == "binary"
+        else postprocess.multiclass_candidate_dice(oof_probs(i), truth(i))
+        for i in tqdm(oof_ids, desc="tune post-processing (OOF)", unit="img")])
+    settings = postprocess.choose(meta["task"], candidate_scores)
+
+    # 3. Score the ensemble with those settings, and without them (the raw average).
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    rows, raw = [], []
+    for image_id in tqdm(oof_ids, desc="score ensemble (OOF)", unit="img"):
+        probs, target = oof_probs(image_id), truth(image_id)
+        rows += [{"id": image_id, "fold": fold_of[image_id], **r}
+                 for r in image_scores(postprocess.apply(probs, settings), target, meta["classes"])]
+        plain = (probs[0] >= 0.5).astype(np.uint8) if meta["task"] == "binary" else probs.argmax(axis=0)
+        raw.append(np.mean([r["dice"] for r in image_scores(plain, target, meta["classes"])]))
+    ensemble_scores = pd.DataFrame(rows)
+    ensemble_scores.to_csv(out / "oof_scores.csv", index=False)
+    ensemble = {**summarize_scores(ensemble_scores), "dice_raw": float(np.mean(raw))}
+    best_single = max(summaries, key=lambda n: summaries[n]["dice"])
+
+    # 4. Unet++ against Unet with the same encoder, image by image.
+    comparisons = []
+    for name in runs:
+        arch, encoder = name.split("-", 1)
+        if arch == "unet" and f"unetpp-{encoder}" in runs:
+            a = per_image(run_scores[name]).set_index("id")["dice"]
+            b = per_image(run_scores[f"unetpp-{encoder}"]).set_index("id")["dice"]
+            common = a.index.intersection(b.index)
+            comparisons.append({"encoder": encoder, **paired_comparison(a[common].to_numpy(), b[common].to_numpy())})
+
+    # 5. Test images: mean over every run and fold, post-processed, as PNG and RLE.
+    test_rows = []
+    test_ids = sorted({p.stem for path in runs.values() for p in (path / "test").glob("fold*/*.npz")})
+    for image_id in tqdm(test_ids, desc="test masks", unit="img"):
+        files = [(f, weight_of[n]) for n, path in runs.items() for f in sorted((path / "test").glob(f"fold*/{image_id}.npz"))]
+        final = postprocess.apply(mean_probs(*zip(*files)), settings)
+        write_png(out / "masks" / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
+        if meta["task"] == "binary":
+            test_rows.append({"id": image_id, "rle": rle_encode(final)})
+        else:
+            test_rows += [{"id": image_id, "class": c, "rle": rle_encode(final == k)}
+                          for k, c in enumerate(meta["classes"]) if k > 0]
+    pd.DataFrame(test_rows, columns=["id", "rle"] if meta["task"] == "binary" else ["id", "class", "rle"]).to_csv(
+        out / "submission.csv", index=False)
+
+    # 6. Scores, leaderboard, figures.
+    per_class = {c: {**{n: s["per_class"][c] for n, s in summaries.items()}, "ensemble": ensemble["per_class"][c]}
+                 for c in meta["classes"][1:]} if len(meta["classes"]) > 2 else {}
+    scores = {"dataset": args.dataset, "runs": summaries, "ensemble": ensemble, "best_single": best_single,
+              "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": tta_gain,
+              "per_class": per_class, "comparisons": comparisons, "postprocess": settings,
+              "weights": weight_of, "test_images": len(test_ids)}
+    (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float) + "\n")
+    (out / "leaderboard.md").write_text(report.leaderboard_markdown(scores))
+    report.score_bars(out / "scores.png", scores)
+    shown = oof_ids[:args.figures]
+    if shown:
+        report.comparison_grid(out / "comparison.png", [
+            (i, read_image(dataset_dir / "images" / f"{i}.png"), truth(i),
+             {n: postprocess.apply(mean_probs([p / "oof" / f"{i}.npz"], [1.0]), settings) for n, p in runs.items()})
+            for i in shown], meta["classes"])
+    print(report.leaderboard_markdown(scores))
+    print(f"wrote {out}/: {len(test_ids)} test masks, submission.csv, scores.json, leaderboard.md, figures")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Post-processing of averaged probabilities, and its tuning on out-of-fold data.
+
+Binary: threshold -> fill holes -> drop components below a minimum area -> keep the k largest.
+Multiclass: argmax -> per class, drop components below a minimum area (they become background).
+Tuning scores every candidate from one connected-component labelling per (threshold, fill): a component is kept or
+dropped whole, so its size and its overlap with the truth give each candidate's Dice without redrawing the mask.
+"""
+import itertools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+THRESHOLDS = [round(float(t), 2) for t in np.arange(0.3, 0.701, 0.05)]
+MIN_AREAS = [0.0, 0.0005, 0.002, 0.005, 0.01]  # fraction of the image's pixels
+KEEP_LARGEST = [0, 1, 2]  # 0: keep all
+FILL_HOLES = [False, True]
+
+
+@dataclass(frozen=True)
+class BinarySettings:
+    threshold: float = 0.5
+    fill_holes: bool = False
+    min_area: float = 0.0
+    keep_largest: int = 0
+
+
+def binary_candidates() -> list:
+    return [BinarySettings(*c) for c in itertools.product(THRESHOLDS, FILL_HOLES, MIN_AREAS, KEEP_LARGEST)]
+
+
+def _components(mask: np.ndarray) -> tuple:
+    labels, n = ndimage.label(mask)
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
+
+
+def _kept(sizes: np.ndarray, min_pixels: float, keep_largest: int = 0) -> np.ndarray:
+    keep = sizes >= min_pixels
+    if keep_largest and keep.sum() > keep_largest:
+        keep &= sizes >= np.sort(sizes[keep])[-keep_largest]
+    return keep
+
+
+def _dice(tp: int, predicted: int, truth: int) -> float:
+    return 1.0 if predicted + truth == 0 else 2 * tp / (predicted + truth)
+
+
+def apply_binary(prob: np.ndarray, settings: BinarySettings) -> np.ndarray:
+    """H x W probabilities in [0, 1] -> uint8 0/1 mask."""
+    mask = prob >= settings.threshold
+    if settings.fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    labels, sizes = _components(mask)
+    keep = np.concatenate([[False], _kept(sizes, settings.min_area * mask.size, settings.keep_largest)])
+    return keep[labels].astype(np.uint8)
+
+
+def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list) -> np.ndarray:
+    """Dice of every candidate setting on one image (same order as candidates)."""
+    truth = truth.astype(bool)
+    truth_area = int(truth.sum())
+    cache, scores = {}, []
+    for c in candidates:
+        if (c.threshold, c.fill_holes) not in cache:
+            mask = prob >= c.threshold
+            if c.fill_holes:
+                mask = ndimage.binary_fill_holes(mask)
+            labels, sizes = _components(mask)
+            cache[(c.threshold, c.fill_holes)] = sizes, np.bincount(labels[truth], minlength=len(sizes) + 1)[1:]
+        sizes, overlaps = cache[(c.threshold, c.fill_holes)]
+        keep = _kept(sizes, c.min_area * prob.size, c.keep_largest)
+        scores.append(_dice(int(overlaps[keep].sum()), int(sizes[keep].sum()), truth_area))
+    return np.array(scores)
+
+
+def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
+    """C x H x W probabilities -> class map; min_areas[c-1] is class c's minimum component area (fraction)."""
+    classes = probs.argmax(axis=0).astype(np.uint8)
+    for c, min_area in enumerate(min_areas, start=1):
+        if min_area > 0:
+            labels, sizes = _components(classes == c)
+            drop = np.concatenate([[False], ~_kept(sizes, min_area * classes.size)])
+            classes[drop[labels]] = 0
+    return classes
+
+
+def multiclass_candidate_dice(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(foreground classes x MIN_AREAS) Dice of each class at each minimum area on one image."""
+    classes = probs.argmax(axis=0)
+    scores = np.zeros((probs.shape[0] - 1, len(MIN_AREAS)))
+    for c in range(1, probs.shape[0]):
+        true_c = truth == c
+        labels, sizes = _components(classes == c)
+        overlaps = np.bincount(labels[true_c], minlength=len(sizes) + 1)[1:]
+        for j, min_area in enumerate(MIN_AREAS):
+            keep = _kept(sizes, min_area * classes.size)
+            scores[c - 1, j] = _dice(int(overlaps[keep].sum()), int(sizes[keep].sum()), int(true_c.sum()))
+    return scores
+
+
+def choose(task: str, candidate_scores: np.ndarray) -> dict:
+    """The best settings given the mean over OOF images of the candidate scores."""
+    mean = candidate_scores.mean(axis=0)
+    if task == "binary":
+        return {"task": task, **asdict(binary_candidates()[int(mean.argmax())])}
+    return {"task": task, "min_areas": [MIN_AREAS[j] for j in mean.argmax(axis=1)]}
+
+
+def apply(probs: np.ndarray, settings: dict) -> np.ndarray:
+    """Probabilities (C x H x W, floats in [0, 1]) -> final class map with the chosen settings."""
+    if settings["task"] == "binary":
+        return apply_binary(probs[0], BinarySettings(**{k: v for k, v in settings.items() if k != "task"}))
+    return apply_multiclass(probs, settings["min_areas"])

@@ -1,0 +1,39 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tiny and fast: trains in seconds on one CPU core at 64 px.
+TINY = ["--size", "64", "--encoder", "tu-resnet10t", "--encoder-weights", "none", "--decoder-channels", "32,16,16,8,8",
+        "--batch-size", "4", "--lr", "3e-3", "--aug", "light", "--tracker", "none", "--workers", "0"]
+
+
+def prepare(workdir: Path, *args) -> None:
+    from src import prepare as prepare_module
+    prepare_module.main([*args, "--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds")])
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A prepared 36-image demo dataset (3 folds, 64 px cache), shared read-only by the tests."""
+    workdir = tmp_path_factory.mktemp("demo")
+    prepare(workdir, "demo", "--count", "36", "--test-count", "4", "--size", "64", "--k", "3")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def multiclass_dir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo_multiclass")
+    prepare(workdir, "demo", "--multiclass", "--count", "36", "--test-count", "4", "--size", "64", "--k", "3")
+    return workdir
+
+
+def paths(workdir: Path) -> list:
+    return ["--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds")]

@@ -1,0 +1,58 @@
+"""Fold files: disjoint, complete, balanced, groups kept together, deterministic."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.folds import make_folds
+
+
+def index_frame(n=60, groups=True, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"id": [f"img{i:03d}" for i in range(n)], "split": "train",
+                         "group": [f"p{i // 3}" for i in range(n)] if groups else "",
+                         "foreground": rng.uniform(0.05, 0.5, n), "dominant_class": rng.integers(1, 4, n),
+                         "tissue": rng.choice(["a", "b", "c"], n)})
+
+
+META = {"name": "t", "task": "binary", "official_folds": False}
+
+
+@pytest.mark.parametrize("strategy", ["kfold", "stratified", "group", "tissue"])
+def test_folds_are_disjoint_complete_and_deterministic(strategy):
+    index = index_frame()
+    folds = make_folds(index, META, k=5, strategy=strategy, seed=7)
+    assert sorted(folds["id"]) == sorted(index["id"])
+    assert folds["id"].is_unique
+    assert set(folds["fold"]) == set(range(5))
+    assert folds.equals(make_folds(index, META, k=5, strategy=strategy, seed=7))
+    assert not folds.equals(make_folds(index, META, k=5, strategy=strategy, seed=8))
+
+
+def test_group_never_split_and_auto_picks_it():
+    folds = make_folds(index_frame(), META, k=5, strategy="auto", seed=1)
+    assert "group" in folds
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+
+
+def test_stratified_balances_area_bins():
+    folds = make_folds(index_frame(100, groups=False), META, k=5, strategy="stratified", seed=1)
+    per_fold = pd.crosstab(folds["fold"], folds["stratum"])
+    assert (per_fold.max() - per_fold.min()).max() <= 1
+
+
+def test_multiclass_strata_are_dominant_classes():
+    index = index_frame(groups=False)
+    folds = make_folds(index, {**META, "task": "multiclass"}, k=3, strategy="stratified")
+    assert (folds["stratum"].to_numpy() == index["dominant_class"].to_numpy()).all()
+
+
+def test_official_folds_are_kept():
+    index = index_frame(groups=False).assign(official_fold=lambda d: 1 + np.arange(len(d)) % 3)
+    folds = make_folds(index, {**META, "official_folds": True}, strategy="auto")
+    assert (folds["fold"] + 1 == index["official_fold"]).all()
+
+
+def test_test_images_are_not_in_folds():
+    index = index_frame(groups=False)
+    index.loc[:9, "split"] = "test"
+    assert len(make_folds(index, META, k=5, strategy="kfold")) == 50

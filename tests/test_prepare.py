@@ -1,0 +1,165 @@
+"""Sources into the canonical layout; every bad input reported at once, nothing written."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SHARED_DATA, prepare
+from src.canonical import PrepareError, load_index, load_meta, write_dataset
+from src.images import read_image, write_png
+from src import sources
+
+
+def lungs(h=40, w=30):
+    mask = np.zeros((h, w), np.uint8)
+    mask[5:30, 3:12] = 255
+    return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8), mask
+
+
+def test_folder_source_matches_masks_by_stem_and_merges_left_right(tmp_path):
+    images, masks = tmp_path / "CXR_png", tmp_path / "ManualMask"
+    for d in (images, masks / "leftMask", masks / "rightMask"):
+        d.mkdir(parents=True)
+    image, left = lungs()
+    right = np.fliplr(left).copy()
+    write_png(images / "MCUCXR_0001_0.png", image)
+    write_png(masks / "leftMask" / "MCUCXR_0001_0.png", left)
+    write_png(masks / "rightMask" / "MCUCXR_0001_0.png", right)
+    write_png(images / "CHNCXR_0002_1.png", image)
+    write_png(masks / "CHNCXR_0002_1_mask.png", left)
+    prepare(tmp_path, "chest-xray", "--src", str(tmp_path), "--size", "16", "--k", "2", "--strategy", "kfold")
+    data = tmp_path / "data" / "chest-xray"
+    index = load_index(data).set_index("id")
+    assert index.loc["MCUCXR_0001_0", "group"] == "MCUCXR_0001"
+    assert (index.loc["MCUCXR_0001_0", ["height", "width"]] == [40, 30]).all()
+    merged = read_image(data / "masks" / "MCUCXR_0001_0.png")
+    assert set(np.unique(merged)) == {0, 1}
+    np.testing.assert_array_equal(merged, ((left > 0) | (right > 0)).astype(np.uint8))
+    assert load_meta(data)["classes"] == ["background", "lung"]
+
+
+def test_kaggle_layout_with_unmasked_images_and_test_folder(tmp_path):
+    root = tmp_path / "Lung Segmentation"
+    for d in ("CXR_png", "masks", "test"):
+        (root / d).mkdir(parents=True)
+    image, mask = lungs()
+    write_png(root / "CXR_png" / "CHNCXR_0001_0.png", image)
+    write_png(root / "masks" / "CHNCXR_0001_0_mask.png", mask)
+    write_png(root / "CXR_png" / "CHNCXR_0002_0.png", image)  # no mask, as in the Kaggle set
+    write_png(root / "test" / "0001.png", image)
+    with pytest.raises(SystemExit, match="CHNCXR_0002_0.png: image has no mask"):
+        prepare(tmp_path, "chest-xray", "--src", str(tmp_path), "--size", "16")
+    assert not (tmp_path / "data" / "chest-xray").exists()
+    write_png(root / "CXR_png" / "CHNCXR_0003_0.png", image)
+    write_png(root / "masks" / "CHNCXR_0003_0_mask.png", mask)
+    prepare(tmp_path, "chest-xray", "--src", str(tmp_path), "--size", "16", "--allow-unmasked", "--k", "2",
+            "--strategy", "kfold")
+    index = load_index(tmp_path / "data" / "chest-xray").set_index("id")
+    assert index["split"].to_dict() == {"CHNCXR_0001_0": "train", "CHNCXR_0002_0": "test", "CHNCXR_0003_0": "train",
+                                        "0001": "test"}
+
+
+def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    image, mask = lungs()
+    write_png(images / "good.png", image)
+    write_png(masks / "good.png", mask)
+    (images / "corrupt.png").write_bytes(b"not a png")
+    write_png(masks / "corrupt.png", mask)
+    write_png(images / "lonely_image.png", image)
+    write_png(masks / "lonely_mask.png", mask)
+    write_png(images / "wrong_size.png", image)
+    write_png(masks / "wrong_size.png", cv2.resize(mask, (20, 20)))
+    write_png(images / "bad_values.png", image)
+    write_png(masks / "bad_values.png", (mask // 2 + 7))
+    write_png(images / "rgb.png", np.dstack([image, image // 2, image // 3]))
+    write_png(masks / "rgb.png", mask)
+    write_png(images / "dup.png", image)
+    cv2.imwrite(str(images / "dup.jpg"), image)
+    write_png(masks / "dup.png", mask)
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--channels", "1", "--size", "16")
+    message = str(error.value)
+    for expected in ["corrupt.png: cannot be read", "lonely_image.png: image has no mask",
+                     "lonely_mask.png: mask has no image", "wrong_size: mask size 20x20 does not match its image 30x40",
+                     "bad_values: mask values", "rgb: has 3 channels, the dataset expects 1", "duplicate id 'dup'"]:
+        assert expected in message
+    assert "7 problem(s)" in message
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+    assert not (tmp_path / "folds").exists()
+
+
+def test_empty_folder_and_missing_folder_are_errors(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(SystemExit, match="no image files"):
+        prepare(tmp_path, "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"))
+    with pytest.raises(SystemExit, match="nowhere: folder does not exist"):
+        prepare(tmp_path, "folder", "--images", str(tmp_path / "nowhere"), "--masks", str(tmp_path / "masks"))
+
+
+def test_multiclass_folder_rejects_values_beyond_the_classes(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image, _ = lungs()
+    write_png(tmp_path / "images" / "a.png", image)
+    write_png(tmp_path / "masks" / "a.png", np.full(image.shape, 3, np.uint8))
+    with pytest.raises(SystemExit, match="mask value 3 is not a class id"):
+        prepare(tmp_path, "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                "--task", "multiclass", "--classes", "background,a,b")
+
+
+def test_existing_dataset_is_kept_unless_overwrite(demo_dir, tmp_path):
+    with pytest.raises(SystemExit, match="already exists"):
+        prepare(demo_dir, "demo", "--count", "36", "--test-count", "4", "--size", "64", "--k", "3")
+
+
+def test_demo_is_deterministic_and_varied(tmp_path):
+    for run in ("a", "b"):
+        prepare(tmp_path / run, "demo", "--count", "6", "--test-count", "2", "--size", "32", "--k", "2")
+    for name in ("index.csv", "cache/32/images.npy", "cache/32/masks.npy", "images/cxr_0003.png", "masks/cxr_0003.png"):
+        assert (tmp_path / "a/data/demo" / name).read_bytes() == (tmp_path / "b/data/demo" / name).read_bytes()
+    assert (tmp_path / "a/folds/demo.csv").read_bytes() == (tmp_path / "b/folds/demo.csv").read_bytes()
+    index = load_index(tmp_path / "a/data/demo")
+    assert index[["height", "width"]].nunique().min() > 1  # sizes vary, non-square
+    assert (index["split"] == "test").sum() == 2
+    assert not (tmp_path / "a/data/demo/masks/cxr_0007.png").exists()  # test images have no masks
+
+
+def test_cache_matches_resized_originals(demo_dir):
+    from src.cache import build_cache, open_cache
+    data = demo_dir / "data" / "demo"
+    images, masks = open_cache(data, 64)
+    index = load_index(data)
+    for position in (0, 5, len(index) - 1):
+        row = index.iloc[position]
+        original = read_image(data / "images" / f"{row.id}.png")
+        np.testing.assert_array_equal(images[position], cv2.resize(original, (64, 64), interpolation=cv2.INTER_AREA))
+        if row.split == "train":
+            mask = read_image(data / "masks" / f"{row.id}.png")
+            np.testing.assert_array_equal(masks[position], cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST))
+    rebuilt_images, rebuilt_masks = open_cache(data, 48)  # a new size is built from the canonical files
+    assert rebuilt_images.shape == (len(index), 48, 48) and isinstance(rebuilt_images, np.memmap)
+
+
+def test_multiclass_demo_has_rgb_images_tissue_and_rare_class(multiclass_dir):
+    data = multiclass_dir / "data" / "demo-multiclass"
+    meta, index = load_meta(data), load_index(data)
+    assert meta["task"] == "multiclass" and meta["channels"] == 3 and len(meta["classes"]) == 6
+    assert set(index["tissue"]) <= {"breast", "colon", "lung"}
+    masks = np.load(data / "cache" / "64" / "masks.npy")
+    counts = np.bincount(masks.ravel(), minlength=6)
+    assert counts[4] < counts[1]  # dead nuclei are rare
+
+
+@pytest.mark.skipif(not (SHARED_DATA.exists() and any(SHARED_DATA.glob("**/CXR_png"))), reason="no real lung data")
+def test_real_chest_xray(tmp_path):
+    src = next(SHARED_DATA.glob("**/CXR_png")).parent
+    prepare(tmp_path, "chest-xray", "--src", str(src), "--allow-unmasked", "--size", "256")
+    index = load_index(tmp_path / "data" / "chest-xray")
+    assert (index["split"] == "train").sum() > 100
+    assert index["height"].median() > 1000

@@ -28,11 +28,11 @@ def start(accelerator, project: str, group: str, name: str, job_type: str, confi
     mode = prepare_wandb_env()
     folder.mkdir(parents=True, exist_ok=True)
     accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {
-        "group": group, "name": name, "job_type": job_type, "dir": str(folder), "reinit": "create_new"}})
+        "group": group, "name": name, "job_type": job_type, "dir": str(folder)}})
     if accelerator.is_main_process:
         run = accelerator.get_tracker("wandb", unwrap=True)
-        where = f"offline run in {run.dir}; upload later with `wandb sync {Path(run.dir).parent}`" if mode == "offline" \
-            else f"run {run.url}"
+        folder = Path(run.dir).parent
+        where = f"offline run in {folder}; upload later with `wandb sync {folder}`" if mode == "offline" else run.url
         print(f"W&B: {where}")
 
 

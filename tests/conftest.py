@@ -12,7 +12,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Tiny and fast: trains in seconds on one CPU core at 64 px.
 TINY = ["--size", "64", "--encoder", "tu-resnet10t", "--encoder-weights", "none", "--decoder-channels", "32,16,16,8,8",
-        "--batch-size", "4", "--lr", "3e-3", "--aug", "light", "--tracker", "none", "--workers", "0"]
+        "--batch-size", "4", "--lr", "1e-2", "--aug", "light", "--tracker", "none", "--workers", "0"]
 
 
 def prepare(workdir: Path, *args) -> None:

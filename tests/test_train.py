@@ -1,0 +1,113 @@
+"""train.py end to end on tiny models and generated data (CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+import train
+from conftest import ROOT, TINY, paths
+
+
+def run_train(workdir, tmp_path, *args):
+    train.main([*TINY, *paths(workdir), "--runs-dir", str(tmp_path / "runs"), *args])
+    return tmp_path / "runs" / "demo"
+
+
+@pytest.mark.parametrize("arch", ["unet", "unetpp"])
+def test_tiny_model_learns_the_demo_lungs(demo_dir, tmp_path, arch):
+    runs = run_train(demo_dir, tmp_path, "--arch", arch, "--epochs", "15", "--aug", "none")
+    run = runs / f"{arch}-tu-resnet10t" / "fold0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dice"] > 0.9, metrics
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == list(range(1, 16))
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] / 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == arch and config["meta"]["task"] == "binary"
+    assert set(torch.load(run / "best.pt")) and (run / "state" / "trainer.json").exists()
+
+
+def test_resume_gives_the_same_weights_and_history_as_straight_training(demo_dir, tmp_path):
+    common = ["--arch", "unet", "--aug", "medium", "--fold", "1"]
+    straight = run_train(demo_dir, tmp_path / "straight", *common, "--epochs", "4") / "unet-tu-resnet10t" / "fold1"
+    resumed = run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "2") / "unet-tu-resnet10t" / "fold1"
+    run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "4", "--resume")
+    a, b = (pd.read_csv(r / "history.csv").drop(columns="seconds") for r in (straight, resumed))
+    pd.testing.assert_frame_equal(a, b)
+    wa, wb = (torch.load(r / "best.pt") for r in (straight, resumed))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+
+
+def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path):
+    run_train(demo_dir, tmp_path, "--epochs", "1")
+    with pytest.raises(SystemExit, match="already holds a run; pass --resume"):
+        run_train(demo_dir, tmp_path, "--epochs", "1")
+    run_train(demo_dir, tmp_path, "--epochs", "1", "--overwrite")
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        run_train(demo_dir, tmp_path, "--epochs", "1", "--resume", "--fold", "2")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "unetx"], "unknown architecture 'unetx'; choose one of: unetpp"),
+    (["--encoder", "resnet999"], "unknown encoder 'resnet999'; list smp's with"),
+    (["--encoder", "tu-notamodel"], "unknown timm encoder 'tu-notamodel'"),
+    (["--fold", "7"], "fold 7 is not in"),
+    (["--encoder-weights", "/no/such.pt"], "no such file"),
+])
+def test_clear_errors(demo_dir, tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        run_train(demo_dir, tmp_path, "--epochs", "1", *args)
+
+
+def test_offline_imagenet_request_fails_fast_with_one_sentence(demo_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+    from src import models
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(SystemExit, match="cannot get imagenet weights for encoder 'resnet18': no internet") as error:
+        run_train(demo_dir, tmp_path, "--epochs", "1", "--encoder", "resnet18", "--encoder-weights", "imagenet")
+    assert "--encoder-weights PATH" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_local_encoder_weights_file_is_loaded(demo_dir, tmp_path):
+    from src.models import create_model
+    donor = create_model("unet", "tu-resnet10t", 1, 1, "none")
+    torch.save(donor.encoder.state_dict(), tmp_path / "encoder.pt")
+    model = create_model("unet", "tu-resnet10t", 1, 1, str(tmp_path / "encoder.pt"))
+    for key, value in donor.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value)
+
+
+def test_wandb_offline_run_has_the_logged_keys(demo_dir, tmp_path):
+    run_train(demo_dir, tmp_path, "--epochs", "1", "--tracker", "wandb")
+    run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    logged = next(offline[0].glob("run-*.wandb")).read_bytes()  # protobuf records hold the key names verbatim
+    for key in ("train_loss", "val_dice", "val_iou", "lr", "val_examples", "encoder_lr_mult"):
+        assert key.encode() in logged, key
+
+
+def test_two_processes_give_the_single_process_metrics(demo_dir, tmp_path):
+    """accelerate launch --cpu --num_processes 2: every validation image counted once, same scores."""
+    args = [*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--epochs", "2", "--arch", "unet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               str(ROOT / "train.py"), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    two = json.loads((run / "metrics.json").read_text())
+    train_main_output = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "--validate-only"], env=env,
+                                       capture_output=True, text=True, timeout=600)
+    assert train_main_output.returncode == 0, train_main_output.stderr[-3000:]
+    one = json.loads(train_main_output.stdout.strip().splitlines()[-1])
+    folds = pd.read_csv(demo_dir / "folds" / "demo.csv")
+    assert two["images"] == one["images"] == (folds["fold"] == 0).sum()
+    for key in ("dice", "iou", "dice_std"):
+        assert two[key] == pytest.approx(one[key], abs=1e-9), key

@@ -37,3 +37,22 @@ def multiclass_dir(tmp_path_factory) -> Path:
 
 def paths(workdir: Path) -> list:
     return ["--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds")]
+
+
+@pytest.fixture(scope="session")
+def trained_dir(demo_dir, multiclass_dir) -> Path:
+    """Tiny Unet and Unet++ on every fold of the demo (2 epochs each), plus one multiclass Unet fold set."""
+    import train
+    for arch in ("unet", "unetpp"):
+        for fold in range(3):
+            train.main([*TINY, *paths(demo_dir), "--runs-dir", str(demo_dir / "runs"), "--arch", arch,
+                        "--fold", str(fold), "--epochs", "2"])
+    for fold in range(3):
+        train.main([*TINY, *paths(multiclass_dir), "--runs-dir", str(multiclass_dir / "runs"), "--dataset",
+                    "demo-multiclass", "--fold", str(fold), "--epochs", "1"])
+    return demo_dir
+
+
+def infer_args(workdir: Path, dataset: str = "demo") -> list:
+    return ["--dataset", dataset, "--runs-dir", str(workdir / "runs"), *paths(workdir),
+            "--preds-dir", str(workdir / "preds"), "--workers", "0"]

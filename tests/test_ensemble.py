@@ -1,0 +1,142 @@
+"""ensemble.py and its pieces: RLE, post-processing, the paired test, OOF-only tuning, outputs."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ensemble
+import infer
+from conftest import infer_args, paths
+from src import postprocess
+from src.images import read_image
+from src.predict import save_pred
+from src.rle import rle_decode, rle_encode
+from src.stats import paired_comparison
+
+
+def test_rle_hand_computed_example():
+    mask = np.array([[0, 1, 1],
+                     [0, 1, 0]])  # column-major: 0 0 | 1 1 | 1 0  -> runs start at 3 (length 3)
+    assert rle_encode(mask) == "3 3"
+    np.testing.assert_array_equal(rle_decode("3 3", (2, 3)), mask)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rle_round_trip(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(1, 40, 2))
+    for mask in (rng.random(shape) > 0.5, np.zeros(shape), np.ones(shape)):
+        np.testing.assert_array_equal(rle_decode(rle_encode(mask), shape), mask.astype(np.uint8))
+    assert rle_encode(np.zeros(shape)) == ""
+
+
+def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
+    prob = np.zeros((100, 100), np.float32)
+    prob[20:80, 20:80] = 0.9
+    prob[40:45, 40:45] = 0.1  # a hole inside the organ
+    prob[2:4, 90:92] = 0.9  # a 4-pixel speck
+    settings = postprocess.BinarySettings(threshold=0.5, fill_holes=True, min_area=0.002, keep_largest=0)
+    mask = postprocess.apply_binary(prob, settings)
+    assert mask[42, 42] == 1 and mask[2, 90] == 0 and mask.sum() == 60 * 60
+    assert postprocess.apply_binary(prob, postprocess.BinarySettings(keep_largest=1))[2, 90] == 0
+
+
+def test_candidate_scores_equal_the_dice_of_the_applied_settings():
+    rng = np.random.default_rng(3)
+    prob = rng.random((40, 50)).astype(np.float32)
+    truth = (rng.random((40, 50)) > 0.6).astype(np.uint8)
+    candidates = postprocess.binary_candidates()
+    scores = postprocess.binary_candidate_dice(prob, truth, candidates)
+    for k in (0, 17, 123, len(candidates) - 1):
+        mask = postprocess.apply_binary(prob, candidates[k])
+        expected = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+        assert scores[k] == pytest.approx(expected)
+
+
+def test_multiclass_min_area_drops_small_components_to_background():
+    probs = np.zeros((3, 30, 30), np.float32)
+    probs[0] = 1
+    probs[1, 5:15, 5:15], probs[0, 5:15, 5:15] = 2, 0
+    probs[2, 25:26, 25:26], probs[0, 25:26, 25:26] = 2, 0
+    classes = postprocess.apply_multiclass(probs, [0.0, 0.01])
+    assert classes[10, 10] == 1 and classes[25, 25] == 0
+
+
+def test_paired_comparison_verdicts():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.7, 0.9, 60)
+    assert paired_comparison(a, a)["verdict"] == "no significant difference"
+    better = paired_comparison(a, a + rng.uniform(0.02, 0.06, 60))
+    assert better["verdict"] == "better" and better["ci95"][0] > 0 and better["wilcoxon_p"] < 0.01
+    assert paired_comparison(a, a - 0.05)["verdict"] == "worse"
+    noisy = paired_comparison(a, a + rng.normal(0, 0.05, 60))
+    assert noisy["verdict"] == "no significant difference"
+
+
+def test_averaging_identical_predictions_changes_nothing(tmp_path):
+    prob = np.random.default_rng(0).integers(0, 256, (2, 9, 7), dtype=np.uint8)
+    save_pred(tmp_path / "a.npz", prob)
+    save_pred(tmp_path / "b.npz", prob)
+    np.testing.assert_allclose(ensemble.mean_probs([tmp_path / "a.npz", tmp_path / "b.npz"], [1.0, 1.0]), prob / 255,
+                               rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def predicted(trained_dir):
+    infer.main([*infer_args(trained_dir), "--tta", "none"])
+    infer.main([*infer_args(trained_dir), "--tta", "d4"])
+    return trained_dir
+
+
+def ensemble_args(workdir, out):
+    return ["--dataset", "demo", *paths(workdir), "--preds-dir", str(workdir / "preds"), "--out-dir", str(out)]
+
+
+def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_path):
+    ensemble.main(ensemble_args(predicted, tmp_path))
+    out = tmp_path / "demo"
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores["runs"]) == {"unet-tu-resnet10t", "unetpp-tu-resnet10t"}
+    assert all(r["tta"] == "d4" for r in scores["runs"].values()) and set(scores["tta_gain"]) == set(scores["runs"])
+    assert scores["comparisons"][0]["verdict"] in ("better", "no significant difference", "worse")
+    assert len(scores["runs"]["unet-tu-resnet10t"]["folds"]) == 3
+    index = pd.read_csv(predicted / "data" / "demo" / "index.csv").set_index("id")
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert sorted(submission["id"]) == sorted(index.index[index["split"] == "test"])
+    for row in submission.itertuples():
+        mask = read_image(out / "masks" / f"{row.id}.png")
+        assert mask.shape == tuple(index.loc[row.id, ["height", "width"]])
+        np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
+    board = (out / "leaderboard.md").read_text()
+    assert "Unet++ vs Unet" in board and "ensemble" in board
+    assert (out / "comparison.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+
+
+def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
+    events = []
+    real_load, real_choose = ensemble.load_pred, postprocess.choose
+    monkeypatch.setattr(ensemble, "load_pred", lambda path: events.append(("read", str(path))) or real_load(path))
+    monkeypatch.setattr(postprocess, "choose", lambda *a: events.append(("tuned", "")) or real_choose(*a))
+    ensemble.main(ensemble_args(predicted, tmp_path / "a"))
+    tuned_at = events.index(("tuned", ""))
+    assert not any("/test/" in path for _, path in events[:tuned_at])
+    assert any("/test/" in path for _, path in events[tuned_at:])
+    # Test predictions turned upside down change the test masks, never the chosen settings.
+    for path in (predicted / "preds").glob("demo/*/tta-d4/test/*/*.npz"):
+        save_pred(path, 255 - real_load(path))
+    ensemble.main(ensemble_args(predicted, tmp_path / "b"))
+    first, second = (json.loads((tmp_path / d / "demo" / "scores.json").read_text()) for d in ("a", "b"))
+    assert first["postprocess"] == second["postprocess"] and first["ensemble"] == second["ensemble"]
+
+
+def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp_path):
+    workdir = multiclass_dir  # trained_dir also trained the multiclass runs
+    infer.main([*infer_args(workdir, "demo-multiclass"), "--tta", "flip"])
+    ensemble.main(["--dataset", "demo-multiclass", *paths(workdir), "--preds-dir", str(workdir / "preds"),
+                   "--out-dir", str(tmp_path)])
+    scores = json.loads((tmp_path / "demo-multiclass" / "scores.json").read_text())
+    assert set(scores["per_class"]) == {"neoplastic", "inflammatory", "connective", "dead", "epithelial"}
+    assert len(scores["postprocess"]["min_areas"]) == 5
+    submission = pd.read_csv(tmp_path / "demo-multiclass" / "submission.csv", keep_default_na=False)
+    assert list(submission.columns) == ["id", "class", "rle"] and len(submission) == 4 * 5

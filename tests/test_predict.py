@@ -1,0 +1,98 @@
+"""infer.py: TTA, original sizes, OOF coverage, clear errors, skipping finished work."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import infer
+from conftest import infer_args
+from src.canonical import load_index
+from src.folds import load_folds
+from src.models import create_model
+from src.predict import load_pred, to_original_size, with_tta
+
+
+def uint8_images(n=2, channels=1, size=32, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 255, (n, channels, size, size), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["flip", "d4"])
+def test_tta_of_a_flip_and_rotation_invariant_model_is_the_plain_prediction(mode):
+    pointwise = torch.nn.Conv2d(1, 1, kernel_size=1).eval()  # commutes with every flip and rotation
+    x = uint8_images()
+    with torch.no_grad():
+        torch.testing.assert_close(with_tta(pointwise, "binary", mode)(x), with_tta(pointwise, "binary", "none")(x))
+
+
+def test_flip_tta_equals_the_mean_of_manually_flipped_predictions():
+    model = create_model("unet", "tu-resnet10t", 1, 1, "none", "16,16,8,8,8").eval()
+    x = uint8_images()
+    with torch.no_grad():
+        plain = with_tta(model, "binary", "none")
+        manual = (plain(x) + plain(x.flip(-1)).flip(-1)) / 2
+        torch.testing.assert_close(with_tta(model, "binary", "flip")(x), manual)
+
+
+def test_multiclass_probabilities_sum_to_one_before_and_after_resizing():
+    model = create_model("unet", "tu-resnet10t", 3, 6, "none", "16,16,8,8,8").eval()
+    with torch.no_grad():
+        probs = with_tta(model, "multiclass", "d4")(uint8_images(channels=3))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 32, 32))
+    resized = to_original_size(probs, [(45, 23), (10, 70)])
+    assert [r.shape for r in resized] == [(6, 45, 23), (6, 10, 70)]
+    assert np.abs(resized[0].astype(int).sum(axis=0) - 255).max() <= 6  # uint8 rounding of 6 channels
+
+
+def test_oof_and_test_predictions_cover_every_image_once_at_original_size(trained_dir):
+    infer.main([*infer_args(trained_dir), "--tta", "flip"])
+    index = load_index(trained_dir / "data" / "demo").set_index("id")
+    folds = load_folds(trained_dir / "folds", "demo")
+    for run in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
+        out = trained_dir / "preds" / "demo" / run / "tta-flip"
+        assert sorted(p.stem for p in (out / "oof").glob("*.npz")) == sorted(folds["id"])
+        for image_id in folds["id"][:5]:
+            assert load_pred(out / "oof" / f"{image_id}.npz").shape == (1, *index.loc[image_id, ["height", "width"]])
+        test_ids = sorted(index.index[index["split"] == "test"])
+        for fold in range(3):
+            assert sorted(p.stem for p in (out / "test" / f"fold{fold}").glob("*.npz")) == test_ids
+        scores = __import__("pandas").read_csv(out / "oof_scores.csv")
+        assert len(scores) == len(folds) and scores["dice"].between(0, 1).all() and (scores["hd95"] >= 0).all()
+
+
+def test_rerun_skips_finished_images_unless_overwrite(trained_dir):
+    args = [*infer_args(trained_dir), "--tta", "none", "--runs", "unet-*", "--folds", "0"]
+    infer.main(args)
+    oof = trained_dir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof"
+    before = {p.name: p.stat().st_mtime_ns for p in oof.glob("*.npz")}
+    infer.main(args)
+    assert {p.name: p.stat().st_mtime_ns for p in oof.glob("*.npz")} == before
+    infer.main([*args, "--overwrite"])
+    assert all(p.stat().st_mtime_ns != before[p.name] for p in oof.glob("*.npz"))
+
+
+def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):
+    from src.images import write_png
+    (tmp_path / "new").mkdir()
+    write_png(tmp_path / "new" / "odd.png", np.full((37, 81), 90, np.uint8))
+    args = infer_args(trained_dir)
+    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
+    infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(tmp_path / "new")])
+    pred = load_pred(tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1/odd.npz")
+    assert pred.shape == (1, 37, 81)
+
+
+def test_missing_weights_and_unknown_arch_are_clear_errors(trained_dir, tmp_path):
+    runs = tmp_path / "runs" / "demo"
+    shutil.copytree(trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0", runs / "unet-tu-resnet10t" / "fold0")
+    (runs / "unet-tu-resnet10t" / "fold0" / "best.pt").unlink()
+    args = infer_args(trained_dir)
+    args[args.index("--runs-dir") + 1] = str(tmp_path / "runs")
+    with pytest.raises(SystemExit, match="best.pt not found: the run has no finished epoch"):
+        infer.main(args)
+    config = runs / "unet-tu-resnet10t" / "fold0" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "arch": "hypernet"}))
+    shutil.copy(trained_dir / "runs/demo/unet-tu-resnet10t/fold0/best.pt", config.parent / "best.pt")
+    with pytest.raises(SystemExit, match="config.json: unknown architecture 'hypernet'"):
+        infer.main(args)

@@ -186,7 +186,9 @@ def main(argv=None):
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
             seen += len(images_batch)
-        train_loss = (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(seen, "sum")).item()
+        images_seen = accelerator.reduce(seen, "sum")
+        train_loss = (accelerator.reduce(loss_sum, "sum") / images_seen).item()
+        train_images_per_s = images_seen.item() / (time.time() - start)
         scores, example = validate(model, valid_loader, accelerator, meta)
         lr = optimizer.param_groups[-1]["lr"]
         if cfg.scheduler == "plateau":
@@ -199,7 +201,7 @@ def main(argv=None):
         if improved:
             trainer.update(best=scores["dice"], best_epoch=epoch + 1)
             accelerator.save(accelerator.unwrap_model(model).state_dict(), run_dir / "best.pt")
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_images_per_s": train_images_per_s,
                **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.time() - start}
         history.append(row)
         if accelerator.is_main_process:

@@ -58,7 +58,7 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
     for axis_row, (title, image, truth, preds) in zip(axes, rows):
         panels = [(title, image), ("truth", colour(truth))] + [(m, colour(p)) for m, p in preds.items()]
         if len(models) >= 2:
-            panels.append((f"{models[0]} != {models[1]}", preds[models[0]] != preds[models[1]]))
+            panels.append(("disagreement (first two)", preds[models[0]] != preds[models[1]]))
         for axis, (label, picture) in zip(axis_row, panels):
             axis.imshow(picture, cmap="gray" if np.ndim(picture) == 2 else None)
             axis.set_title(label, fontsize=7)

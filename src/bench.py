@@ -1,0 +1,147 @@
+"""Throughput benchmark: is the GPU (or CPU), not the data pipeline, setting the pace?
+
+  python -m src.bench --arch unet --encoder resnet34 --size 256 --batch-size 64        # on a GPU
+  python -m src.bench --arch unet --encoder tu-resnet10t --size 64 --batch-size 8 --steps 5   # anyone, on CPU
+
+Reports (1) the model ceiling: synthetic tensors, forward + backward + optimiser step; (2) the data pipeline alone:
+batches from the resized cache with the chosen augmentation and workers; (3) train.py end to end (its own
+train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; (5) peak GPU and host memory.
+"""
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from src.augment import build_augmentation
+from src.cache import open_cache
+from src.canonical import load_index
+from src.config import Config
+from src.data import CachedSegmentation, default_workers, make_loader
+from src.models import create_model
+from src.optim import build_optimizer
+from src.predict import with_tta
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, steps: int, device) -> float:
+    """Seconds per call of step() after two warm-up calls."""
+    for _ in range(2):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def model_ceiling(cfg: Config, channels: int, device, steps: int) -> float:
+    model = create_model(cfg.arch, cfg.encoder, channels, 1, "none", cfg.decoder_channels).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(model, cfg)
+    x = torch.randn(cfg.batch_size, channels, cfg.size, cfg.size, device=device).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(cfg.batch_size, 1, cfg.size, cfg.size, device=device) > 0.5).float()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return cfg.batch_size / timed(step, steps, device)
+
+
+def data_pipeline(cfg: Config, dataset_dir: Path, workers: int, batches: int) -> float:
+    images, masks = open_cache(dataset_dir, cfg.size)
+    train = CachedSegmentation(images, masks, range(len(load_index(dataset_dir))), build_augmentation(cfg.aug))
+    loader = make_loader(train, cfg.batch_size, shuffle=True, workers=workers)
+    start, seen = time.perf_counter(), 0
+    while seen < batches * cfg.batch_size:
+        for batch in loader:
+            seen += len(batch[0])
+            if seen >= batches * cfg.batch_size:
+                break
+    return seen / (time.perf_counter() - start)
+
+
+def inference(cfg: Config, channels: int, device, steps: int) -> dict:
+    model = create_model(cfg.arch, cfg.encoder, channels, 1, "none", cfg.decoder_channels).to(device).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randint(0, 255, (cfg.batch_size, channels, cfg.size, cfg.size), dtype=torch.uint8, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    result = {}
+    for mode in ("none", "flip", "d4"):
+        wrapped = with_tta(model, "binary", mode)
+
+        def step():
+            with torch.no_grad(), autocast:
+                wrapped(x)
+
+        result[mode] = cfg.batch_size / timed(step, steps, device)
+    return result
+
+
+def end_to_end(cfg: Config, workdir: Path, dataset_dir: Path) -> float:
+    import train
+    train.main(["--dataset", dataset_dir.name, "--data-dir", str(dataset_dir.parent), "--folds-dir",
+                str(workdir / "folds"), "--runs-dir", str(workdir / "runs"), "--size", str(cfg.size), "--arch",
+                cfg.arch, "--encoder", cfg.encoder, "--encoder-weights", "none", "--batch-size", str(cfg.batch_size),
+                "--epochs", "2", "--aug", cfg.aug, "--tracker", "none", "--workers", str(cfg.workers),
+                *(["--decoder-channels", cfg.decoder_channels] if cfg.decoder_channels else []),
+                *(["--compile"] if cfg.compile else [])])
+    history = pd.read_csv(next((workdir / "runs").glob("*/*/fold0/history.csv")))
+    return float(history["train_images_per_s"].iloc[-1])  # the second epoch: warm caches, compiled graph
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("arch", "encoder", "size", "batch_size", "aug", "workers", "decoder_channels"):
+        default = getattr(Config(), name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--images", type=int, default=512, help="demo images generated for (2) and (3)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    cfg = Config(arch=args.arch, encoder=args.encoder, size=args.size, batch_size=args.batch_size, aug=args.aug,
+                 workers=default_workers(args.workers), decoder_channels=args.decoder_channels, compile=args.compile)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from src import prepare
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        prepare.main(["demo", "--count", str(args.images), "--test-count", "0", "--size", str(args.size), "--k", "5",
+                      "--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds")])
+        dataset_dir = workdir / "data" / "demo"
+        results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}",
+                   "arch": cfg.arch, "encoder": cfg.encoder, "size": cfg.size, "batch_size": cfg.batch_size,
+                   "workers": cfg.workers, "compile": cfg.compile}
+        results["ceiling_images_per_s"] = model_ceiling(cfg, 1, device, args.steps)
+        results["data_images_per_s"] = data_pipeline(cfg, dataset_dir, cfg.workers, args.steps)
+        results["train_py_images_per_s"] = end_to_end(cfg, workdir, dataset_dir)
+        results["end_to_end_fraction_of_ceiling"] = results["train_py_images_per_s"] / results["ceiling_images_per_s"]
+        results.update({f"infer_{k}_images_per_s": v for k, v in inference(cfg, 1, device, args.steps).items()})
+        results["d4_fraction_of_ceiling_over_8"] = results["infer_d4_images_per_s"] / (results["infer_none_images_per_s"] / 8)
+    results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    results["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("\n| measure | value |\n|---|---|")
+    for key, value in results.items():
+        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,11 +65,13 @@ def test_rerun_skips_finished_images_unless_overwrite(trained_dir):
     args = [*infer_args(trained_dir), "--tta", "none", "--runs", "unet-*", "--folds", "0"]
     infer.main(args)
     oof = trained_dir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof"
-    before = {p.name: p.stat().st_mtime_ns for p in oof.glob("*.npz")}
+    folds = load_folds(trained_dir / "folds", "demo")
+    fold0 = [oof / f"{i}.npz" for i in folds.loc[folds["fold"] == 0, "id"]]
+    before = [p.stat().st_mtime_ns for p in fold0]
     infer.main(args)
-    assert {p.name: p.stat().st_mtime_ns for p in oof.glob("*.npz")} == before
+    assert [p.stat().st_mtime_ns for p in fold0] == before
     infer.main([*args, "--overwrite"])
-    assert all(p.stat().st_mtime_ns != before[p.name] for p in oof.glob("*.npz"))
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(fold0, before))
 
 
 def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ENCODER=${ENCODER:-tu-mobilenetv3_small_050}
 TRAIN="--dataset demo --size 64 --encoder $ENCODER --encoder-weights none --decoder-channels 64,32,16,16,8
-       --epochs ${EPOCHS:-12} --batch-size 8 --lr 3e-3 --aug light --tracker ${TRACKER:-none}"
+       --epochs ${EPOCHS:-10} --batch-size 8 --lr 1e-2 --aug light --tracker ${TRACKER:-none}"
 
 python -m src.prepare demo --count 96 --test-count 12 --size 64 --k 3 --overwrite
 for arch in unet unetpp; do

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src import postprocess, report
+from src import postprocess, report, tracking
 from src.canonical import load_meta
 from src.folds import load_folds
 from src.images import read_image, write_png
@@ -37,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
     parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
     parser.add_argument("--figures", type=int, default=4, help="OOF images in comparison.png")
+    parser.add_argument("--tracker", choices=["wandb", "none"], help="log the leaderboard (default: as the runs were trained)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--folds-dir", default="folds")
     parser.add_argument("--preds-dir", default="preds")
@@ -171,6 +172,13 @@ def main(argv=None):
             (i, read_image(dataset_dir / "images" / f"{i}.png"), truth(i),
              {n: postprocess.apply(mean_probs([p / "oof" / f"{i}.npz"], [1.0]), settings) for n, p in runs.items()})
             for i in shown], meta["classes"])
+    trackers = {json.loads((p.parent / "config.json").read_text()).get("tracker") for p in runs.values()
+                if (p.parent / "config.json").exists()}
+    if (args.tracker or ("wandb" if "wandb" in trackers else "none")) == "wandb":
+        table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
+                              for n, r in {**summaries, "ensemble": ensemble}.items()])
+        tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table},
+                            {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]})
     print(report.leaderboard_markdown(scores))
     print(f"wrote {out}/: {len(test_ids)} test masks, submission.csv, scores.json, leaderboard.md, figures")
 

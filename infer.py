@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from src import tracking
 from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config
@@ -43,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--overwrite", action="store_true", help="predict again images that already have a file")
+    parser.add_argument("--tracker", choices=["wandb", "none"], help="log OOF scores (default: as the run was trained)")
     parser.add_argument("--runs-dir", default=defaults.runs_dir)
     parser.add_argument("--data-dir", default=defaults.data_dir)
     parser.add_argument("--folds-dir", default=defaults.folds_dir)
@@ -111,17 +113,26 @@ def class_map(prob: np.ndarray, task: str) -> np.ndarray:
     return (prob[0] >= 128).astype(np.uint8) if task == "binary" else prob.argmax(axis=0).astype(np.uint8)
 
 
-def print_summary(name: str, scores: pd.DataFrame) -> None:
+def fold_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over images of Dice, IoU and HD95, per fold and over all folds."""
     images = per_image(scores)
-    table = images.groupby("fold")[["dice", "iou", "hd95"]].agg(["mean", "std"])
-    print(f"\n{name}: OOF at original resolution, mean +- std over images")
-    for fold, r in table.iterrows():
-        print(f"  fold {fold}: Dice {r[('dice', 'mean')]:.4f} +- {r[('dice', 'std')]:.4f}   IoU {r[('iou', 'mean')]:.4f}"
-              f"   HD95 {r[('hd95', 'mean')]:.1f} px")
-    print(f"  all   : Dice {images['dice'].mean():.4f} +- {images['dice'].std():.4f}   IoU {images['iou'].mean():.4f}"
-          f"   HD95 {images['hd95'].mean():.1f} px   ({len(images)} images)")
+    table = pd.concat([images.assign(fold=images["fold"].astype(str)), images.assign(fold="all")])
+    table = table.groupby("fold")[["dice", "iou", "hd95"]].agg(["mean", "std"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    return table.reset_index()
+
+
+def print_summary(name: str, scores: pd.DataFrame) -> None:
+    print(f"\n{name}: OOF at original resolution, mean +- std over images ({scores['id'].nunique()} images)")
+    for r in fold_table(scores).itertuples():
+        print(f"  fold {r.fold:>3}: Dice {r.dice_mean:.4f} +- {r.dice_std:.4f}   IoU {r.iou_mean:.4f} +- {r.iou_std:.4f}"
+              f"   HD95 {r.hd95_mean:.1f} px")
+    images = per_image(scores)
     if scores["class"].nunique() > 1:
         print("  per class (pooled Dice): " + ", ".join(f"{c} {d:.3f}" for c, d in pooled_by_class(scores).items()))
+    if "tissue" in images:
+        tissues = images.groupby("tissue")["dice"].mean().sort_values()
+        print("  per tissue (mean Dice): " + ", ".join(f"{t} {d:.3f}" for t, d in tissues.items()))
 
 
 def main(argv=None):
@@ -155,12 +166,17 @@ def main(argv=None):
             todo = [p for p in test_paths if args.overwrite or not (target / f"{p.stem}.npz").exists()]
             predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)}, None,
                     target, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} images")
-        scored[out_dir] = (cfg.run_name, meta)
-    for out_dir, (name, meta) in scored.items():
+        cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
+        scored[out_dir] = (cfg, meta)
+    for out_dir, (cfg, meta) in scored.items():
         done = folds[[(out_dir / "oof" / f"{i}.npz").exists() for i in folds["id"]]]
         scores = score_oof(out_dir, done, dataset_dir, meta, index)
         scores.to_csv(out_dir / "oof_scores.csv", index=False)
-        print_summary(f"{name} (tta {args.tta})", scores)
+        print_summary(f"{cfg.run_name} (tta {args.tta})", scores)
+        if (args.tracker or cfg.tracker) == "wandb":
+            table = fold_table(scores)
+            tracking.log_tables(args.dataset, cfg.run_name, f"oof-tta-{args.tta}", "infer", out_dir,
+                                {"oof_by_fold": table}, table.set_index("fold").loc["all"].to_dict())
 
 
 if __name__ == "__main__":

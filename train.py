@@ -62,7 +62,7 @@ def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int, folds_file: s
 
 
 @torch.no_grad()
-def validate(model, loader, accelerator, meta) -> tuple:
+def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
     """Scores over the whole fold, each image counted once whatever the number of processes."""
     model.eval()
     n_classes = len(meta["classes"])
@@ -74,9 +74,11 @@ def validate(model, loader, accelerator, meta) -> tuple:
         rows.append(stats[3].cpu())
         if example is None:
             example = (images[:4].cpu().numpy(), pred[:4].cpu().numpy(), masks[:4].cpu().numpy())
-    order = torch.cat(rows).argsort()  # a fixed order makes the means identical for any number of processes
+    rows = torch.cat(rows)
+    order = rows.argsort()  # a fixed order makes the means identical for any number of processes
     tp, fp, fn = (torch.cat([c[k] for c in counts])[order] for k in range(3))
-    return summarize(tp, fp, fn, meta["classes"]), example
+    tissues = None if tissue_of_row is None else tissue_of_row[rows[order].numpy()]
+    return summarize(tp, fp, fn, meta["classes"], tissues), example
 
 
 def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
@@ -101,6 +103,7 @@ def main(argv=None):
     except (ModelError, FileNotFoundError) as error:
         sys.exit(f"train: {error}")
     train_rows, valid_rows = fold_rows(index, folds, cfg.fold, f"{cfg.folds_dir}/{cfg.dataset}.csv")
+    tissue_of_row = index["tissue"].to_numpy() if "tissue" in index else None  # PanNuke: scores per tissue too
     run_dir = cfg.run_dir
     if args.validate_only and not (run_dir / "best.pt").exists():
         sys.exit(f"train: {run_dir / 'best.pt'} not found: train the run first")
@@ -146,7 +149,7 @@ def main(argv=None):
 
     if args.validate_only:
         accelerator.unwrap_model(model).load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
-        scores, _ = validate(model, valid_loader, accelerator, meta)
+        scores, _ = validate(model, valid_loader, accelerator, meta, tissue_of_row)
         if accelerator.is_main_process:
             print(json.dumps(scores))
         return
@@ -189,7 +192,7 @@ def main(argv=None):
         images_seen = accelerator.reduce(seen, "sum")
         train_loss = (accelerator.reduce(loss_sum, "sum") / images_seen).item()
         train_images_per_s = images_seen.item() / (time.time() - start)
-        scores, example = validate(model, valid_loader, accelerator, meta)
+        scores, example = validate(model, valid_loader, accelerator, meta, tissue_of_row)
         lr = optimizer.param_groups[-1]["lr"]
         if cfg.scheduler == "plateau":
             scheduler.step(scores["dice"])

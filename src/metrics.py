@@ -5,6 +5,7 @@ HD95 = 0; where it is absent from only one of them, HD95 is the image diagonal (
 Per-image scores average the foreground classes; per-class dataset scores pool the pixels of all images.
 """
 import numpy as np
+import pandas as pd
 import segmentation_models_pytorch as smp
 import torch
 from scipy import ndimage
@@ -36,14 +37,18 @@ def dice_iou(tp, fp, fn) -> tuple:
     return dice, iou
 
 
-def summarize(tp, fp, fn, class_names: list) -> dict:
-    """Mean per-image Dice/IoU, and pooled Dice/IoU for each foreground class."""
+def summarize(tp, fp, fn, class_names: list, tissues=None) -> dict:
+    """Mean per-image Dice/IoU, pooled Dice/IoU for each foreground class, and mean Dice per tissue if given."""
     dice, iou = dice_iou(tp, fp, fn)
     summary = {"dice": dice.mean(dim=1).mean().item(), "iou": iou.mean(dim=1).mean().item(),
                "dice_std": dice.mean(dim=1).std(unbiased=False).item(), "images": int(dice.shape[0])}
     pooled_dice, pooled_iou = dice_iou(*(torch.as_tensor(a).sum(dim=0) for a in (tp, fp, fn)))
     for name, d, j in zip(class_names[1:], pooled_dice.tolist(), pooled_iou.tolist()):
         summary[f"dice_{name}"], summary[f"iou_{name}"] = d, j
+    if tissues is not None:
+        tissues = np.asarray(tissues)
+        for tissue in sorted(set(tissues)):
+            summary[f"dice_tissue_{tissue}"] = dice.mean(dim=1)[torch.from_numpy(tissues == tissue)].mean().item()
     return summary
 
 
@@ -78,7 +83,7 @@ def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list) -> lis
     return rows
 
 
-def per_image(scores) -> "pd.DataFrame":
+def per_image(scores: pd.DataFrame) -> pd.DataFrame:
     """Scores table (one row per image and class) -> one row per image, classes averaged."""
     keep = [c for c in scores.columns if c not in ("class", "tp", "fp", "fn", "dice", "iou", "hd95")]
     return scores.groupby(keep, sort=False)[["dice", "iou", "hd95"]].mean().reset_index()

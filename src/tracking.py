@@ -44,3 +44,16 @@ def mask_overlays(images: np.ndarray, preds: np.ndarray, truths: np.ndarray, cla
     return [wandb.Image(image.squeeze(-1) if image.shape[-1] == 1 else image, masks={"prediction": {"mask_data": pred, "class_labels": labels},
                                       "ground_truth": {"mask_data": truth, "class_labels": labels}})
             for image, pred, truth in zip(images, preds, truths)]
+
+
+def log_tables(project: str, group: str, name: str, job_type: str, folder: Path, tables: dict, summary: dict) -> None:
+    """One W&B run holding score tables (pandas DataFrames) and summary numbers, e.g. infer's OOF scores."""
+    import wandb
+
+    mode = prepare_wandb_env()
+    folder.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, group=group, name=name, job_type=job_type, dir=str(folder), reinit="create_new")
+    run.log({key: wandb.Table(dataframe=table) for key, table in tables.items()})
+    run.summary.update(summary)
+    run.finish()
+    print(f"W&B: {'offline run in ' + str(folder / 'wandb') if mode == 'offline' else run.url}")

@@ -47,3 +47,10 @@ def test_hd95_of_a_shifted_square_and_empty_cases():
     assert hd95(a, a) == 0.0
     assert hd95(np.zeros_like(a), np.zeros_like(a)) == 0.0
     assert hd95(a, np.zeros_like(a)) == pytest.approx(np.hypot(50, 60))
+
+
+def test_summary_per_tissue_averages_the_images_of_each_tissue():
+    tp, fp, fn = torch.tensor([[1], [0], [1]]), torch.tensor([[0], [1], [1]]), torch.tensor([[0], [0], [0]])
+    summary = summarize(tp, fp, fn, ["background", "x"], tissues=np.array(["colon", "breast", "colon"]))
+    assert summary["dice_tissue_breast"] == 0.0
+    assert summary["dice_tissue_colon"] == pytest.approx((1 + 2 / 3) / 2)

@@ -1,15 +1,12 @@
 """Sources into the canonical layout; every bad input reported at once, nothing written."""
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import SHARED_DATA, prepare
-from src.canonical import PrepareError, load_index, load_meta, write_dataset
+from src.canonical import load_index, load_meta
 from src.images import read_image, write_png
-from src import sources
 
 
 def lungs(h=40, w=30):
@@ -131,7 +128,7 @@ def test_demo_is_deterministic_and_varied(tmp_path):
 
 
 def test_cache_matches_resized_originals(demo_dir):
-    from src.cache import build_cache, open_cache
+    from src.cache import open_cache
     data = demo_dir / "data" / "demo"
     images, masks = open_cache(data, 64)
     index = load_index(data)

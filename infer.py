@@ -67,6 +67,11 @@ class FolderImages(Dataset):
         return (image[None] if image.ndim == 2 else image.permute(2, 0, 1)), torch.tensor(original.shape[:2]), i
 
 
+def needs_prediction(path: Path, weights_time: int, overwrite: bool) -> bool:
+    """Missing, or older than the weights (the run was retrained since), or --overwrite."""
+    return overwrite or not path.exists() or path.stat().st_mtime_ns < weights_time
+
+
 def find_runs(args) -> list:
     root = Path(args.runs_dir) / args.dataset
     runs = sorted(p.parent for p in root.glob("*/fold*/config.json"))
@@ -150,20 +155,21 @@ def main(argv=None):
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
         model = with_tta(model, meta["task"], args.tta)
+        weights_time = (run_dir / "best.pt").stat().st_mtime_ns
         out_dir = pred_dir(args.preds_dir, args.dataset, cfg.run_name, args.tta)
         images, masks = open_cache(dataset_dir, cfg.size)
         jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
         if test_paths is None:
             jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
         for kind, rows, target in jobs:
-            todo = rows[[args.overwrite or not (target / f"{i}.npz").exists() for i in rows["id"]]]
+            todo = rows[[needs_prediction(target / f"{i}.npz", weights_time, args.overwrite) for i in rows["id"]]]
             if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
                 predict(model, CachedSegmentation(images, masks, todo.index), dict(zip(todo.index, todo["id"])),
                         dict(zip(todo.index, zip(todo["height"], todo["width"]))), target, args.batch_size, workers,
                         device, f"{cfg.run_name} fold{cfg.fold} {kind}")
         if test_paths:
             target = out_dir / "test" / f"fold{cfg.fold}"
-            todo = [p for p in test_paths if args.overwrite or not (target / f"{p.stem}.npz").exists()]
+            todo = [p for p in test_paths if needs_prediction(target / f"{p.stem}.npz", weights_time, args.overwrite)]
             predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)}, None,
                     target, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} images")
         cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run

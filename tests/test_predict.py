@@ -1,5 +1,6 @@
 """infer.py: TTA, original sizes, OOF coverage, clear errors, skipping finished work."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -72,6 +73,11 @@ def test_rerun_skips_finished_images_unless_overwrite(trained_dir):
     assert [p.stat().st_mtime_ns for p in fold0] == before
     infer.main([*args, "--overwrite"])
     assert all(p.stat().st_mtime_ns != t for p, t in zip(fold0, before))
+    overwritten = [p.stat().st_mtime_ns for p in fold0]
+    weights = trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "best.pt"
+    os.utime(weights, ns=(max(overwritten) + 10**9, max(overwritten) + 10**9))  # as if retrained since
+    infer.main(args)
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(fold0, overwritten))
 
 
 def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):

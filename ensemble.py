@@ -143,9 +143,14 @@ def main(argv=None):
 
     # 5. Test images: mean over every run and fold, post-processed, as PNG and RLE.
     test_rows = []
-    test_ids = sorted({p.stem for path in runs.values() for p in (path / "test").glob("fold*/*.npz")})
+    fold_dirs = [(name, d) for name, path in runs.items() for d in sorted((path / "test").glob("fold*"))]
+    test_ids = sorted({p.stem for _, d in fold_dirs for p in d.glob("*.npz")})
+    incomplete = [i for i in test_ids if not all((d / f"{i}.npz").exists() for _, d in fold_dirs)]
+    if incomplete:
+        print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
+              f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
     for image_id in tqdm(test_ids, desc="test masks", unit="img"):
-        files = [(f, weight_of[n]) for n, path in runs.items() for f in sorted((path / "test").glob(f"fold*/{image_id}.npz"))]
+        files = [(d / f"{image_id}.npz", weight_of[name]) for name, d in fold_dirs if (d / f"{image_id}.npz").exists()]
         final = postprocess.apply(mean_probs(*zip(*files)), settings)
         write_png(out / "masks" / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
         if meta["task"] == "binary":

@@ -166,8 +166,9 @@ def main(argv=None):
         cfg.save(run_dir / "config.json", meta=meta)
     accelerator.wait_for_everyone()
     if cfg.tracker == "wandb":
-        tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name, name=f"fold{cfg.fold}", job_type="train",
-                       config=vars(cfg), folder=run_dir)
+        trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,
+                                             name=f"fold{cfg.fold}", job_type="train", config=vars(cfg),
+                                             folder=run_dir, run_id=trainer.get("wandb_id"))
 
     for epoch in range(trainer["epoch"], cfg.epochs):
         if trainer["bad_epochs"] >= cfg.patience:

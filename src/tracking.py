@@ -23,17 +23,24 @@ def prepare_wandb_env() -> str:
     return os.environ.get("WANDB_MODE", "online")
 
 
-def start(accelerator, project: str, group: str, name: str, job_type: str, config: dict, folder: Path) -> None:
-    """Runs are grouped by arch+encoder, one run per fold: project=dataset, group=<arch>-<encoder>, name=fold<k>."""
+def start(accelerator, project: str, group: str, name: str, job_type: str, config: dict, folder: Path,
+          run_id: str | None = None) -> str | None:
+    """Runs are grouped by arch+encoder, one run per fold: project=dataset, group=<arch>-<encoder>, name=fold<k>.
+
+    Returns the W&B run id (main process), which a resumed training passes back to continue the same run.
+    """
     mode = prepare_wandb_env()
     folder.mkdir(parents=True, exist_ok=True)
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}
     accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {
-        "group": group, "name": name, "job_type": job_type, "dir": str(folder)}})
+        "group": group, "name": name, "job_type": job_type, "dir": str(folder), **resume}})
     if accelerator.is_main_process:
         run = accelerator.get_tracker("wandb", unwrap=True)
         folder = Path(run.dir).parent
         where = f"offline run in {folder}; upload later with `wandb sync {folder}`" if mode == "offline" else run.url
         print(f"W&B: {where}")
+        return run.id
+    return None
 
 
 def mask_overlays(images: np.ndarray, preds: np.ndarray, truths: np.ndarray, class_names: list) -> list:

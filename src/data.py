@@ -16,7 +16,16 @@ class CachedSegmentation(Dataset):
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, rows, augmentation=None, seed: int = 0):
         self.images, self.masks, self.rows = images, masks, np.asarray(rows)
-        self.augmentation, self.seed, self.epoch = augmentation, seed, 0
+        self.augmentation, self.seed = augmentation, seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent worker processes
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(value)
 
     def __len__(self):
         return len(self.rows)
@@ -41,7 +50,7 @@ def default_workers(requested: int, processes: int = 1) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0) -> DataLoader:
-    # Workers are not persistent: each epoch's fresh workers see the dataset's new epoch number.
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      drop_last=False, generator=generator if shuffle else None)
+    """Persistent, pinned-memory workers: no process start per epoch, asynchronous copies to the GPU."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)

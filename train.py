@@ -125,7 +125,8 @@ def main(argv=None):
     with accelerator.main_process_first():
         images, masks = open_cache(cfg.dataset_dir, cfg.size)
     workers = default_workers(cfg.workers, accelerator.num_processes)
-    train_set = CachedSegmentation(images, masks, train_rows, build_augmentation(cfg.aug), seed=cfg.seed)
+    augmentation = build_augmentation(cfg.aug, meta.get("rotation_invariant", False))
+    train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed)
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=workers)
     valid_loader = make_loader(CachedSegmentation(images, masks, valid_rows), cfg.batch_size, False, workers)
 

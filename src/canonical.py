@@ -75,7 +75,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
         index = pd.DataFrame(rows)
         index.to_csv(tmp / "index.csv", index=False)
         meta = {"name": out_dir.name, "task": source.task, "classes": source.classes, "channels": source.channels,
-                "source": source_name, "official_folds": source.official_folds}
+                "source": source_name, "official_folds": source.official_folds,
+                "rotation_invariant": source.rotation_invariant}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

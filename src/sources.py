@@ -30,6 +30,7 @@ class Source:
     samples: list
     problems: list
     official_folds: bool = False
+    rotation_invariant: bool = False  # no up or down (histology): augmentation adds vertical flips and 90° turns
 
 
 def _image_files(folder: Path) -> list:
@@ -179,7 +180,7 @@ def pannuke(src: Path) -> Source:
         for i in range(len(images)):
             samples.append(Sample(f"fold{fold}_{i:05d}", lambda i=i, load=load: load(i),
                                   extra={"tissue": str(types[i]), "official_fold": fold}))
-    return Source("multiclass", PANNUKE_CLASSES, 3, samples, problems, official_folds=True)
+    return Source("multiclass", PANNUKE_CLASSES, 3, samples, problems, official_folds=True, rotation_invariant=True)
 
 
 def _labelled_only_in_train(generate, split):
@@ -201,5 +202,5 @@ def demo_source(count: int, seed: int, multiclass: bool, test_count: int) -> Sou
             load = _labelled_only_in_train(lambda i=i: demo.chest_xray(seed, i), split)
             samples.append(Sample(f"cxr_{i:04d}", load, split=split, group=f"patient_{i // 2:04d}"))
     if multiclass:
-        return Source("multiclass", demo.NUCLEUS_CLASSES, 3, samples, [])
+        return Source("multiclass", demo.NUCLEUS_CLASSES, 3, samples, [], rotation_invariant=True)
     return Source("binary", ["background", "lung"], 1, samples, [])

@@ -36,6 +36,7 @@ def test_planted_nuclei_and_official_folds(tmp_path):
     data = tmp_path / "data" / "pannuke"
     meta, index = load_meta(data), load_index(data)
     assert meta["classes"] == ["background", "neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+    assert meta["rotation_invariant"] and meta["official_folds"]
     assert meta["channels"] == 3 and len(index) == 9
     row = index.set_index("id").loc["fold2_00001"]
     assert row["tissue"] == "Colon" and row["official_fold"] == 2

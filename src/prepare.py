@@ -28,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--classes", help="folder: comma-separated class names, background first")
     parser.add_argument("--channels", type=int, choices=[1, 3], default=0, help="folder: 1 grey, 3 RGB (default: first image's)")
     parser.add_argument("--allow-unmasked", action="store_true", help="images without a mask become test images")
+    parser.add_argument("--rotation-invariant", action="store_true",
+                        help="folder: images have no up or down (histology); augment with vertical flips and 90° turns")
     parser.add_argument("--multiclass", action="store_true", help="demo: generated nuclei instead of lungs")
     parser.add_argument("--count", type=int, default=240, help="demo: number of labelled images")
     parser.add_argument("--test-count", type=int, default=24, help="demo: number of unlabelled test images")
@@ -60,8 +62,9 @@ def build_source(args) -> tuple:
     classes = args.classes.split(",") if args.classes else None
     if args.task == "multiclass" and not classes:
         raise PrepareError(["--task multiclass needs --classes background,class1,class2,..."])
-    return "folder", sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes,
-                                    args.channels)
+    source = sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes, args.channels)
+    source.rotation_invariant = args.rotation_invariant
+    return "folder", source
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from src import tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.config import add_config_arguments, config_from_args
+from src.config import Config, add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
 from src.losses import SegmentationLoss, class_weights
@@ -81,6 +82,16 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
     return summarize(tp, fp, fn, meta["classes"], tissues), example
 
 
+RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker")
+
+
+def settings_changed(saved: Config, requested: Config) -> str:
+    """What a resumed run would silently change about the run it continues, e.g. 'lr 0.001 -> 0.01'."""
+    free = {flag[2:].replace("-", "_") for flag in RESUMABLE}
+    return ", ".join(f"{f.name} {getattr(saved, f.name)} -> {getattr(requested, f.name)}" for f in fields(Config)
+                     if f.name not in free and getattr(saved, f.name) != getattr(requested, f.name))
+
+
 def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
     """Full state (model, optimiser, scheduler, RNGs, counters) into state/, replaced atomically."""
     tmp, final = run_dir / "state.tmp", run_dir / "state"
@@ -109,6 +120,11 @@ def main(argv=None):
         sys.exit(f"train: {run_dir / 'best.pt'} not found: train the run first")
     if args.resume and not (run_dir / "state").exists():
         sys.exit(f"train: nothing to resume in {run_dir} (no state/ folder); drop --resume")
+    if args.resume:
+        changed = settings_changed(load_run_config(run_dir)[0], cfg)
+        if changed:
+            sys.exit(f"train: {run_dir} was trained with other settings ({changed}); resume with the same command, "
+                     f"changing only {', '.join(RESUMABLE)}, or pass --overwrite to start again")
     if (run_dir / "config.json").exists() and not (args.resume or args.overwrite or args.validate_only):
         sys.exit(f"train: {run_dir} already holds a run; pass --resume to continue it or --overwrite to start again")
 

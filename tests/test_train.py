@@ -35,6 +35,8 @@ def test_resume_gives_the_same_weights_and_history_as_straight_training(demo_dir
     common = ["--arch", "unet", "--aug", "medium", "--fold", "1"]
     straight = run_train(demo_dir, tmp_path / "straight", *common, "--epochs", "4") / "unet-tu-resnet10t" / "fold1"
     resumed = run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "2") / "unet-tu-resnet10t" / "fold1"
+    with pytest.raises(SystemExit, match=r"trained with other settings \(lr 0.01 -> 0.001\)"):
+        run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "4", "--resume", "--lr", "1e-3")
     run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "4", "--resume")
     a, b = (pd.read_csv(r / "history.csv").drop(columns=["seconds", "train_images_per_s"]) for r in (straight, resumed))
     pd.testing.assert_frame_equal(a, b)

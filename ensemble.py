@@ -77,7 +77,10 @@ def mean_probs(paths: list, weights: list) -> np.ndarray:
 def main(argv=None):
     args = parse_args(argv)
     dataset_dir = Path(args.data_dir) / args.dataset
-    meta, folds = load_meta(dataset_dir), load_folds(args.folds_dir, args.dataset)
+    try:
+        meta, folds = load_meta(dataset_dir), load_folds(args.folds_dir, args.dataset)
+    except FileNotFoundError as error:
+        sys.exit(f"ensemble: {error}")
     runs = find_predictions(Path(args.preds_dir) / args.dataset, args.tta, args.runs)
     weight_of = {name: 1.0 for name in runs}
     for item in filter(None, (args.weights or "").split(",")):

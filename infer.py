@@ -146,7 +146,12 @@ def main(argv=None):
     workers = default_workers(args.workers)
     runs = find_runs(args)
     dataset_dir = Path(args.data_dir) / args.dataset
-    index, folds = load_index(dataset_dir), load_folds(args.folds_dir, args.dataset)
+    try:
+        index, folds = load_index(dataset_dir), load_folds(args.folds_dir, args.dataset)
+    except FileNotFoundError as error:
+        sys.exit(f"infer: {error}")
+    if args.images and not args.images.is_dir():
+        sys.exit(f"infer: --images {args.images}: no such folder")
     test_paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images else None
     scored = {}
     for run_dir in runs:

@@ -37,7 +37,10 @@ def load_meta(dataset_dir: Path) -> dict:
 
 
 def load_index(dataset_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(dataset_dir) / "index.csv", dtype={"id": str, "group": str}, keep_default_na=False)
+    path = Path(dataset_dir) / "index.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: prepare the dataset first (python -m src.prepare ...)")
+    return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
 
 
 def _check_mask(mask: np.ndarray, image: np.ndarray, task: str, n_classes: int, name: str) -> np.ndarray:

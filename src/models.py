@@ -1,4 +1,5 @@
 """Model factory: any smp architecture and encoder by name, pretrained weights from the hub, its cache or a file."""
+import functools
 import os
 import socket
 from pathlib import Path
@@ -103,9 +104,15 @@ def create_model(arch: str, encoder: str, in_channels: int, classes: int, weight
     return model
 
 
+@functools.cache
+def _statistics(channels: int, device: torch.device) -> tuple:
+    """ImageNet mean and std (their averages for grey images) as C x 1 x 1 tensors, made once per device."""
+    mean = IMAGENET_MEAN if channels == 3 else [sum(IMAGENET_MEAN) / 3] * channels
+    std = IMAGENET_STD if channels == 3 else [sum(IMAGENET_STD) / 3] * channels
+    return (torch.tensor(mean, device=device)[:, None, None] * 255, torch.tensor(std, device=device)[:, None, None] * 255)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NxCxHxW on the device -> float, ImageNet statistics (their mean for grey images)."""
-    channels = images.shape[1]
-    mean = torch.tensor(IMAGENET_MEAN if channels == 3 else [sum(IMAGENET_MEAN) / 3] * channels, device=images.device)
-    std = torch.tensor(IMAGENET_STD if channels == 3 else [sum(IMAGENET_STD) / 3] * channels, device=images.device)
-    return (images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    """uint8 N x C x H x W on the device -> float normalised with ImageNet statistics."""
+    mean, std = _statistics(images.shape[1], images.device)
+    return (images.float() - mean) / std

@@ -12,8 +12,6 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +24,8 @@ from src import tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.config import Config, add_config_arguments, config_from_args, load_run_config
+from src.checkpoint import RESUMABLE, save_state, settings_changed
+from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
 from src.losses import SegmentationLoss, class_weights
@@ -80,27 +79,6 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
     tp, fp, fn = (torch.cat([c[k] for c in counts])[order] for k in range(3))
     tissues = None if tissue_of_row is None else tissue_of_row[rows[order].numpy()]
     return summarize(tp, fp, fn, meta["classes"], tissues), example
-
-
-RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker")
-
-
-def settings_changed(saved: Config, requested: Config) -> str:
-    """What a resumed run would silently change about the run it continues, e.g. 'lr 0.001 -> 0.01'."""
-    free = {flag[2:].replace("-", "_") for flag in RESUMABLE}
-    return ", ".join(f"{f.name} {getattr(saved, f.name)} -> {getattr(requested, f.name)}" for f in fields(Config)
-                     if f.name not in free and getattr(saved, f.name) != getattr(requested, f.name))
-
-
-def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
-    """Full state (model, optimiser, scheduler, RNGs, counters) into state/, replaced atomically."""
-    tmp, final = run_dir / "state.tmp", run_dir / "state"
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "trainer.json").write_text(json.dumps(trainer))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    accelerator.wait_for_everyone()
 
 
 def main(argv=None):

@@ -103,15 +103,26 @@ def predict(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Pat
 
 
 def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict, index: pd.DataFrame) -> pd.DataFrame:
-    """Dice, IoU and HD95 of every OOF prediction against its original-size mask."""
+    """Dice, IoU and HD95 of every OOF prediction against its original-size mask, kept in oof_scores.csv.
+
+    The saved scores are reused while no OOF prediction is newer and the same images are covered.
+    """
+    files = {i: out_dir / "oof" / f"{i}.npz" for i in folds["id"] if (out_dir / "oof" / f"{i}.npz").exists()}
+    saved = out_dir / "oof_scores.csv"
+    if saved.exists() and saved.stat().st_mtime_ns > max((f.stat().st_mtime_ns for f in files.values()), default=0):
+        scores = pd.read_csv(saved, dtype={"id": str})
+        if set(scores["id"]) == set(files):
+            return scores
     extra = [c for c in ("tissue",) if c in index]
-    info = folds[["id", "fold"]].merge(index[["id", *extra]], on="id")
+    info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra]], on="id")
     rows = []
     for row in tqdm(info.itertuples(index=False), total=len(info), desc="score OOF", unit="img"):
-        pred = class_map(load_pred(out_dir / "oof" / f"{row.id}.npz"), meta["task"])
+        pred = class_map(load_pred(files[row.id]), meta["task"])
         mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
         rows += [{**row._asdict(), **r} for r in image_scores(pred, mask, meta["classes"])]
-    return pd.DataFrame(rows)
+    scores = pd.DataFrame(rows)
+    scores.to_csv(saved, index=False)
+    return scores
 
 
 def class_map(prob: np.ndarray, task: str) -> np.ndarray:
@@ -180,9 +191,7 @@ def main(argv=None):
         cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
         scored[out_dir] = (cfg, meta)
     for out_dir, (cfg, meta) in scored.items():
-        done = folds[[(out_dir / "oof" / f"{i}.npz").exists() for i in folds["id"]]]
-        scores = score_oof(out_dir, done, dataset_dir, meta, index)
-        scores.to_csv(out_dir / "oof_scores.csv", index=False)
+        scores = score_oof(out_dir, folds, dataset_dir, meta, index)
         print_summary(f"{cfg.run_name} (tta {args.tta})", scores)
         if (args.tracker or cfg.tracker) == "wandb":
             table = fold_table(scores)

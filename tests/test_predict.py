@@ -69,8 +69,10 @@ def test_rerun_skips_finished_images_unless_overwrite(trained_dir):
     folds = load_folds(trained_dir / "folds", "demo")
     fold0 = [oof / f"{i}.npz" for i in folds.loc[folds["fold"] == 0, "id"]]
     before = [p.stat().st_mtime_ns for p in fold0]
+    scored = (oof.parent / "oof_scores.csv").stat().st_mtime_ns
     infer.main(args)
     assert [p.stat().st_mtime_ns for p in fold0] == before
+    assert (oof.parent / "oof_scores.csv").stat().st_mtime_ns == scored  # nothing new: the scores are reused
     infer.main([*args, "--overwrite"])
     assert all(p.stat().st_mtime_ns != t for p, t in zip(fold0, before))
     overwritten = [p.stat().st_mtime_ns for p in fold0]

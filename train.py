@@ -141,9 +141,10 @@ def main(argv=None):
     model, optimizer, train_loader, valid_loader, loss_fn = accelerator.prepare(
         model, optimizer, train_loader, valid_loader, loss_fn)
     accelerator.register_for_checkpointing(scheduler)
+    bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # shares the weights; plain key names
 
     if args.validate_only:
-        accelerator.unwrap_model(model).load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
+        bare_model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
         scores, _ = validate(model, valid_loader, accelerator, meta, tissue_of_row)
         if accelerator.is_main_process:
             print(json.dumps(scores))
@@ -199,7 +200,7 @@ def main(argv=None):
         trainer.update(epoch=epoch + 1, bad_epochs=0 if improved else trainer["bad_epochs"] + 1)
         if improved:
             trainer.update(best=scores["dice"], best_epoch=epoch + 1)
-            accelerator.save(accelerator.unwrap_model(model).state_dict(), run_dir / "best.pt")
+            accelerator.save(bare_model.state_dict(), run_dir / "best.pt")
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_images_per_s": train_images_per_s,
                **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.time() - start}
         history.append(row)

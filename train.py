@@ -24,7 +24,7 @@ from src import tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.checkpoint import RESUMABLE, save_state, settings_changed
+from src.checkpoint import RESUMABLE, last_state, save_state, settings_changed
 from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
@@ -96,7 +96,7 @@ def main(argv=None):
     run_dir = cfg.run_dir
     if args.validate_only and not (run_dir / "best.pt").exists():
         sys.exit(f"train: {run_dir / 'best.pt'} not found: train the run first")
-    if args.resume and not (run_dir / "state").exists():
+    if args.resume and last_state(run_dir) is None:
         sys.exit(f"train: nothing to resume in {run_dir} (no state/ folder); drop --resume")
     if args.resume:
         changed = settings_changed(load_run_config(run_dir)[0], cfg)
@@ -153,8 +153,9 @@ def main(argv=None):
     trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0}
     history = []
     if args.resume:
-        accelerator.load_state(str(run_dir / "state"))
-        trainer = json.loads((run_dir / "state" / "trainer.json").read_text())
+        state = last_state(run_dir)
+        accelerator.load_state(str(state))
+        trainer = json.loads((state / "trainer.json").read_text())
         history = pd.read_csv(run_dir / "history.csv").iloc[:trainer["epoch"]].to_dict("records")
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']} (best Dice {trainer['best']:.4f})")
     elif accelerator.is_main_process:

@@ -17,11 +17,22 @@ def settings_changed(saved: Config, requested: Config) -> str:
 
 
 def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
-    """Full state (model, optimiser, scheduler, RNGs, counters) into state/, replaced atomically."""
-    tmp, final = run_dir / "state.tmp", run_dir / "state"
+    """Full state (model, optimiser, scheduler, RNGs, counters) into state/; a crash at any moment leaves one whole."""
+    tmp, final, old = run_dir / "state.tmp", run_dir / "state", run_dir / "state.old"
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         (tmp / "trainer.json").write_text(json.dumps(trainer))
-        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
         tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def last_state(run_dir: Path) -> Path | None:
+    """The newest complete state folder: state/, or state.old/ if a crash hit between the two renames."""
+    for folder in (run_dir / "state", run_dir / "state.old"):
+        if (folder / "trainer.json").exists():
+            return folder
+    return None

@@ -113,3 +113,24 @@ def test_two_processes_give_the_single_process_metrics(demo_dir, tmp_path):
     assert two["images"] == one["images"] == (folds["fold"] == 0).sum()
     for key in ("dice", "iou", "dice_std"):
         assert two[key] == pytest.approx(one[key], abs=1e-9), key
+
+
+def test_a_killed_run_resumes_from_its_last_finished_epoch(demo_dir, tmp_path):
+    """SIGKILL in the middle of training loses at most the epoch in progress."""
+    import signal
+    import time
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--epochs", "6", "--fold", "2"]
+    history = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold2" / "history.csv"
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (history.exists() and len(pd.read_csv(history)) >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(pd.read_csv(history))
+    assert 2 <= finished < 6
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    assert list(pd.read_csv(history)["epoch"]) == [1, 2, 3, 4, 5, 6]

@@ -37,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
     parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
     parser.add_argument("--figures", type=int, default=4, help="OOF images in comparison.png")
+    parser.add_argument("--tune-size", type=int, default=512,
+                        help="tune post-processing on OOF maps shrunk to this longer side (scores stay at full size)")
     parser.add_argument("--tracker", choices=["wandb", "none"], help="log the leaderboard (default: as the runs were trained)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--folds-dir", default="folds")
@@ -114,10 +116,13 @@ def main(argv=None):
         return read_image(dataset_dir / "masks" / f"{image_id}.png")
 
     candidates = postprocess.binary_candidates()
-    candidate_scores = np.stack([
-        postprocess.binary_candidate_dice(oof_probs(i)[0], truth(i), candidates) if meta["task"] == "binary"
-        else postprocess.multiclass_candidate_dice(oof_probs(i), truth(i))
-        for i in tqdm(oof_ids, desc="tune post-processing (OOF)", unit="img")])
+    def candidate_dice(image_id):
+        probs, target = postprocess.shrink(oof_probs(image_id), truth(image_id), args.tune_size)
+        if meta["task"] == "binary":
+            return postprocess.binary_candidate_dice(probs[0], target, candidates)
+        return postprocess.multiclass_candidate_dice(probs, target)
+
+    candidate_scores = np.stack([candidate_dice(i) for i in tqdm(oof_ids, desc="tune post-processing (OOF)", unit="img")])
     settings = postprocess.choose(meta["task"], candidate_scores)
 
     # 3. Score the ensemble with those settings, and without them (the raw average).

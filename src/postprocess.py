@@ -8,6 +8,7 @@ dropped whole, so its size and its overlap with the truth give each candidate's 
 import itertools
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -96,6 +97,20 @@ def multiclass_candidate_dice(probs: np.ndarray, truth: np.ndarray) -> np.ndarra
             keep = _kept(sizes, min_area * classes.size)
             scores[c - 1, j] = _dice(int(overlaps[keep].sum()), int(sizes[keep].sum()), int(true_c.sum()))
     return scores
+
+
+def shrink(probs: np.ndarray, truth: np.ndarray, max_side: int) -> tuple:
+    """Probabilities (C x H x W) and truth scaled so the longer side is at most max_side.
+
+    Areas are fractions of the image, so settings chosen on a 512 px copy of a 2000 px X-ray carry over, for a
+    fraction of the labelling work.
+    """
+    scale = max_side / max(truth.shape)
+    if scale >= 1:
+        return probs, truth
+    size = (max(1, round(truth.shape[1] * scale)), max(1, round(truth.shape[0] * scale)))
+    small = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in probs])
+    return small, cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
 
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:

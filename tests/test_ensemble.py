@@ -140,3 +140,14 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
     assert len(scores["postprocess"]["min_areas"]) == 5
     submission = pd.read_csv(tmp_path / "demo-multiclass" / "submission.csv", keep_default_na=False)
     assert list(submission.columns) == ["id", "class", "rle"] and len(submission) == 4 * 5
+
+
+def test_shrink_keeps_small_images_and_scales_large_ones():
+    probs = np.random.default_rng(0).random((2, 1000, 600)).astype(np.float32)
+    truth = np.zeros((1000, 600), np.uint8)
+    truth[100:500, 50:300] = 1
+    small_probs, small_truth = postprocess.shrink(probs, truth, 500)
+    assert small_probs.shape == (2, 500, 300) and small_truth.shape == (500, 300)
+    assert small_truth.mean() == pytest.approx(truth.mean(), abs=0.01)
+    same_probs, same_truth = postprocess.shrink(probs, truth, 1000)
+    assert same_probs is probs and same_truth is truth

@@ -24,7 +24,7 @@ from src import tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.checkpoint import RESUMABLE, last_state, save_state, settings_changed
+from src.checkpoint import RESUMABLE, last_state, save_state, settings_changed, write_atomic
 from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
@@ -206,9 +206,9 @@ def main(argv=None):
                **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.time() - start}
         history.append(row)
         if accelerator.is_main_process:
-            pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+            write_atomic(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
             if improved:
-                (run_dir / "metrics.json").write_text(json.dumps({"epoch": epoch + 1, **scores}, indent=2) + "\n")
+                write_atomic(run_dir / "metrics.json", json.dumps({"epoch": epoch + 1, **scores}, indent=2) + "\n")
         save_state(accelerator, run_dir, trainer)
         if cfg.tracker == "wandb":
             log = {k: v for k, v in row.items() if k != "epoch"}
@@ -222,7 +222,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         final = {"best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        (run_dir / "metrics.json").write_text(json.dumps({**metrics, **final}, indent=2) + "\n")
+        write_atomic(run_dir / "metrics.json", json.dumps({**metrics, **final}, indent=2) + "\n")
         print(f"best epoch {trainer['best_epoch']}: val Dice {trainer['best']:.4f} -> {run_dir}")
     accelerator.end_training()
 

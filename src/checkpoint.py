@@ -1,5 +1,6 @@
 """Saving and checking the full training state that --resume continues from."""
 import json
+import os
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -28,6 +29,13 @@ def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (and a resume after a crash) see the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def last_state(run_dir: Path) -> Path | None:

@@ -132,7 +132,7 @@ def main(argv=None):
         probs, target = oof_probs(image_id), truth(image_id)
         rows += [{"id": image_id, "fold": fold_of[image_id], **r}
                  for r in image_scores(postprocess.apply(probs, settings), target, meta["classes"])]
-        plain = (probs[0] >= 0.5).astype(np.uint8) if meta["task"] == "binary" else probs.argmax(axis=0)
+        plain = postprocess.apply(probs, postprocess.PLAIN[meta["task"]])
         raw.append(np.mean([r["dice"] for r in image_scores(plain, target, meta["classes"])]))
     ensemble_scores = pd.DataFrame(rows)
     ensemble_scores.to_csv(out / "oof_scores.csv", index=False)

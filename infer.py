@@ -12,13 +12,12 @@ import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from src import tracking
+from src import postprocess, tracking
 from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config
@@ -117,16 +116,12 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
     info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra]], on="id")
     rows = []
     for row in tqdm(info.itertuples(index=False), total=len(info), desc="score OOF", unit="img"):
-        pred = class_map(load_pred(files[row.id]), meta["task"])
+        pred = postprocess.apply(load_pred(files[row.id]) / 255, postprocess.PLAIN[meta["task"]])
         mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
         rows += [{**row._asdict(), **r} for r in image_scores(pred, mask, meta["classes"])]
     scores = pd.DataFrame(rows)
     scores.to_csv(saved, index=False)
     return scores
-
-
-def class_map(prob: np.ndarray, task: str) -> np.ndarray:
-    return (prob[0] >= 128).astype(np.uint8) if task == "binary" else prob.argmax(axis=0).astype(np.uint8)
 
 
 def fold_table(scores: pd.DataFrame) -> pd.DataFrame:

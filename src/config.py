@@ -82,11 +82,10 @@ def load_run_config(run_dir: Path) -> tuple:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
+        if f.type is bool:
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+            parser.add_argument(flag, type=f.type, default=f.default, choices=f.metadata.get("choices"),
                                 help=f"{f.metadata['help']} (default: {f.default})")
 
 

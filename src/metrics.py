@@ -11,12 +11,9 @@ import torch
 from scipy import ndimage
 
 
-def predicted_classes(logits_or_probs: torch.Tensor, task: str, threshold: float = 0.5, probs: bool = False) -> torch.Tensor:
-    """NxCxHxW scores -> NxHxW class indices (binary: 1 where the foreground probability passes threshold)."""
-    if task == "binary":
-        cut = threshold if probs else float(np.log(threshold / (1 - threshold)))
-        return (logits_or_probs[:, 0] > cut).long()
-    return logits_or_probs.argmax(dim=1)
+def predicted_classes(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """N x C x H x W logits -> N x H x W class indices (binary: foreground probability above 0.5)."""
+    return (logits[:, 0] > 0).long() if task == "binary" else logits.argmax(dim=1)
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> tuple:

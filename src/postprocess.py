@@ -51,6 +51,8 @@ def apply_binary(prob: np.ndarray, settings: BinarySettings) -> np.ndarray:
     mask = prob >= settings.threshold
     if settings.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
+    if not settings.min_area and not settings.keep_largest:
+        return mask.astype(np.uint8)
     labels, sizes = _components(mask)
     keep = np.concatenate([[False], _kept(sizes, settings.min_area * mask.size, settings.keep_largest)])
     return keep[labels].astype(np.uint8)
@@ -119,6 +121,10 @@ def choose(task: str, candidate_scores: np.ndarray) -> dict:
     if task == "binary":
         return {"task": task, **asdict(binary_candidates()[int(mean.argmax())])}
     return {"task": task, "min_areas": [MIN_AREAS[j] for j in mean.argmax(axis=1)]}
+
+
+# No post-processing: threshold 0.5 (binary) or argmax (multiclass).
+PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []}}
 
 
 def apply(probs: np.ndarray, settings: dict) -> np.ndarray:

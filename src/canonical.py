@@ -10,6 +10,7 @@ data/<name>/
 import json
 import os
 import shutil
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,9 +65,7 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
     if out_dir.exists() and not overwrite:
         raise PrepareError([f"{out_dir}: already exists (pass --overwrite to replace it)"])
     problems = list(source.problems)
-    ids = [s.id for s in source.samples]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-    problems += [f"duplicate id '{i}'" for i in duplicates]
+    problems += [f"duplicate id '{i}'" for i, n in Counter(s.id for s in source.samples).items() if n > 1]
     if not source.samples and not problems:
         problems.append("the source holds no images")
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"

@@ -66,7 +66,8 @@ def summarize_scores(scores: pd.DataFrame) -> dict:
     images = per_image(scores)
     fold_means = images.groupby("fold")["dice"].mean()
     return {"dice": images["dice"].mean(), "dice_image_std": images["dice"].std(ddof=0),
-            "dice_fold_std": fold_means.std(ddof=0), "iou": images["iou"].mean(), "hd95": images["hd95"].mean(),
+            "dice_fold_mean": fold_means.mean(), "dice_fold_std": fold_means.std(ddof=0),
+            "iou": images["iou"].mean(), "hd95": images["hd95"].mean(),
             "folds": {int(f): d for f, d in fold_means.items()}, "per_class": pooled_by_class(scores)}
 
 

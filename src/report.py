@@ -15,14 +15,14 @@ PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0,
 
 def leaderboard_markdown(scores: dict) -> str:
     lines = [f"# Leaderboard: {scores['dataset']}", "",
-             "Out-of-fold scores at original resolution. Dice/IoU: mean +- std over folds of the per-image mean "
-             "(and +- std over images).", "",
+             "Out-of-fold scores at original resolution. Dice (folds): mean +- std of the fold means of per-image "
+             "Dice; Dice (images): mean +- std over all images.", "",
              "| model | TTA | Dice (folds) | Dice (images) | IoU | HD95 px |", "|---|---|---|---|---|---|"]
     for name, r in sorted(scores["runs"].items(), key=lambda kv: -kv[1]["dice"]):
-        lines.append(f"| {name} | {r['tta']} | {r['dice']:.4f} +- {r['dice_fold_std']:.4f} | {r['dice']:.4f} +- "
+        lines.append(f"| {name} | {r['tta']} | {r['dice_fold_mean']:.4f} +- {r['dice_fold_std']:.4f} | {r['dice']:.4f} +- "
                      f"{r['dice_image_std']:.4f} | {r['iou']:.4f} | {r['hd95']:.1f} |")
     e = scores["ensemble"]
-    lines.append(f"| **ensemble** ({len(scores['runs'])} runs, tuned post-processing) | | {e['dice']:.4f} +- "
+    lines.append(f"| **ensemble** ({len(scores['runs'])} runs, tuned post-processing) | | {e['dice_fold_mean']:.4f} +- "
                  f"{e['dice_fold_std']:.4f} | {e['dice']:.4f} +- {e['dice_image_std']:.4f} | {e['iou']:.4f} | "
                  f"{e['hd95']:.1f} |")
     lines += ["", f"Ensemble gain over the best single model ({scores['best_single']}): "
@@ -72,7 +72,7 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
 
 def score_bars(path: Path, scores: dict) -> None:
     names = list(scores["runs"]) + ["ensemble"]
-    values = [scores["runs"][n]["dice"] for n in names[:-1]] + [scores["ensemble"]["dice"]]
+    values = [scores["runs"][n]["dice_fold_mean"] for n in names[:-1]] + [scores["ensemble"]["dice_fold_mean"]]
     errors = [scores["runs"][n]["dice_fold_std"] for n in names[:-1]] + [scores["ensemble"]["dice_fold_std"]]
     fig, axis = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     axis.bar(names, values, yerr=errors, capsize=4, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])

@@ -21,7 +21,7 @@ from src import postprocess, tracking
 from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config
-from src.data import CachedSegmentation, default_workers
+from src.data import CachedSegmentation, channels_first, default_workers
 from src.folds import load_folds
 from src.images import IMAGE_SUFFIXES, read_image, resize, to_channels
 from src.metrics import image_scores, per_image, pooled_by_class
@@ -62,8 +62,7 @@ class FolderImages(Dataset):
 
     def __getitem__(self, i):
         original = to_channels(read_image(self.paths[i]), self.channels, str(self.paths[i]))
-        image = torch.from_numpy(resize(original, self.size, is_mask=False))
-        return (image[None] if image.ndim == 2 else image.permute(2, 0, 1)), torch.tensor(original.shape[:2]), i
+        return channels_first(resize(original, self.size, is_mask=False)), torch.tensor(original.shape[:2]), i
 
 
 def needs_prediction(path: Path, weights_time: int, overwrite: bool) -> bool:

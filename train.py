@@ -68,7 +68,7 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
     n_classes = len(meta["classes"])
     counts, rows, example = [], [], None
     for images, masks, batch_rows in loader:
-        pred = predicted_classes(model(normalize(images).contiguous(memory_format=torch.channels_last)), meta["task"])
+        pred = predicted_classes(model(normalize(images)), meta["task"])
         stats = accelerator.gather_for_metrics((*confusion(pred, masks, n_classes), batch_rows))
         counts.append([s.cpu() for s in stats[:3]])
         rows.append(stats[3].cpu())
@@ -180,7 +180,7 @@ def main(argv=None):
                         disable=not accelerator.is_local_main_process)
         for images_batch, masks_batch, _ in progress:
             with accelerator.accumulate(model):
-                logits = model(normalize(images_batch).contiguous(memory_format=torch.channels_last))
+                logits = model(normalize(images_batch))
                 loss = loss_fn(logits, masks_batch)
                 accelerator.backward(loss)
                 optimizer.step()

@@ -37,9 +37,13 @@ class CachedSegmentation(Dataset):
             self.augmentation.set_random_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{row}".encode()))
             out = self.augmentation(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image = torch.from_numpy(np.ascontiguousarray(image))
-        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
-        return image, torch.from_numpy(np.ascontiguousarray(mask)), row
+        return channels_first(image), torch.from_numpy(np.ascontiguousarray(mask)), row
+
+
+def channels_first(image: np.ndarray) -> torch.Tensor:
+    """uint8 H x W (grey) or H x W x C -> C x H x W tensor."""
+    image = torch.from_numpy(np.ascontiguousarray(image))
+    return image[None] if image.ndim == 2 else image.permute(2, 0, 1)
 
 
 def default_workers(requested: int, processes: int = 1) -> int:

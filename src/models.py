@@ -113,6 +113,6 @@ def _statistics(channels: int, device: torch.device) -> tuple:
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W on the device -> float normalised with ImageNet statistics."""
+    """uint8 N x C x H x W on the device -> float normalised with ImageNet statistics, channels-last like the model."""
     mean, std = _statistics(images.shape[1], images.device)
-    return (images.float() - mean) / std
+    return ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)

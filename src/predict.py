@@ -25,7 +25,7 @@ class Probabilities(torch.nn.Module):
         self.model, self.task = model, task
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(normalize(images).contiguous(memory_format=torch.channels_last)).float()
+        logits = self.model(normalize(images)).float()
         return logits.sigmoid() if self.task == "binary" else logits.softmax(dim=1)
 
 

@@ -9,6 +9,7 @@ state/ (full training state, saved every epoch, for --resume).
 """
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -106,14 +107,19 @@ def main(argv=None):
     if (run_dir / "config.json").exists() and not (args.resume or args.overwrite or args.validate_only):
         sys.exit(f"train: {run_dir} already holds a run; pass --resume to continue it or --overwrite to start again")
 
+    # Several processes and no CUDA GPU: CPU processes (gloo). `accelerate launch --cpu` alone starts one process.
+    several_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
-        mixed_precision=mixed_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
+        cpu=several_on_cpu, mixed_precision=mixed_precision(cfg.precision), gradient_accumulation_steps=cfg.grad_accum,
         log_with="wandb" if cfg.tracker == "wandb" and not args.validate_only else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True))
     if args.overwrite and accelerator.is_main_process:
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
+    accelerator.print(f"{cfg.run_name} fold {cfg.fold}: {len(train_rows)} training and {len(valid_rows)} validation "
+                      f"images, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
+                      f"{cfg.batch_size} per process")
 
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     with accelerator.main_process_first():
@@ -138,8 +144,8 @@ def main(argv=None):
     scheduler = build_scheduler(optimizer, cfg)  # stepped per epoch, so not wrapped by accelerate.prepare
     if cfg.compile:
         model = torch.compile(model)
-    model, optimizer, train_loader, valid_loader, loss_fn = accelerator.prepare(
-        model, optimizer, train_loader, valid_loader, loss_fn)
+    model, optimizer, train_loader, valid_loader = accelerator.prepare(model, optimizer, train_loader, valid_loader)
+    loss_fn = loss_fn.to(accelerator.device)  # not prepared: a module without parameters cannot be wrapped in DDP
     accelerator.register_for_checkpointing(scheduler)
     bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # shares the weights; plain key names
 
@@ -175,10 +181,10 @@ def main(argv=None):
         train_set.epoch = epoch
         train_loader.set_epoch(epoch)
         loss_sum = torch.zeros((), device=accelerator.device)
-        seen = torch.zeros((), device=accelerator.device)
+        draws = torch.zeros(len(images), device=accelerator.device)  # per cache row: checks the process sharding
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                         disable=not accelerator.is_local_main_process)
-        for images_batch, masks_batch, _ in progress:
+        for images_batch, masks_batch, rows_batch in progress:
             with accelerator.accumulate(model):
                 logits = model(normalize(images_batch))
                 loss = loss_fn(logits, masks_batch)
@@ -186,10 +192,15 @@ def main(argv=None):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
-            seen += len(images_batch)
-        images_seen = accelerator.reduce(seen, "sum")
+            draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
+        draws = accelerator.reduce(draws, "sum")
+        images_seen = draws.sum()
         train_loss = (accelerator.reduce(loss_sum, "sum") / images_seen).item()
         train_images_per_s = images_seen.item() / (time.time() - start)
+        # Every training image once per epoch over all processes; Accelerate pads the last batches with repeats.
+        train_images, train_repeats = int((draws > 0).sum()), int(images_seen.item() - (draws > 0).sum())
+        if train_images != len(train_rows):
+            accelerator.print(f"warning: epoch {epoch + 1} drew {train_images} of {len(train_rows)} training images")
         scores, example = validate(model, valid_loader, accelerator, meta, tissue_of_row)
         lr = optimizer.param_groups[-1]["lr"]
         if cfg.scheduler == "plateau":
@@ -202,7 +213,8 @@ def main(argv=None):
         if improved:
             trainer.update(best=scores["dice"], best_epoch=epoch + 1)
             accelerator.save(bare_model.state_dict(), run_dir / "best.pt")
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_images_per_s": train_images_per_s,
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_images": train_images,
+               "train_repeats": train_repeats, "train_images_per_s": train_images_per_s,
                **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.time() - start}
         history.append(row)
         if accelerator.is_main_process:

@@ -26,6 +26,7 @@ def test_tiny_model_learns_the_demo_lungs(demo_dir, tmp_path, arch):
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == list(range(1, 16))
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] / 2
+    assert set(history["train_images"]) == {24} and set(history["train_repeats"]) == {0}  # 2 of 3 folds, each once
     config = json.loads((run / "config.json").read_text())
     assert config["arch"] == arch and config["meta"]["task"] == "binary"
     assert set(torch.load(run / "best.pt")) and (run / "state" / "trainer.json").exists()
@@ -96,21 +97,39 @@ def test_wandb_offline_run_has_the_logged_keys(demo_dir, tmp_path):
 
 
 def test_two_processes_give_the_single_process_metrics(demo_dir, tmp_path):
-    """accelerate launch --cpu --num_processes 2: every validation image counted once, same scores."""
-    args = [*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--epochs", "2", "--arch", "unet"]
+    """Two CPU processes: each training image drawn once per epoch, every validation image counted once, same scores.
+
+    `accelerate launch --cpu --num_processes 2` starts ONE process (Accelerate runs several CPU processes only under
+    mpirun), so the test launches the torchrun path; train.py makes its processes CPU ones when no GPU is visible.
+    Batch 5 leaves both loaders uneven: 24 training images fill 2 x 3 batches of 5 with 6 repeats, and the 12
+    validation images need padding that gather_for_metrics must drop.
+    """
+    import socket
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    args = [*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--epochs", "2", "--arch", "unet",
+            "--batch-size", "5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                               str(ROOT / "train.py"), *args], env=env, capture_output=True, text=True, timeout=600)
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                               "2", "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+                               "--dynamo_backend", "no", str(ROOT / "train.py"), *args],
+                              env=env, capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "2 process(es) on cpu" in launched.stdout, launched.stdout[-2000:]
     run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    folds = pd.read_csv(demo_dir / "folds" / "demo.csv")
+    n_train, n_valid = (folds["fold"] != 0).sum(), (folds["fold"] == 0).sum()
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["train_images"]) == [n_train] * 2
+    assert list(history["train_repeats"]) == [2 * 3 * 5 - n_train] * 2  # Accelerate's padding, nothing else
     two = json.loads((run / "metrics.json").read_text())
     train_main_output = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "--validate-only"], env=env,
                                        capture_output=True, text=True, timeout=600)
     assert train_main_output.returncode == 0, train_main_output.stderr[-3000:]
+    assert "1 process(es)" in train_main_output.stdout
     one = json.loads(train_main_output.stdout.strip().splitlines()[-1])
-    folds = pd.read_csv(demo_dir / "folds" / "demo.csv")
-    assert two["images"] == one["images"] == (folds["fold"] == 0).sum()
+    assert two["images"] == one["images"] == n_valid
     for key in ("dice", "iou", "dice_std"):
         assert two[key] == pytest.approx(one[key], abs=1e-9), key
 

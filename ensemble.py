@@ -26,14 +26,14 @@ from src.predict import load_pred
 from src.rle import rle_encode
 from src.stats import paired_comparison
 
-TTA_PREFERENCE = ["d4", "flip", "none"]
+TTA_MODES = ["none", "flip", "d4"]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--tta", choices=["best", "none", "flip", "d4"], default="best",
-                        help="which TTA predictions to use per run (best: d4, else flip, else none)")
+                        help="which TTA predictions to use per run (best: the highest OOF Dice of those predicted)")
     parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
     parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
     parser.add_argument("--figures", type=int, default=4, help="OOF images in comparison.png")
@@ -53,10 +53,12 @@ def find_predictions(preds_root: Path, tta: str, runs_glob: str | None) -> dict:
     for run in sorted(p for p in preds_root.iterdir() if p.is_dir()) if preds_root.is_dir() else []:
         if runs_glob and not fnmatch(run.name, runs_glob):
             continue
-        available = [m for m in TTA_PREFERENCE if (run / f"tta-{m}" / "oof_scores.csv").exists()]
-        wanted = available[:1] if tta == "best" else [m for m in available if m == tta]
-        if wanted:
-            chosen[run.name] = run / f"tta-{wanted[0]}"
+        available = [run / f"tta-{m}" for m in TTA_MODES if (run / f"tta-{m}" / "oof_scores.csv").exists()]
+        if tta == "best" and available:  # chosen on OOF scores, like the post-processing; ties keep the cheaper TTA
+            chosen[run.name] = max(available, key=lambda p: per_image(
+                pd.read_csv(p / "oof_scores.csv", dtype={"id": str}))["dice"].mean())
+        elif run / f"tta-{tta}" in available:
+            chosen[run.name] = run / f"tta-{tta}"
     if not chosen:
         sys.exit(f"ensemble: no scored predictions in {preds_root} (run `python infer.py --tta` first)")
     return chosen
@@ -106,6 +108,9 @@ def main(argv=None):
 
     # 2. Tune post-processing on the averaged OOF probabilities (test predictions are never read here).
     oof_ids = [i for i in folds["id"] if all((p / "oof" / f"{i}.npz").exists() for p in runs.values())]
+    if not oof_ids:
+        sys.exit(f"ensemble: no training image has an OOF prediction from every run ({', '.join(runs)}); "
+                 f"run infer.py for all folds of each run")
     if len(oof_ids) < len(folds):
         print(f"ensemble: {len(folds) - len(oof_ids)} training images lack an OOF prediction from some run; "
               f"scoring the {len(oof_ids)} that all runs predicted")

@@ -158,6 +158,8 @@ def main(argv=None):
     if args.images and not args.images.is_dir():
         sys.exit(f"infer: --images {args.images}: no such folder")
     test_paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images else None
+    if test_paths == []:
+        sys.exit(f"infer: --images {args.images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     scored = {}
     for run_dir in runs:
         try:
@@ -177,7 +179,7 @@ def main(argv=None):
                 predict(model, CachedSegmentation(images, masks, todo.index), dict(zip(todo.index, todo["id"])),
                         dict(zip(todo.index, zip(todo["height"], todo["width"]))), target, args.batch_size, workers,
                         device, f"{cfg.run_name} fold{cfg.fold} {kind}")
-        if test_paths:
+        if test_paths is not None:
             target = out_dir / "test" / f"fold{cfg.fold}"
             todo = [p for p in test_paths if needs_prediction(target / f"{p.stem}.npz", weights_time, args.overwrite)]
             predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)}, None,

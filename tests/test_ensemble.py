@@ -10,6 +10,7 @@ import infer
 from conftest import infer_args, paths
 from src import postprocess
 from src.images import read_image
+from src.metrics import per_image
 from src.predict import save_pred
 from src.rle import rle_decode, rle_encode
 from src.stats import paired_comparison
@@ -98,7 +99,14 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     out = tmp_path / "demo"
     scores = json.loads((out / "scores.json").read_text())
     assert set(scores["runs"]) == {"unet-tu-resnet10t", "unetpp-tu-resnet10t"}
-    assert all(r["tta"] == "d4" for r in scores["runs"].values()) and set(scores["tta_gain"]) == set(scores["runs"])
+    for name, run in scores["runs"].items():  # each run's TTA is the one with the higher OOF Dice
+        oof = {m: per_image(pd.read_csv(predicted / "preds" / "demo" / name / f"tta-{m}" / "oof_scores.csv"))["dice"]
+               .mean() for m in ("none", "d4")}
+        assert run["tta"] == max(oof, key=oof.get) and run["dice"] == pytest.approx(max(oof.values()))
+        assert (name in scores["tta_gain"]) == (run["tta"] != "none")
+    ensemble.main([*ensemble_args(predicted, tmp_path / "d4"), "--tta", "d4"])
+    forced = json.loads((tmp_path / "d4" / "demo" / "scores.json").read_text())
+    assert {r["tta"] for r in forced["runs"].values()} == {"d4"} and set(forced["tta_gain"]) == set(forced["runs"])
     assert scores["comparisons"][0]["verdict"] in ("better", "no significant difference", "worse")
     assert len(scores["runs"]["unet-tu-resnet10t"]["folds"]) == 3
     index = pd.read_csv(predicted / "data" / "demo" / "index.csv").set_index("id")
@@ -123,7 +131,7 @@ def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
     assert not any("/test/" in path for _, path in events[:tuned_at])
     assert any("/test/" in path for _, path in events[tuned_at:])
     # Test predictions turned upside down change the test masks, never the chosen settings.
-    for path in (predicted / "preds").glob("demo/*/tta-d4/test/*/*.npz"):
+    for path in (predicted / "preds").glob("demo/*/tta-*/test/*/*.npz"):
         save_pred(path, 255 - real_load(path))
     ensemble.main(ensemble_args(predicted, tmp_path / "b"))
     first, second = (json.loads((tmp_path / d / "demo" / "scores.json").read_text()) for d in ("a", "b"))

@@ -91,6 +91,9 @@ def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):
     infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(tmp_path / "new")])
     pred = load_pred(tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1/odd.npz")
     assert pred.shape == (1, 37, 81)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty holds no images"):
+        infer.main([*args, "--images", str(tmp_path / "empty")])
 
 
 def test_missing_weights_and_unknown_arch_are_clear_errors(trained_dir, tmp_path):

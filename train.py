@@ -133,8 +133,9 @@ def main(argv=None):
     # Model, loss, optimiser, schedule.
     n_classes = len(meta["classes"])
     try:
-        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else n_classes,
-                             "none" if args.validate_only else cfg.encoder_weights, cfg.decoder_channels)
+        with accelerator.main_process_first():  # one download into the cache, which the other processes then read
+            model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else n_classes,
+                                 "none" if args.validate_only else cfg.encoder_weights, cfg.decoder_channels)
     except ModelError as error:
         sys.exit(f"train: {error}")
     model = model.to(memory_format=torch.channels_last)

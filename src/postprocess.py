@@ -46,11 +46,14 @@ def _dice(tp: int, predicted: int, truth: int) -> float:
     return 1.0 if predicted + truth == 0 else 2 * tp / (predicted + truth)
 
 
+def _binary_mask(prob: np.ndarray, threshold: float, fill_holes: bool) -> np.ndarray:
+    mask = prob >= threshold
+    return ndimage.binary_fill_holes(mask) if fill_holes else mask
+
+
 def apply_binary(prob: np.ndarray, settings: BinarySettings) -> np.ndarray:
     """H x W probabilities in [0, 1] -> uint8 0/1 mask."""
-    mask = prob >= settings.threshold
-    if settings.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+    mask = _binary_mask(prob, settings.threshold, settings.fill_holes)
     if not settings.min_area and not settings.keep_largest:
         return mask.astype(np.uint8)
     labels, sizes = _components(mask)
@@ -65,10 +68,7 @@ def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list)
     cache, scores = {}, []
     for c in candidates:
         if (c.threshold, c.fill_holes) not in cache:
-            mask = prob >= c.threshold
-            if c.fill_holes:
-                mask = ndimage.binary_fill_holes(mask)
-            labels, sizes = _components(mask)
+            labels, sizes = _components(_binary_mask(prob, c.threshold, c.fill_holes))
             cache[(c.threshold, c.fill_holes)] = sizes, np.bincount(labels[truth], minlength=len(sizes) + 1)[1:]
         sizes, overlaps = cache[(c.threshold, c.fill_holes)]
         keep = _kept(sizes, c.min_area * prob.size, c.keep_largest)

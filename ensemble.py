@@ -47,6 +47,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def oof_dice(tta_dir: Path) -> float:
+    """Mean per-image Dice of the OOF scores infer.py wrote in one tta-* folder."""
+    return per_image(pd.read_csv(tta_dir / "oof_scores.csv", dtype={"id": str}))["dice"].mean()
+
+
 def find_predictions(preds_root: Path, tta: str, runs_glob: str | None) -> dict:
     """{run name: its chosen tta-* folder}; only runs whose OOF predictions were scored by infer.py."""
     chosen = {}
@@ -55,8 +60,7 @@ def find_predictions(preds_root: Path, tta: str, runs_glob: str | None) -> dict:
             continue
         available = [run / f"tta-{m}" for m in TTA_MODES if (run / f"tta-{m}" / "oof_scores.csv").exists()]
         if tta == "best" and available:  # chosen on OOF scores, like the post-processing; ties keep the cheaper TTA
-            chosen[run.name] = max(available, key=lambda p: per_image(
-                pd.read_csv(p / "oof_scores.csv", dtype={"id": str}))["dice"].mean())
+            chosen[run.name] = max(available, key=oof_dice)
         elif run / f"tta-{tta}" in available:
             chosen[run.name] = run / f"tta-{tta}"
     if not chosen:
@@ -101,10 +105,9 @@ def main(argv=None):
     summaries = {name: {"tta": path.name[4:], **summarize_scores(run_scores[name])} for name, path in runs.items()}
     tta_gain = {}
     for name, path in runs.items():
-        plain = path.parent / "tta-none" / "oof_scores.csv"
-        if path.name != "tta-none" and plain.exists():
-            base = per_image(pd.read_csv(plain, dtype={"id": str}))["dice"].mean()
-            tta_gain[name] = {"tta": path.name[4:], "gain": summaries[name]["dice"] - base}
+        plain = path.parent / "tta-none"
+        if path.name != "tta-none" and (plain / "oof_scores.csv").exists():
+            tta_gain[name] = {"tta": path.name[4:], "gain": summaries[name]["dice"] - oof_dice(plain)}
 
     # 2. Tune post-processing on the averaged OOF probabilities (test predictions are never read here).
     oof_ids = [i for i in folds["id"] if all((p / "oof" / f"{i}.npz").exists() for p in runs.values())]

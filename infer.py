@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from src import postprocess, tracking
 from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config
-from src.data import CachedSegmentation, channels_first, default_workers
+from src.data import CachedSegmentation, channels_first, default_workers, make_loader
 from src.folds import load_folds
 from src.images import IMAGE_SUFFIXES, read_image, resize, to_channels
 from src.metrics import image_scores, per_image, pooled_by_class
@@ -89,7 +89,7 @@ def predict(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Pat
 
     The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
     """
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for batch in tqdm(loader, desc=desc, unit="batch"):
         images, keys = batch[0], batch[-1].tolist()

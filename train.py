@@ -195,11 +195,11 @@ def main(argv=None):
             loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
             draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
         draws = accelerator.reduce(draws, "sum")
-        images_seen = draws.sum()
-        train_loss = (accelerator.reduce(loss_sum, "sum") / images_seen).item()
-        train_images_per_s = images_seen.item() / (time.time() - start)
+        train_loss = (accelerator.reduce(loss_sum, "sum") / draws.sum()).item()
+        images_seen, train_images = int(draws.sum()), int((draws > 0).sum())
+        train_images_per_s = images_seen / (time.time() - start)
         # Every training image once per epoch over all processes; Accelerate pads the last batches with repeats.
-        train_images, train_repeats = int((draws > 0).sum()), int(images_seen.item() - (draws > 0).sum())
+        train_repeats = images_seen - train_images
         if train_images != len(train_rows):
             accelerator.print(f"warning: epoch {epoch + 1} drew {train_images} of {len(train_rows)} training images")
         scores, example = validate(model, valid_loader, accelerator, meta, tissue_of_row)

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from src import postprocess, report, tracking
-from src.canonical import load_meta
+from src.canonical import load_index, load_meta, read_dataset_image
 from src.folds import load_folds
 from src.images import read_image, write_png
 from src.metrics import image_scores, per_image, pooled_by_class
@@ -190,8 +190,9 @@ def main(argv=None):
     report.score_bars(out / "scores.png", scores)
     shown = oof_ids[:args.figures]
     if shown:
+        image_rows = load_index(dataset_dir).set_index("id", drop=False)
         report.comparison_grid(out / "comparison.png", [
-            (i, read_image(dataset_dir / "images" / f"{i}.png"), truth(i),
+            (i, read_dataset_image(dataset_dir, image_rows.loc[i], meta["channels"]), truth(i),
              {n: postprocess.apply(mean_probs([p / "oof" / f"{i}.npz"], [1.0]), settings) for n, p in runs.items()})
             for i in shown], meta["classes"])
     trackers = {json.loads((p.parent / "config.json").read_text()).get("tracker") for p in runs.values()

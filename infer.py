@@ -52,7 +52,9 @@ def parse_args(argv=None):
 
 
 class FolderImages(Dataset):
-    """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position)."""
+    """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position).
+
+    The same rules as prepare (src/images.py): any colour mode, 16-bit or DICOM becomes the run's channel count."""
 
     def __init__(self, paths: list, size: int, channels: int):
         self.paths, self.size, self.channels = paths, size, channels
@@ -182,8 +184,11 @@ def main(argv=None):
         if test_paths is not None:
             target = out_dir / "test" / f"fold{cfg.fold}"
             todo = [p for p in test_paths if needs_prediction(target / f"{p.stem}.npz", weights_time, args.overwrite)]
-            predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)}, None,
-                    target, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} images")
+            try:
+                predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)},
+                        None, target, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} images")
+            except ValueError as error:  # from a loader worker the file's own message is the last line
+                sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
         cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
         scored[out_dir] = (cfg, meta)
     for out_dir, (cfg, meta) in scored.items():

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.canonical import load_index, load_meta
-from src.images import read_image, resize, to_channels
+from src.canonical import load_index, load_meta, read_dataset_image
+from src.images import read_image, resize
 
 
 def cache_dir(dataset_dir: Path, size: int) -> Path:
@@ -33,8 +33,7 @@ def build_cache(dataset_dir: Path, size: int) -> None:
     images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(index), *shape))
     masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(index), size, size))
     for position, row in enumerate(tqdm(index.itertuples(), total=len(index), desc=f"cache {size}px", unit="img")):
-        image = to_channels(read_image(dataset_dir / "images" / f"{row.id}.png"), meta["channels"], row.id)
-        images[position] = resize(image, size, is_mask=False)
+        images[position] = resize(read_dataset_image(dataset_dir, row, meta["channels"]), size, is_mask=False)
         if row.split == "train":
             masks[position] = resize(read_image(dataset_dir / "masks" / f"{row.id}.png"), size, is_mask=True)
     images.flush()

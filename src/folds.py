@@ -14,12 +14,13 @@ from src.canonical import load_index, load_meta
 STRATEGIES = ["auto", "kfold", "stratified", "group", "official", "tissue"]
 
 
-def strata(train: pd.DataFrame, task: str, bins: int = 5) -> np.ndarray:
-    """Binary: quantile bins of the mask's foreground fraction. Multiclass: the dominant foreground class."""
+def strata(train: pd.DataFrame, task: str, k: int, bins: int = 5) -> np.ndarray:
+    """Binary: quantile bins of the mask's foreground fraction (at least k images each, so that every bin can be
+    split k ways). Multiclass: the dominant foreground class."""
     if task == "multiclass":
         return train["dominant_class"].to_numpy()
     ranks = train["foreground"].rank(method="first")
-    return pd.qcut(ranks, q=min(bins, len(train)), labels=False).to_numpy()
+    return pd.qcut(ranks, q=max(1, min(bins, len(train) // k)), labels=False).to_numpy()
 
 
 def resolve_strategy(strategy: str, train: pd.DataFrame, meta: dict) -> str:
@@ -49,7 +50,7 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
     if strategy == "kfold":
         splitter, y, groups = KFold(k, shuffle=True, random_state=seed), None, None
     elif strategy == "stratified":
-        y, groups = strata(train, meta["task"]), None
+        y, groups = strata(train, meta["task"], k), None
         splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
     elif strategy == "tissue":
         if "tissue" not in train:
@@ -57,7 +58,7 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
         y, groups = train["tissue"].to_numpy(), None
         splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
     elif strategy == "group":
-        y, groups = strata(train, meta["task"]), train["group"].to_numpy()
+        y, groups = strata(train, meta["task"], k), train["group"].to_numpy()
         splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
     else:
         raise ValueError(f"unknown fold strategy '{strategy}'; choose one of {STRATEGIES}")

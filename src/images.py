@@ -1,19 +1,34 @@
-"""Reading and writing image and mask files (cv2: fast PNG codec that releases the GIL, so threads scale)."""
+"""Reading and writing image and mask files, and the rules that bring any image to the dataset's form.
+
+cv2 decodes PNG/JPEG/TIFF/BMP (fast, releases the GIL, so threads scale); pydicom decodes DICOM (src/dicom.py).
+Rules, the same in prepare and infer: 8-bit files are used as they are; 16-bit files (12-bit X-rays included) and
+DICOM are windowed to 8 bits between their own 0.5th and 99.5th percentiles (a 0-4095 X-ray keeps its contrast,
+and a few hot or dead pixels do not set the scale); the channel count is then converted (to_channels).
+"""
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from src.dicom import read_dicom
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
+WINDOW_PERCENTILES = (0.5, 99.5)
+EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
 
 
 def read_image(path: Path) -> np.ndarray:
-    """HxW (grey) or HxWxC (RGB) uint8; 16-bit files are scaled down. Raises ValueError if unreadable."""
+    """uint8 H x W or H x W x C (RGB or RGBA order), 16-bit and DICOM windowed to 8 bits. Raises ValueError."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        values = read_dicom(path)
+        return values if values.dtype == np.uint8 else window_to_uint8(values)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"{path}: cannot be read as an image (corrupt or not an image file)")
     if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
+        image = window_to_uint8(image)
     elif image.dtype != np.uint8:
         raise ValueError(f"{path}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
     if image.ndim == 3 and image.shape[2] == 3:
@@ -21,6 +36,45 @@ def read_image(path: Path) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
+
+
+def bit_depth(path: Path) -> str:
+    """'8-bit', '16-bit', 'DICOM' or 'other', from the file's header alone (Pillow reads no pixels for this)."""
+    if Path(path).suffix.lower() == ".dcm":
+        return "DICOM"
+    try:
+        with Image.open(path) as image:
+            return "8-bit" if image.mode in EIGHT_BIT_MODES else "16-bit" if image.mode.startswith("I;16") else "other"
+    except OSError:
+        return "other"
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """H x W uint8 values as stored (never windowed); RGB(A) with equal channels and 16-bit class ids accepted."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"{path}: cannot be read as a mask (corrupt or not an image file)")
+    if mask.ndim == 3:  # a mask saved as RGB(A) with equal channels is still a mask
+        if any((mask[..., c] != mask[..., 0]).any() for c in range(1, min(3, mask.shape[2]))):
+            raise ValueError(f"{path}: mask has {mask.shape[2]} differing channels; expected one value per pixel")
+        mask = mask[..., 0]
+    if mask.dtype == np.uint16:
+        top = int(mask.max())
+        if top == 65535 and set(np.unique(mask).tolist()) <= {0, 65535}:
+            return (mask > 0).astype(np.uint8) * 255
+        if top > 255:
+            raise ValueError(f"{path}: 16-bit mask value {top} is not a class id (0-255) nor binary 0/65535")
+    return mask.astype(np.uint8)
+
+
+def window_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale to 0-255 between the image's 0.5th and 99.5th percentiles (min and max if those are equal)."""
+    values = values.astype(np.float32)
+    low, high = np.percentile(values[::4, ::4], WINDOW_PERCENTILES)  # every 16th pixel: same percentiles, 16x less sorting
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    scaled = (values - low) * (255 / max(high - low, 1e-6))
+    return np.clip(scaled, 0, 255).round().astype(np.uint8)
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -31,14 +85,33 @@ def write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not be written")
 
 
+def mode(image: np.ndarray) -> str:
+    return {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}.get(1 if image.ndim == 2 else image.shape[2], "?")
+
+
 def to_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
-    """Return image as HxW (channels=1) or HxWx3; raise ValueError naming the file if impossible."""
+    """H x W (channels=1) or H x W x 3: RGB to grey by luminance, alpha dropped, grey replicated to RGB."""
     have = 1 if image.ndim == 2 else image.shape[2]
-    if have == channels:
-        return image if channels == 3 or image.ndim == 2 else image[..., 0]
-    if channels == 1 and have == 3 and (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all():
-        return image[..., 0]  # a grey image saved as RGB
-    raise ValueError(f"{name}: has {have} channels, the dataset expects {channels}")
+    if have not in (1, 2, 3, 4):
+        raise ValueError(f"{name}: {have} channels; expected grey, grey+alpha, RGB or RGBA")
+    if have == 2:  # grey + alpha
+        image, have = image[..., 0], 1
+    if image.ndim == 3 and have == 1:
+        image = image[..., 0]
+    if channels == 1:
+        return image if have == 1 else cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY if have == 4 else cv2.COLOR_RGB2GRAY)
+    if have == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return image[..., :3] if have == 4 else image
+
+
+def looks_grey(image: np.ndarray) -> bool:
+    """Grey, or colour whose channels agree on 99% of pixels (a grey X-ray saved as RGB: JPEG chroma noise, an
+    arrow or a coloured label do not make it a colour image)."""
+    if image.ndim == 2 or image.shape[2] <= 2:
+        return True
+    rgb = image[::4, ::4, :3].astype(np.int16)
+    return float(((rgb.max(axis=2) - rgb.min(axis=2)) > 24).mean()) < 0.01
 
 
 def resize(array: np.ndarray, size: int, is_mask: bool) -> np.ndarray:

@@ -5,11 +5,17 @@
   python -m src.prepare chest-xray --src DIR       # Montgomery / Shenzhen / Kaggle masks-and-labels
   python -m src.prepare pannuke --src DIR          # the official PanNuke fold files
   python -m src.prepare folder --images DIR --masks DIR [--test DIR] [--task multiclass --classes a,b]
+  python -m src.prepare rle --images DIR --csv train.csv [--rle-order row] [--rle-relative]   # Kaggle RLE masks
+  any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv
+
+Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-bit: see src/images.py.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from src import sources
 from src.canonical import PrepareError, write_dataset
@@ -18,15 +24,28 @@ from src.folds import STRATEGIES, write_folds
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", choices=["demo", "chest-xray", "pannuke", "folder"])
+    parser.add_argument("source", choices=["demo", "chest-xray", "pannuke", "folder", "rle"])
     parser.add_argument("--name", help="dataset name (default: the source's: demo, demo-multiclass, chest-xray, ...)")
     parser.add_argument("--src", type=Path, help="the downloaded dataset's folder (chest-xray, pannuke)")
-    parser.add_argument("--images", type=Path, help="folder: the images")
+    parser.add_argument("--images", type=Path, help="folder, rle: the images")
     parser.add_argument("--masks", type=Path, help="folder: the masks, matched by file stem (x.png, x_mask.png)")
-    parser.add_argument("--test", type=Path, help="folder: unlabelled test images")
+    parser.add_argument("--test", type=Path, help="folder, rle: unlabelled test images")
     parser.add_argument("--task", choices=["binary", "multiclass"], default="binary", help="folder: mask kind")
-    parser.add_argument("--classes", help="folder: comma-separated class names, background first")
-    parser.add_argument("--channels", type=int, choices=[1, 3], default=0, help="folder: 1 grey, 3 RGB (default: first image's)")
+    parser.add_argument("--classes", help="folder, rle: comma-separated class names, background first")
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=0,
+                        help="1 grey, 3 RGB; every image is converted (default: the source's, else the majority's)")
+    parser.add_argument("--csv", type=Path, help="rle: the CSV of run-length encoded masks")
+    parser.add_argument("--id-column", help="rle: image id column (default: ImageId, id, ...); --meta: default id")
+    parser.add_argument("--rle-column", help="rle: encoded mask column (default: EncodedPixels, rle, annotation, ...)")
+    parser.add_argument("--class-column", help="rle: class column (default: ClassId, class, ... if present)")
+    parser.add_argument("--rle-order", choices=["column", "row"], default="column",
+                        help="rle: pixel numbering, column-major (Kaggle's usual) or row-major")
+    parser.add_argument("--rle-relative", action="store_true",
+                        help="rle: each start counts from the end of the previous run (SIIM-ACR pneumothorax)")
+    parser.add_argument("--absent-empty", action="store_true",
+                        help="rle: images with no CSV row get an empty mask (Severstal lists only defects)")
+    parser.add_argument("--meta", type=Path, help="metadata CSV with one row per image (any source)")
+    parser.add_argument("--group-column", help="--meta: column whose value keeps images together in one fold (patient)")
     parser.add_argument("--allow-unmasked", action="store_true", help="images without a mask become test images")
     parser.add_argument("--rotation-invariant", action="store_true",
                         help="folder: images have no up or down (histology); augment with vertical flips and 90° turns")
@@ -52,14 +71,20 @@ def build_source(args) -> tuple:
     if args.source == "chest-xray":
         if args.src is None:
             raise PrepareError(["chest-xray needs --src pointing at the downloaded folder"])
-        return "chest-xray", sources.chest_xray(args.src, args.allow_unmasked)
+        return "chest-xray", sources.chest_xray(args.src, args.allow_unmasked, args.channels)
     if args.source == "pannuke":
         if args.src is None:
             raise PrepareError(["pannuke needs --src pointing at the folder holding 'Fold 1', 'Fold 2', 'Fold 3'"])
         return "pannuke", sources.pannuke(args.src)
+    classes = args.classes.split(",") if args.classes else None
+    if args.source == "rle":
+        if args.images is None or args.csv is None:
+            raise PrepareError(["rle needs --images DIR and --csv FILE"])
+        return "rle", sources.rle_csv(args.images, args.csv, args.id_column, args.rle_column, args.class_column,
+                                      classes, args.rle_order, args.rle_relative, args.allow_unmasked,
+                                      args.absent_empty, args.test, args.channels)
     if args.images is None or args.masks is None:
         raise PrepareError(["folder needs --images DIR and --masks DIR"])
-    classes = args.classes.split(",") if args.classes else None
     if args.task == "multiclass" and not classes:
         raise PrepareError(["--task multiclass needs --classes background,class1,class2,..."])
     source = sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes, args.channels)
@@ -72,15 +97,31 @@ def main(argv=None):
     start = time.time()
     try:
         default_name, source = build_source(args)
+        if args.channels and args.source in ("demo", "pannuke") and args.channels != source.channels:
+            raise PrepareError([f"--channels {args.channels}: the {args.source} source is {source.channels}-channel"])
+        if args.group_column and not args.meta:
+            raise PrepareError(["--group-column needs --meta CSV"])
+        if args.meta:
+            for note in sources.attach_metadata(source, args.meta, args.id_column or "id", args.group_column):
+                print(note)
         name = args.name or default_name
         index = write_dataset(source, args.data_dir / name, args.size, args.source, args.overwrite, args.workers)
     except PrepareError as error:
         sys.exit(f"prepare: {error}")
-    folds_path = write_folds(args.data_dir / name, args.folds_dir, args.k, args.strategy, args.seed)
+    try:
+        folds_path = write_folds(args.data_dir / name, args.folds_dir, args.k, args.strategy, args.seed)
+    except ValueError as error:
+        sys.exit(f"prepare: {args.data_dir / name} was written, but its folds were not: {error} "
+                 f"(then: python -m src.folds {name} --k K --strategy S)")
     counts = index["split"].value_counts().to_dict()
-    cache_mb = sum(f.stat().st_size for f in (args.data_dir / name / "cache").rglob("*.npy")) / 2**20
-    print(f"prepared {args.data_dir / name}: {counts.get('train', 0)} labelled + {counts.get('test', 0)} test images, "
-          f"{args.size}px cache {cache_mb:.1f} MiB, folds in {folds_path}, {time.time() - start:.1f}s")
+    mib = {sub: sum(f.stat().st_size for f in (args.data_dir / name / sub).rglob("*") if f.is_file()) / 2**20
+           for sub in ("images", "masks", "cache")}
+    folds = pd.read_csv(folds_path)
+    print(f"prepared {args.data_dir / name}: {counts.get('train', 0)} labelled + {counts.get('test', 0)} test images "
+          f"(images {mib['images']:.1f} MiB, masks {mib['masks']:.1f} MiB, {args.size}px cache {mib['cache']:.1f} MiB); "
+          f"{folds['fold'].nunique()} folds in {folds_path}"
+          + (f" grouped by {folds['group'].nunique()} groups" if "group" in folds else "")
+          + f"; {time.time() - start:.1f}s")
 
 
 if __name__ == "__main__":

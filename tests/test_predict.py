@@ -96,6 +96,25 @@ def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):
         infer.main([*args, "--images", str(tmp_path / "empty")])
 
 
+def test_new_images_in_any_mode_or_dicom_are_read_as_in_prepare(trained_dir, tmp_path):
+    import cv2
+    from pydicom.data import get_testdata_file
+    new = tmp_path / "new"
+    new.mkdir()
+    cv2.imwrite(str(new / "colour.jpg"), np.dstack([np.full((40, 50), v, np.uint8) for v in (10, 90, 200)]))
+    cv2.imwrite(str(new / "alpha.png"), np.full((30, 20, 4), 120, np.uint8))
+    cv2.imwrite(str(new / "twelve_bit.png"), np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 3)
+    shutil.copy(get_testdata_file("CT_small.dcm"), new / "ct.dcm")
+    args = infer_args(trained_dir)
+    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
+    infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(new)])  # a grey model
+    out = tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1"
+    assert sorted(p.name for p in out.glob("*.npz")) == ["alpha.npz", "colour.npz", "ct.npz", "twelve_bit.npz"]
+    (new / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match=r"^infer: .*broken.png: cannot be read as an image"):
+        infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(new)])
+
+
 def test_missing_weights_and_unknown_arch_are_clear_errors(trained_dir, tmp_path):
     runs = tmp_path / "runs" / "demo"
     shutil.copytree(trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0", runs / "unet-tu-resnet10t" / "fold0")

@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import SHARED_DATA, prepare
@@ -73,8 +74,10 @@ def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_pat
     write_png(masks / "wrong_size.png", cv2.resize(mask, (20, 20)))
     write_png(images / "bad_values.png", image)
     write_png(masks / "bad_values.png", (mask // 2 + 7))
-    write_png(images / "rgb.png", np.dstack([image, image // 2, image // 3]))
+    write_png(images / "rgb.png", np.dstack([image, image // 2, image // 3]))  # converted to grey: no problem
     write_png(masks / "rgb.png", mask)
+    write_png(images / "colourful.png", image)
+    write_png(masks / "colourful.png", np.dstack([mask, mask // 2, mask]))
     write_png(images / "dup.png", image)
     cv2.imwrite(str(images / "dup.jpg"), image)
     write_png(masks / "dup.png", mask)
@@ -83,11 +86,35 @@ def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_pat
     message = str(error.value)
     for expected in ["corrupt.png: cannot be read", "lonely_image.png: image has no mask",
                      "lonely_mask.png: mask has no image", "wrong_size: mask size 20x20 does not match its image 30x40",
-                     "bad_values: mask values", "rgb: has 3 channels, the dataset expects 1", "duplicate id 'dup'"]:
+                     "bad_values: mask values", "colourful.png: mask has 3 differing channels", "duplicate id 'dup'"]:
         assert expected in message
     assert "7 problem(s)" in message
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
     assert not (tmp_path / "folds").exists()
+
+
+def test_mixed_colour_modes_are_converted_and_8_bit_files_kept_as_they_are(tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    image, mask = lungs()
+    files = {"grey.png": image, "rgb.jpg": np.dstack([image] * 3), "rgba.png": np.dstack([image] * 3 + [image * 0 + 255]),
+             "wide.png": (image.astype(np.uint16) * 16)}  # a 12-bit image
+    for name, array in files.items():
+        cv2.imwrite(str(images / name), array)
+        write_png(masks / f"{name.split('.')[0]}.png", mask)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
+            "--strategy", "kfold")
+    printed = capsys.readouterr().out
+    assert "channels: 1 (4 of 4 images are grey" in printed
+    assert "converted: " in printed and "1 RGB -> grey" in printed and "1 RGBA -> grey" in printed
+    assert "1 16-bit -> 8-bit" in printed and "3 of 4 image files kept as they are" in printed
+    data = tmp_path / "data" / "folder"
+    index = load_index(data).set_index("id")
+    assert index.loc["rgb", "file"] == "images/rgb.jpg" and index.loc["wide", "file"] == "images/wide.png"
+    assert (data / "images" / "rgb.jpg").read_bytes() == (images / "rgb.jpg").read_bytes()
+    assert load_meta(data)["channels"] == 1
+    assert np.load(data / "cache" / "16" / "images.npy").shape == (4, 16, 16)
 
 
 def test_empty_folder_and_missing_folder_are_errors(tmp_path):
@@ -151,6 +178,23 @@ def test_multiclass_demo_has_rgb_images_tissue_and_rare_class(multiclass_dir):
     masks = np.load(data / "cache" / "64" / "masks.npy")
     counts = np.bincount(masks.ravel(), minlength=6)
     assert counts[4] < counts[1]  # dead nuclei are rare
+
+
+REAL_CXR = SHARED_DATA / "cxr-covid-lungs"
+
+
+@pytest.mark.skipif(not REAL_CXR.exists(), reason="no real chest X-rays in ../shared/data")
+def test_real_mixed_chest_x_rays_with_patients_from_the_metadata(tmp_path):
+    prepare(tmp_path, "folder", "--images", str(REAL_CXR / "images"), "--masks", str(REAL_CXR / "masks"), "--meta",
+            str(REAL_CXR / "metadata.csv"), "--group-column", "patient", "--name", "cxr", "--size", "64")
+    index = load_index(tmp_path / "data" / "cxr")
+    assert len(index) == 341 and (index["split"] == "train").all() and index["group"].nunique() == 207
+    assert load_meta(tmp_path / "data" / "cxr")["channels"] == 1 and set(index["view"]) >= {"PA", "AP"}
+    folds = pd.read_csv(tmp_path / "folds" / "cxr.csv", dtype={"group": str})
+    assert len(folds) == 341 and folds.groupby("group")["fold"].nunique().max() == 1  # no patient in two folds
+    images_mib = sum(f.stat().st_size for f in (tmp_path / "data" / "cxr" / "images").iterdir()) / 2**20
+    source_mib = sum(f.stat().st_size for f in (REAL_CXR / "images").iterdir()) / 2**20
+    assert images_mib <= 1.05 * source_mib
 
 
 @pytest.mark.skipif(not (SHARED_DATA.exists() and any(SHARED_DATA.glob("**/CXR_png"))), reason="no real lung data")

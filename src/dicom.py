@@ -1,0 +1,40 @@
+"""DICOM files (pydicom) -> display-ready pixel values: modality LUT, VOI LUT or window, MONOCHROME1 inverted."""
+from pathlib import Path
+
+import numpy as np
+
+# What pydicom needs to decode each compressed transfer syntax (pydicom's own list of decoder plugins).
+DECODER_PACKAGES = "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+
+
+def read_dicom(path: Path) -> np.ndarray:
+    """H x W float (grey, bone bright) or H x W x 3 uint8 (colour). Raises ValueError naming the file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except InvalidDicomError as error:
+        raise ValueError(f"{path}: not a DICOM file ({error})") from None
+    except (RuntimeError, NotImplementedError) as error:  # a compressed transfer syntax without its decoder
+        syntax = ds.file_meta.TransferSyntaxUID.name if "TransferSyntaxUID" in ds.get("file_meta", {}) else "compressed"
+        raise ValueError(f"{path}: '{syntax}' pixel data needs a decoder: pip install {DECODER_PACKAGES}") from error
+    except (ValueError, AttributeError, KeyError, EOFError) as error:
+        raise ValueError(f"{path}: unreadable DICOM pixel data ({str(error).splitlines()[0]})") from None
+    if pixels.ndim == 3 and pixels.shape[-1] != 3:
+        pixels = pixels[0]  # a multi-frame file: its first frame
+    if ds.get("PhotometricInterpretation", "MONOCHROME2") not in ("MONOCHROME1", "MONOCHROME2"):
+        if ds.PhotometricInterpretation == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+            pixels = apply_color_lut(pixels, ds)
+        return _to_uint8(pixels) if pixels.dtype != np.uint8 else pixels  # pydicom already gives RGB for YBR
+    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
+    if ds.PhotometricInterpretation == "MONOCHROME1":  # low values are white: invert so that bone is bright
+        values = values.max() + values.min() - values
+    return values
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return (pixels.astype(np.float32) * (255 / max(1, pixels.max()))).round().astype(np.uint8)

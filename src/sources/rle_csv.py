@@ -1,0 +1,116 @@
+"""Kaggle-style masks: a folder of images and a CSV of run-length encodings (SIIM-ACR, Severstal, Airbus, HuBMAP...).
+
+One or several rows per image (merged), an optional class column for multiclass, '' or -1 for an empty mask.
+Every bad row is reported with its CSV line number.
+"""
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.images import read_image
+from src.rle import rle_decode, rle_runs
+from src.sources.folder import test_samples
+from src.sources.sample import Sample, Source, image_files, unsafe_id
+
+SPELLINGS = {
+    "id": ["ImageId", "image_id", "id", "Image", "image", "filename", "file_name", "file"],
+    "rle": ["EncodedPixels", "encoded_pixels", "rle", "annotation", "segmentation", "mask_rle", "rle_mask"],
+    "class": ["ClassId", "class_id", "class", "label", "category"],
+}
+
+
+def find_column(columns, kind: str, given: str | None) -> str | None:
+    if given:
+        return given if given in columns else None
+    lower = {c.lower(): c for c in columns}
+    return next((lower[s.lower()] for s in SPELLINGS[kind] if s.lower() in lower), None)
+
+
+def class_indices(values: pd.Series, classes: list | None) -> tuple:
+    """Class column -> (index per row, class names with background first). Whole numbers are class ids as they are
+    (Severstal's ClassId 1-4); names map to 1..K in sorted order, or to their position in --classes."""
+    if classes:
+        position = {name: i for i, name in enumerate(classes)}
+        if all(v in position for v in values):
+            return values.map(position).to_numpy(), classes
+    if values.str.fullmatch(r"\d+").all():
+        ids = values.astype(int).to_numpy()
+        return ids, classes or ["background", *[f"class_{k}" for k in range(1, ids.max() + 1)]]
+    names = sorted(set(values))
+    return values.map({n: i + 1 for i, n in enumerate(names)}).to_numpy(), classes or ["background", *names]
+
+
+def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: bool) -> np.ndarray:
+    """Merge the rows of one image (max for binary, later row wins for classes); all bad rows in one error."""
+    mask, errors = np.zeros(shape, np.uint8), []
+    for line, image_id, rle, class_index in rows:
+        try:
+            decoded = rle_decode(rle, shape, order, relative)
+        except ValueError as error:
+            errors.append(f"{csv_name} line {line}: '{image_id}' ({shape[1]}x{shape[0]}): {error}")
+            continue
+        mask[decoded > 0] = class_index
+    if errors:
+        raise ValueError("\n  ".join(errors))
+    return mask
+
+
+def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: str | None = None,
+            class_column: str | None = None, classes: list | None = None, order: str = "column",
+            relative: bool = False, allow_unmasked: bool = False, absent_empty: bool = False,
+            test: Path | None = None, channels: int = 0) -> Source:
+    problems = [f"{p}: does not exist" for p in (images, csv, test) if p is not None and not p.exists()]
+    if problems:
+        return Source("binary", classes or [], channels, [], problems)
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    columns = {kind: find_column(table.columns, kind, given)
+               for kind, given in (("id", id_column), ("rle", rle_column), ("class", class_column))}
+    for kind, flag in (("id", "--id-column"), ("rle", "--rle-column")):
+        if columns[kind] is None:
+            problems.append(f"{csv}: no {kind} column found (columns: {', '.join(table.columns)}); name it with {flag}")
+    if class_column and columns["class"] is None:
+        problems.append(f"{csv}: no column '{class_column}' (columns: {', '.join(table.columns)})")
+    if problems:
+        return Source("binary", classes or [], channels, [], problems)
+    task = "multiclass" if columns["class"] else "binary"
+    if task == "multiclass":
+        indices, classes = class_indices(table[columns["class"]].str.strip(), classes)
+    else:
+        indices, classes = np.ones(len(table), int), classes or ["background", "foreground"]
+    files = {}
+    for path in image_files(images):
+        files.setdefault(path.name, path)
+        files.setdefault(path.stem, path)
+    rows_of = defaultdict(list)
+    for row, (image_id, rle, class_index) in enumerate(zip(table[columns["id"]], table[columns["rle"]], indices)):
+        line = row + 2  # line 1 is the header
+        path = files.get(image_id.strip())
+        if unsafe_id(image_id.strip()):
+            problems.append(f"{csv.name} line {line}: image id '{image_id}' is not a plain file name")
+        elif path is None:
+            problems.append(f"{csv.name} line {line}: image '{image_id}' has no file in {images}")
+        else:
+            try:
+                rle_runs(rle, np.iinfo(np.int64).max, relative)  # syntax now; runs past the image once it is read
+                rows_of[path].append((line, image_id, rle, class_index))
+            except ValueError as error:
+                problems.append(f"{csv.name} line {line}: '{image_id}': {error}")
+    samples, seen = [], {}
+    for path in image_files(images):
+        if path.stem in seen:
+            problems.append(f"{path}: duplicate id '{path.stem}' (also {seen[path.stem]})")
+            continue
+        seen[path.stem] = path
+        if path in rows_of or absent_empty:
+            samples.append(Sample(path.stem, lambda p=path, r=rows_of.get(path, []): (
+                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative)), file=path))
+        elif allow_unmasked:
+            samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", file=path))
+        else:
+            problems.append(f"{path}: no row in {csv.name} (--absent-empty: an empty mask; --allow-unmasked: a test "
+                            f"image)")
+    if test is not None:
+        samples += test_samples(test, seen, problems)
+    return Source(task, classes, channels, samples, problems)

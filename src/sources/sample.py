@@ -1,0 +1,36 @@
+"""What every source hands to src/canonical.py: a list of Samples plus the problems found."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from src.images import IMAGE_SUFFIXES
+
+
+@dataclass
+class Sample:
+    id: str
+    load: Callable[[], tuple]  # -> (image, mask or None); raises ValueError naming the file
+    split: str = "train"
+    group: str = ""
+    extra: dict = field(default_factory=dict)
+    file: Path | None = None  # the original image file, kept as it is when it needs no conversion
+
+
+@dataclass
+class Source:
+    task: str  # "binary" or "multiclass"
+    classes: list
+    channels: int  # 1 or 3; 0: the majority of the images decides (src/canonical.py)
+    samples: list
+    problems: list
+    official_folds: bool = False
+    rotation_invariant: bool = False  # no up or down (histology): augmentation adds vertical flips and 90° turns
+
+
+def image_files(folder: Path) -> list:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def unsafe_id(image_id: str) -> bool:
+    """Ids become file names under data/<name>/: no path separators, no '..', nothing empty."""
+    return not image_id or "/" in image_id or "\\" in image_id or ".." in image_id or image_id.startswith(".")

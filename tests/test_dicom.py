@@ -1,0 +1,50 @@
+"""DICOM through pydicom's own test files: LUTs, MONOCHROME1, truncated and undecodable files."""
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from src.images import IMAGE_SUFFIXES, read_image
+
+
+def test_ct_is_windowed_to_8_bits_with_its_contrast():
+    image = read_image(get_testdata_file("CT_small.dcm"))
+    assert image.shape == (128, 128) and image.dtype == np.uint8
+    assert len(np.unique(image)) >= 200 and ".dcm" in IMAGE_SUFFIXES
+
+
+def test_monochrome1_is_inverted_so_that_bone_is_bright(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    normal = read_image(get_testdata_file("CT_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "mono1.dcm")
+    inverted = read_image(tmp_path / "mono1.dcm")
+    assert np.abs(inverted.astype(int) - (255 - normal.astype(int))).max() <= 1
+
+
+def test_window_from_the_file_is_applied(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    plain = read_image(get_testdata_file("CT_small.dcm"))
+    ds.WindowCenter, ds.WindowWidth = 1000, 200  # a narrow window: most pixels saturate
+    ds.save_as(tmp_path / "windowed.dcm")
+    windowed = read_image(tmp_path / "windowed.dcm")
+    assert (windowed == 0).mean() + (windowed == 255).mean() > (plain == 0).mean() + (plain == 255).mean() + 0.3
+
+
+def test_truncated_file_is_refused_in_one_line():
+    with pytest.raises(ValueError) as error:
+        read_image(get_testdata_file("MR_truncated.dcm"))
+    message = str(error.value)
+    assert "MR_truncated.dcm: unreadable DICOM pixel data" in message and "\n" not in message
+
+
+def test_compressed_syntax_without_its_decoder_names_the_package_to_install():
+    with pytest.raises(ValueError, match=r"MR_small_jpeg_ls_lossless.dcm: 'JPEG-LS Lossless.*' pixel data needs a "
+                                         r"decoder: pip install pylibjpeg"):
+        read_image(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+
+
+def test_not_a_dicom_file(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"hello")
+    with pytest.raises(ValueError, match="x.dcm: not a DICOM file"):
+        read_image(tmp_path / "x.dcm")

@@ -1,0 +1,134 @@
+"""Kaggle RLE CSVs and metadata CSVs through `python -m src.prepare`: merged rows, classes, bad rows, groups."""
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from conftest import prepare
+from src.canonical import load_index, load_meta
+from src.images import read_image, write_png
+from src.rle import rle_encode
+
+
+def images_folder(tmp_path, names, shape=(12, 10)):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for name in names:
+        write_png(folder / f"{name}.png", np.full(shape, 100, np.uint8))
+    return folder
+
+
+def write_csv(path, rows, columns=("ImageId", "EncodedPixels")):
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+def test_rle_rows_are_merged_and_empty_rows_are_empty_masks(tmp_path):
+    images = images_folder(tmp_path, ["a", "b", "c"])
+    first, second = np.zeros((12, 10), np.uint8), np.zeros((12, 10), np.uint8)
+    first[1:4, 2:5], second[8:11, 6:9] = 1, 1
+    csv = write_csv(tmp_path / "train.csv", [("a", rle_encode(first)), ("a", rle_encode(second)), ("b", "-1"),
+                                             ("c.png", "")])  # ids with or without the file's extension
+    prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8", "--k", "2")
+    data = tmp_path / "data" / "rle"
+    np.testing.assert_array_equal(read_image(data / "masks" / "a.png"), first | second)
+    assert not read_image(data / "masks" / "b.png").any() and not read_image(data / "masks" / "c.png").any()
+    assert load_meta(data)["task"] == "binary"
+
+
+def test_rle_class_column_makes_a_multiclass_dataset_in_row_order(tmp_path):
+    images = images_folder(tmp_path, ["a", "b", "c"])
+    one, three = np.zeros((12, 10), np.uint8), np.zeros((12, 10), np.uint8)
+    one[0:5, 0:5], three[4:12, 4:10] = 1, 1  # overlapping: the later row wins
+    csv = write_csv(tmp_path / "train.csv", [("a", rle_encode(one, "row"), "1"), ("a", rle_encode(three, "row"), "3"),
+                                             ("b", rle_encode(one, "row"), "3")], ("id", "rle", "ClassId"))
+    prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--rle-order", "row", "--size", "8", "--k",
+            "2", "--allow-unmasked")
+    data = tmp_path / "data" / "rle"
+    assert load_meta(data)["classes"] == ["background", "class_1", "class_2", "class_3"]
+    np.testing.assert_array_equal(read_image(data / "masks" / "a.png"), np.where(three, 3, one))
+    np.testing.assert_array_equal(read_image(data / "masks" / "b.png"), one * 3)
+    assert load_index(data).set_index("id").loc["c", "split"] == "test"  # no row, --allow-unmasked
+
+
+def test_siim_relative_rle_with_dicom_images(tmp_path):
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for name in ("1.2.3.4", "1.2.3.5"):  # SIIM's ids are DICOM UIDs: stems with dots
+        ds.save_as(folder / f"{name}.dcm")
+    csv = write_csv(tmp_path / "train-rle.csv", [("1.2.3.4", " -1"), ("1.2.3.5", "5 3 120 2")],
+                    ("ImageId", " EncodedPixels"))  # SIIM's header has that leading space
+    prepare(tmp_path, "rle", "--images", str(folder), "--csv", str(csv), "--rle-column", " EncodedPixels",
+            "--rle-relative", "--size", "16", "--k", "2", "--strategy", "kfold")
+    data = tmp_path / "data" / "rle"
+    mask = read_image(data / "masks" / "1.2.3.5.png")
+    assert mask.T.ravel().nonzero()[0].tolist() == [5, 6, 7, 128, 129]  # 0-indexed, column-major
+    index = load_index(data).set_index("id")
+    assert index.loc["1.2.3.4", "file"] == "images/1.2.3.4.png"  # DICOM is stored converted, as PNG
+
+
+def test_bad_rle_rows_are_reported_with_their_line_numbers_and_nothing_is_written(tmp_path):
+    images = images_folder(tmp_path, ["a", "b", "c"])
+    csv = write_csv(tmp_path / "train.csv", [("a", "1 2 3"), ("b", "100 50"), ("ghost", "1 1"),
+                                             ("../evil", "1 1"), ("c", "1 1")])
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8")
+    message = str(error.value)
+    for expected in ["train.csv line 2: 'a': odd number of values (3)",
+                     "train.csv line 3: 'b' (10x12): run 1 ends at pixel 149, past the image's 120 pixels",
+                     "train.csv line 4: image 'ghost' has no file", "train.csv line 5: image id '../evil' is not a plain"]:
+        assert expected in message
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_rle_csv_without_known_columns_names_the_flag(tmp_path):
+    images = images_folder(tmp_path, ["a"])
+    csv = write_csv(tmp_path / "train.csv", [("a", "")], ("name", "pixels"))
+    with pytest.raises(SystemExit, match="no id column found .* name it with --id-column"):
+        prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv))
+
+
+def test_image_without_a_row_is_an_error_unless_told_what_it_is(tmp_path):
+    images = images_folder(tmp_path, ["a", "b", "c", "d"])
+    csv = write_csv(tmp_path / "train.csv", [("a", "1 3"), ("b", ""), ("c", "")])
+    with pytest.raises(SystemExit, match="d.png: no row in train.csv .--absent-empty"):
+        prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8")
+    prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8", "--absent-empty", "--k", "2")
+    assert (load_index(tmp_path / "data" / "rle")["split"] == "train").all()
+
+
+def test_groups_and_columns_from_a_metadata_csv_keep_each_patient_in_one_fold(tmp_path):
+    names = [f"img{i:02d}" for i in range(20)]
+    images = images_folder(tmp_path, names)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i, name in enumerate(names):
+        mask = np.zeros((12, 10), np.uint8)
+        mask[: 1 + i % 10] = 255
+        write_png(masks / f"{name}.png", mask)
+    meta = pd.DataFrame({"id": names, "patient": [f"p{i // 4}" for i in range(20)], "view": ["PA", "AP"] * 10,
+                         "width": 999})
+    meta.to_csv(tmp_path / "meta.csv", index=False)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--meta", str(tmp_path / "meta.csv"),
+            "--group-column", "patient", "--size", "8", "--k", "5")
+    index = load_index(tmp_path / "data" / "folder").set_index("id")
+    assert index.loc["img05", "group"] == "p1" and index.loc["img05", "view"] == "AP"
+    assert (index["width"] == 10).all()  # computed by prepare, not taken from the CSV
+    folds = pd.read_csv(tmp_path / "folds" / "folder.csv", dtype=str).merge(meta.astype(str), on="id")
+    assert folds.groupby("patient")["fold"].nunique().max() == 1 and folds["fold"].nunique() == 5
+
+
+def test_metadata_csv_problems_name_the_file_and_the_flag(tmp_path):
+    images = images_folder(tmp_path, ["a", "b"])
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("a", "b"):
+        write_png(masks / f"{name}.png", np.zeros((12, 10), np.uint8))
+    pd.DataFrame({"id": ["a"], "patient": ["p"]}).to_csv(tmp_path / "meta.csv", index=False)
+    args = ["folder", "--images", str(images), "--masks", str(masks), "--meta", str(tmp_path / "meta.csv")]
+    with pytest.raises(SystemExit, match="b: no row in meta.csv .column 'id'., so no 'patient' group"):
+        prepare(tmp_path, *args, "--group-column", "patient")
+    with pytest.raises(SystemExit, match="no column 'subject' .columns: id, patient.; choose one with --group-column"):
+        prepare(tmp_path, *args, "--group-column", "subject")

@@ -119,7 +119,8 @@ def main(argv=None):
     set_seed(cfg.seed)
     accelerator.print(f"{cfg.run_name} fold {cfg.fold}: {len(train_rows)} training and {len(valid_rows)} validation "
                       f"images, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
-                      f"{cfg.batch_size} per process")
+                      f"{cfg.batch_size} per process, lr {cfg.lr:g} (encoder x{cfg.encoder_lr_mult:g}"
+                      f"{', from scratch' if cfg.encoder_weights == 'none' else ''})")
 
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     with accelerator.main_process_first():
@@ -236,6 +237,9 @@ def main(argv=None):
         final = {"best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
         metrics = json.loads((run_dir / "metrics.json").read_text())
         write_atomic(run_dir / "metrics.json", json.dumps({**metrics, **final}, indent=2) + "\n")
+        if cfg.tracker == "wandb":  # the best epoch, not the last, is what the W&B runs table compares
+            tracking.summarize_best(accelerator, {f"best_val_{k}": v for k, v in metrics.items()
+                                                  if k not in ("epoch", "images")} | {"best_epoch": trainer["best_epoch"]})
         print(f"best epoch {trainer['best_epoch']}: val Dice {trainer['best']:.4f} -> {run_dir}")
     accelerator.end_training()
 

@@ -29,7 +29,8 @@ class Config:
     batch_size: int = knob(16, "images per step per process")
     grad_accum: int = knob(1, "gradient accumulation steps")
     lr: float = knob(3e-4, "decoder/head learning rate (RAdam inside Lookahead)")
-    encoder_lr_mult: float = knob(0.1, "encoder learning rate = lr * this")
+    encoder_lr_mult: float = knob(None, "encoder learning rate = lr * this",
+                                  shown="0.1 with pretrained weights, 1 with --encoder-weights none")
     weight_decay: float = knob(1e-4, "decoder/head weight decay")
     encoder_weight_decay: float = knob(1e-5, "encoder weight decay")
     lookahead_k: int = knob(6, "Lookahead: fast steps per slow update")
@@ -52,6 +53,10 @@ class Config:
     data_dir: str = knob("data", "where prepared datasets live")
     folds_dir: str = knob("folds", "where fold files live")
     runs_dir: str = knob("runs", "where training runs are written")
+
+    def __post_init__(self):
+        if self.encoder_lr_mult is None:  # a lower encoder rate protects pretrained features; from scratch there are none
+            self.encoder_lr_mult = 1.0 if self.encoder_weights == "none" else 0.1
 
     @property
     def run_name(self) -> str:
@@ -86,7 +91,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
             parser.add_argument(flag, type=f.type, default=f.default, choices=f.metadata.get("choices"),
-                                help=f"{f.metadata['help']} (default: {f.default})")
+                                help=f"{f.metadata['help']} (default: {f.metadata.get('shown', f.default)})")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -43,6 +43,11 @@ def start(accelerator, project: str, group: str, name: str, job_type: str, confi
     return None
 
 
+def summarize_best(accelerator, values: dict) -> None:
+    """Overwrite the run's summary (by default the last logged values) with the best epoch's scores."""
+    accelerator.get_tracker("wandb", unwrap=True).summary.update(values)
+
+
 def mask_overlays(images: np.ndarray, preds: np.ndarray, truths: np.ndarray, class_names: list) -> list:
     """wandb.Image objects with predicted and true masks as overlays (the W&B mask viewer)."""
     import wandb

@@ -92,8 +92,26 @@ def test_wandb_offline_run_has_the_logged_keys(demo_dir, tmp_path):
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     logged = next(offline[0].glob("run-*.wandb")).read_bytes()  # protobuf records hold the key names verbatim
-    for key in ("train_loss", "val_dice", "val_iou", "lr", "val_examples", "encoder_lr_mult"):
+    for key in ("train_loss", "val_dice", "val_iou", "lr", "val_examples", "encoder_lr_mult", "best_epoch"):
         assert key.encode() in logged, key
+    # The summary holds the best epoch's scores (the runs table compares folds by them), not only the last epoch's.
+    best = json.loads((run / "metrics.json").read_text())
+    summary = logged[logged.rfind(b"\rbest_val_dice"):][:60]  # protobuf: the key after its length byte (13)
+    assert json.dumps(best["dice"]).encode() in summary
+
+
+def test_from_scratch_the_encoder_learns_at_the_decoder_rate_unless_told(demo_dir, tmp_path, capsys):
+    from src.config import Config
+    from src.optim import build_optimizer
+    from src.models import create_model
+    model = create_model("unet", "tu-resnet10t", 1, 1, "none", "16,16,8,8,8")
+    for weights, mult, expected in (("none", None, 1.0), ("imagenet", None, 0.1), ("none", 0.1, 0.1)):
+        cfg = Config(encoder_weights=weights, encoder_lr_mult=mult, lr=1e-2)
+        assert [g["lr"] for g in build_optimizer(model, cfg).param_groups] == [1e-2 * expected, 1e-2]
+    run_train(demo_dir, tmp_path, "--epochs", "1")
+    run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    assert json.loads((run / "config.json").read_text())["encoder_lr_mult"] == 1.0  # saved resolved, for --resume
+    assert "lr 0.01 (encoder x1, from scratch)" in capsys.readouterr().out
 
 
 def test_two_processes_give_the_single_process_metrics(demo_dir, tmp_path):

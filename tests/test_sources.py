@@ -52,6 +52,20 @@ def test_rle_class_column_makes_a_multiclass_dataset_in_row_order(tmp_path):
     assert load_index(data).set_index("id").loc["c", "split"] == "test"  # no row, --allow-unmasked
 
 
+def test_class_names_from_the_csv_or_from_classes(tmp_path):
+    images = images_folder(tmp_path, ["a", "b"])
+    csv = write_csv(tmp_path / "train.csv", [("a", "1 3", "stomach"), ("b", "5 2", "large_bowel")],
+                    ("id", "segmentation", "class"))
+    args = ["rle", "--images", str(images), "--csv", str(csv), "--size", "8", "--k", "2", "--strategy", "kfold"]
+    prepare(tmp_path / "sorted", *args)
+    assert load_meta(tmp_path / "sorted" / "data" / "rle")["classes"] == ["background", "large_bowel", "stomach"]
+    prepare(tmp_path / "given", *args, "--classes", "background,stomach,large_bowel,small_bowel")
+    mask = read_image(tmp_path / "given" / "data" / "rle" / "masks" / "b.png")
+    assert set(np.unique(mask)) == {0, 2}
+    with pytest.raises(SystemExit, match=r"class names \['large_bowel'\] are not in --classes background,stomach"):
+        prepare(tmp_path / "bad", *args, "--classes", "background,stomach")
+
+
 def test_siim_relative_rle_with_dicom_images(tmp_path):
     folder = tmp_path / "dicom"
     folder.mkdir()

@@ -30,16 +30,16 @@ def find_column(columns, kind: str, given: str | None) -> str | None:
 
 def class_indices(values: pd.Series, classes: list | None) -> tuple:
     """Class column -> (index per row, class names with background first). Whole numbers are class ids as they are
-    (Severstal's ClassId 1-4); names map to 1..K in sorted order, or to their position in --classes."""
-    if classes:
-        position = {name: i for i, name in enumerate(classes)}
-        if all(v in position for v in values):
-            return values.map(position).to_numpy(), classes
+    (Severstal's ClassId 1-4); names map to their position in --classes, else to 1..K in sorted order.
+    Raises ValueError for names that --classes does not list."""
     if values.str.fullmatch(r"\d+").all():
         ids = values.astype(int).to_numpy()
         return ids, classes or ["background", *[f"class_{k}" for k in range(1, ids.max() + 1)]]
-    names = sorted(set(values))
-    return values.map({n: i + 1 for i, n in enumerate(names)}).to_numpy(), classes or ["background", *names]
+    classes = classes or ["background", *sorted(set(values))]
+    unknown = sorted(set(values) - set(classes))
+    if unknown:
+        raise ValueError(f"class names {unknown[:5]} are not in --classes {','.join(classes)}")
+    return values.map({name: i for i, name in enumerate(classes)}).to_numpy(), classes
 
 
 def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: bool) -> np.ndarray:
@@ -76,7 +76,10 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         return Source("binary", classes or [], channels, [], problems)
     task = "multiclass" if columns["class"] else "binary"
     if task == "multiclass":
-        indices, classes = class_indices(table[columns["class"]].str.strip(), classes)
+        try:
+            indices, classes = class_indices(table[columns["class"]].str.strip(), classes)
+        except ValueError as error:
+            return Source(task, classes, channels, [], [f"{csv}: {error}"])
     else:
         indices, classes = np.ones(len(table), int), classes or ["background", "foreground"]
     files = {}

@@ -91,3 +91,13 @@ def pooled_by_class(scores) -> dict:
     sums = scores.groupby("class", sort=False)[["tp", "fp", "fn"]].sum()
     dice, _ = dice_iou(sums["tp"].to_numpy(), sums["fp"].to_numpy(), sums["fn"].to_numpy())
     return dict(zip(sums.index, dice.tolist()))
+
+
+def dice_by_group(image_dice: dict, groups: pd.Series) -> pd.DataFrame:
+    """Mean per-image Dice of each model (columns) in each subgroup (rows: a value of groups, indexed by image id),
+    with the number of images; e.g. chest X-ray view (PA, AP, AP supine) or PanNuke tissue."""
+    table = pd.DataFrame(image_dice)
+    table["group"] = groups.reindex(table.index).fillna("").astype(str).replace("", "(none)")
+    out = table.groupby("group").mean()
+    out.insert(0, "images", table.groupby("group").size())
+    return out.sort_values("images", ascending=False)

@@ -1,11 +1,13 @@
 """The ensemble's leaderboard (Markdown) and figures (PNG)."""
 from pathlib import Path
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 # Fixed class colours (RGB), background black: the same class always looks the same.
@@ -17,14 +19,15 @@ def leaderboard_markdown(scores: dict) -> str:
     lines = [f"# Leaderboard: {scores['dataset']}", "",
              "Out-of-fold scores at original resolution. Dice (folds): mean +- std of the fold means of per-image "
              "Dice; Dice (images): mean +- std over all images.", "",
-             "| model | TTA | Dice (folds) | Dice (images) | IoU | HD95 px |", "|---|---|---|---|---|---|"]
+             "| model | TTA | Dice (folds) | Dice (images) | IoU | HD95 px | training (all folds) |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in sorted(scores["runs"].items(), key=lambda kv: -kv[1]["dice"]):
         lines.append(f"| {name} | {r['tta']} | {r['dice_fold_mean']:.4f} +- {r['dice_fold_std']:.4f} | {r['dice']:.4f} +- "
-                     f"{r['dice_image_std']:.4f} | {r['iou']:.4f} | {r['hd95']:.1f} |")
+                     f"{r['dice_image_std']:.4f} | {r['iou']:.4f} | {r['hd95']:.1f} | {training_cell(r.get('training'))} |")
     e = scores["ensemble"]
     lines.append(f"| **ensemble** ({len(scores['runs'])} runs, tuned post-processing) | | {e['dice_fold_mean']:.4f} +- "
                  f"{e['dice_fold_std']:.4f} | {e['dice']:.4f} +- {e['dice_image_std']:.4f} | {e['iou']:.4f} | "
-                 f"{e['hd95']:.1f} |")
+                 f"{e['hd95']:.1f} | |")
     lines += ["", f"Ensemble gain over the best single model ({scores['best_single']}): "
               f"{scores['ensemble_gain']:+.4f} Dice (raw average, before post-processing: {e['dice_raw']:.4f})."]
     for name, gain in scores.get("tta_gain", {}).items():
@@ -42,30 +45,81 @@ def leaderboard_markdown(scores: dict) -> str:
             lines.append(f"- {c['encoder']}: Unet++ {c['verdict']} (mean difference {c['mean_difference']:+.4f}, "
                          f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], p = {c['wilcoxon_p']:.3g}, "
                          f"{c['images']} images)")
+    if scores.get("by"):
+        by = pd.DataFrame(scores["by"]["table"])
+        models = [c for c in by.columns if c not in ("group", "images")]
+        lines += ["", f"Mean Dice per image by `{scores['by']['column']}`:", "",
+                  f"| {scores['by']['column']} | images | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+        lines += [f"| {r['group']} | {r['images']} | " + " | ".join(f"{r[m]:.4f}" for m in models) + " |"
+                  for r in by.to_dict("records")]
     lines += ["", f"Post-processing chosen on OOF data only: `{scores['postprocess']}`"]
     return "\n".join(lines) + "\n"
+
+
+def training_cell(training: dict | None) -> str:
+    """'12.3 min, 15 epochs/fold, 18 img/s' from the runs' history.csv files (infer.py copies it to preds/)."""
+    if not training:
+        return "n/a"
+    return (f"{training['minutes']:.1f} min, {training['epochs_per_fold']:.0f} epochs/fold, "
+            f"{training['images_per_s']:.1f} img/s")
 
 
 def colour(class_map: np.ndarray) -> np.ndarray:
     return PALETTE[np.asarray(class_map) % len(PALETTE)]
 
 
+def pick_examples(image_dice: dict, n: int) -> list:
+    """Image ids worth a look: where the first two models' Dice differ most, then the one where all fail most.
+
+    image_dice: {model: Series of per-image Dice indexed by id}. With one model, its n worst images."""
+    table = pd.DataFrame(image_dice).dropna()
+    worst = table.mean(axis=1).sort_values()
+    if table.shape[1] < 2 or n < 2:
+        return list(worst.index[:n])
+    disagreement = (table.iloc[:, 0] - table.iloc[:, 1]).abs().sort_values(ascending=False)
+    chosen = list(disagreement.index[:n - 1])
+    return chosen + [next(i for i in worst.index if i not in chosen)]
+
+
+def _shrunk(image: np.ndarray, masks: list, max_side: int = 512) -> tuple:
+    scale = max_side / max(image.shape[:2])
+    if scale >= 1:
+        return image, masks
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in masks])
+
+
 def comparison_grid(path: Path, rows: list, class_names: list) -> None:
-    """rows: (title, image, truth, {model: prediction}); the last column shows where the first two models disagree."""
+    """rows: (title, image, truth, {model: prediction}, {model: Dice}). Each panel draws one mask as contours over
+    the image (class colours; truth dashed in white on the model panels); the last shows where the first two models
+    disagree."""
     models = list(rows[0][3])
-    columns = 2 + len(models) + (1 if len(models) >= 2 else 0)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(2.4 * columns, 2.4 * len(rows)), squeeze=False)
-    for axis_row, (title, image, truth, preds) in zip(axes, rows):
-        panels = [(title, image), ("truth", colour(truth))] + [(m, colour(p)) for m, p in preds.items()]
-        if len(models) >= 2:
-            panels.append(("disagreement (first two)", preds[models[0]] != preds[models[1]]))
-        for axis, (label, picture) in zip(axis_row, panels):
-            axis.imshow(picture, cmap="gray" if np.ndim(picture) == 2 else None)
+    columns = 1 + len(models) + (1 if len(models) >= 2 else 0)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(3 * columns, 3 * len(rows)), squeeze=False)
+    for axis_row, (title, image, truth, preds, dice) in zip(axes, rows):
+        image, (truth, *masks) = _shrunk(image, [truth, *preds.values()])
+        panels = [(f"{title}\ntruth", truth, None)] + [(f"{m}\nDice {dice[m]:.3f}", mask, truth)
+                                                       for m, mask in zip(models, masks)]
+        for axis, (label, mask, reference) in zip(axis_row, panels):
+            axis.imshow(image, cmap="gray")
+            for c in range(1, len(class_names)):
+                if reference is not None and (reference == c).any():
+                    axis.contour(reference == c, levels=[0.5], colors="white", linewidths=0.6, linestyles="dashed")
+                if (mask == c).any():
+                    axis.contour(mask == c, levels=[0.5], colors=[PALETTE[c] / 255], linewidths=1.0)
             axis.set_title(label, fontsize=7)
+        if len(models) >= 2:
+            overlay = np.dstack([image] * 3) if image.ndim == 2 else image.copy()
+            overlay[masks[0] != masks[1]] = (255, 0, 255)
+            axis_row[-1].imshow(overlay)
+            axis_row[-1].set_title(f"{models[0]} vs {models[1]}: disagreement", fontsize=7)
+        for axis in axis_row:
             axis.axis("off")
-    fig.legend(handles=[Patch(color=PALETTE[i] / 255, label=n) for i, n in enumerate(class_names)],
-               loc="lower center", ncol=len(class_names), fontsize=7)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles=[Patch(color=PALETTE[i] / 255, label=n) for i, n in enumerate(class_names) if i] +
+               [Patch(color="white", label="truth (dashed)", ec="black")], loc="lower center",
+               ncol=len(class_names) + 1, fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -67,8 +67,11 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.percentile(np.concatenate([to_target, to_pred]), 95))
 
 
-def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list) -> list:
-    """One row per foreground class of one image: pixel counts, Dice, IoU and HD95 (pixels of this image)."""
+def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list, with_hd95: bool = True) -> list:
+    """One row per foreground class of one image: pixel counts, Dice, IoU and HD95 (pixels of this image).
+
+    with_hd95=False leaves HD95 out, for callers that need only the overlap scores (it is most of the work).
+    """
     rows = []
     for c, name in enumerate(class_names[1:], start=1):
         p, t = pred == c, target == c
@@ -76,7 +79,7 @@ def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list) -> lis
         fp, fn = int(p.sum()) - tp, int(t.sum()) - tp
         dice, iou = dice_iou([tp], [fp], [fn])
         rows.append({"class": name, "tp": tp, "fp": fp, "fn": fn, "dice": dice.item(), "iou": iou.item(),
-                     "hd95": hd95(p, t)})
+                     **({"hd95": hd95(p, t)} if with_hd95 else {})})
     return rows
 
 

@@ -101,18 +101,17 @@ def multiclass_candidate_dice(probs: np.ndarray, truth: np.ndarray) -> np.ndarra
     return scores
 
 
-def shrink(probs: np.ndarray, truth: np.ndarray, max_side: int) -> tuple:
-    """Probabilities (C x H x W) and truth scaled so the longer side is at most max_side.
+def shrink(truth: np.ndarray, max_side: int) -> np.ndarray:
+    """The truth mask scaled so the longer side is at most max_side; tuning resizes the probabilities to its shape.
 
     Areas are fractions of the image, so settings chosen on a 512 px copy of a 2000 px X-ray carry over, for a
     fraction of the labelling work.
     """
     scale = max_side / max(truth.shape)
     if scale >= 1:
-        return probs, truth
+        return truth
     size = (max(1, round(truth.shape[1] * scale)), max(1, round(truth.shape[0] * scale)))
-    small = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in probs])
-    return small, cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
 
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 import ensemble
 import infer
@@ -42,6 +43,16 @@ def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
     mask = postprocess.apply_binary(prob, settings)
     assert mask[42, 42] == 1 and mask[2, 90] == 0 and mask.sum() == 60 * 60
     assert postprocess.apply_binary(prob, postprocess.BinarySettings(keep_largest=1))[2, 90] == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hole_filling_equals_scipys(seed):
+    rng = np.random.default_rng(seed)
+    prob = rng.random((60, 80)).astype(np.float32)  # speckle: holes, islands, shapes touching the border
+    prob[10:50, 10:70] = np.where(rng.random((40, 60)) > 0.1, 0.9, prob[10:50, 10:70])
+    for threshold in (0.3, 0.5, 0.7):
+        np.testing.assert_array_equal(postprocess.apply_binary(prob, postprocess.BinarySettings(threshold, True)),
+                                      ndimage.binary_fill_holes(prob >= threshold))
 
 
 def test_candidate_scores_equal_the_dice_of_the_applied_settings():

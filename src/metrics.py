@@ -63,8 +63,9 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     if not pred.any() or not target.any():
         return float(np.hypot(*pred.shape))
     # Every boundary point lies in the union's bounding box, so distances computed inside it are exact.
-    ys, xs = np.nonzero(pred | target)
-    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    union = pred | target
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     pred, target = np.pad(pred[box], 1).astype(np.uint8), np.pad(target[box], 1).astype(np.uint8)
     pred_edge, target_edge = pred - cv2.erode(pred, _CROSS), target - cv2.erode(target, _CROSS)
     to_target = cv2.distanceTransform(1 - target_edge, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[pred_edge > 0]
@@ -80,8 +81,8 @@ def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list, with_h
     rows = []
     for c, name in enumerate(class_names[1:], start=1):
         p, t = pred == c, target == c
-        tp = int((p & t).sum())
-        fp, fn = int(p.sum()) - tp, int(t.sum()) - tp
+        tp = np.count_nonzero(p & t)
+        fp, fn = np.count_nonzero(p) - tp, np.count_nonzero(t) - tp
         dice, iou = dice_iou([tp], [fp], [fn])
         rows.append({"class": name, "tp": tp, "fp": fp, "fn": fn, "dice": dice.item(), "iou": iou.item(),
                      **({"hd95": hd95(p, t)} if with_hd95 else {})})

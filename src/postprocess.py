@@ -110,17 +110,18 @@ def multiclass_candidate_dice(probs: np.ndarray, truth: np.ndarray) -> np.ndarra
     return scores
 
 
-def shrink(truth: np.ndarray, max_side: int) -> np.ndarray:
-    """The truth mask scaled so the longer side is at most max_side; tuning resizes the probabilities to its shape.
+def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
+    """A mask (or image) scaled, nearest neighbour, so its longer side is at most max_side; as it is if smaller.
 
-    Areas are fractions of the image, so settings chosen on a 512 px copy of a 2000 px X-ray carry over, for a
-    fraction of the labelling work.
+    Tuning resizes the probabilities to the shrunk truth's shape: areas are fractions of the image, so settings
+    chosen on a 512 px copy of a 2000 px X-ray carry over, for a fraction of the labelling work.
     """
-    scale = max_side / max(truth.shape)
+    height, width = array.shape[:2]
+    scale = max_side / max(height, width)
     if scale >= 1:
-        return truth
-    size = (max(1, round(truth.shape[1] * scale)), max(1, round(truth.shape[0] * scale)))
-    return cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
+        return array
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST)
 
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from src import postprocess, report, tracking
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.folds import load_folds
 from src.images import read_image, write_png
 from src.metrics import image_scores, per_image, pooled_by_class
-from src.predict import load_pred
+from src.parallel import thread_map
+from src.predict import OldPredictionFormat, mean_at, read_mean
 from src.rle import rle_encode
 from src.stats import paired_comparison
 
@@ -77,14 +77,14 @@ def summarize_scores(scores: pd.DataFrame) -> dict:
             "folds": {int(f): d for f, d in fold_means.items()}, "per_class": pooled_by_class(scores)}
 
 
-def mean_probs(paths: list, weights: list) -> np.ndarray:
-    """Weighted mean of uint8 probability files -> float32 C x H x W in [0, 1]."""
-    total = sum(w * load_pred(p).astype(np.float32) for p, w in zip(paths, weights))
-    return total / (255 * sum(weights))
-
-
 def main(argv=None):
-    args = parse_args(argv)
+    try:
+        run(parse_args(argv))
+    except OldPredictionFormat as error:
+        sys.exit(f"ensemble: {error}")
+
+
+def run(args):
     dataset_dir = Path(args.data_dir) / args.dataset
     try:
         meta, folds = load_meta(dataset_dir), load_folds(args.folds_dir, args.dataset)
@@ -118,32 +118,34 @@ def main(argv=None):
         print(f"ensemble: {len(folds) - len(oof_ids)} training images lack an OOF prediction from some run; "
               f"scoring the {len(oof_ids)} that all runs predicted")
 
-    def oof_probs(image_id):
-        return mean_probs([p / "oof" / f"{image_id}.npz" for p in runs.values()], [weight_of[n] for n in runs])
-
     def truth(image_id):
         return read_image(dataset_dir / "masks" / f"{image_id}.png")
 
     candidates = postprocess.binary_candidates()
-    def candidate_dice(image_id):
-        probs, target = postprocess.shrink(oof_probs(image_id), truth(image_id), args.tune_size)
+    def read_and_tune(image_id):  # each OOF file is read once: the mean stays in memory at the models' size
+        maps, size = read_mean([p / "oof" / f"{image_id}.npz" for p in runs.values()], [weight_of[n] for n in runs])
+        target = postprocess.shrink(truth(image_id), args.tune_size)
+        probs = mean_at(maps, target.shape)  # straight from the models' size to the tuning size
         if meta["task"] == "binary":
-            return postprocess.binary_candidate_dice(probs[0], target, candidates)
-        return postprocess.multiclass_candidate_dice(probs, target)
+            return (maps, size), postprocess.binary_candidate_dice(probs[0], target, candidates)
+        return (maps, size), postprocess.multiclass_candidate_dice(probs, target)
 
-    candidate_scores = np.stack([candidate_dice(i) for i in tqdm(oof_ids, desc="tune post-processing (OOF)", unit="img")])
-    settings = postprocess.choose(meta["task"], candidate_scores)
+    tuned = thread_map(read_and_tune, oof_ids, "tune post-processing (OOF)")
+    oof_means = {image_id: mean for image_id, (mean, _) in zip(oof_ids, tuned)}
+    settings = postprocess.choose(meta["task"], np.stack([candidate_scores for _, candidate_scores in tuned]))
 
-    # 3. Score the ensemble with those settings, and without them (the raw average).
-    fold_of = dict(zip(folds["id"], folds["fold"]))
-    rows, raw = [], []
-    for image_id in tqdm(oof_ids, desc="score ensemble (OOF)", unit="img"):
-        probs, target = oof_probs(image_id), truth(image_id)
-        rows += [{"id": image_id, "fold": fold_of[image_id], **r}
-                 for r in image_scores(postprocess.apply(probs, settings), target, meta["classes"])]
+    # 3. Score the ensemble at original size with those settings, and without them (the raw average: Dice only).
+    def score(image_id):
+        probs, target = mean_at(*oof_means[image_id]), truth(image_id)
         plain = postprocess.apply(probs, postprocess.PLAIN[meta["task"]])
-        raw.append(np.mean([r["dice"] for r in image_scores(plain, target, meta["classes"])]))
-    ensemble_scores = pd.DataFrame(rows)
+        raw = np.mean([r["dice"] for r in image_scores(plain, target, meta["classes"], with_hd95=False)])
+        return image_scores(postprocess.apply(probs, settings), target, meta["classes"]), raw
+
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    scored = thread_map(score, oof_ids, "score ensemble (OOF)")
+    raw = [r for _, r in scored]
+    ensemble_scores = pd.DataFrame([{"id": i, "fold": fold_of[i], **r} for i, (rows, _) in zip(oof_ids, scored)
+                                    for r in rows])
     ensemble_scores.to_csv(out / "oof_scores.csv", index=False)
     ensemble = {**summarize_scores(ensemble_scores), "dice_raw": float(np.mean(raw))}
     best_single = max(summaries, key=lambda n: summaries[n]["dice"])
@@ -159,22 +161,22 @@ def main(argv=None):
             comparisons.append({"encoder": encoder, **paired_comparison(a[common].to_numpy(), b[common].to_numpy())})
 
     # 5. Test images: mean over every run and fold, post-processed, as PNG and RLE.
-    test_rows = []
     fold_dirs = [(name, d) for name, path in runs.items() for d in sorted((path / "test").glob("fold*"))]
     test_ids = sorted({p.stem for _, d in fold_dirs for p in d.glob("*.npz")})
     incomplete = [i for i in test_ids if not all((d / f"{i}.npz").exists() for _, d in fold_dirs)]
     if incomplete:
         print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
               f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
-    for image_id in tqdm(test_ids, desc="test masks", unit="img"):
+
+    def test_mask(image_id):
         files = [(d / f"{image_id}.npz", weight_of[name]) for name, d in fold_dirs if (d / f"{image_id}.npz").exists()]
-        final = postprocess.apply(mean_probs(*zip(*files)), settings)
+        final = postprocess.apply(mean_at(*read_mean(*zip(*files))), settings)
         write_png(out / "masks" / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
         if meta["task"] == "binary":
-            test_rows.append({"id": image_id, "rle": rle_encode(final)})
-        else:
-            test_rows += [{"id": image_id, "class": c, "rle": rle_encode(final == k)}
-                          for k, c in enumerate(meta["classes"]) if k > 0]
+            return [{"id": image_id, "rle": rle_encode(final)}]
+        return [{"id": image_id, "class": c, "rle": rle_encode(final == k)} for k, c in enumerate(meta["classes"]) if k]
+
+    test_rows = [r for rows in thread_map(test_mask, test_ids, "test masks") for r in rows]
     pd.DataFrame(test_rows, columns=["id", "rle"] if meta["task"] == "binary" else ["id", "class", "rle"]).to_csv(
         out / "submission.csv", index=False)
 
@@ -193,7 +195,8 @@ def main(argv=None):
         image_rows = load_index(dataset_dir).set_index("id", drop=False)
         report.comparison_grid(out / "comparison.png", [
             (i, read_dataset_image(dataset_dir, image_rows.loc[i], meta["channels"]), truth(i),
-             {n: postprocess.apply(mean_probs([p / "oof" / f"{i}.npz"], [1.0]), settings) for n, p in runs.items()})
+             {n: postprocess.apply(mean_at(*read_mean([p / "oof" / f"{i}.npz"], [1.0])), settings)
+              for n, p in runs.items()})
             for i in shown], meta["classes"])
     trackers = {json.loads((p.parent / "config.json").read_text()).get("tracker") for p in runs.values()
                 if (p.parent / "config.json").exists()}

@@ -1,4 +1,4 @@
-"""Predict out-of-fold and test images with trained runs, at each image's original size, and score the OOF ones.
+"""Predict out-of-fold and test images with trained runs, at the model's size, and score the OOF ones at original size.
 
   python infer.py --tta                 # every run of the dataset, flip TTA
   python infer.py --tta d4 --arch unetpp --folds 0,1
@@ -9,6 +9,7 @@ preds/.../oof_scores.csv (Dice, IoU, HD95 per image and class) and prints mean +
 """
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from src.folds import load_folds
 from src.images import IMAGE_SUFFIXES, read_image, resize, to_channels
 from src.metrics import image_scores, per_image, pooled_by_class
 from src.models import ModelError
-from src.predict import load_pred, load_trained_model, pred_dir, save_pred, to_original_size, with_tta
+from src.parallel import thread_map
+from src.predict import (OldPredictionFormat, is_current_format, load_pred, load_trained_model, pred_dir, resize_prob,
+                         save_pred, to_uint8, with_tta)
 
 
 def parse_args(argv=None):
@@ -68,8 +71,9 @@ class FolderImages(Dataset):
 
 
 def needs_prediction(path: Path, weights_time: int, overwrite: bool) -> bool:
-    """Missing, or older than the weights (the run was retrained since), or --overwrite."""
-    return overwrite or not path.exists() or path.stat().st_mtime_ns < weights_time
+    """Missing, older than the weights (the run was retrained since), in the old full-size format, or --overwrite."""
+    return (overwrite or not path.exists() or path.stat().st_mtime_ns < weights_time
+            or not is_current_format(path))
 
 
 def find_runs(args) -> list:
@@ -87,23 +91,30 @@ def find_runs(args) -> list:
 @torch.no_grad()
 def predict(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Path, batch_size: int, workers: int,
             device, desc: str) -> None:
-    """Stream batches through the model and write one file per image; memory does not grow with the dataset.
+    """Stream batches through the model and write one file per image at the model's size; memory stays flat.
 
     The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
     """
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for batch in tqdm(loader, desc=desc, unit="batch"):
-        images, keys = batch[0], batch[-1].tolist()
-        originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
-        with autocast:
-            probs = model(images.to(device, non_blocking=True)).float()
-        for key, prob in zip(keys, to_original_size(probs, originals)):
-            save_pred(out_dir / f"{ids[key]}.npz", prob)
+    writing = []
+    with ThreadPoolExecutor(2) as writer:  # compressing and writing a batch overlaps the model's next one
+        for batch in tqdm(loader, desc=desc, unit="batch"):
+            images, keys = batch[0], batch[-1].tolist()
+            originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
+            with autocast:
+                probs = model(images.to(device, non_blocking=True)).float()
+            maps = to_uint8(probs)
+            for done in writing:  # at most one batch waits to be written; a failed write raises here
+                done.result()
+            writing = [writer.submit(save_pred, out_dir / f"{ids[key]}.npz", prob, original)
+                       for key, prob, original in zip(keys, maps, originals)]
+        for done in writing:
+            done.result()
 
 
 def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict, index: pd.DataFrame) -> pd.DataFrame:
-    """Dice, IoU and HD95 of every OOF prediction against its original-size mask, kept in oof_scores.csv.
+    """Dice, IoU and HD95 of every OOF prediction at its original size against its mask, kept in oof_scores.csv.
 
     The saved scores are reused while no OOF prediction is newer and the same images are covered.
     """
@@ -115,12 +126,14 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
             return scores
     extra = [c for c in ("tissue",) if c in index]
     info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra]], on="id")
-    rows = []
-    for row in tqdm(info.itertuples(index=False), total=len(info), desc="score OOF", unit="img"):
-        pred = postprocess.apply(load_pred(files[row.id]) / 255, postprocess.PLAIN[meta["task"]])
+
+    def score(row) -> list:
+        pred = postprocess.apply(resize_prob(*load_pred(files[row.id])), postprocess.PLAIN[meta["task"]])
         mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
-        rows += [{**row._asdict(), **r} for r in image_scores(pred, mask, meta["classes"])]
-    scores = pd.DataFrame(rows)
+        return [{**row._asdict(), **r} for r in image_scores(pred, mask, meta["classes"])]
+
+    rows = thread_map(score, list(info.itertuples(index=False)), "score OOF")
+    scores = pd.DataFrame([r for image_rows in rows for r in image_rows])
     scores.to_csv(saved, index=False)
     return scores
 
@@ -192,7 +205,10 @@ def main(argv=None):
         cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
         scored[out_dir] = (cfg, meta)
     for out_dir, (cfg, meta) in scored.items():
-        scores = score_oof(out_dir, folds, dataset_dir, meta, index)
+        try:
+            scores = score_oof(out_dir, folds, dataset_dir, meta, index)
+        except OldPredictionFormat as error:  # a fold this call did not predict again
+            sys.exit(f"infer: {error}")
         print_summary(f"{cfg.run_name} (tta {args.tta})", scores)
         if (args.tracker or cfg.tracker) == "wandb":
             table = fold_table(scores)

@@ -5,26 +5,33 @@
 
 Reports (1) the model ceiling: synthetic tensors, forward + backward + optimiser step; (2) the data pipeline alone:
 batches from the resized cache with the chosen augmentation and workers; (3) train.py end to end (its own
-train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; (5) peak GPU and host memory.
+train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; (5) peak GPU and host memory;
+(6) with --original-size N: infer.py and ensemble.py end to end on a demo dataset whose originals are N x N px.
 """
 import argparse
 import json
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import torch
 
 from src.augment import build_augmentation
-from src.cache import open_cache
+from src.cache import cache_dir, open_cache
 from src.canonical import load_index
 from src.config import Config
 from src.data import CachedSegmentation, default_workers, make_loader
+from src.folds import load_folds
+from src.images import read_image, write_png
 from src.losses import SegmentationLoss
 from src.models import create_model, normalize
 from src.optim import build_optimizer
+from src.parallel import thread_map
 from src.predict import with_tta
 
 
@@ -114,6 +121,60 @@ def end_to_end(cfg: Config, workdir: Path, dataset_dir: Path) -> float:
     return float(history["train_images_per_s"].iloc[1:].max())  # the fastest epoch after the first (warm, compiled)
 
 
+def large_originals(workdir: Path, side: int, count: int, size: int) -> Path:
+    """A demo dataset (count labelled + count / 4 test images, 2 folds) whose originals are side x side px.
+
+    The generated images and masks are enlarged (bilinear; masks thresholded at 0.5, so outlines stay smooth) and
+    the index says so; the cache is rebuilt from the enlarged files, as prepare would build it.
+    """
+    from src import prepare
+    prepare.main(["demo", "--count", str(count), "--test-count", str(count // 4), "--size", str(size), "--k", "2",
+                  "--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds")])
+    dataset_dir = workdir / "data" / "demo"
+    index = load_index(dataset_dir)
+
+    def enlarge(row):
+        for folder in ("images", "masks") if row.split == "train" else ("images",):
+            path = dataset_dir / folder / f"{row.id}.png"
+            large = cv2.resize(read_image(path).astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+            write_png(path, (large >= 0.5 if folder == "masks" else large.round()).astype(np.uint8))
+
+    thread_map(enlarge, list(index.itertuples()), f"originals to {side} px")
+    index["height"], index["width"] = side, side
+    index.to_csv(dataset_dir / "index.csv", index=False)
+    shutil.rmtree(cache_dir(dataset_dir, size))
+    open_cache(dataset_dir, size)
+    return dataset_dir
+
+
+def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, count: int, device) -> dict:
+    """infer.py (fold 0's model, no TTA) and ensemble.py end to end, in images/s, the fastest of two runs each.
+
+    Predicting = infer.py --overwrite (predict and score) less infer.py with fresh predictions (scoring alone).
+    """
+    import ensemble
+    import infer
+    dataset_dir = large_originals(workdir, side, count, cfg.size)
+    paths = ["--dataset", "demo", "--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds"),
+             "--preds-dir", str(workdir / "preds"), "--tracker", "none"]
+    infer_args = [*paths, "--runs-dir", str(runs_dir), "--folds", "0", "--tta", "none",
+                  "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers)]
+    folds, index = load_folds(workdir / "folds", "demo"), load_index(dataset_dir)
+    oof, test = int((folds["fold"] == 0).sum()), int((index["split"] == "test").sum())
+    predict_and_score = timed(lambda: infer.main([*infer_args, "--overwrite"]), 1, device, repeats=2)
+
+    def score_only():
+        for saved in (workdir / "preds").glob("demo/*/tta-none/oof_scores.csv"):
+            saved.unlink()
+        infer.main(infer_args)
+
+    score = timed(score_only, 1, device, repeats=2)
+    ensemble_s = timed(lambda: ensemble.main([*paths, "--out-dir", str(workdir / "ensemble")]), 1, device, repeats=2)
+    return {"original_px": side, "predict_images_per_s": (oof + test) / (predict_and_score - score),
+            "score_oof_images_per_s": oof / score, "ensemble_py_images_per_s": (oof + test) / ensemble_s,
+            "oof_images": oof, "test_images": test}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("arch", "encoder", "size", "batch_size", "aug", "workers", "decoder_channels"):
@@ -122,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--images", type=int, default=512, help="demo images generated for (2) and (3)")
+    parser.add_argument("--original-size", type=int, default=2000, help="(6): side of the originals; 0 skips (6)")
+    parser.add_argument("--original-images", type=int, default=128, help="(6): labelled images (+ a quarter as many test)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     cfg = Config(arch=args.arch, encoder=args.encoder, size=args.size, batch_size=args.batch_size, aug=args.aug,
@@ -142,6 +205,10 @@ def main(argv=None):
         results["end_to_end_fraction_of_ceiling"] = results["train_py_images_per_s"] / results["ceiling_images_per_s"]
         results.update({f"infer_{k}_images_per_s": v for k, v in inference(cfg, 1, device, args.steps).items()})
         results["d4_fraction_of_ceiling_over_8"] = results["infer_d4_images_per_s"] / (results["infer_none_images_per_s"] / 8)
+        if args.original_size:
+            results.update(infer_and_ensemble(cfg, workdir / "runs", workdir / "large", args.original_size,
+                                              args.original_images, device))
+            results["predict_fraction_of_forward"] = results["predict_images_per_s"] / results["infer_none_images_per_s"]
     results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     results["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("\n| measure | value |\n|---|---|")

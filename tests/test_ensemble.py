@@ -1,17 +1,19 @@
 """ensemble.py and its pieces: RLE, post-processing, the paired test, OOF-only tuning, outputs."""
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 import ensemble
 import infer
 from conftest import infer_args, paths
-from src import postprocess
+from src import postprocess, predict
 from src.images import read_image
 from src.metrics import per_image
-from src.predict import save_pred
+from src.predict import load_pred, mean_at, read_mean, resize_prob, save_pred
 from src.rle import rle_decode, rle_encode
 from src.stats import paired_comparison
 
@@ -41,6 +43,16 @@ def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
     mask = postprocess.apply_binary(prob, settings)
     assert mask[42, 42] == 1 and mask[2, 90] == 0 and mask.sum() == 60 * 60
     assert postprocess.apply_binary(prob, postprocess.BinarySettings(keep_largest=1))[2, 90] == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hole_filling_equals_scipys(seed):
+    rng = np.random.default_rng(seed)
+    prob = rng.random((60, 80)).astype(np.float32)  # speckle: holes, islands, shapes touching the border
+    prob[10:50, 10:70] = np.where(rng.random((40, 60)) > 0.1, 0.9, prob[10:50, 10:70])
+    for threshold in (0.3, 0.5, 0.7):
+        np.testing.assert_array_equal(postprocess.apply_binary(prob, postprocess.BinarySettings(threshold, True)),
+                                      ndimage.binary_fill_holes(prob >= threshold))
 
 
 def test_candidate_scores_equal_the_dice_of_the_applied_settings():
@@ -77,10 +89,38 @@ def test_paired_comparison_verdicts():
 
 def test_averaging_identical_predictions_changes_nothing(tmp_path):
     prob = np.random.default_rng(0).integers(0, 256, (2, 9, 7), dtype=np.uint8)
-    save_pred(tmp_path / "a.npz", prob)
-    save_pred(tmp_path / "b.npz", prob)
-    np.testing.assert_allclose(ensemble.mean_probs([tmp_path / "a.npz", tmp_path / "b.npz"], [1.0, 1.0]), prob / 255,
+    save_pred(tmp_path / "a.npz", prob, (9, 7))
+    save_pred(tmp_path / "b.npz", prob, (9, 7))
+    np.testing.assert_allclose(mean_at(*read_mean([tmp_path / "a.npz", tmp_path / "b.npz"], [1.0, 1.0])), prob / 255,
                                rtol=1e-6)
+
+
+def smooth_prob(side: int, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """A uint8 C x side x side probability map: blurred blobs, as a model at that size would predict them."""
+    blobs = np.random.default_rng(seed).random((channels, 8, 8)).astype(np.float32)
+    return np.stack([np.round(255 * cv2.resize(b, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 1))
+                     for b in blobs]).astype(np.uint8)
+
+
+def test_averaging_at_the_models_size_then_resizing_equals_resizing_each_then_averaging(tmp_path):
+    size, weights = (301, 187), [1.0, 2.0, 0.5]
+    paths = [tmp_path / f"{k}.npz" for k in range(3)]
+    for k, path in enumerate(paths):
+        save_pred(path, smooth_prob(48, seed=k), size)
+    each_first = sum(w * resize_prob(load_pred(p)[0], size) for p, w in zip(paths, weights)) / sum(weights)
+    maps, original = read_mean(paths, weights)
+    assert original == size and len(maps) == 1 and maps[0][0].shape == (2, 48, 48)  # kept at the models' size
+    assert np.abs(mean_at(maps, size) - each_first).max() <= 1 / 255
+
+
+def test_runs_trained_at_different_sizes_ensemble_at_the_original_size(tmp_path):
+    size = (150, 110)
+    save_pred(tmp_path / "small.npz", smooth_prob(32), size)  # one image, predicted by a 32 px and a 64 px run
+    save_pred(tmp_path / "large.npz", smooth_prob(64), size)
+    maps, original = read_mean([tmp_path / "small.npz", tmp_path / "large.npz"], [1.0, 3.0])
+    probs = mean_at(maps, original)
+    expected = (resize_prob(smooth_prob(32), size) + 3 * resize_prob(smooth_prob(64), size)) / 4
+    assert probs.shape == (2, 150, 110) and np.abs(probs - expected).max() <= 1 / 255
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +163,8 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
 
 def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
     events = []
-    real_load, real_choose = ensemble.load_pred, postprocess.choose
-    monkeypatch.setattr(ensemble, "load_pred", lambda path: events.append(("read", str(path))) or real_load(path))
+    real_load, real_choose = predict.load_pred, postprocess.choose
+    monkeypatch.setattr(predict, "load_pred", lambda path: events.append(("read", str(path))) or real_load(path))
     monkeypatch.setattr(postprocess, "choose", lambda *a: events.append(("tuned", "")) or real_choose(*a))
     ensemble.main(ensemble_args(predicted, tmp_path / "a"))
     tuned_at = events.index(("tuned", ""))
@@ -132,7 +172,8 @@ def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
     assert any("/test/" in path for _, path in events[tuned_at:])
     # Test predictions turned upside down change the test masks, never the chosen settings.
     for path in (predicted / "preds").glob("demo/*/tta-*/test/*/*.npz"):
-        save_pred(path, 255 - real_load(path))
+        prob, size = real_load(path)
+        save_pred(path, 255 - prob, size)
     ensemble.main(ensemble_args(predicted, tmp_path / "b"))
     first, second = (json.loads((tmp_path / d / "demo" / "scores.json").read_text()) for d in ("a", "b"))
     assert first["postprocess"] == second["postprocess"] and first["ensemble"] == second["ensemble"]
@@ -151,11 +192,9 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
 
 
 def test_shrink_keeps_small_images_and_scales_large_ones():
-    probs = np.random.default_rng(0).random((2, 1000, 600)).astype(np.float32)
     truth = np.zeros((1000, 600), np.uint8)
     truth[100:500, 50:300] = 1
-    small_probs, small_truth = postprocess.shrink(probs, truth, 500)
-    assert small_probs.shape == (2, 500, 300) and small_truth.shape == (500, 300)
+    small_truth = postprocess.shrink(truth, 500)
+    assert small_truth.shape == (500, 300) and resize_prob(smooth_prob(64), small_truth.shape).shape == (2, 500, 300)
     assert small_truth.mean() == pytest.approx(truth.mean(), abs=0.01)
-    same_probs, same_truth = postprocess.shrink(probs, truth, 1000)
-    assert same_probs is probs and same_truth is truth
+    assert postprocess.shrink(truth, 1000) is truth

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 
 from src.metrics import confusion, hd95, image_scores, per_image, pooled_by_class, summarize
 
@@ -47,6 +48,25 @@ def test_hd95_of_a_shifted_square_and_empty_cases():
     assert hd95(a, a) == 0.0
     assert hd95(np.zeros_like(a), np.zeros_like(a)) == 0.0
     assert hd95(a, np.zeros_like(a)) == pytest.approx(np.hypot(50, 60))
+
+
+def scipy_hd95(pred, target):
+    """The definition with scipy's exact distance transform on the whole image, as a reference."""
+    pred_edge, target_edge = (m & ~ndimage.binary_erosion(m) for m in (pred, target))
+    distances = np.concatenate([ndimage.distance_transform_edt(~target_edge)[pred_edge],
+                                ndimage.distance_transform_edt(~pred_edge)[target_edge]])
+    return np.percentile(distances, 95)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_equals_scipys_exact_distance_transform(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(20, 90, 2))
+    blobs = [ndimage.zoom(rng.random((5, 5)), np.array(shape) / 5, order=1) > 0.5 for _ in range(2)]
+    speckle = rng.random(shape) > 0.97  # isolated pixels and a shape touching the border
+    for pred, target in ((blobs[0], blobs[1]), (blobs[0] | speckle, blobs[1]), (speckle, blobs[1])):
+        if pred.any() and target.any():
+            assert hd95(pred, target) == pytest.approx(scipy_hd95(pred, target), rel=1e-5)
 
 
 def test_summary_per_tissue_averages_the_images_of_each_tissue():

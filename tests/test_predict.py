@@ -1,4 +1,4 @@
-"""infer.py: TTA, original sizes, OOF coverage, clear errors, skipping finished work."""
+"""infer.py: TTA, maps at the model's size with the original size, OOF coverage, clear errors, skipping finished work."""
 import json
 import os
 import shutil
@@ -6,13 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import infer
 from conftest import infer_args
 from src.canonical import load_index
 from src.folds import load_folds
 from src.models import create_model
-from src.predict import load_pred, to_original_size, with_tta
+from src.predict import load_pred, resize_prob, to_uint8, with_tta
 
 
 def uint8_images(n=2, channels=1, size=32, seed=0):
@@ -41,9 +42,17 @@ def test_multiclass_probabilities_sum_to_one_before_and_after_resizing():
     with torch.no_grad():
         probs = with_tta(model, "multiclass", "d4")(uint8_images(channels=3))
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 32, 32))
-    resized = to_original_size(probs, [(45, 23), (10, 70)])
+    resized = [resize_prob(m, size) for m, size in zip(to_uint8(probs), [(45, 23), (10, 70)])]
     assert [r.shape for r in resized] == [(6, 45, 23), (6, 10, 70)]
-    assert np.abs(resized[0].astype(int).sum(axis=0) - 255).max() <= 6  # uint8 rounding of 6 channels
+    assert np.abs(resized[0].sum(axis=0) - 1).max() <= 3 / 255  # uint8 rounding of 6 channels
+
+
+@pytest.mark.parametrize("size", [(200, 120), (45, 23), (32, 32)])
+def test_resizing_on_the_host_is_torch_bilinear_without_corner_alignment(size):
+    prob = uint8_images(channels=3)[0].numpy()
+    expected = F.interpolate(torch.from_numpy(prob[None] / 255).float(), size=size, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(resize_prob(prob, size), expected[0].numpy(), atol=1e-5)
+    assert resize_prob(prob[:1], size).shape == (1, *size)
 
 
 def test_oof_and_test_predictions_cover_every_image_once_at_original_size(trained_dir):
@@ -53,8 +62,10 @@ def test_oof_and_test_predictions_cover_every_image_once_at_original_size(traine
     for run in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
         out = trained_dir / "preds" / "demo" / run / "tta-flip"
         assert sorted(p.stem for p in (out / "oof").glob("*.npz")) == sorted(folds["id"])
-        for image_id in folds["id"][:5]:
-            assert load_pred(out / "oof" / f"{image_id}.npz").shape == (1, *index.loc[image_id, ["height", "width"]])
+        for image_id in folds["id"][:5]:  # maps at the 64 px training size, with the image's original size
+            prob, size = load_pred(out / "oof" / f"{image_id}.npz")
+            assert prob.shape == (1, 64, 64) and prob.dtype == np.uint8
+            assert size == tuple(index.loc[image_id, ["height", "width"]])
         test_ids = sorted(index.index[index["split"] == "test"])
         for fold in range(3):
             assert sorted(p.stem for p in (out / "test" / f"fold{fold}").glob("*.npz")) == test_ids
@@ -89,8 +100,8 @@ def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):
     args = infer_args(trained_dir)
     args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
     infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(tmp_path / "new")])
-    pred = load_pred(tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1/odd.npz")
-    assert pred.shape == (1, 37, 81)
+    prob, size = load_pred(tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1/odd.npz")
+    assert prob.shape == (1, 64, 64) and size == (37, 81)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="empty holds no images"):
         infer.main([*args, "--images", str(tmp_path / "empty")])
@@ -128,3 +139,20 @@ def test_missing_weights_and_unknown_arch_are_clear_errors(trained_dir, tmp_path
     shutil.copy(trained_dir / "runs/demo/unet-tu-resnet10t/fold0/best.pt", config.parent / "best.pt")
     with pytest.raises(SystemExit, match="config.json: unknown architecture 'hypernet'"):
         infer.main(args)
+
+
+def test_old_full_size_predictions_are_predicted_again_or_refused_clearly(trained_dir, tmp_path):
+    args = infer_args(trained_dir)
+    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
+    args += ["--runs", "unet-*", "--folds", "0"]
+    infer.main(args)
+    oof = tmp_path / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof"
+    folds = load_folds(trained_dir / "folds", "demo")
+    fold0, fold1 = (oof / f"{folds.loc[folds['fold'] == k, 'id'].iloc[0]}.npz" for k in (0, 1))
+    for path in (fold0, fold1):  # the previous format: only `prob`, at full size, newer than the weights
+        np.savez_compressed(path, prob=np.zeros((1, 250, 300), np.uint8))
+    with pytest.raises(SystemExit, match=r"old full-size format; predict again with .*--overwrite"):
+        infer.main(args)  # fold 1 is not predicted by this call, so it cannot be scored
+    assert load_pred(fold0)[0].shape == (1, 64, 64)  # fold 0 was predicted again, without --overwrite
+    fold1.unlink()
+    infer.main(args)

@@ -20,7 +20,7 @@ from src import postprocess, report, tracking
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.folds import load_folds
 from src.images import read_image, write_png
-from src.metrics import image_scores, per_image, pooled_by_class
+from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, mean_at, read_mean
 from src.rle import rle_encode
@@ -36,7 +36,10 @@ def parse_args(argv=None):
                         help="which TTA predictions to use per run (best: the highest OOF Dice of those predicted)")
     parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
     parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
-    parser.add_argument("--figures", type=int, default=4, help="OOF images in comparison.png")
+    parser.add_argument("--figures", type=int, default=4,
+                        help="OOF images in comparison.png: where the first two runs disagree most, and the worst one")
+    parser.add_argument("--by", help="also score subgroups: any index.csv column, e.g. view, sex (default: tissue "
+                                     "where the dataset has one)")
     parser.add_argument("--tune-size", type=int, default=512,
                         help="tune post-processing on OOF maps shrunk to this longer side (scores stay at full size)")
     parser.add_argument("--tracker", choices=["wandb", "none"], help="log the leaderboard (default: as the runs were trained)")
@@ -68,6 +71,10 @@ def find_predictions(preds_root: Path, tta: str, runs_glob: str | None) -> dict:
     return chosen
 
 
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def summarize_scores(scores: pd.DataFrame) -> dict:
     images = per_image(scores)
     fold_means = images.groupby("fold")["dice"].mean()
@@ -88,8 +95,12 @@ def run(args):
     dataset_dir = Path(args.data_dir) / args.dataset
     try:
         meta, folds = load_meta(dataset_dir), load_folds(args.folds_dir, args.dataset)
+        index = load_index(dataset_dir).set_index("id", drop=False)
     except FileNotFoundError as error:
         sys.exit(f"ensemble: {error}")
+    by = args.by or ("tissue" if "tissue" in index else None)
+    if by and by not in index:
+        sys.exit(f"ensemble: --by {by}: no such column in {dataset_dir / 'index.csv'} (have: {', '.join(index.columns)})")
     runs = find_predictions(Path(args.preds_dir) / args.dataset, args.tta, args.runs)
     weight_of = {name: 1.0 for name in runs}
     for item in filter(None, (args.weights or "").split(",")):
@@ -102,7 +113,8 @@ def run(args):
 
     # 1. Each run on its own, from the OOF scores infer.py wrote.
     run_scores = {name: pd.read_csv(path / "oof_scores.csv", dtype={"id": str}) for name, path in runs.items()}
-    summaries = {name: {"tta": path.name[4:], **summarize_scores(run_scores[name])} for name, path in runs.items()}
+    summaries = {name: {"tta": path.name[4:], **summarize_scores(run_scores[name]),
+                        "training": read_json(path.parent / "training.json")} for name, path in runs.items()}
     tta_gain = {}
     for name, path in runs.items():
         plain = path.parent / "tta-none"
@@ -183,21 +195,24 @@ def run(args):
     # 6. Scores, leaderboard, figures.
     per_class = {c: {**{n: s["per_class"][c] for n, s in summaries.items()}, "ensemble": ensemble["per_class"][c]}
                  for c in meta["classes"][1:]} if len(meta["classes"]) > 2 else {}
+    image_dice = {n: per_image(s).set_index("id")["dice"].loc[oof_ids] for n, s in run_scores.items()}
+    subgroups = {"column": by, "table": dice_by_group(
+        {**image_dice, "ensemble": per_image(ensemble_scores).set_index("id")["dice"]}, index[by]
+    ).reset_index().to_dict("records")} if by else None
     scores = {"dataset": args.dataset, "runs": summaries, "ensemble": ensemble, "best_single": best_single,
               "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": tta_gain,
-              "per_class": per_class, "comparisons": comparisons, "postprocess": settings,
+              "per_class": per_class, "by": subgroups, "comparisons": comparisons, "postprocess": settings,
               "weights": weight_of, "test_images": len(test_ids)}
     (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float) + "\n")
     (out / "leaderboard.md").write_text(report.leaderboard_markdown(scores))
     report.score_bars(out / "scores.png", scores)
-    shown = oof_ids[:args.figures]
+    shown = report.pick_examples(image_dice, args.figures)
     if shown:
-        image_rows = load_index(dataset_dir).set_index("id", drop=False)
         report.comparison_grid(out / "comparison.png", [
-            (i, read_dataset_image(dataset_dir, image_rows.loc[i], meta["channels"]), truth(i),
+            (i, read_dataset_image(dataset_dir, index.loc[i], meta["channels"]), truth(i),
              {n: postprocess.apply(mean_at(*read_mean([p / "oof" / f"{i}.npz"], [1.0])), settings)
-              for n, p in runs.items()})
-            for i in shown], meta["classes"])
+              for n, p in runs.items()},
+             {n: image_dice[n][i] for n in runs}) for i in shown], meta["classes"])
     trackers = {json.loads((p.parent / "config.json").read_text()).get("tracker") for p in runs.values()
                 if (p.parent / "config.json").exists()}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) == "wandb":

@@ -8,6 +8,7 @@ Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json + best.pt), writes p
 preds/.../oof_scores.csv (Dice, IoU, HD95 per image and class) and prints mean +- std per fold.
 """
 import argparse
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatch
@@ -25,7 +26,7 @@ from src.config import Config
 from src.data import CachedSegmentation, channels_first, default_workers, make_loader
 from src.folds import load_folds
 from src.images import IMAGE_SUFFIXES, read_image, resize, to_channels
-from src.metrics import image_scores, per_image, pooled_by_class
+from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.models import ModelError
 from src.parallel import thread_map
 from src.predict import (OldPredictionFormat, is_current_format, load_pred, load_trained_model, pred_dir, resize_prob,
@@ -152,12 +153,22 @@ def print_summary(name: str, scores: pd.DataFrame) -> None:
     for r in fold_table(scores).itertuples():
         print(f"  fold {r.fold:>3}: Dice {r.dice_mean:.4f} +- {r.dice_std:.4f}   IoU {r.iou_mean:.4f} +- {r.iou_std:.4f}"
               f"   HD95 {r.hd95_mean:.1f} px")
-    images = per_image(scores)
+    images = per_image(scores).set_index("id")
     if scores["class"].nunique() > 1:
         print("  per class (pooled Dice): " + ", ".join(f"{c} {d:.3f}" for c, d in pooled_by_class(scores).items()))
     if "tissue" in images:
-        tissues = images.groupby("tissue")["dice"].mean().sort_values()
+        tissues = dice_by_group({"dice": images["dice"]}, images["tissue"])["dice"].sort_values()
         print("  per tissue (mean Dice): " + ", ".join(f"{t} {d:.3f}" for t, d in tissues.items()))
+
+
+def training_summary(run_dir: Path) -> dict | None:
+    """Wall time and speed of a run's training over all its folds, from their history.csv, for the leaderboard."""
+    histories = [pd.read_csv(h) for h in sorted(run_dir.glob("fold*/history.csv"))]
+    if not histories:
+        return None
+    epochs = pd.concat(histories)
+    return {"folds": len(histories), "minutes": epochs["seconds"].sum() / 60,
+            "epochs_per_fold": len(epochs) / len(histories), "images_per_s": epochs["train_images_per_s"].mean()}
 
 
 def main(argv=None):
@@ -203,6 +214,7 @@ def main(argv=None):
             except ValueError as error:  # from a loader worker the file's own message is the last line
                 sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
         cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
+        (out_dir.parent / "training.json").write_text(json.dumps(training_summary(run_dir.parent), indent=2) + "\n")
         scored[out_dir] = (cfg, meta)
     for out_dir, (cfg, meta) in scored.items():
         try:

@@ -14,24 +14,8 @@ from src import postprocess, predict
 from src.images import read_image
 from src.metrics import per_image
 from src.predict import load_pred, mean_at, read_mean, resize_prob, save_pred
-from src.rle import rle_decode, rle_encode
+from src.rle import rle_decode
 from src.stats import paired_comparison
-
-
-def test_rle_hand_computed_example():
-    mask = np.array([[0, 1, 1],
-                     [0, 1, 0]])  # column-major: 0 0 | 1 1 | 1 0  -> runs start at 3 (length 3)
-    assert rle_encode(mask) == "3 3"
-    np.testing.assert_array_equal(rle_decode("3 3", (2, 3)), mask)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_rle_round_trip(seed):
-    rng = np.random.default_rng(seed)
-    shape = tuple(rng.integers(1, 40, 2))
-    for mask in (rng.random(shape) > 0.5, np.zeros(shape), np.ones(shape)):
-        np.testing.assert_array_equal(rle_decode(rle_encode(mask), shape), mask.astype(np.uint8))
-    assert rle_encode(np.zeros(shape)) == ""
 
 
 def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
@@ -158,7 +142,25 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
     board = (out / "leaderboard.md").read_text()
     assert "Unet++ vs Unet" in board and "ensemble" in board
+    for name, run in scores["runs"].items():  # training cost beside the scores, from the runs' history.csv
+        history = pd.concat(pd.read_csv(h) for h in (predicted / "runs" / "demo" / name).glob("fold*/history.csv"))
+        assert run["training"]["minutes"] == pytest.approx(history["seconds"].sum() / 60)
+        assert f"{run['training']['minutes']:.1f} min, 2 epochs/fold" in board
     assert (out / "comparison.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+
+
+def test_scores_by_any_index_column(predicted, tmp_path):
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--by", "group"])
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    by = pd.DataFrame(scores["by"]["table"]).set_index("group")
+    oof = per_image(pd.read_csv(tmp_path / "demo" / "oof_scores.csv", dtype={"id": str}))
+    groups = pd.read_csv(predicted / "data" / "demo" / "index.csv", dtype=str).set_index("id")["group"]
+    expected = oof.groupby(oof["id"].map(groups))["dice"].mean()
+    assert scores["by"]["column"] == "group" and by["images"].sum() == len(oof)
+    np.testing.assert_allclose(by.loc[expected.index, "ensemble"], expected)
+    assert "Mean Dice per image by `group`" in (tmp_path / "demo" / "leaderboard.md").read_text()
+    with pytest.raises(SystemExit, match="--by colour: no such column"):
+        ensemble.main([*ensemble_args(predicted, tmp_path), "--by", "colour"])
 
 
 def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
@@ -189,6 +191,8 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
     assert len(scores["postprocess"]["min_areas"]) == 5
     submission = pd.read_csv(tmp_path / "demo-multiclass" / "submission.csv", keep_default_na=False)
     assert list(submission.columns) == ["id", "class", "rle"] and len(submission) == 4 * 5
+    assert scores["by"]["column"] == "tissue"  # the default where the dataset has tissues (PanNuke)
+    assert {r["group"] for r in scores["by"]["table"]} <= {"breast", "colon", "lung"}
 
 
 def test_shrink_keeps_small_images_and_scales_large_ones():

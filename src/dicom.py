@@ -15,9 +15,10 @@ def read_dicom(path: Path) -> np.ndarray:
 
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except InvalidDicomError as error:
+    except (InvalidDicomError, OSError, ValueError) as error:
         raise ValueError(f"{path}: not a DICOM file ({error})") from None
+    try:
+        pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError) as error:  # a compressed transfer syntax without its decoder
         syntax = ds.file_meta.TransferSyntaxUID.name if "TransferSyntaxUID" in ds.get("file_meta", {}) else "compressed"
         raise ValueError(f"{path}: '{syntax}' pixel data needs a decoder: pip install {DECODER_PACKAGES}") from error

@@ -214,9 +214,9 @@ def main(argv=None):
             except ValueError as error:  # from a loader worker the file's own message is the last line
                 sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
         cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
-        (out_dir.parent / "training.json").write_text(json.dumps(training_summary(run_dir.parent), indent=2) + "\n")
-        scored[out_dir] = (cfg, meta)
-    for out_dir, (cfg, meta) in scored.items():
+        scored[out_dir] = (cfg, meta, run_dir.parent)
+    for out_dir, (cfg, meta, trained) in scored.items():  # one entry per run: its folds share out_dir
+        (out_dir.parent / "training.json").write_text(json.dumps(training_summary(trained), indent=2) + "\n")
         try:
             scores = score_oof(out_dir, folds, dataset_dir, meta, index)
         except OldPredictionFormat as error:  # a fold this call did not predict again

@@ -28,11 +28,11 @@ from src.canonical import load_index, load_meta
 from src.checkpoint import RESUMABLE, last_state, save_state, settings_changed, write_atomic
 from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
-from src.folds import load_folds
+from src.folds import fingerprint, load_folds
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, normalize
-from src.optim import build_optimizer, build_scheduler
+from src.optim import build_optimizer, build_scheduler, sync_lookahead
 
 
 def parse_args(argv=None):
@@ -100,6 +100,10 @@ def main(argv=None):
     if args.resume and last_state(run_dir) is None:
         sys.exit(f"train: nothing to resume in {run_dir} (no state/ folder); drop --resume")
     if args.resume:
+        saved_folds = json.loads((run_dir / "config.json").read_text()).get("folds")
+        if saved_folds and saved_folds != fingerprint(cfg.folds_dir, cfg.dataset):
+            sys.exit(f"train: {saved_folds['file']} changed since {run_dir} started; the run cannot continue on "
+                     f"another split: pass --overwrite to start again on the new one")
         changed = settings_changed(load_run_config(run_dir)[0], cfg)
         if changed:
             sys.exit(f"train: {run_dir} was trained with other settings ({changed}); resume with the same command, "
@@ -168,7 +172,7 @@ def main(argv=None):
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']} (best Dice {trainer['best']:.4f})")
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json", meta=meta)
+        cfg.save(run_dir / "config.json", meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset))
     accelerator.wait_for_everyone()
     if cfg.tracker == "wandb":
         trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,
@@ -195,6 +199,7 @@ def main(argv=None):
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
             draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
+        sync_lookahead(optimizer)  # validate and save the slow weights, not mid-cycle fast ones (as timm)
         draws = accelerator.reduce(draws, "sum")
         train_loss = (accelerator.reduce(loss_sum, "sum") / draws.sum()).item()
         images_seen, train_images = int(draws.sum()), int((draws > 0).sum())
@@ -233,6 +238,7 @@ def main(argv=None):
         accelerator.print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val Dice {scores['dice']:.4f}, "
                           f"IoU {scores['iou']:.4f}{' *' if improved else ''} ({row['seconds']:.1f}s)")
 
+    accelerator.save(bare_model.state_dict(), run_dir / "last.pt")  # the final epoch's weights: infer --checkpoint last
     if accelerator.is_main_process:
         final = {"best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
         metrics = json.loads((run_dir / "metrics.json").read_text())

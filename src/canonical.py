@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.images import bit_depth, looks_grey, mode, read_image, resize, to_channels, write_png
+from src.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
 from src.sources import Source
 
 
@@ -139,6 +139,8 @@ def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: 
             depth = bit_depth(sample.file) if sample.file else "array"
             if depth not in ("8-bit", "array"):
                 done.append(f"{depth} -> 8-bit")
+            if sample.file and exif_orientation(sample.file) != 1:  # read_image turned it upright
+                done.append("rotated upright by EXIF orientation")
             image = to_channels(image, source.channels, sample.id)
             if depth == "8-bit":  # the file itself: smaller than a re-encoded PNG, and nothing is lost
                 file = f"images/{sample.id}{sample.file.suffix.lower()}"

@@ -3,6 +3,7 @@
 Re-write alone: python -m src.folds <name> --k 5 --strategy auto --seed 42
 """
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,12 @@ def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed:
     path.parent.mkdir(parents=True, exist_ok=True)
     folds.to_csv(path, index=False)
     return path
+
+
+def fingerprint(folds_dir: Path, dataset: str) -> dict:
+    """Which fold file a run was trained on, and a hash of its content: later stages refuse a changed split."""
+    path = Path(folds_dir) / f"{dataset}.csv"
+    return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def load_folds(folds_dir: Path, dataset: str) -> pd.DataFrame:

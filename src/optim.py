@@ -29,3 +29,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config):
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def sync_lookahead(optimizer: torch.optim.Optimizer) -> None:
+    """Move every parameter to its slow weights, as timm does before validating, so that validation and the saved
+    weights are Lookahead's, not a mid-cycle fast copy. timm's own sync_lookahead skips parameters whose gradient is
+    None, which is all of them after zero_grad(set_to_none=True), so this walks the slow buffers instead."""
+    lookahead = getattr(optimizer, "optimizer", optimizer)  # unwrap Accelerate's AcceleratedOptimizer
+    base = lookahead._base_optimizer
+    for group in base.param_groups:
+        for param in group["params"]:
+            slow = base.state[param].get("lookahead_slow_buff")
+            if slow is not None:
+                slow.add_(param - slow, alpha=group["lookahead_alpha"])
+                param.copy_(slow)

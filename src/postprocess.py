@@ -111,7 +111,7 @@ def multiclass_candidate_dice(probs: np.ndarray, truth: np.ndarray) -> np.ndarra
 
 
 def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
-    """A mask (or image) scaled, nearest neighbour, so its longer side is at most max_side; as it is if smaller.
+    """A mask (or image) scaled, nearest neighbour at pixel centres (as src.images.resize), so its longer side is at most max_side; as it is if smaller.
 
     Tuning resizes the probabilities to the shrunk truth's shape: areas are fractions of the image, so settings
     chosen on a 512 px copy of a 2000 px X-ray carry over, for a fraction of the labelling work.
@@ -121,7 +121,7 @@ def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1:
         return array
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:

@@ -39,8 +39,8 @@ def read_dicom(path: Path) -> np.ndarray:
 
 
 def pixel_spacing(path: Path) -> tuple | None:
-    """(row_mm, col_mm): PixelSpacing (in the patient), else ImagerPixelSpacing (at the detector, all some X-rays
-    carry); None where the file has neither, or no positive pair."""
+    """(row_mm, col_mm): PixelSpacing (in the patient), else ImagerPixelSpacing (at the detector, the only one
+    some X-rays carry); None where the file has neither, or no positive pair."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 

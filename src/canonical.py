@@ -3,7 +3,9 @@
 data/<name>/
   meta.json            task, class names, channels, source, cache sizes
   index.csv            one row per image: id, file, split (train/test), height, width, group, foreground,
-                       dominant_class, and the source's or metadata CSV's own columns
+                       dominant_class, and the source's or metadata CSV's own columns; DICOM images with a pixel
+                       spacing add spacing_row_mm, spacing_col_mm (mm between rows, between columns; read with
+                       spacing_of), empty for the other images
   images/<id>.<ext>    original size: the source file as it is where it is 8-bit PNG/JPEG/TIFF/BMP (read_image then
                        to_channels give the dataset's form), else (DICOM, 16-bit, arrays) the converted PNG
   masks/<id>.png       one class index per pixel (0 background), train rows only
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from src.dicom import pixel_spacing
 from src.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
 from src.sources import Source
 
@@ -49,6 +52,15 @@ def load_index(dataset_dir: Path) -> pd.DataFrame:
 def image_file(dataset_dir: Path, row) -> Path:
     """Where a canonical image lives (datasets prepared before the `file` column hold images/<id>.png)."""
     return Path(dataset_dir) / (getattr(row, "file", "") or f"images/{row.id}.png")
+
+
+def spacing_of(row) -> tuple | None:
+    """(row_mm, col_mm) of an index.csv row, or None where prepare found no pixel spacing."""
+    try:
+        spacing = (float(getattr(row, "spacing_row_mm", "")), float(getattr(row, "spacing_col_mm", "")))
+    except (TypeError, ValueError):
+        return None
+    return spacing if np.isfinite(spacing).all() and min(spacing) > 0 else None
 
 
 def read_dataset_image(dataset_dir: Path, row, channels: int) -> np.ndarray:
@@ -151,6 +163,9 @@ def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: 
                 write_png(tmp / file, image)
             row = {"id": sample.id, "file": file, "split": sample.split, "height": image.shape[0],
                    "width": image.shape[1], "group": sample.group, **sample.extra}
+            spacing = pixel_spacing(sample.file) if depth == "DICOM" else None
+            if spacing:
+                row["spacing_row_mm"], row["spacing_col_mm"] = spacing
             cache_images[position] = resize(image, size, is_mask=False)
             if mask is None:
                 if sample.split == "train":

@@ -1,4 +1,5 @@
-"""DICOM files (pydicom) -> display-ready pixel values: modality LUT, VOI LUT or window, MONOCHROME1 inverted."""
+"""DICOM files (pydicom) -> display-ready pixel values: modality LUT, VOI LUT or window, MONOCHROME1 inverted; and
+the pixel spacing in mm, which prepare keeps in index.csv (src/canonical.py) for HD95 in mm."""
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,26 @@ def read_dicom(path: Path) -> np.ndarray:
     if ds.PhotometricInterpretation == "MONOCHROME1":  # low values are white: invert so that bone is bright
         values = values.max() + values.min() - values
     return values
+
+
+def pixel_spacing(path: Path) -> tuple | None:
+    """(row_mm, col_mm): PixelSpacing (in the patient), else ImagerPixelSpacing (at the detector, the only one
+    some X-rays carry); None where the file has neither, or no positive pair."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError):
+        return None  # read_dicom reports the file
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            row_mm, col_mm = (float(v) for v in ds.get(keyword) or ())
+        except (TypeError, ValueError):  # absent, empty or not a pair
+            continue
+        if row_mm > 0 and col_mm > 0:
+            return row_mm, col_mm
+    return None
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from src.dicom import pixel_spacing
 from src.images import IMAGE_SUFFIXES, read_image
 
 
@@ -54,3 +55,15 @@ def test_not_a_dicom_file(tmp_path):
     (tmp_path / "x.dcm").write_bytes(b"hello")
     with pytest.raises(ValueError, match="x.dcm: not a DICOM file"):
         read_image(tmp_path / "x.dcm")
+
+
+def test_pixel_spacing_in_mm_from_the_header(tmp_path):
+    assert pixel_spacing(get_testdata_file("CT_small.dcm")) == pytest.approx((0.661468, 0.661468))
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelSpacing
+    ds.ImagerPixelSpacing = [0.139, 0.15]  # an X-ray's detector spacing: rows first, then columns
+    ds.save_as(tmp_path / "xray.dcm")
+    assert pixel_spacing(tmp_path / "xray.dcm") == pytest.approx((0.139, 0.15))
+    del ds.ImagerPixelSpacing
+    ds.save_as(tmp_path / "none.dcm")
+    assert pixel_spacing(tmp_path / "none.dcm") is None

@@ -6,7 +6,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import prepare
-from src.canonical import load_index, load_meta
+from src.canonical import load_index, load_meta, spacing_of
 from src.images import read_image, write_png
 from src.rle import rle_encode
 
@@ -81,6 +81,7 @@ def test_siim_relative_rle_with_dicom_images(tmp_path):
     assert mask.T.ravel().nonzero()[0].tolist() == [5, 6, 7, 128, 129]  # 0-indexed, column-major
     index = load_index(data).set_index("id")
     assert index.loc["1.2.3.4", "file"] == "images/1.2.3.4.png"  # DICOM is stored converted, as PNG
+    assert spacing_of(index.loc["1.2.3.4"]) == pytest.approx((0.661468, 0.661468))  # for HD95 in mm
 
 
 def test_bad_rle_rows_are_reported_with_their_line_numbers_and_nothing_is_written(tmp_path):

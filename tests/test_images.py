@@ -66,3 +66,17 @@ def test_masks_stay_strict(tmp_path):
     cv2.imwrite(str(tmp_path / "big.png"), np.full((4, 4), 1000, np.uint16))
     with pytest.raises(ValueError, match="big.png: 16-bit mask value 1000 is not a class id"):
         read_mask(tmp_path / "big.png")
+
+
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
+    """A phone or viewer shows a JPEG/PNG turned by its EXIF tag; masks are drawn on what it shows."""
+    from PIL import ImageOps
+    stored = gradient(30, 40)
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.png"
+        exif = Image.new("L", (1, 1)).getexif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(path, exif=exif.tobytes())
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(path)))  # Pillow's reading of the tag
+        assert np.array_equal(read_image(path), upright), orientation
+        assert np.array_equal(read_mask(path), upright), orientation

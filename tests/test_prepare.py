@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import SHARED_DATA, prepare
 from src.canonical import load_index, load_meta
@@ -115,6 +116,26 @@ def test_mixed_colour_modes_are_converted_and_8_bit_files_kept_as_they_are(tmp_p
     assert (data / "images" / "rgb.jpg").read_bytes() == (images / "rgb.jpg").read_bytes()
     assert load_meta(data)["channels"] == 1
     assert np.load(data / "cache" / "16" / "images.npy").shape == (4, 16, 16)
+
+
+def test_exif_rotated_image_matches_its_upright_mask_and_is_counted(tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    image, mask = lungs()
+    image = cv2.resize(image, (image.shape[1] + 8, image.shape[0]))  # not square, so a turn changes the shape
+    mask = cv2.resize(mask, (mask.shape[1] + 8, mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = 6  # the camera held sideways: stored turned 90 degrees counter-clockwise
+    Image.fromarray(np.rot90(image)).save(images / "turned.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(image).save(images / "plain.jpg", quality=95)
+    for name in ("turned", "plain"):
+        write_png(masks / f"{name}.png", mask)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
+            "--strategy", "kfold")
+    assert "1 rotated upright by EXIF orientation" in capsys.readouterr().out
+    index = load_index(tmp_path / "data" / "folder").set_index("id")
+    assert tuple(index.loc["turned", ["height", "width"]]) == mask.shape
 
 
 def test_empty_folder_and_missing_folder_are_errors(tmp_path):

@@ -46,6 +46,38 @@ def test_resume_gives_the_same_weights_and_history_as_straight_training(demo_dir
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
 
 
+def test_saved_weights_are_lookaheads_slow_weights(demo_dir, tmp_path):
+    """With 6 steps an epoch and k = 5, every epoch ends mid-cycle: what is validated and saved must be the slow
+    weights (timm syncs them before evaluating), not the fast copy."""
+    from src.config import load_run_config
+    from src.models import create_model
+    from src.optim import build_optimizer
+    run = run_train(demo_dir, tmp_path, "--epochs", "2", "--lookahead-k", "5") / "unet-tu-resnet10t" / "fold0"
+    cfg, meta = load_run_config(run)
+    model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1, "none", cfg.decoder_channels)
+    model.load_state_dict(torch.load(run / "last.pt"))
+    params = [p for group in build_optimizer(model, cfg).param_groups for p in group["params"]]
+    state = torch.load(run / "state" / "optimizer.bin", weights_only=False)["state"]
+    slow = [state[i]["lookahead_slow_buff"] for i in range(len(params)) if "lookahead_slow_buff" in state.get(i, {})]
+    assert len(slow) == len(params)
+    for param, buffer in zip(params, slow):
+        torch.testing.assert_close(param.detach(), buffer, rtol=0, atol=0)
+
+
+def test_a_run_records_its_folds_and_resume_refuses_a_changed_split(demo_dir, tmp_path):
+    import shutil
+    folds = tmp_path / "folds"
+    shutil.copytree(demo_dir / "folds", folds)
+    args = [*TINY, "--data-dir", str(demo_dir / "data"), "--folds-dir", str(folds), "--runs-dir", str(tmp_path / "runs")]
+    train.main([*args, "--epochs", "1"])
+    config = json.loads((tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "config.json").read_text())
+    assert config["folds"]["file"] == str(folds / "demo.csv") and len(config["folds"]["sha256"]) == 64
+    table = pd.read_csv(folds / "demo.csv")
+    table.assign(fold=(table["fold"] + 1) % 3).to_csv(folds / "demo.csv", index=False)  # re-prepared with another split
+    with pytest.raises(SystemExit, match="changed since .* started; the run cannot continue on another split"):
+        train.main([*args, "--epochs", "2", "--resume"])
+
+
 def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path):
     run_train(demo_dir, tmp_path, "--epochs", "1")
     with pytest.raises(SystemExit, match="already holds a run; pass --resume"):

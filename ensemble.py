@@ -2,10 +2,12 @@
 
   python ensemble.py                         # every run with predictions for the dataset
   python ensemble.py --runs 'unet*' --weights unet-resnet34=1,unetpp-resnet34=2
+  python ensemble.py --checkpoint last --set new_xrays   # last.pt's predictions; masks of infer.py --images new_xrays/
 
 Reads preds/<dataset>/ (infer.py) and data/<dataset>/masks; writes ensemble/<dataset>/: masks/<id>.png (final masks
 at original size: 0/255 for binary, class index for multiclass), submission.csv (Kaggle RLE), scores.json,
-leaderboard.md, comparison.png and scores.png.
+leaderboard.md, comparison.png and scores.png; with --set NAME the masks and submission.csv of that prediction set
+go to ensemble/<dataset>/sets/NAME/ instead.
 """
 import argparse
 import json
@@ -18,11 +20,11 @@ import pandas as pd
 
 from src import postprocess, report, tracking
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.folds import load_folds
+from src.folds import fingerprint, load_folds
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.parallel import thread_map
-from src.predict import OldPredictionFormat, mean_at, read_mean
+from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, pred_dir, read_mean, read_split
 from src.rle import rle_encode
 from src.stats import paired_comparison
 
@@ -35,6 +37,10 @@ def parse_args(argv=None):
     parser.add_argument("--tta", choices=["best", "none", "flip", "d4"], default="best",
                         help="which TTA predictions to use per run (best: the highest OOF Dice of those predicted)")
     parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                        help="the predictions of best.pt or last.pt (infer.py --checkpoint)")
+    parser.add_argument("--set", help="write the masks of this prediction set (infer.py --images DIR --name NAME) "
+                                      "instead of the dataset's test split")
     parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
     parser.add_argument("--figures", type=int, default=4,
                         help="OOF images in comparison.png: where the first two runs disagree most, and the worst one")
@@ -55,20 +61,61 @@ def oof_dice(tta_dir: Path) -> float:
     return per_image(pd.read_csv(tta_dir / "oof_scores.csv", dtype={"id": str}))["dice"].mean()
 
 
-def find_predictions(preds_root: Path, tta: str, runs_glob: str | None) -> dict:
-    """{run name: its chosen tta-* folder}; only runs whose OOF predictions were scored by infer.py."""
+def find_predictions(preds_dir: Path, dataset: str, tta: str, runs_glob: str | None, checkpoint: str = "best") -> dict:
+    """{run name: its chosen tta-* folder}; only runs whose OOF predictions (of that checkpoint) infer.py scored."""
+    root = Path(preds_dir) / dataset
     chosen = {}
-    for run in sorted(p for p in preds_root.iterdir() if p.is_dir()) if preds_root.is_dir() else []:
+    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         if runs_glob and not fnmatch(run.name, runs_glob):
             continue
-        available = [run / f"tta-{m}" for m in TTA_MODES if (run / f"tta-{m}" / "oof_scores.csv").exists()]
+        folders = {m: pred_dir(preds_dir, dataset, run.name, m, checkpoint) for m in TTA_MODES}
+        available = [f for f in folders.values() if (f / "oof_scores.csv").exists()]
         if tta == "best" and available:  # chosen on OOF scores, like the post-processing; ties keep the cheaper TTA
             chosen[run.name] = max(available, key=oof_dice)
-        elif run / f"tta-{tta}" in available:
-            chosen[run.name] = run / f"tta-{tta}"
+        elif folders.get(tta) in available:
+            chosen[run.name] = folders[tta]
     if not chosen:
-        sys.exit(f"ensemble: no scored predictions in {preds_root} (run `python infer.py --tta` first)")
+        sys.exit(f"ensemble: no scored predictions of {checkpoint}.pt in {root} (run `python infer.py --tta "
+                 f"--checkpoint {checkpoint}` first)")
     return chosen
+
+
+def recorded_split(runs: dict, args) -> pd.DataFrame:
+    """The folds that every run's predictions were made on (infer.py records the fold file in the preds' config.json):
+    one split for all, unchanged since."""
+    recorded = {name: (read_json(path.parent / "config.json") or {}).get("folds") for name, path in runs.items()}
+    lacking = [name for name, split in recorded.items() if split is None]
+    try:
+        if lacking:  # predicted before infer.py recorded the split
+            load_folds(args.folds_dir, args.dataset)  # a clear error if it is missing
+            assumed = fingerprint(args.folds_dir, args.dataset)
+            print(f"ensemble: warning: the predictions of {', '.join(lacking)} do not record their fold file; "
+                  f"assuming {assumed['file']} (--folds-dir)")
+            recorded.update({name: assumed for name in lacking})
+        (first, split), *others = recorded.items()
+        other = next((name for name, s in others if s["sha256"] != split["sha256"]), None)
+        if other:
+            sys.exit(f"ensemble: {first} was trained on {split['file']} but {other} on another split "
+                     f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
+        return read_split(split, f"{runs[first]} was predicted")
+    except (FileNotFoundError, SplitChanged) as error:
+        sys.exit(f"ensemble: {error}")
+
+
+def prediction_set(runs: dict, name: str | None) -> Path:
+    """Where in each run's tta-* folder the images to write masks for are: test/, or sets/<name>/ for --set."""
+    if name is None:
+        return Path("test")
+    try:
+        check_set_name(name)
+    except ValueError as error:
+        sys.exit(f"ensemble: --set: {error}")
+    source = Path("sets") / name
+    lacking = [run for run, path in runs.items() if not (path / source).is_dir()]
+    if lacking:  # found before tuning, not after
+        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{name}' ({runs[lacking[0]] / source} missing); "
+                 f"run `python infer.py --images DIR --name {name}` with the same --tta and --checkpoint")
+    return source
 
 
 def read_json(path: Path) -> dict | None:
@@ -94,14 +141,15 @@ def main(argv=None):
 def run(args):
     dataset_dir = Path(args.data_dir) / args.dataset
     try:
-        meta, folds = load_meta(dataset_dir), load_folds(args.folds_dir, args.dataset)
-        index = load_index(dataset_dir).set_index("id", drop=False)
+        meta, index = load_meta(dataset_dir), load_index(dataset_dir).set_index("id", drop=False)
     except FileNotFoundError as error:
         sys.exit(f"ensemble: {error}")
     by = args.by or ("tissue" if "tissue" in index else None)
     if by and by not in index:
         sys.exit(f"ensemble: --by {by}: no such column in {dataset_dir / 'index.csv'} (have: {', '.join(index.columns)})")
-    runs = find_predictions(Path(args.preds_dir) / args.dataset, args.tta, args.runs)
+    runs = find_predictions(args.preds_dir, args.dataset, args.tta, args.runs, args.checkpoint)
+    folds = recorded_split(runs, args)
+    source = prediction_set(runs, args.set)
     weight_of = {name: 1.0 for name in runs}
     for item in filter(None, (args.weights or "").split(",")):
         name, value = item.split("=")
@@ -109,7 +157,7 @@ def run(args):
             sys.exit(f"ensemble: --weights names '{name}', which has no predictions (have: {', '.join(runs)})")
         weight_of[name] = float(value)
     out = Path(args.out_dir) / args.dataset
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
 
     # 1. Each run on its own, from the OOF scores infer.py wrote.
     run_scores = {name: pd.read_csv(path / "oof_scores.csv", dtype={"id": str}) for name, path in runs.items()}
@@ -172,25 +220,27 @@ def run(args):
             common = a.index.intersection(b.index)
             comparisons.append({"encoder": encoder, **paired_comparison(a[common].to_numpy(), b[common].to_numpy())})
 
-    # 5. Test images: mean over every run and fold, post-processed, as PNG and RLE.
-    fold_dirs = [(name, d) for name, path in runs.items() for d in sorted((path / "test").glob("fold*"))]
+    # 5. Test images (or the prediction set --set NAME): mean over every run and fold, post-processed, as PNG and RLE.
+    written = out / source if args.set else out
+    fold_dirs = [(name, d) for name, path in runs.items() for d in sorted((path / source).glob("fold*"))]
     test_ids = sorted({p.stem for _, d in fold_dirs for p in d.glob("*.npz")})
     incomplete = [i for i in test_ids if not all((d / f"{i}.npz").exists() for _, d in fold_dirs)]
     if incomplete:
         print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
               f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
+    (written / "masks").mkdir(parents=True, exist_ok=True)
 
     def test_mask(image_id):
         files = [(d / f"{image_id}.npz", weight_of[name]) for name, d in fold_dirs if (d / f"{image_id}.npz").exists()]
         final = postprocess.apply(mean_at(*read_mean(*zip(*files))), settings)
-        write_png(out / "masks" / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
+        write_png(written / "masks" / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
         if meta["task"] == "binary":
             return [{"id": image_id, "rle": rle_encode(final)}]
         return [{"id": image_id, "class": c, "rle": rle_encode(final == k)} for k, c in enumerate(meta["classes"]) if k]
 
     test_rows = [r for rows in thread_map(test_mask, test_ids, "test masks") for r in rows]
     pd.DataFrame(test_rows, columns=["id", "rle"] if meta["task"] == "binary" else ["id", "class", "rle"]).to_csv(
-        out / "submission.csv", index=False)
+        written / "submission.csv", index=False)
 
     # 6. Scores, leaderboard, figures.
     per_class = {c: {**{n: s["per_class"][c] for n, s in summaries.items()}, "ensemble": ensemble["per_class"][c]}
@@ -221,7 +271,7 @@ def run(args):
         tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table},
                             {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]})
     print(report.leaderboard_markdown(scores))
-    print(f"wrote {out}/: {len(test_ids)} test masks, submission.csv, scores.json, leaderboard.md, figures")
+    print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")
 
 
 if __name__ == "__main__":

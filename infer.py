@@ -2,35 +2,35 @@
 
   python infer.py --tta                 # every run of the dataset, flip TTA
   python infer.py --tta d4 --arch unetpp --folds 0,1
-  python infer.py --images new_xrays/   # any folder of images, predicted by every fold's model
+  python infer.py --checkpoint last     # the final epoch's weights instead of the best epoch's
+  python infer.py --images new_xrays/   # any folder of images, predicted by every fold's model: set "new_xrays"
 
-Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json + best.pt), writes preds/ (see src/predict.py),
-preds/.../oof_scores.csv (Dice, IoU, HD95 per image and class) and prints mean +- std per fold.
+Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json, best.pt or last.pt) and the fold file each run was
+trained on; writes preds/ (layout in src/predict.py), preds/.../oof_scores.csv (Dice, IoU, HD95 per image and
+class) and prints mean +- std per fold. Run folders without a finished epoch are skipped (and the exit status is 1).
 """
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from src import postprocess, tracking
 from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config
-from src.data import CachedSegmentation, channels_first, default_workers, make_loader
-from src.folds import load_folds
-from src.images import IMAGE_SUFFIXES, read_image, resize, to_channels
+from src.data import CachedSegmentation, default_workers
+from src.folds import fingerprint, load_folds
+from src.images import IMAGE_SUFFIXES, read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.models import ModelError
 from src.parallel import thread_map
-from src.predict import (OldPredictionFormat, is_current_format, load_pred, load_trained_model, pred_dir, resize_prob,
-                         save_pred, to_uint8, with_tta)
+from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_name, checkpoint_file, file_sha256,
+                         load_pred, load_trained_model, made_by, needs_prediction, pred_dir, read_split, resize_prob,
+                         with_tta, write_predictions)
 
 
 def parse_args(argv=None):
@@ -43,7 +43,11 @@ def parse_args(argv=None):
     parser.add_argument("--encoder", help="only runs of this encoder")
     parser.add_argument("--folds", help="only these folds, e.g. 0,1")
     parser.add_argument("--runs", help="only run folders matching this glob, e.g. 'unet*'")
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                        help="best.pt (best validation epoch) or last.pt (final epoch: its OOF score is not chosen on "
+                             "the OOF images themselves)")
     parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
+    parser.add_argument("--name", help="the prediction set's name for --images (default: the folder's name)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--overwrite", action="store_true", help="predict again images that already have a file")
@@ -53,28 +57,6 @@ def parse_args(argv=None):
     parser.add_argument("--folds-dir", default=defaults.folds_dir)
     parser.add_argument("--preds-dir", default="preds")
     return parser.parse_args(argv)
-
-
-class FolderImages(Dataset):
-    """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position).
-
-    The same rules as prepare (src/images.py): any colour mode, 16-bit or DICOM becomes the run's channel count."""
-
-    def __init__(self, paths: list, size: int, channels: int):
-        self.paths, self.size, self.channels = paths, size, channels
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        original = to_channels(read_image(self.paths[i]), self.channels, str(self.paths[i]))
-        return channels_first(resize(original, self.size, is_mask=False)), torch.tensor(original.shape[:2]), i
-
-
-def needs_prediction(path: Path, weights_time: int, overwrite: bool) -> bool:
-    """Missing, older than the weights (the run was retrained since), in the old full-size format, or --overwrite."""
-    return (overwrite or not path.exists() or path.stat().st_mtime_ns < weights_time
-            or not is_current_format(path))
 
 
 def find_runs(args) -> list:
@@ -89,35 +71,52 @@ def find_runs(args) -> list:
     return runs
 
 
-@torch.no_grad()
-def predict(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Path, batch_size: int, workers: int,
-            device, desc: str) -> None:
-    """Stream batches through the model and write one file per image at the model's size; memory stays flat.
+def image_set(args) -> tuple:
+    """(name, image paths) of the prediction set --images DIR, or (None, None) for the dataset's test split."""
+    if args.images is None:
+        if args.name:
+            sys.exit("infer: --name names the prediction set of --images DIR; pass --images too")
+        return None, None
+    if not args.images.is_dir():
+        sys.exit(f"infer: --images {args.images}: no such folder")
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        sys.exit(f"infer: --images {args.images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    by_stem = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, []).append(path.name)
+    twins = next((names for names in by_stem.values() if len(names) > 1), None)
+    if twins:  # caught before any prediction: one would silently replace the other's
+        sys.exit(f"infer: --images {args.images} holds {' and '.join(twins)}, whose predictions would share one "
+                 f"file name; rename one of them")
+    name = args.name or args.images.resolve().name
+    try:
+        check_set_name(name)
+    except ValueError as error:
+        sys.exit(f"infer: --name: {error}")
+    return name, paths
 
-    The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
-    """
-    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    writing = []
-    with ThreadPoolExecutor(2) as writer:  # compressing and writing a batch overlaps the model's next one
-        for batch in tqdm(loader, desc=desc, unit="batch"):
-            images, keys = batch[0], batch[-1].tolist()
-            originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
-            with autocast:
-                probs = model(images.to(device, non_blocking=True)).float()
-            maps = to_uint8(probs)
-            for done in writing:  # at most one batch waits to be written; a failed write raises here
-                done.result()
-            writing = [writer.submit(save_pred, out_dir / f"{ids[key]}.npz", prob, original)
-                       for key, prob, original in zip(keys, maps, originals)]
-        for done in writing:
-            done.result()
+
+def trained_split(run_dir: Path, args) -> tuple:
+    """(fold file record, folds) of the split run_dir was trained on, refused if the file changed since."""
+    recorded = json.loads((run_dir / "config.json").read_text()).get("folds")
+    try:
+        if recorded is None:  # trained before runs recorded their fold file
+            folds = load_folds(args.folds_dir, args.dataset)
+            recorded = fingerprint(args.folds_dir, args.dataset)
+            print(f"infer: warning: {run_dir} does not record its fold file (trained before runs did); assuming "
+                  f"{recorded['file']} (--folds-dir) is the split it was trained on")
+            return recorded, folds
+        return recorded, read_split(recorded, f"{run_dir} was trained")
+    except (FileNotFoundError, SplitChanged) as error:
+        sys.exit(f"infer: {error}")
 
 
 def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict, index: pd.DataFrame) -> pd.DataFrame:
     """Dice, IoU and HD95 of every OOF prediction at its original size against its mask, kept in oof_scores.csv.
 
-    The saved scores are reused while no OOF prediction is newer and the same images are covered.
+    The saved scores are reused while no OOF prediction is newer and the same images are covered. Every file must
+    come from the model of its image's fold: one left from another split or format is refused.
     """
     files = {i: out_dir / "oof" / f"{i}.npz" for i in folds["id"] if (out_dir / "oof" / f"{i}.npz").exists()}
     saved = out_dir / "oof_scores.csv"
@@ -125,6 +124,12 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
         scores = pd.read_csv(saved, dtype={"id": str})
         if set(scores["id"]) == set(files):
             return scores
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    stale = next((i for i, f in files.items() if made_by(f).get("fold") != fold_of[i]), None)
+    if stale is not None:  # a fold this call did not predict
+        sys.exit(f"infer: {files[stale]} was not made by the model of fold {fold_of[stale]}, which holds {stale} in "
+                 f"the run's fold file; predict that fold again (`python infer.py --folds {fold_of[stale]}` and "
+                 f"your --dataset, --runs, --tta, --checkpoint)")
     extra = [c for c in ("tissue",) if c in index]
     info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra]], on="id")
 
@@ -178,54 +183,63 @@ def main(argv=None):
     runs = find_runs(args)
     dataset_dir = Path(args.data_dir) / args.dataset
     try:
-        index, folds = load_index(dataset_dir), load_folds(args.folds_dir, args.dataset)
+        index = load_index(dataset_dir)
     except FileNotFoundError as error:
         sys.exit(f"infer: {error}")
-    if args.images and not args.images.is_dir():
-        sys.exit(f"infer: --images {args.images}: no such folder")
-    test_paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images else None
-    if test_paths == []:
-        sys.exit(f"infer: --images {args.images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    scored = {}
+    set_name, set_paths = image_set(args)
+    scored, skipped = {}, []
     for run_dir in runs:
         try:
-            model, cfg, meta = load_trained_model(run_dir, device)
+            weights = checkpoint_file(run_dir, args.checkpoint)
+            model, cfg, meta = load_trained_model(run_dir, weights, device)
+        except UnfinishedRun as error:  # a study's other runs are still worth predicting
+            print(f"infer: skipping {error}")
+            skipped.append(run_dir)
+            continue
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
+        split, folds = trained_split(run_dir, args)
+        out_dir = pred_dir(args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint)
+        if out_dir in scored and scored[out_dir][3]["sha256"] != split["sha256"]:
+            sys.exit(f"infer: the folds of {run_dir.parent} were trained on different splits ({split['file']}, "
+                     f"{scored[out_dir][3]['file']}); retrain them on one")
         model = with_tta(model, meta["task"], args.tta)
-        weights_time = (run_dir / "best.pt").stat().st_mtime_ns
-        out_dir = pred_dir(args.preds_dir, args.dataset, cfg.run_name, args.tta)
+        model_id = {"fold": cfg.fold, "weights": file_sha256(weights)}
         images, masks = open_cache(dataset_dir, cfg.size)
         jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
-        if test_paths is None:
+        if set_name is None:
             jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
         for kind, rows, target in jobs:
-            todo = rows[[needs_prediction(target / f"{i}.npz", weights_time, args.overwrite) for i in rows["id"]]]
+            todo = rows[[needs_prediction(target / f"{i}.npz", model_id, args.overwrite) for i in rows["id"]]]
             if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
-                predict(model, CachedSegmentation(images, masks, todo.index), dict(zip(todo.index, todo["id"])),
-                        dict(zip(todo.index, zip(todo["height"], todo["width"]))), target, args.batch_size, workers,
-                        device, f"{cfg.run_name} fold{cfg.fold} {kind}")
-        if test_paths is not None:
-            target = out_dir / "test" / f"fold{cfg.fold}"
-            todo = [p for p in test_paths if needs_prediction(target / f"{p.stem}.npz", weights_time, args.overwrite)]
+                sizes = dict(zip(todo.index, zip(todo["height"], todo["width"])))
+                ids = dict(zip(todo.index, todo["id"]))
+                write_predictions(model, CachedSegmentation(images, masks, todo.index), ids, sizes, target,
+                                  model_id, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} {kind}")
+        if set_name is not None:
+            target = out_dir / "sets" / set_name / f"fold{cfg.fold}"
+            todo = [p for p in set_paths if needs_prediction(target / f"{p.stem}.npz", model_id, args.overwrite)]
             try:
-                predict(model, FolderImages(todo, cfg.size, meta["channels"]), {i: p.stem for i, p in enumerate(todo)},
-                        None, target, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} images")
+                write_predictions(model, FolderImages(todo, cfg.size, meta["channels"]),
+                                  {i: p.stem for i, p in enumerate(todo)}, None, target, model_id, args.batch_size,
+                                  workers, device, f"{cfg.run_name} fold{cfg.fold} {set_name}")
             except ValueError as error:  # from a loader worker the file's own message is the last line
                 sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
-        cfg.save(out_dir.parent / "config.json", meta=meta)  # what ensemble.py needs to know about the run
-        scored[out_dir] = (cfg, meta, run_dir.parent)
-    for out_dir, (cfg, meta, trained) in scored.items():  # one entry per run: its folds share out_dir
+        # What ensemble.py needs to know about the run, with the split its OOF predictions follow.
+        cfg.save(out_dir.parent / "config.json", meta=meta, folds=split)
+        scored[out_dir] = (cfg, meta, run_dir.parent, split, folds)
+    for out_dir, (cfg, meta, trained, _, folds) in scored.items():  # one entry per run: its folds share out_dir
         (out_dir.parent / "training.json").write_text(json.dumps(training_summary(trained), indent=2) + "\n")
-        try:
-            scores = score_oof(out_dir, folds, dataset_dir, meta, index)
-        except OldPredictionFormat as error:  # a fold this call did not predict again
-            sys.exit(f"infer: {error}")
-        print_summary(f"{cfg.run_name} (tta {args.tta})", scores)
+        scores = score_oof(out_dir, folds, dataset_dir, meta, index)
+        print_summary(f"{cfg.run_name} (tta {args.tta}, {args.checkpoint}.pt)", scores)
         if (args.tracker or cfg.tracker) == "wandb":
             table = fold_table(scores)
-            tracking.log_tables(args.dataset, cfg.run_name, f"oof-tta-{args.tta}", "infer", out_dir,
-                                {"oof_by_fold": table}, table.set_index("fold").loc["all"].to_dict())
+            name = f"oof-tta-{args.tta}" + ("-last" if args.checkpoint == "last" else "")
+            tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
+                                table.set_index("fold").loc["all"].to_dict())
+    if skipped:
+        sys.exit(f"infer: skipped {len(skipped)} run folder(s) without the weights to predict with (listed above); "
+                 f"the others were predicted")
 
 
 if __name__ == "__main__":

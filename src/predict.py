@@ -1,20 +1,36 @@
 """Trained runs -> probability maps at the model's resolution, with ttach test-time augmentation.
 
-preds/<dataset>/<arch>-<encoder>/tta-<mode>/oof/<id>.npz          one per training image (its fold's model)
-preds/<dataset>/<arch>-<encoder>/tta-<mode>/test/fold<k>/<id>.npz  every fold's model on every test image
+preds/<dataset>/<arch>-<encoder>/
+  config.json, training.json             the run's config, dataset meta and fold file; its training time and speed
+  tta-<mode>/                            predictions of best.pt (the best validation epoch)
+    oof/<id>.npz                         one per training image, by the model of its fold
+    oof_scores.csv                       their Dice, IoU and HD95 at original size
+    test/fold<k>/<id>.npz                every fold's model on every image of the dataset's test split
+    sets/<name>/fold<k>/<stem>.npz       every fold's model on a folder of images (infer.py --images DIR [--name])
+  last/                                  the same for last.pt (the final epoch; infer.py --checkpoint last)
 Each .npz holds `prob`: uint8 C x S x S, probability * 255 at the run's training size S (C = 1 for binary, one
-channel per class otherwise), and `size`: the image's original (height, width). Maps go to that size once, where a
-step needs it (scoring, final masks), through resize_prob(). Files of the older format (`prob` at full size, no
-`size`) are refused with OldPredictionFormat and predicted again by infer.py.
+channel per class otherwise), `size`: the image's original (height, width), and the model that made it: `fold`
+and `weights` (sha256 of its checkpoint file). Maps go to that size once, where a step needs it (scoring, final
+masks), through resize_prob(). Files of the older format (`prob` at full size, no `size`) are refused with
+OldPredictionFormat; infer.py predicts again every file not made by the model it is predicting with.
 """
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 import ttach as tta
+from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from src.config import load_run_config
+from src.data import channels_first, make_loader
+from src.folds import load_folds
+from src.images import read_image, resize, to_channels
 from src.models import ModelError, create_model, normalize
 
 TTA_MODES = {"none": None, "flip": lambda: tta.Compose([tta.HorizontalFlip()]), "d4": tta.aliases.d4_transform}
@@ -42,12 +58,28 @@ def with_tta(model: torch.nn.Module, task: str, mode: str) -> torch.nn.Module:
     return tta.SegmentationTTAWrapper(probabilities, TTA_MODES[mode](), merge_mode="mean")
 
 
-def load_trained_model(run_dir: Path, device: torch.device) -> tuple:
-    """(model in eval mode, Config, dataset meta), rebuilt from config.json and best.pt with no network access."""
+class UnfinishedRun(FileNotFoundError):
+    """A run folder whose training has not yet written the weights asked for: infer.py skips it."""
+
+
+def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
+    """run_dir/best.pt (the best validation epoch) or run_dir/last.pt (the final epoch, written when training ends)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "best.pt").exists():
+        raise UnfinishedRun(f"{run_dir}: no finished epoch (no best.pt)")
+    weights = run_dir / f"{checkpoint}.pt"
+    if weights.exists():
+        return weights
+    metrics = run_dir / "metrics.json"  # train.py adds epochs_run to it when training ends, with last.pt
+    if not metrics.exists() or "epochs_run" not in json.loads(metrics.read_text()):
+        raise UnfinishedRun(f"{run_dir}: training not finished (no {weights.name} yet)")
+    raise FileNotFoundError(f"{weights} not found: the run was trained before runs saved their final epoch; "
+                            f"retrain it or use --checkpoint best")
+
+
+def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tuple:
+    """(model in eval mode, Config, dataset meta), rebuilt from run_dir/config.json and weights, with no network."""
     cfg, meta = load_run_config(run_dir)
-    weights = Path(run_dir) / "best.pt"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} not found: the run has no finished epoch; train it (or --resume) first")
     try:
         model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else
                              len(meta["classes"]), "none", cfg.decoder_channels)
@@ -55,6 +87,25 @@ def load_trained_model(run_dir: Path, device: torch.device) -> tuple:
         raise ModelError(f"{Path(run_dir) / 'config.json'}: {error}") from error
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.to(device).eval().to(memory_format=torch.channels_last), cfg, meta
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class SplitChanged(ValueError):
+    """The fold file that a run was trained on is gone or holds another split now."""
+
+
+def read_split(recorded: dict, made: str) -> pd.DataFrame:
+    """The folds of the file a run recorded ({"file", "sha256"} from train.py), refused if it changed since `made`."""
+    path = Path(recorded["file"])
+    if not path.exists():
+        raise SplitChanged(f"{path} not found, but {made} on it; restore the file or retrain the run")
+    if file_sha256(path) != recorded["sha256"]:
+        raise SplitChanged(f"{path} changed since {made} (re-prepared?); retrain the run or restore the file")
+    return load_folds(path.parent, path.stem)
 
 
 def to_uint8(probs: torch.Tensor) -> np.ndarray:
@@ -78,11 +129,11 @@ class OldPredictionFormat(ValueError):
     """A prediction file written before maps were kept at the model's resolution."""
 
 
-def save_pred(path: Path, prob: np.ndarray, size: tuple) -> None:
-    """prob: uint8 C x S x S; size: the image's original (H, W)."""
+def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
+    """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold and weights that made it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")  # never a half-written file that a re-run would skip
-    np.savez_compressed(tmp, prob=prob, size=np.asarray(size, dtype=np.int64))
+    np.savez_compressed(tmp, prob=prob, size=np.asarray(size, dtype=np.int64), **model_id)
     tmp.rename(path)
 
 
@@ -95,10 +146,58 @@ def load_pred(path: Path) -> tuple:
         return data["prob"], tuple(int(n) for n in data["size"])
 
 
-def is_current_format(path: Path) -> bool:
-    """Whether the file holds the original size (reads only the archive's directory, not the map)."""
+def made_by(path: Path) -> dict:
+    """The fold and weights of the model that wrote the file ({} for files written before they were recorded);
+    reads only these small entries, not the map."""
     with np.load(path) as data:
-        return "size" in data.files
+        return {key: data[key].item() for key in ("fold", "weights") if key in data.files}
+
+
+def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
+    """Missing, made by another model (another fold, retrained weights, an older format) or --overwrite."""
+    return overwrite or not path.exists() or made_by(path) != model_id
+
+
+class FolderImages(Dataset):
+    """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position).
+
+    The same rules as prepare (src/images.py): any colour mode, 16-bit or DICOM becomes the run's channel count."""
+
+    def __init__(self, paths: list, size: int, channels: int):
+        self.paths, self.size, self.channels = paths, size, channels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        original = to_channels(read_image(self.paths[i]), self.channels, str(self.paths[i]))
+        return channels_first(resize(original, self.size, is_mask=False)), torch.tensor(original.shape[:2]), i
+
+
+@torch.no_grad()
+def write_predictions(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Path, model_id: dict,
+                      batch_size: int, workers: int, device, desc: str) -> None:
+    """Stream batches through the model and write one file per image at the model's size; memory stays flat.
+
+    The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
+    Each file records model_id, the model's fold and weights.
+    """
+    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    writing = []
+    with ThreadPoolExecutor(2) as writer:  # compressing and writing a batch overlaps the model's next one
+        for batch in tqdm(loader, desc=desc, unit="batch"):
+            images, keys = batch[0], batch[-1].tolist()
+            originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
+            with autocast:
+                probs = model(images.to(device, non_blocking=True)).float()
+            maps = to_uint8(probs)
+            for done in writing:  # at most one batch waits to be written; a failed write raises here
+                done.result()
+            writing = [writer.submit(save_pred, out_dir / f"{ids[key]}.npz", prob, original, **model_id)
+                       for key, prob, original in zip(keys, maps, originals)]
+        for done in writing:
+            done.result()
 
 
 def read_mean(paths: list, weights: list) -> tuple:
@@ -123,5 +222,13 @@ def mean_at(maps: list, size: tuple) -> np.ndarray:
     return sum(w / total * resize_prob(prob, size) for prob, w in maps)
 
 
-def pred_dir(preds_dir: Path, dataset: str, run_name: str, tta_mode: str) -> Path:
-    return Path(preds_dir) / dataset / run_name / f"tta-{tta_mode}"
+def pred_dir(preds_dir: Path, dataset: str, run_name: str, tta_mode: str, checkpoint: str = "best") -> Path:
+    """Where a run's predictions with one TTA mode go: last.pt's in last/ beside best.pt's."""
+    run = Path(preds_dir) / dataset / run_name
+    return (run if checkpoint == "best" else run / checkpoint) / f"tta-{tta_mode}"
+
+
+def check_set_name(name: str) -> None:
+    """A prediction set is one folder under sets/: its name cannot hold a path."""
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise ValueError(f"'{name}' cannot name a prediction set: use a plain folder name such as new_xrays")

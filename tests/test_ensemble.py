@@ -11,9 +11,9 @@ import ensemble
 import infer
 from conftest import infer_args, paths
 from src import postprocess, predict
-from src.images import read_image
+from src.images import read_image, write_png
 from src.metrics import per_image
-from src.predict import load_pred, mean_at, read_mean, resize_prob, save_pred
+from src.predict import file_sha256, load_pred, mean_at, read_mean, resize_prob, save_pred
 from src.rle import rle_decode
 from src.stats import paired_comparison
 
@@ -202,3 +202,48 @@ def test_shrink_keeps_small_images_and_scales_large_ones():
     assert small_truth.shape == (500, 300) and resize_prob(smooth_prob(64), small_truth.shape).shape == (2, 500, 300)
     assert small_truth.mean() == pytest.approx(truth.mean(), abs=0.01)
     assert postprocess.shrink(truth, 1000) is truth
+
+
+def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp_path):
+    (tmp_path / "ward").mkdir()
+    write_png(tmp_path / "ward" / "scan_001.png", np.full((70, 45), 120, np.uint8))
+    infer.main([*infer_args(predicted), "--tta", "none", "--images", str(tmp_path / "ward")])
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward"])
+    out = tmp_path / "demo" / "sets" / "ward"
+    assert list(pd.read_csv(out / "submission.csv", keep_default_na=False)["id"]) == ["scan_001"]
+    assert [p.name for p in (out / "masks").iterdir()] == ["scan_001.png"]
+    assert read_image(out / "masks" / "scan_001.png").shape == (70, 45)
+    assert not (tmp_path / "demo" / "masks").exists() and not (tmp_path / "demo" / "submission.csv").exists()
+    with pytest.raises(SystemExit, match="did not predict set 'elsewhere'"):
+        ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "elsewhere"])
+
+
+def scored_predictions(folder, dice, split=None):
+    """A tta-* folder as infer.py leaves it, as far as choosing predictions and checking their split read it."""
+    folder.mkdir(parents=True)
+    pd.DataFrame({"id": ["a"], "fold": [0], "class": ["lung"], "dice": [dice], "iou": [dice], "hd95": [0.0]}).to_csv(
+        folder / "oof_scores.csv", index=False)
+    if split:
+        (folder.parent / "config.json").write_text(json.dumps({"folds": split}))
+
+
+def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
+    run = tmp_path / "demo" / "unet-r34"
+    scored_predictions(run / "tta-none", 0.8)
+    scored_predictions(run / "tta-flip", 0.9)
+    scored_predictions(run / "last" / "tta-none", 0.85)
+    assert ensemble.find_predictions(tmp_path, "demo", "best", None) == {"unet-r34": run / "tta-flip"}
+    assert ensemble.find_predictions(tmp_path, "demo", "best", None, "last") == {"unet-r34": run / "last" / "tta-none"}
+    with pytest.raises(SystemExit, match="no scored predictions of last.pt"):
+        ensemble.find_predictions(tmp_path, "demo", "flip", None, "last")
+
+
+def test_runs_predicted_on_different_splits_are_not_ensembled(demo_dir, tmp_path):
+    split = {"file": str(demo_dir / "folds" / "demo.csv"), "sha256": file_sha256(demo_dir / "folds" / "demo.csv")}
+    scored_predictions(tmp_path / "preds" / "demo" / "unet-r34" / "tta-none", 0.8, split)
+    scored_predictions(tmp_path / "preds" / "demo" / "unetpp-r34" / "tta-none", 0.8,
+                       {"file": str(tmp_path / "other.csv"), "sha256": "0" * 64})
+    with pytest.raises(SystemExit, match=r"^ensemble: unet-r34 was trained on .*demo.csv but unetpp-r34 on another "
+                                         r"split \(.*other.csv\); ensemble runs of one split \(--runs\)$"):
+        ensemble.main(["--dataset", "demo", *paths(demo_dir), "--preds-dir", str(tmp_path / "preds"),
+                       "--out-dir", str(tmp_path / "out")])

@@ -1,6 +1,7 @@
-"""infer.py: TTA, maps at the model's size with the original size, OOF coverage, clear errors, skipping finished work."""
+"""infer.py: TTA, maps at the model's size with the original size, OOF coverage, clear errors, skipping finished work,
+the run's own fold file, each file's model, prediction sets, best or last checkpoint, unfinished runs skipped."""
 import json
-import os
+import re
 import shutil
 
 import numpy as np
@@ -8,16 +9,36 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ensemble
 import infer
-from conftest import infer_args
+from conftest import infer_args, paths
 from src.canonical import load_index
 from src.folds import load_folds
+from src.images import write_png
 from src.models import create_model
-from src.predict import load_pred, resize_prob, to_uint8, with_tta
+from src.predict import file_sha256, load_pred, made_by, resize_prob, save_pred, to_uint8, with_tta
+
+RUN = "unet-tu-resnet10t"
 
 
 def uint8_images(n=2, channels=1, size=32, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 255, (n, channels, size, size), dtype=np.uint8))
+
+
+def tmp_args(trained_dir, tmp_path, runs_dir=None) -> list:
+    """infer's arguments on the trained fixture, with predictions (and runs_dir's runs) under tmp_path."""
+    args = infer_args(trained_dir)
+    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
+    if runs_dir:
+        args[args.index("--runs-dir") + 1] = str(runs_dir)
+    return args
+
+
+def copy_run(trained_dir, runs_dir, fold=0):
+    """A copy of one trained fold of the Unet (without its training state) that a test may change."""
+    target = runs_dir / "demo" / RUN / f"fold{fold}"
+    shutil.copytree(trained_dir / "runs" / "demo" / RUN / f"fold{fold}", target, ignore=shutil.ignore_patterns("state"))
+    return target
 
 
 @pytest.mark.parametrize("mode", ["flip", "d4"])
@@ -76,7 +97,7 @@ def test_oof_and_test_predictions_cover_every_image_once_at_original_size(traine
 def test_rerun_skips_finished_images_unless_overwrite(trained_dir):
     args = [*infer_args(trained_dir), "--tta", "none", "--runs", "unet-*", "--folds", "0"]
     infer.main(args)
-    oof = trained_dir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof"
+    oof = trained_dir / "preds" / "demo" / RUN / "tta-none" / "oof"
     folds = load_folds(trained_dir / "folds", "demo")
     fold0 = [oof / f"{i}.npz" for i in folds.loc[folds["fold"] == 0, "id"]]
     before = [p.stat().st_mtime_ns for p in fold0]
@@ -86,25 +107,88 @@ def test_rerun_skips_finished_images_unless_overwrite(trained_dir):
     assert (oof.parent / "oof_scores.csv").stat().st_mtime_ns == scored  # nothing new: the scores are reused
     infer.main([*args, "--overwrite"])
     assert all(p.stat().st_mtime_ns != t for p, t in zip(fold0, before))
-    overwritten = [p.stat().st_mtime_ns for p in fold0]
-    weights = trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "best.pt"
-    os.utime(weights, ns=(max(overwritten) + 10**9, max(overwritten) + 10**9))  # as if retrained since
+
+
+def test_each_file_records_its_model_and_files_of_another_model_are_predicted_again(trained_dir, tmp_path):
+    args = [*tmp_args(trained_dir, tmp_path), "--runs", "unet-*", "--folds", "0"]
     infer.main(args)
-    assert all(p.stat().st_mtime_ns != t for p, t in zip(fold0, overwritten))
+    folds = load_folds(trained_dir / "folds", "demo")
+    oof = tmp_path / "preds" / "demo" / RUN / "tta-none" / "oof"
+    fold0 = [oof / f"{i}.npz" for i in folds.loc[folds["fold"] == 0, "id"]]
+    model = {"fold": 0, "weights": file_sha256(trained_dir / "runs" / "demo" / RUN / "fold0" / "best.pt")}
+    assert all(made_by(p) == model for p in fold0)
+    other_fold, retrained, old_format, kept = fold0[:4]
+    prob, size = load_pred(kept)
+    save_pred(other_fold, prob, size, fold=1, weights=model["weights"])  # as before the split changed
+    save_pred(retrained, prob, size, fold=0, weights="0" * 64)  # weights since retrained
+    np.savez_compressed(old_format, prob=np.zeros((1, 250, 300), np.uint8))  # the earlier full-size format
+    fold1 = oof / f"{folds.loc[folds['fold'] == 1, 'id'].iloc[0]}.npz"
+    save_pred(fold1, prob, size)  # written before files recorded their model, by a fold this call does not predict
+    kept_time = kept.stat().st_mtime_ns
+    with pytest.raises(SystemExit, match=rf"^infer: .*{fold1.name} was not made by the model of fold 1, .*--folds 1"):
+        infer.main(args)
+    assert all(made_by(p) == model for p in (other_fold, retrained, old_format))
+    assert load_pred(old_format)[0].shape == (1, 64, 64)
+    assert kept.stat().st_mtime_ns == kept_time
+    fold1.unlink()
+    infer.main(args)
 
 
-def test_folder_of_new_images_is_predicted_at_their_size(trained_dir, tmp_path):
-    from src.images import write_png
-    (tmp_path / "new").mkdir()
-    write_png(tmp_path / "new" / "odd.png", np.full((37, 81), 90, np.uint8))
-    args = infer_args(trained_dir)
-    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
-    infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(tmp_path / "new")])
-    prob, size = load_pred(tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1/odd.npz")
+def test_a_run_reads_the_fold_file_it_was_trained_on_and_refuses_a_changed_one(trained_dir, tmp_path, capsys):
+    run = copy_run(trained_dir, tmp_path / "runs")
+    config = json.loads((run / "config.json").read_text())
+    assert config["folds"]["file"] == str(trained_dir / "folds" / "demo.csv")  # recorded by train.py
+    split = tmp_path / "split" / "demo.csv"  # as if the run had been trained on this file
+    split.parent.mkdir()
+    shutil.copy(config["folds"]["file"], split)
+    config["folds"]["file"] = str(split)
+    (run / "config.json").write_text(json.dumps(config))
+    args = [*tmp_args(trained_dir, tmp_path, tmp_path / "runs"), "--folds-dir", str(tmp_path / "elsewhere")]
+    infer.main(args)  # --folds-dir is not read
+    preds = tmp_path / "preds" / "demo" / RUN
+    assert json.loads((preds / "config.json").read_text())["folds"] == config["folds"]
+    folds = load_folds(split.parent, "demo")
+    folds.loc[0, "fold"] = (folds.loc[0, "fold"] + 1) % 3  # re-prepared: one image moved to another fold
+    folds.to_csv(split, index=False)
+    changed = f"{split} changed since {run} was trained (re-prepared?); retrain the run or restore the file"
+    with pytest.raises(SystemExit, match="^" + re.escape(f"infer: {changed}") + "$"):
+        infer.main(args)
+    with pytest.raises(SystemExit, match="^ensemble: " + re.escape(f"{split} changed since {preds / 'tta-none'}")):
+        ensemble.main(["--dataset", "demo", *paths(trained_dir), "--preds-dir", str(tmp_path / "preds"),
+                       "--out-dir", str(tmp_path / "ensemble")])
+    del config["folds"]  # a run trained before runs recorded their fold file: --folds-dir, with a warning
+    (run / "config.json").write_text(json.dumps(config))
+    infer.main(tmp_args(trained_dir, tmp_path, tmp_path / "runs"))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"assuming {trained_dir / 'folds' / 'demo.csv'} (--folds-dir)" in warnings[0]
+
+
+def test_folders_of_new_images_are_prediction_sets_of_their_own(trained_dir, tmp_path):
+    for folder, shape in (("a", (37, 81)), ("b", (90, 50))):  # one file name, two different images
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "scan_001.png", np.full(shape, 90, np.uint8))
+    args = [*tmp_args(trained_dir, tmp_path), "--runs", "unet-*", "--folds", "1"]
+    infer.main([*args, "--images", str(tmp_path / "a")])
+    infer.main([*args, "--images", str(tmp_path / "b"), "--name", "ward_b"])
+    out = tmp_path / "preds" / "demo" / RUN / "tta-none"
+    prob, size = load_pred(out / "sets" / "a" / "fold1" / "scan_001.npz")
     assert prob.shape == (1, 64, 64) and size == (37, 81)
+    assert load_pred(out / "sets" / "ward_b" / "fold1" / "scan_001.npz")[1] == (90, 50)
+    assert not (out / "test").exists()  # never the dataset's test split
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="empty holds no images"):
         infer.main([*args, "--images", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match="'../up' cannot name a prediction set"):
+        infer.main([*args, "--images", str(tmp_path / "a"), "--name", "../up"])
+
+
+def test_two_images_of_one_name_in_a_folder_are_refused_before_predicting(trained_dir, tmp_path):
+    (tmp_path / "new").mkdir()
+    write_png(tmp_path / "new" / "x.png", np.full((30, 40), 90, np.uint8))
+    shutil.copy(tmp_path / "new" / "x.png", tmp_path / "new" / "x.tif")
+    with pytest.raises(SystemExit, match=r"^infer: --images .*new holds x.png and x.tif, whose predictions would share"):
+        infer.main([*tmp_args(trained_dir, tmp_path), "--images", str(tmp_path / "new")])
+    assert not (tmp_path / "preds").exists()
 
 
 def test_new_images_in_any_mode_or_dicom_are_read_as_in_prepare(trained_dir, tmp_path):
@@ -116,43 +200,56 @@ def test_new_images_in_any_mode_or_dicom_are_read_as_in_prepare(trained_dir, tmp
     cv2.imwrite(str(new / "alpha.png"), np.full((30, 20, 4), 120, np.uint8))
     cv2.imwrite(str(new / "twelve_bit.png"), np.arange(30 * 40, dtype=np.uint16).reshape(30, 40) * 3)
     shutil.copy(get_testdata_file("CT_small.dcm"), new / "ct.dcm")
-    args = infer_args(trained_dir)
-    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
+    args = tmp_args(trained_dir, tmp_path)
     infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(new)])  # a grey model
-    out = tmp_path / "preds/demo/unet-tu-resnet10t/tta-none/test/fold1"
+    out = tmp_path / "preds" / "demo" / RUN / "tta-none" / "sets" / "new" / "fold1"
     assert sorted(p.name for p in out.glob("*.npz")) == ["alpha.npz", "colour.npz", "ct.npz", "twelve_bit.npz"]
     (new / "broken.png").write_bytes(b"not an image")
     with pytest.raises(SystemExit, match=r"^infer: .*broken.png: cannot be read as an image"):
         infer.main([*args, "--runs", "unet-*", "--folds", "1", "--images", str(new)])
 
 
-def test_missing_weights_and_unknown_arch_are_clear_errors(trained_dir, tmp_path):
-    runs = tmp_path / "runs" / "demo"
-    shutil.copytree(trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0", runs / "unet-tu-resnet10t" / "fold0")
-    (runs / "unet-tu-resnet10t" / "fold0" / "best.pt").unlink()
-    args = infer_args(trained_dir)
-    args[args.index("--runs-dir") + 1] = str(tmp_path / "runs")
-    with pytest.raises(SystemExit, match="best.pt not found: the run has no finished epoch"):
-        infer.main(args)
-    config = runs / "unet-tu-resnet10t" / "fold0" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "arch": "hypernet"}))
-    shutil.copy(trained_dir / "runs/demo/unet-tu-resnet10t/fold0/best.pt", config.parent / "best.pt")
-    with pytest.raises(SystemExit, match="config.json: unknown architecture 'hypernet'"):
-        infer.main(args)
-
-
-def test_old_full_size_predictions_are_predicted_again_or_refused_clearly(trained_dir, tmp_path):
-    args = infer_args(trained_dir)
-    args[args.index("--preds-dir") + 1] = str(tmp_path / "preds")
-    args += ["--runs", "unet-*", "--folds", "0"]
+def test_last_and_best_checkpoints_predict_into_their_own_folders(trained_dir, tmp_path):
+    args = [*tmp_args(trained_dir, tmp_path), "--runs", "unet-*", "--folds", "0"]
     infer.main(args)
-    oof = tmp_path / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof"
+    infer.main([*args, "--checkpoint", "last"])
+    preds, trained = tmp_path / "preds" / "demo" / RUN, trained_dir / "runs" / "demo" / RUN / "fold0"
     folds = load_folds(trained_dir / "folds", "demo")
-    fold0, fold1 = (oof / f"{folds.loc[folds['fold'] == k, 'id'].iloc[0]}.npz" for k in (0, 1))
-    for path in (fold0, fold1):  # the previous format: only `prob`, at full size, newer than the weights
-        np.savez_compressed(path, prob=np.zeros((1, 250, 300), np.uint8))
-    with pytest.raises(SystemExit, match=r"old full-size format; predict again with .*--overwrite"):
-        infer.main(args)  # fold 1 is not predicted by this call, so it cannot be scored
-    assert load_pred(fold0)[0].shape == (1, 64, 64)  # fold 0 was predicted again, without --overwrite
-    fold1.unlink()
-    infer.main(args)
+    for out, weights in ((preds / "tta-none", "best.pt"), (preds / "last" / "tta-none", "last.pt")):
+        files = sorted((out / "oof").glob("*.npz"))
+        assert len(files) == (folds["fold"] == 0).sum() and (out / "oof_scores.csv").exists()
+        assert {made_by(f)["weights"] for f in files} == {file_sha256(trained / weights)}
+        assert sorted((out / "test" / "fold0").glob("*.npz")) and (out.parent / "config.json").exists()
+    old = copy_run(trained_dir, tmp_path / "runs")
+    (old / "last.pt").unlink()  # trained before runs saved their final epoch
+    with pytest.raises(SystemExit, match=r"^infer: .*last.pt not found: the run was trained before runs saved their "
+                                         r"final epoch; retrain it or use --checkpoint best$"):
+        infer.main([*tmp_args(trained_dir, tmp_path, tmp_path / "runs"), "--checkpoint", "last"])
+
+
+def test_run_folders_without_the_weights_asked_for_are_skipped_and_reported(trained_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    copy_run(trained_dir, runs, fold=0)
+    no_epoch, training = copy_run(trained_dir, runs, fold=1), copy_run(trained_dir, runs, fold=2)
+    for name in ("best.pt", "last.pt", "metrics.json"):  # killed before its first epoch ended
+        (no_epoch / name).unlink()
+    (training / "last.pt").unlink()  # still training: best.pt, but neither last.pt nor the final metrics
+    metrics = json.loads((training / "metrics.json").read_text())
+    (training / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "epochs_run"}))
+    with pytest.raises(SystemExit, match=r"^infer: skipped 2 run folder\(s\)"):
+        infer.main([*tmp_args(trained_dir, tmp_path, runs), "--checkpoint", "last"])
+    printed = capsys.readouterr().out
+    assert f"infer: skipping {no_epoch}: no finished epoch (no best.pt)" in printed
+    assert f"infer: skipping {training}: training not finished (no last.pt yet)" in printed
+    folds = load_folds(trained_dir / "folds", "demo")
+    oof = tmp_path / "preds" / "demo" / RUN / "last" / "tta-none" / "oof"
+    assert sorted(p.stem for p in oof.glob("*.npz")) == sorted(folds.loc[folds["fold"] == 0, "id"])
+    assert (oof.parent / "oof_scores.csv").exists()  # the finished run was predicted and scored
+
+
+def test_unknown_arch_is_a_clear_error(trained_dir, tmp_path):
+    run = copy_run(trained_dir, tmp_path / "runs")
+    config = run / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "arch": "hypernet"}))
+    with pytest.raises(SystemExit, match="config.json: unknown architecture 'hypernet'"):
+        infer.main(tmp_args(trained_dir, tmp_path, tmp_path / "runs"))

@@ -20,7 +20,7 @@ import torch
 
 from src import postprocess, tracking
 from src.cache import open_cache
-from src.canonical import load_index
+from src.canonical import load_index, spacing_of
 from src.config import Config
 from src.data import CachedSegmentation, default_workers
 from src.folds import fingerprint, load_folds
@@ -122,7 +122,7 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
     saved = out_dir / "oof_scores.csv"
     if saved.exists() and saved.stat().st_mtime_ns > max((f.stat().st_mtime_ns for f in files.values()), default=0):
         scores = pd.read_csv(saved, dtype={"id": str})
-        if set(scores["id"]) == set(files):
+        if set(scores["id"]) == set(files) and "hd95_pct" in scores:  # else scored by the older HD95 definition
             return scores
     fold_of = dict(zip(folds["id"], folds["fold"]))
     stale = next((i for i, f in files.items() if made_by(f).get("fold") != fold_of[i]), None)
@@ -131,12 +131,14 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
                  f"the run's fold file; predict that fold again (`python infer.py --folds {fold_of[stale]}` and "
                  f"your --dataset, --runs, --tta, --checkpoint)")
     extra = [c for c in ("tissue",) if c in index]
-    info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra]], on="id")
+    spacing = [c for c in ("spacing_row_mm", "spacing_col_mm") if c in index]  # DICOM: HD95 in mm too
+    info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra, *spacing]], on="id")
 
     def score(row) -> list:
         pred = postprocess.apply(resize_prob(*load_pred(files[row.id])), postprocess.PLAIN[meta["task"]])
         mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
-        return [{**row._asdict(), **r} for r in image_scores(pred, mask, meta["classes"])]
+        keys = {k: v for k, v in row._asdict().items() if k not in spacing}
+        return [{**keys, **r} for r in image_scores(pred, mask, meta["classes"], spacing=spacing_of(row))]
 
     rows = thread_map(score, list(info.itertuples(index=False)), "score OOF")
     scores = pd.DataFrame([r for image_rows in rows for r in image_rows])
@@ -145,10 +147,11 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
 
 
 def fold_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over images of Dice, IoU and HD95, per fold and over all folds."""
+    """Mean and std over images of Dice, IoU and HD95 (px, % of the diagonal, mm where known), per fold and over all."""
     images = per_image(scores)
     table = pd.concat([images.assign(fold=images["fold"].astype(str)), images.assign(fold="all")])
-    table = table.groupby("fold")[["dice", "iou", "hd95"]].agg(["mean", "std"])
+    metrics = [m for m in ("dice", "iou", "hd95", "hd95_pct", "hd95_mm") if m in images]
+    table = table.groupby("fold")[metrics].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     return table.reset_index()
 
@@ -157,7 +160,8 @@ def print_summary(name: str, scores: pd.DataFrame) -> None:
     print(f"\n{name}: OOF at original resolution, mean +- std over images ({scores['id'].nunique()} images)")
     for r in fold_table(scores).itertuples():
         print(f"  fold {r.fold:>3}: Dice {r.dice_mean:.4f} +- {r.dice_std:.4f}   IoU {r.iou_mean:.4f} +- {r.iou_std:.4f}"
-              f"   HD95 {r.hd95_mean:.1f} px")
+              f"   HD95 {r.hd95_mean:.1f} px = {r.hd95_pct_mean:.2f}% of the diagonal"
+              + (f" = {r.hd95_mm_mean:.1f} mm" if "hd95_mm_mean" in r._fields else ""))
     images = per_image(scores).set_index("id")
     if scores["class"].nunique() > 1:
         print("  per class (pooled Dice): " + ", ".join(f"{c} {d:.3f}" for c, d in pooled_by_class(scores).items()))

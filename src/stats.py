@@ -3,7 +3,8 @@ import numpy as np
 from scipy import stats
 
 
-def paired_comparison(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int = 10000, alpha: float = 0.05) -> dict:
+def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, resamples: int = 10000,
+                      alpha: float = 0.05) -> dict:
     """a, b: per-image scores in the same image order. Verdict says whether b beats a by more than chance."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = b - a
@@ -21,4 +22,13 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: in
     else:
         verdict = "no significant difference"
     return {"images": int(len(diff)), "mean_difference": float(diff.mean()) if len(diff) else 0.0,
-            "ci95": [low, high], "wilcoxon_p": p_value, "verdict": verdict}
+            "ci95": [low, high], "wilcoxon_p": p_value, "verdict": verdict, "unit": "image", "units": int(len(diff))}
+
+
+def holm(p_values) -> list:
+    p = np.asarray(p_values, float)
+    order = np.argsort(p)
+    adjusted = np.minimum(1, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty(len(p))
+    out[order] = adjusted
+    return out.tolist()

@@ -1,11 +1,10 @@
-"""ensemble.py and its pieces: RLE, post-processing, the paired test, OOF-only tuning, outputs."""
+"""ensemble.py and its pieces: averaging predictions, the paired test, cross-validated tuning, outputs."""
 import json
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import ndimage
 
 import ensemble
 import infer
@@ -16,48 +15,6 @@ from src.metrics import per_image
 from src.predict import load_pred, mean_at, read_mean, resize_prob, save_pred
 from src.rle import rle_decode
 from src.stats import paired_comparison
-
-
-def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
-    prob = np.zeros((100, 100), np.float32)
-    prob[20:80, 20:80] = 0.9
-    prob[40:45, 40:45] = 0.1  # a hole inside the organ
-    prob[2:4, 90:92] = 0.9  # a 4-pixel speck
-    settings = postprocess.BinarySettings(threshold=0.5, fill_holes=True, min_area=0.002, keep_largest=0)
-    mask = postprocess.apply_binary(prob, settings)
-    assert mask[42, 42] == 1 and mask[2, 90] == 0 and mask.sum() == 60 * 60
-    assert postprocess.apply_binary(prob, postprocess.BinarySettings(keep_largest=1))[2, 90] == 0
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_hole_filling_equals_scipys(seed):
-    rng = np.random.default_rng(seed)
-    prob = rng.random((60, 80)).astype(np.float32)  # speckle: holes, islands, shapes touching the border
-    prob[10:50, 10:70] = np.where(rng.random((40, 60)) > 0.1, 0.9, prob[10:50, 10:70])
-    for threshold in (0.3, 0.5, 0.7):
-        np.testing.assert_array_equal(postprocess.apply_binary(prob, postprocess.BinarySettings(threshold, True)),
-                                      ndimage.binary_fill_holes(prob >= threshold))
-
-
-def test_candidate_scores_equal_the_dice_of_the_applied_settings():
-    rng = np.random.default_rng(3)
-    prob = rng.random((40, 50)).astype(np.float32)
-    truth = (rng.random((40, 50)) > 0.6).astype(np.uint8)
-    candidates = postprocess.binary_candidates()
-    scores = postprocess.binary_candidate_dice(prob, truth, candidates)
-    for k in (0, 17, 123, len(candidates) - 1):
-        mask = postprocess.apply_binary(prob, candidates[k])
-        expected = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
-        assert scores[k] == pytest.approx(expected)
-
-
-def test_multiclass_min_area_drops_small_components_to_background():
-    probs = np.zeros((3, 30, 30), np.float32)
-    probs[0] = 1
-    probs[1, 5:15, 5:15], probs[0, 5:15, 5:15] = 2, 0
-    probs[2, 25:26, 25:26], probs[0, 25:26, 25:26] = 2, 0
-    classes = postprocess.apply_multiclass(probs, [0.0, 0.01])
-    assert classes[10, 10] == 1 and classes[25, 25] == 0
 
 
 def test_paired_comparison_verdicts():
@@ -193,12 +150,3 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
     assert list(submission.columns) == ["id", "class", "rle"] and len(submission) == 4 * 5
     assert scores["by"]["column"] == "tissue"  # the default where the dataset has tissues (PanNuke)
     assert {r["group"] for r in scores["by"]["table"]} <= {"breast", "colon", "lung"}
-
-
-def test_shrink_keeps_small_images_and_scales_large_ones():
-    truth = np.zeros((1000, 600), np.uint8)
-    truth[100:500, 50:300] = 1
-    small_truth = postprocess.shrink(truth, 500)
-    assert small_truth.shape == (500, 300) and resize_prob(smooth_prob(64), small_truth.shape).shape == (2, 500, 300)
-    assert small_truth.mean() == pytest.approx(truth.mean(), abs=0.01)
-    assert postprocess.shrink(truth, 1000) is truth

@@ -132,6 +132,16 @@ def choose(task: str, candidate_scores: np.ndarray) -> dict:
     return {"task": task, "min_areas": [MIN_AREAS[j] for j in mean.argmax(axis=1)]}
 
 
+def choose_by_fold(task: str, candidate_scores: np.ndarray, folds) -> dict:
+    """{fold: the settings chosen on the images of every other fold}: applied to its own fold, each is scored on
+    images its choice never saw, so the mean score is an estimate, not a fit (cross-validated tuning).
+
+    candidate_scores: one row per image, as for choose(); folds: each row's fold.
+    """
+    folds = np.asarray(folds)
+    return {int(f): choose(task, candidate_scores[folds != f]) for f in np.unique(folds)}
+
+
 # No post-processing: threshold 0.5 (binary) or argmax (multiclass).
 PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []}}
 

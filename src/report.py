@@ -10,6 +10,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from src.postprocess import shrink  # noqa: E402
+from src.predict import TTA_MODES  # noqa: E402
 
 # Fixed class colours (RGB), background black: the same class always looks the same.
 PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -17,22 +18,33 @@ PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0,
 
 
 def leaderboard_markdown(scores: dict) -> str:
+    images, e = scores["images"], scores["ensemble"]
+    left_out = (f" ({images['left_out']} more lack an OOF prediction from some run and are left out)"
+                if images["left_out"] else "")
     lines = [f"# Leaderboard: {scores['dataset']}", "",
-             "Out-of-fold scores at original resolution. Dice (folds): mean +- std of the fold means of per-image "
-             "Dice; Dice (images): mean +- std over all images.", "",
-             "| model | TTA | Dice (folds) | Dice (images) | IoU | HD95 px | training (all folds) |",
+             f"Out-of-fold scores at original resolution, every model on the same {images['scored']} training images"
+             f"{left_out}. Cross-validated: each choice made on OOF data (a run's TTA under `--tta best`, the "
+             "ensemble's post-processing) is made for each fold on the other folds and applied to that fold, so no "
+             "image is scored with settings tuned on it. Dice (folds): mean +- std of the fold means of per-image "
+             "Dice; Dice (images): mean +- std over images (std with ddof=1).", "",
+             "| model | TTA | Dice (folds) | Dice (images) | IoU | HD95 px (% diag) | training (all folds) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in sorted(scores["runs"].items(), key=lambda kv: -kv[1]["dice"]):
-        lines.append(f"| {name} | {r['tta']} | {r['dice_fold_mean']:.4f} +- {r['dice_fold_std']:.4f} | {r['dice']:.4f} +- "
-                     f"{r['dice_image_std']:.4f} | {r['iou']:.4f} | {r['hd95']:.1f} | {training_cell(r.get('training'))} |")
-    e = scores["ensemble"]
-    lines.append(f"| **ensemble** ({len(scores['runs'])} runs, tuned post-processing) | | {e['dice_fold_mean']:.4f} +- "
-                 f"{e['dice_fold_std']:.4f} | {e['dice']:.4f} +- {e['dice_image_std']:.4f} | {e['iou']:.4f} | "
-                 f"{e['hd95']:.1f} | |")
-    lines += ["", f"Ensemble gain over the best single model ({scores['best_single']}): "
-              f"{scores['ensemble_gain']:+.4f} Dice (raw average, before post-processing: {e['dice_raw']:.4f})."]
-    for name, gain in scores.get("tta_gain", {}).items():
-        lines.append(f"TTA gain for {name}: {gain['gain']:+.4f} Dice ({gain['tta']} vs none).")
+        lines.append(f"| {name} | {tta_cell(r['tta_by_fold'])} | {dice_cells(r)} | {hd95_cell(r)} | "
+                     f"{training_cell(r.get('training'))} |")
+    lines.append(f"| **ensemble** ({len(scores['runs'])} runs, post-processing tuned on the other folds) | | "
+                 f"{dice_cells(e)} | {hd95_cell(e)} | |")
+    lines += ["", f"Optimistic (tuned and scored on the same images): {e['dice_optimistic']:.4f} Dice, with the TTA "
+              "and post-processing chosen on all OOF images, as the test masks use them.",
+              f"Ensemble gain over the best single model ({scores['best_single']}): {scores['ensemble_gain']:+.4f} "
+              f"Dice (raw average, before post-processing: {e['dice_raw']:.4f})."]
+    modes = [m for m in TTA_MODES if any(m in t["modes"] for t in scores["tta_gain"].values())]
+    lines += ["", "OOF Dice of each TTA mode a run was predicted with (gain over none):", "",
+              "| model | images | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
+    for name, tta in scores["tta_gain"].items():
+        cells = [f"{m['dice']:.4f}" + (f" ({m['gain']:+.4f})" if m["gain"] is not None and mode != "none" else "")
+                 if (m := tta["modes"].get(mode)) else "-" for mode in modes]
+        lines.append(f"| {name} | {tta['images']} | " + " | ".join(cells) + " |")
     if scores["per_class"]:
         lines += ["", "| class | " + " | ".join(scores["per_class"]) + " |",
                   "|---|" + "---|" * len(scores["per_class"])]
@@ -40,12 +52,14 @@ def leaderboard_markdown(scores: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{scores['per_class'][c].get(name, float('nan')):.3f}"
                                                   for c in scores["per_class"]) + " |")
     if scores["comparisons"]:
-        lines += ["", "Unet++ vs Unet on the same images (Wilcoxon signed-rank, bootstrap 95% interval of the mean "
-                  "Dice difference):", ""]
+        lines += ["", "Unet++ vs Unet, both at the same TTA on the same images (Wilcoxon signed-rank and a bootstrap "
+                  "95% interval of the mean Dice difference, over patients where the split grouped images by "
+                  f"patient; p Holm-adjusted over the {len(scores['comparisons'])} comparison(s)):", ""]
         for c in scores["comparisons"]:
-            lines.append(f"- {c['encoder']}: Unet++ {c['verdict']} (mean difference {c['mean_difference']:+.4f}, "
-                         f"95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], p = {c['wilcoxon_p']:.3g}, "
-                         f"{c['images']} images)")
+            units = (f"{c['units']} patients, " if c["unit"] == "patient" else "") + f"{c['images']} images"
+            lines.append(f"- {c['encoder']} (TTA {c['tta']}, {units}): Unet++ {c['verdict']} (mean difference "
+                         f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "
+                         f"p = {c['wilcoxon_p']:.3g}, Holm-adjusted p = {c['p_holm']:.3g})")
     if scores.get("by"):
         by = pd.DataFrame(scores["by"]["table"])
         models = [c for c in by.columns if c not in ("group", "images")]
@@ -53,8 +67,38 @@ def leaderboard_markdown(scores: dict) -> str:
                   f"| {scores['by']['column']} | images | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
         lines += [f"| {r['group']} | {r['images']} | " + " | ".join(f"{r[m]:.4f}" for m in models) + " |"
                   for r in by.to_dict("records")]
-    lines += ["", f"Post-processing chosen on OOF data only: `{scores['postprocess']}`"]
+    lines += ["", "Chosen for each fold on the other folds' images:", "", "| fold | images | TTA | post-processing |",
+              "|---|---|---|---|"]
+    lines += [f"| {f} | {t['images']} | {', '.join(f'{n} {m}' for n, m in t['tta'].items())} | "
+              f"{settings_text(t['postprocess'])} |" for f, t in scores["tuning_by_fold"].items()]
+    test_tta = ", ".join(f"{n} {r['tta']}" for n, r in scores["runs"].items())
+    lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."]
     return "\n".join(lines) + "\n"
+
+
+def tta_cell(by_fold: dict) -> str:
+    """'flip' when every fold chose it, else each fold's choice in fold order."""
+    modes = list(by_fold.values())
+    return modes[0] if len(set(modes)) == 1 else "/".join(modes) + " (by fold)"
+
+
+def dice_cells(r: dict) -> str:
+    return (f"{r['dice_fold_mean']:.4f} +- {r['dice_fold_std']:.4f} | {r['dice']:.4f} +- {r['dice_image_std']:.4f} | "
+            f"{r['iou']:.4f}")
+
+
+def hd95_cell(r: dict) -> str:
+    return f"{r['hd95']:.1f}" + (f" ({r['hd95_pct']:.2f}%)" if "hd95_pct" in r else "")
+
+
+def settings_text(settings: dict) -> str:
+    """'threshold 0.55, fill holes, min area 0.002, keep 2 largest' or 'argmax, min area per class 0, 0.0005'."""
+    if settings["task"] != "binary":
+        return "argmax" + (", min area per class " + ", ".join(f"{a:g}" for a in settings["min_areas"])
+                           if any(settings["min_areas"]) else "")
+    return ", ".join([f"threshold {settings['threshold']:g}"] + ["fill holes"] * settings["fill_holes"] +
+                     [f"min area {settings['min_area']:g}"] * bool(settings["min_area"]) +
+                     [f"keep {settings['keep_largest']} largest"] * bool(settings["keep_largest"]))
 
 
 def training_cell(training: dict | None) -> str:
@@ -83,9 +127,9 @@ def pick_examples(image_dice: dict, n: int) -> list:
 
 
 def comparison_grid(path: Path, rows: list, class_names: list) -> None:
-    """rows: (title, image, truth, {model: prediction}, {model: Dice}). Each panel draws one mask as contours over
-    the image (class colours; truth dashed in white on the model panels); the last shows where the first two models
-    disagree."""
+    """rows: (title, image, truth, {model: prediction}, {model: Dice of that prediction}). Each panel draws one mask
+    as contours over the image (class colours; truth dashed in white on the model panels); the last shows where the
+    first two models disagree."""
     models = list(rows[0][3])
     columns = 1 + len(models) + (1 if len(models) >= 2 else 0)
     fig, axes = plt.subplots(len(rows), columns, figsize=(3 * columns, 3 * len(rows)), squeeze=False)
@@ -123,7 +167,7 @@ def score_bars(path: Path, scores: dict) -> None:
     errors = [scores["runs"][n]["dice_fold_std"] for n in names[:-1]] + [scores["ensemble"]["dice_fold_std"]]
     fig, axis = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     axis.bar(names, values, yerr=errors, capsize=4, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
-    axis.set_ylabel("OOF Dice (mean +- std over folds)")
+    axis.set_ylabel("OOF Dice, cross-validated\n(mean +- std over folds)")
     axis.set_ylim(max(0, min(values) - 0.1), 1)
     axis.tick_params(axis="x", rotation=30, labelsize=7)
     fig.tight_layout()

@@ -1,63 +1,21 @@
-"""ensemble.py and its pieces: RLE, post-processing, the paired test, OOF-only tuning, outputs."""
+"""ensemble.py and its pieces: averaging predictions, the paired test, cross-validated tuning, outputs."""
 import json
+import shutil
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import ndimage
 
 import ensemble
 import infer
 from conftest import infer_args, paths
-from src import postprocess, predict
+from src import postprocess, predict, report
 from src.images import read_image, write_png
 from src.metrics import per_image
 from src.predict import file_sha256, load_pred, mean_at, read_mean, resize_prob, save_pred
 from src.rle import rle_decode
 from src.stats import paired_comparison
-
-
-def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
-    prob = np.zeros((100, 100), np.float32)
-    prob[20:80, 20:80] = 0.9
-    prob[40:45, 40:45] = 0.1  # a hole inside the organ
-    prob[2:4, 90:92] = 0.9  # a 4-pixel speck
-    settings = postprocess.BinarySettings(threshold=0.5, fill_holes=True, min_area=0.002, keep_largest=0)
-    mask = postprocess.apply_binary(prob, settings)
-    assert mask[42, 42] == 1 and mask[2, 90] == 0 and mask.sum() == 60 * 60
-    assert postprocess.apply_binary(prob, postprocess.BinarySettings(keep_largest=1))[2, 90] == 0
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_hole_filling_equals_scipys(seed):
-    rng = np.random.default_rng(seed)
-    prob = rng.random((60, 80)).astype(np.float32)  # speckle: holes, islands, shapes touching the border
-    prob[10:50, 10:70] = np.where(rng.random((40, 60)) > 0.1, 0.9, prob[10:50, 10:70])
-    for threshold in (0.3, 0.5, 0.7):
-        np.testing.assert_array_equal(postprocess.apply_binary(prob, postprocess.BinarySettings(threshold, True)),
-                                      ndimage.binary_fill_holes(prob >= threshold))
-
-
-def test_candidate_scores_equal_the_dice_of_the_applied_settings():
-    rng = np.random.default_rng(3)
-    prob = rng.random((40, 50)).astype(np.float32)
-    truth = (rng.random((40, 50)) > 0.6).astype(np.uint8)
-    candidates = postprocess.binary_candidates()
-    scores = postprocess.binary_candidate_dice(prob, truth, candidates)
-    for k in (0, 17, 123, len(candidates) - 1):
-        mask = postprocess.apply_binary(prob, candidates[k])
-        expected = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
-        assert scores[k] == pytest.approx(expected)
-
-
-def test_multiclass_min_area_drops_small_components_to_background():
-    probs = np.zeros((3, 30, 30), np.float32)
-    probs[0] = 1
-    probs[1, 5:15, 5:15], probs[0, 5:15, 5:15] = 2, 0
-    probs[2, 25:26, 25:26], probs[0, 25:26, 25:26] = 2, 0
-    classes = postprocess.apply_multiclass(probs, [0.0, 0.01])
-    assert classes[10, 10] == 1 and classes[25, 25] == 0
 
 
 def test_paired_comparison_verdicts():
@@ -118,21 +76,49 @@ def ensemble_args(workdir, out):
     return ["--dataset", "demo", *paths(workdir), "--preds-dir", str(workdir / "preds"), "--out-dir", str(out)]
 
 
-def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_path):
+def oof_dice(workdir, name: str, mode: str) -> pd.Series:
+    table = pd.read_csv(workdir / "preds" / "demo" / name / f"tta-{mode}" / "oof_scores.csv", dtype={"id": str})
+    return per_image(table).set_index("id")["dice"]
+
+
+def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_path, monkeypatch):
+    drawn, compared = [], []
+    monkeypatch.setattr(report, "comparison_grid", lambda path, rows, classes: drawn.extend(rows))
+    real_comparison = ensemble.paired_comparison
+    monkeypatch.setattr(ensemble, "paired_comparison",
+                        lambda a, b, groups, alpha: compared.append(groups) or real_comparison(a, b, groups=groups))
     ensemble.main(ensemble_args(predicted, tmp_path))
     out = tmp_path / "demo"
     scores = json.loads((out / "scores.json").read_text())
     assert set(scores["runs"]) == {"unet-tu-resnet10t", "unetpp-tu-resnet10t"}
-    for name, run in scores["runs"].items():  # each run's TTA is the one with the higher OOF Dice
-        oof = {m: per_image(pd.read_csv(predicted / "preds" / "demo" / name / f"tta-{m}" / "oof_scores.csv"))["dice"]
-               .mean() for m in ("none", "d4")}
-        assert run["tta"] == max(oof, key=oof.get) and run["dice"] == pytest.approx(max(oof.values()))
-        assert (name in scores["tta_gain"]) == (run["tta"] != "none")
-    ensemble.main([*ensemble_args(predicted, tmp_path / "d4"), "--tta", "d4"])
-    forced = json.loads((tmp_path / "d4" / "demo" / "scores.json").read_text())
-    assert {r["tta"] for r in forced["runs"].values()} == {"d4"} and set(forced["tta_gain"]) == set(forced["runs"])
-    assert scores["comparisons"][0]["verdict"] in ("better", "no significant difference", "worse")
+    folds = pd.read_csv(predicted / "folds" / "demo.csv", dtype={"id": str, "group": str}).set_index("id")
+    assert scores["images"] == {"scored": 36, "left_out": 0}
+    for name, run in scores["runs"].items():
+        dice = pd.DataFrame({m: oof_dice(predicted, name, m) for m in ("none", "d4")})
+        fold = folds["fold"].reindex(dice.index)
+        # Test masks take the TTA of higher OOF Dice on all images; each fold, the TTA of higher Dice on the others,
+        # and the run's score takes each image at its fold's TTA.
+        assert run["tta"] == dice.mean().idxmax()
+        assert run["tta_by_fold"] == {str(f): dice[fold != f].mean().idxmax() for f in range(3)}
+        per_fold = pd.Series([dice.loc[i, run["tta_by_fold"][str(fold[i])]] for i in dice.index])
+        assert run["dice"] == pytest.approx(per_fold.mean()) and run["dice_image_std"] == pytest.approx(per_fold.std())
+        gain = scores["tta_gain"][name]  # every mode predicted, each against none on the same images
+        assert gain["images"] == 36 and gain["modes"]["d4"]["dice"] == pytest.approx(dice["d4"].mean())
+        assert gain["modes"]["d4"]["gain"] == pytest.approx(dice["d4"].mean() - dice["none"].mean())
     assert len(scores["runs"]["unet-tu-resnet10t"]["folds"]) == 3
+    ensemble_dice = per_image(pd.read_csv(out / "oof_scores.csv", dtype={"id": str}))
+    assert scores["ensemble"]["dice"] == pytest.approx(ensemble_dice["dice"].mean()) and len(ensemble_dice) == 36
+    assert set(scores["tuning_by_fold"]) == {"0", "1", "2"} and "dice_optimistic" in scores["ensemble"]
+    # Unet++ vs Unet at the most augmented TTA both have, over the patients (the demo's folds are grouped).
+    comparison = scores["comparisons"][0]
+    assert comparison["tta"] == "d4" and comparison["verdict"] in ("better", "no significant difference", "worse")
+    assert compared == [list(folds.loc[ensemble_dice["id"], "group"])] and comparison["p_holm"] >= comparison[
+        "wilcoxon_p"]
+    for image_id, _, truth, masks, dice in drawn:  # each panel labelled with the Dice of the mask it draws
+        for name, mask in masks.items():
+            expected = 1.0 if not (mask.any() or truth.any()) else 2 * (mask & (truth > 0)).sum() / (
+                mask.sum() + (truth > 0).sum())
+            assert dice[name] == pytest.approx(expected)
     index = pd.read_csv(predicted / "data" / "demo" / "index.csv").set_index("id")
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert sorted(submission["id"]) == sorted(index.index[index["split"] == "test"])
@@ -141,12 +127,69 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         assert mask.shape == tuple(index.loc[row.id, ["height", "width"]])
         np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
     board = (out / "leaderboard.md").read_text()
-    assert "Unet++ vs Unet" in board and "ensemble" in board
+    assert "Unet++ vs Unet, both at the same TTA" in board and "(TTA d4, " in board and "Cross-validated" in board
+    assert f"Optimistic (tuned and scored on the same images): {scores['ensemble']['dice_optimistic']:.4f}" in board
     for name, run in scores["runs"].items():  # training cost beside the scores, from the runs' history.csv
         history = pd.concat(pd.read_csv(h) for h in (predicted / "runs" / "demo" / name).glob("fold*/history.csv"))
         assert run["training"]["minutes"] == pytest.approx(history["seconds"].sum() / 60)
         assert f"{run['training']['minutes']:.1f} min, 2 epochs/fold" in board
-    assert (out / "comparison.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+    assert (out / "scores.png").stat().st_size > 0
+
+
+def test_fixed_tta_and_compare_tta(predicted, tmp_path):
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "d4", "--compare-tta", "none"])
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    for name, run in scores["runs"].items():
+        assert run["tta"] == "d4" and set(run["tta_by_fold"].values()) == {"d4"}
+        assert run["dice"] == pytest.approx(oof_dice(predicted, name, "d4").mean())
+        assert set(scores["tta_gain"][name]["modes"]) == {"none", "d4"}  # still every mode predicted
+    assert scores["comparisons"][0]["tta"] == "none"
+    unet, unetpp = (oof_dice(predicted, f"{arch}-tu-resnet10t", "none") for arch in ("unet", "unetpp"))
+    assert scores["comparisons"][0]["mean_difference"] == pytest.approx((unetpp - unet).mean())
+
+
+def doctored_copy(predicted, tmp_path, d4_dice: dict, fold0_masks_inverted=False):
+    """The demo's data, folds and predictions, with the unet run's OOF Dice set per fold (none 0.5, d4 from d4_dice)
+    and one image's none scores removed; optionally fold 0's masks inverted and its OOF scores scrambled."""
+    workdir = tmp_path / "work"
+    for part in ("data", "folds", "preds"):
+        shutil.copytree(predicted / part, workdir / part)
+    folds = pd.read_csv(workdir / "folds" / "demo.csv", dtype={"id": str}).set_index("id")["fold"]
+    for mode in ("none", "d4"):
+        path = workdir / "preds" / "demo" / "unet-tu-resnet10t" / f"tta-{mode}" / "oof_scores.csv"
+        table = pd.read_csv(path, dtype={"id": str})
+        table["dice"] = 0.5 if mode == "none" else table["id"].map(folds).map(d4_dice)
+        if fold0_masks_inverted:
+            in_fold0 = table["id"].map(folds) == 0
+            table.loc[in_fold0, "dice"] = np.random.default_rng(1).random(in_fold0.sum())
+        (table.iloc[1:] if mode == "none" else table).to_csv(path, index=False)
+    if fold0_masks_inverted:
+        for image_id in folds.index[folds == 0]:
+            mask_path = workdir / "data" / "demo" / "masks" / f"{image_id}.png"
+            write_png(mask_path, 1 - read_image(mask_path))
+    return workdir
+
+
+def test_each_fold_is_tuned_on_the_other_folds_only(predicted, tmp_path):
+    d4_dice = {0: 1.0, 1: 0.1, 2: 0.3}  # unet with d4: great on fold 0, poor elsewhere; 0.5 everywhere without
+    workdir = doctored_copy(predicted, tmp_path / "a", d4_dice)
+    ensemble.main(ensemble_args(workdir, tmp_path / "a"))
+    scores = json.loads((tmp_path / "a" / "demo" / "scores.json").read_text())
+    unet = scores["runs"]["unet-tu-resnet10t"]
+    # Fold 0 never sees its own d4 scores: folds 1 and 2 favour none; folds 1 and 2 see fold 0's and take d4.
+    assert unet["tta_by_fold"] == {"0": "none", "1": "d4", "2": "d4"} and unet["tta"] == "none"
+    assert {f: t["tta"]["unet-tu-resnet10t"] for f, t in scores["tuning_by_fold"].items()} == unet["tta_by_fold"]
+    # One image lacks a prediction from one run: every model is scored on the other 35, and the leaderboard says so.
+    assert scores["images"] == {"scored": 35, "left_out": 1}
+    assert scores["tta_gain"]["unetpp-tu-resnet10t"]["images"] == 35
+    assert len(pd.read_csv(tmp_path / "a" / "demo" / "oof_scores.csv")) == 35
+    assert "(1 more lack an OOF prediction" in (tmp_path / "a" / "demo" / "leaderboard.md").read_text()
+    # Fold 0's truth changed (masks inverted, its OOF scores scrambled): its scores change, never its choices.
+    workdir = doctored_copy(predicted, tmp_path / "b", d4_dice, fold0_masks_inverted=True)
+    ensemble.main(ensemble_args(workdir, tmp_path / "b"))
+    changed = json.loads((tmp_path / "b" / "demo" / "scores.json").read_text())
+    assert changed["tuning_by_fold"]["0"] == scores["tuning_by_fold"]["0"]
+    assert changed["ensemble"]["folds"]["0"] < scores["ensemble"]["folds"]["0"] - 0.3
 
 
 def test_scores_by_any_index_column(predicted, tmp_path):
@@ -193,15 +236,6 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
     assert list(submission.columns) == ["id", "class", "rle"] and len(submission) == 4 * 5
     assert scores["by"]["column"] == "tissue"  # the default where the dataset has tissues (PanNuke)
     assert {r["group"] for r in scores["by"]["table"]} <= {"breast", "colon", "lung"}
-
-
-def test_shrink_keeps_small_images_and_scales_large_ones():
-    truth = np.zeros((1000, 600), np.uint8)
-    truth[100:500, 50:300] = 1
-    small_truth = postprocess.shrink(truth, 500)
-    assert small_truth.shape == (500, 300) and resize_prob(smooth_prob(64), small_truth.shape).shape == (2, 500, 300)
-    assert small_truth.mean() == pytest.approx(truth.mean(), abs=0.01)
-    assert postprocess.shrink(truth, 1000) is truth
 
 
 def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp_path):

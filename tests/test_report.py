@@ -28,3 +28,52 @@ def test_dice_by_group_averages_each_subgroup():
     table = dice_by_group({"m": pd.Series([1.0, 0.5, 0.0], index=["a", "b", "c"])},
                           pd.Series({"a": "PA", "b": "PA", "c": ""}))
     assert table.loc["PA", "m"] == 0.75 and table.loc["PA", "images"] == 2 and table.loc["(none)", "m"] == 0.0
+
+
+def board_scores() -> dict:
+    """scores.json as ensemble.py writes it, for two runs on a patient-grouped split with 3 images left out."""
+    def summary(dice, **extra):
+        return {"dice": dice, "dice_image_std": 0.05, "dice_fold_mean": dice, "dice_fold_std": 0.01, "iou": dice - 0.1,
+                "hd95": 40.0, "hd95_pct": 1.25, "per_class": {}, **extra}
+    binary = {"task": "binary", "threshold": 0.5, "fill_holes": False, "min_area": 0.0, "keep_largest": 0}
+    return {"dataset": "cxr", "images": {"scored": 341, "left_out": 3},
+            "runs": {"unet-r18": summary(0.90, tta="flip", tta_by_fold={0: "flip", 1: "none"}, training=None),
+                     "unetpp-r18": summary(0.92, tta="flip", tta_by_fold={0: "flip", 1: "flip"}, training=None)},
+            "ensemble": summary(0.925, dice_raw=0.918, dice_optimistic=0.931), "best_single": "unetpp-r18",
+            "ensemble_gain": 0.005, "per_class": {}, "by": None,
+            "tta_gain": {"unet-r18": {"images": 341, "modes": {"none": {"dice": 0.89, "gain": 0.0},
+                                                                "flip": {"dice": 0.90, "gain": 0.01}}}},
+            "comparisons": [{"encoder": "r18", "tta": "flip", "images": 341, "unit": "patient", "units": 207,
+                             "mean_difference": 0.02, "ci95": [0.01, 0.03], "wilcoxon_p": 0.001, "p_holm": 0.002,
+                             "verdict": "better"}],
+            "tuning_by_fold": {0: {"images": 170, "tta": {"unet-r18": "flip", "unetpp-r18": "flip"},
+                                   "postprocess": {**binary, "threshold": 0.6, "fill_holes": True, "keep_largest": 2}},
+                               1: {"images": 171, "tta": {"unet-r18": "none", "unetpp-r18": "flip"},
+                                   "postprocess": binary}},
+            "postprocess": {**binary, "threshold": 0.55}}
+
+
+def test_leaderboard_heads_with_cross_validated_scores_and_labels_the_optimistic_one():
+    board = report.leaderboard_markdown(board_scores())
+    assert "same 341 training images (3 more lack an OOF prediction" in board and "Cross-validated" in board
+    ensemble_row = next(line for line in board.splitlines() if line.startswith("| **ensemble**"))
+    assert "0.9250 +- 0.0100" in ensemble_row and "40.0 (1.25%)" in ensemble_row
+    assert "Optimistic (tuned and scored on the same images): 0.9310 Dice" in board
+    assert "| unet-r18 | flip/none (by fold) |" in board and "| unetpp-r18 | flip |" in board
+    assert "| unet-r18 | 341 | 0.8900 | 0.9000 (+0.0100) |" in board  # Dice of each TTA mode, gain over none
+    assert "- r18 (TTA flip, 207 patients, 341 images): Unet++ better" in board and "Holm-adjusted p = 0.002" in board
+    assert "| 0 | 170 | unet-r18 flip, unetpp-r18 flip | threshold 0.6, fill holes, keep 2 largest |" in board
+    assert "| 1 | 171 | unet-r18 none, unetpp-r18 flip | threshold 0.5 |" in board
+    assert "Test masks: chosen on all OOF images: TTA unet-r18 flip, unetpp-r18 flip; threshold 0.55." in board
+
+
+def test_leaderboard_without_hd95_percent_or_patient_groups():
+    scores = board_scores()
+    for summary in (*scores["runs"].values(), scores["ensemble"]):
+        del summary["hd95_pct"]
+    scores["images"]["left_out"] = 0
+    scores["comparisons"][0].update(unit="image", units=341)
+    board = report.leaderboard_markdown(scores)
+    assert "(TTA flip, 341 images)" in board and "more lack" not in board and "%)" not in board
+    multiclass = {"task": "multiclass", "min_areas": [0.0, 0.002]}
+    assert report.settings_text(multiclass) == "argmax, min area per class 0, 0.002"

@@ -1,0 +1,97 @@
+"""Post-processing: what each setting does to a mask, its fast candidate scoring, and tuning by fold."""
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from src import postprocess
+from src.predict import resize_prob
+
+
+def test_postprocessing_removes_a_small_blob_and_fills_a_hole():
+    prob = np.zeros((100, 100), np.float32)
+    prob[20:80, 20:80] = 0.9
+    prob[40:45, 40:45] = 0.1  # a hole inside the organ
+    prob[2:4, 90:92] = 0.9  # a 4-pixel speck
+    settings = postprocess.BinarySettings(threshold=0.5, fill_holes=True, min_area=0.002, keep_largest=0)
+    mask = postprocess.apply_binary(prob, settings)
+    assert mask[42, 42] == 1 and mask[2, 90] == 0 and mask.sum() == 60 * 60
+    assert postprocess.apply_binary(prob, postprocess.BinarySettings(keep_largest=1))[2, 90] == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hole_filling_equals_scipys(seed):
+    rng = np.random.default_rng(seed)
+    prob = rng.random((60, 80)).astype(np.float32)  # speckle: holes, islands, shapes touching the border
+    prob[10:50, 10:70] = np.where(rng.random((40, 60)) > 0.1, 0.9, prob[10:50, 10:70])
+    for threshold in (0.3, 0.5, 0.7):
+        np.testing.assert_array_equal(postprocess.apply_binary(prob, postprocess.BinarySettings(threshold, True)),
+                                      ndimage.binary_fill_holes(prob >= threshold))
+
+
+def test_candidate_scores_equal_the_dice_of_the_applied_settings():
+    rng = np.random.default_rng(3)
+    prob = rng.random((40, 50)).astype(np.float32)
+    truth = (rng.random((40, 50)) > 0.6).astype(np.uint8)
+    candidates = postprocess.binary_candidates()
+    scores = postprocess.binary_candidate_dice(prob, truth, candidates)
+    for k in (0, 17, 123, len(candidates) - 1):
+        mask = postprocess.apply_binary(prob, candidates[k])
+        expected = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+        assert scores[k] == pytest.approx(expected)
+
+
+def test_multiclass_min_area_drops_small_components_to_background():
+    probs = np.zeros((3, 30, 30), np.float32)
+    probs[0] = 1
+    probs[1, 5:15, 5:15], probs[0, 5:15, 5:15] = 2, 0
+    probs[2, 25:26, 25:26], probs[0, 25:26, 25:26] = 2, 0
+    classes = postprocess.apply_multiclass(probs, [0.0, 0.01])
+    assert classes[10, 10] == 1 and classes[25, 25] == 0
+
+
+def test_shrink_keeps_small_images_and_scales_large_ones():
+    truth = np.zeros((1000, 600), np.uint8)
+    truth[100:500, 50:300] = 1
+    small_truth = postprocess.shrink(truth, 500)
+    assert small_truth.shape == (500, 300) and resize_prob(np.zeros((2, 64, 64), np.uint8), small_truth.shape).shape \
+        == (2, 500, 300)
+    assert small_truth.mean() == pytest.approx(truth.mean(), abs=0.01)
+    assert postprocess.shrink(truth, 1000) is truth
+
+
+def scores_favouring(favourites: list, columns: list, shape: tuple) -> np.ndarray:
+    """Candidate scores of 3 folds x 2 images: fold f's images score columns[f] 1.0, the next fold's 0.6, else 0."""
+    scores = np.zeros((6, *shape))
+    for image in range(6):
+        fold = image // 2
+        scores[image].flat[columns[favourites[fold]]] = 1.0
+        scores[image].flat[columns[favourites[(fold + 1) % 3]]] = 0.6
+    return scores
+
+
+def test_each_fold_gets_the_settings_the_other_folds_favour_never_its_own_favourite():
+    candidates = postprocess.binary_candidates()
+    picks = [5, 77, 200]  # candidate indices: fold f's own images favour picks[f]
+    folds = [0, 0, 1, 1, 2, 2]
+    scores = scores_favouring([0, 1, 2], picks, (len(candidates),))
+    by_fold = postprocess.choose_by_fold("binary", scores, folds)
+    # Fold 0's settings come from folds 1 and 2: picks[1] scores 1.0 + 0 there, picks[2] 0.6 + 1.0.
+    expected = {0: picks[2], 1: picks[0], 2: picks[1]}
+    for fold, settings in by_fold.items():
+        assert settings == {"task": "binary", **asdict(candidates[expected[fold]])} and expected[fold] != picks[fold]
+    # Changing a fold's own scores never changes its settings.
+    for fold in range(3):
+        changed = scores.copy()
+        changed[2 * fold: 2 * fold + 2] = np.random.default_rng(fold).random((2, len(candidates)))
+        assert postprocess.choose_by_fold("binary", changed, folds)[fold] == by_fold[fold]
+
+
+def test_multiclass_minimum_areas_are_chosen_per_class_on_the_other_folds():
+    # Two classes x MIN_AREAS; class 1's scores favour a different area in each fold, class 2 always area 0.
+    areas = len(postprocess.MIN_AREAS)
+    scores = scores_favouring([1, 2, 3], list(range(areas)), (2, areas))
+    scores[:, 1, 0] = 1.0
+    by_fold = postprocess.choose_by_fold("multiclass", scores, [0, 0, 1, 1, 2, 2])
+    assert [by_fold[f]["min_areas"] for f in range(3)] == [[postprocess.MIN_AREAS[j], 0.0] for j in (3, 1, 2)]

@@ -59,7 +59,7 @@ def test_kaggle_layout_with_unmasked_images_and_test_folder(tmp_path):
                                         "0001": "test"}
 
 
-def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_path):
+def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
@@ -82,13 +82,17 @@ def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_pat
     cv2.imwrite(str(images / "dup.jpg"), image)
     write_png(masks / "dup.png", mask)
     with pytest.raises(SystemExit) as error:
-        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--channels", "1", "--size", "16")
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16")
     message = str(error.value)
-    for expected in ["corrupt.png: cannot be read", "lonely_image.png: image has no mask",
-                     "lonely_mask.png: mask has no image", "wrong_size: mask size 20x20 does not match its image 30x40",
-                     "bad_values: mask values", "colourful.png: mask has 3 differing channels", "duplicate id 'dup'"]:
+    for expected in ["corrupt.png: cannot be read as an image by OpenCV", "lonely_image.png: image has no mask",
+                     "lonely_mask.png: mask has no image", "wrong_size.png: mask size does not match its image (mask "
+                     "20x20, image 30x40)", "bad_values.png: mask is mostly mid-grey, like a probability map",
+                     "colourful.png: mask is colour-coded (its channels differ); pass --class-colors",
+                     "dup.png: duplicate id"]:
         assert expected in message
-    assert "7 problem(s)" in message
+    assert "7 problem(s)" in message and "listed in" not in message  # each shown in full: no list file needed
+    # the unreadable image is left out of the colour census instead of counting as grey
+    assert "channels: 1 (5 of 6 readable images are grey or grey saved as colour; 1 unreadable" in capsys.readouterr().out
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
     assert not (tmp_path / "folds").exists()
 
@@ -106,7 +110,7 @@ def test_mixed_colour_modes_are_converted_and_8_bit_files_kept_as_they_are(tmp_p
     prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
             "--strategy", "kfold")
     printed = capsys.readouterr().out
-    assert "channels: 1 (4 of 4 images are grey" in printed
+    assert "channels: 1 (4 of 4 readable images are grey" in printed
     assert "converted: " in printed and "1 RGB -> grey" in printed and "1 RGBA -> grey" in printed
     assert "1 16-bit -> 8-bit" in printed and "3 of 4 image files kept as they are" in printed
     data = tmp_path / "data" / "folder"
@@ -132,7 +136,7 @@ def test_multiclass_folder_rejects_values_beyond_the_classes(tmp_path):
     image, _ = lungs()
     write_png(tmp_path / "images" / "a.png", image)
     write_png(tmp_path / "masks" / "a.png", np.full(image.shape, 3, np.uint8))
-    with pytest.raises(SystemExit, match="mask value 3 is not a class id"):
+    with pytest.raises(SystemExit, match=r"a.png: mask value is not a class id \(0..2\) \(3\); list every class"):
         prepare(tmp_path, "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                 "--task", "multiclass", "--classes", "background,a,b")
 
@@ -165,7 +169,7 @@ def test_cache_matches_resized_originals(demo_dir):
         np.testing.assert_array_equal(images[position], cv2.resize(original, (64, 64), interpolation=cv2.INTER_AREA))
         if row.split == "train":
             mask = read_image(data / "masks" / f"{row.id}.png")
-            np.testing.assert_array_equal(masks[position], cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST))
+            np.testing.assert_array_equal(masks[position], cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST_EXACT))
     rebuilt_images, rebuilt_masks = open_cache(data, 48)  # a new size is built from the canonical files
     assert rebuilt_images.shape == (len(index), 48, 48) and isinstance(rebuilt_images, np.memmap)
 

@@ -1,10 +1,11 @@
 """Reading mask files, and the one place that decides how a mask becomes class indices (or is refused, and why).
 
 Binary task: 0/1 and 0/255 masks are used as they are. A mask with other values is binarised at half the range
-(128 and above is foreground) when it is almost binary, as resized masks (values between 0 and 255 on the edges) and
-JPEG masks (noise near 0 and 255) are: more of its foreground lies at the top (224-255) than between (32-223).
-Values all below 128 are a class map and a mostly mid-grey mask a probability map: both are refused, naming the flag
-that fits; --mask-threshold T binarises every non-binary mask at T instead.
+(128 and above is foreground) when it is almost binary, as resized masks (mid-grey on the edges between 0 and 255)
+and JPEG masks (noise near 0 and 255) are: most of its mid-grey pixels (32-223) lie within 3 px of both a dark
+(< 32) and a bright (>= 224) pixel. Values all below 128 are a class map, and a mask mostly mid-grey away from such
+edges a probability map: both are refused, naming the flag that fits; --mask-threshold T binarises every non-binary
+mask at T instead.
 Multiclass task: never thresholded. A palette PNG gives its indices, a grey mask must hold class indices, a
 colour-coded mask is mapped by --class-colors (one colour per class, in class order).
 """
@@ -12,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -20,6 +22,7 @@ from src.problems import InputError
 
 HALF = 128
 MID_GREY = (32, 224)  # values in [32, 224) are neither noise near 0 nor near 255
+EDGE_REACH = 3  # pixels: resizing (up to about 4x) and JPEG leave their mid-grey this close to both sides of an edge
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
@@ -89,6 +92,11 @@ def _from_colors(mask: np.ndarray, colors: list, where: str) -> np.ndarray:
     return order[found].astype(np.uint8)
 
 
+def _near(pixels: np.ndarray) -> np.ndarray:
+    kernel = np.ones((2 * EDGE_REACH + 1, 2 * EDGE_REACH + 1), np.uint8)
+    return cv2.dilate(pixels.astype(np.uint8), kernel) > 0
+
+
 @dataclass
 class Binarised:
     """How one mask was made binary, for the one sentence per dataset."""
@@ -112,11 +120,11 @@ def binary(mask: np.ndarray, where: str, threshold: int | None = None,
                          ", ".join(map(str, values[:6].tolist())) + ("..." if len(values) > 6 else ""),
                          "a class map needs --task multiclass --classes background,...; --mask-threshold T "
                          "binarises at T")
-    mid = int(((mask >= MID_GREY[0]) & (mask < MID_GREY[1])).sum())
-    top = int((mask >= MID_GREY[1]).sum())
-    if mid > top:
-        raise InputError(where, "mask is mostly mid-grey, like a probability map, not a binary mask",
-                         f"{mid / (mid + top):.0%} of its foreground between 32 and 223",
+    mid = (mask >= MID_GREY[0]) & (mask < MID_GREY[1])
+    on_edges = int((mid & _near(mask < MID_GREY[0]) & _near(mask >= MID_GREY[1])).sum())
+    if int(mid.sum()) > 2 * on_edges:
+        raise InputError(where, "mask is mostly mid-grey away from edges, like a probability map, not a binary mask",
+                         f"{1 - on_edges / mid.sum():.0%} of its {int(mid.sum())} pixels between 32 and 223",
                          "--mask-threshold T binarises at T")
     return (mask >= HALF).astype(np.uint8), Binarised("JPEG compression" if jpeg else "resizing", HALF, off,
                                                       mask.size)

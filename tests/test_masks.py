@@ -52,7 +52,7 @@ def test_class_map_and_probability_map_are_refused_naming_the_flag():
         binary(class_map.astype(np.uint8), "a.png")
     yy, xx = np.mgrid[:64, :80]
     probability = (255 * np.exp(-((yy - 32) ** 2 + (xx - 40) ** 2) / 400)).astype(np.uint8)
-    with pytest.raises(ValueError, match="b.png: mask is mostly mid-grey, like a probability map.*--mask-threshold T"):
+    with pytest.raises(ValueError, match="b.png: mask is mostly mid-grey away from edges, like a probability map.*--mask-threshold T"):
         binary(probability, "b.png")
     forced, how = binary(probability, "b.png", threshold=100)
     np.testing.assert_array_equal(forced, probability >= 100)

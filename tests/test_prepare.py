@@ -268,8 +268,8 @@ def test_instance_masks_merge_by_union_in_every_public_layout(tmp_path):
     right[30:38, 15:25] = 255
     union = ((left > 0) | (right > 0)).astype(np.uint8)
     layouts = {  # BUSI, ISIC, one folder per image, and the Data Science Bowl's own layout
-        "busi": {"images/x.png": image, "masks/x_mask.png": left, "masks/x_mask_1.png": right,
-                 "images/y.png": image, "masks/y_mask.png": left},
+        "busi": {"benign/x.png": image, "benign/x_mask.png": left, "benign/x_mask_1.png": right,
+                 "benign/y.png": image, "benign/y_mask.png": left},
         "isic": {"images/x.png": image, "masks/x_segmentation.png": left, "images/y.png": image,
                  "masks/y_segmentation.png": right},
         "per_image": {"images/x.png": image, "masks/x/1.png": left, "masks/x/2.png": right, "images/y.png": image,
@@ -282,7 +282,8 @@ def test_instance_masks_merge_by_union_in_every_public_layout(tmp_path):
             (tmp_path / layout / relative).parent.mkdir(parents=True, exist_ok=True)
             write_png(tmp_path / layout / relative, array)
         root = tmp_path / layout
-        where = ["--images", str(root / "stage1"), "--masks", str(root / "stage1")] if layout == "dsb" else \
+        shared = {"dsb": "stage1", "busi": "benign"}.get(layout)  # images and masks in one folder
+        where = ["--images", str(root / shared), "--masks", str(root / shared)] if shared else \
             ["--images", str(root / "images"), "--masks", str(root / "masks")]
         prepare(root, "folder", *where, "--size", "16", "--k", "2", "--strategy", "kfold", "--name", layout)
     for layout in layouts:

@@ -1,6 +1,7 @@
 """A directory of images plus a directory of masks matched by rule; chest X-ray layouts built on it.
 
-Images: `images/<id>.png`, or `images/<id>/images/<id>.png` (the Data Science Bowl's layout).
+Images: `images/<id>.png`, or `images/<id>/images/<id>.png` (the Data Science Bowl's layout); a file named like
+another image plus a mask suffix is that image's mask, so images and masks may share a folder (BUSI).
 Masks, searched recursively, belong to the image whose id is their stem less a usual suffix (`x.png`, `x_mask.png`,
 `x_mask_1.png`, `x_segmentation.png`, `x-seg.png`, `x_gt.png`, `leftMask/x.png`), else to the nearest folder named
 after an image (`masks/<id>/*.png`, `<id>/masks/*.png`: one file per instance). Several masks of one image merge.
@@ -71,6 +72,8 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
     if problems:
         return Source(task, classes or [], channels, [], problems)
     files = nested_images(images)
+    stems = {p.stem for p in files}
+    files = [p for p in files if mask_key(p) == p.stem or mask_key(p) not in stems]  # BUSI: x_mask.png beside x.png
     if not files:
         problems.append(f"{images}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     ids, image_paths = {p.stem for p in files}, set(files)

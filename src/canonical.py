@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from src.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
-from src.problems import InputError, Problem, report
+from src.problems import InputError, Problem, as_problem, report
 from src.sources import Sample, Source
 
 
@@ -82,13 +82,11 @@ def _mask_where(sample: Sample) -> str:
 
 def _as_problem(error: ValueError | OSError, sample: Sample) -> Problem:
     """Errors that name their file as 'file: sentence' (src/dicom.py...) are grouped by the sentence."""
-    if isinstance(error, InputError):
-        return error.problem
-    text = str(error)
-    for where in (sample.file, sample.id):
-        if where and text.startswith(f"{where}: "):
-            return Problem(str(where), text[len(f"{where}: "):])
-    return Problem("", text)
+    if not isinstance(error, InputError):
+        for where in (sample.file, sample.id):
+            if where and str(error).startswith(f"{where}: "):
+                return Problem(str(where), str(error)[len(f"{where}: "):])
+    return as_problem(error)
 
 
 def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: str,

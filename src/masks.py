@@ -30,7 +30,7 @@ def read_mask(path: Path) -> np.ndarray:
     """H x W uint8 values as stored (never windowed), or H x W x 3 for a colour-coded mask.
 
     A palette PNG with coloured entries gives its indices (a class map drawn in colours); RGB(A) with equal channels
-    is grey; 16-bit masks must hold class ids (0-255) or be binary 0/65535."""
+    is grey; 16-bit masks must hold class ids (0-255) or reach 65535 (binary: scaled to 8 bits)."""
     path = Path(path)
     palette = _palette_indices(path)
     if palette is not None:
@@ -42,10 +42,11 @@ def read_mask(path: Path) -> np.ndarray:
             mask = mask[..., 0]
     if mask.dtype == np.uint16:
         top = int(mask.max())
-        if top == 65535 and set(np.unique(mask).tolist()) <= {0, 65535}:
-            return (mask > 0).astype(np.uint8) * 255
+        if top == 65535:  # a 16-bit binary mask, exact or resized: the same rules at 8 bits
+            return (mask >> 8).astype(np.uint8)
         if top > 255:
-            raise InputError(path, "16-bit mask value is not a class id (0-255) nor binary 0/65535", str(top))
+            raise InputError(path, "16-bit mask value is not a class id (0-255) nor a binary mask up to 65535",
+                             str(top))
     return mask.astype(np.uint8)
 
 
@@ -60,7 +61,7 @@ def _palette_indices(path: Path) -> np.ndarray | None:
             palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
     except OSError:
         return None
-    used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+    used = palette[[i for i in np.unique(indices) if i < len(palette)]]
     if (used == used[:, :1]).all():
         return None
     return apply_orientation(indices.astype(np.uint8), exif_orientation(path))

@@ -25,7 +25,7 @@ def test_masks_stay_strict(tmp_path):
     cv2.imwrite(str(tmp_path / "sixteen.png"), mask.astype(np.uint16) * 257)
     np.testing.assert_array_equal(read_mask(tmp_path / "sixteen.png"), mask)
     cv2.imwrite(str(tmp_path / "big.png"), np.full((4, 4), 1000, np.uint16))
-    with pytest.raises(ValueError, match=r"big.png: 16-bit mask value is not a class id \(0-255\) nor binary"):
+    with pytest.raises(ValueError, match=r"big.png: 16-bit mask value is not a class id \(0-255\) nor a binary"):
         read_mask(tmp_path / "big.png")
 
 

@@ -54,7 +54,7 @@ def parse_args(argv=None):
                         help="rle: each start counts from the end of the previous run (SIIM-ACR pneumothorax)")
     parser.add_argument("--absent-empty", action="store_true",
                         help="rle: images with no CSV row get an empty mask (Severstal lists only defects)")
-    parser.add_argument("--meta", type=Path, help="metadata CSV with one row per image (any source)")
+    parser.add_argument("--meta", type=Path, help="metadata CSV with a row for every labelled image (any source)")
     parser.add_argument("--group-column", help="--meta: column whose value keeps images together in one fold (patient)")
     parser.add_argument("--allow-unmasked", action="store_true", help="images without a mask become test images")
     parser.add_argument("--rotation-invariant", action="store_true",

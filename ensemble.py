@@ -166,10 +166,14 @@ def run(args):
     source = prediction_set(runs, args.set)
     weight_of = {name: 1.0 for name in runs}
     for item in filter(None, (args.weights or "").split(",")):
-        name, value = item.split("=")
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            sys.exit(f"ensemble: --weights {item}: write RUN=WEIGHT, e.g. {next(iter(runs), 'unet-resnet34')}=1")
         if name not in runs:
             sys.exit(f"ensemble: --weights names '{name}', which has no predictions (have: {', '.join(runs)})")
-        weight_of[name] = float(value)
+        weight_of[name] = weight
     out = Path(args.out_dir) / args.dataset
     out.mkdir(parents=True, exist_ok=True)
 

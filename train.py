@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,8 @@ def parse_args(argv=None):
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run and start again")
-    parser.add_argument("--validate-only", action="store_true", help="score the run's best.pt on its fold and exit")
+    parser.add_argument("--validate-only", action="store_true",
+                        help="score the run's best.pt on its fold and exit; the model and size come from its config.json")
     return parser.parse_args(argv)
 
 
@@ -87,6 +89,9 @@ def main(argv=None):
     cfg = config_from_args(args)
     try:
         cfg.arch = canonical_arch(cfg.arch)
+        if args.validate_only:  # the run's own model and size (decoder widths...), not this command's defaults
+            cfg = replace(load_run_config(cfg.run_dir)[0], data_dir=cfg.data_dir, folds_dir=cfg.folds_dir,
+                          runs_dir=cfg.runs_dir, workers=cfg.workers, batch_size=cfg.batch_size, tracker="none")
         check_encoder(cfg.encoder)
         meta = load_meta(cfg.dataset_dir)
         index, folds = load_index(cfg.dataset_dir), load_folds(cfg.folds_dir, cfg.dataset)
@@ -99,11 +104,12 @@ def main(argv=None):
         sys.exit(f"train: {run_dir / 'best.pt'} not found: train the run first")
     if args.resume and last_state(run_dir) is None:
         sys.exit(f"train: nothing to resume in {run_dir} (no state/ folder); drop --resume")
-    if args.resume:
+    if args.resume or args.validate_only:
         saved_folds = json.loads((run_dir / "config.json").read_text()).get("folds")
         if saved_folds and saved_folds != fingerprint(cfg.folds_dir, cfg.dataset):
-            sys.exit(f"train: {saved_folds['file']} changed since {run_dir} started; the run cannot continue on "
-                     f"another split: pass --overwrite to start again on the new one")
+            sys.exit(f"train: {saved_folds['file']} changed since {run_dir} started; the run cannot be continued or "
+                     f"scored on another split: pass --overwrite to start again on the new one")
+    if args.resume:
         changed = settings_changed(load_run_config(run_dir)[0], cfg)
         if changed:
             sys.exit(f"train: {run_dir} was trained with other settings ({changed}); resume with the same command, "
@@ -170,7 +176,7 @@ def main(argv=None):
         trainer = json.loads((state / "trainer.json").read_text())
         history = pd.read_csv(run_dir / "history.csv").iloc[:trainer["epoch"]].to_dict("records")
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']} (best Dice {trainer['best']:.4f})")
-    elif accelerator.is_main_process:
+    if accelerator.is_main_process:  # on resume too: --epochs/--patience may have changed, and config.json says so
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json", meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset))
     accelerator.wait_for_everyone()

@@ -24,15 +24,17 @@ from tqdm import tqdm
 
 from src.dicom import pixel_spacing
 from src.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
-from src.sources import Source
+from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
+from src.problems import InputError, Problem, as_problem, report
+from src.sources import Sample, Source
 
 
 class PrepareError(Exception):
-    """Everything wrong with an input, one problem per line."""
+    """Everything wrong with an input: Problems or sentences, grouped by kind when told (src/problems.py)."""
 
     def __init__(self, problems: list):
         self.problems = problems
-        super().__init__(f"{len(problems)} problem(s) in the input, nothing was written:\n  " + "\n  ".join(problems))
+        super().__init__(report(problems))
 
 
 def load_meta(dataset_dir: Path) -> dict:
@@ -69,31 +71,34 @@ def read_dataset_image(dataset_dir: Path, row, channels: int) -> np.ndarray:
 
 
 def majority_channels(samples: list, workers: int) -> tuple:
-    """1 if most images are grey (or grey saved as colour), else 3; and a sentence saying why."""
+    """1 if most readable images are grey (or grey saved as colour), else 3; and a sentence saying why."""
     def grey(sample):
         try:
             return looks_grey(read_image(sample.file) if sample.file else sample.load()[0])
         except ValueError:
-            return True  # unreadable: reported once, by the conversion
+            return None  # unreadable: reported once, by the conversion
     with ThreadPoolExecutor(workers) as pool:
         votes = list(tqdm(pool.map(grey, samples), total=len(samples), desc="colour census", unit="img"))
-    channels = 1 if sum(votes) * 2 >= len(votes) else 3
-    return channels, (f"channels: {channels} ({sum(votes)} of {len(votes)} images are grey or grey saved as colour; "
+    readable = [vote for vote in votes if vote is not None]
+    channels = 1 if sum(readable) * 2 >= len(readable) else 3
+    unreadable = len(votes) - len(readable)
+    return channels, (f"channels: {channels} ({sum(readable)} of {len(readable)} readable images are grey or grey "
+                      f"saved as colour{f'; {unreadable} unreadable' if unreadable else ''}; "
                       f"--channels {3 if channels == 1 else 1} to choose otherwise)")
 
 
-def _check_mask(mask: np.ndarray, image: np.ndarray, task: str, n_classes: int, name: str) -> np.ndarray:
-    if mask.shape[:2] != image.shape[:2]:
-        raise ValueError(f"{name}: mask size {mask.shape[1]}x{mask.shape[0]} does not match its image "
-                         f"{image.shape[1]}x{image.shape[0]}")
-    values = np.unique(mask)
-    if task == "binary":
-        if not (set(values) <= {0, 1} or set(values) <= {0, 255}):
-            raise ValueError(f"{name}: mask values {values[:8].tolist()} are not binary (0/1 or 0/255)")
-        return (mask > 0).astype(np.uint8)
-    if values.max() >= n_classes:
-        raise ValueError(f"{name}: mask value {int(values.max())} is not a class id (0..{n_classes - 1})")
-    return mask.astype(np.uint8)
+def _mask_where(sample: Sample) -> str:
+    """What a mask problem names: the mask file, or the image id when several files (or none) made the mask."""
+    return str(sample.mask_files[0]) if len(sample.mask_files) == 1 else sample.id
+
+
+def _as_problem(error: ValueError | OSError, sample: Sample) -> Problem:
+    """Errors that name their file as 'file: sentence' (src/dicom.py...) are grouped by the sentence."""
+    if not isinstance(error, InputError):
+        for where in (sample.file, sample.id):
+            if where and str(error).startswith(f"{where}: "):
+                return Problem(str(where), str(error)[len(f"{where}: "):])
+    return as_problem(error)
 
 
 def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: str,
@@ -103,7 +108,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
     if out_dir.exists() and not overwrite:
         raise PrepareError([f"{out_dir}: already exists (pass --overwrite to replace it)"])
     problems = list(source.problems)
-    problems += [f"duplicate id '{i}'" for i, n in Counter(s.id for s in source.samples).items() if n > 1]
+    problems += [Problem(i, "duplicate id", fix="rename one of its files")
+                 for i, n in Counter(s.id for s in source.samples).items() if n > 1]
     if not source.samples and not problems:
         problems.append("the source holds no images")
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -113,12 +119,16 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
         source.channels, why = majority_channels(source.samples, workers)
         print(why)
     try:
-        rows, conversions = _convert_all(source, tmp, cache_size, problems, workers)
+        rows, conversions, binarised = _convert_all(source, tmp, cache_size, problems, workers)
         if problems:
             raise PrepareError(problems)
         kept = conversions.pop("kept as is", 0)
-        print("converted: " + (", ".join(f"{n} {kind}" for kind, n in conversions.most_common()) or "nothing") +
-              f"; {kept} of {len(rows)} image files kept as they are, the others written as PNG")
+        files = sum(1 for sample in source.samples if sample.file)
+        print("converted: " + (", ".join(f"{n} {kind}" for kind, n in conversions.most_common()) or "nothing")
+              + (f"; {kept} of {files} image files kept as they are" if files else "")
+              + (f"; {len(rows) - kept} images written as PNG" if len(rows) > kept else ""))
+        for sentence in binarised_sentences(binarised):
+            print(sentence)
         index = pd.DataFrame(rows)
         index.to_csv(tmp / "index.csv", index=False)
         meta = {"name": out_dir.name, "task": source.task, "classes": source.classes, "channels": source.channels,
@@ -134,7 +144,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
 
 
 def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: int) -> tuple:
-    """Rows of index.csv, and a count of each conversion made (colour mode, bit depth, 'kept as is')."""
+    """Rows of index.csv, a count of each conversion made (colour mode, bit depth, 'kept as is'), and how the
+    binarised masks were binarised."""
     for sub in ("images", "masks", f"cache/{size}"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     n, shape = len(source.samples), (size, size) if source.channels == 1 else (size, size, source.channels)
@@ -142,6 +153,15 @@ def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: 
     cache_masks = np.lib.format.open_memmap(tmp / f"cache/{size}/masks.npy", "w+", np.uint8, (n, size, size))
     n_classes = len(source.classes)
     target = "grey" if source.channels == 1 else "RGB"
+
+    def class_mask(mask, image, sample):
+        where = _mask_where(sample)
+        if mask.shape[:2] != image.shape[:2]:
+            raise InputError(where, "mask size does not match its image",
+                             f"mask {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")
+        jpeg = any(Path(f).suffix.lower() in JPEG_SUFFIXES for f in sample.mask_files)
+        return class_indices(mask, source.task, source.classes, where, source.class_colors, source.mask_threshold,
+                             jpeg)
 
     def convert(position_sample):
         position, sample = position_sample
@@ -169,27 +189,28 @@ def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: 
             cache_images[position] = resize(image, size, is_mask=False)
             if mask is None:
                 if sample.split == "train":
-                    raise ValueError(f"{sample.id}: training image without a mask")
-                return {**row, "foreground": np.nan, "dominant_class": -1}, done, None
-            mask = _check_mask(mask, image, source.task, n_classes, sample.id)
+                    raise InputError(sample.id, "training image without a mask")
+                return {**row, "foreground": np.nan, "dominant_class": -1}, done, None, None
+            mask, binarised = class_mask(mask, image, sample)
             write_png(tmp / "masks" / f"{sample.id}.png", mask)
             cache_masks[position] = resize(mask, size, is_mask=True)
             counts = np.bincount(mask.ravel(), minlength=n_classes)
             dominant = int(counts[1:].argmax() + 1) if counts[1:].any() else 0
             return ({**row, "foreground": round(float(1 - counts[0] / mask.size), 6), "dominant_class": dominant},
-                    done, None)
+                    done, binarised, None)
         except (ValueError, OSError) as error:
-            return None, [], str(error)
+            return None, [], None, _as_problem(error, sample)
 
-    rows, conversions = [], Counter()
+    rows, conversions, binarised_masks = [], Counter(), []
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(convert, enumerate(source.samples))
-        for row, done, problem in tqdm(results, total=n, desc="prepare", unit="img"):
+        for row, done, binarised, problem in tqdm(results, total=n, desc="prepare", unit="img"):
             if problem:
                 problems.append(problem)
             else:
                 rows.append(row)
                 conversions.update(done)
+                binarised_masks += [binarised] if binarised else []
     cache_images.flush()
     cache_masks.flush()
-    return rows, conversions
+    return rows, conversions, binarised_masks

@@ -23,7 +23,8 @@ class Config:
     arch: str = knob("unet", "any segmentation-models-pytorch architecture: unet, unetpp, fpn, deeplabv3plus, ...")
     encoder: str = knob("resnet34", "any smp encoder, or a timm one as tu-<name>")
     encoder_weights: str = knob("imagenet", "imagenet (download or Hugging Face cache), none, or PATH to a state dict")
-    decoder_channels: str = knob("", "unet/unetpp decoder widths, e.g. 64,32,16,16,8 (default: smp's)")
+    decoder_channels: str = knob("", "decoder widths: one per stage for unet/unetpp/manet (64,32,16,16,8), one number "
+                                     "for deeplabv3(plus)/pan/upernet", shown="smp's, 256,128,64,32,16 for unet")
     # optimisation
     epochs: int = knob(40, "maximum number of epochs")
     batch_size: int = knob(16, "images per step per process")

@@ -1,9 +1,10 @@
 """K-fold split files, folds/<name>.csv, written with scikit-learn splitters.
 
-Re-write alone: python -m src.folds <name> --k 5 --strategy auto --seed 42
+Re-write alone: python -m src.folds <name> --k 5 --strategy auto --seed 42 --overwrite
 """
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,26 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
     return folds
 
 
-def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed: int) -> Path:
-    folds = make_folds(load_index(dataset_dir), load_meta(dataset_dir), k, strategy, seed)
+def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed: int, overwrite: bool = False) -> Path:
+    """Raises ValueError for a split that cannot be made, FileExistsError for a fold file that exists."""
     path = Path(folds_dir) / f"{Path(dataset_dir).name}.csv"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass --overwrite to replace it (runs trained on it then refuse to "
+                              f"resume on the new split)")
+    folds = make_folds(load_index(dataset_dir), load_meta(dataset_dir), k, strategy, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     folds.to_csv(path, index=False)
     return path
+
+
+def kept_folds_problem(path: Path, train_ids: set) -> str:
+    """Why an existing fold file cannot serve these labelled images ('' when it lists exactly them)."""
+    listed = set(pd.read_csv(path, dtype={"id": str}, keep_default_na=False)["id"])
+    if listed == train_ids:
+        return ""
+    return (f"{path}: exists but lists other images ({len(listed - train_ids)} of its ids are not labelled images "
+            f"here, {len(train_ids - listed)} labelled images are not in it); pass --overwrite to write a new split "
+            f"(runs trained on the old one then refuse to resume), or choose another --name")
 
 
 def fingerprint(folds_dir: Path, dataset: str) -> dict:
@@ -95,7 +110,7 @@ def load_folds(folds_dir: Path, dataset: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="dataset under data/")
     parser.add_argument("--k", type=int, default=5)
@@ -103,8 +118,12 @@ def main():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
-    args = parser.parse_args()
-    path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing folds/<name>.csv")
+    args = parser.parse_args(argv)
+    try:
+        path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed, args.overwrite)
+    except (ValueError, OSError) as error:  # FileNotFoundError and FileExistsError are OSErrors
+        sys.exit(f"folds: {error}")
     print(f"wrote {path}")
 
 

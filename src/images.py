@@ -1,6 +1,7 @@
-"""Reading and writing image and mask files, and the rules that bring any image to the dataset's form.
+"""Reading and writing image files, and the rules that bring any image to the dataset's form.
 
-cv2 decodes PNG/JPEG/TIFF/BMP (fast, releases the GIL, so threads scale); pydicom decodes DICOM (src/dicom.py).
+cv2 decodes PNG/JPEG/TIFF/BMP (fast, releases the GIL, so threads scale), tifffile the TIFFs cv2 cannot (odd tags,
+planar samples); pydicom decodes DICOM (src/dicom.py). Masks have their own rules (src/masks.py).
 Rules, the same in prepare and infer: 8-bit files are used as they are; 16-bit files (12-bit X-rays included) and
 DICOM are windowed to 8 bits between their own 0.5th and 99.5th percentiles (a 0-4095 X-ray keeps its contrast,
 and a few hot or dead pixels do not set the scale); the channel count is then converted (to_channels).
@@ -12,8 +13,10 @@ import numpy as np
 from PIL import Image
 
 from src.dicom import read_dicom
+from src.problems import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
 WINDOW_PERCENTILES = (0.5, 99.5)
 EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
 
@@ -24,19 +27,44 @@ def read_image(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".dcm":
         values = read_dicom(path)
         return values if values.dtype == np.uint8 else window_to_uint8(values)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{path}: cannot be read as an image (corrupt or not an image file)")
-    image = apply_orientation(image, exif_orientation(path))
+    image = decode(path)
     if image.dtype == np.uint16:
-        image = window_to_uint8(image)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+        return window_to_uint8(image)
+    if image.dtype != np.uint8:
+        raise InputError(path, "unsupported pixel type; expected 8- or 16-bit", str(image.dtype))
     return image
+
+
+def decode(path: Path) -> np.ndarray:
+    """The stored pixels, upright, channels in RGB(A) order: OpenCV, else tifffile for a TIFF OpenCV cannot read."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is not None:
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+        return apply_orientation(image, exif_orientation(path))
+    tried = ["OpenCV"]
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        image = _read_tiff(path, tried)
+        if image is not None:
+            return image
+    raise InputError(path, f"cannot be read as an image by {' or '.join(tried)} (corrupt or not an image file)")
+
+
+def _read_tiff(path: Path, tried: list) -> np.ndarray | None:
+    """The first page; samples last (planar TIFFs store them first); None where tifffile is missing or fails."""
+    try:
+        import tifffile  # optional: most TIFFs OpenCV reads itself
+    except ImportError:
+        tried.append("tifffile (not installed: pip install tifffile)")
+        return None
+    tried.append("tifffile")
+    try:
+        image = np.asarray(tifffile.imread(path, key=0))
+    except (ValueError, OSError):  # tifffile's TiffFileError is a ValueError
+        return None
+    if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[2] not in (3, 4):
+        image = image.transpose(1, 2, 0)
+    return np.ascontiguousarray(image) if image.ndim in (2, 3) else None
 
 
 def exif_orientation(path: Path) -> int:
@@ -63,33 +91,15 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def bit_depth(path: Path) -> str:
-    """'8-bit', '16-bit', 'DICOM' or 'other', from the file's header alone (Pillow reads no pixels for this)."""
+    """'8-bit', '16-bit', 'DICOM' or 'other', from the file's header (Pillow reads no pixels for this); a file
+    Pillow cannot open (a TIFF with odd tags) is decoded to see."""
     if Path(path).suffix.lower() == ".dcm":
         return "DICOM"
     try:
         with Image.open(path) as image:
             return "8-bit" if image.mode in EIGHT_BIT_MODES else "16-bit" if image.mode.startswith("I;16") else "other"
     except OSError:
-        return "other"
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """H x W uint8 values as stored (never windowed); RGB(A) with equal channels and 16-bit class ids accepted."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"{path}: cannot be read as a mask (corrupt or not an image file)")
-    mask = apply_orientation(mask, exif_orientation(path))
-    if mask.ndim == 3:  # a mask saved as RGB(A) with equal channels is still a mask
-        if any((mask[..., c] != mask[..., 0]).any() for c in range(1, min(3, mask.shape[2]))):
-            raise ValueError(f"{path}: mask has {mask.shape[2]} differing channels; expected one value per pixel")
-        mask = mask[..., 0]
-    if mask.dtype == np.uint16:
-        top = int(mask.max())
-        if top == 65535 and set(np.unique(mask).tolist()) <= {0, 65535}:
-            return (mask > 0).astype(np.uint8) * 255
-        if top > 255:
-            raise ValueError(f"{path}: 16-bit mask value {top} is not a class id (0-255) nor binary 0/65535")
-    return mask.astype(np.uint8)
+        return {np.uint8: "8-bit", np.uint16: "16-bit"}.get(decode(path).dtype.type, "other")
 
 
 def window_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -118,7 +128,7 @@ def to_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     """H x W (channels=1) or H x W x 3: RGB to grey by luminance, alpha dropped, grey replicated to RGB."""
     have = 1 if image.ndim == 2 else image.shape[2]
     if have not in (1, 2, 3, 4):
-        raise ValueError(f"{name}: {have} channels; expected grey, grey+alpha, RGB or RGBA")
+        raise InputError(name, f"has {have} channels; expected grey, grey+alpha, RGB or RGBA")
     if have == 2:  # grey + alpha
         image, have = image[..., 0], 1
     if image.ndim == 3 and have == 1:

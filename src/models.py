@@ -1,5 +1,6 @@
 """Model factory: any smp architecture and encoder by name, pretrained weights from the hub, its cache or a file."""
 import functools
+import inspect
 import os
 import socket
 from pathlib import Path
@@ -87,9 +88,7 @@ def create_model(arch: str, encoder: str, in_channels: int, classes: int, weight
     """smp.create_model by name; weights: 'imagenet', 'none' or a path to a state dict."""
     smp_arch = ARCH_ALIASES.get(canonical_arch(arch), canonical_arch(arch))
     check_encoder(encoder)
-    kwargs = {}
-    if decoder_channels:
-        kwargs["decoder_channels"] = [int(c) for c in decoder_channels.split(",")]
+    kwargs = _decoder_channels(smp_arch, decoder_channels) if decoder_channels else {}
     pretrained = None
     if weights == "imagenet":
         pretrained = True if encoder.startswith("tu-") else "imagenet"  # timm picks its default pretrained tag
@@ -102,6 +101,21 @@ def create_model(arch: str, encoder: str, in_channels: int, classes: int, weight
     if weights not in ("imagenet", "none"):
         load_encoder_weights(model, weights)
     return model
+
+
+def _decoder_channels(smp_arch: str, text: str) -> dict:
+    """--decoder-channels in the form the architecture takes: one width per stage (unet, unetpp, manet) or one
+    number (deeplabv3, deeplabv3plus, pan, upernet)."""
+    parameter = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[smp_arch]).parameters.get("decoder_channels")
+    if parameter is None:
+        raise ModelError(f"--decoder-channels {text}: {smp_arch} has no decoder width to set; drop it")
+    default = parameter.default
+    count = len(default) if isinstance(default, (list, tuple)) else 1
+    widths = text.split(",")
+    if len(widths) != count or not all(w.strip().isdigit() and int(w) > 0 for w in widths):
+        raise ModelError(f"--decoder-channels {text}: {smp_arch} takes {count} positive whole number(s), like its "
+                         f"default {','.join(map(str, default)) if count > 1 else default}")
+    return {"decoder_channels": [int(w) for w in widths] if count > 1 else int(widths[0])}
 
 
 @functools.cache

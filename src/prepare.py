@@ -5,6 +5,7 @@
   python -m src.prepare chest-xray --src DIR       # Montgomery / Shenzhen / Kaggle masks-and-labels
   python -m src.prepare pannuke --src DIR          # the official PanNuke fold files
   python -m src.prepare folder --images DIR --masks DIR [--test DIR] [--task multiclass --classes a,b]
+                                                   # layouts and mask rules: README, src/sources/folder.py, src/masks.py
   python -m src.prepare rle --images DIR --csv train.csv [--rle-order row] [--rle-relative]   # Kaggle RLE masks
   any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv
 
@@ -12,6 +13,7 @@ Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-b
 """
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import pandas as pd
 
 from src import sources
 from src.canonical import PrepareError, write_dataset
-from src.folds import STRATEGIES, write_folds
+from src.folds import STRATEGIES, kept_folds_problem, write_folds
+from src.masks import parse_colors
+from src.problems import report
 
 
 def parse_args(argv=None):
@@ -28,10 +32,16 @@ def parse_args(argv=None):
     parser.add_argument("--name", help="dataset name (default: the source's: demo, demo-multiclass, chest-xray, ...)")
     parser.add_argument("--src", type=Path, help="the downloaded dataset's folder (chest-xray, pannuke)")
     parser.add_argument("--images", type=Path, help="folder, rle: the images")
-    parser.add_argument("--masks", type=Path, help="folder: the masks, matched by file stem (x.png, x_mask.png)")
+    parser.add_argument("--masks", type=Path, help="folder: the masks, matched by file stem (x.png, x_mask.png, "
+                        "x_mask_1.png, x_segmentation.png) or by folder (masks/<id>/*.png); may be --images itself")
     parser.add_argument("--test", type=Path, help="folder, rle: unlabelled test images")
     parser.add_argument("--task", choices=["binary", "multiclass"], default="binary", help="folder: mask kind")
     parser.add_argument("--classes", help="folder, rle: comma-separated class names, background first")
+    parser.add_argument("--class-colors", help="colour-coded masks: one hex colour per class, in class order "
+                        "(000000,ff0000,00ff00)")
+    parser.add_argument("--mask-threshold", type=int,
+                        help="binary: binarise every non-binary mask at this value (>= T is foreground); by default "
+                             "only almost-binary masks are, at 128")
     parser.add_argument("--channels", type=int, choices=[1, 3], default=0,
                         help="1 grey, 3 RGB; every image is converted (default: the source's, else the majority's)")
     parser.add_argument("--csv", type=Path, help="rle: the CSV of run-length encoded masks")
@@ -44,7 +54,7 @@ def parse_args(argv=None):
                         help="rle: each start counts from the end of the previous run (SIIM-ACR pneumothorax)")
     parser.add_argument("--absent-empty", action="store_true",
                         help="rle: images with no CSV row get an empty mask (Severstal lists only defects)")
-    parser.add_argument("--meta", type=Path, help="metadata CSV with one row per image (any source)")
+    parser.add_argument("--meta", type=Path, help="metadata CSV with a row for every labelled image (any source)")
     parser.add_argument("--group-column", help="--meta: column whose value keeps images together in one fold (patient)")
     parser.add_argument("--allow-unmasked", action="store_true", help="images without a mask become test images")
     parser.add_argument("--rotation-invariant", action="store_true",
@@ -59,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace data/<name> and folds/<name>.csv")
     parser.add_argument("--workers", type=int, default=None, help="threads decoding images (default: min(8, CPUs))")
     return parser.parse_args(argv)
 
@@ -92,11 +102,29 @@ def build_source(args) -> tuple:
     return "folder", source
 
 
+def mask_rules(args, source) -> None:
+    """--class-colors and --mask-threshold, for any source whose masks are image files."""
+    if args.class_colors:
+        try:
+            source.class_colors = parse_colors(args.class_colors)
+        except ValueError as error:
+            raise PrepareError([str(error)]) from None
+        if len(source.class_colors) != len(source.classes):
+            raise PrepareError([f"--class-colors lists {len(source.class_colors)} colours for {len(source.classes)} "
+                                f"classes ({', '.join(source.classes)}): one per class, background first"])
+    if args.mask_threshold is not None and not 1 <= args.mask_threshold <= 255:
+        raise PrepareError([f"--mask-threshold {args.mask_threshold}: choose a value from 1 to 255"])
+    source.mask_threshold = args.mask_threshold
+
+
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
+    name = args.name or args.source
     try:
         default_name, source = build_source(args)
+        name = args.name or default_name
+        mask_rules(args, source)
         if args.channels and args.source in ("demo", "pannuke") and args.channels != source.channels:
             raise PrepareError([f"--channels {args.channels}: the {args.source} source is {source.channels}-channel"])
         if args.group_column and not args.meta:
@@ -104,15 +132,24 @@ def main(argv=None):
         if args.meta:
             for note in sources.attach_metadata(source, args.meta, args.id_column or "id", args.group_column):
                 print(note)
-        name = args.name or default_name
+        folds_file = args.folds_dir / f"{name}.csv"
+        keep_folds = folds_file.exists() and not args.overwrite
+        if keep_folds:  # a committed split (folds/cxr.csv) is kept: runs trained on it stay comparable
+            problem = kept_folds_problem(folds_file, {s.id for s in source.samples if s.split == "train"})
+            source.problems += [problem] if problem else []
         index = write_dataset(source, args.data_dir / name, args.size, args.source, args.overwrite, args.workers)
     except PrepareError as error:
-        sys.exit(f"prepare: {error}")
-    try:
-        folds_path = write_folds(args.data_dir / name, args.folds_dir, args.k, args.strategy, args.seed)
-    except ValueError as error:
-        sys.exit(f"prepare: {args.data_dir / name} was written, but its folds were not: {error} "
-                 f"(then: python -m src.folds {name} --k K --strategy S)")
+        sys.exit(f"prepare: {report(error.problems, Path(tempfile.gettempdir()) / f'prepare-{name}-problems.txt')}")
+    if keep_folds:
+        folds_path = folds_file
+        print(f"kept {folds_file}: it exists and lists these images (--overwrite writes a new split)")
+    else:
+        try:
+            folds_path = write_folds(args.data_dir / name, args.folds_dir, args.k, args.strategy, args.seed,
+                                     overwrite=True)
+        except ValueError as error:
+            sys.exit(f"prepare: {args.data_dir / name} was written, but its folds were not: {error} "
+                     f"(then: python -m src.folds {name} --k K --strategy S)")
     counts = index["split"].value_counts().to_dict()
     mib = {sub: sum(f.stat().st_size for f in (args.data_dir / name / sub).rglob("*") if f.is_file()) / 2**20
            for sub in ("images", "masks", "cache")}

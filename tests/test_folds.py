@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.folds import make_folds
+from src.folds import main, make_folds
 
 
 def index_frame(n=60, groups=True, seed=0):
@@ -56,3 +56,23 @@ def test_test_images_are_not_in_folds():
     index = index_frame(groups=False)
     index.loc[:9, "split"] = "test"
     assert len(make_folds(index, META, k=5, strategy="kfold")) == 50
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--strategy", "tissue"], "folds: dataset 'demo' has no tissue column; use --strategy stratified"),
+    (["demo", "--strategy", "official"], "folds: dataset 'demo' has no official folds; use --strategy auto"),
+    (["nowhere"], r"folds: .*nowhere.index.csv not found: prepare the dataset first"),
+])
+def test_command_errors_are_one_line(demo_dir, tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        main([*args, "--data-dir", str(demo_dir / "data"), "--folds-dir", str(tmp_path)])
+
+
+def test_an_existing_fold_file_is_replaced_only_with_overwrite(demo_dir, tmp_path):
+    where = ["--data-dir", str(demo_dir / "data"), "--folds-dir", str(tmp_path), "--k", "3"]
+    main(["demo", *where])
+    before = (tmp_path / "demo.csv").read_bytes()
+    with pytest.raises(SystemExit, match="demo.csv exists: pass --overwrite to replace it"):
+        main(["demo", *where, "--seed", "1"])
+    main(["demo", *where, "--seed", "1", "--overwrite"])
+    assert (tmp_path / "demo.csv").read_bytes() != before

@@ -1,10 +1,14 @@
-"""Any image file into the dataset's form: colour modes, 12/16-bit, masks kept strict."""
+"""Any image file into the dataset's form: colour modes, 12/16-bit, TIFFs that Pillow refuses."""
+import struct
+import sys
+import types
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from src.images import bit_depth, looks_grey, read_image, read_mask, to_channels
+from src.images import bit_depth, looks_grey, read_image, to_channels
 
 
 def gradient(h=30, w=40):
@@ -52,25 +56,39 @@ def test_12_bit_x_ray_in_a_16_bit_png_keeps_its_contrast(tmp_path):
     assert bit_depth(path) == "16-bit"
 
 
-def test_masks_stay_strict(tmp_path):
-    mask = np.zeros((10, 12), np.uint8)
-    mask[2:5, 3:9] = 255
-    cv2.imwrite(str(tmp_path / "rgb_equal.png"), np.dstack([mask] * 3))
-    np.testing.assert_array_equal(read_mask(tmp_path / "rgb_equal.png"), mask)
-    cv2.imwrite(str(tmp_path / "sixteen.png"), mask.astype(np.uint16) * 257)
-    np.testing.assert_array_equal(read_mask(tmp_path / "sixteen.png"), mask)
-    coloured = np.dstack([mask, mask // 2, mask])
-    cv2.imwrite(str(tmp_path / "coloured.png"), coloured)
-    with pytest.raises(ValueError, match="coloured.png: mask has 3 differing channels"):
-        read_mask(tmp_path / "coloured.png")
-    cv2.imwrite(str(tmp_path / "big.png"), np.full((4, 4), 1000, np.uint16))
-    with pytest.raises(ValueError, match="big.png: 16-bit mask value 1000 is not a class id"):
-        read_mask(tmp_path / "big.png")
+def write_tiff(path, array, photometric):
+    """A baseline TIFF, one uncompressed strip, tags as given: Pillow refuses 3 samples tagged greyscale (1)."""
+    h, w = array.shape[:2]
+    samples, data = 1 if array.ndim == 2 else array.shape[2], np.ascontiguousarray(array).tobytes()
+    tags = [(256, 3, w), (257, 3, h), (258, 3, 8 * array.dtype.itemsize), (259, 3, 1), (262, 3, photometric),
+            (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, samples), (278, 3, h), (279, 4, len(data))]
+    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<HH" if kind == 3 else "<I", value,
+                                                                       *([0] if kind == 3 else []))
+                       for tag, kind, value in tags)
+    path.write_bytes(b"II" + struct.pack("<HIH", 42, 8, len(tags)) + entries + struct.pack("<I", 0) + data)
+
+
+def test_tiff_that_pillow_refuses_is_read_by_opencv_or_tifffile_and_else_names_the_readers(tmp_path, monkeypatch):
+    odd = tmp_path / "odd.tif"  # CVC-ClinicDB's case: three samples per pixel tagged as greyscale
+    write_tiff(odd, np.dstack([gradient()] * 3), photometric=1)
+    with pytest.raises(OSError):
+        Image.open(odd)
+    assert read_image(odd).shape[:2] == (30, 40) and bit_depth(odd) == "8-bit"
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 20)
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # as on a machine without it
+    with pytest.raises(ValueError, match=r"broken.tif: cannot be read as an image by OpenCV or tifffile \(not "
+                                         r"installed: pip install tifffile\)"):
+        read_image(broken)
+    planar = np.stack([gradient()] * 3)  # samples first, as a planar TIFF stores them
+    monkeypatch.setitem(sys.modules, "tifffile", types.SimpleNamespace(imread=lambda path, key: planar))
+    assert read_image(broken).shape == (30, 40, 3)
 
 
 def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
     """A phone or viewer shows a JPEG/PNG turned by its EXIF tag; masks are drawn on what it shows."""
     from PIL import ImageOps
+    from src.masks import read_mask
     stored = gradient(30, 40)
     for orientation in range(1, 9):
         path = tmp_path / f"o{orientation}.png"

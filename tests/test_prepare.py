@@ -1,4 +1,6 @@
 """Sources into the canonical layout; every bad input reported at once, nothing written."""
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -60,7 +62,7 @@ def test_kaggle_layout_with_unmasked_images_and_test_folder(tmp_path):
                                         "0001": "test"}
 
 
-def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_path):
+def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()
@@ -83,13 +85,17 @@ def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_pat
     cv2.imwrite(str(images / "dup.jpg"), image)
     write_png(masks / "dup.png", mask)
     with pytest.raises(SystemExit) as error:
-        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--channels", "1", "--size", "16")
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16")
     message = str(error.value)
-    for expected in ["corrupt.png: cannot be read", "lonely_image.png: image has no mask",
-                     "lonely_mask.png: mask has no image", "wrong_size: mask size 20x20 does not match its image 30x40",
-                     "bad_values: mask values", "colourful.png: mask has 3 differing channels", "duplicate id 'dup'"]:
+    for expected in ["corrupt.png: cannot be read as an image by OpenCV", "lonely_image.png: image has no mask",
+                     "lonely_mask.png: mask has no image", "wrong_size.png: mask size does not match its image (mask "
+                     "20x20, image 30x40)", "bad_values.png: mask is mostly mid-grey away from edges, like a probability map",
+                     "colourful.png: mask is colour-coded (its channels differ); pass --class-colors",
+                     "dup.png: duplicate id"]:
         assert expected in message
-    assert "7 problem(s)" in message
+    assert "7 problem(s)" in message and "listed in" not in message  # each shown in full: no list file needed
+    # the unreadable image is left out of the colour census instead of counting as grey
+    assert "channels: 1 (5 of 6 readable images are grey or grey saved as colour; 1 unreadable" in capsys.readouterr().out
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
     assert not (tmp_path / "folds").exists()
 
@@ -107,7 +113,7 @@ def test_mixed_colour_modes_are_converted_and_8_bit_files_kept_as_they_are(tmp_p
     prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
             "--strategy", "kfold")
     printed = capsys.readouterr().out
-    assert "channels: 1 (4 of 4 images are grey" in printed
+    assert "channels: 1 (4 of 4 readable images are grey" in printed
     assert "converted: " in printed and "1 RGB -> grey" in printed and "1 RGBA -> grey" in printed
     assert "1 16-bit -> 8-bit" in printed and "3 of 4 image files kept as they are" in printed
     data = tmp_path / "data" / "folder"
@@ -153,7 +159,7 @@ def test_multiclass_folder_rejects_values_beyond_the_classes(tmp_path):
     image, _ = lungs()
     write_png(tmp_path / "images" / "a.png", image)
     write_png(tmp_path / "masks" / "a.png", np.full(image.shape, 3, np.uint8))
-    with pytest.raises(SystemExit, match="mask value 3 is not a class id"):
+    with pytest.raises(SystemExit, match=r"a.png: mask value is not a class id \(0..2\) \(3\); list every class"):
         prepare(tmp_path, "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                 "--task", "multiclass", "--classes", "background,a,b")
 
@@ -186,7 +192,7 @@ def test_cache_matches_resized_originals(demo_dir):
         np.testing.assert_array_equal(images[position], cv2.resize(original, (64, 64), interpolation=cv2.INTER_AREA))
         if row.split == "train":
             mask = read_image(data / "masks" / f"{row.id}.png")
-            np.testing.assert_array_equal(masks[position], cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST))
+            np.testing.assert_array_equal(masks[position], cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST_EXACT))
     rebuilt_images, rebuilt_masks = open_cache(data, 48)  # a new size is built from the canonical files
     assert rebuilt_images.shape == (len(index), 48, 48) and isinstance(rebuilt_images, np.memmap)
 
@@ -225,3 +231,157 @@ def test_real_chest_xray(tmp_path):
     index = load_index(tmp_path / "data" / "chest-xray")
     assert (index["split"] == "train").sum() > 100
     assert index["height"].median() > 1000
+
+
+def folder_pair(tmp_path, masks_of: dict):
+    """images/<id>.png plus each mask file given as {relative path under masks/: array}."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(exist_ok=True)
+    for relative, mask in masks_of.items():
+        (masks / relative).parent.mkdir(parents=True, exist_ok=True)
+        if relative.endswith(".jpg"):
+            Image.fromarray(mask).save(masks / relative, "JPEG", quality=75)
+        else:
+            write_png(masks / relative, mask)
+    return images, masks
+
+
+def test_jpeg_and_resized_binary_masks_prepare_with_the_count_printed(tmp_path, capsys):
+    image, mask = lungs(80, 60)
+    images, masks = folder_pair(tmp_path, {"a.jpg": mask, "b.jpg": mask[::-1].copy(),
+                                           "c.png": cv2.resize(cv2.resize(mask, (30, 40)), (60, 80))})
+    for name in "abc":
+        write_png(images / f"{name}.png", image)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
+            "--strategy", "kfold")
+    printed = capsys.readouterr().out
+    assert "binarised 2 masks at 128: " in printed and "as JPEG compression leaves" in printed
+    assert "binarised 1 masks at 128: " in printed and "as resizing leaves" in printed
+    written = read_image(tmp_path / "data" / "folder" / "masks" / "a.png")
+    assert set(np.unique(written)) == {0, 1} and (written != (mask > 0)).mean() < 0.01
+
+
+def test_class_map_and_probability_map_are_refused_naming_the_flag(tmp_path, capsys):
+    image, _ = lungs()
+    yy, xx = np.mgrid[:40, :30]
+    probability = (255 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / 200)).astype(np.uint8)
+    images, masks = folder_pair(tmp_path, {"classes.png": (np.arange(40 * 30).reshape(40, 30) % 5).astype(np.uint8),
+                                           "probability.png": probability})
+    for name in ("classes", "probability"):
+        write_png(images / f"{name}.png", image)
+    args = ["folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2", "--strategy", "kfold"]
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path, *args)
+    assert "classes.png: mask values all lie below 128, like a class map" in str(error.value)
+    assert "a class map needs --task multiclass --classes background,..." in str(error.value)
+    assert "probability.png: mask is mostly mid-grey away from edges, like a probability map" in str(error.value)
+    assert "--mask-threshold T binarises at T" in str(error.value)
+    prepare(tmp_path, *args, "--mask-threshold", "2")
+    assert "binarised 2 masks at 2: " in capsys.readouterr().out
+    np.testing.assert_array_equal(read_image(tmp_path / "data" / "folder" / "masks" / "probability.png"),
+                                  probability >= 2)
+
+
+def test_instance_masks_merge_by_union_in_every_public_layout(tmp_path):
+    image, mask = lungs()
+    left, right = mask.copy(), np.zeros_like(mask)
+    right[30:38, 15:25] = 255
+    union = ((left > 0) | (right > 0)).astype(np.uint8)
+    layouts = {  # BUSI, ISIC, one folder per image, and the Data Science Bowl's own layout
+        "busi": {"benign/x.png": image, "benign/x_mask.png": left, "benign/x_mask_1.png": right,
+                 "benign/y.png": image, "benign/y_mask.png": left},
+        "isic": {"images/x.png": image, "masks/x_segmentation.png": left, "images/y.png": image,
+                 "masks/y_segmentation.png": right},
+        "per_image": {"images/x.png": image, "masks/x/1.png": left, "masks/x/2.png": right, "images/y.png": image,
+                      "masks/y/1.png": left},
+        "dsb": {"stage1/x/images/x.png": image, "stage1/x/masks/1.png": left, "stage1/x/masks/2.png": right,
+                "stage1/y/images/y.png": image, "stage1/y/masks/1.png": left},
+    }
+    for layout, files in layouts.items():
+        for relative, array in files.items():
+            (tmp_path / layout / relative).parent.mkdir(parents=True, exist_ok=True)
+            write_png(tmp_path / layout / relative, array)
+        root = tmp_path / layout
+        shared = {"dsb": "stage1", "busi": "benign"}.get(layout)  # images and masks in one folder
+        where = ["--images", str(root / shared), "--masks", str(root / shared)] if shared else \
+            ["--images", str(root / "images"), "--masks", str(root / "masks")]
+        prepare(root, "folder", *where, "--size", "16", "--k", "2", "--strategy", "kfold", "--name", layout)
+    for layout in layouts:
+        expected = (left > 0).astype(np.uint8) if layout == "isic" else union
+        np.testing.assert_array_equal(read_image(tmp_path / layout / "data" / layout / "masks" / "x.png"), expected)
+    assert load_index(tmp_path / "dsb" / "data" / "dsb")["file"].tolist() == ["images/x.png", "images/y.png"]
+
+
+def test_colour_coded_masks_map_with_class_colors(tmp_path):
+    image, _ = lungs()
+    indices = (np.arange(40 * 30).reshape(40, 30) % 3).astype(np.uint8)
+    coded = np.array([(0, 0, 0), (255, 0, 0), (0, 0, 255)], np.uint8)[indices]
+    images, masks = folder_pair(tmp_path, {"a.png": coded})
+    write_png(images / "a.png", image)
+    write_png(images / "b.png", image)
+    write_png(masks / "b.png", np.full((40, 30, 3), (0, 255, 0), np.uint8))  # green: not a class colour
+    args = ["folder", "--images", str(images), "--masks", str(masks), "--task", "multiclass", "--classes",
+            "background,red,blue", "--size", "16", "--k", "2", "--strategy", "kfold"]
+    with pytest.raises(SystemExit, match=r"b.png: mask has colours that are not in --class-colors \(1200 pixels: "
+                                         r"00ff00 x 1200\)"):
+        prepare(tmp_path, *args, "--class-colors", "000000,ff0000,0000ff")
+    with pytest.raises(SystemExit, match="--class-colors lists 2 colours for 3 classes"):
+        prepare(tmp_path, *args, "--class-colors", "000000,ff0000")
+    write_png(masks / "b.png", coded)
+    prepare(tmp_path, *args, "--class-colors", "000000,ff0000,0000ff")
+    np.testing.assert_array_equal(read_image(tmp_path / "data" / "folder" / "masks" / "b.png"), indices)
+
+
+def test_a_thousand_identical_problems_make_one_line_and_a_file(tmp_path):
+    image = np.full((4, 4), 90, np.uint8)
+    class_map = np.array([[0, 1, 2, 3]] * 4, np.uint8)
+    images, masks = folder_pair(tmp_path, {f"{i:04d}.png": class_map for i in range(1000)})
+    for i in range(1000):
+        write_png(images / f"{i:04d}.png", image)
+    write_png(images / "lonely.png", image)
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--name", "many")
+    lines = str(error.value).splitlines()
+    assert len(lines) == 3 and "1001 problem(s) in the input, nothing was written" in lines[0]
+    assert lines[1].startswith("  1000 x mask values all lie below 128, like a class map, not a binary mask: ")
+    assert "0000.png (0, 1, 2, 3)" in lines[1] and "and 997 more; a class map needs --task multiclass" in lines[1]
+    assert "lonely.png: image has no mask" in lines[2]
+    listed = Path(lines[0].split("listed in ")[1].rstrip("):"))
+    assert listed.name == "prepare-many-problems.txt" and len(listed.read_text().splitlines()) == 1001
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_an_existing_fold_file_is_kept_unless_overwrite(tmp_path, capsys):
+    args = ["demo", "--count", "8", "--test-count", "0", "--size", "16", "--k", "2"]
+    prepare(tmp_path, *args)
+    before = (tmp_path / "folds" / "demo.csv").read_bytes()
+    shutil.rmtree(tmp_path / "data")
+    prepare(tmp_path, *args[:-1], "4")  # another k: the committed split wins
+    assert "kept " in capsys.readouterr().out and (tmp_path / "folds" / "demo.csv").read_bytes() == before
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(SystemExit, match=r"demo.csv: exists but lists other images \(0 of its ids are not labelled "
+                                         r"images here, 2 labelled images are not in it\); pass --overwrite"):
+        prepare(tmp_path, "demo", "--count", "10", "--test-count", "0", "--size", "16")
+    assert not (tmp_path / "data" / "demo").exists()
+    prepare(tmp_path, "demo", "--count", "10", "--test-count", "0", "--size", "16", "--k", "2", "--overwrite")
+    assert len(pd.read_csv(tmp_path / "folds" / "demo.csv")) == 10
+
+
+def test_generated_images_are_said_to_be_written_as_png(tmp_path, capsys):
+    prepare(tmp_path, "demo", "--count", "4", "--test-count", "0", "--size", "16", "--k", "2")
+    printed = capsys.readouterr().out
+    assert "converted: nothing; 4 images written as PNG" in printed and "image files kept" not in printed
+
+
+REAL_DSB = SHARED_DATA / "dsb2018-nuclei-96"
+
+
+@pytest.mark.skipif(not REAL_DSB.exists(), reason="no real nuclei in ../shared/data")
+def test_real_resized_nuclei_masks_are_binarised_and_counted(tmp_path, capsys):
+    prepare(tmp_path, "folder", "--images", str(REAL_DSB / "images"), "--masks", str(REAL_DSB / "masks"), "--name",
+            "dsb96", "--size", "96")
+    assert "binarised 670 masks at 128: 2.7% of their pixels lay between 0 and 255, as resizing leaves" in \
+        capsys.readouterr().out
+    index = load_index(tmp_path / "data" / "dsb96")
+    assert len(index) == 670 and (index["split"] == "train").all()
+    assert set(np.unique(np.load(tmp_path / "data" / "dsb96" / "cache" / "96" / "masks.npy"))) == {0, 1}

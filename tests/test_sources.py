@@ -91,9 +91,10 @@ def test_bad_rle_rows_are_reported_with_their_line_numbers_and_nothing_is_writte
     with pytest.raises(SystemExit) as error:
         prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8")
     message = str(error.value)
-    for expected in ["train.csv line 2: 'a': odd number of values (3)",
+    for expected in ["train.csv line 2 ('a'): odd number of values (3)",
                      "train.csv line 3: 'b' (10x12): run 1 ends at pixel 149, past the image's 120 pixels",
-                     "train.csv line 4: image 'ghost' has no file", "train.csv line 5: image id '../evil' is not a plain"]:
+                     "train.csv line 4: image has no file in", "('ghost')",
+                     "train.csv line 5: image id is not a plain file name ('../evil')"]:
         assert expected in message
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
@@ -108,7 +109,7 @@ def test_rle_csv_without_known_columns_names_the_flag(tmp_path):
 def test_image_without_a_row_is_an_error_unless_told_what_it_is(tmp_path):
     images = images_folder(tmp_path, ["a", "b", "c", "d"])
     csv = write_csv(tmp_path / "train.csv", [("a", "1 3"), ("b", ""), ("c", "")])
-    with pytest.raises(SystemExit, match="d.png: no row in train.csv .--absent-empty"):
+    with pytest.raises(SystemExit, match="d.png: no row in train.csv; --absent-empty"):
         prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8")
     prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--size", "8", "--absent-empty", "--k", "2")
     assert (load_index(tmp_path / "data" / "rle")["split"] == "train").all()
@@ -143,7 +144,8 @@ def test_metadata_csv_problems_name_the_file_and_the_flag(tmp_path):
         write_png(masks / f"{name}.png", np.zeros((12, 10), np.uint8))
     pd.DataFrame({"id": ["a"], "patient": ["p"]}).to_csv(tmp_path / "meta.csv", index=False)
     args = ["folder", "--images", str(images), "--masks", str(masks), "--meta", str(tmp_path / "meta.csv")]
-    with pytest.raises(SystemExit, match="b: no row in meta.csv .column 'id'., so no 'patient' group"):
-        prepare(tmp_path, *args, "--group-column", "patient")
+    for groups in ([], ["--group-column", "patient"]):  # a labelled image without a row: refused, groups or not
+        with pytest.raises(SystemExit, match="b: labelled image has no row in meta.csv .column 'id'.; add its row"):
+            prepare(tmp_path, *args, *groups)
     with pytest.raises(SystemExit, match="no column 'subject' .columns: id, patient.; choose one with --group-column"):
         prepare(tmp_path, *args, "--group-column", "subject")

@@ -93,6 +93,8 @@ def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path):
     (["--encoder", "tu-notamodel"], "unknown timm encoder 'tu-notamodel'"),
     (["--fold", "7"], "fold 7 is not in"),
     (["--encoder-weights", "/no/such.pt"], "no such file"),
+    (["--arch", "fpn"], "--decoder-channels 32,16,16,8,8: fpn has no decoder width to set; drop it"),  # TINY sets it
+    (["--decoder-channels", "32,16"], "--decoder-channels 32,16: unet takes 5 positive whole number"),
 ])
 def test_clear_errors(demo_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
@@ -203,3 +205,16 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(demo_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     assert list(pd.read_csv(history)["epoch"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_records_new_epochs_and_validate_only_rebuilds_the_saved_model(demo_dir, tmp_path, capsys):
+    run = run_train(demo_dir, tmp_path, "--epochs", "1", "--fold", "1") / "unet-tu-resnet10t" / "fold1"
+    run_train(demo_dir, tmp_path, "--epochs", "2", "--fold", "1", "--resume")
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    capsys.readouterr()
+    # no --size, no --decoder-channels: the run's config.json says 64 px and 32,16,16,8,8
+    train.main([*paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--encoder", "tu-resnet10t", "--fold", "1",
+                "--workers", "0", "--validate-only"])
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["dice"] == pytest.approx(json.loads((run / "metrics.json").read_text())["dice"], abs=1e-6)
+    assert not (demo_dir / "data" / "demo" / "cache" / "256").exists()

@@ -1,4 +1,11 @@
-"""A directory of images plus a directory of masks matched by file stem; chest X-ray layouts built on it."""
+"""A directory of images plus a directory of masks matched by rule; chest X-ray layouts built on it.
+
+Images: `images/<id>.png`, or `images/<id>/images/<id>.png` (the Data Science Bowl's layout); a file named like
+another image plus a mask suffix is that image's mask, so images and masks may share a folder (BUSI).
+Masks, searched recursively, belong to the image whose id is their stem less a usual suffix (`x.png`, `x_mask.png`,
+`x_mask_1.png`, `x_segmentation.png`, `x-seg.png`, `x_gt.png`, `leftMask/x.png`), else to the nearest folder named
+after an image (`masks/<id>/*.png`, `<id>/masks/*.png`: one file per instance). Several masks of one image merge.
+"""
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -6,30 +13,51 @@ from typing import Callable
 
 import numpy as np
 
-from src.images import IMAGE_SUFFIXES, read_image, read_mask
-from src.sources.sample import Sample, Source, image_files
+from src.images import IMAGE_SUFFIXES, read_image
+from src.masks import read_mask
+from src.problems import InputError, Problem
+from src.sources.sample import Sample, Source, duplicate_id, image_files
+
+MASK_SUFFIX = re.compile(r"[_-](mask|masks|segmentation|seg|label|labels|gt|groundtruth|annotation)([_-]?\d+)?$",
+                         flags=re.IGNORECASE)
 
 
 def mask_key(path: Path) -> str:
-    """The image stem a mask file belongs to: `x.png`, `x_mask.png` and `leftMask/x.png` all belong to `x`."""
-    return re.sub(r"_mask$", "", path.stem, flags=re.IGNORECASE)
+    """The image stem a mask file's name points to: `x.png`, `x_mask.png`, `x_mask_1.png` all point to `x`."""
+    return MASK_SUFFIX.sub("", path.stem)
+
+
+def mask_owner(path: Path, root: Path, ids: set) -> str:
+    """The image a mask belongs to: by its name, else by the nearest enclosing folder named after an image."""
+    key = mask_key(path)
+    if key in ids:
+        return key
+    return next((folder.name for folder in path.relative_to(root).parents if folder.name in ids), key)
 
 
 def merged_mask(paths: list) -> np.ndarray:
-    """Several mask files for one image (left and right lung, say) merge by maximum."""
+    """Several mask files for one image (left and right lung, the instances of a nucleus set) merge by maximum:
+    their union for binary masks."""
     masks = [read_mask(p) for p in paths]
     for path, mask in zip(paths, masks):
         if mask.shape != masks[0].shape:
-            raise ValueError(f"{path}: size {mask.shape} differs from {paths[0]} {masks[0].shape}")
+            raise InputError(path, "mask size differs from the image's other masks", f"{mask.shape[1]}x"
+                             f"{mask.shape[0]}, {paths[0].name} {masks[0].shape[1]}x{masks[0].shape[0]}")
     return np.maximum.reduce(masks)
+
+
+def nested_images(folder: Path) -> list:
+    """Image files directly in folder, and those of the Data Science Bowl's `<id>/images/<id>.png`."""
+    nested = [p for d in sorted(folder.iterdir()) if (d / "images").is_dir() for p in image_files(d / "images")]
+    return image_files(folder) + nested
 
 
 def test_samples(folder_path: Path, seen: dict, problems: list) -> list:
     """Unlabelled images of a test folder; ids must not repeat those already seen."""
     samples = []
-    for path in image_files(folder_path):
+    for path in nested_images(folder_path):
         if path.stem in seen:
-            problems.append(f"{path}: duplicate id '{path.stem}' (also {seen[path.stem]})")
+            problems.append(duplicate_id(path, seen[path.stem]))
             continue
         seen[path.stem] = path
         samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", file=path))
@@ -39,38 +67,44 @@ def test_samples(folder_path: Path, seen: dict, problems: list) -> list:
 def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: bool = False,
            task: str = "binary", classes: list | None = None, channels: int = 0,
            group_of: Callable[[str], str] | None = None) -> Source:
-    """Any directory of images plus a directory of masks matched by file stem (masks searched recursively)."""
+    """Any directory of images plus a directory of masks (searched recursively; it may be the images' own)."""
     problems = [f"{p}: folder does not exist" for p in [images, masks] + ([test] if test else []) if not p.is_dir()]
     if problems:
         return Source(task, classes or [], channels, [], problems)
-    files = image_files(images)
+    files = nested_images(images)
+    stems = {p.stem for p in files}
+    files = [p for p in files if mask_key(p) == p.stem or mask_key(p) not in stems]  # BUSI: x_mask.png beside x.png
     if not files:
         problems.append(f"{images}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    ids, image_paths = {p.stem for p in files}, set(files)
     mask_files = defaultdict(list)
     for path in sorted(masks.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            mask_files[mask_key(path)].append(path)
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path not in image_paths:
+            mask_files[mask_owner(path, masks, ids)].append(path)
     if not mask_files:
         problems.append(f"{masks}: no mask files in this folder")
     seen, samples = {}, []
     for path in files:
         if path.stem in seen:
-            problems.append(f"{path}: duplicate id '{path.stem}' (also {seen[path.stem]})")
+            problems.append(duplicate_id(path, seen[path.stem]))
             continue
         seen[path.stem] = path
         group = group_of(path.stem) if group_of else ""
         if path.stem in mask_files:
             paths = mask_files[path.stem]
             samples.append(Sample(path.stem, lambda p=path, m=paths: (read_image(p), merged_mask(m)), group=group,
-                                  file=path))
+                                  file=path, mask_files=tuple(paths)))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", group=group,
                                   file=path))
         else:
-            problems.append(f"{path}: image has no mask in {masks} (pass --allow-unmasked to use it as a test image)")
+            problems.append(Problem(str(path), f"image has no mask in {masks}",
+                                    fix="pass --allow-unmasked to use such images as test images"))
     for key, paths in mask_files.items():
         if key not in seen:
-            problems.extend(f"{p}: mask has no image '{key}.*' in {images}" for p in paths)
+            problems.extend(Problem(str(p), f"mask has no image in {images}", f"looked for '{key}.*'",
+                                    "name masks <image stem>[_mask].png, or put them in a folder named after the "
+                                    "image") for p in paths)
     if test is not None:
         samples += test_samples(test, seen, problems)
     classes = classes or (["background", "foreground"] if task == "binary" else [])

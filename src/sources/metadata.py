@@ -1,8 +1,13 @@
-"""A metadata CSV for any source: patient groups for the grouped splitters, other columns carried into index.csv."""
+"""A metadata CSV for any source: patient groups for the grouped splitters, other columns carried into index.csv.
+
+Every labelled image must have a row (a missing one is a problem: its patient, and so its fold, would be a guess);
+test images may lack one, their columns then stay empty. Rows that match no image are counted, not refused.
+"""
 from pathlib import Path
 
 import pandas as pd
 
+from src.problems import Problem
 from src.sources.sample import Source
 
 # Columns index.csv computes itself; a metadata column of the same name is not carried over.
@@ -22,7 +27,8 @@ def attach_metadata(source: Source, csv: Path, id_column: str = "id", group_colu
         source.problems += missing
         return []
     repeated = table[id_column][table[id_column].duplicated(keep=False)]
-    source.problems += [f"{csv.name} line {i + 2}: id '{v}' appears more than once" for i, v in repeated.items()]
+    source.problems += [Problem(f"{csv.name} line {i + 2}", "id appears more than once", f"'{v}'")
+                        for i, v in repeated.items()]
     keys = {}
     for i, value in enumerate(table[id_column]):  # an id, a file name or a path: matched by id, name, then stem
         for key in (value, Path(value).name, Path(value).stem):
@@ -32,9 +38,9 @@ def attach_metadata(source: Source, csv: Path, id_column: str = "id", group_colu
     for sample in source.samples:
         i = keys.get(sample.id)
         if i is None:
-            if sample.split == "train" and group_column:
-                source.problems.append(f"{sample.id}: no row in {csv.name} (column '{id_column}'), so no "
-                                       f"'{group_column}' group")
+            if sample.split == "train":
+                source.problems.append(Problem(sample.id, f"labelled image has no row in {csv.name} (column "
+                                                          f"'{id_column}')", fix="add its row"))
             continue
         matched.add(i)
         row = table.iloc[i]

@@ -12,7 +12,8 @@ import pandas as pd
 from src.images import read_image
 from src.rle import rle_decode, rle_runs
 from src.sources.folder import test_samples
-from src.sources.sample import Sample, Source, image_files, unsafe_id
+from src.problems import Problem
+from src.sources.sample import Sample, Source, duplicate_id, image_files, unsafe_id
 
 SPELLINGS = {
     "id": ["ImageId", "image_id", "id", "Image", "image", "filename", "file_name", "file"],
@@ -91,19 +92,19 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         line = row + 2  # line 1 is the header
         path = files.get(image_id.strip())
         if unsafe_id(image_id.strip()):
-            problems.append(f"{csv.name} line {line}: image id '{image_id}' is not a plain file name")
+            problems.append(Problem(f"{csv.name} line {line}", "image id is not a plain file name", f"'{image_id}'"))
         elif path is None:
-            problems.append(f"{csv.name} line {line}: image '{image_id}' has no file in {images}")
+            problems.append(Problem(f"{csv.name} line {line}", f"image has no file in {images}", f"'{image_id}'"))
         else:
             try:
                 rle_runs(rle, np.iinfo(np.int64).max, relative)  # syntax now; runs past the image once it is read
                 rows_of[path].append((line, image_id, rle, class_index))
             except ValueError as error:
-                problems.append(f"{csv.name} line {line}: '{image_id}': {error}")
+                problems.append(Problem(f"{csv.name} line {line} ('{image_id}')", str(error)))
     samples, seen = [], {}
     for path in image_files(images):
         if path.stem in seen:
-            problems.append(f"{path}: duplicate id '{path.stem}' (also {seen[path.stem]})")
+            problems.append(duplicate_id(path, seen[path.stem]))
             continue
         seen[path.stem] = path
         if path in rows_of or absent_empty:
@@ -112,8 +113,8 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", file=path))
         else:
-            problems.append(f"{path}: no row in {csv.name} (--absent-empty: an empty mask; --allow-unmasked: a test "
-                            f"image)")
+            problems.append(Problem(str(path), f"no row in {csv.name}",
+                                    fix="--absent-empty: an empty mask; --allow-unmasked: a test image"))
     if test is not None:
         samples += test_samples(test, seen, problems)
     return Source(task, classes, channels, samples, problems)

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Callable
 
 from src.images import IMAGE_SUFFIXES
+from src.problems import Problem
 
 
 @dataclass
@@ -14,6 +15,7 @@ class Sample:
     group: str = ""
     extra: dict = field(default_factory=dict)
     file: Path | None = None  # the original image file, kept as it is when it needs no conversion
+    mask_files: tuple = ()  # the mask file(s) merged into its mask, named by mask problems
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Source:
     problems: list
     official_folds: bool = False
     rotation_invariant: bool = False  # no up or down (histology): augmentation adds vertical flips and 90° turns
+    class_colors: list | None = None  # colour-coded masks: one RGB colour per class (src/masks.py)
+    mask_threshold: int | None = None  # binarise every non-binary mask at this value (src/masks.py)
 
 
 def image_files(folder: Path) -> list:
@@ -34,3 +38,7 @@ def image_files(folder: Path) -> list:
 def unsafe_id(image_id: str) -> bool:
     """Ids become file names under data/<name>/: no path separators, no '..', nothing empty."""
     return not image_id or "/" in image_id or "\\" in image_id or ".." in image_id or image_id.startswith(".")
+
+
+def duplicate_id(path: Path, other: Path) -> Problem:
+    return Problem(str(path), "duplicate id: another image has the same stem", str(other), "rename one of them")

@@ -1,0 +1,63 @@
+"""Problems found in an input, told to a person: one line per kind, with its count, examples and fix.
+
+A thousand masks with the same fault make one line, not a thousand; the full list goes to a file that the message
+names (prepare writes it), so that nothing is lost.
+"""
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # a file, an id, or 'train.csv line 4'
+    what: str  # the same words for every input with this problem: problems are grouped by what and fix
+    detail: str = ""  # this input's particulars (its values, its size)
+    fix: str = ""  # what to do: the flag or step that fixes it
+
+    def __str__(self) -> str:
+        return ((f"{self.where}: " if self.where else "") + self.what + (f" ({self.detail})" if self.detail else "")
+                + (f"; {self.fix}" if self.fix else ""))
+
+
+class InputError(ValueError):
+    """A file that cannot be used as it is; carries its Problem so that identical ones are grouped."""
+
+    def __init__(self, where, what: str, detail: str = "", fix: str = ""):
+        self.problem = Problem(str(where), what, detail, fix)
+        super().__init__(str(self.problem))
+
+
+def as_problem(item) -> Problem:
+    """A plain sentence (a one-off problem) is its own kind."""
+    if isinstance(item, InputError):
+        return item.problem
+    return item if isinstance(item, Problem) else Problem("", str(item))
+
+
+def grouped(problems: list) -> list:
+    """One line per kind, the largest first: a problem alone as it is, else its count, three examples and the fix."""
+    kinds = defaultdict(list)
+    for problem in map(as_problem, problems):
+        kinds[(problem.what, problem.fix)].append(problem)
+    lines = []
+    for (what, fix), members in sorted(kinds.items(), key=lambda kind: -len(kind[1])):
+        if len(members) == 1:
+            lines.append(str(members[0]))
+            continue
+        examples = ", ".join(p.where + (f" ({p.detail})" if p.detail else "") for p in members[:EXAMPLES])
+        more = f" and {len(members) - EXAMPLES} more" if len(members) > EXAMPLES else ""
+        lines.append(f"{len(members)} x {what}: {examples}{more}" + (f"; {fix}" if fix else ""))
+    return lines
+
+
+def report(problems: list, list_file: Path | None = None) -> str:
+    """The grouped message; where grouping left some out, every problem is written to list_file, which it names."""
+    lines = grouped(problems)
+    head = f"{len(problems)} problem(s) in the input, nothing was written"
+    if list_file and len(lines) < len(problems):
+        Path(list_file).write_text("\n".join(str(as_problem(p)) for p in problems) + "\n")
+        head += f" (all {len(problems)} listed in {list_file})"
+    return head + ":\n  " + "\n  ".join(lines)

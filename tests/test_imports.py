@@ -1,0 +1,24 @@
+"""Importing the pipeline opens no network connection (offline machines print nothing, wait for nothing)."""
+import subprocess
+import sys
+
+from conftest import ROOT
+
+PROBE = """
+import os, socket
+os.environ.pop("NO_ALBUMENTATIONS_UPDATE", None)  # the project must set it itself
+tried = []
+def refuse(self, address, *args):
+    tried.append(address)
+    raise OSError("no network in this test")
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+import src.augment, src.prepare, train, infer, ensemble
+print("connections:", tried)
+"""
+
+
+def test_importing_the_pipeline_opens_no_socket():
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "connections: []" in done.stdout and "Error fetching version info" not in done.stderr

@@ -6,9 +6,10 @@
 
 Reads preds/<dataset>/ (infer.py) and data/<dataset>/masks; writes ensemble/<dataset>/: masks/<id>.png (final masks
 at original size: 0/255 for binary, class index for multiclass), submission.csv (Kaggle RLE), scores.json,
-leaderboard.md, comparison.png and scores.png; with --set NAME the masks and submission.csv of that prediction set
-go to ensemble/<dataset>/sets/NAME/ instead. The scores are cross-validated: each fold is scored with the TTA and
-post-processing chosen on the other folds; the test masks use the choices made on all OOF images.
+leaderboard.md, comparison.png, scores.png and, where Unet and Unet++ share encoders, study.png; with --set NAME the
+masks and submission.csv of that prediction set go to ensemble/<dataset>/sets/NAME/ instead. The scores are
+cross-validated: each fold is scored with the TTA and post-processing chosen on the other folds; the test masks use
+the choices made on all OOF images.
 """
 import argparse
 import json
@@ -21,14 +22,16 @@ import pandas as pd
 
 from src import postprocess, report, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
+from src.config import load_run_config
 from src.folds import fingerprint, load_folds
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
+from src.models import ModelError, create_model
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, pred_dir, read_mean, read_split
 from src.rle import rle_encode
 from src.stats import holm, paired_comparison
-from src.tuning import TTA_MODES
+from src.tuning import TTA_MODES, scores_table
 
 ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons, after Holm's adjustment
 
@@ -127,6 +130,17 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def parameters_m(run_preds: Path) -> float | None:
+    """Millions of parameters of a run's model, rebuilt untrained (no network) from the config infer.py saved."""
+    try:
+        cfg, meta = load_run_config(run_preds)
+        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else
+                             len(meta["classes"]), "none", cfg.decoder_channels)
+    except (FileNotFoundError, KeyError, ModelError):  # predicted before infer.py saved the config, or a lost encoder
+        return None
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
 def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:
     """Unet++ against Unet of each encoder both ran with, on the same images, both at one TTA mode fixed in advance
     (tta, else the most augmented both have), over patients where group_of gives them; p Holm-adjusted over the
@@ -204,8 +218,9 @@ def run(args):
         tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
             {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
     summaries = {name: {"tta": path.name[4:], "tta_by_fold": tta_by_fold[name],
-                        **tuning.summarize_scores(run_scores[name]), "training": read_json(path.parent / "training.json")}
-                 for name, path in runs.items()}
+                        **tuning.summarize_scores(run_scores[name]), "parameters_m": parameters_m(path.parent),
+                        "training": read_json(path.parent / "training.json"),
+                        "inference": read_json(path / "inference.json")} for name, path in runs.items()}
     tta_gain = {name: tuning.tta_gain(dice_of[name], oof_ids) for name in runs}  # every mode, on the same images
 
     # 2. Tune post-processing on the averaged OOF probabilities (test predictions are never read here): for each fold
@@ -213,7 +228,8 @@ def run(args):
     tta_of_fold = {f: tuple(tta_by_fold[name][f] for name in runs) for f in fold_ids}
     tta_all = tuple(path.name[4:] for path in runs.values())
     settings_of_fold, settings, oof_means = tuning.tune_postprocessing(
-        runs, weight_of, dataset_dir / "masks", meta["task"], oof_ids, image_folds, tta_of_fold, tta_all, args.tune_size)
+        runs, weight_of, dataset_dir / "masks", meta["task"], oof_ids, image_folds, tta_of_fold, tta_all,
+        args.tune_size)
 
     # 3. Score the ensemble at original size: each fold with its own TTA and settings (the headline); with the settings
     #    chosen on all images (optimistic: tuned and scored on the same images) and without any (the raw average).
@@ -221,7 +237,8 @@ def run(args):
         oof_means, dataset_dir / "masks", meta["classes"], oof_ids, image_folds,
         {f: (tta_of_fold[f], settings_of_fold[f]) for f in fold_ids}, (tta_all, settings))
     ensemble_scores.to_csv(out / "oof_scores.csv", index=False)
-    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": raw.mean(), "dice_optimistic": optimistic.mean()}
+    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": raw.mean(),
+                "dice_optimistic": optimistic.mean()}
     best_single = max(summaries, key=lambda n: summaries[n]["dice"])
 
     # 4. Unet++ against Unet with the same encoder, image by image, over patients where the split grouped them.
@@ -264,15 +281,18 @@ def run(args):
               "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": tta_gain,
               "per_class": per_class, "by": subgroups, "comparisons": comparisons, "tuning_by_fold": tuning_by_fold,
               "postprocess": settings, "weights": weight_of, "test_images": len(test_ids)}
+    scores["by_encoder"] = report.by_encoder(scores)
     (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float) + "\n")
     (out / "leaderboard.md").write_text(report.leaderboard_markdown(scores))
     report.score_bars(out / "scores.png", scores)
+    if scores["by_encoder"]:
+        report.study_figure(out / "study.png", scores["by_encoder"])
 
     def panels(image_id):  # each run's OOF mask post-processed as the test masks are, beside the Dice of that mask
         target = read_image(dataset_dir / "masks" / f"{image_id}.png")
         masks = {n: postprocess.apply(mean_at(*read_mean([p / "oof" / f"{image_id}.npz"], [1.0])), settings)
                  for n, p in runs.items()}
-        dice = {n: per_image(tuning.scores_table({image_id: image_scores(mask, target, meta["classes"], with_hd95=False)},
+        dice = {n: per_image(scores_table({image_id: image_scores(mask, target, meta["classes"], with_hd95=False)},
                                           fold_of, ensemble_scores))["dice"].iloc[0] for n, mask in masks.items()}
         return image_id, read_dataset_image(dataset_dir, index.loc[image_id], meta["channels"]), target, masks, dice
 
@@ -284,7 +304,9 @@ def run(args):
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) == "wandb":
         table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
                               for n, r in {**summaries, "ensemble": ensemble}.items()])
-        tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table},
+        by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
+        tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out,
+                            {"leaderboard": table, **by_encoder},
                             {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]})
     print(report.leaderboard_markdown(scores))
     print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")

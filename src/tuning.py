@@ -137,9 +137,10 @@ def scores_table(rows_of: dict, fold_of: dict, like: pd.DataFrame | None = None)
 def summarize_scores(scores: pd.DataFrame) -> dict:
     """Means over images, and the sample std (ddof=1, as infer.py's tables) over images and over fold means."""
     images = per_image(scores)
-    fold_means = images.groupby("fold")["dice"].mean()
+    fold_means = images.groupby("fold")[["dice", "iou"]].mean()
     return {"dice": images["dice"].mean(), "dice_image_std": images["dice"].std(ddof=1),
-            "dice_fold_mean": fold_means.mean(), "dice_fold_std": fold_means.std(ddof=1),
-            "iou": images["iou"].mean(), "hd95": images["hd95"].mean(),
+            "dice_fold_mean": fold_means["dice"].mean(), "dice_fold_std": fold_means["dice"].std(ddof=1),
+            "iou": images["iou"].mean(), "iou_fold_mean": fold_means["iou"].mean(),
+            "iou_fold_std": fold_means["iou"].std(ddof=1), "hd95": images["hd95"].mean(),
             **({"hd95_pct": images["hd95_pct"].mean()} if "hd95_pct" in images else {}),
-            "folds": {int(f): d for f, d in fold_means.items()}, "per_class": pooled_by_class(scores)}
+            "folds": {int(f): d for f, d in fold_means["dice"].items()}, "per_class": pooled_by_class(scores)}

@@ -6,9 +6,10 @@
 
 Reads preds/<dataset>/ (infer.py) and data/<dataset>/masks; writes ensemble/<dataset>/: masks/<id>.png (final masks
 at original size: 0/255 for binary, class index for multiclass), submission.csv (Kaggle RLE), scores.json,
-leaderboard.md, comparison.png and scores.png; with --set NAME the masks and submission.csv of that prediction set
-go to ensemble/<dataset>/sets/NAME/ instead. The scores are cross-validated: each fold is scored with the TTA and
-post-processing chosen on the other folds; the test masks use the choices made on all OOF images.
+leaderboard.md, comparison.png, scores.png and, where Unet and Unet++ share encoders, study.png; with --set NAME the
+masks and submission.csv of that prediction set go to ensemble/<dataset>/sets/NAME/ instead. The scores are
+cross-validated: each fold is scored with the TTA and post-processing chosen on the other folds; the test masks use
+the choices made on all OOF images.
 """
 import argparse
 import json
@@ -19,17 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src import postprocess, report, tracking
+from src import postprocess, report, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
+from src.config import load_run_config
 from src.folds import fingerprint, load_folds
 from src.images import read_image, write_png
-from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
+from src.metrics import dice_by_group, image_scores, per_image
+from src.models import ModelError, create_model
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, pred_dir, read_mean, read_split
 from src.rle import rle_encode
 from src.stats import holm, paired_comparison
+from src.tuning import TTA_MODES, scores_table
 
-TTA_MODES = ["none", "flip", "d4"]
 ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons, after Holm's adjustment
 
 
@@ -127,22 +130,41 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def summarize_scores(scores: pd.DataFrame) -> dict:
-    """Means over images, and the sample std (ddof=1, as infer.py's tables) over images and over fold means."""
-    images = per_image(scores)
-    fold_means = images.groupby("fold")["dice"].mean()
-    return {"dice": images["dice"].mean(), "dice_image_std": images["dice"].std(ddof=1),
-            "dice_fold_mean": fold_means.mean(), "dice_fold_std": fold_means.std(ddof=1),
-            "iou": images["iou"].mean(), "hd95": images["hd95"].mean(),
-            **({"hd95_pct": images["hd95_pct"].mean()} if "hd95_pct" in images else {}),
-            "folds": {int(f): d for f, d in fold_means.items()}, "per_class": pooled_by_class(scores)}
+def parameters_m(run_preds: Path) -> float | None:
+    """Millions of parameters of a run's model, rebuilt untrained (no network) from the config infer.py saved."""
+    try:
+        cfg, meta = load_run_config(run_preds)
+        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else
+                             len(meta["classes"]), "none", cfg.decoder_channels)
+    except (FileNotFoundError, KeyError, ModelError):  # predicted before infer.py saved the config, or a lost encoder
+        return None
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def scores_table(rows_of: dict, fold_of: dict, like: pd.DataFrame | None = None) -> pd.DataFrame:
-    """{image id: image_scores() rows} -> a scores table. like: a full table, whose columns rows scored without HD95
-    take (left empty), so that per_image() averages their classes exactly as it does the full table's."""
-    table = pd.DataFrame([{"id": i, "fold": fold_of[i], **r} for i, rows in rows_of.items() for r in rows])
-    return table if like is None else table.reindex(columns=like.columns)
+def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:
+    """Unet++ against Unet of each encoder both ran with, on the same images, both at one TTA mode fixed in advance
+    (tta, else the most augmented both have), over patients where group_of gives them; p Holm-adjusted over the
+    comparisons. dice_of: {run: {mode: per-image Dice}}."""
+    comparisons = []
+    for name in dice_of:
+        arch, encoder = name.split("-", 1)
+        if arch != "unet" or f"unetpp-{encoder}" not in dice_of:
+            continue
+        pair = (name, f"unetpp-{encoder}")
+        mode = tta or next((m for m in reversed(TTA_MODES) if all(m in dice_of[n] for n in pair)), None)
+        if not all(mode in dice_of[n] for n in pair):
+            print(f"ensemble: {pair[0]} and {pair[1]} not compared: no OOF scores of both at "
+                  f"{f'TTA {mode}' if mode else 'one TTA mode'}; run infer.py --tta {mode or 'none'} for both")
+            continue
+        a, b = (dice_of[n][mode] for n in pair)
+        common = [i for i in image_ids if i in a.index and i in b.index]
+        groups = [group_of.get(i) or i for i in common] if group_of else None  # an image without a group: its own
+        comparisons.append({"encoder": encoder, "tta": mode, **paired_comparison(
+            a[common].to_numpy(), b[common].to_numpy(), groups=groups, alpha=ALPHA)})
+    for comparison, p_value in zip(comparisons, holm([c["wilcoxon_p"] for c in comparisons])):
+        comparison["p_holm"] = p_value  # adjusting can only make a difference insignificant
+        comparison["verdict"] = comparison["verdict"] if p_value < ALPHA else "no significant difference"
+    return comparisons
 
 
 def main(argv=None):
@@ -179,12 +201,10 @@ def run(args):
 
     # 1. Each run on its own, from the OOF scores infer.py wrote, on the images that every run predicted. Every choice
     #    made on OOF data is made for each fold on the other folds (cross-validated): here, under --tta best, the TTA.
-    oof = {(name, mode): pd.read_csv(path.parent / f"tta-{mode}" / "oof_scores.csv", dtype={"id": str})
-           for name, path in runs.items() for mode in TTA_MODES
-           if (path.parent / f"tta-{mode}" / "oof_scores.csv").exists()}
-    dice_of = {key: per_image(table).set_index("id")["dice"] for key, table in oof.items()}
-    modes_of = {name: [m for m in TTA_MODES if (name, m) in oof] if args.tta == "best" else [args.tta] for name in runs}
-    oof_ids = [i for i in folds["id"] if all(i in dice_of[name, m].index for name in runs for m in modes_of[name])]
+    oof = tuning.read_oof_scores(runs)
+    dice_of = {name: {mode: tuning.image_dice(table) for mode, table in tables.items()} for name, tables in oof.items()}
+    modes_of = {name: list(oof[name]) if args.tta == "best" else [args.tta] for name in runs}
+    oof_ids = tuning.scored_images(dice_of, modes_of, folds["id"])
     if not oof_ids:
         sys.exit(f"ensemble: no training image has an OOF prediction from every run ({', '.join(runs)}); "
                  f"run infer.py for all folds of each run")
@@ -199,95 +219,35 @@ def run(args):
                  f"folds, so run infer.py for at least two folds of each run")
     tta_by_fold, run_scores = {}, {}
     for name in runs:
-        dice = pd.DataFrame({m: dice_of[name, m].loc[oof_ids] for m in modes_of[name]})
-        tta_by_fold[name] = {f: dice[image_folds != f].mean().idxmax() for f in fold_ids}  # ties: the cheaper TTA
-        run_scores[name] = pd.concat([oof[name, mode][oof[name, mode]["id"].isin(dice.index[image_folds == f])]
-                                      for f, mode in tta_by_fold[name].items()])
-    summaries = {name: {"tta": path.name[4:], "tta_by_fold": tta_by_fold[name], **summarize_scores(run_scores[name]),
-                        "training": read_json(path.parent / "training.json")} for name, path in runs.items()}
-    tta_gain = {}
-    for name in runs:  # every mode the run was predicted with, on the same images
-        dice = pd.DataFrame({m: dice_of[name, m] for m in TTA_MODES if (name, m) in oof}).reindex(oof_ids).dropna()
-        plain = dice["none"].mean() if "none" in dice else None
-        tta_gain[name] = {"images": len(dice), "modes": {m: {"dice": d, "gain": None if plain is None else d - plain}
-                                                         for m, d in dice.mean().items()}}
+        tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
+            {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
+    summaries = {name: {"tta": path.name[4:], "tta_by_fold": tta_by_fold[name],
+                        **tuning.summarize_scores(run_scores[name]), "parameters_m": parameters_m(path.parent),
+                        "training": read_json(path.parent / "training.json"),
+                        "inference": read_json(path / "inference.json")} for name, path in runs.items()}
+    tta_gain = {name: tuning.tta_gain(dice_of[name], oof_ids) for name in runs}  # every mode, on the same images
 
     # 2. Tune post-processing on the averaged OOF probabilities (test predictions are never read here): for each fold
     #    on the other folds' images, with that fold's TTA (the estimate), and on all images (for the test masks).
     tta_of_fold = {f: tuple(tta_by_fold[name][f] for name in runs) for f in fold_ids}
     tta_all = tuple(path.name[4:] for path in runs.values())
-
-    def truth(image_id):
-        return read_image(dataset_dir / "masks" / f"{image_id}.png")
-
-    candidates = postprocess.binary_candidates()
-    def read_and_tune(image_id, modes):  # each OOF file is read once: the mean stays in memory at the models' size
-        maps, size = read_mean([runs[n].parent / f"tta-{m}" / "oof" / f"{image_id}.npz" for n, m in zip(runs, modes)],
-                               [weight_of[n] for n in runs])
-        target = postprocess.shrink(truth(image_id), args.tune_size)
-        probs = mean_at(maps, target.shape)  # straight from the models' size to the tuning size
-        if meta["task"] == "binary":
-            return (maps, size), postprocess.binary_candidate_dice(probs[0], target, candidates)
-        return (maps, size), postprocess.multiclass_candidate_dice(probs, target)
-
-    oof_means, settings_by_modes = {}, {}
-    for modes in dict.fromkeys([*tta_of_fold.values(), tta_all]):  # one pass per TTA combination, usually one
-        tuned = thread_map(lambda i: read_and_tune(i, modes), oof_ids,
-                           f"tune post-processing (OOF, TTA {', '.join(modes)})")
-        for image_id, (mean, _) in zip(oof_ids, tuned):
-            if modes in (tta_of_fold[fold_of[image_id]], tta_all):
-                oof_means[image_id, modes] = mean
-        candidate_scores = np.stack([scores for _, scores in tuned])
-        settings_by_modes[modes] = postprocess.choose_by_fold(meta["task"], candidate_scores, image_folds)
-        if modes == tta_all:
-            settings = postprocess.choose(meta["task"], candidate_scores)
-    settings_of_fold = {f: settings_by_modes[tta_of_fold[f]][f] for f in fold_ids}
+    settings_of_fold, settings, oof_means = tuning.tune_postprocessing(
+        runs, weight_of, dataset_dir / "masks", meta["task"], oof_ids, image_folds, tta_of_fold, tta_all,
+        args.tune_size)
 
     # 3. Score the ensemble at original size: each fold with its own TTA and settings (the headline); with the settings
     #    chosen on all images (optimistic: tuned and scored on the same images) and without any (the raw average).
-    #    These two are Dice only: HD95 is most of the work.
-    def score(image_id):
-        fold, target = fold_of[image_id], truth(image_id)
-        probs = mean_at(*oof_means[image_id, tta_of_fold[fold]])
-        rows = image_scores(postprocess.apply(probs, settings_of_fold[fold]), target, meta["classes"])
-        plain = postprocess.apply(probs, postprocess.PLAIN[meta["task"]])
-        raw = image_scores(plain, target, meta["classes"], with_hd95=False)
-        if (tta_all, settings) == (tta_of_fold[fold], settings_of_fold[fold]):
-            return rows, raw, rows
-        probs = probs if tta_all == tta_of_fold[fold] else mean_at(*oof_means[image_id, tta_all])
-        return rows, raw, image_scores(postprocess.apply(probs, settings), target, meta["classes"], with_hd95=False)
-
-    scored = dict(zip(oof_ids, thread_map(score, oof_ids, "score ensemble (OOF)")))
-    ensemble_scores = scores_table({i: rows for i, (rows, _, _) in scored.items()}, fold_of)
+    ensemble_scores, raw, optimistic = tuning.score_ensemble(
+        oof_means, dataset_dir / "masks", meta["classes"], oof_ids, image_folds,
+        {f: (tta_of_fold[f], settings_of_fold[f]) for f in fold_ids}, (tta_all, settings))
     ensemble_scores.to_csv(out / "oof_scores.csv", index=False)
-    raw, optimistic = (per_image(scores_table({i: r[k] for i, r in scored.items()}, fold_of, ensemble_scores))["dice"]
-                       for k in (1, 2))
-    ensemble = {**summarize_scores(ensemble_scores), "dice_raw": raw.mean(), "dice_optimistic": optimistic.mean()}
+    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": raw.mean(),
+                "dice_optimistic": optimistic.mean()}
     best_single = max(summaries, key=lambda n: summaries[n]["dice"])
 
-    # 4. Unet++ against Unet with the same encoder, image by image: both at one TTA mode fixed in advance
-    #    (--compare-tta, else the most augmented both have), over patients where the split grouped them; p values
-    #    Holm-adjusted over the comparisons.
+    # 4. Unet++ against Unet with the same encoder, image by image, over patients where the split grouped them.
     group_of = dict(zip(folds["id"], folds["group"])) if "group" in folds else {}
-    comparisons = []
-    for name in runs:
-        arch, encoder = name.split("-", 1)
-        if arch != "unet" or f"unetpp-{encoder}" not in runs:
-            continue
-        pair = (name, f"unetpp-{encoder}")
-        mode = args.compare_tta or next((m for m in reversed(TTA_MODES) if all((n, m) in oof for n in pair)), None)
-        if not all((n, mode) in oof for n in pair):
-            print(f"ensemble: {pair[0]} and {pair[1]} not compared: no OOF scores of both at "
-                  f"{f'TTA {mode}' if mode else 'one TTA mode'}; run infer.py --tta {mode or 'none'} for both")
-            continue
-        a, b = (dice_of[n, mode] for n in pair)
-        common = [i for i in oof_ids if i in a.index and i in b.index]
-        groups = [group_of.get(i) or i for i in common] if group_of else None  # an image without a group: its own
-        comparisons.append({"encoder": encoder, "tta": mode, **paired_comparison(
-            a[common].to_numpy(), b[common].to_numpy(), groups=groups, alpha=ALPHA)})
-    for comparison, p_value in zip(comparisons, holm([c["wilcoxon_p"] for c in comparisons])):
-        comparison["p_holm"] = p_value  # adjusting can only make a difference insignificant
-        comparison["verdict"] = comparison["verdict"] if p_value < ALPHA else "no significant difference"
+    comparisons = compare_architectures(oof_ids, dice_of, group_of, args.compare_tta)
 
     # 5. Test images (or the prediction set --set NAME): mean over every run and fold, post-processed, as PNG and RLE.
     written = out / source if args.set else out
@@ -314,9 +274,9 @@ def run(args):
     # 6. Scores, leaderboard, figures.
     per_class = {c: {**{n: s["per_class"][c] for n, s in summaries.items()}, "ensemble": ensemble["per_class"][c]}
                  for c in meta["classes"][1:]} if len(meta["classes"]) > 2 else {}
-    image_dice = {n: per_image(s).set_index("id")["dice"].loc[oof_ids] for n, s in run_scores.items()}
+    image_dice = {n: tuning.image_dice(s).loc[oof_ids] for n, s in run_scores.items()}
     subgroups = {"column": by, "table": dice_by_group(
-        {**image_dice, "ensemble": per_image(ensemble_scores).set_index("id")["dice"]}, index[by]
+        {**image_dice, "ensemble": tuning.image_dice(ensemble_scores)}, index[by]
     ).reset_index().to_dict("records")} if by else None
     tuning_by_fold = {f: {"images": int((image_folds == f).sum()), "tta": dict(zip(runs, tta_of_fold[f])),
                           "postprocess": settings_of_fold[f]} for f in fold_ids}
@@ -325,12 +285,15 @@ def run(args):
               "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": tta_gain,
               "per_class": per_class, "by": subgroups, "comparisons": comparisons, "tuning_by_fold": tuning_by_fold,
               "postprocess": settings, "weights": weight_of, "test_images": len(test_ids)}
+    scores["by_encoder"] = report.by_encoder(scores)
     (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float) + "\n")
     (out / "leaderboard.md").write_text(report.leaderboard_markdown(scores))
     report.score_bars(out / "scores.png", scores)
+    if scores["by_encoder"]:
+        report.study_figure(out / "study.png", scores["by_encoder"])
 
     def panels(image_id):  # each run's OOF mask post-processed as the test masks are, beside the Dice of that mask
-        target = truth(image_id)
+        target = read_image(dataset_dir / "masks" / f"{image_id}.png")
         masks = {n: postprocess.apply(mean_at(*read_mean([p / "oof" / f"{image_id}.npz"], [1.0])), settings)
                  for n, p in runs.items()}
         dice = {n: per_image(scores_table({image_id: image_scores(mask, target, meta["classes"], with_hd95=False)},
@@ -345,7 +308,9 @@ def run(args):
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) == "wandb":
         table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
                               for n, r in {**summaries, "ensemble": ensemble}.items()])
-        tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table},
+        by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
+        tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out,
+                            {"leaderboard": table, **by_encoder},
                             {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]})
     print(report.leaderboard_markdown(scores))
     print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")

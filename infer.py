@@ -7,11 +7,13 @@
 
 Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json, best.pt or last.pt) and the fold file each run was
 trained on; writes preds/ (layout in src/predict.py), preds/.../oof_scores.csv (Dice, IoU, HD95 per image and
-class) and prints mean +- std per fold. Run folders without a finished epoch are skipped (and the exit status is 1).
+class), preds/.../inference.json (OOF prediction speed, images/s) and prints mean +- std per fold. Run folders
+without a finished epoch are skipped (and the exit status is 1).
 """
 import argparse
 import json
 import sys
+import time
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -191,7 +193,7 @@ def main(argv=None):
     except FileNotFoundError as error:
         sys.exit(f"infer: {error}")
     set_name, set_paths = image_set(args)
-    scored, skipped = {}, []
+    scored, skipped, speed = {}, [], {}
     for run_dir in runs:
         try:
             weights = checkpoint_file(run_dir, args.checkpoint)
@@ -218,8 +220,11 @@ def main(argv=None):
             if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
                 sizes = dict(zip(todo.index, zip(todo["height"], todo["width"])))
                 ids = dict(zip(todo.index, todo["id"]))
+                started = time.perf_counter()
                 write_predictions(model, CachedSegmentation(images, masks, todo.index), ids, sizes, target,
                                   model_id, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} {kind}")
+                if kind == "oof":  # the run's prediction speed, for the leaderboard
+                    speed.setdefault(out_dir, []).append((len(todo), time.perf_counter() - started))
         if set_name is not None:
             target = out_dir / "sets" / set_name / f"fold{cfg.fold}"
             todo = [p for p in set_paths if needs_prediction(target / f"{p.stem}.npz", model_id, args.overwrite)]
@@ -234,6 +239,11 @@ def main(argv=None):
         scored[out_dir] = (cfg, meta, run_dir.parent, split, folds)
     for out_dir, (cfg, meta, trained, _, folds) in scored.items():  # one entry per run: its folds share out_dir
         (out_dir.parent / "training.json").write_text(json.dumps(training_summary(trained), indent=2) + "\n")
+        if out_dir in speed:  # OOF prediction (read, TTA model, write) in images/s; else an earlier record stays
+            predicted, seconds = map(sum, zip(*speed[out_dir]))
+            (out_dir / "inference.json").write_text(json.dumps({
+                "images": predicted, "seconds": seconds, "images_per_s": predicted / seconds,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}, indent=2) + "\n")
         scores = score_oof(out_dir, folds, dataset_dir, meta, index)
         print_summary(f"{cfg.run_name} (tta {args.tta}, {args.checkpoint}.pt)", scores)
         if (args.tracker or cfg.tracker) == "wandb":

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from src.postprocess import shrink  # noqa: E402
 from src.predict import TTA_MODES  # noqa: E402
@@ -60,6 +61,8 @@ def leaderboard_markdown(scores: dict) -> str:
             lines.append(f"- {c['encoder']} (TTA {c['tta']}, {units}): Unet++ {c['verdict']} (mean difference "
                          f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "
                          f"p = {c['wilcoxon_p']:.3g}, Holm-adjusted p = {c['p_holm']:.3g})")
+    if scores.get("by_encoder"):
+        lines += ["", by_encoder_markdown(scores["by_encoder"])]
     if scores.get("by"):
         by = pd.DataFrame(scores["by"]["table"])
         models = [c for c in by.columns if c not in ("group", "images")]
@@ -74,6 +77,56 @@ def leaderboard_markdown(scores: dict) -> str:
     test_tta = ", ".join(f"{n} {r['tta']}" for n, r in scores["runs"].items())
     lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."]
     return "\n".join(lines) + "\n"
+
+
+ARCHS = {"unet": "Unet", "unetpp": "Unet++"}  # the pair the per-encoder table compares
+
+
+def by_encoder(scores: dict) -> list:
+    """One row per encoder that both Unet and Unet++ ran with (the study's table): each one's parameters (M),
+    cross-validated Dice and IoU (mean and std over folds), training seconds per epoch and OOF prediction images/s
+    (None where not recorded), with the Unet++ - Unet difference of scores["comparisons"]; best Dice first."""
+    runs, compared, rows = scores["runs"], {c["encoder"]: c for c in scores["comparisons"]}, []
+    for encoder in dict.fromkeys(name.split("-", 1)[1] for name in runs):  # run folders: <arch>-<encoder>
+        if not all(f"{arch}-{encoder}" in runs for arch in ARCHS):
+            continue
+        row = {"encoder": encoder, "folds": len(runs[f"unet-{encoder}"]["folds"])}
+        for arch in ARCHS:
+            r = runs[f"{arch}-{encoder}"]
+            training, inference = r.get("training"), r.get("inference")
+            row.update({f"{arch}_parameters_m": r.get("parameters_m"), f"{arch}_dice": r["dice_fold_mean"],
+                        f"{arch}_dice_std": r["dice_fold_std"], f"{arch}_iou": r["iou_fold_mean"],
+                        f"{arch}_iou_std": r["iou_fold_std"], f"{arch}_tta": r["tta"],
+                        f"{arch}_seconds_per_epoch": 60 * training["minutes"] / (
+                            training["folds"] * training["epochs_per_fold"]) if training else None,
+                        f"{arch}_images_per_s": inference["images_per_s"] if inference else None})
+        c = compared.get(encoder, {"ci95": [None, None]})  # not compared: no TTA mode both were predicted with
+        row.update({"difference": c.get("mean_difference"), "ci95_low": c["ci95"][0], "ci95_high": c["ci95"][1],
+                    "wilcoxon_p": c.get("wilcoxon_p"), "p_holm": c.get("p_holm"), "compare_tta": c.get("tta")})
+        rows.append(row)
+    return sorted(rows, key=lambda row: -max(row["unet_dice"], row["unetpp_dice"]))
+
+
+def by_encoder_markdown(rows: list) -> str:
+    """by_encoder()'s rows as the leaderboard's per-encoder table."""
+    def pair(row, key, spec):
+        return " / ".join("n/a" if row[f"{a}_{key}"] is None else format(row[f"{a}_{key}"], spec) for a in ARCHS)
+
+    lines = ["Per encoder, Unet against Unet++ (best Dice first): Dice and IoU cross-validated, mean +- std over the "
+             "folds; the difference, its bootstrap 95% interval and Wilcoxon p (Holm-adjusted in brackets) as above, "
+             "at one TTA; s/epoch from training's history.csv; OOF prediction images/s (reading, model at the "
+             "run's TTA, writing) from infer.py.", "",
+             "| encoder | params M (Unet / Unet++) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | Unet++ - Unet "
+             "[95% CI] | Wilcoxon p (Holm) | s/epoch (Unet / Unet++) | images/s (Unet / Unet++) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        scores = " | ".join(f"{r[f'{a}_{m}']:.4f} +- {r[f'{a}_{m}_std']:.4f}" for a in ARCHS for m in ("dice", "iou"))
+        difference, p = ("n/a", "n/a") if r["difference"] is None else (
+            f"{r['difference']:+.4f} [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}] (TTA {r['compare_tta']})",
+            f"{r['wilcoxon_p']:.3g} ({r['p_holm']:.3g})")
+        lines.append(f"| {r['encoder']} | {pair(r, 'parameters_m', '.1f')} | {scores} | {difference} | {p} | "
+                     f"{pair(r, 'seconds_per_epoch', '.1f')} | {pair(r, 'images_per_s', '.0f')} |")
+    return "\n".join(lines)
 
 
 def tta_cell(by_fold: dict) -> str:
@@ -170,6 +223,22 @@ def score_bars(path: Path, scores: dict) -> None:
     axis.set_ylabel("OOF Dice, cross-validated\n(mean +- std over folds)")
     axis.set_ylim(max(0, min(values) - 0.1), 1)
     axis.tick_params(axis="x", rotation=30, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def study_figure(path: Path, rows: list) -> None:
+    """Per encoder (by_encoder()'s order), the Dice of Unet and Unet++ side by side, each with the 95% interval of
+    its mean over the folds (Student's t, from the std over the folds)."""
+    fig, axis = plt.subplots(figsize=(1.1 * len(rows) + 2.5, 3.5))
+    x = np.arange(len(rows))
+    for offset, (arch, label) in zip((-0.12, 0.12), ARCHS.items()):
+        half = [stats.t.ppf(0.975, r["folds"] - 1) * r[f"{arch}_dice_std"] / np.sqrt(r["folds"]) for r in rows]
+        axis.errorbar(x + offset, [r[f"{arch}_dice"] for r in rows], yerr=half, fmt="o", capsize=4, label=label)
+    axis.set_xticks(x, [r["encoder"] for r in rows], rotation=30, fontsize=7)
+    axis.set_ylabel("OOF Dice, cross-validated\n(mean over folds, 95% CI)")
+    axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -77,3 +77,32 @@ def test_leaderboard_without_hd95_percent_or_patient_groups():
     assert "(TTA flip, 341 images)" in board and "more lack" not in board and "%)" not in board
     multiclass = {"task": "multiclass", "min_areas": [0.0, 0.002]}
     assert report.settings_text(multiclass) == "argmax, min area per class 0, 0.002"
+
+
+def test_per_encoder_table_sets_unet_beside_unetpp_best_dice_first(tmp_path):
+    scores = board_scores()
+
+    def run(dice, parameters_m, minutes, images_per_s):
+        training = {"folds": 5, "minutes": minutes, "epochs_per_fold": 40, "images_per_s": 100.0}
+        return {**scores["runs"]["unet-r18"], "dice_fold_mean": dice, "iou_fold_mean": dice - 0.1, "iou_fold_std": 0.02,
+                "folds": {f: dice for f in range(5)}, "parameters_m": parameters_m, "training": training,
+                "inference": None if images_per_s is None else {"images_per_s": images_per_s}}
+    scores["runs"] = {"unet-r18": run(0.90, 14.3, 20, 600.0), "unetpp-r18": run(0.92, 15.9, 40, 300.0),
+                      "unet-r34": run(0.95, 24.4, 30, 500.0), "unetpp-r34": run(0.93, 26.1, 60, None),
+                      "fpn-r34": run(0.99, 23.2, 10, 900.0), "unet-b0": run(0.97, 6.3, 10, 800.0)}
+    scores["comparisons"].append({**scores["comparisons"][0], "encoder": "r34", "mean_difference": -0.02,
+                                  "ci95": [-0.03, -0.01], "wilcoxon_p": 0.01, "p_holm": 0.01, "verdict": "worse"})
+    scores["by_encoder"] = report.by_encoder(scores)
+    # Only encoders both architectures ran with; sorted by the better of the two Dice (0.95 before 0.92).
+    assert [row["encoder"] for row in scores["by_encoder"]] == ["r34", "r18"]
+    board = report.leaderboard_markdown(scores).splitlines()
+    header = board.index("| encoder | params M (Unet / Unet++) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | "
+                         "Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | s/epoch (Unet / Unet++) | "
+                         "images/s (Unet / Unet++) |")
+    assert board[header + 2:header + 4] == [  # s/epoch: 30 minutes over 5 folds x 40 epochs
+        "| r34 | 24.4 / 26.1 | 0.9500 +- 0.0100 | 0.8500 +- 0.0200 | 0.9300 +- 0.0100 | 0.8300 +- 0.0200 | "
+        "-0.0200 [-0.0300, -0.0100] (TTA flip) | 0.01 (0.01) | 9.0 / 18.0 | 500 / n/a |",
+        "| r18 | 14.3 / 15.9 | 0.9000 +- 0.0100 | 0.8000 +- 0.0200 | 0.9200 +- 0.0100 | 0.8200 +- 0.0200 | "
+        "+0.0200 [+0.0100, +0.0300] (TTA flip) | 0.001 (0.002) | 6.0 / 12.0 | 600 / 300 |"]
+    report.study_figure(tmp_path / "study.png", scores["by_encoder"])
+    assert (tmp_path / "study.png").stat().st_size > 5_000

@@ -1,0 +1,146 @@
+"""Cross-validated choices on OOF predictions (a run's TTA mode, the ensemble's post-processing), and their scores.
+
+Each choice is made for each fold on the images of the other folds and applied to that fold, so no image is scored
+with a setting chosen on it; the choice made on all OOF images is the one the test masks use.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src import postprocess
+from src.images import read_image
+from src.metrics import image_scores, per_image, pooled_by_class
+from src.parallel import thread_map
+from src.predict import TTA_MODES as PREDICTORS
+from src.predict import mean_at, read_mean
+
+TTA_MODES = list(PREDICTORS)  # cheapest first: a tie keeps the cheaper mode
+
+
+def read_oof_scores(runs: dict) -> dict:
+    """{run: {TTA mode: the OOF scores infer.py wrote}} for every mode each run was predicted with.
+
+    runs: {run name: one of its tta-* folders}."""
+    return {name: {mode: pd.read_csv(path.parent / f"tta-{mode}" / "oof_scores.csv", dtype={"id": str})
+                   for mode in TTA_MODES if (path.parent / f"tta-{mode}" / "oof_scores.csv").exists()}
+            for name, path in runs.items()}
+
+
+def image_dice(scores: pd.DataFrame) -> pd.Series:
+    """A scores table's Dice per image, indexed by image id."""
+    return per_image(scores).set_index("id")["dice"]
+
+
+def scored_images(dice_of: dict, modes_of: dict, ids) -> list:
+    """The ids, in order, that every run predicted at every TTA mode it may be scored with.
+
+    dice_of: {run: {mode: image_dice()}}; modes_of: {run: the modes it chooses from}."""
+    return [i for i in ids if all(i in dice_of[name][m].index for name in modes_of for m in modes_of[name])]
+
+
+def choose_tta_by_fold(scores_of: dict, image_ids: list, image_folds: np.ndarray) -> tuple:
+    """One run's TTA mode for each fold, the one of highest mean Dice on the other folds' images, and the run's OOF
+    scores with each fold's images at its fold's mode: ({fold: mode}, scores table).
+
+    scores_of: {mode: OOF scores} of the modes to choose from; image_folds: the fold of each of image_ids."""
+    dice = pd.DataFrame({mode: image_dice(scores).loc[image_ids] for mode, scores in scores_of.items()})
+    by_fold = {f: dice[image_folds != f].mean().idxmax() for f in sorted(set(image_folds.tolist()))}
+    chosen = pd.concat([scores_of[mode][scores_of[mode]["id"].isin(dice.index[image_folds == f])]
+                        for f, mode in by_fold.items()])
+    return by_fold, chosen
+
+
+def tta_gain(dice_of: dict, image_ids: list) -> dict:
+    """Mean Dice of every TTA mode a run was predicted with, on those of image_ids that all of them predicted, and the
+    gain of each over none (None where none was not predicted). dice_of: {mode: image_dice()}."""
+    dice = pd.DataFrame(dice_of).reindex(image_ids).dropna()
+    plain = dice["none"].mean() if "none" in dice else None
+    return {"images": len(dice), "modes": {m: {"dice": d, "gain": None if plain is None else d - plain}
+                                           for m, d in dice.mean().items()}}
+
+
+def oof_files(runs: dict, modes: tuple, image_id: str) -> list:
+    """One image's OOF prediction files, one per run at the TTA mode given for it (modes in the order of runs)."""
+    return [path.parent / f"tta-{mode}" / "oof" / f"{image_id}.npz" for path, mode in zip(runs.values(), modes)]
+
+
+def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, image_ids: list,
+                        image_folds: np.ndarray, tta_of_fold: dict, tta_all: tuple, tune_size: int) -> tuple:
+    """Post-processing chosen on the runs' weighted mean OOF probabilities (test predictions are never read): for each
+    fold on the other folds' images at that fold's TTA (the estimate), and on all images at tta_all (the test masks).
+
+    tta_of_fold: {fold: one TTA mode per run}; tta_all: the modes of the test masks. Areas are tuned on masks shrunk
+    to tune_size (postprocess.shrink). Each OOF file is read once: returns ({fold: settings}, the test masks'
+    settings, {(image id, modes): read_mean()}), the means at the models' size for the modes each image is scored at.
+    """
+    candidates = postprocess.binary_candidates()
+
+    def read_and_tune(image_id, modes):
+        maps, size = read_mean(oof_files(runs, modes, image_id), [weights[n] for n in runs])
+        target = postprocess.shrink(read_image(masks_dir / f"{image_id}.png"), tune_size)
+        probs = mean_at(maps, target.shape)  # straight from the models' size to the tuning size
+        if task == "binary":
+            return (maps, size), postprocess.binary_candidate_dice(probs[0], target, candidates)
+        return (maps, size), postprocess.multiclass_candidate_dice(probs, target)
+
+    means, settings_by_modes = {}, {}
+    for modes in dict.fromkeys([*tta_of_fold.values(), tta_all]):  # one pass per TTA combination, usually one
+        tuned = thread_map(lambda i: read_and_tune(i, modes), image_ids,
+                           f"tune post-processing (OOF, TTA {', '.join(modes)})")
+        for image_id, fold, (mean, _) in zip(image_ids, image_folds, tuned):
+            if modes in (tta_of_fold[fold], tta_all):
+                means[image_id, modes] = mean
+        candidate_scores = np.stack([scores for _, scores in tuned])
+        settings_by_modes[modes] = postprocess.choose_by_fold(task, candidate_scores, image_folds)
+        if modes == tta_all:
+            settings = postprocess.choose(task, candidate_scores)
+    return {f: settings_by_modes[modes][f] for f, modes in tta_of_fold.items()}, settings, means
+
+
+def score_ensemble(means: dict, masks_dir: Path, classes: list, image_ids: list, image_folds: np.ndarray,
+                   by_fold: dict, for_test: tuple) -> tuple:
+    """The ensemble's OOF scores at original size, each fold at its own (TTA modes, settings) of by_fold (the
+    estimate), and two per-image Dice without HD95 (most of the work): of the raw average (no post-processing) and of
+    the test masks' choices for_test (optimistic: chosen on these very images).
+
+    means: tune_postprocessing()'s. Returns (scores table, raw Dice, optimistic Dice)."""
+    fold_of = dict(zip(image_ids, image_folds))
+
+    def score(image_id):
+        target = read_image(masks_dir / f"{image_id}.png")
+        modes, settings = by_fold[fold_of[image_id]]
+        probs = mean_at(*means[image_id, modes])
+        rows = image_scores(postprocess.apply(probs, settings), target, classes)
+        plain = postprocess.apply(probs, postprocess.PLAIN[settings["task"]])
+        raw = image_scores(plain, target, classes, with_hd95=False)
+        if for_test == (modes, settings):
+            return rows, raw, rows
+        test_modes, test_settings = for_test
+        probs = probs if test_modes == modes else mean_at(*means[image_id, test_modes])
+        return rows, raw, image_scores(postprocess.apply(probs, test_settings), target, classes, with_hd95=False)
+
+    scored = dict(zip(image_ids, thread_map(score, image_ids, "score ensemble (OOF)")))
+    table = scores_table({i: rows for i, (rows, _, _) in scored.items()}, fold_of)
+    raw, optimistic = (per_image(scores_table({i: r[k] for i, r in scored.items()}, fold_of, table))["dice"]
+                       for k in (1, 2))
+    return table, raw, optimistic
+
+
+def scores_table(rows_of: dict, fold_of: dict, like: pd.DataFrame | None = None) -> pd.DataFrame:
+    """{image id: image_scores() rows} -> a scores table. like: a full table, whose columns rows scored without HD95
+    take (left empty), so that per_image() averages their classes exactly as it does the full table's."""
+    table = pd.DataFrame([{"id": i, "fold": fold_of[i], **r} for i, rows in rows_of.items() for r in rows])
+    return table if like is None else table.reindex(columns=like.columns)
+
+
+def summarize_scores(scores: pd.DataFrame) -> dict:
+    """Means over images, and the sample std (ddof=1, as infer.py's tables) over images and over fold means."""
+    images = per_image(scores)
+    fold_means = images.groupby("fold")[["dice", "iou"]].mean()
+    return {"dice": images["dice"].mean(), "dice_image_std": images["dice"].std(ddof=1),
+            "dice_fold_mean": fold_means["dice"].mean(), "dice_fold_std": fold_means["dice"].std(ddof=1),
+            "iou": images["iou"].mean(), "iou_fold_mean": fold_means["iou"].mean(),
+            "iou_fold_std": fold_means["iou"].std(ddof=1), "hd95": images["hd95"].mean(),
+            **({"hd95_pct": images["hd95_pct"].mean()} if "hd95_pct" in images else {}),
+            "folds": {int(f): d for f, d in fold_means["dice"].items()}, "per_class": pooled_by_class(scores)}

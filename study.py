@@ -37,6 +37,8 @@ def parse_args(argv=None) -> tuple:
     parser.add_argument("--preds-dir", default="preds", help="where infer.py writes")
     parser.add_argument("--out-dir", default="ensemble", help="where ensemble.py writes")
     args, train_flags = parser.parse_known_args(argv)
+    if min(args.runs_per_gpu, args.parallel) < 1:
+        parser.error("--runs-per-gpu and --parallel count runs at once: 1 or more")
     if args.address and args.engine != "ray":
         parser.error("--address is for --engine ray")
     try:
@@ -108,17 +110,14 @@ def main(argv=None):
         utilisation = gpu.mean
 
     # 2. What the training cost, over all runs together: the figures that packing runs on a device should raise.
-    wall = time.time() - start
+    wall, cost = time.time() - start, ""
     if results:
         trained = sum(result.ok for result in results)
         images = sum(study.images_trained(run, saved[run.run_dir]) for run in todo)
-        print(f"trained {trained} of {len(results)} runs in {wall / 60:.1f} min: {trained * 3600 / wall:.1f} runs/h, "
-              f"{images / wall:.1f} training images/s over all runs"
-              + (f", mean GPU utilisation {utilisation:.0f}%" if utilisation is not None else ""))
+        cost = (f"trained {trained} of {len(results)} runs in {wall / 60:.1f} min: {trained * 3600 / wall:.1f} runs/h, "
+                f"{images / wall:.1f} training images/s over all runs"
+                + (f", mean GPU utilisation {utilisation:.0f}%" if utilisation is not None else ""))
     failed = [result for result in results if not result.ok]
-    for result in failed:
-        print(f"\nfailed: {result.job.name}, exit code {result.returncode}; {result.job.log} ends with:")
-        print("\n".join(f"  | {line}" for line in result.tail()))
     problems = [f"{len(failed)} of {len(results)} runs failed"] if failed else []
 
     # 3. Infer the finished runs (predictions newer than their weights are kept), then rank and ensemble them.
@@ -129,7 +128,15 @@ def main(argv=None):
         problems += call(infer.main, argv, f"infer.py {shlex.join(argv)}")
     if finished:
         problems += call(ensemble.main, ensemble_arguments(args, cfg), "ensemble.py")
-        print(f"\nleaderboard: {Path(args.out_dir) / cfg.dataset / 'leaderboard.md'}")
+
+    # 4. The summary, last, where the terminal shows it.
+    if cost:
+        print(f"\n{cost}")
+    if finished:
+        print(f"leaderboard: {Path(args.out_dir) / cfg.dataset / 'leaderboard.md'}")
+    for result in failed:
+        print(f"\nfailed: {result.job.name}, exit code {result.returncode}; {result.job.log} ends with:")
+        print("\n".join(f"  | {line}" for line in result.tail()))
     if problems:
         sys.exit(f"study: {'; '.join(problems)} (see above); run the same command again to retry what did not finish")
 

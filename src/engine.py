@@ -62,8 +62,8 @@ def run_command(command: list, log: str, cwd: str, env: dict) -> tuple:
     argv = [sys.executable if command[0] == "python" else command[0], *command[1:]]
     header = f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode()
     start = time.time()
-    with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT) as process:
+    with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
             _append(Path(log), header + chunk)
             header = b""

@@ -1,0 +1,217 @@
+"""Engines: start commands where there is room, each with its output in a log file, and say how each ended.
+
+  local  subprocesses on this machine: K per GPU (CUDA_VISIBLE_DEVICES set per command), or N at once on CPU
+  ray    one Ray task per command on a running Ray cluster (fractional GPUs pack K per GPU), or on a local Ray
+
+An engine knows commands, logs and devices, nothing about what the commands do (src/study.py plans them).
+"""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+
+from tqdm import tqdm
+
+# Logs are files, not terminals: every line there as soon as it is printed, progress bars redrawn at most each minute.
+LOG_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "60"}
+
+
+@dataclass
+class Job:
+    name: str
+    command: list  # argv; a leading "python" means the interpreter of whichever process starts it
+    log: Path
+
+
+@dataclass
+class Result:
+    job: Job
+    returncode: int
+    seconds: float
+    error: str = ""  # why the engine could not get an exit code (a Ray worker or node lost), else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def tail(self, lines: int = 12) -> list:
+        """The last lines of the job's log: what a failed run said before it stopped."""
+        text = Path(self.job.log).read_text(errors="replace") if Path(self.job.log).exists() else ""
+        shown = [line for line in re.split(r"[\r\n]", text) if line.strip()]  # a progress bar's last state
+        return shown[-lines:] + ([self.error] if self.error else [])
+
+
+def _append(log: Path, data: bytes) -> None:
+    # Opened anew for every chunk: a command may delete its own folder after it starts (train.py --overwrite),
+    # and a handle opened before would keep writing into the deleted file.
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        f.write(data)
+
+
+def run_command(command: list, log: str, cwd: str, env: dict) -> tuple:
+    """Run one command to its end with stdout and stderr appended to log: (exit code, seconds)."""
+    argv = [sys.executable if command[0] == "python" else command[0], *command[1:]]
+    header = f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode()
+    start = time.time()
+    with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
+            _append(Path(log), header + chunk)
+            header = b""
+    return process.returncode, time.time() - start
+
+
+class Progress:
+    """One bar over the whole set: commands done, running (Ray: submitted) and failed, with tqdm's ETA."""
+
+    def __init__(self, total: int, active: str = "running"):
+        self.bar = tqdm(total=total, desc="study", unit="run")
+        self.active, self.running, self.failed = active, 0, 0
+        self.lock = threading.Lock()
+
+    def started(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.bar.set_postfix({self.active: self.running, "failed": self.failed})
+
+    def finished(self, result: Result) -> None:
+        with self.lock:
+            self.running -= 1
+            self.failed += not result.ok
+            if not result.ok:
+                self.bar.write(f"failed: {result.job.name} (exit {result.returncode}), log {result.job.log}")
+            self.bar.set_postfix({self.active: self.running, "failed": self.failed})
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def visible_gpus() -> list:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES where set, else every GPU nvidia-smi lists."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                            text=True)
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
+def slots(gpus: str, runs_per_gpu: int, parallel: int) -> list:
+    """The environment of each place a command can run: K places per GPU, or `parallel` places on the CPU.
+
+    gpus: 'all' (every visible GPU, the CPU when there is none), 'none' (CPU), or ids such as '0,1'.
+    """
+    ids = visible_gpus() if gpus == "all" else [] if gpus == "none" else gpus.split(",")
+    if ids:
+        return [{"CUDA_VISIBLE_DEVICES": g} for g in ids for _ in range(runs_per_gpu)]
+    # CPU runs side by side share the cores instead of each starting one thread per core.
+    threads = {} if parallel == 1 or "OMP_NUM_THREADS" in os.environ else {
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))}
+    return [{"CUDA_VISIBLE_DEVICES": "", **threads} for _ in range(parallel)]
+
+
+def run_local(jobs: list, places: list, cwd: str = ".") -> list:
+    """Every job as a subprocess, at most one per place at a time; results in the order they finish."""
+    free = Queue()
+    for env in places:
+        free.put(env)
+    progress = Progress(len(jobs))
+
+    def one(job: Job) -> Result:
+        env = free.get()
+        progress.started()
+        try:
+            return Result(job, *run_command(job.command, str(job.log), cwd, env))
+        finally:
+            free.put(env)
+
+    results = []
+    with ThreadPoolExecutor(len(places)) as pool:
+        for future in as_completed([pool.submit(one, job) for job in jobs]):
+            results.append(future.result())
+            progress.finished(results[-1])
+    progress.close()
+    return results
+
+
+def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".") -> list:
+    """Every job as a Ray task: 1/K of a GPU each where the cluster has GPUs, else one CPU each.
+
+    Without an address (and no Ray started by the caller), starts a Ray on this machine and stops it at the end.
+    cwd and the paths in the commands must mean the same on every node: storage that every node sees.
+    """
+    import ray  # here only: the local engine works without Ray's 80 MB wheel
+    from ray import cloudpickle
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not find src/ on their path
+    on_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    # No retries: a retried command would start again with the flags it was planned with (a new run without
+    # --resume); the next call of the study plans it again from its folder instead.
+    task = ray.remote(max_retries=0, **({"num_gpus": 1 / runs_per_gpu} if on_gpus else {"num_cpus": 1}))(run_command)
+    progress = Progress(len(jobs), active="submitted")  # Ray does not say which queued tasks have started
+    pending = {}
+    for job in jobs:
+        pending[task.remote(job.command, str(job.log), str(Path(cwd).resolve()), {})] = job
+        progress.started()
+    results = []
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(done)
+        try:
+            results.append(Result(job, *ray.get(done)))
+        except ray.exceptions.RayError as error:  # the worker or its node died: no exit code to report
+            results.append(Result(job, -1, 0.0, error=f"ray: {str(error).strip().splitlines()[0]}"))
+        progress.finished(results[-1])
+    progress.close()
+    if started_here:
+        ray.shutdown()
+    return results
+
+
+class GpuUtilisation:
+    """Mean utilisation of some GPUs while a block runs, sampled every second with nvidia-ml-py.
+
+    `mean` stays None on CPU, or where nvidia-ml-py or the NVIDIA driver is missing.
+    """
+
+    def __init__(self, places: list):
+        self.ids = sorted({int(env["CUDA_VISIBLE_DEVICES"]) for env in places
+                           if env.get("CUDA_VISIBLE_DEVICES", "").isdigit()})  # not GPU UUIDs or MIG names
+        self.samples, self.stop, self.mean = [], threading.Event(), None
+
+    def __enter__(self):
+        if not self.ids:
+            return self
+        try:
+            import pynvml  # nvidia-ml-py; optional
+            pynvml.nvmlInit()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in self.ids]
+        except Exception:  # ImportError, or NVMLError without a driver: utilisation is simply not reported
+            return self
+
+        def sample():
+            while not self.stop.wait(1.0):
+                self.samples.append(sum(pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles) / len(handles))
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.samples:
+            self.mean = sum(self.samples) / len(self.samples)

@@ -1,0 +1,65 @@
+"""The engines start commands where there is room, keep each one's output in its log, and report each failure."""
+import os
+import sys
+
+import pytest
+
+from conftest import TINY, paths
+from src import engine, study
+
+# A command that says where it ran and when; it sleeps long enough for runs started together to overlap.
+WHERE = "import os, sys, time; a = time.time(); time.sleep(1.5); print(os.environ['CUDA_VISIBLE_DEVICES'], a, time.time())"
+
+
+def test_local_engine_packs_k_runs_on_each_gpu(tmp_path):
+    jobs = [engine.Job(f"job{i}", ["python", "-c", WHERE], tmp_path / f"job{i}" / "train.log") for i in range(6)]
+    results = engine.run_local(jobs, engine.slots("0,1", runs_per_gpu=2, parallel=1))
+    assert sorted(r.job.name for r in results) == [f"job{i}" for i in range(6)] and all(r.ok for r in results)
+    spans = [r.tail(1)[0].split() for r in results]  # [gpu, start, end] from each log
+    assert {gpu for gpu, _, _ in spans} == {"0", "1"}
+
+    def running_at(t, gpu=None):
+        return sum(float(a) <= t < float(b) for g, a, b in spans if gpu in (None, g))
+
+    starts = [float(a) for _, a, _ in spans]
+    assert max(running_at(t, g) for t in starts for g in "01") == 2  # never a third run on one GPU
+    assert max(running_at(t) for t in starts) > 2  # and both GPUs busy at once
+
+
+def test_slots_follow_visible_gpus_and_share_cpu_cores(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert engine.slots("all", 2, 1) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("3", "3", "5", "5")]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert engine.slots("none", 1, 2) == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}] * 2
+
+
+def test_a_failing_command_is_reported_with_its_last_lines_and_the_others_finish(tmp_path):
+    fail = "import sys; print('epoch 1 done'); sys.exit('CUDA out of memory')"
+    # train.py --overwrite deletes its own folder after it starts: the output after that must still reach the log.
+    wipe = "import shutil, sys; shutil.rmtree(sys.argv[1]); print('after the wipe')"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text("{}")  # a failed run's leftovers
+    jobs = [engine.Job("fails", ["python", "-c", fail], tmp_path / "a" / "train.log"),
+            engine.Job("wipes", ["python", "-c", wipe, str(tmp_path / "b")], tmp_path / "b" / "train.log"),
+            engine.Job("ok", [sys.executable, "-c", "print('fine')"], tmp_path / "c" / "train.log")]
+    results = {r.job.name: r for r in engine.run_local(jobs, engine.slots("none", 1, 1))}
+    assert not results["fails"].ok and results["fails"].tail(2) == ["epoch 1 done", "CUDA out of memory"]
+    assert results["wipes"].ok and results["wipes"].tail(1) == ["after the wipe"]
+    assert results["ok"].ok and (tmp_path / "c" / "train.log").read_text().startswith("\n== ")  # command, time
+
+
+def test_ray_engine_runs_two_tiny_trainings_on_a_local_ray(demo_dir, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt installs it)")
+    i = TINY.index("--encoder")  # the plan names the encoder
+    flags = [*paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), *TINY[:i], *TINY[i + 2:], "--epochs", "1"]
+    runs = study.plan(study.train_config(flags), ["unet"], ["tu-resnet10t"], [0, 1], flags)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = engine.run_on_ray([engine.Job(r.name, r.command, r.log) for r in runs], None, runs_per_gpu=1)
+    finally:
+        ray.shutdown()
+    assert [r.ok for r in results] == [True, True], [r.tail() for r in results]
+    again = study.plan(study.train_config(flags), ["unet"], ["tu-resnet10t"], [0, 1], flags)
+    assert [r.state for r in again] == ["done", "done"]
+    assert all("best epoch 1" in r.log.read_text() for r in again)

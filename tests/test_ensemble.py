@@ -261,7 +261,8 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
 def scored_predictions(folder, dice, split=None):
     """A tta-* folder as infer.py leaves it, as far as choosing predictions and checking their split read it."""
     folder.mkdir(parents=True)
-    pd.DataFrame({"id": ["a"], "fold": [0], "class": ["lung"], "dice": [dice], "iou": [dice], "hd95": [0.0]}).to_csv(
+    pd.DataFrame({"id": ["a"], "fold": [0], "class": ["lung"], "tp": [1], "fp": [0], "fn": [0], "dice": [dice],
+                  "iou": [dice], "hd95": [0.0]}).to_csv(
         folder / "oof_scores.csv", index=False)
     if split:
         (folder.parent / "config.json").write_text(json.dumps({"folds": split}))

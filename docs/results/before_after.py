@@ -40,7 +40,7 @@ def pooled_hd95(pred: np.ndarray, target: np.ndarray) -> float:
 def main(dataset: str, tta: str):
     masks, preds = Path("data") / dataset / "masks", Path("preds") / dataset
     folds = load_folds("folds", dataset)
-    runs = sorted(p.parent.name for p in preds.glob(f"*/tta-{tta}/oof_scores.csv"))
+    runs = sorted(p.parent.parent.name for p in preds.glob(f"*/tta-{tta}/oof_scores.csv"))
     for run in runs:
         oof = preds / run / f"tta-{tta}" / "oof"
 

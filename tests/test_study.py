@@ -71,14 +71,14 @@ def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsy
 
 @pytest.fixture(scope="module")
 def finished_study(demo_dir, tmp_path_factory):
-    """Unet and Unet++ on fold 0 with a good encoder and a misspelt one, two runs side by side: (workdir, output,
-    exit code)."""
+    """Unet and Unet++ on folds 0 and 1 (ensemble.py tunes each fold on the others, so it needs two) with a good
+    encoder and a misspelt one, two runs side by side: (workdir, output, exit code)."""
     workdir = with_data(demo_dir, tmp_path_factory.mktemp("study"))
     output, code = io.StringIO(), 0
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         try:
             study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t,tu-resnet10x",
-                                  "--folds", "0", "--parallel", "2"))
+                                  "--folds", "0,1", "--parallel", "2"))
         except SystemExit as stop:
             print(stop.code)
             code = 1
@@ -87,10 +87,10 @@ def finished_study(demo_dir, tmp_path_factory):
 
 def test_a_failing_run_is_reported_with_its_log_and_the_others_are_trained_inferred_and_ensembled(finished_study):
     workdir, output, code = finished_study
-    assert code != 0 and "study: 2 of 4 runs failed" in output
+    assert code != 0 and "study: 4 of 8 runs failed" in output
     assert "failed: unet-tu-resnet10x fold0 (new), exit code 1" in output
     assert "  | train: unknown timm encoder 'tu-resnet10x'" in output  # the end of its train.log
-    assert "trained 2 of 4 runs in" in output and "training images/s over all runs" in output
+    assert "trained 4 of 8 runs in" in output and "training images/s over all runs" in output
     for name in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
         assert (workdir / "preds" / "demo" / name / "tta-none" / "oof_scores.csv").exists()
     assert not (workdir / "preds" / "demo" / "unet-tu-resnet10x").exists()
@@ -104,10 +104,10 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
     watched = [*workdir.glob("runs/demo/*/fold0/*"), *workdir.glob("preds/demo/*/tta-none/oof/*.npz")]
     before = {path: path.stat().st_mtime_ns for path in watched}
     start = time.time()
-    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0"))
+    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1"))
     print(f"rerun of the finished study: {time.time() - start:.1f}s", file=sys.stderr)
     output = capsys.readouterr().out
-    assert output.startswith("# demo: 2 archs x 1 encoders x 1 folds = 2 runs, 2 done\n")
+    assert output.startswith("# demo: 2 archs x 1 encoders x 2 folds = 4 runs, 4 done\n")
     assert "local engine" not in output and "trained" not in output
     assert {path: path.stat().st_mtime_ns for path in watched} == before  # train.log, weights and predictions
     assert "leaderboard: " in output

@@ -74,7 +74,7 @@ def test_a_run_records_its_folds_and_resume_refuses_a_changed_split(demo_dir, tm
     assert config["folds"]["file"] == str(folds / "demo.csv") and len(config["folds"]["sha256"]) == 64
     table = pd.read_csv(folds / "demo.csv")
     table.assign(fold=(table["fold"] + 1) % 3).to_csv(folds / "demo.csv", index=False)  # re-prepared with another split
-    with pytest.raises(SystemExit, match="changed since .* started; the run cannot continue on another split"):
+    with pytest.raises(SystemExit, match="changed since .* started; the run cannot be continued or scored on another"):
         train.main([*args, "--epochs", "2", "--resume"])
 
 

@@ -4,8 +4,9 @@
   python train.py --dataset demo --fold 0 --arch unet --encoder resnet18 --encoder-weights none
 
 Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: best.pt (best epoch's weights), last.pt (the final epoch's),
-config.json (everything needed to rebuild the model offline, and the fold file's hash), history.csv (one row per epoch), metrics.json (the best epoch's validation scores) and
-state/ (full training state, saved every epoch, for --resume).
+config.json (everything needed to rebuild the model offline, and the fold file's hash), history.csv (one row per
+epoch), metrics.json (the best epoch's validation scores) and state/ (full training state, saved every epoch, for
+--resume).
 """
 import argparse
 import json

@@ -237,6 +237,7 @@ def study_figure(path: Path, rows: list) -> None:
         half = [stats.t.ppf(0.975, r["folds"] - 1) * r[f"{arch}_dice_std"] / np.sqrt(r["folds"]) for r in rows]
         axis.errorbar(x + offset, [r[f"{arch}_dice"] for r in rows], yerr=half, fmt="o", capsize=4, label=label)
     axis.set_xticks(x, [r["encoder"] for r in rows], rotation=30, fontsize=7)
+    axis.set_xlim(-0.5, len(rows) - 0.5)
     axis.set_ylabel("OOF Dice, cross-validated\n(mean over folds, 95% CI)")
     axis.legend(fontsize=7)
     fig.tight_layout()

@@ -30,7 +30,7 @@ def parse_args(argv=None) -> tuple:
     parser.add_argument("--gpus", default="all", help="local: all (the CPU when there is no GPU), none, or ids: 0,1")
     parser.add_argument("--runs-per-gpu", type=int, default=1, help="runs side by side on each GPU (ray: 1/K GPU each)")
     parser.add_argument("--parallel", type=int, default=1, help="local, on CPU: runs side by side, sharing the cores")
-    parser.add_argument("--address", help="ray: the cluster, e.g. auto (default: start a Ray on this machine)")
+    parser.add_argument("--address", help="ray: the cluster, e.g. auto (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command, run nothing")
     parser.add_argument("--tta", nargs="?", const="flip", default="none", choices=["none", "flip", "d4"],
                         help="infer.py's test-time augmentation; --tta alone means flip")

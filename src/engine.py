@@ -148,14 +148,15 @@ def run_local(jobs: list, places: list, cwd: str = ".") -> list:
 def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".") -> list:
     """Every job as a Ray task: 1/K of a GPU each where the cluster has GPUs, else one CPU each.
 
-    Without an address (and no Ray started by the caller), starts a Ray on this machine and stops it at the end.
+    Without an address Ray takes RAY_ADDRESS or a cluster that `ray start` runs on this machine, else starts one for
+    these jobs alone; a caller that has called ray.init keeps its Ray.
     cwd and the paths in the commands must mean the same on every node: storage that every node sees.
     """
     import ray  # here only: the local engine works without Ray's 80 MB wheel
     from ray import cloudpickle
 
-    started_here = not ray.is_initialized()
-    if started_here:
+    connected_here = not ray.is_initialized()
+    if connected_here:
         ray.init(address=address, include_dashboard=False)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not find src/ on their path
     on_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -177,8 +178,8 @@ def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".
             results.append(Result(job, -1, 0.0, error=f"ray: {str(error).strip().splitlines()[0]}"))
         progress.finished(results[-1])
     progress.close()
-    if started_here:
-        ray.shutdown()
+    if connected_here:
+        ray.shutdown()  # disconnects; a cluster started by `ray start` keeps running
     return results
 
 

@@ -5,8 +5,12 @@
 
 Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: best.pt (best epoch's weights), last.pt (the final epoch's),
 config.json (everything needed to rebuild the model offline, and the fold file's hash), history.csv (one row per
-epoch), metrics.json (the best epoch's validation scores) and state/ (full training state, saved every epoch, for
---resume).
+epoch: its seconds, split into training, validation and the rest), metrics.json (the best epoch's validation scores)
+and state/ (full training state for --resume: saved every --save-minutes, after the final epoch, and on SIGTERM/SIGINT,
+which end the run after the epoch in progress).
+
+main() reads as the run goes: check the run, start Accelerate, set up data and model, then epochs of
+train_one_epoch, validate and save_epoch, and finish.
 """
 import argparse
 import json
@@ -14,9 +18,8 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
@@ -27,10 +30,10 @@ from src import tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.checkpoint import RESUMABLE, last_state, save_state, settings_changed, write_atomic
+from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due, write_atomic
 from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
-from src.folds import fingerprint, load_folds
+from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, normalize
@@ -55,16 +58,6 @@ def mixed_precision(requested: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int, folds_file: str) -> tuple:
-    """Cache row positions of the training and validation images of one fold."""
-    if fold not in set(folds["fold"]):
-        sys.exit(f"train: fold {fold} is not in {folds_file} (it has folds {sorted(set(folds['fold']))})")
-    position = {image_id: i for i, image_id in enumerate(index["id"])}
-    valid = folds["fold"] == fold
-    return (np.array([position[i] for i in folds.loc[~valid, "id"]]),
-            np.array([position[i] for i in folds.loc[valid, "id"]]))
-
-
 @torch.no_grad()
 def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
     """Scores over the whole fold, each image counted once whatever the number of processes."""
@@ -85,8 +78,8 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
     return summarize(tp, fp, fn, meta["classes"], tissues), example
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def check_run(args) -> tuple:
+    """The run's settings, dataset and split, or a one-line exit for anything that would make it fail or mislead."""
     cfg = config_from_args(args)
     try:
         cfg.arch = canonical_arch(cfg.arch)
@@ -98,26 +91,18 @@ def main(argv=None):
         index, folds = load_index(cfg.dataset_dir), load_folds(cfg.folds_dir, cfg.dataset)
     except (ModelError, FileNotFoundError) as error:
         sys.exit(f"train: {error}")
-    train_rows, valid_rows = fold_rows(index, folds, cfg.fold, f"{cfg.folds_dir}/{cfg.dataset}.csv")
+    try:
+        train_rows, valid_rows = fold_rows(index, folds, cfg.fold)
+    except ValueError as error:
+        sys.exit(f"train: {cfg.folds_dir}/{cfg.dataset}.csv: {error}")
     tissue_of_row = index["tissue"].to_numpy() if "tissue" in index else None  # PanNuke: scores per tissue too
-    run_dir = cfg.run_dir
-    if args.validate_only and not (run_dir / "best.pt").exists():
-        sys.exit(f"train: {run_dir / 'best.pt'} not found: train the run first")
-    if args.resume and last_state(run_dir) is None:
-        sys.exit(f"train: nothing to resume in {run_dir} (no state/ folder); drop --resume")
-    if args.resume or args.validate_only:
-        saved_folds = json.loads((run_dir / "config.json").read_text()).get("folds")
-        if saved_folds and saved_folds != fingerprint(cfg.folds_dir, cfg.dataset):
-            sys.exit(f"train: {saved_folds['file']} changed since {run_dir} started; the run cannot be continued or "
-                     f"scored on another split: pass --overwrite to start again on the new one")
-    if args.resume:
-        changed = settings_changed(load_run_config(run_dir)[0], cfg)
-        if changed:
-            sys.exit(f"train: {run_dir} was trained with other settings ({changed}); resume with the same command, "
-                     f"changing only {', '.join(RESUMABLE)}, or pass --overwrite to start again")
-    if (run_dir / "config.json").exists() and not (args.resume or args.overwrite or args.validate_only):
-        sys.exit(f"train: {run_dir} already holds a run; pass --resume to continue it or --overwrite to start again")
+    problem = run_folder_problem(cfg, args.resume, args.overwrite, args.validate_only)
+    if problem:
+        sys.exit(f"train: {problem}")
+    return cfg, meta, train_rows, valid_rows, tissue_of_row
 
+
+def start_accelerator(cfg, args) -> Accelerator:
     # Several processes and no CUDA GPU: CPU processes (gloo). `accelerate launch --cpu` alone starts one process.
     several_on_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
@@ -125,14 +110,27 @@ def main(argv=None):
         log_with="wandb" if cfg.tracker == "wandb" and not args.validate_only else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True))
     if args.overwrite and accelerator.is_main_process:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
-    accelerator.print(f"{cfg.run_name} fold {cfg.fold}: {len(train_rows)} training and {len(valid_rows)} validation "
-                      f"images, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
-                      f"{cfg.batch_size} per process, lr {cfg.lr:g} (encoder x{cfg.encoder_lr_mult:g}"
-                      f"{', from scratch' if cfg.encoder_weights == 'none' else ''})")
+    return accelerator
 
+
+@dataclass
+class Parts:
+    """What one fold's training is made of, placed by Accelerate."""
+    cache_rows: int
+    train_set: CachedSegmentation
+    train_loader: object
+    valid_loader: object
+    model: torch.nn.Module
+    bare_model: torch.nn.Module  # the same weights, unwrapped: plain key names for best.pt
+    loss_fn: torch.nn.Module
+    optimizer: object
+    scheduler: object
+
+
+def set_up(cfg, args, meta, accelerator, train_rows, valid_rows) -> Parts:
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     with accelerator.main_process_first():
         images, masks = open_cache(cfg.dataset_dir, cfg.size)
@@ -160,15 +158,13 @@ def main(argv=None):
     model, optimizer, train_loader, valid_loader = accelerator.prepare(model, optimizer, train_loader, valid_loader)
     loss_fn = loss_fn.to(accelerator.device)  # not prepared: a module without parameters cannot be wrapped in DDP
     accelerator.register_for_checkpointing(scheduler)
-    bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # shares the weights; plain key names
+    return Parts(len(images), train_set, train_loader, valid_loader, model,
+                 accelerator.unwrap_model(model, keep_torch_compile=False), loss_fn, optimizer, scheduler)
 
-    if args.validate_only:
-        bare_model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))
-        scores, _ = validate(model, valid_loader, accelerator, meta, tissue_of_row)
-        if accelerator.is_main_process:
-            print(json.dumps(scores))
-        return
 
+def start_or_resume(cfg, args, meta, accelerator) -> tuple:
+    """(trainer counters, history rows): fresh, or from the run's last saved state; config.json written either way."""
+    run_dir = cfg.run_dir
     trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0}
     history = []
     if args.resume:
@@ -184,68 +180,70 @@ def main(argv=None):
     if cfg.tracker == "wandb":
         trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,
                                              name=f"fold{cfg.fold}", job_type="train", config=vars(cfg),
-                                             folder=run_dir, run_id=trainer.get("wandb_id"))
+                                             folder=run_dir, run_id=trainer.get("wandb_id"), tags=cfg.tags)
+    return trainer, history
 
-    for epoch in range(trainer["epoch"], cfg.epochs):
-        if trainer["bad_epochs"] >= cfg.patience:
-            break
-        start = time.time()
-        model.train()
-        train_set.epoch = epoch
-        train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=accelerator.device)
-        draws = torch.zeros(len(images), device=accelerator.device)  # per cache row: checks the process sharding
-        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                        disable=not accelerator.is_local_main_process)
-        for images_batch, masks_batch, rows_batch in progress:
-            with accelerator.accumulate(model):
-                logits = model(normalize(images_batch))
-                loss = loss_fn(logits, masks_batch)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
-            draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
-        sync_lookahead(optimizer)  # validate and save the slow weights, not mid-cycle fast ones (as timm)
-        draws = accelerator.reduce(draws, "sum")
-        train_loss = (accelerator.reduce(loss_sum, "sum") / draws.sum()).item()
-        images_seen, train_images = int(draws.sum()), int((draws > 0).sum())
-        train_images_per_s = images_seen / (time.time() - start)
-        # Every training image once per epoch over all processes; Accelerate pads the last batches with repeats.
-        train_repeats = images_seen - train_images
-        if train_images != len(train_rows):
-            accelerator.print(f"warning: epoch {epoch + 1} drew {train_images} of {len(train_rows)} training images")
-        scores, example = validate(model, valid_loader, accelerator, meta, tissue_of_row)
-        lr = optimizer.param_groups[-1]["lr"]
-        if cfg.scheduler == "plateau":
-            scheduler.step(scores["dice"])
-        else:
-            scheduler.step()
 
-        improved = scores["dice"] > trainer["best"]
-        trainer.update(epoch=epoch + 1, bad_epochs=0 if improved else trainer["bad_epochs"] + 1)
-        if improved:
-            trainer.update(best=scores["dice"], best_epoch=epoch + 1)
-            accelerator.save(bare_model.state_dict(), run_dir / "best.pt")
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_images": train_images,
-               "train_repeats": train_repeats, "train_images_per_s": train_images_per_s,
-               **{f"val_{k}": v for k, v in scores.items()}, "seconds": time.time() - start}
-        history.append(row)
+def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) -> dict:
+    """One pass over the fold's training images, each drawn once over all processes."""
+    model, optimizer = parts.model, parts.optimizer
+    model.train()
+    parts.train_set.epoch = epoch
+    parts.train_loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    draws = torch.zeros(parts.cache_rows, device=accelerator.device)  # per cache row: checks the process sharding
+    progress = tqdm(parts.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                    disable=not accelerator.is_local_main_process)
+    start = None
+    for images_batch, masks_batch, rows_batch in progress:
+        start = start or time.time()  # from the first batch: the loader's start-up is bookkeeping, not training
+        with accelerator.accumulate(model):
+            logits = model(normalize(images_batch))
+            loss = parts.loss_fn(logits, masks_batch)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
+        draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
+    draws = accelerator.reduce(draws, "sum")
+    train_loss = (accelerator.reduce(loss_sum, "sum") / draws.sum()).item()
+    seconds = time.time() - start
+    sync_lookahead(optimizer)  # validate and save the slow weights, not mid-cycle fast ones (as timm)
+    images_seen, train_images = int(draws.sum()), int((draws > 0).sum())
+    if train_images != n_train:
+        accelerator.print(f"warning: epoch {epoch + 1} drew {train_images} of {n_train} training images")
+    # Accelerate pads the last batches with repeats so that every process steps together.
+    return {"train_loss": train_loss, "train_images": train_images, "train_repeats": images_seen - train_images,
+            "train_images_per_s": images_seen / seconds, "train_seconds": seconds}
+
+
+def save_epoch(cfg, accelerator, parts: Parts, trainer: dict, scores: dict, improved: bool, save_state_now: bool):
+    """best.pt and metrics.json when the epoch improved; the full state for --resume when asked."""
+    if improved:
+        accelerator.save(parts.bare_model.state_dict(), cfg.run_dir / "best.pt")
         if accelerator.is_main_process:
-            write_atomic(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-            if improved:
-                write_atomic(run_dir / "metrics.json", json.dumps({"epoch": epoch + 1, **scores}, indent=2) + "\n")
-        save_state(accelerator, run_dir, trainer)
-        if cfg.tracker == "wandb":
-            log = {k: v for k, v in row.items() if k != "epoch"}
-            if accelerator.is_main_process and epoch % 5 == 0:
-                log["val_examples"] = tracking.mask_overlays(example[0].transpose(0, 2, 3, 1), *example[1:],
-                                                             meta["classes"])
-            accelerator.log(log, step=epoch + 1)
-        accelerator.print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val Dice {scores['dice']:.4f}, "
-                          f"IoU {scores['iou']:.4f}{' *' if improved else ''} ({row['seconds']:.1f}s)")
+            write_atomic(cfg.run_dir / "metrics.json", json.dumps({"epoch": trainer["epoch"], **scores}, indent=2) + "\n")
+    if save_state_now:
+        save_state(accelerator, cfg.run_dir, trainer)
 
-    accelerator.save(bare_model.state_dict(), run_dir / "last.pt")  # the final epoch's weights: infer --checkpoint last
+
+def record_epoch(cfg, accelerator, meta, history: list, row: dict, example: tuple, improved: bool) -> None:
+    """history.csv (rewritten whole, atomically), W&B and the terminal."""
+    history.append(row)
+    if accelerator.is_main_process:
+        write_atomic(cfg.run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    if cfg.tracker == "wandb":
+        log = {k: v for k, v in row.items() if k != "epoch"}
+        if accelerator.is_main_process and row["epoch"] % 5 == 1:
+            log["val_examples"] = tracking.mask_overlays(example[0].transpose(0, 2, 3, 1), *example[1:], meta["classes"])
+        accelerator.log(log, step=row["epoch"])
+    accelerator.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val Dice {row['val_dice']:.4f}, "
+                      f"IoU {row['val_iou']:.4f}{' *' if improved else ''} ({row['seconds']:.1f}s)")
+
+
+def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
+    run_dir = cfg.run_dir
+    accelerator.save(parts.bare_model.state_dict(), run_dir / "last.pt")  # the final epoch's: infer --checkpoint last
     if accelerator.is_main_process:
         final = {"best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -255,6 +253,64 @@ def main(argv=None):
                                                   if k not in ("epoch", "images")} | {"best_epoch": trainer["best_epoch"]})
         print(f"best epoch {trainer['best_epoch']}: val Dice {trainer['best']:.4f} -> {run_dir}")
     accelerator.end_training()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg, meta, train_rows, valid_rows, tissue_of_row = check_run(args)
+    accelerator = start_accelerator(cfg, args)
+    accelerator.print(f"{cfg.run_name} fold {cfg.fold}: {len(train_rows)} training and {len(valid_rows)} validation "
+                      f"images, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
+                      f"{cfg.batch_size} per process, lr {cfg.lr:g} (encoder x{cfg.encoder_lr_mult:g}"
+                      f"{', from scratch' if cfg.encoder_weights == 'none' else ''})")
+    parts = set_up(cfg, args, meta, accelerator, train_rows, valid_rows)
+
+    if args.validate_only:
+        parts.bare_model.load_state_dict(torch.load(cfg.run_dir / "best.pt", map_location="cpu"))
+        scores, _ = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row)
+        if accelerator.is_main_process:
+            print(json.dumps(scores))
+        return
+
+    trainer, history = start_or_resume(cfg, args, meta, accelerator)
+    clock = last_save = time.time()  # each epoch's seconds run from the previous one's end: they sum to the wall time
+    with StopRequest() as stop:
+        for epoch in range(trainer["epoch"], cfg.epochs):
+            if trainer["bad_epochs"] >= cfg.patience:
+                break
+            lr = parts.optimizer.param_groups[-1]["lr"]
+            trained = train_one_epoch(parts, accelerator, epoch, cfg, len(train_rows))
+            started = time.time()
+            scores, example = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row)
+            val_seconds = time.time() - started
+            if cfg.scheduler == "plateau":
+                parts.scheduler.step(scores["dice"])
+            else:
+                parts.scheduler.step()
+
+            improved = scores["dice"] > trainer["best"]
+            trainer.update(epoch=epoch + 1, bad_epochs=0 if improved else trainer["bad_epochs"] + 1)
+            if improved:
+                trainer.update(best=scores["dice"], best_epoch=epoch + 1)
+            final = epoch + 1 == cfg.epochs or trainer["bad_epochs"] >= cfg.patience
+            save_now, stopping = state_due(accelerator, last_save, cfg.save_minutes, final, stop)
+            started = time.time()
+            save_epoch(cfg, accelerator, parts, trainer, scores, improved, save_now)
+            now = time.time()
+            last_save = now if save_now else last_save
+            seconds = {"seconds": now - clock, "train_seconds": trained.pop("train_seconds"),
+                       "val_seconds": val_seconds, "save_seconds": now - started}
+            seconds["other_seconds"] = 2 * seconds["seconds"] - sum(seconds.values())  # loader start, sync, logging
+            row = {"epoch": epoch + 1, "lr": lr, **trained, **{f"val_{k}": v for k, v in scores.items()},
+                   **seconds, "state_saved": int(save_now)}
+            clock = now
+            record_epoch(cfg, accelerator, meta, history, row, example, improved)
+            if stopping and not final:
+                accelerator.end_training()
+                accelerator.print(f"train: stopped by {stop.signal or 'a signal'} after epoch {epoch + 1}, its state "
+                                  f"saved in {cfg.run_dir}; the same command with --resume continues")
+                raise SystemExit(stop.exit_code)
+    finish(cfg, accelerator, parts, trainer)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,18 @@
 import json
 import os
 import shutil
+import signal
+import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
-from src.config import Config
+import torch
 
-RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker")
+from src.config import Config, load_run_config
+from src.folds import fingerprint
+
+RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker", "--tags", "--save-minutes")
 
 
 def settings_changed(saved: Config, requested: Config) -> str:
@@ -15,6 +21,36 @@ def settings_changed(saved: Config, requested: Config) -> str:
     free = {flag[2:].replace("-", "_") for flag in RESUMABLE}
     return ", ".join(f"{f.name} {getattr(saved, f.name)} -> {getattr(requested, f.name)}" for f in fields(Config)
                      if f.name not in free and getattr(saved, f.name) != getattr(requested, f.name))
+
+
+def run_folder_problem(cfg: Config, resume: bool, overwrite: bool, validate_only: bool) -> str | None:
+    """Why train.py must not start on cfg.run_dir as asked (one sentence with the fix), or None."""
+    run_dir = cfg.run_dir
+    if validate_only and not (run_dir / "best.pt").exists():
+        return f"{run_dir / 'best.pt'} not found: train the run first"
+    if resume and last_state(run_dir) is None:
+        return f"nothing to resume in {run_dir} (no state/ folder); drop --resume"
+    if resume or validate_only:
+        saved_folds = json.loads((run_dir / "config.json").read_text()).get("folds")
+        if saved_folds and saved_folds != fingerprint(cfg.folds_dir, cfg.dataset):
+            return (f"{saved_folds['file']} changed since {run_dir} started; the run cannot be continued or scored on "
+                    f"another split: pass --overwrite to start again on the new one")
+    if resume:
+        changed = settings_changed(load_run_config(run_dir)[0], cfg)
+        if changed:
+            return (f"{run_dir} was trained with other settings ({changed}); resume with the same command, changing "
+                    f"only {', '.join(RESUMABLE)}, or pass --overwrite to start again")
+    if (run_dir / "config.json").exists() and not (resume or overwrite or validate_only):
+        return f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to start again"
+    return None
+
+
+def state_due(accelerator, last_save: float, save_minutes: float, final: bool, stop: "StopRequest") -> tuple:
+    """(save the full state now, stop after it), the same on every process: saving is a collective step."""
+    due = final or stop.signal is not None or time.time() - last_save >= 60 * save_minutes
+    flags = torch.tensor([float(due), float(stop.signal is not None)], device=accelerator.device)
+    flags = accelerator.reduce(flags, "max")
+    return bool(flags[0]), bool(flags[1])
 
 
 def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
@@ -44,3 +80,28 @@ def last_state(run_dir: Path) -> Path | None:
         if (folder / "trainer.json").exists():
             return folder
     return None
+
+
+class StopRequest:
+    """SIGTERM (a scheduler's warning before its time limit) or SIGINT (Ctrl-C): the training finishes its epoch,
+    saves its state and stops, so --resume loses nothing. A second signal acts at once, as it would without this."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal, self.exit_code = None, 128 + signal.SIGTERM  # a process told by another that one came
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def handle(self, signum, frame):
+        self.signal, self.exit_code = signal.Signals(signum).name, 128 + signum
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        print(f"\n{self.signal}: finishing this epoch, saving its state, then stopping (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

@@ -50,7 +50,10 @@ class Config:
     compile: bool = knob(False, "torch.compile the model")
     workers: int = knob(-1, "data loader workers per process (-1: from the CPU count)")
     seed: int = knob(42, "seed for everything")
+    save_minutes: float = knob(2.0, "full training state (for --resume) saved once this many minutes have passed since "
+                                    "the last save, after the final epoch, and on SIGTERM/SIGINT; 0: after every epoch")
     tracker: str = knob("wandb", "experiment tracker (offline unless logged in)", choices=["wandb", "none"])
+    tags: str = knob("", "W&B tags, comma-separated (study.py adds the study's name)")
     data_dir: str = knob("data", "where prepared datasets live")
     folds_dir: str = knob("folds", "where fold files live")
     runs_dir: str = knob("runs", "where training runs are written")

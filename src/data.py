@@ -1,5 +1,6 @@
 """Torch datasets over the resized cache. Samples stay uint8; models.normalize runs on the device."""
 import os
+import signal
 import zlib
 
 import numpy as np
@@ -53,8 +54,16 @@ def default_workers(requested: int, processes: int = 1) -> int:
     return max(0, min(8, (os.cpu_count() or 1) // max(1, processes) - 1))
 
 
+def leave_signals_to_the_main_process(_worker: int) -> None:
+    """Ctrl-C and a scheduler's SIGTERM reach every process of the group: a worker that died of them would crash the
+    epoch that the main process is finishing before it saves (src.checkpoint.StopRequest). Workers end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0) -> DataLoader:
     """Persistent, pinned-memory workers: no process start per epoch, asynchronous copies to the GPU."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      worker_init_fn=leave_signals_to_the_main_process,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)

@@ -110,6 +110,16 @@ def load_folds(folds_dir: Path, dataset: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
 
 
+def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int) -> tuple:
+    """Positions in the index (and cache) of the training and validation images of one fold."""
+    if fold not in set(folds["fold"]):
+        raise ValueError(f"fold {fold} is not in the fold file (it has folds {sorted(set(folds['fold']))})")
+    position = {image_id: i for i, image_id in enumerate(index["id"])}
+    valid = folds["fold"] == fold
+    return (np.array([position[i] for i in folds.loc[~valid, "id"]]),
+            np.array([position[i] for i in folds.loc[valid, "id"]]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="dataset under data/")

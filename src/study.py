@@ -3,10 +3,10 @@
 A run's state comes from what train.py left in runs/<dataset>/<arch>-<encoder>/fold<k>/, so a study can be stopped
 at any moment and planned again:
 
-  done       metrics.json has "epochs_run" (train.py writes it when the run ends)  nothing to run
-  resumable  a saved state/ (train.py saves one after every epoch)                 train.py ... --resume
-  failed     config.json but no saved epoch (it died in its first epoch)           train.py ... --overwrite
-  new        no config.json (a folder holding only train.log died before starting)  train.py ...
+  done       metrics.json has "epochs_run" (train.py writes it when the run ends)   nothing to run
+  resumable  a saved state/ (every --save-minutes, and on SIGTERM/SIGINT)            train.py ... --resume
+  failed     config.json but no saved state (it died before its first save)         train.py ... --overwrite
+  new        no config.json (a folder holding only train.log died before starting)   train.py ...
 
 The plan knows nothing about GPUs or where commands run: src/engine.py does.
 """

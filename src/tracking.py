@@ -24,7 +24,7 @@ def prepare_wandb_env() -> str:
 
 
 def start(accelerator, project: str, group: str, name: str, job_type: str, config: dict, folder: Path,
-          run_id: str | None = None) -> str | None:
+          run_id: str | None = None, tags: str = "") -> str | None:
     """Runs are grouped by arch+encoder, one run per fold: project=dataset, group=<arch>-<encoder>, name=fold<k>.
 
     Returns the W&B run id (main process), which a resumed training passes back to continue the same run.
@@ -33,7 +33,7 @@ def start(accelerator, project: str, group: str, name: str, job_type: str, confi
     folder.mkdir(parents=True, exist_ok=True)
     resume = {"id": run_id, "resume": "allow"} if run_id else {}
     accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {
-        "group": group, "name": name, "job_type": job_type, "dir": str(folder), **resume}})
+        "group": group, "name": name, "job_type": job_type, "dir": str(folder), "tags": split_tags(tags), **resume}})
     if accelerator.is_main_process:
         run = accelerator.get_tracker("wandb", unwrap=True)
         folder = Path(run.dir).parent
@@ -58,13 +58,19 @@ def mask_overlays(images: np.ndarray, preds: np.ndarray, truths: np.ndarray, cla
             for image, pred, truth in zip(images, preds, truths)]
 
 
-def log_tables(project: str, group: str, name: str, job_type: str, folder: Path, tables: dict, summary: dict) -> None:
+def split_tags(tags: str) -> list:
+    return [tag for tag in tags.split(",") if tag]
+
+
+def log_tables(project: str, group: str, name: str, job_type: str, folder: Path, tables: dict, summary: dict,
+               tags: str = "") -> None:
     """One W&B run holding score tables (pandas DataFrames) and summary numbers, e.g. infer's OOF scores."""
     import wandb
 
     mode = prepare_wandb_env()
     folder.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, group=group, name=name, job_type=job_type, dir=str(folder), reinit="create_new")
+    run = wandb.init(project=project, group=group, name=name, job_type=job_type, dir=str(folder), tags=split_tags(tags),
+                     reinit="create_new")
     run.log({key: wandb.Table(dataframe=table) for key, table in tables.items()})
     run.summary.update(summary)
     run.finish()

@@ -39,7 +39,8 @@ def test_resume_gives_the_same_weights_and_history_as_straight_training(demo_dir
     with pytest.raises(SystemExit, match=r"trained with other settings \(lr 0.01 -> 0.001\)"):
         run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "4", "--resume", "--lr", "1e-3")
     run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "4", "--resume")
-    a, b = (pd.read_csv(r / "history.csv").drop(columns=["seconds", "train_images_per_s"]) for r in (straight, resumed))
+    timings = ["seconds", "train_seconds", "val_seconds", "save_seconds", "other_seconds", "train_images_per_s"]
+    a, b = (pd.read_csv(r / "history.csv").drop(columns=timings) for r in (straight, resumed))
     pd.testing.assert_frame_equal(a, b)
     wa, wb = (torch.load(r / "best.pt") for r in (straight, resumed))
     for key in wa:
@@ -121,12 +122,13 @@ def test_local_encoder_weights_file_is_loaded(demo_dir, tmp_path):
 
 
 def test_wandb_offline_run_has_the_logged_keys(demo_dir, tmp_path):
-    run_train(demo_dir, tmp_path, "--epochs", "1", "--tracker", "wandb")
+    run_train(demo_dir, tmp_path, "--epochs", "1", "--tracker", "wandb", "--tags", "encoders-v1")
     run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     logged = next(offline[0].glob("run-*.wandb")).read_bytes()  # protobuf records hold the key names verbatim
-    for key in ("train_loss", "val_dice", "val_iou", "lr", "val_examples", "encoder_lr_mult", "best_epoch"):
+    for key in ("train_loss", "val_dice", "val_iou", "lr", "val_examples", "encoder_lr_mult", "best_epoch",
+                "save_seconds", "encoders-v1"):
         assert key.encode() in logged, key
     # The summary holds the best epoch's scores (the runs table compares folds by them), not only the last epoch's.
     best = json.loads((run / "metrics.json").read_text())
@@ -205,6 +207,58 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(demo_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     assert list(pd.read_csv(history)["epoch"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_epochs_seconds_include_its_saves_and_the_state_waits_for_save_minutes(demo_dir, tmp_path, monkeypatch):
+    """The state save is part of the epoch it follows (here made to take 0.5 s); with --save-minutes 60 it is written
+    only after the final epoch, and the epochs' seconds add up to the training's wall time."""
+    import time
+    saves = []
+
+    def slow_save(*args):
+        time.sleep(0.5)
+        saves.append(args[2]["epoch"])
+        return save_state(*args)
+
+    from src.checkpoint import save_state
+    monkeypatch.setattr(train, "save_state", slow_save)
+    start = time.time()
+    run = run_train(demo_dir, tmp_path, "--epochs", "3", "--save-minutes", "60") / "unet-tu-resnet10t" / "fold0"
+    wall = time.time() - start
+    history = pd.read_csv(run / "history.csv")
+    assert saves == [3] and list(history["state_saved"]) == [0, 0, 1]
+    assert json.loads((run / "state" / "trainer.json").read_text())["epoch"] == 3
+    parts = history[["train_seconds", "val_seconds", "save_seconds", "other_seconds"]]
+    assert (parts >= 0).all().all()
+    assert history["seconds"].to_numpy() == pytest.approx(parts.sum(axis=1).to_numpy())
+    assert history["save_seconds"].iloc[2] >= 0.5 > history["save_seconds"].iloc[:2].max()
+    assert history["seconds"].sum() <= wall
+
+
+@pytest.mark.parametrize("name, workers", [("SIGTERM", "0"), ("SIGINT", "1")])
+def test_a_signal_ends_the_run_after_its_epoch_with_the_state_saved(demo_dir, tmp_path, name, workers):
+    """A scheduler's SIGTERM, or Ctrl-C (SIGINT to the whole process group, loader workers too): the epoch in progress
+    is finished and saved although --save-minutes is not due, and --resume continues from it."""
+    import signal
+    import time
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--epochs", "6", "--fold", "2", "--save-minutes", "60", "--workers", workers]
+    run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold2"
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "history.csv").exists():
+        time.sleep(0.05)
+    os.killpg(process.pid, getattr(signal, name))
+    out, err = process.communicate(timeout=300)
+    stopped = len(pd.read_csv(run / "history.csv"))
+    assert process.returncode == 128 + getattr(signal, name), err[-2000:]
+    assert f"{name}: finishing this epoch" in err and f"stopped by {name} after epoch {stopped}" in out
+    assert stopped < 6 and json.loads((run / "state" / "trainer.json").read_text())["epoch"] == stopped
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {run} after epoch {stopped}" in resumed.stdout
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_records_new_epochs_and_validate_only_rebuilds_the_saved_model(demo_dir, tmp_path, capsys):

@@ -22,11 +22,9 @@ import pandas as pd
 
 from src import postprocess, report, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.config import load_run_config
 from src.folds import fingerprint, load_folds
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
-from src.models import ModelError, create_model
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, pred_dir, read_mean, read_split
 from src.rle import rle_encode
@@ -130,17 +128,6 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def parameters_m(run_preds: Path) -> float | None:
-    """Millions of parameters of a run's model, rebuilt untrained (no network) from the config infer.py saved."""
-    try:
-        cfg, meta = load_run_config(run_preds)
-        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else
-                             len(meta["classes"]), "none", cfg.decoder_channels)
-    except (FileNotFoundError, KeyError, ModelError):  # predicted before infer.py saved the config, or a lost encoder
-        return None
-    return sum(p.numel() for p in model.parameters()) / 1e6
-
-
 def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:
     """Unet++ against Unet of each encoder both ran with, on the same images, both at one TTA mode fixed in advance
     (tta, else the most augmented both have), over patients where group_of gives them; p Holm-adjusted over the
@@ -222,7 +209,8 @@ def run(args):
         tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
             {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
     summaries = {name: {"tta": path.name[4:], "tta_by_fold": tta_by_fold[name],
-                        **tuning.summarize_scores(run_scores[name]), "parameters_m": parameters_m(path.parent),
+                        **tuning.summarize_scores(run_scores[name]),
+                        "parameters_m": (read_json(path.parent / "training.json") or {}).get("parameters_m"),
                         "training": read_json(path.parent / "training.json"),
                         "inference": read_json(path / "inference.json")} for name, path in runs.items()}
     tta_gain = {name: tuning.tta_gain(dice_of[name], oof_ids) for name in runs}  # every mode, on the same images
@@ -303,15 +291,17 @@ def run(args):
     shown = report.pick_examples(image_dice, args.figures)
     if shown:
         report.comparison_grid(out / "comparison.png", [panels(i) for i in shown], meta["classes"])
-    trackers = {json.loads((p.parent / "config.json").read_text()).get("tracker") for p in runs.values()
-                if (p.parent / "config.json").exists()}
+    configs = [json.loads((p.parent / "config.json").read_text()) for p in runs.values()
+               if (p.parent / "config.json").exists()]
+    trackers = {c.get("tracker") for c in configs}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) == "wandb":
         table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
                               for n, r in {**summaries, "ensemble": ensemble}.items()])
         by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
         tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out,
                             {"leaderboard": table, **by_encoder},
-                            {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]})
+                            {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]},
+                            tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))
     print(report.leaderboard_markdown(scores))
     print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")
 

@@ -31,6 +31,7 @@ def parse_args(argv=None) -> tuple:
     parser.add_argument("--runs-per-gpu", type=int, default=1, help="runs side by side on each GPU (ray: 1/K GPU each)")
     parser.add_argument("--parallel", type=int, default=1, help="local, on CPU: runs side by side, sharing the cores")
     parser.add_argument("--address", help="ray: the cluster, e.g. auto (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--name", help="W&B: the tag every run of the study gets (default: <dataset>-study)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command, run nothing")
     parser.add_argument("--tta", nargs="?", const="flip", default="none", choices=["none", "flip", "d4"],
                         help="infer.py's test-time augmentation; --tta alone means flip")
@@ -45,6 +46,9 @@ def parse_args(argv=None) -> tuple:
         cfg = study.train_config(train_flags)
     except ValueError as error:
         parser.error(str(error))
+    if cfg.tracker == "wandb":  # each run keeps its group (arch-encoder) and gets the study's name as a tag
+        train_flags = [*train_flags, "--tags", ",".join(filter(None, [cfg.tags, args.name or f"{cfg.dataset}-study"]))]
+        cfg = study.train_config(train_flags)
     return args, train_flags, cfg
 
 

@@ -63,6 +63,16 @@ def test_dry_run_prints_each_runs_state_and_the_command_that_moves_it_on(demo_di
     assert not (workdir / "preds").exists() and not (runs / "unet-b" / "fold1").exists()  # nothing ran
 
 
+def test_with_wandb_every_run_is_tagged_with_the_studys_name(demo_dir, tmp_path, capsys):
+    workdir = with_data(demo_dir, tmp_path)
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "a", "--folds", "0", "--dry-run", "--tracker",
+                          "wandb", "--name", "encoders-v1"))
+    assert "--tracker wandb --tags encoders-v1 --arch unet --encoder a --fold 0  # new" in capsys.readouterr().out
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "a", "--folds", "0", "--dry-run", "--tracker",
+                          "wandb", "--tags", "mine"))
+    assert "--tags mine,demo-study --arch unet" in capsys.readouterr().out
+
+
 def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(study_args(with_data(demo_dir, tmp_path), "--encoder", "resnet18", "--dry-run"))

@@ -209,6 +209,7 @@ def main(argv=None):
         if out_dir in scored and scored[out_dir][3]["sha256"] != split["sha256"]:
             sys.exit(f"infer: the folds of {run_dir.parent} were trained on different splits ({split['file']}, "
                      f"{scored[out_dir][3]['file']}); retrain them on one")
+        parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
         model = with_tta(model, meta["task"], args.tta)
         model_id = {"fold": cfg.fold, "weights": file_sha256(weights)}
         images, masks = open_cache(dataset_dir, cfg.size)
@@ -236,9 +237,10 @@ def main(argv=None):
                 sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
         # What ensemble.py needs to know about the run, with the split its OOF predictions follow.
         cfg.save(out_dir.parent / "config.json", meta=meta, folds=split)
-        scored[out_dir] = (cfg, meta, run_dir.parent, split, folds)
-    for out_dir, (cfg, meta, trained, _, folds) in scored.items():  # one entry per run: its folds share out_dir
-        (out_dir.parent / "training.json").write_text(json.dumps(training_summary(trained), indent=2) + "\n")
+        scored[out_dir] = (cfg, meta, run_dir.parent, split, folds, parameters_m)
+    for out_dir, (cfg, meta, trained, _, folds, parameters_m) in scored.items():  # one per run: its folds share out_dir
+        (out_dir.parent / "training.json").write_text(json.dumps(
+            {**training_summary(trained), "parameters_m": parameters_m}, indent=2) + "\n")
         if out_dir in speed:  # OOF prediction (read, TTA model, write) in images/s; else an earlier record stays
             predicted, seconds = map(sum, zip(*speed[out_dir]))
             (out_dir / "inference.json").write_text(json.dumps({

@@ -81,10 +81,12 @@ def majority_channels(samples: list, workers: int) -> tuple:
         votes = list(tqdm(pool.map(grey, samples), total=len(samples), desc="colour census", unit="img"))
     readable = [vote for vote in votes if vote is not None]
     channels = 1 if sum(readable) * 2 >= len(readable) else 3
-    unreadable = len(votes) - len(readable)
+    unreadable, colour = len(votes) - len(readable), len(readable) - sum(readable)
+    # Grey input drops the minority's colour, which can matter (the DSB nuclei: docs/results.md), so say so.
+    choice = (f"--channels 3 keeps the colour of the other {colour}" if channels == 1 and colour else
+              f"--channels {3 if channels == 1 else 1} to choose otherwise")
     return channels, (f"channels: {channels} ({sum(readable)} of {len(readable)} readable images are grey or grey "
-                      f"saved as colour{f'; {unreadable} unreadable' if unreadable else ''}; "
-                      f"--channels {3 if channels == 1 else 1} to choose otherwise)")
+                      f"saved as colour{f'; {unreadable} unreadable' if unreadable else ''}; {choice})")
 
 
 def _mask_where(sample: Sample) -> str:

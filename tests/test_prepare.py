@@ -100,6 +100,21 @@ def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_pat
     assert not (tmp_path / "folds").exists()
 
 
+def test_a_colour_minority_is_made_grey_and_the_message_says_how_to_keep_its_colour(tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    image, mask = lungs()
+    for k in range(4):
+        stained = np.dstack([image, image // 2, image // 3]) if k == 3 else image  # one H&E-like colour image
+        cv2.imwrite(str(images / f"{k}.png"), stained)
+        write_png(masks / f"{k}.png", mask)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
+            "--strategy", "kfold")
+    assert ("channels: 1 (3 of 4 readable images are grey or grey saved as colour; --channels 3 keeps the colour of "
+            "the other 1)") in capsys.readouterr().out
+
+
 def test_mixed_colour_modes_are_converted_and_8_bit_files_kept_as_they_are(tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()

@@ -132,7 +132,9 @@ def run_local(jobs: list, places: list, cwd: str = ".") -> list:
         env = free.get()
         progress.started()
         try:
-            return Result(job, *run_command(job.command, str(job.log), cwd, env))
+            result = Result(job, *run_command(job.command, str(job.log), cwd, env))
+            progress.finished(result)  # before its place is free: the bar never shows more running than places
+            return result
         finally:
             free.put(env)
 
@@ -140,7 +142,6 @@ def run_local(jobs: list, places: list, cwd: str = ".") -> list:
     with ThreadPoolExecutor(len(places)) as pool:
         for future in as_completed([pool.submit(one, job) for job in jobs]):
             results.append(future.result())
-            progress.finished(results[-1])
     progress.close()
     return results
 

@@ -1,0 +1,60 @@
+"""IoU scored the way the UNet++ reference implementation (4uiiurz1/pytorch-nested-unet, val.py / metrics.py) scores
+the 96 px Data Science Bowl set, on this project's OOF predictions (the pipeline itself reports per-image scores).
+
+  python docs/results/reference_iou.py dsb96 flip best [unet-mobilenet_v2 unetpp-mobilenet_v2]
+  python docs/results/reference_iou.py dsb96 flip last      # infer.py --checkpoint last: the final epoch's weights
+
+The reference: sigmoid > 0.5 and mask > 0.5, one IoU over all the pixels of each batch of 16 validation images
+((intersection + 1e-5) / (union + 1e-5)), averaged over batches weighted by their size, on one 20% hold-out. Here each
+of the 5 folds is a 20% hold-out, taken in the fold file's order; the figure is the mean (and std) over folds. The
+"mean" model averages the runs' probabilities, at the same 0.5 threshold, without the ensemble's tuned settings.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from src.folds import load_folds  # noqa: E402
+from src.images import read_image  # noqa: E402
+from src.predict import load_pred  # noqa: E402
+
+BATCH, SMOOTH = 16, 1e-5
+
+
+def batch_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """The reference's iou_score over a stack of images, then its AverageMeter over batches of BATCH."""
+    ious = [((p & t).sum() + SMOOTH) / ((p | t).sum() + SMOOTH) for p, t in
+            ((pred[i:i + BATCH], truth[i:i + BATCH]) for i in range(0, len(pred), BATCH))]
+    sizes = [len(pred[i:i + BATCH]) for i in range(0, len(pred), BATCH)]
+    return float(np.average(ious, weights=sizes))
+
+
+def main(dataset: str, tta: str, checkpoint: str = "best", *runs):
+    preds, folds = Path("preds") / dataset, load_folds("folds", dataset)
+    where = f"tta-{tta}" if checkpoint == "best" else f"last/tta-{tta}"
+    runs = runs or sorted(p.parent.name for p in preds.glob(f"*/tta-{tta}"))
+    models = {run: run for run in runs} | ({"mean of " + " and ".join(runs): runs} if len(runs) > 1 else {})
+    table = {name: {"reference": [], "pooled": []} for name in models}
+    for fold in sorted(set(folds["fold"])):
+        ids = list(folds.loc[folds["fold"] == fold, "id"])
+        truth = np.stack([read_image(Path("data") / dataset / "masks" / f"{i}.png") > 0 for i in ids])
+        prob = {run: np.stack([load_pred(preds / run / where / "oof" / f"{i}.npz")[0][0] for i in ids])
+                for run in runs}
+        for name, members in models.items():
+            members = [members] if isinstance(members, str) else members
+            pred = np.mean([prob[m].astype(np.float32) / 255 for m in members], axis=0) > 0.5
+            if pred.shape != truth.shape:
+                sys.exit(f"{name}: predictions are {pred.shape[1:]}, masks {truth.shape[1:]}: this script scores "
+                         f"at the model's size, which must be the images' own (96 px here)")
+            scores = table[name]
+            scores["reference"].append(batch_iou(pred, truth))
+            scores["pooled"].append((pred & truth).sum() / (pred | truth).sum())
+    print(f"| model ({tta} TTA, {checkpoint}.pt, 0.5 threshold) | IoU per batch of {BATCH} (the reference's) | IoU pooled over each fold |"
+          f"\n|---|---|---|")
+    for name, scores in table.items():
+        print(f"| {name} | " + " | ".join(f"{np.mean(v):.4f} +- {np.std(v, ddof=1):.4f}" for v in scores.values()) + " |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -6,7 +6,10 @@
 Reports (1) the model ceiling: synthetic tensors, forward + backward + optimiser step; (2) the data pipeline alone:
 batches from the resized cache with the chosen augmentation and workers; (3) train.py end to end (its own
 train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; (5) peak GPU and host memory;
-(6) with --original-size N: infer.py and ensemble.py end to end on a demo dataset whose originals are N x N px.
+(6) with --original-size N: infer.py and ensemble.py end to end on a demo dataset whose originals are N x N px;
+(7) --packed-runs K: K short train.py runs packed on one GPU (or sharing the CPU), then one after another, and the
+ratio of their wall times, which is what study.py --runs-per-gpu K gains. (3) also gives an epoch's fixed cost: the
+seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
 """
 import argparse
 import json
@@ -109,16 +112,47 @@ def inference(cfg: Config, channels: int, device, steps: int) -> dict:
     return result
 
 
-def end_to_end(cfg: Config, workdir: Path, dataset_dir: Path) -> float:
+def train_command(cfg: Config, workdir: Path, dataset_dir: Path, runs_dir: Path, epochs: int, fold: int = 0) -> list:
+    return ["--dataset", dataset_dir.name, "--data-dir", str(dataset_dir.parent), "--folds-dir", str(workdir / "folds"),
+            "--runs-dir", str(runs_dir), "--size", str(cfg.size), "--arch", cfg.arch, "--encoder", cfg.encoder,
+            "--encoder-weights", "none", "--batch-size", str(cfg.batch_size), "--epochs", str(epochs), "--aug", cfg.aug,
+            "--tracker", "none", "--workers", str(cfg.workers), "--fold", str(fold), "--save-minutes", "0",
+            *(["--decoder-channels", cfg.decoder_channels] if cfg.decoder_channels else []),
+            *(["--compile"] if cfg.compile else [])]
+
+
+def end_to_end(cfg: Config, workdir: Path, dataset_dir: Path) -> dict:
+    """train.py's own figures over 4 epochs, each saving its full state: speed, and an epoch's fixed cost."""
     import train
-    train.main(["--dataset", dataset_dir.name, "--data-dir", str(dataset_dir.parent), "--folds-dir",
-                str(workdir / "folds"), "--runs-dir", str(workdir / "runs"), "--size", str(cfg.size), "--arch",
-                cfg.arch, "--encoder", cfg.encoder, "--encoder-weights", "none", "--batch-size", str(cfg.batch_size),
-                "--epochs", "4", "--aug", cfg.aug, "--tracker", "none", "--workers", str(cfg.workers),
-                *(["--decoder-channels", cfg.decoder_channels] if cfg.decoder_channels else []),
-                *(["--compile"] if cfg.compile else [])])
-    history = pd.read_csv(next((workdir / "runs").glob("*/*/fold0/history.csv")))
-    return float(history["train_images_per_s"].iloc[1:].max())  # the fastest epoch after the first (warm, compiled)
+    train.main(train_command(cfg, workdir, dataset_dir, workdir / "runs", epochs=4))
+    history = pd.read_csv(next((workdir / "runs").glob("*/*/fold0/history.csv"))).iloc[1:]  # warm (and compiled)
+    return {"train_py_images_per_s": float(history["train_images_per_s"].max()),
+            "epoch_train_seconds": float(history["train_seconds"].median()),
+            "epoch_save_seconds": float(history["save_seconds"].median()),  # best.pt, metrics.json, full state
+            "epoch_other_seconds": float(history["other_seconds"].median()),  # loader start, Lookahead sync, logs
+            "epoch_fixed_seconds": float((history["save_seconds"] + history["other_seconds"]).median())}
+
+
+def packed_vs_sequential(cfg: Config, workdir: Path, dataset_dir: Path, runs: int, epochs: int) -> dict:
+    """What study.py gains by packing: `runs` short train.py runs side by side (all on the first GPU, or sharing the
+    CPU's cores), then the same runs one after another, each through the study's local engine."""
+    from src.engine import Job, run_local, slots
+    gpus = "0" if torch.cuda.is_available() else "none"
+    walls = {}
+    for mode, places in (("packed", slots(gpus, runs, runs)), ("sequential", slots(gpus, 1, 1))):
+        jobs = [Job(f"{mode}{k}", ["python", "train.py", *train_command(cfg, workdir, dataset_dir, workdir / mode / str(k),
+                                                                       epochs, fold=k % 5)],
+                    workdir / mode / f"{k}.log") for k in range(runs)]
+        start = time.perf_counter()
+        failed = [r for r in run_local(jobs, places, cwd=str(Path(__file__).resolve().parents[1])) if not r.ok]
+        if failed:
+            raise RuntimeError(f"bench: {failed[0].job.name} failed:\n" + "\n".join(failed[0].tail()))
+        walls[mode] = time.perf_counter() - start
+    images = sum(int((h["train_images"] + h["train_repeats"]).sum())
+                 for h in map(pd.read_csv, (workdir / "packed").glob("*/*/*/fold*/history.csv")))
+    return {"packed_runs": runs, "packed_epochs": epochs, "packed_wall_s": walls["packed"],
+            "sequential_wall_s": walls["sequential"], "packed_over_sequential": walls["sequential"] / walls["packed"],
+            "packed_train_images_per_s": images / walls["packed"]}
 
 
 def large_originals(workdir: Path, side: int, count: int, size: int) -> Path:
@@ -185,6 +219,9 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=512, help="demo images generated for (2) and (3)")
     parser.add_argument("--original-size", type=int, default=2000, help="(6): side of the originals; 0 skips (6)")
     parser.add_argument("--original-images", type=int, default=128, help="(6): labelled images (+ a quarter as many test)")
+    parser.add_argument("--packed-runs", type=int, default=2,
+                        help="(7): runs trained side by side, then one after another; 0 skips (7)")
+    parser.add_argument("--packed-epochs", type=int, default=3, help="(7): epochs of each of those runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     cfg = Config(arch=args.arch, encoder=args.encoder, size=args.size, batch_size=args.batch_size, aug=args.aug,
@@ -201,10 +238,12 @@ def main(argv=None):
                    "workers": cfg.workers, "compile": cfg.compile}
         results["ceiling_images_per_s"] = model_ceiling(cfg, 1, device, args.steps)
         results["data_images_per_s"] = data_pipeline(cfg, dataset_dir, cfg.workers, args.steps)
-        results["train_py_images_per_s"] = end_to_end(cfg, workdir, dataset_dir)
+        results.update(end_to_end(cfg, workdir, dataset_dir))
         results["end_to_end_fraction_of_ceiling"] = results["train_py_images_per_s"] / results["ceiling_images_per_s"]
         results.update({f"infer_{k}_images_per_s": v for k, v in inference(cfg, 1, device, args.steps).items()})
         results["d4_fraction_of_ceiling_over_8"] = results["infer_d4_images_per_s"] / (results["infer_none_images_per_s"] / 8)
+        if args.packed_runs:
+            results.update(packed_vs_sequential(cfg, workdir, dataset_dir, args.packed_runs, args.packed_epochs))
         if args.original_size:
             results.update(infer_and_ensemble(cfg, workdir / "runs", workdir / "large", args.original_size,
                                               args.original_images, device))

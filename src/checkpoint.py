@@ -8,8 +8,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import torch
-
 from src.config import Config, load_run_config
 from src.folds import fingerprint
 
@@ -47,6 +45,7 @@ def run_folder_problem(cfg: Config, resume: bool, overwrite: bool, validate_only
 
 def state_due(accelerator, last_save: float, save_minutes: float, final: bool, stop: "StopRequest") -> tuple:
     """(save the full state now, stop after it), the same on every process: saving is a collective step."""
+    import torch  # here: study.py reads run folders through this module and needs no torch to plan
     due = final or stop.signal is not None or time.time() - last_save >= 60 * save_minutes
     flags = torch.tensor([float(due), float(stop.signal is not None)], device=accelerator.device)
     flags = accelerator.reduce(flags, "max")

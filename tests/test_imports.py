@@ -22,3 +22,11 @@ def test_importing_the_pipeline_opens_no_socket():
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "connections: []" in done.stdout and "Error fetching version info" not in done.stderr
+
+
+def test_planning_a_study_does_not_load_torch():
+    """study.py plans and starts its runs before it needs torch (for infer and ensemble): a dry run stays quick."""
+    probe = "import sys, study, src.study, src.engine; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -34,7 +34,7 @@ def main(dataset: str, tta: str, checkpoint: str = "best", *runs):
     preds, folds = Path("preds") / dataset, load_folds("folds", dataset)
     where = f"tta-{tta}" if checkpoint == "best" else f"last/tta-{tta}"
     runs = runs or sorted(p.parent.name for p in preds.glob(f"*/tta-{tta}"))
-    models = {run: run for run in runs} | ({"mean of " + " and ".join(runs): runs} if len(runs) > 1 else {})
+    models = {run: [run] for run in runs} | ({"mean of " + " and ".join(runs): list(runs)} if len(runs) > 1 else {})
     table = {name: {"reference": [], "pooled": []} for name in models}
     for fold in sorted(set(folds["fold"])):
         ids = list(folds.loc[folds["fold"] == fold, "id"])
@@ -42,7 +42,6 @@ def main(dataset: str, tta: str, checkpoint: str = "best", *runs):
         prob = {run: np.stack([load_pred(preds / run / where / "oof" / f"{i}.npz")[0][0] for i in ids])
                 for run in runs}
         for name, members in models.items():
-            members = [members] if isinstance(members, str) else members
             pred = np.mean([prob[m].astype(np.float32) / 255 for m in members], axis=0) > 0.5
             if pred.shape != truth.shape:
                 sys.exit(f"{name}: predictions are {pred.shape[1:]}, masks {truth.shape[1:]}: this script scores "

@@ -44,7 +44,7 @@ def plan_path(dataset_dir: Path) -> Path:
 
 
 def mask_census(path: Path, n_classes: int) -> tuple:
-    """(each class's objects' equivalent diameters relative to the image's mean side, its pixel share) of one mask."""
+    """(each class's objects' equivalent diameters over the geometric mean of the image's sides, its pixel share)."""
     mask = read_image(path)
     side = math.sqrt(mask.shape[0] * mask.shape[1])
     counts = np.bincount(mask.ravel(), minlength=n_classes)[:n_classes]
@@ -60,6 +60,8 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
     dataset_dir = Path(dataset_dir)
     meta, index = load_meta(dataset_dir), load_index(dataset_dir)
     labelled = index[index["split"] == "train"]
+    if labelled.empty:
+        raise ValueError(f"{dataset_dir}/index.csv lists no labelled image: there is nothing to plan from")
     classes = meta["classes"]
     rows = labelled.iloc[np.unique(np.linspace(0, len(labelled) - 1, min(len(labelled), MASKS_READ)).astype(int))]
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes outside the GIL
@@ -90,7 +92,8 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
 
 def plan_size(fp: dict) -> tuple:
     cap = min(MAX_SIZE, max(SIZE_STEP, fp["median_short_side"] // SIZE_STEP * SIZE_STEP))
-    limit = f"the median image's shorter side ({fp['median_short_side']} px)" if cap < MAX_SIZE else "the compute"
+    limit = (f"the median image's shorter side ({fp['median_short_side']} px)" if cap < MAX_SIZE
+             else f"{MAX_SIZE} px, for the compute a step costs")
     relative = fp["median_object_all"]
     if not relative:
         return min(cap, 256), f"no objects in the masks: 256 px, at most {cap} px ({limit})"
@@ -131,26 +134,28 @@ def plan_class_weights(fp: dict) -> tuple:
         "the inverse square root of its pixel share over the labelled masks, mean 1 (the same for every fold)")
 
 
-def plan_from(fp: dict, steps: int = STEPS) -> tuple:
-    """(values named as Config's fields, the rule of each in one line) from a fingerprint."""
-    size, size_rule = plan_size(fp)
-    batch, batch_rule = plan_batch(fp, size)
-    epochs, epochs_rule = plan_epochs(fp, batch, steps)
-    warmup = max(1, round(0.05 * epochs))
-    aug = "heavy" if fp["labelled_images"] < HEAVY_AUG_BELOW else "medium"
-    weights, weights_rule = plan_class_weights(fp)
-    planned = {
-        "size": (size, size_rule),
-        "batch_size": (batch, batch_rule),
-        "epochs": (epochs, epochs_rule),
-        "lr": (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
-                   "(docs/results.md, issue 26); --lr auto runs a range test instead"),
-        "scheduler": ("cosine", "a fixed schedule that reads no validation score (issue 23)"),
-        "warmup_epochs": (warmup, "linear warm-up over 5% of the epochs, at least 1, then cosine to zero"),
-        "aug": (aug, f"heavy under {HEAVY_AUG_BELOW} labelled images, else medium ({fp['labelled_images']} here)"),
-        "class_weights": (weights, weights_rule),
+def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None) -> tuple:
+    """(values named as Config's fields, the rule of each in one line) from a fingerprint, in order: a value in
+    `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size, the
+    epochs from the batch, the warm-up from the epochs)."""
+    given = given or {}
+    values, rules = {}, {}
+    steps_in_order = {
+        "size": lambda: plan_size(fp),
+        "batch_size": lambda: plan_batch(fp, values["size"]),
+        "epochs": lambda: plan_epochs(fp, values["batch_size"], steps),
+        "lr": lambda: (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
+                           "(docs/results.md, issue 26); --lr auto runs a range test instead"),
+        "scheduler": lambda: ("cosine", "a fixed schedule that reads no validation score (issue 23)"),
+        "warmup_epochs": lambda: (max(1, round(0.05 * values["epochs"])),
+                                  "linear warm-up over 5% of the epochs, at least 1, then cosine to zero"),
+        "aug": lambda: ("heavy" if fp["labelled_images"] < HEAVY_AUG_BELOW else "medium",
+                        f"heavy under {HEAVY_AUG_BELOW} labelled images, else medium ({fp['labelled_images']} here)"),
+        "class_weights": lambda: plan_class_weights(fp),
     }
-    return {k: v for k, (v, _) in planned.items()}, {k: rule for k, (_, rule) in planned.items()}
+    for name, rule in steps_in_order.items():
+        values[name], rules[name] = (given[name], "set by a flag") if name in given else rule()
+    return values, rules
 
 
 def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS) -> dict:
@@ -173,10 +178,9 @@ def describe(plan: dict, dataset_dir: Path) -> list:
     return lines + [f"planned {plan_path(dataset_dir)}: train.py takes these as defaults; any flag overrides them"]
 
 
-def planned_defaults(dataset_dir: Path) -> dict:
-    """The plan's values by Config field name; {} where the dataset has no plan.json."""
+def load_plan(dataset_dir: Path) -> dict | None:
     path = plan_path(dataset_dir)
-    return json.loads(path.read_text())["values"] if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
@@ -189,9 +193,14 @@ def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
 def apply_plan(cfg: Config, given: set) -> tuple:
     """(cfg with the plan's values where no flag set them, {field: 'user' | 'plan' | 'default'} for config.json).
 
-    --select-on fold trains today's schedule: lr, scheduler, warm-up and epochs stay the built-in defaults."""
+    The rules run again with the flags' values in place, so a planned value follows a flag it depends on (--size 512
+    gets the batch of 512 px). --select-on fold trains today's schedule: lr, scheduler, warm-up and epochs stay."""
+    saved = load_plan(cfg.dataset_dir)
     kept = given | set(TODAYS_SCHEDULE if getattr(cfg, "select_on", "final") == "fold" else ())
-    planned = {k: v for k, v in planned_defaults(cfg.dataset_dir).items() if k not in kept}
+    planned = {}
+    if saved:
+        values, _ = plan_from(saved["fingerprint"], saved["steps"], {k: getattr(cfg, k) for k in kept if hasattr(cfg, k)})
+        planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources
 
@@ -206,7 +215,7 @@ def main(argv=None) -> dict:
     dataset_dir = args.data_dir / args.dataset
     try:
         plan = write_plan(dataset_dir, args.folds_dir, args.steps)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         sys.exit(f"plan: {error}")
     print("\n".join(describe(plan, dataset_dir)))
     return plan

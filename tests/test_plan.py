@@ -77,22 +77,26 @@ def test_a_tiny_dataset_gets_more_epochs_per_image(demo_plan):
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()  # as train.py's
     add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true")
     return config_from_args(parser.parse_args(argv)), plan.given_flags(parser, argv)
 
 
 def test_a_flag_overrides_the_plan_and_sources_say_so(planned_demo):
     planned_dir, demo_plan = planned_demo
-    cfg, given = parse(["--data-dir", str(planned_dir), "--epochs", "3", "--lr=0.01", "--aug", "medium"])
+    cfg, given = parse(["--data-dir", str(planned_dir), "--epochs", "3", "--lr=0.01", "--aug", "medium", "--resume"])
+    assert "resume" in given  # train.py's own flags are no Config field: apply_plan passes them by
     cfg, sources = plan.apply_plan(cfg, given)
     assert (cfg.epochs, cfg.lr, cfg.aug) == (3, 0.01, "medium")
     assert (cfg.size, cfg.batch_size, cfg.scheduler) == (demo_plan["values"]["size"], 6, "cosine")
+    assert cfg.warmup_epochs == 1  # the warm-up rule on the user's 3 epochs, not the plan's 12 of 250
     assert sources["epochs"] == sources["lr"] == sources["aug"] == sources["data_dir"] == "user"
-    assert sources["size"] == sources["scheduler"] == "plan" and sources["seed"] == "default"
-    # A flag given with the built-in default's value is still the user's choice.
-    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(planned_dir), "--batch-size", "16"]))
-    assert cfg.batch_size == 16 and sources["batch_size"] == "user"
+    assert sources["size"] == sources["scheduler"] == sources["warmup_epochs"] == "plan" and sources["seed"] == "default"
+    # A flag given with the built-in default's value is still the user's, and the epochs follow the batch it sets.
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(planned_dir), "--batch-size", "12"]))
+    assert (cfg.batch_size, sources["batch_size"]) == (12, "user")
+    assert (cfg.epochs, sources["epochs"]) == (500, "plan")  # 1000 steps at 2 an epoch
     # --select-on fold (issue 23) keeps today's schedule.
     fold_cfg = Config(data_dir=str(planned_dir))
     fold_cfg.select_on = "fold"

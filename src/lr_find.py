@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -37,15 +37,14 @@ from src.optim import build_optimizer  # noqa: E402
 START, END, STEPS = 1e-7, 1.0, 100
 SMOOTHING, DIVERGED = 0.9, 4.0  # an exponential moving average of about 10 steps; stop at 4x its minimum (fastai)
 RULE = "a tenth of the rate at the smoothed loss's minimum (fastai's minimum / 10), at least the sweep's start"
-# The Config fields that do not change the curve: where things are written, how the run is logged and resumed.
-NOT_IN_KEY = {"dataset", "fold", "arch", "encoder", "size", "batch_size", "lr", "epochs", "scheduler", "warmup_epochs",
-              "plateau_patience", "patience", "precision", "compile", "workers", "save_minutes", "tracker", "tags",
-              "data_dir", "folds_dir", "runs_dir"}
+# What shapes the curve besides the key's named parts (dataset, fold, arch, encoder, size, batch) and the sweep itself.
+CURVE_SETTINGS = ("encoder_weights", "decoder_channels", "encoder_lr_mult", "weight_decay", "encoder_weight_decay",
+                  "lookahead_k", "lookahead_alpha", "dice_weight", "ce_weight", "focal", "class_weights", "aug", "seed")
 
 
 def cache_key(cfg, train_rows, steps: int, start: float, end: float) -> str:
     """<arch>-<encoder>-fold<k>-<size>px-b<batch>-<digest of the other settings, the sweep and the training rows>."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
+    settings = {k: getattr(cfg, k) for k in CURVE_SETTINGS}
     blob = json.dumps([settings, steps, start, end, np.sort(np.asarray(train_rows)).tolist()], sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{cfg.arch}-{cfg.encoder}-fold{cfg.fold}-{cfg.size}px-b{cfg.batch_size}-{digest}".replace("/", "_")

@@ -1,15 +1,17 @@
 """--lr auto: a learning-rate range test (Leslie Smith 2017, fastai's lr_find) on a run's own training images.
 
 The rate rises exponentially from START to END over STEPS optimiser steps of the run's own model, loss, optimiser
-(both parameter groups, the encoder at its multiple) and augmentation, from the run's seed; the loss is smoothed as
-fastai smooths it, the sweep stops once it diverges, and the run trains at a tenth of the rate where the smoothed loss
-was lowest (fastai's "minimum / 10": the steepest part of the curve sits about there, and the minimum is the more
-stable of the two to read off a noisy curve). Only the rows given are read, the run's training images, never the fold
-it is scored on. The result is cached in data/<dataset>/lr/<key>.json, one per dataset, fold, arch, encoder, size and
-batch (and a digest of everything else that shapes the curve), so a resumed or repeated run reuses it.
+(both parameter groups, the encoder at its multiple) and augmentation, from the run's seed; the loss is smoothed (a
+debiased moving average, as fastai's), the sweep stops once it diverges, and the run trains at a tenth of the rate
+where the smoothed loss was lowest (fastai's "minimum / 10": the steepest part of the curve sits about there, and the
+minimum is the more stable of the two to read off a noisy curve). Only the rows given are read, the run's training
+images, never the fold it is scored on. The result is cached in data/<dataset>/lr/<key>.json, one per dataset, fold,
+arch, encoder, size and batch (and a digest of everything else that shapes the curve), so a resumed or repeated run
+reuses it.
 
-torch-lr-finder would do the sweep, but it is not among the requirements, and it would need wrappers for this
-project's (image, mask, row) batches, on-device normalisation and per-group encoder rate: the loop is 20 lines.
+torch-lr-finder would do the sweep, but it is neither among the requirements nor installed, and it would need
+wrappers for this project's (image, mask, row) batches, on-device normalisation and per-group encoder rate: the loop
+is 20 lines.
 """
 import hashlib
 import itertools
@@ -34,7 +36,7 @@ from src.losses import SegmentationLoss, class_weights  # noqa: E402
 from src.models import create_model, normalize  # noqa: E402
 from src.optim import build_optimizer  # noqa: E402
 
-START, END, STEPS = 1e-7, 1.0, 100
+START, END, STEPS = 1e-6, 1.0, 100  # fastai: 1e-7 to 10 over 100 steps; the demo and DSB curves are flat below 1e-4
 SMOOTHING, DIVERGED = 0.9, 4.0  # an exponential moving average of about 10 steps; stop at 4x its minimum (fastai)
 RULE = "a tenth of the rate at the smoothed loss's minimum (fastai's minimum / 10), at least the sweep's start"
 # What shapes the curve besides the key's named parts (dataset, fold, arch, encoder, size, batch) and the sweep itself.

@@ -1,0 +1,139 @@
+"""--lr auto: a learning-rate range test (Leslie Smith 2017, fastai's lr_find) on a run's own training images.
+
+The rate rises exponentially from START to END over STEPS optimiser steps of the run's own model, loss, optimiser
+(both parameter groups, the encoder at its multiple) and augmentation, from the run's seed; the loss is smoothed (a
+debiased moving average, as fastai's), the sweep stops once it diverges, and the run trains at a tenth of the rate
+where the smoothed loss was lowest (fastai's "minimum / 10": the steepest part of the curve sits about there, and the
+minimum is the more stable of the two to read off a noisy curve). Only the rows given are read, the run's training
+images, never the fold it is scored on. The result is cached in data/<dataset>/lr/<key>.json, one per dataset, fold,
+arch, encoder, size and batch (and a digest of everything else that shapes the curve), so a resumed or repeated run
+reuses it.
+
+torch-lr-finder would do the sweep, but it is neither among the requirements nor installed, and it would need
+wrappers for this project's (image, mask, row) batches, on-device normalisation and per-group encoder rate: the loop
+is 20 lines.
+"""
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from src.augment import build_augmentation  # noqa: E402
+from src.checkpoint import write_atomic  # noqa: E402
+from src.data import CachedSegmentation, default_workers, make_loader  # noqa: E402
+from src.losses import SegmentationLoss, class_weights  # noqa: E402
+from src.models import create_model, normalize  # noqa: E402
+from src.optim import build_optimizer  # noqa: E402
+
+START, END, STEPS = 1e-6, 1.0, 100  # fastai: 1e-7 to 10 over 100 steps; the demo and DSB curves are flat below 1e-4
+SMOOTHING, DIVERGED = 0.9, 4.0  # an exponential moving average of about 10 steps; stop at 4x its minimum (fastai)
+RULE = "a tenth of the rate at the smoothed loss's minimum (fastai's minimum / 10), at least the sweep's start"
+# What shapes the curve besides the key's named parts (dataset, fold, arch, encoder, size, batch) and the sweep itself.
+CURVE_SETTINGS = ("encoder_weights", "decoder_channels", "encoder_lr_mult", "weight_decay", "encoder_weight_decay",
+                  "lookahead_k", "lookahead_alpha", "dice_weight", "ce_weight", "focal", "class_weights", "aug", "seed")
+
+
+def cache_key(cfg, train_rows, steps: int, start: float, end: float) -> str:
+    """<arch>-<encoder>-fold<k>-<size>px-b<batch>-<digest of the other settings, the sweep and the training rows>."""
+    settings = {k: getattr(cfg, k) for k in CURVE_SETTINGS}
+    blob = json.dumps([settings, steps, start, end, np.sort(np.asarray(train_rows)).tolist()], sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return f"{cfg.arch}-{cfg.encoder}-fold{cfg.fold}-{cfg.size}px-b{cfg.batch_size}-{digest}".replace("/", "_")
+
+
+def endless(loader, dataset):
+    """Batches over as many passes as the sweep needs, each pass with the next epoch's augmentation."""
+    for epoch in itertools.count():
+        dataset.epoch = epoch
+        yield from loader
+
+
+def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: float, end: float) -> dict:
+    """The sweep on a model of its own, with the global random state left as it was: the run trains the same either way."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        n_classes = len(meta["classes"])
+        binary = meta["task"] == "binary"
+        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if binary else n_classes,
+                             cfg.encoder_weights, cfg.decoder_channels)
+        model = model.to(device, memory_format=torch.channels_last).train()
+        weights = None if binary else class_weights(cfg.class_weights, masks[train_rows], n_classes)
+        loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights).to(device)
+        optimizer = build_optimizer(model, replace(cfg, lr=start))
+        ratios = [group["lr"] / start for group in optimizer.param_groups]  # the encoder's multiple stays
+        dataset = CachedSegmentation(images, masks, train_rows,
+                                     build_augmentation(cfg.aug, meta.get("rotation_invariant", False)), cfg.seed)
+        batches = endless(make_loader(dataset, cfg.batch_size, True, default_workers(cfg.workers), cfg.seed), dataset)
+        rates, losses, smoothed, average = [], [], [], 0.0
+        for step, rate in enumerate(np.geomspace(start, end, steps)):
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr"] = rate * ratio
+            image_batch, mask_batch, _ = next(batches)
+            loss = loss_fn(model(normalize(image_batch.to(device))), mask_batch.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            average = SMOOTHING * average + (1 - SMOOTHING) * value
+            rates.append(float(rate))
+            losses.append(value)
+            smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+            if not math.isfinite(value) or smoothed[-1] > DIVERGED * min(smoothed):
+                break
+    lowest = int(np.nanargmin(smoothed))
+    return {"lr": max(start, rates[lowest] / 10), "rule": RULE, "min_loss_lr": rates[lowest],
+            "sweep": {"start": start, "end": end, "steps": steps, "steps_run": len(rates)},
+            "train_images": len(train_rows), "rates": rates, "losses": losses, "smoothed": smoothed}
+
+
+def plot_curve(record: dict, path: Path) -> None:
+    fig, axis = plt.subplots(figsize=(6, 4))
+    axis.semilogx(record["rates"], record["losses"], color="0.75", label="loss")
+    axis.semilogx(record["rates"], record["smoothed"], color="C0", label="smoothed")
+    axis.axvline(record["min_loss_lr"], color="0.4", linestyle="--", label=f"minimum {record['min_loss_lr']:.2g}")
+    axis.axvline(record["lr"], color="C3", label=f"chosen {record['lr']:.2g}")
+    low, high = np.nanmin(record["losses"]), record["smoothed"][0]  # the diverging tail would flatten the rest
+    axis.set_ylim(low - 0.05 * (high - low), high + 0.5 * (high - low) + 1e-6)
+    axis.set_xlabel("learning rate (decoder; encoder at its multiple)")
+    axis.set_ylabel("training loss")
+    axis.set_title(f"range test {record['key']}\non {record['train_images']} training images", fontsize=9)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")  # matplotlib picks the format from the suffix
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def find_lr(cfg, meta, train_rows, images, masks, device, curve: Path | None = None,
+            steps: int = STEPS, start: float = START, end: float = END) -> tuple:
+    """(the rate, its record) from the cache or a new sweep; the curve drawn to `curve` (the run folder's PNG)."""
+    key = cache_key(cfg, train_rows, steps, start, end)
+    path = Path(cfg.dataset_dir) / "lr" / f"{key}.json"
+    if path.exists():
+        record = json.loads(path.read_text()) | {"cached": True}
+    else:
+        began = time.time()
+        record = range_test(cfg, meta, train_rows, images, masks, device, steps, start, end)
+        record |= {"key": key, "seconds": round(time.time() - began, 1)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(record) + "\n")
+        record["cached"] = False
+    record["file"] = str(path)
+    if curve is not None:
+        plot_curve(record, curve)
+    return record["lr"], record

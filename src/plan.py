@@ -1,0 +1,225 @@
+"""A training recipe planned from the prepared dataset, written to data/<dataset>/plan.json.
+
+  python -m src.plan cxr [--data-dir data] [--folds-dir folds] [--steps 1000]
+
+As nnU-Net plans from its dataset fingerprint, this reads the labelled images once (their number and groups, image
+sizes, channels, foreground fraction, object sizes and pixel share per class) and derives every value by a stated
+rule, printed and stored beside the value. The plan is a dataset-level rule: it reads labels, never a fold's scores,
+and gives every fold and every run of the dataset the same values. train.py takes them as its defaults; a flag
+overrides any of them, and the run's config.json says where each value came from (apply_plan).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from src.canonical import load_index, load_meta
+from src.checkpoint import write_atomic
+from src.config import Config
+from src.folds import load_folds
+from src.images import read_image
+
+STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
+MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
+SIZE_STEP, MIN_SIZE, MAX_SIZE = 32, 64, 512  # smp encoders halve the input five times; 512: the compute it costs
+PIXELS_PER_STEP, MAX_BATCH = 256 * 256 * 16, 16  # 16 images of 256 px: the batch the planned lr was measured at
+EPOCHS_RANGE = (10, 500)
+LR = 1e-3
+HEAVY_AUG_BELOW = 100  # labelled images
+RARE_SHARE = 0.1  # of the most frequent foreground class's pixels
+MASKS_READ = 1000  # at most, evenly spaced over index.csv: the object sizes of a large set from a sample
+FOLDS_ASSUMED = 5
+TODAYS_SCHEDULE = ("lr", "scheduler", "warmup_epochs", "epochs")  # what --select-on fold keeps as it was (issue 23)
+
+
+def plan_path(dataset_dir: Path) -> Path:
+    return Path(dataset_dir) / "plan.json"
+
+
+def mask_census(path: Path, n_classes: int) -> tuple:
+    """(each class's objects' equivalent diameters over the geometric mean of the image's sides, its pixel share)."""
+    mask = read_image(path)
+    side = math.sqrt(mask.shape[0] * mask.shape[1])
+    counts = np.bincount(mask.ravel(), minlength=n_classes)[:n_classes]
+    diameters = []
+    for cls in range(1, n_classes):
+        _, _, stats, _ = cv2.connectedComponentsWithStats((mask == cls).astype(np.uint8), connectivity=8)
+        diameters.append(2 * np.sqrt(stats[1:, cv2.CC_STAT_AREA] / np.pi) / side)
+    return diameters, counts / mask.size
+
+
+def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
+    """What the plan's rules read: images, groups, sizes, channels, foreground, objects and pixel share per class."""
+    dataset_dir = Path(dataset_dir)
+    meta, index = load_meta(dataset_dir), load_index(dataset_dir)
+    labelled = index[index["split"] == "train"]
+    if labelled.empty:
+        raise ValueError(f"{dataset_dir}/index.csv lists no labelled image: there is nothing to plan from")
+    classes = meta["classes"]
+    rows = labelled.iloc[np.unique(np.linspace(0, len(labelled) - 1, min(len(labelled), MASKS_READ)).astype(int))]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes outside the GIL
+        census = list(pool.map(lambda i: mask_census(dataset_dir / "masks" / f"{i}.png", len(classes)), rows["id"]))
+    diameters = [np.concatenate([c[0][k] for c in census]) for k in range(len(classes) - 1)]
+    shares = np.mean([c[1] for c in census], axis=0)  # each image counts once, as at training size
+    try:
+        folds = load_folds(folds_dir, meta["name"])["fold"].nunique()
+    except FileNotFoundError:
+        folds = None
+    groups = labelled["group"].where(labelled["group"] != "", "image:" + labelled["id"])  # a blank group: its own
+    pooled = np.concatenate(diameters)
+    return {
+        "task": meta["task"], "classes": classes, "channels": meta["channels"],
+        "labelled_images": len(labelled), "test_images": int((index["split"] == "test").sum()),
+        "groups": int(groups.nunique()), "folds": folds,
+        "train_images": round(len(labelled) * (1 - 1 / (folds or FOLDS_ASSUMED))),
+        "median_height": int(labelled["height"].median()), "median_width": int(labelled["width"].median()),
+        "median_short_side": int(np.minimum(labelled["height"], labelled["width"]).median()),
+        "foreground": round(float(1 - shares[0]), 4),
+        "class_shares": [round(float(s), 5) for s in shares],
+        "objects": [int(len(d)) for d in diameters],
+        "median_object": [round(float(np.median(d)), 4) if len(d) else None for d in diameters],
+        "median_object_all": round(float(np.median(pooled)), 4) if len(pooled) else None,
+        "masks_read": len(rows),
+    }
+
+
+def plan_size(fp: dict) -> tuple:
+    cap = min(MAX_SIZE, max(SIZE_STEP, fp["median_short_side"] // SIZE_STEP * SIZE_STEP))
+    limit = (f"the median image's shorter side ({fp['median_short_side']} px)" if cap < MAX_SIZE
+             else f"{MAX_SIZE} px, for the compute a step costs")
+    relative = fp["median_object_all"]
+    if not relative:
+        return min(cap, 256), f"no objects in the masks: 256 px, at most {cap} px ({limit})"
+    needed = max(MIN_SIZE, math.ceil(MIN_OBJECT_PX / relative / SIZE_STEP) * SIZE_STEP)
+    rule = (f"the smallest multiple of {SIZE_STEP}, at least {MIN_SIZE}, at which the median object "
+            f"({relative:.3f} of the image side) spans {MIN_OBJECT_PX} px")
+    if needed <= cap:
+        return needed, f"{rule}: {relative * needed:.0f} px"
+    return cap, f"{rule} would be {needed}; capped by {limit}, where it spans {relative * cap:.0f} px"
+
+
+def plan_batch(fp: dict, size: int) -> tuple:
+    by_pixels = 2 ** int(math.log2(PIXELS_PER_STEP / size ** 2))
+    batch = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // 4))
+    return batch, (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 steps an "
+                   f"epoch of a fold's {fp['train_images']} training images; at least 2")
+
+
+def plan_epochs(fp: dict, batch: int, steps: int) -> tuple:
+    per_epoch = math.ceil(fp["train_images"] / batch)
+    epochs = min(EPOCHS_RANGE[1], max(EPOCHS_RANGE[0], round(steps / per_epoch)))
+    folds = f"{fp['folds']} folds" if fp["folds"] else f"{FOLDS_ASSUMED} folds assumed (no fold file)"
+    return epochs, (f"{steps} optimiser steps (--steps) at {per_epoch} an epoch ({fp['train_images']} training images "
+                    f"a fold of {fp['labelled_images']}, {folds}, batch {batch}), within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
+
+
+def plan_class_weights(fp: dict) -> tuple:
+    if fp["task"] == "binary":
+        return "none", "binary masks: Dice + BCE, no class weights"
+    shares = np.asarray(fp["class_shares"])
+    rare = [fp["classes"][k] for k in range(1, len(shares)) if shares[k] < RARE_SHARE * shares[1:].max()]
+    if not rare:
+        return "none", f"no class under {RARE_SHARE:g} of the most frequent one's pixels: cross-entropy unweighted"
+    weights = 1 / np.sqrt(np.maximum(shares, 1e-6))  # the rule of --class-weights auto, on every labelled image
+    weights = weights / weights.mean()
+    return ",".join(f"{w:.2f}" for w in weights), (
+        f"{', '.join(rare)} under {RARE_SHARE:g} of the most frequent class's pixels: every class weighted by "
+        "the inverse square root of its pixel share over the labelled masks, mean 1 (the same for every fold)")
+
+
+def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None) -> tuple:
+    """(values named as Config's fields, the rule of each in one line) from a fingerprint, in order: a value in
+    `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size, the
+    epochs from the batch, the warm-up from the epochs)."""
+    given = given or {}
+    values, rules = {}, {}
+    steps_in_order = {
+        "size": lambda: plan_size(fp),
+        "batch_size": lambda: plan_batch(fp, values["size"]),
+        "epochs": lambda: plan_epochs(fp, values["batch_size"], steps),
+        "lr": lambda: (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
+                           "(docs/results.md, issue 26); --lr auto runs a range test instead"),
+        "scheduler": lambda: ("cosine", "a fixed schedule that reads no validation score (issue 23)"),
+        "warmup_epochs": lambda: (max(1, round(0.05 * values["epochs"])),
+                                  "linear warm-up over 5% of the epochs, at least 1, then cosine to zero"),
+        "aug": lambda: ("heavy" if fp["labelled_images"] < HEAVY_AUG_BELOW else "medium",
+                        f"heavy under {HEAVY_AUG_BELOW} labelled images, else medium ({fp['labelled_images']} here)"),
+        "class_weights": lambda: plan_class_weights(fp),
+    }
+    for name, rule in steps_in_order.items():
+        values[name], rules[name] = (given[name], "set by a flag") if name in given else rule()
+    return values, rules
+
+
+def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS) -> dict:
+    fp = fingerprint(dataset_dir, folds_dir)
+    values, rules = plan_from(fp, steps)
+    plan = {"values": values, "rules": rules, "steps": steps, "fingerprint": fp}
+    write_atomic(plan_path(dataset_dir), json.dumps(plan, indent=2) + "\n")
+    return plan
+
+
+def describe(plan: dict, dataset_dir: Path) -> list:
+    """The lines prepare and python -m src.plan print: the fingerprint, then each value and its rule."""
+    fp = plan["fingerprint"]
+    objects = ", ".join(f"{name} {n} (median {m:.3f} of the side)" for name, n, m in
+                        zip(fp["classes"][1:], fp["objects"], fp["median_object"]) if m is not None)
+    lines = [f"fingerprint: {fp['labelled_images']} labelled + {fp['test_images']} test images, {fp['groups']} groups, "
+             f"{fp['channels']} channel(s), median {fp['median_height']} x {fp['median_width']} px, foreground "
+             f"{100 * fp['foreground']:.1f}%; objects in {fp['masks_read']} masks: {objects or 'none'}"]
+    lines += [f"{name}: {value} ({plan['rules'][name]})" for name, value in plan["values"].items()]
+    return lines + [f"planned {plan_path(dataset_dir)}: train.py takes these as defaults; any flag overrides them"]
+
+
+def load_plan(dataset_dir: Path) -> dict | None:
+    path = plan_path(dataset_dir)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
+    """The destinations the command line set: argparse fills in a default only where the namespace lacks a value."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    return {name for name, value in vars(parser.parse_args(argv, namespace)).items() if value is not unset}
+
+
+def apply_plan(cfg: Config, given: set) -> tuple:
+    """(cfg with the plan's values where no flag set them, {field: 'user' | 'plan' | 'default'} for config.json).
+
+    The rules run again with the flags' values in place, so a planned value follows a flag it depends on (--size 512
+    gets the batch of 512 px). --select-on fold trains today's schedule: lr, scheduler, warm-up and epochs stay."""
+    saved = load_plan(cfg.dataset_dir)
+    kept = given | set(TODAYS_SCHEDULE if getattr(cfg, "select_on", "final") == "fold" else ())
+    planned = {}
+    if saved:
+        values, _ = plan_from(saved["fingerprint"], saved["steps"], {k: getattr(cfg, k) for k in kept if hasattr(cfg, k)})
+        planned = {k: v for k, v in values.items() if k not in kept}
+    sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
+    return replace(cfg, **planned), sources
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="a dataset prepared under --data-dir")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
+    parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps a run should make (sets the epochs)")
+    args = parser.parse_args(argv)
+    dataset_dir = args.data_dir / args.dataset
+    try:
+        plan = write_plan(dataset_dir, args.folds_dir, args.steps)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"plan: {error}")
+    print("\n".join(describe(plan, dataset_dir)))
+    return plan
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""--lr auto's range test: a rate inside its sweep, its curve, its cache, and nothing read from the scored fold."""
+import numpy as np
+import pytest
+
+from src import lr_find
+from src.cache import open_cache
+from src.canonical import load_index, load_meta
+from src.config import Config
+from src.folds import fold_rows, load_folds
+
+STEPS = 12  # a sweep of a few steps: the tests check the machinery, not the curve's shape
+
+
+def tiny_config(data_dir, fold=0) -> Config:
+    return Config(dataset="demo", fold=fold, size=64, encoder="tu-resnet10t", encoder_weights="none",
+                  decoder_channels="32,16,16,8,8", batch_size=4, aug="light", workers=0, data_dir=str(data_dir))
+
+
+@pytest.fixture(scope="module")
+def demo_arrays(demo_dir):
+    dataset_dir = demo_dir / "data" / "demo"
+    images, masks = open_cache(dataset_dir, 64)
+    folds = load_folds(demo_dir / "folds", "demo")
+    return load_meta(dataset_dir), load_index(dataset_dir), folds, np.array(images), np.array(masks)
+
+
+def sweep(data_dir, arrays, fold=0, curve=None, images=None, masks=None):
+    meta, index, folds, cached_images, cached_masks = arrays
+    train_rows, valid_rows = fold_rows(index, folds, fold)
+    images = cached_images if images is None else images
+    masks = cached_masks if masks is None else masks
+    return lr_find.find_lr(tiny_config(data_dir, fold), meta, train_rows, images, masks, "cpu", curve, steps=STEPS)
+
+
+def test_lr_auto_chooses_a_rate_in_its_sweep_draws_it_and_reuses_it(demo_arrays, tmp_path, monkeypatch):
+    lr, record = sweep(tmp_path, demo_arrays, curve=tmp_path / "run" / "lr_find.png")
+    assert lr_find.START <= lr <= lr_find.END and not record["cached"]
+    assert lr == max(lr_find.START, record["min_loss_lr"] / 10) and record["train_images"] == 24
+    assert (tmp_path / "run" / "lr_find.png").stat().st_size > 10_000
+    cached = tmp_path / "demo" / "lr" / f"{record['key']}.json"
+    assert cached.exists() and record["key"].startswith("unet-tu-resnet10t-fold0-64px-b4-")
+
+    def no_sweep(*args):
+        raise AssertionError("the cached rate should have been reused")
+    monkeypatch.setattr(lr_find, "range_test", no_sweep)
+    again, record = sweep(tmp_path, demo_arrays, curve=tmp_path / "run2" / "lr_find.png")
+    assert again == lr and record["cached"] and (tmp_path / "run2" / "lr_find.png").exists()
+    with pytest.raises(AssertionError, match="reused"):  # another fold trains on other images: a sweep of its own
+        sweep(tmp_path, demo_arrays, fold=1)
+
+
+def test_lr_auto_reads_nothing_of_the_scored_fold(demo_arrays, tmp_path):
+    _, index, folds, images, masks = demo_arrays
+    _, valid_rows = fold_rows(index, folds, 0)
+    lr, record = sweep(tmp_path / "a", demo_arrays)
+    images, masks = images.copy(), masks.copy()
+    images[valid_rows], masks[valid_rows] = 255 - images[valid_rows], 1 - masks[valid_rows]
+    perturbed_lr, perturbed = sweep(tmp_path / "b", demo_arrays, images=images, masks=masks)
+    assert (perturbed_lr, perturbed["losses"]) == (lr, record["losses"])

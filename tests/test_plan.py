@@ -1,0 +1,111 @@
+"""The plan from a dataset's fingerprint: each value by its stated rule, flags over the plan, config sources."""
+import argparse
+import json
+import math
+import shutil
+
+import pytest
+
+from src import plan
+from src.config import Config, add_config_arguments, config_from_args
+
+
+def planned_copy(workdir, tmp_path, dataset):
+    """Plan a copy of a session dataset: the shared fixture stays without a plan.json for the other tests."""
+    shutil.copytree(workdir / "data" / dataset, tmp_path / "data" / dataset)
+    shutil.copytree(workdir / "folds", tmp_path / "folds")
+    return plan.main([dataset, "--data-dir", str(tmp_path / "data"), "--folds-dir", str(tmp_path / "folds")])
+
+
+@pytest.fixture(scope="module")
+def planned_demo(demo_dir, tmp_path_factory):
+    """(the data folder of a planned copy of the demo, its plan)."""
+    workdir = tmp_path_factory.mktemp("plan")
+    return workdir / "data", planned_copy(demo_dir, workdir, "demo")
+
+
+@pytest.fixture(scope="module")
+def demo_plan(planned_demo):
+    return planned_demo[1]
+
+
+def test_demo_plan_gives_the_values_its_rules_state(planned_demo):
+    data_dir, demo_plan = planned_demo
+    fp, values = demo_plan["fingerprint"], demo_plan["values"]
+    assert (fp["labelled_images"], fp["test_images"], fp["folds"], fp["train_images"]) == (36, 4, 3, 24)
+    assert fp["channels"] == 1 and 0.3 < fp["median_object_all"] < 0.6  # two lungs of about a third of the image
+    # size: the smallest multiple of 32 (at least 64) at which the median object spans 48 px
+    size = values["size"]
+    assert size % 32 == 0 and fp["median_object_all"] * size >= 48 > fp["median_object_all"] * (size - 32)
+    assert size <= fp["median_short_side"]
+    # batch: 16 at most, and at least 4 steps an epoch of a fold's 24 training images
+    assert values["batch_size"] == 6
+    assert values["epochs"] == round(1000 / math.ceil(24 / 6))
+    assert (values["lr"], values["scheduler"]) == (1e-3, "cosine")
+    assert values["warmup_epochs"] == round(0.05 * values["epochs"])
+    assert values["aug"] == "heavy" and values["class_weights"] == "none"  # 36 images; binary
+    assert set(demo_plan["rules"]) == set(values) and all(demo_plan["rules"].values())
+    printed = plan.describe(json.loads((data_dir / "demo" / "plan.json").read_text()), data_dir / "demo")
+    assert f"size: {size} (the smallest multiple of 32, at least 64, at which the median object" in printed[1]
+    assert printed[3].startswith(f"epochs: {values['epochs']} (1000 optimiser steps")
+
+
+def test_multiclass_plan_weights_the_rare_class(multiclass_dir, tmp_path):
+    result = planned_copy(multiclass_dir, tmp_path, "demo-multiclass")
+    classes, rule = result["fingerprint"]["classes"], result["rules"]["class_weights"]
+    weights = dict(zip(classes, map(float, result["values"]["class_weights"].split(","))))
+    assert rule.startswith("dead under")  # 5% of the nuclei, and small: the one rare class
+    assert weights["dead"] > 1 and weights["dead"] == max(weights.values())
+    assert weights["background"] == min(weights.values())
+    assert json.loads((tmp_path / "data" / "demo-multiclass" / "plan.json").read_text())["values"] == result["values"]
+
+
+def test_larger_objects_give_a_smaller_size_never_above_the_images(demo_plan):
+    fp = demo_plan["fingerprint"]
+    small, large = ({**fp, "median_short_side": 1000, "median_object_all": r} for r in (0.1, 0.4))
+    assert plan.plan_from(large)[0]["size"] < plan.plan_from(small)[0]["size"] == 480
+    tiny_images = {**small, "median_short_side": 100}
+    assert plan.plan_from(tiny_images)[0]["size"] == 96
+    assert "capped by the median image's shorter side" in plan.plan_from(tiny_images)[1]["size"]
+
+
+def test_a_tiny_dataset_gets_more_epochs_per_image(demo_plan):
+    fp = demo_plan["fingerprint"]
+    tiny, large = (plan.plan_from({**fp, "train_images": n, "labelled_images": n * 3 // 2})[0] for n in (40, 4000))
+    assert tiny["epochs"] > large["epochs"]
+    assert tiny["aug"] == "heavy" and large["aug"] == "medium"
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()  # as train.py's
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true")
+    return config_from_args(parser.parse_args(argv)), plan.given_flags(parser, argv)
+
+
+def test_a_flag_overrides_the_plan_and_sources_say_so(planned_demo):
+    planned_dir, demo_plan = planned_demo
+    cfg, given = parse(["--data-dir", str(planned_dir), "--epochs", "3", "--lr=0.01", "--aug", "medium", "--resume"])
+    assert "resume" in given  # train.py's own flags are no Config field: apply_plan passes them by
+    cfg, sources = plan.apply_plan(cfg, given)
+    assert (cfg.epochs, cfg.lr, cfg.aug) == (3, 0.01, "medium")
+    assert (cfg.size, cfg.batch_size, cfg.scheduler) == (demo_plan["values"]["size"], 6, "cosine")
+    assert cfg.warmup_epochs == 1  # the warm-up rule on the user's 3 epochs, not the plan's 12 of 250
+    assert sources["epochs"] == sources["lr"] == sources["aug"] == sources["data_dir"] == "user"
+    assert sources["size"] == sources["scheduler"] == sources["warmup_epochs"] == "plan" and sources["seed"] == "default"
+    # A flag given with the built-in default's value is still the user's, and the epochs follow the batch it sets.
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(planned_dir), "--batch-size", "12"]))
+    assert (cfg.batch_size, sources["batch_size"]) == (12, "user")
+    assert (cfg.epochs, sources["epochs"]) == (500, "plan")  # 1000 steps at 2 an epoch
+    # --select-on fold (issue 23) keeps today's schedule.
+    fold_cfg = Config(data_dir=str(planned_dir))
+    fold_cfg.select_on = "fold"
+    fold_cfg, sources = plan.apply_plan(fold_cfg, set())
+    assert (fold_cfg.lr, fold_cfg.epochs) == (Config.lr, Config.epochs) and sources["lr"] == "default"
+    assert sources["size"] == "plan"
+
+
+def test_without_a_plan_every_value_is_the_default(demo_dir):
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(demo_dir / "data")]))
+    assert cfg == Config(data_dir=str(demo_dir / "data")) and set(sources.values()) == {"user", "default"}
+

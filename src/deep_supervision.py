@@ -7,6 +7,7 @@ forward. The nodes up to X^{0,j} form a Unet++ of depth j on the encoder's first
 built as smp's own decoder of that depth, on an encoder rebuilt at that depth.
 """
 import copy
+import math
 
 import segmentation_models_pytorch as smp
 import torch
@@ -75,9 +76,9 @@ class HeadMean(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.stack(self.model.head_logits(x)).float()
         if logits.shape[2] == 1:  # log(mean p) - log(mean (1 - p)), stable however sure the heads are
-            sigmoid = torch.nn.functional.logsigmoid
-            return torch.logsumexp(sigmoid(logits), 0) - torch.logsumexp(sigmoid(-logits), 0)
-        return torch.logsumexp(logits.log_softmax(2), 0) - torch.log(torch.tensor(float(len(logits))))
+            log_sigmoid = torch.nn.functional.logsigmoid
+            return torch.logsumexp(log_sigmoid(logits), 0) - torch.logsumexp(log_sigmoid(-logits), 0)
+        return torch.logsumexp(logits.log_softmax(2), 0) - math.log(len(logits))
 
 
 class PrunedUnetPlusPlus(torch.nn.Module):

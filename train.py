@@ -36,7 +36,7 @@ from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
-from src.models import ModelError, canonical_arch, check_encoder, create_model, normalize
+from src.models import ModelError, canonical_arch, check_encoder, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
 
 
@@ -146,11 +146,12 @@ def set_up(cfg, args, meta, accelerator, train_rows, valid_rows) -> Parts:
         with accelerator.main_process_first():  # one download into the cache, which the other processes then read
             model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else n_classes,
                                  "none" if args.validate_only else cfg.encoder_weights, cfg.decoder_channels)
+        ds_weights = head_weights(cfg.ds_weights, cfg.arch)
     except ModelError as error:
         sys.exit(f"train: {error}")
     model = model.to(memory_format=torch.channels_last)
     weights = class_weights(cfg.class_weights, masks[train_rows], n_classes) if meta["task"] == "multiclass" else None
-    loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights)
+    loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights, ds_weights)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)  # stepped per epoch, so not wrapped by accelerate.prepare
     if cfg.compile:
@@ -191,6 +192,7 @@ def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) ->
     parts.train_set.epoch = epoch
     parts.train_loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=accelerator.device)
+    head_sum = 0  # each head's loss too, for a deep-supervised model (unetpp_ds trains every head)
     draws = torch.zeros(parts.cache_rows, device=accelerator.device)  # per cache row: checks the process sharding
     progress = tqdm(parts.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                     disable=not accelerator.is_local_main_process)
@@ -204,16 +206,20 @@ def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) ->
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
+        head_sum = head_sum + parts.loss_fn.head_losses * len(images_batch)
         draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
     draws = accelerator.reduce(draws, "sum")
     train_loss = (accelerator.reduce(loss_sum, "sum") / draws.sum()).item()
+    head_losses = (accelerator.reduce(head_sum, "sum") / draws.sum()).tolist()
     seconds = time.time() - start
     sync_lookahead(optimizer)  # validate and save the slow weights, not mid-cycle fast ones (as timm)
     images_seen, train_images = int(draws.sum()), int((draws > 0).sum())
     if train_images != n_train:
         accelerator.print(f"warning: epoch {epoch + 1} drew {train_images} of {n_train} training images")
+    heads = {f"train_loss_L{i}": loss for i, loss in enumerate(head_losses, 1)} if len(head_losses) > 1 else {}
     # Accelerate pads the last batches with repeats so that every process steps together.
-    return {"train_loss": train_loss, "train_images": train_images, "train_repeats": images_seen - train_images,
+    return {"train_loss": train_loss, **heads, "train_images": train_images,
+            "train_repeats": images_seen - train_images,
             "train_images_per_s": images_seen / seconds, "train_seconds": seconds}
 
 

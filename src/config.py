@@ -25,6 +25,8 @@ class Config:
     encoder_weights: str = knob("imagenet", "imagenet (download or Hugging Face cache), none, or PATH to a state dict")
     decoder_channels: str = knob("", "decoder widths: one per stage for unet/unetpp/manet (64,32,16,16,8), one number "
                                      "for deeplabv3(plus)/pan/upernet", shown="smp's, 256,128,64,32,16 for unet")
+    ds_weights: str = knob("", "unetpp_ds: each head's loss weight, L1 to L4 (e.g. 0.25,0.5,0.75,1)",
+                           shown="equal: the heads' mean")
     # optimisation
     epochs: int = knob(40, "maximum number of epochs")
     batch_size: int = knob(16, "images per step per process")

@@ -1,4 +1,5 @@
-"""Dice + BCE (binary) or Dice + cross-entropy/focal (multiclass), from smp's losses."""
+"""Dice + BCE (binary) or Dice + cross-entropy/focal (multiclass), from smp's losses; for a deep-supervised model,
+the weighted mean over its heads."""
 import numpy as np
 import torch
 from segmentation_models_pytorch import losses
@@ -19,10 +20,14 @@ def class_weights(spec: str, masks: np.ndarray, n_classes: int) -> torch.Tensor 
 
 
 class SegmentationLoss(torch.nn.Module):
+    """Logits, or a list of them (one per head, as unetpp_ds trains): their losses' mean, weighted by head_weights
+    if given. head_losses keeps the last call's loss per head, for the record."""
+
     def __init__(self, task: str, dice_weight: float = 1.0, ce_weight: float = 0.8, focal: bool = False,
-                 weights: torch.Tensor | None = None):
+                 weights: torch.Tensor | None = None, head_weights: list | None = None):
         super().__init__()
         self.task, self.dice_weight, self.ce_weight = task, dice_weight, ce_weight
+        self.head_weights, self.head_losses = head_weights, None
         self.dice = losses.DiceLoss(mode=task, from_logits=True)
         if task == "binary":
             self.ce = losses.SoftBCEWithLogitsLoss()
@@ -31,7 +36,13 @@ class SegmentationLoss(torch.nn.Module):
         else:
             self.ce = torch.nn.CrossEntropyLoss(weight=weights)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor | list, target: torch.Tensor) -> torch.Tensor:
+        heads = torch.stack([self.single(head, target) for head in (logits if isinstance(logits, list) else [logits])])
+        self.head_losses = heads.detach()
+        weights = torch.tensor(self.head_weights or [1.0] * len(heads), device=heads.device)
+        return (heads * weights).sum() / weights.sum()
+
+    def single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()
         logits = logits.float()
         if self.task == "binary":

@@ -10,8 +10,11 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
+from src.deep_supervision import LEVELS, UnetPlusPlusDS
+
 # Our short names for smp's architectures; every other smp name is accepted as it is.
 ARCH_ALIASES = {"unetpp": "unetplusplus", "unet++": "unetplusplus"}
+DEEP_SUPERVISED = "unetpp_ds"  # Unet++ with a head per top-row node (src/deep_supervision.py); not an smp name
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -22,9 +25,11 @@ class ModelError(ValueError):
 def canonical_arch(arch: str) -> str:
     """'unetplusplus', 'Unet++' and 'unetpp' are all 'unetpp'; run folders use this name."""
     name = arch.lower()
+    if name == DEEP_SUPERVISED:
+        return name
     smp_name = ARCH_ALIASES.get(name, name)
     if smp_name not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ModelError(f"unknown architecture '{arch}'; choose one of: unetpp, "
+        raise ModelError(f"unknown architecture '{arch}'; choose one of: unetpp, {DEEP_SUPERVISED}, "
                          + ", ".join(sorted(smp.MODEL_ARCHITECTURES_MAPPING)))
     return "unetpp" if smp_name == "unetplusplus" else smp_name
 
@@ -85,8 +90,10 @@ def load_encoder_weights(model: torch.nn.Module, path: str) -> None:
 
 def create_model(arch: str, encoder: str, in_channels: int, classes: int, weights: str = "none",
                  decoder_channels: str = "") -> torch.nn.Module:
-    """smp.create_model by name; weights: 'imagenet', 'none' or a path to a state dict."""
-    smp_arch = ARCH_ALIASES.get(canonical_arch(arch), canonical_arch(arch))
+    """smp.create_model by name (unetpp_ds: src/deep_supervision.py); weights: 'imagenet', 'none' or a path to a
+    state dict."""
+    name = canonical_arch(arch)
+    smp_arch = "unetplusplus" if name == DEEP_SUPERVISED else ARCH_ALIASES.get(name, name)
     check_encoder(encoder)
     kwargs = _decoder_channels(smp_arch, decoder_channels) if decoder_channels else {}
     pretrained = None
@@ -94,13 +101,34 @@ def create_model(arch: str, encoder: str, in_channels: int, classes: int, weight
         pretrained = True if encoder.startswith("tu-") else "imagenet"  # timm picks its default pretrained tag
 
     def build():
-        return smp.create_model(smp_arch, encoder_name=encoder, encoder_weights=pretrained,
-                                in_channels=in_channels, classes=classes, **kwargs)
+        settings = dict(encoder_name=encoder, encoder_weights=pretrained, in_channels=in_channels, classes=classes)
+        try:
+            if name == DEEP_SUPERVISED:
+                return UnetPlusPlusDS(**settings, **kwargs)
+            return smp.create_model(smp_arch, **settings, **kwargs)
+        except ValueError as error:  # smp's refusals, such as Unet++ on the mit_b* encoders
+            raise ModelError(f"{name} cannot be built on encoder '{encoder}': {error}") from error
 
     model = _with_pretrained_weights(build, encoder) if pretrained else build()
     if weights not in ("imagenet", "none"):
         load_encoder_weights(model, weights)
     return model
+
+
+def head_weights(spec: str, arch: str) -> list | None:
+    """--ds-weights as one number per unetpp_ds head, L1 first; None (the heads' plain mean) when not given."""
+    if not spec:
+        return None
+    if canonical_arch(arch) != DEEP_SUPERVISED:
+        raise ModelError(f"--ds-weights {spec}: only {DEEP_SUPERVISED} has several heads to weight; drop it")
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(LEVELS) or min(weights) < 0 or sum(weights) <= 0:
+        raise ModelError(f"--ds-weights {spec}: give {len(LEVELS)} non-negative numbers, one per head from "
+                         f"{LEVELS[0]} to {LEVELS[-1]}, like 0.25,0.5,0.75,1")
+    return weights
 
 
 def _decoder_channels(smp_arch: str, text: str) -> dict:

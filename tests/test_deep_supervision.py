@@ -1,0 +1,131 @@
+"""unetpp_ds: Unet++ with deep supervision, its pruned levels, and training it with train.py (tiny, CPU)."""
+import socket
+
+import pandas as pd
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+
+import train
+from conftest import TINY, paths
+from src.deep_supervision import level_model
+from src.losses import SegmentationLoss
+from src.models import ModelError, create_model
+
+
+def tiny(encoder="tu-resnet10t", classes=1):
+    torch.manual_seed(0)
+    return create_model("unetpp_ds", encoder, 1, classes, "none", "16,16,8,8,8")
+
+
+def modules_run(model, x) -> int:
+    ran = set()
+    hooks = [m.register_forward_hook(lambda m, args, out: ran.add(m)) for m in model.modules()]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return len(ran)
+
+
+def test_every_head_learns_from_the_loss():
+    model = tiny().train()
+    images, masks = torch.rand(2, 1, 32, 32), (torch.rand(2, 32, 32) > 0.5).long()
+    logits = model(images)
+    assert len(logits) == 4 and all(head.shape == (2, 1, 32, 32) for head in logits)
+    loss_fn = SegmentationLoss("binary")
+    loss = loss_fn(logits, masks)
+    torch.testing.assert_close(loss, loss_fn.head_losses.mean())
+    loss.backward()
+    heads = [*(deep["head"] for deep in model.deep_heads), model.segmentation_head]
+    assert all(head[0].weight.grad.abs().sum() > 0 for head in heads)
+
+    model.zero_grad()
+    SegmentationLoss("binary", head_weights=[0, 0, 1, 3])(model(images), masks).backward()  # --ds-weights 0,0,1,3
+    assert [head[0].weight.grad.abs().sum() > 0 for head in heads] == [False, False, True, True]
+
+
+def test_pruned_levels_are_smaller_run_less_and_predict_as_their_heads():
+    model = tiny().eval()
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        heads = model.head_logits(images)
+    levels = [level_model(model, level) for level in ("L1", "L2", "L3", "L4")]
+    sizes = [sum(p.numel() for p in level.parameters()) for level in levels]
+    runs = [modules_run(level, images) for level in levels]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4, sizes  # each level strictly smaller than the next
+    assert runs == sorted(runs) and len(set(runs)) == 4, runs
+    assert runs[-1] == modules_run(model, images)  # L4 runs what the model's own eval forward runs
+    assert not any(level.encoder_fallback for level in levels)  # a timm resnet is cut by out_indices
+    stages = dict(levels[0].encoder.model.named_children())  # L1: the stem and the first stage (strides 2 and 4)
+    assert "layer1" in stages and "layer2" not in stages
+    with torch.no_grad():
+        for level, head in zip(levels, heads):
+            torch.testing.assert_close(level(images), head)
+        mean = level_model(model, "mean")(images).sigmoid()
+    torch.testing.assert_close(mean, torch.stack(heads).sigmoid().mean(0))  # accurate mode: mean probability
+
+
+def test_l4_is_the_models_eval_forward_which_is_smps_own():
+    model = tiny().eval()
+    images = torch.rand(2, 1, 32, 32)
+    plain = smp.UnetPlusPlus("tu-resnet10t", encoder_weights=None, in_channels=1, classes=1,
+                             decoder_channels=(16, 16, 8, 8, 8)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("deep_heads.")})
+    with torch.no_grad():
+        torch.testing.assert_close(level_model(model, "L4")(images), model(images), rtol=0, atol=0)
+        torch.testing.assert_close(model(images), plain(images), rtol=0, atol=0)
+
+
+def test_an_encoder_that_cannot_be_cut_runs_in_full_but_skips_decoder_nodes():
+    """timm's EfficientNet-family feature extractors run every block whatever out_indices asks for."""
+    model = tiny("tu-mobilenetv3_small_050", classes=3).eval()
+    images = torch.rand(1, 1, 32, 32)
+    l1, l4 = level_model(model, "L1"), level_model(model, "L4")
+    assert l1.encoder_fallback and not l4.encoder_fallback
+    assert modules_run(l1, images) < modules_run(l4, images)
+    with torch.no_grad():
+        torch.testing.assert_close(l1(images), model.head_logits(images)[0])
+
+
+@pytest.mark.parametrize("encoder, message", [
+    ("mit_b0", "unetpp_ds cannot be built on encoder 'mit_b0': UnetPlusPlus is not support"),  # smp's refusal
+    ("tu-convnext_atto", "has no stride-2 features"),
+])
+def test_encoders_unetpp_cannot_supervise_are_refused_in_one_sentence(encoder, message):
+    with pytest.raises(ModelError, match=message):
+        create_model("unetpp_ds", encoder, 3, 1, "none")
+
+
+def run_train(workdir, tmp_path, *args):
+    train.main([*TINY, *paths(workdir), "--runs-dir", str(tmp_path / "runs"), "--arch", "unetpp_ds",
+                "--aug", "none", *args])
+    return tmp_path / "runs" / "demo" / "unetpp_ds-tu-resnet10t" / "fold0"
+
+
+def test_train_logs_each_head_resumes_and_rebuilds_offline(demo_dir, tmp_path, monkeypatch):
+    from src.predict import load_trained_model
+    run = run_train(demo_dir, tmp_path, "--epochs", "1")
+    run_train(demo_dir, tmp_path, "--epochs", "2", "--resume")  # loads the saved state: model with its heads, optimiser
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    heads = history[[f"train_loss_L{j}" for j in range(1, 5)]]
+    assert history["train_loss"].tolist() == pytest.approx(heads.mean(axis=1).tolist())
+    saved = torch.load(run / "last.pt")
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network in this test")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model, cfg, _ = load_trained_model(run, run / "last.pt", torch.device("cpu"))
+    assert cfg.arch == "unetpp_ds" and any(k.startswith("deep_heads.") for k in model.state_dict())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ds-weights", "1,1"], "--ds-weights 1,1: give 4 non-negative numbers, one per head from L1 to L4"),
+    (["--arch", "unet", "--ds-weights", "1,1,1,1"], "only unetpp_ds has several heads to weight; drop it"),
+])
+def test_ds_weights_errors(demo_dir, tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        run_train(demo_dir, tmp_path, "--epochs", "1", *args)

@@ -199,7 +199,7 @@ def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, arg
         except ValueError as error:
             sys.exit(f"ensemble: --set: {error}")
     part = f"sets/{args.set}" if args.set else "test"
-    lacking = [run for run, s in chosen.items() if not s.part(args.set).is_dir()]
+    lacking = [run for run, s in chosen.items() if args.set and not s.part(args.set).is_dir()]
     if lacking:  # found before tuning, not after
         sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({chosen[lacking[0]].part(args.set)} "
                  f"missing); run `python infer.py --images DIR --name {args.set}` with the same --tta and --checkpoint")

@@ -1,32 +1,35 @@
 """Average fold x architecture predictions into final masks, tune TTA and post-processing on OOF data, write scores.
 
   python ensemble.py                         # every run with predictions for the dataset
-  python ensemble.py --runs 'unet*' --weights unet-resnet34=1,unetpp-resnet34=2
-  python ensemble.py --checkpoint last --set new_xrays   # last.pt's predictions; masks of infer.py --images new_xrays/
+  python ensemble.py --runs 'unet*' --weights unet-resnet34=1,unetpp-resnet34=2 --name unets
+  python ensemble.py --checkpoint last --name last --set new_xrays   # last.pt's masks of infer.py --images new_xrays/
 
-Reads preds/<dataset>/ (infer.py) and data/<dataset>/masks; writes ensemble/<dataset>/: masks/<id>.png (final masks
-at original size: 0/255 for binary, class index for multiclass), submission.csv (Kaggle RLE), scores.json,
-leaderboard.md, comparison.png, scores.png and, where Unet and Unet++ share encoders, study.png; with --set NAME the
-masks and submission.csv of that prediction set go to ensemble/<dataset>/sets/NAME/ instead. The scores are
+Reads preds/<dataset>/ (infer.py, through src/runs.py) and data/<dataset>/masks; writes ensemble/<dataset>/ (or
+ensemble/<dataset>/<NAME>/ with --name): masks/<id>.png (final masks at original size: 0/255 for binary, class index
+for multiclass), submission.csv (Kaggle RLE), scores.json, leaderboard.md, comparison.png, scores.png and, where Unet
+and Unet++ share encoders, study.png; with --set NAME the masks and submission.csv of that prediction set go to
+sets/NAME/ inside it instead. The folder records its selection (runs, checkpoint, TTA) in selection.json and is not
+replaced by another selection without --overwrite. Only predictions made by each run's current weights on the split
+it was trained on are used; any other stops the ensemble with the infer.py command that renews it. The scores are
 cross-validated: each fold is scored with the TTA and post-processing chosen on the other folds; the test masks use
 the choices made on all OOF images.
 """
 import argparse
 import json
+import math
 import sys
-from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from src import postprocess, report, tracking, tuning
+from src import postprocess, report, runs as ledger, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.folds import fingerprint, load_folds
+from src.checkpoint import write_atomic
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
-from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, pred_dir, read_mean, read_split
+from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, read_mean, read_split
 from src.rle import rle_encode
 from src.stats import holm, paired_comparison
 from src.tuning import TTA_MODES, scores_table
@@ -42,12 +45,16 @@ def parse_args(argv=None):
     parser.add_argument("--compare-tta", choices=TTA_MODES,
                         help="TTA of both runs in the Unet++ vs Unet comparison (default: the most augmented mode "
                              "both were predicted with: d4, else flip, else none)")
-    parser.add_argument("--runs", help="only runs matching this glob, e.g. 'unet*-resnet34'")
+    parser.add_argument("--runs", help="only these runs: names or globs, comma-separated, e.g. 'unet*-resnet34'")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
                         help="the predictions of best.pt or last.pt (infer.py --checkpoint)")
+    parser.add_argument("--name", help="write to ensemble/<dataset>/NAME/ (default: ensemble/<dataset>/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output folder made from another selection of runs, checkpoint or TTA")
     parser.add_argument("--set", help="write the masks of this prediction set (infer.py --images DIR --name NAME) "
                                       "instead of the dataset's test split")
-    parser.add_argument("--weights", help="test-time run weights, e.g. unet-resnet34=1,unetpp-resnet34=2 (default 1)")
+    parser.add_argument("--weights", help="test-time run weights, positive numbers, e.g. "
+                                          "unet-resnet34=1,unetpp-resnet34=2 (default 1)")
     parser.add_argument("--figures", type=int, default=4,
                         help="OOF images in comparison.png: where the first two runs disagree most, and the worst one")
     parser.add_argument("--by", help="also score subgroups: any index.csv column, e.g. view, sex (default: tissue "
@@ -62,70 +69,266 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def oof_dice(tta_dir: Path) -> float:
-    """Mean per-image Dice of the OOF scores infer.py wrote in one tta-* folder."""
-    return per_image(pd.read_csv(tta_dir / "oof_scores.csv", dtype={"id": str}))["dice"].mean()
-
-
-def find_predictions(preds_dir: Path, dataset: str, tta: str, runs_glob: str | None, checkpoint: str = "best") -> dict:
-    """{run name: its chosen tta-* folder}; only runs whose OOF predictions (of that checkpoint) infer.py scored."""
-    root = Path(preds_dir) / dataset
-    chosen = {}
-    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        if runs_glob and not fnmatch(run.name, runs_glob):
-            continue
-        folders = {m: pred_dir(preds_dir, dataset, run.name, m, checkpoint) for m in TTA_MODES}
-        available = [f for f in folders.values() if (f / "oof_scores.csv").exists()]
-        if tta == "best" and available:  # chosen on OOF scores, like the post-processing; ties keep the cheaper TTA
-            chosen[run.name] = max(available, key=oof_dice)
-        elif folders.get(tta) in available:
-            chosen[run.name] = folders[tta]
-    if not chosen:
-        sys.exit(f"ensemble: no scored predictions of {checkpoint}.pt in {root} (run `python infer.py --tta "
-                 f"--checkpoint {checkpoint}` first)")
-    return chosen
-
-
-def recorded_split(runs: dict, args) -> pd.DataFrame:
-    """The folds that every run's predictions were made on (infer.py records the fold file in the preds' config.json):
-    one split for all, unchanged since."""
-    recorded = {name: (read_json(path.parent / "config.json") or {}).get("folds") for name, path in runs.items()}
-    lacking = [name for name, split in recorded.items() if split is None]
+def main(argv=None):
     try:
-        if lacking:  # predicted before infer.py recorded the split
-            load_folds(args.folds_dir, args.dataset)  # a clear error if it is missing
-            assumed = fingerprint(args.folds_dir, args.dataset)
-            print(f"ensemble: warning: the predictions of {', '.join(lacking)} do not record their fold file; "
-                  f"assuming {assumed['file']} (--folds-dir)")
-            recorded.update({name: assumed for name in lacking})
-        (first, split), *others = recorded.items()
-        other = next((name for name, s in others if s["sha256"] != split["sha256"]), None)
-        if other:
-            sys.exit(f"ensemble: {first} was trained on {split['file']} but {other} on another split "
-                     f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
-        return read_split(split, f"{runs[first]} was predicted")
+        run(parse_args(argv))
+    except OldPredictionFormat as error:
+        sys.exit(f"ensemble: {error}")
+
+
+def run(args):
+    """The story: which predictions, checked; each run scored; the ensemble tuned and scored; masks; reports."""
+    dataset_dir, meta, index, by = read_dataset(args)
+    sets, chosen = select_runs(args)
+    folds = recorded_split(sets, chosen, args)
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    check_oof(sets, fold_of, args)
+    test_dirs, test_ids = test_predictions(chosen, folds, index, args)
+    weight_of = run_weights(args.weights, chosen)
+    out = output_folder(args, chosen)
+
+    runs = score_runs(sets, chosen, folds, args)
+    tuned = tune(runs, sets, weight_of, dataset_dir, meta, args)
+    ensemble, ensemble_scores = score_ensemble(runs, tuned, dataset_dir, meta)
+    write_atomic(out / "oof_scores.csv", ensemble_scores.to_csv(index=False))
+    group_of = dict(zip(folds["id"], folds["group"])) if "group" in folds else {}
+    comparisons = compare_architectures(runs["oof_ids"], runs["dice_of"], group_of, args.compare_tta)
+    written = out / "sets" / args.set if args.set else out
+    write_test_masks(written, test_dirs, test_ids, weight_of, tuned["settings"], meta)
+    scores = write_reports(out, args, runs, tuned, ensemble, ensemble_scores, comparisons, weight_of, len(test_ids),
+                           {"dataset_dir": dataset_dir, "meta": meta, "index": index, "by": by, "fold_of": fold_of})
+    print(report.leaderboard_markdown(scores))
+    print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")
+
+
+def read_dataset(args) -> tuple:
+    """(dataset folder, meta, index by id, the column to score subgroups by or None)."""
+    dataset_dir = Path(args.data_dir) / args.dataset
+    try:
+        meta, index = load_meta(dataset_dir), load_index(dataset_dir).set_index("id", drop=False)
+    except FileNotFoundError as error:
+        sys.exit(f"ensemble: {error}")
+    by = args.by or ("tissue" if "tissue" in index else None)
+    if by and by not in index:
+        sys.exit(f"ensemble: --by {by}: no such column in {dataset_dir / 'index.csv'} (have: {', '.join(index.columns)})")
+    return dataset_dir, meta, index, by
+
+
+def oof_dice(predictions: ledger.PredictionSet) -> float:
+    """Mean per-image Dice of the OOF scores infer.py wrote for one prediction set."""
+    return per_image(pd.read_csv(predictions.folder / "oof_scores.csv", dtype={"id": str}))["dice"].mean()
+
+
+def select_runs(args) -> tuple:
+    """({run: {mode: its scored PredictionSet}}, {run: the set chosen for it}) of the runs asked (--runs) with scored
+    predictions of the checkpoint asked; under --tta best, the set of highest OOF Dice (ties keep the cheaper TTA)."""
+    found = ledger.prediction_sets(args.preds_dir, args.dataset, args.checkpoint)
+    root = Path(args.preds_dir) / args.dataset
+    if found and ledger.unmatched(found, args.runs):
+        sys.exit(f"ensemble: --runs {','.join(ledger.unmatched(found, args.runs))} matches no run with predictions of "
+                 f"{args.checkpoint}.pt in {root} (there are: {', '.join(found)})")
+    sets = {name: {m: s for m, s in found[name].items() if s.scored} for name in ledger.select(found, args.runs)}
+    chosen = {}
+    for name, modes in sets.items():
+        if args.tta == "best" and modes:  # chosen on OOF scores, like the post-processing
+            chosen[name] = max(modes.values(), key=oof_dice)
+        elif args.tta in modes:
+            chosen[name] = modes[args.tta]
+    if not chosen:
+        sys.exit(f"ensemble: no scored predictions of {args.checkpoint}.pt in {root} (run `python infer.py --tta "
+                 f"--checkpoint {args.checkpoint}` first)")
+    return {name: sets[name] for name in chosen}, chosen
+
+
+def recorded_split(sets: dict, chosen: dict, args) -> pd.DataFrame:
+    """The folds that every set read was predicted on (infer.py records the fold file in prediction.json): one split
+    for all, unchanged since."""
+    recorded = {s: s.provenance.get("split") for modes in sets.values() for s in modes.values()}
+    lacking = next((s for s, split in recorded.items() if split is None), None)
+    if lacking:  # predicted before infer.py recorded provenance
+        sys.exit(f"ensemble: {lacking.folder} does not record which weights and split made it (predicted by an older "
+                 f"infer.py); renew it: `{renew_command(lacking, lacking_folds(lacking), args)}`")
+    first, split = next(iter(recorded.items()))
+    other = next((s for s, o in recorded.items() if o["sha256"] != split["sha256"]), None)
+    if other:
+        sys.exit(f"ensemble: {first.run} was trained on {split['file']} but {other.run} on another split "
+                 f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
+    try:
+        return read_split(split, f"{chosen[first.run].folder} was predicted")
     except (FileNotFoundError, SplitChanged) as error:
         sys.exit(f"ensemble: {error}")
 
 
-def prediction_set(runs: dict, name: str | None) -> Path:
-    """Where in each run's tta-* folder the images to write masks for are: test/, or sets/<name>/ for --set."""
-    if name is None:
-        return Path("test")
-    try:
-        check_set_name(name)
-    except ValueError as error:
-        sys.exit(f"ensemble: --set: {error}")
-    source = Path("sets") / name
-    lacking = [run for run, path in runs.items() if not (path / source).is_dir()]
+def lacking_folds(predictions: ledger.PredictionSet) -> list:
+    """The folds with a test folder, for the command that renews a set without provenance (at least fold 0)."""
+    return sorted(int(d.name[4:]) for d in predictions.part(None).glob("fold*")) or [0]
+
+
+def renew_command(predictions: ledger.PredictionSet, folds: list, args, images: str | None = None) -> str:
+    dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": args.preds_dir}
+    return predictions.renew_command(args.dataset, folds, dirs, images)
+
+
+def refuse_stale(predictions: ledger.PredictionSet, part: str, files: dict, args, images: str | None = None) -> None:
+    """Stop at the first fold of a part whose files its run's current weights did not make. files: {fold: a file}."""
+    stale = predictions.stale_folds(part, sorted(files))
+    if stale:
+        weights = Path(predictions.provenance["run_dir"]) / f"fold{stale[0]}" / f"{predictions.checkpoint}.pt"
+        sys.exit(f"ensemble: {files[stale[0]]} ({predictions.run}, fold {stale[0]}) was not made by the current "
+                 f"weights of {weights} (retrained or deleted since); renew it: "
+                 f"`{renew_command(predictions, stale, args, images)}`")
+
+
+def check_oof(sets: dict, fold_of: dict, args) -> None:
+    """Every OOF file that will be read (every TTA mode of every run asked) comes from its run's current weights."""
+    for modes in sets.values():
+        for predictions in modes.values():
+            files = {}
+            for image_id, path in ledger.prediction_files(predictions.folder / "oof").items():
+                if image_id in fold_of:
+                    files.setdefault(int(fold_of[image_id]), path)
+            refuse_stale(predictions, "oof", files, args)
+
+
+def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, args) -> tuple:
+    """([(run, fold folder)], image ids) of the test split (or --set NAME) to write masks for: the folders of the
+    split's folds only (never one left from another k), each made by its run's current weights."""
+    if args.set:
+        try:
+            check_set_name(args.set)
+        except ValueError as error:
+            sys.exit(f"ensemble: --set: {error}")
+    part = f"sets/{args.set}" if args.set else "test"
+    lacking = [run for run, s in chosen.items() if args.set and not s.part(args.set).is_dir()]
     if lacking:  # found before tuning, not after
-        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{name}' ({runs[lacking[0]] / source} missing); "
-                 f"run `python infer.py --images DIR --name {name}` with the same --tta and --checkpoint")
-    return source
+        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({chosen[lacking[0]].part(args.set)} "
+                 f"missing); run `python infer.py --images DIR --name {args.set}` with the same --tta and --checkpoint")
+    split_folds, fold_dirs, wanted = set(folds["fold"].tolist()), [], set()
+    for name, predictions in chosen.items():
+        record = predictions.provenance.get("sets", {}).get(args.set, {}) if args.set else {}
+        wanted |= set(record.get("ids", []) if args.set else index.index[index["split"] == "test"])
+        dirs = {int(d.name[4:]): d for d in sorted(predictions.part(args.set).glob("fold*"))
+                if d.name[4:].isdigit() and int(d.name[4:]) in split_folds}
+        files = {f: next(iter(ledger.prediction_files(d).values()), d) for f, d in dirs.items()}
+        refuse_stale(predictions, part, files, args, record.get("images"))
+        fold_dirs += [(name, d) for d in dirs.values()]
+    test_ids = sorted(i for i in wanted if any((d / f"{i}.npz").exists() for _, d in fold_dirs))
+    incomplete = [i for i in test_ids if not all((d / f"{i}.npz").exists() for _, d in fold_dirs)]
+    if incomplete:
+        print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
+              f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
+    return fold_dirs, test_ids
+
+
+def run_weights(spec: str | None, runs: dict) -> dict:
+    """{run: test-time weight} from --weights RUN=W,...: positive numbers naming runs asked; 1 for the others."""
+    weight_of = {name: 1.0 for name in runs}
+    for item in filter(None, (spec or "").split(",")):
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            sys.exit(f"ensemble: --weights {item}: write RUN=WEIGHT, e.g. {next(iter(runs), 'unet-resnet34')}=1")
+        if name not in runs:
+            sys.exit(f"ensemble: --weights names '{name}', which has no predictions (have: {', '.join(runs)})")
+        if not (math.isfinite(weight) and weight > 0):
+            sys.exit(f"ensemble: --weights {item}: a weight must be a positive number; leave a run out with --runs")
+        weight_of[name] = weight
+    return weight_of
+
+
+def selection_of(args, chosen: dict) -> dict:
+    """What an output folder was made from: the runs asked (and found), the checkpoint, the TTA rule."""
+    return {"runs": args.runs or "*", "checkpoint": args.checkpoint, "tta": args.tta, "found": list(chosen)}
+
+
+def describe(selection: dict) -> str:
+    return f"runs {selection['runs']}, {selection['checkpoint']}.pt, TTA {selection['tta']}"
+
+
+def output_folder(args, chosen: dict) -> Path:
+    """ensemble/<dataset>/[NAME/], claimed for this selection: one made from another is replaced only with
+    --overwrite, so a subset or another checkpoint never silently takes the place of the default leaderboard."""
+    out = Path(args.out_dir) / args.dataset / (args.name or "")
+    if args.name:
+        try:
+            check_set_name(args.name)
+        except ValueError as error:
+            sys.exit(f"ensemble: --name: {error}")
+        if args.name in ("masks", "sets"):  # the default folder's own
+            sys.exit(f"ensemble: --name {args.name}: the default output folder uses that name; choose another")
+    selection, saved = selection_of(args, chosen), out / "selection.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())
+    else:  # written by an ensemble.py before folders recorded their selection: its defaults
+        before = {"runs": "*", "checkpoint": "best", "tta": "best"} if (out / "scores.json").exists() else None
+    keys = ("runs", "checkpoint", "tta")
+    if before and any(before[k] != selection[k] for k in keys) and not args.overwrite:
+        sys.exit(f"ensemble: {out} holds the ensemble of {describe(before)}; write this one ({describe(selection)}) "
+                 f"to its own folder with --name NAME, or pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(saved, json.dumps(selection, indent=2) + "\n")
+    return out
+
+
+def score_runs(sets: dict, chosen: dict, folds: pd.DataFrame, args) -> dict:
+    """Each run on its own, from the OOF scores infer.py wrote, on the images that every run predicted. Every choice
+    made on OOF data is made for each fold on the other folds (cross-validated): here, under --tta best, the TTA."""
+    oof = tuning.read_oof_scores(sets)
+    dice_of = {name: {mode: tuning.image_dice(table) for mode, table in tables.items()} for name, tables in oof.items()}
+    modes_of = {name: list(oof[name]) if args.tta == "best" else [args.tta] for name in chosen}
+    oof_ids = tuning.scored_images(dice_of, modes_of, folds["id"])
+    if not oof_ids:
+        sys.exit(f"ensemble: no training image has an OOF prediction from every run ({', '.join(chosen)}); "
+                 f"run infer.py for all folds of each run")
+    if len(oof_ids) < len(folds):
+        print(f"ensemble: {len(folds) - len(oof_ids)} training images lack an OOF prediction from some run (or TTA "
+              f"mode under --tta best); scoring every model on the {len(oof_ids)} that all predicted")
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    image_folds = np.array([fold_of[i] for i in oof_ids])
+    fold_ids = sorted(set(image_folds.tolist()))
+    if len(fold_ids) < 2:
+        sys.exit(f"ensemble: the OOF predictions cover only fold {fold_ids[0]}; settings are tuned on the other "
+                 f"folds, so run infer.py for at least two folds of each run")
+    tta_by_fold, run_scores = {}, {}
+    for name in chosen:
+        tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
+            {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
+    summaries = {name: {"tta": s.tta, "tta_by_fold": tta_by_fold[name], **tuning.summarize_scores(run_scores[name]),
+                        "parameters_m": (read_json(s.folder.parent / "training.json") or {}).get("parameters_m"),
+                        "training": read_json(s.folder.parent / "training.json"),
+                        "inference": read_json(s.folder / "inference.json")} for name, s in chosen.items()}
+    return {"chosen": chosen, "dice_of": dice_of, "oof_ids": oof_ids, "image_folds": image_folds,
+            "fold_ids": fold_ids, "tta_by_fold": tta_by_fold, "run_scores": run_scores, "summaries": summaries,
+            "tta_gain": {name: tuning.tta_gain(dice_of[name], oof_ids) for name in chosen},  # every mode, same images
+            "missing": len(folds) - len(oof_ids)}
 
 
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def tune(runs: dict, sets: dict, weight_of: dict, dataset_dir: Path, meta: dict, args) -> dict:
+    """Post-processing tuned on the averaged OOF probabilities (test predictions are never read here): for each fold
+    on the other folds' images, with that fold's TTA (the estimate), and on all images (for the test masks)."""
+    tta_of_fold = {f: tuple(runs["tta_by_fold"][name][f] for name in runs["chosen"]) for f in runs["fold_ids"]}
+    tta_all = tuple(s.tta for s in runs["chosen"].values())
+    settings_of_fold, settings, oof_means = tuning.tune_postprocessing(
+        sets, weight_of, dataset_dir / "masks", meta["task"], runs["oof_ids"], runs["image_folds"], tta_of_fold,
+        tta_all, args.tune_size)
+    return {"tta_of_fold": tta_of_fold, "tta_all": tta_all, "settings_of_fold": settings_of_fold,
+            "settings": settings, "oof_means": oof_means}
+
+
+def score_ensemble(runs: dict, tuned: dict, dataset_dir: Path, meta: dict) -> tuple:
+    """The ensemble at original size: each fold with its own TTA and settings (the headline); with the settings chosen
+    on all images (optimistic: tuned and scored on the same images) and without any (the raw average)."""
+    ensemble_scores, raw, optimistic = tuning.score_ensemble(
+        tuned["oof_means"], dataset_dir / "masks", meta["classes"], runs["oof_ids"], runs["image_folds"],
+        {f: (tuned["tta_of_fold"][f], tuned["settings_of_fold"][f]) for f in runs["fold_ids"]},
+        (tuned["tta_all"], tuned["settings"]))
+    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": raw.mean(), "dice_optimistic": optimistic.mean()}
+    return ensemble, ensemble_scores
 
 
 def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:
@@ -154,156 +357,82 @@ def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: s
     return comparisons
 
 
-def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except OldPredictionFormat as error:
-        sys.exit(f"ensemble: {error}")
-
-
-def run(args):
-    dataset_dir = Path(args.data_dir) / args.dataset
-    try:
-        meta, index = load_meta(dataset_dir), load_index(dataset_dir).set_index("id", drop=False)
-    except FileNotFoundError as error:
-        sys.exit(f"ensemble: {error}")
-    by = args.by or ("tissue" if "tissue" in index else None)
-    if by and by not in index:
-        sys.exit(f"ensemble: --by {by}: no such column in {dataset_dir / 'index.csv'} (have: {', '.join(index.columns)})")
-    runs = find_predictions(args.preds_dir, args.dataset, args.tta, args.runs, args.checkpoint)
-    folds = recorded_split(runs, args)
-    source = prediction_set(runs, args.set)
-    weight_of = {name: 1.0 for name in runs}
-    for item in filter(None, (args.weights or "").split(",")):
-        name, _, value = item.partition("=")
-        try:
-            weight = float(value)
-        except ValueError:
-            sys.exit(f"ensemble: --weights {item}: write RUN=WEIGHT, e.g. {next(iter(runs), 'unet-resnet34')}=1")
-        if name not in runs:
-            sys.exit(f"ensemble: --weights names '{name}', which has no predictions (have: {', '.join(runs)})")
-        weight_of[name] = weight
-    out = Path(args.out_dir) / args.dataset
-    out.mkdir(parents=True, exist_ok=True)
-
-    # 1. Each run on its own, from the OOF scores infer.py wrote, on the images that every run predicted. Every choice
-    #    made on OOF data is made for each fold on the other folds (cross-validated): here, under --tta best, the TTA.
-    oof = tuning.read_oof_scores(runs)
-    dice_of = {name: {mode: tuning.image_dice(table) for mode, table in tables.items()} for name, tables in oof.items()}
-    modes_of = {name: list(oof[name]) if args.tta == "best" else [args.tta] for name in runs}
-    oof_ids = tuning.scored_images(dice_of, modes_of, folds["id"])
-    if not oof_ids:
-        sys.exit(f"ensemble: no training image has an OOF prediction from every run ({', '.join(runs)}); "
-                 f"run infer.py for all folds of each run")
-    if len(oof_ids) < len(folds):
-        print(f"ensemble: {len(folds) - len(oof_ids)} training images lack an OOF prediction from some run (or TTA "
-              f"mode under --tta best); scoring every model on the {len(oof_ids)} that all predicted")
-    fold_of = dict(zip(folds["id"], folds["fold"]))
-    image_folds = np.array([fold_of[i] for i in oof_ids])
-    fold_ids = sorted(set(image_folds.tolist()))
-    if len(fold_ids) < 2:
-        sys.exit(f"ensemble: the OOF predictions cover only fold {fold_ids[0]}; settings are tuned on the other "
-                 f"folds, so run infer.py for at least two folds of each run")
-    tta_by_fold, run_scores = {}, {}
-    for name in runs:
-        tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
-            {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
-    summaries = {name: {"tta": path.name[4:], "tta_by_fold": tta_by_fold[name],
-                        **tuning.summarize_scores(run_scores[name]),
-                        "parameters_m": (read_json(path.parent / "training.json") or {}).get("parameters_m"),
-                        "training": read_json(path.parent / "training.json"),
-                        "inference": read_json(path / "inference.json")} for name, path in runs.items()}
-    tta_gain = {name: tuning.tta_gain(dice_of[name], oof_ids) for name in runs}  # every mode, on the same images
-
-    # 2. Tune post-processing on the averaged OOF probabilities (test predictions are never read here): for each fold
-    #    on the other folds' images, with that fold's TTA (the estimate), and on all images (for the test masks).
-    tta_of_fold = {f: tuple(tta_by_fold[name][f] for name in runs) for f in fold_ids}
-    tta_all = tuple(path.name[4:] for path in runs.values())
-    settings_of_fold, settings, oof_means = tuning.tune_postprocessing(
-        runs, weight_of, dataset_dir / "masks", meta["task"], oof_ids, image_folds, tta_of_fold, tta_all,
-        args.tune_size)
-
-    # 3. Score the ensemble at original size: each fold with its own TTA and settings (the headline); with the settings
-    #    chosen on all images (optimistic: tuned and scored on the same images) and without any (the raw average).
-    ensemble_scores, raw, optimistic = tuning.score_ensemble(
-        oof_means, dataset_dir / "masks", meta["classes"], oof_ids, image_folds,
-        {f: (tta_of_fold[f], settings_of_fold[f]) for f in fold_ids}, (tta_all, settings))
-    ensemble_scores.to_csv(out / "oof_scores.csv", index=False)
-    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": raw.mean(),
-                "dice_optimistic": optimistic.mean()}
-    best_single = max(summaries, key=lambda n: summaries[n]["dice"])
-
-    # 4. Unet++ against Unet with the same encoder, image by image, over patients where the split grouped them.
-    group_of = dict(zip(folds["id"], folds["group"])) if "group" in folds else {}
-    comparisons = compare_architectures(oof_ids, dice_of, group_of, args.compare_tta)
-
-    # 5. Test images (or the prediction set --set NAME): mean over every run and fold, post-processed, as PNG and RLE.
-    written = out / source if args.set else out
-    fold_dirs = [(name, d) for name, path in runs.items() for d in sorted((path / source).glob("fold*"))]
-    test_ids = sorted({p.stem for _, d in fold_dirs for p in d.glob("*.npz")})
-    incomplete = [i for i in test_ids if not all((d / f"{i}.npz").exists() for _, d in fold_dirs)]
-    if incomplete:
-        print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
-              f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
-    (written / "masks").mkdir(parents=True, exist_ok=True)
+def write_test_masks(written: Path, fold_dirs: list, test_ids: list, weight_of: dict, settings: dict,
+                     meta: dict) -> None:
+    """Test images (or the prediction set --set NAME): weighted mean over every run and fold, post-processed, as PNG
+    and RLE; masks of images no longer predicted are removed."""
+    masks = written / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
 
     def test_mask(image_id):
         files = [(d / f"{image_id}.npz", weight_of[name]) for name, d in fold_dirs if (d / f"{image_id}.npz").exists()]
         final = postprocess.apply(mean_at(*read_mean(*zip(*files))), settings)
-        write_png(written / "masks" / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
+        write_png(masks / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
         if meta["task"] == "binary":
             return [{"id": image_id, "rle": rle_encode(final)}]
         return [{"id": image_id, "class": c, "rle": rle_encode(final == k)} for k, c in enumerate(meta["classes"]) if k]
 
     test_rows = [r for rows in thread_map(test_mask, test_ids, "test masks") for r in rows]
-    pd.DataFrame(test_rows, columns=["id", "rle"] if meta["task"] == "binary" else ["id", "class", "rle"]).to_csv(
-        written / "submission.csv", index=False)
+    for old in set(p.stem for p in masks.glob("*.png")) - set(test_ids):
+        (masks / f"{old}.png").unlink()
+    columns = ["id", "rle"] if meta["task"] == "binary" else ["id", "class", "rle"]
+    write_atomic(written / "submission.csv", pd.DataFrame(test_rows, columns=columns).to_csv(index=False))
 
-    # 6. Scores, leaderboard, figures.
+
+def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ensemble_scores: pd.DataFrame,
+                  comparisons: list, weight_of: dict, test_images: int, data: dict) -> dict:
+    """scores.json, leaderboard.md, the figures and the tracker's tables; returns the scores."""
+    summaries, oof_ids, meta, chosen = runs["summaries"], runs["oof_ids"], data["meta"], runs["chosen"]
+    best_single = max(summaries, key=lambda n: summaries[n]["dice"])
     per_class = {c: {**{n: s["per_class"][c] for n, s in summaries.items()}, "ensemble": ensemble["per_class"][c]}
                  for c in meta["classes"][1:]} if len(meta["classes"]) > 2 else {}
-    image_dice = {n: tuning.image_dice(s).loc[oof_ids] for n, s in run_scores.items()}
+    image_dice = {n: tuning.image_dice(s).loc[oof_ids] for n, s in runs["run_scores"].items()}
+    by = data["by"]
     subgroups = {"column": by, "table": dice_by_group(
-        {**image_dice, "ensemble": tuning.image_dice(ensemble_scores)}, index[by]
+        {**image_dice, "ensemble": tuning.image_dice(ensemble_scores)}, data["index"][by]
     ).reset_index().to_dict("records")} if by else None
-    tuning_by_fold = {f: {"images": int((image_folds == f).sum()), "tta": dict(zip(runs, tta_of_fold[f])),
-                          "postprocess": settings_of_fold[f]} for f in fold_ids}
-    scores = {"dataset": args.dataset, "images": {"scored": len(oof_ids), "left_out": len(folds) - len(oof_ids)},
+    tuning_by_fold = {f: {"images": int((runs["image_folds"] == f).sum()), "tta": dict(zip(chosen, tuned["tta_of_fold"][f])),
+                          "postprocess": tuned["settings_of_fold"][f]} for f in runs["fold_ids"]}
+    scores = {"dataset": args.dataset, "selection": selection_of(args, chosen), "checkpoint": args.checkpoint,
+              "images": {"scored": len(oof_ids), "left_out": runs["missing"]},
               "runs": summaries, "ensemble": ensemble, "best_single": best_single,
-              "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": tta_gain,
+              "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": runs["tta_gain"],
               "per_class": per_class, "by": subgroups, "comparisons": comparisons, "tuning_by_fold": tuning_by_fold,
-              "postprocess": settings, "weights": weight_of, "test_images": len(test_ids)}
+              "postprocess": tuned["settings"], "weights": weight_of, "test_images": test_images}
     scores["by_encoder"] = report.by_encoder(scores)
-    (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float) + "\n")
-    (out / "leaderboard.md").write_text(report.leaderboard_markdown(scores))
+    write_atomic(out / "scores.json", json.dumps(scores, indent=2, default=float) + "\n")
+    write_atomic(out / "leaderboard.md", report.leaderboard_markdown(scores))
     report.score_bars(out / "scores.png", scores)
     if scores["by_encoder"]:
         report.study_figure(out / "study.png", scores["by_encoder"])
+    dataset_dir, settings = data["dataset_dir"], tuned["settings"]
 
     def panels(image_id):  # each run's OOF mask post-processed as the test masks are, beside the Dice of that mask
         target = read_image(dataset_dir / "masks" / f"{image_id}.png")
-        masks = {n: postprocess.apply(mean_at(*read_mean([p / "oof" / f"{image_id}.npz"], [1.0])), settings)
-                 for n, p in runs.items()}
+        masks = {n: postprocess.apply(mean_at(*read_mean([s.oof(image_id)], [1.0])), settings)
+                 for n, s in chosen.items()}
         dice = {n: per_image(scores_table({image_id: image_scores(mask, target, meta["classes"], with_hd95=False)},
-                                          fold_of, ensemble_scores))["dice"].iloc[0] for n, mask in masks.items()}
-        return image_id, read_dataset_image(dataset_dir, index.loc[image_id], meta["channels"]), target, masks, dice
+                                          data["fold_of"], ensemble_scores))["dice"].iloc[0] for n, mask in masks.items()}
+        return image_id, read_dataset_image(dataset_dir, data["index"].loc[image_id], meta["channels"]), target, masks, dice
 
     shown = report.pick_examples(image_dice, args.figures)
     if shown:
         report.comparison_grid(out / "comparison.png", [panels(i) for i in shown], meta["classes"])
-    configs = [json.loads((p.parent / "config.json").read_text()) for p in runs.values()
-               if (p.parent / "config.json").exists()]
+    log_to_tracker(out, args, chosen, scores)
+    return scores
+
+
+def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
+    configs = [c for c in (read_json(s.folder.parent / "config.json") for s in chosen.values()) if c]
     trackers = {c.get("tracker") for c in configs}
-    if (args.tracker or ("wandb" if "wandb" in trackers else "none")) == "wandb":
-        table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
-                              for n, r in {**summaries, "ensemble": ensemble}.items()])
-        by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
-        tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out,
-                            {"leaderboard": table, **by_encoder},
-                            {"ensemble_dice": ensemble["dice"], "ensemble_gain": scores["ensemble_gain"]},
-                            tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))
-    print(report.leaderboard_markdown(scores))
-    print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")
+    if (args.tracker or ("wandb" if "wandb" in trackers else "none")) != "wandb":
+        return
+    table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
+                          for n, r in {**scores["runs"], "ensemble": scores["ensemble"]}.items()])
+    by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
+    tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
+                        {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"]},
+                        tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))
 
 
 if __name__ == "__main__":

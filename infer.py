@@ -2,25 +2,27 @@
 
   python infer.py --tta                 # every run of the dataset, flip TTA
   python infer.py --tta d4 --arch unetpp --folds 0,1
+  python infer.py --runs 'unet-resnet34,unetpp-*'   # run names or globs, comma-separated
   python infer.py --checkpoint last     # the final epoch's weights instead of the best epoch's
   python infer.py --images new_xrays/   # any folder of images, predicted by every fold's model: set "new_xrays"
 
 Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json, best.pt or last.pt) and the fold file each run was
 trained on; writes preds/ (layout in src/predict.py), preds/.../oof_scores.csv (Dice, IoU, HD95 per image and
-class), preds/.../inference.json (OOF prediction speed, images/s) and prints mean +- std per fold. Run folders
-without a finished epoch are skipped (and the exit status is 1).
+class), preds/.../inference.json (OOF prediction speed, images/s), preds/.../prediction.json (which weights, fold
+file and TTA made each part: src/runs.py) and prints mean +- std per fold. Run folders without a finished epoch are
+skipped (and the exit status is 1); each folder left out is named with its reason.
 """
 import argparse
 import json
 import sys
 import time
-from fnmatch import fnmatch
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from src import postprocess, tracking
+from src import postprocess, runs as ledger, tracking
+from src.checkpoint import write_atomic
 from src.cache import open_cache
 from src.canonical import load_index, spacing_of
 from src.config import Config
@@ -31,8 +33,8 @@ from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.models import ModelError
 from src.parallel import thread_map
 from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_name, checkpoint_file, file_sha256,
-                         load_pred, load_trained_model, made_by, needs_prediction, pred_dir, read_split, resize_prob,
-                         with_tta, write_predictions)
+                         load_pred, load_trained_model, made_by, needs_prediction, read_split, resize_prob, with_tta,
+                         write_predictions)
 
 
 def parse_args(argv=None):
@@ -44,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--arch", help="only runs of this architecture")
     parser.add_argument("--encoder", help="only runs of this encoder")
     parser.add_argument("--folds", help="only these folds, e.g. 0,1")
-    parser.add_argument("--runs", help="only run folders matching this glob, e.g. 'unet*'")
+    parser.add_argument("--runs", help="only these runs: names or globs, comma-separated, e.g. 'unet-resnet34,unetpp-*'")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
                         help="best.pt (best validation epoch) or last.pt (final epoch: its OOF score is not chosen on "
                              "the OOF images themselves)")
@@ -62,14 +64,39 @@ def parse_args(argv=None):
 
 
 def find_runs(args) -> list:
+    """The fold folders that --runs, --arch, --encoder and --folds select; a filter that matches nothing says what there
+    is, and each folder left out for want of a config.json is named."""
     root = Path(args.runs_dir) / args.dataset
-    runs = sorted(p.parent for p in root.glob("*/fold*/config.json"))
-    runs = [r for r in runs if (not args.runs or fnmatch(r.parent.name, args.runs))
-            and (not args.arch or r.parent.name.startswith(args.arch + "-"))
-            and (not args.encoder or r.parent.name.endswith("-" + args.encoder))
-            and (not args.folds or r.name[4:] in args.folds.split(","))]
+    folders = ledger.run_folders(args.runs_dir, args.dataset)
+    if not folders:
+        sys.exit(f"infer: no training runs in {root} (train one with `accelerate launch train.py ...`)")
+    names = list(folders)
+    for flag, value, there in (("--arch", args.arch, {n.split("-", 1)[0] for n in names}),
+                               ("--encoder", args.encoder, {n.split("-", 1)[1] for n in names if "-" in n})):
+        if value and value not in there:
+            sys.exit(f"infer: {flag} {value}: no such run in {root} (there are: {', '.join(sorted(there))})")
+    if ledger.unmatched(names, args.runs):
+        sys.exit(f"infer: --runs {','.join(ledger.unmatched(names, args.runs))} matches no run in {root} (there are: "
+                 f"{', '.join(names)})")
+    names = [n for n in ledger.select(names, args.runs) if (not args.arch or n.split("-", 1)[0] == args.arch)
+             and (not args.encoder or n.split("-", 1)[-1] == args.encoder)]
+    chosen = [f for n in names for f in folders[n]]
+    if args.folds:
+        asked = args.folds.split(",")
+        there = sorted({f.name[4:] for f in chosen}, key=int)
+        missing = [f for f in asked if f not in there]
+        if missing:
+            sys.exit(f"infer: --folds {args.folds}: no fold {', '.join(missing)} among the runs asked in {root} "
+                     f"(folds there: {', '.join(there) or 'none'})")
+        chosen = [f for f in chosen if f.name[4:] in asked]
+    for folder in chosen:
+        if not (folder / "config.json").exists():
+            print(f"infer: leaving out {folder}: no config.json (training never started there; "
+                  f"holds {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
+    runs = [f for f in chosen if (f / "config.json").exists()]
     if not runs:
-        sys.exit(f"infer: no training runs match in {root} (train one with `accelerate launch train.py ...`)")
+        sys.exit(f"infer: none of the runs asked in {root} has started training (train one with "
+                 f"`accelerate launch train.py ...`)")
     return runs
 
 
@@ -99,6 +126,14 @@ def image_set(args) -> tuple:
     return name, paths
 
 
+def check_set_source(predictions: ledger.PredictionSet, name: str, images_dir: str) -> None:
+    """A prediction set holds one folder's images: another folder of the same name is refused, not mixed in."""
+    recorded = predictions.provenance.get("sets", {}).get(name, {}).get("images")
+    if recorded not in (None, images_dir):
+        sys.exit(f"infer: prediction set '{name}' of {predictions.run} in {predictions.part(name)} holds the images "
+                 f"of {recorded}, not {images_dir}; name this one with --name NAME, or pass --overwrite to replace it")
+
+
 def trained_split(run_dir: Path, args) -> tuple:
     """(fold file record, folds) of the split run_dir was trained on, refused if the file changed since."""
     recorded = json.loads((run_dir / "config.json").read_text()).get("folds")
@@ -114,24 +149,33 @@ def trained_split(run_dir: Path, args) -> tuple:
         sys.exit(f"infer: {error}")
 
 
-def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict, index: pd.DataFrame) -> pd.DataFrame:
+def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
+              index: pd.DataFrame, args) -> pd.DataFrame:
     """Dice, IoU and HD95 of every OOF prediction at its original size against its mask, kept in oof_scores.csv.
 
-    The saved scores are reused while no OOF prediction is newer and the same images are covered. Every file must
-    come from the model of its image's fold: one left from another split or format is refused.
+    The saved scores are reused while they were made from the weights the OOF files record and the same images are
+    covered. Every file must come from the current weights of its image's fold: one left from another split, model
+    or earlier weights is refused with the command that predicts it again.
     """
-    files = {i: out_dir / "oof" / f"{i}.npz" for i in folds["id"] if (out_dir / "oof" / f"{i}.npz").exists()}
-    saved = out_dir / "oof_scores.csv"
-    if saved.exists() and saved.stat().st_mtime_ns > max((f.stat().st_mtime_ns for f in files.values()), default=0):
-        scores = pd.read_csv(saved, dtype={"id": str})
-        if set(scores["id"]) == set(files) and "hd95_pct" in scores:  # else scored by the older HD95 definition
-            return scores
+    out_dir = predictions.folder
+    on_disk = ledger.prediction_files(out_dir / "oof")
+    files = {i: on_disk[i] for i in folds["id"] if i in on_disk}
     fold_of = dict(zip(folds["id"], folds["fold"]))
     stale = next((i for i, f in files.items() if made_by(f).get("fold") != fold_of[i]), None)
     if stale is not None:  # a fold this call did not predict
         sys.exit(f"infer: {files[stale]} was not made by the model of fold {fold_of[stale]}, which holds {stale} in "
                  f"the run's fold file; predict that fold again (`python infer.py --folds {fold_of[stale]}` and "
                  f"your --dataset, --runs, --tta, --checkpoint)")
+    renew = predictions.stale_folds("oof", sorted({fold_of[i] for i in files}))
+    if renew:
+        sys.exit(f"infer: the OOF predictions of fold {', '.join(map(str, renew))} in {out_dir / 'oof'} were not made "
+                 f"by the current weights of {predictions.run}; renew them: `"
+                 f"{predictions.renew_command(args.dataset, renew, dir_flags(args))}`")
+    saved, made_with = out_dir / "oof_scores.csv", predictions.weights("oof")
+    if saved.exists() and predictions.provenance.get("scored") == {str(f): w for f, w in made_with.items()}:
+        scores = pd.read_csv(saved, dtype={"id": str})
+        if set(scores["id"]) == set(files) and "hd95_pct" in scores:  # else scored by the older HD95 definition
+            return scores
     extra = [c for c in ("tissue",) if c in index]
     spacing = [c for c in ("spacing_row_mm", "spacing_col_mm") if c in index]  # DICOM: HD95 in mm too
     info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra, *spacing]], on="id")
@@ -144,23 +188,33 @@ def score_oof(out_dir: Path, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
 
     rows = thread_map(score, list(info.itertuples(index=False)), "score OOF")
     scores = pd.DataFrame([r for image_rows in rows for r in image_rows])
-    scores.to_csv(saved, index=False)
+    write_atomic(saved, scores.to_csv(index=False))
+    ledger.record_scores(out_dir, made_with)
     return scores
 
 
-def fold_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over images of Dice, IoU and HD95 (px, % of the diagonal, mm where known), per fold and over all."""
+def dir_flags(args) -> dict:
+    return {"--runs-dir": args.runs_dir, "--data-dir": args.data_dir, "--folds-dir": args.folds_dir,
+            "--preds-dir": args.preds_dir}
+
+
+def fold_table(scores: pd.DataFrame, all_folds: list) -> pd.DataFrame:
+    """Mean and std over images of Dice, IoU and HD95 (px, % of the diagonal, mm where known), per fold and over the
+    folds scored: "all" only when they are all the split's folds, else their list (e.g. "0+1"; none for one fold)."""
     images = per_image(scores)
-    table = pd.concat([images.assign(fold=images["fold"].astype(str)), images.assign(fold="all")])
+    scored = [str(f) for f in sorted(images["fold"].unique().tolist())]
+    over = "all" if len(scored) == len(set(all_folds)) else "+".join(scored)
+    rows = [*scored, over] if len(scored) > 1 else scored
+    table = pd.concat([images.assign(fold=images["fold"].astype(str)), images.assign(fold=over)])
     metrics = [m for m in ("dice", "iou", "hd95", "hd95_pct", "hd95_mm") if m in images]
-    table = table.groupby("fold")[metrics].agg(["mean", "std"])
+    table = table.groupby("fold")[metrics].agg(["mean", "std"]).reindex(rows)
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
-    return table.reset_index()
+    return table.rename_axis("fold").reset_index()
 
 
-def print_summary(name: str, scores: pd.DataFrame) -> None:
+def print_summary(name: str, scores: pd.DataFrame, table: pd.DataFrame) -> None:
     print(f"\n{name}: OOF at original resolution, mean +- std over images ({scores['id'].nunique()} images)")
-    for r in fold_table(scores).itertuples():
+    for r in table.itertuples():
         print(f"  fold {r.fold:>3}: Dice {r.dice_mean:.4f} +- {r.dice_std:.4f}   IoU {r.iou_mean:.4f} +- {r.iou_std:.4f}"
               f"   HD95 {r.hd95_mean:.1f} px = {r.hd95_pct_mean:.2f}% of the diagonal"
               + (f" = {r.hd95_mm_mean:.1f} mm" if "hd95_mm_mean" in r._fields else ""))
@@ -193,6 +247,7 @@ def main(argv=None):
     except FileNotFoundError as error:
         sys.exit(f"infer: {error}")
     set_name, set_paths = image_set(args)
+    images_dir = str(args.images.resolve()) if set_name else None
     scored, skipped, speed = {}, [], {}
     for run_dir in runs:
         try:
@@ -205,13 +260,19 @@ def main(argv=None):
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
         split, folds = trained_split(run_dir, args)
-        out_dir = pred_dir(args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint)
+        predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, None, ledger.set_folder(
+            args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint))
+        out_dir = predictions.folder
         if out_dir in scored and scored[out_dir][3]["sha256"] != split["sha256"]:
             sys.exit(f"infer: the folds of {run_dir.parent} were trained on different splits ({split['file']}, "
                      f"{scored[out_dir][3]['file']}); retrain them on one")
+        if set_name and not args.overwrite:
+            check_set_source(predictions, set_name, images_dir)
         parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
         model = with_tta(model, meta["task"], args.tta)
-        model_id = {"fold": cfg.fold, "weights": file_sha256(weights)}
+        model_id = {"fold": cfg.fold, "weights": file_sha256(weights), "split": split["sha256"], "tta": args.tta}
+        record = {"fold": cfg.fold, "weights": model_id["weights"], "run_dir": run_dir.parent.resolve(),
+                  "split": split, "k": folds["fold"].nunique()}
         images, masks = open_cache(dataset_dir, cfg.size)
         jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
         if set_name is None:
@@ -226,8 +287,9 @@ def main(argv=None):
                                   model_id, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} {kind}")
                 if kind == "oof":  # the run's prediction speed, for the leaderboard
                     speed.setdefault(out_dir, []).append((len(todo), time.perf_counter() - started))
+            ledger.record_prediction(out_dir, kind, **record)
         if set_name is not None:
-            target = out_dir / "sets" / set_name / f"fold{cfg.fold}"
+            target = predictions.part(set_name) / f"fold{cfg.fold}"
             todo = [p for p in set_paths if needs_prediction(target / f"{p.stem}.npz", model_id, args.overwrite)]
             try:
                 write_predictions(model, FolderImages(todo, cfg.size, meta["channels"]),
@@ -235,24 +297,26 @@ def main(argv=None):
                                   workers, device, f"{cfg.run_name} fold{cfg.fold} {set_name}")
             except ValueError as error:  # from a loader worker the file's own message is the last line
                 sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
+            ledger.record_prediction(out_dir, f"sets/{set_name}", **record, images=images_dir,
+                                     ids=[p.stem for p in set_paths])
         # What ensemble.py needs to know about the run, with the split its OOF predictions follow.
         cfg.save(out_dir.parent / "config.json", meta=meta, folds=split)
-        scored[out_dir] = (cfg, meta, run_dir.parent, split, folds, parameters_m)
-    for out_dir, (cfg, meta, trained, _, folds, parameters_m) in scored.items():  # one per run: its folds share out_dir
-        (out_dir.parent / "training.json").write_text(json.dumps(
+        scored[out_dir] = (cfg, meta, run_dir.parent, split, folds, parameters_m, predictions)
+    for out_dir, (cfg, meta, trained, _, folds, parameters_m, predictions) in scored.items():  # folds share out_dir
+        write_atomic(out_dir.parent / "training.json", json.dumps(
             {**training_summary(trained), "parameters_m": parameters_m}, indent=2) + "\n")
         if out_dir in speed:  # OOF prediction (read, TTA model, write) in images/s; else an earlier record stays
             predicted, seconds = map(sum, zip(*speed[out_dir]))
-            (out_dir / "inference.json").write_text(json.dumps({
+            write_atomic(out_dir / "inference.json", json.dumps({
                 "images": predicted, "seconds": seconds, "images_per_s": predicted / seconds,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}, indent=2) + "\n")
-        scores = score_oof(out_dir, folds, dataset_dir, meta, index)
-        print_summary(f"{cfg.run_name} (tta {args.tta}, {args.checkpoint}.pt)", scores)
+        scores = score_oof(predictions, folds, dataset_dir, meta, index, args)
+        table = fold_table(scores, folds["fold"].unique().tolist())
+        print_summary(f"{cfg.run_name} (tta {args.tta}, {args.checkpoint}.pt)", scores, table)
         if (args.tracker or cfg.tracker) == "wandb":
-            table = fold_table(scores)
             name = f"oof-tta-{args.tta}" + ("-last" if args.checkpoint == "last" else "")
             tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
-                                table.set_index("fold").loc["all"].to_dict())
+                                table.set_index("fold").iloc[-1].to_dict())
     if skipped:
         sys.exit(f"infer: skipped {len(skipped)} run folder(s) without the weights to predict with (listed above); "
                  f"the others were predicted")

@@ -36,6 +36,7 @@ from src.models import create_model, normalize
 from src.optim import build_optimizer
 from src.parallel import thread_map
 from src.predict import with_tta
+from src.runs import prediction_sets
 
 
 def synchronize(device):
@@ -198,8 +199,8 @@ def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, co
     predict_and_score = timed(lambda: infer.main([*infer_args, "--overwrite"]), 1, device, repeats=2)
 
     def score_only():
-        for saved in (workdir / "preds").glob("demo/*/tta-none/oof_scores.csv"):
-            saved.unlink()
+        for modes in prediction_sets(workdir / "preds", "demo").values():
+            (modes["none"].folder / "oof_scores.csv").unlink(missing_ok=True)
         infer.main(infer_args)
 
     score = timed(score_only, 1, device, repeats=2)

@@ -1,21 +1,24 @@
 """Trained runs -> probability maps at the model's resolution, with ttach test-time augmentation.
 
-preds/<dataset>/<arch>-<encoder>/
+preds/<dataset>/<arch>-<encoder>/ (found through src/runs.py, the one reader of preds/)
   config.json, training.json             the run's config, dataset meta and fold file; its training time and speed
   tta-<mode>/                            predictions of best.pt (the best validation epoch)
+    prediction.json                      provenance: the run folder, fold file (sha256, k), and per part and fold
+                                         the sha256 of the weights its files were made with
     oof/<id>.npz                         one per training image, by the model of its fold
     oof_scores.csv                       their Dice, IoU and HD95 at original size
     test/fold<k>/<id>.npz                every fold's model on every image of the dataset's test split
     sets/<name>/fold<k>/<stem>.npz       every fold's model on a folder of images (infer.py --images DIR [--name])
   last/                                  the same for last.pt (the final epoch; infer.py --checkpoint last)
 Each .npz holds `prob`: uint8 C x S x S, probability * 255 at the run's training size S (C = 1 for binary, one
-channel per class otherwise), `size`: the image's original (height, width), and the model that made it: `fold`
-and `weights` (sha256 of its checkpoint file). Maps go to that size once, where a step needs it (scoring, final
-masks), through resize_prob(). Files of the older format (`prob` at full size, no `size`) are refused with
-OldPredictionFormat; infer.py predicts again every file not made by the model it is predicting with.
+channel per class otherwise), `size`: the image's original (height, width), and the model that made it: `fold`,
+`weights` (sha256 of its checkpoint file), `split` (sha256 of its fold file) and `tta`. Maps go to that size once,
+where a step needs it (scoring, final masks), through resize_prob(). Files of the older format (`prob` at full size,
+no `size`) are refused with OldPredictionFormat; infer.py predicts again every file not made by the model it is
+predicting with.
 """
-import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from src.data import channels_first, make_loader
 from src.folds import load_folds
 from src.images import read_image, resize, to_channels
 from src.models import ModelError, create_model, normalize
+from src.runs import file_sha256
 
 TTA_MODES = {"none": None, "flip": lambda: tta.Compose([tta.HorizontalFlip()]), "d4": tta.aliases.d4_transform}
 
@@ -89,11 +93,6 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tu
     return model.to(device).eval().to(memory_format=torch.channels_last), cfg, meta
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class SplitChanged(ValueError):
     """The fold file that a run was trained on is gone or holds another split now."""
 
@@ -130,11 +129,13 @@ class OldPredictionFormat(ValueError):
 
 
 def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
-    """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold and weights that made it."""
+    """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold, weights, split and TTA that made
+    it. Written as name.npz.tmp, then renamed: a kill leaves no half file, and no *.npz that is not a prediction."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")  # never a half-written file that a re-run would skip
-    np.savez_compressed(tmp, prob=prob, size=np.asarray(size, dtype=np.int64), **model_id)
-    tmp.rename(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez_compressed(f, prob=prob, size=np.asarray(size, dtype=np.int64), **model_id)
+    os.replace(tmp, path)
 
 
 def load_pred(path: Path) -> tuple:
@@ -147,10 +148,10 @@ def load_pred(path: Path) -> tuple:
 
 
 def made_by(path: Path) -> dict:
-    """The fold and weights of the model that wrote the file ({} for files written before they were recorded);
-    reads only these small entries, not the map."""
+    """The fold, weights, split and TTA of the model that wrote the file (those recorded when it was written); reads
+    only these small entries, not the map."""
     with np.load(path) as data:
-        return {key: data[key].item() for key in ("fold", "weights") if key in data.files}
+        return {key: data[key].item() for key in ("fold", "weights", "split", "tta") if key in data.files}
 
 
 def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
@@ -180,7 +181,7 @@ def write_predictions(model, dataset: Dataset, ids: dict, sizes: dict | None, ou
     """Stream batches through the model and write one file per image at the model's size; memory stays flat.
 
     The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
-    Each file records model_id, the model's fold and weights.
+    Each file records model_id: the model's fold, weights, split and TTA.
     """
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -208,8 +209,6 @@ def read_mean(paths: list, weights: list) -> tuple:
     """
     sums, size = {}, None
     for path, weight in zip(paths, weights):
-        if not weight:  # a run weighted 0 is left out, not read
-            continue
         prob, size = load_pred(path)
         total, total_weight = sums.get(prob.shape, (0.0, 0.0))
         sums[prob.shape] = (total + weight * prob.astype(np.float32), total_weight + weight)
@@ -220,12 +219,6 @@ def mean_at(maps: list, size: tuple) -> np.ndarray:
     """read_mean()'s maps -> float32 C x H x W mean probabilities at size (H, W)."""
     total = sum(w for _, w in maps)
     return sum(w / total * resize_prob(prob, size) for prob, w in maps)
-
-
-def pred_dir(preds_dir: Path, dataset: str, run_name: str, tta_mode: str, checkpoint: str = "best") -> Path:
-    """Where a run's predictions with one TTA mode go: last.pt's in last/ beside best.pt's."""
-    run = Path(preds_dir) / dataset / run_name
-    return (run if checkpoint == "best" else run / checkpoint) / f"tta-{tta_mode}"
 
 
 def check_set_name(name: str) -> None:

@@ -22,7 +22,7 @@ def leaderboard_markdown(scores: dict) -> str:
     images, e = scores["images"], scores["ensemble"]
     left_out = (f" ({images['left_out']} more lack an OOF prediction from some run and are left out)"
                 if images["left_out"] else "")
-    lines = [f"# Leaderboard: {scores['dataset']}", "",
+    lines = [f"# Leaderboard: {scores['dataset']}", "", *made_from(scores),
              f"Out-of-fold scores at original resolution, every model on the same {images['scored']} training images"
              f"{left_out}. Cross-validated: each choice made on OOF data (a run's TTA under `--tta best`, the "
              "ensemble's post-processing) is made for each fold on the other folds and applied to that fold, so no "
@@ -75,8 +75,24 @@ def leaderboard_markdown(scores: dict) -> str:
     lines += [f"| {f} | {t['images']} | {', '.join(f'{n} {m}' for n, m in t['tta'].items())} | "
               f"{settings_text(t['postprocess'])} |" for f, t in scores["tuning_by_fold"].items()]
     test_tta = ", ".join(f"{n} {r['tta']}" for n, r in scores["runs"].items())
-    lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."]
+    weights = ", ".join(f"{n} {w:g}" for n, w in scores.get("weights", {}).items())
+    lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."
+              + (f" Weighted mean over the runs: {weights}." if weights else "")]
     return "\n".join(lines) + "\n"
+
+
+CHECKPOINTS = {"best": "the best validation epoch", "last": "the final epoch"}
+
+
+def made_from(scores: dict) -> list:
+    """The leaderboard's first line: which checkpoint's predictions of which runs, and the TTA rule, made it."""
+    selection = scores.get("selection")
+    if not selection:
+        return []
+    checkpoint = selection["checkpoint"]
+    asked = "" if selection["runs"] == "*" else f" (--runs {selection['runs']})"
+    return [f"Made from the predictions of {checkpoint}.pt ({CHECKPOINTS.get(checkpoint, checkpoint)}) of "
+            f"{', '.join(selection['found'])}{asked}; TTA {selection['tta']}.", ""]
 
 
 ARCHS = {"unet": "Unet", "unetpp": "Unet++"}  # the pair the per-encoder table compares

@@ -13,3 +13,161 @@ someone is training it, and which predictions came from its current weights; not
 # ---------------------------------------------------------------------------------------------------------------------
 # Predictions: by checkpoint and TTA mode, each file with its provenance (weights hash, fold hash, number of folds).
 # ---------------------------------------------------------------------------------------------------------------------
+import hashlib
+import json
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+from src.checkpoint import write_atomic
+
+PROVENANCE = "prediction.json"  # beside oof/, test/ and sets/ in each set's folder; written by infer.py
+DIRS = {"--runs-dir": "runs", "--data-dir": "data", "--folds-dir": "folds", "--preds-dir": "preds"}  # the defaults
+
+
+def is_temporary(path: Path) -> bool:
+    """A file being written (name.tmp), or one a killed writer left: never data. x.tmp.npz: older np.savez names."""
+    return path.name.endswith((".tmp", ".tmp.npz"))
+
+
+def prediction_files(folder: Path) -> dict:
+    """{image id: its .npz} in one folder of predictions, temporary files left out."""
+    return {p.stem: p for p in sorted(Path(folder).glob("*.npz")) if not is_temporary(p)}
+
+
+def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "best", level: str | None = None) -> Path:
+    """preds/<dataset>/<run>/[<checkpoint>/]tta-<mode>[-<level>]: best.pt's at the top, others in their own folder."""
+    root = Path(preds_dir) / dataset / run
+    return (root if checkpoint == "best" else root / checkpoint) / (f"tta-{tta}" + (f"-{level}" if level else ""))
+
+
+# Run-folder readers that the predictions need; they belong with the top half's (the coordinator joins them).
+def run_folders(runs_dir, dataset: str) -> dict:
+    """{run name: its fold folders}: runs/<dataset>/<arch>-<encoder>/fold<k>/, finished or not."""
+    root = Path(runs_dir) / dataset
+    runs = {p.name: sorted(p.glob("fold*"), key=lambda f: f.name) for p in sorted(root.iterdir()) if p.is_dir()} \
+        if root.is_dir() else {}
+    return {name: [f for f in folds if f.is_dir() and f.name[4:].isdigit()] for name, folds in runs.items()}
+
+
+def weights_sha256(run_dir: Path, fold: int, checkpoint: str) -> str | None:
+    """The sha256 of a fold's weights file now, or None if it is gone."""
+    path = Path(run_dir) / f"fold{fold}" / f"{checkpoint}.pt"
+    return file_sha256(path) if path.exists() else None
+
+
+_hashes = {}  # (path, size, mtime) -> sha256: a checkpoint is hashed once per process, however many sets read it
+
+
+def file_sha256(path: Path) -> str:
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        with open(path, "rb") as f:
+            _hashes[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _hashes[key]
+
+
+# Predictions.
+@dataclass(frozen=True)
+class PredictionSet:
+    """One run's predictions at one checkpoint, TTA mode and level: oof/, test/fold<k>/, sets/<name>/fold<k>/, with
+    the provenance infer.py records in prediction.json: the run folder, the fold file (file, sha256, k) and, for each
+    part (oof, test, each set), the sha256 of the weights each fold's files were made with."""
+    run: str
+    checkpoint: str
+    tta: str
+    level: str | None
+    folder: Path
+
+    @property
+    def provenance(self) -> dict:
+        path = self.folder / PROVENANCE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
+    def scored(self) -> bool:
+        return (self.folder / "oof_scores.csv").exists()
+
+    def oof(self, image_id: str) -> Path:
+        return self.folder / "oof" / f"{image_id}.npz"
+
+    def part(self, name: str | None) -> Path:
+        """The folder of a part: test/, or sets/<name>/."""
+        return self.folder / ("test" if name is None else Path("sets") / name)
+
+    def weights(self, part: str) -> dict:
+        """{fold: sha256 of the weights that made the part's files of that fold}, as recorded; part: oof, test or
+        sets/<name>."""
+        record = self.provenance
+        for key in part.split("/"):
+            record = record.get(key, {})
+        return {int(f): sha for f, sha in record.get("weights", {}).items()}
+
+    def stale_folds(self, part: str, folds) -> list:
+        """The folds among `folds` whose files of this part were not made by the run's current weights (retrained,
+        deleted, never recorded)."""
+        run_dir, recorded = self.provenance.get("run_dir"), self.weights(part)
+        return [f for f in folds if run_dir is None or recorded.get(f) is None
+                or recorded[f] != weights_sha256(Path(run_dir), f, self.checkpoint)]
+
+    def renew_command(self, dataset: str, folds, dirs: dict, images: str | None = None) -> str:
+        """The infer.py command that predicts the given folds of this set again with the run's current weights."""
+        flags = {k: v for k, v in dirs.items() if str(v) != DIRS[k]}
+        run_dir = self.provenance.get("run_dir")
+        if run_dir and str(Path(run_dir).parent.parent) != DIRS["--runs-dir"]:
+            flags["--runs-dir"] = str(Path(run_dir).parent.parent)
+        return " ".join(["python infer.py --dataset", dataset, "--runs", self.run, "--folds",
+                         ",".join(map(str, folds)), "--tta", self.tta, "--checkpoint", self.checkpoint,
+                         *(["--images", images] if images else []), *(f"{k} {v}" for k, v in flags.items())])
+
+
+def prediction_sets(preds_dir, dataset: str, checkpoint: str = "best", level: str | None = None) -> dict:
+    """{run: {TTA mode: PredictionSet}} of every run with predictions of this checkpoint, scored or not."""
+    root, found = Path(preds_dir) / dataset, {}
+    for run in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for tta in ("none", "flip", "d4"):
+            folder = set_folder(preds_dir, dataset, run, tta, checkpoint, level)
+            if folder.is_dir():
+                found.setdefault(run, {})[tta] = PredictionSet(run, checkpoint, tta, level, folder)
+    return found
+
+
+def select(names, patterns: str | None) -> list:
+    """The names matching a comma-separated list of names or globs (all without one), in their order."""
+    wanted = [p for p in (patterns or "").split(",") if p]
+    return [n for n in names if not wanted or any(fnmatch(n, p) for p in wanted)]
+
+
+def unmatched(names, patterns: str | None) -> list:
+    """The names or globs of a comma-separated list that match none of names."""
+    return [p for p in (patterns or "").split(",") if p and not any(fnmatch(n, p) for n in names)]
+
+
+def record_prediction(folder: Path, part: str, fold: int, weights: str, run_dir: Path, split: dict, k: int,
+                      images: str | None = None, ids: list | None = None) -> None:
+    """Note in folder/prediction.json that every file of one fold of a part (oof, test or sets/<name>) was made by
+    these weights. A record of another split starts afresh: none of its folds can be trusted on this one."""
+    path = folder / PROVENANCE
+    record = json.loads(path.read_text()) if path.exists() else {}
+    if record.get("split", {}).get("sha256") != split["sha256"]:
+        record = {}
+    record.update({"run_dir": str(run_dir), "split": {"file": split["file"], "sha256": split["sha256"], "k": k}})
+    entry = record
+    for key in part.split("/"):
+        entry = entry.setdefault(key, {})
+    if images is not None:
+        if entry.get("images") != images:  # another folder under this set's name (infer.py --overwrite)
+            entry.clear()
+        entry.update({"images": images, "ids": ids})
+    entry.setdefault("weights", {})[str(fold)] = weights
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def record_scores(folder: Path, made_with: dict) -> None:
+    """Note that oof_scores.csv scores the OOF files made by these weights ({fold: sha256})."""
+    path = folder / PROVENANCE
+    record = json.loads(path.read_text())
+    record["scored"] = {str(f): w for f, w in made_with.items()}
+    write_atomic(path, json.dumps(record, indent=2) + "\n")

@@ -18,13 +18,13 @@ from src.predict import mean_at, read_mean
 TTA_MODES = list(PREDICTORS)  # cheapest first: a tie keeps the cheaper mode
 
 
-def read_oof_scores(runs: dict) -> dict:
-    """{run: {TTA mode: the OOF scores infer.py wrote}} for every mode each run was predicted with.
+def read_oof_scores(sets: dict) -> dict:
+    """{run: {TTA mode: the OOF scores infer.py wrote}} for every mode each run was predicted with and scored.
 
-    runs: {run name: one of its tta-* folders}."""
-    return {name: {mode: pd.read_csv(path.parent / f"tta-{mode}" / "oof_scores.csv", dtype={"id": str})
-                   for mode in TTA_MODES if (path.parent / f"tta-{mode}" / "oof_scores.csv").exists()}
-            for name, path in runs.items()}
+    sets: {run: {TTA mode: src.runs.PredictionSet}}, as the ledger finds them."""
+    return {name: {mode: pd.read_csv(s.folder / "oof_scores.csv", dtype={"id": str})
+                   for mode, s in sorted(modes.items(), key=lambda m: TTA_MODES.index(m[0])) if s.scored}
+            for name, modes in sets.items()}
 
 
 def image_dice(scores: pd.DataFrame) -> pd.Series:
@@ -60,16 +60,17 @@ def tta_gain(dice_of: dict, image_ids: list) -> dict:
                                            for m, d in dice.mean().items()}}
 
 
-def oof_files(runs: dict, modes: tuple, image_id: str) -> list:
-    """One image's OOF prediction files, one per run at the TTA mode given for it (modes in the order of runs)."""
-    return [path.parent / f"tta-{mode}" / "oof" / f"{image_id}.npz" for path, mode in zip(runs.values(), modes)]
+def oof_files(sets: dict, modes: tuple, image_id: str) -> list:
+    """One image's OOF prediction files, one per run at the TTA mode given for it (modes in the order of sets)."""
+    return [modes_of[mode].oof(image_id) for modes_of, mode in zip(sets.values(), modes)]
 
 
-def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, image_ids: list,
+def tune_postprocessing(sets: dict, weights: dict, masks_dir: Path, task: str, image_ids: list,
                         image_folds: np.ndarray, tta_of_fold: dict, tta_all: tuple, tune_size: int) -> tuple:
     """Post-processing chosen on the runs' weighted mean OOF probabilities (test predictions are never read): for each
     fold on the other folds' images at that fold's TTA (the estimate), and on all images at tta_all (the test masks).
 
+    sets: {run: {TTA mode: src.runs.PredictionSet}}; weights: {run: its weight}.
     tta_of_fold: {fold: one TTA mode per run}; tta_all: the modes of the test masks. Areas are tuned on masks shrunk
     to tune_size (postprocess.shrink). Each OOF file is read once: returns ({fold: settings}, the test masks'
     settings, {(image id, modes): read_mean()}), the means at the models' size for the modes each image is scored at.
@@ -77,7 +78,7 @@ def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, i
     candidates = postprocess.binary_candidates()
 
     def read_and_tune(image_id, modes):
-        maps, size = read_mean(oof_files(runs, modes, image_id), [weights[n] for n in runs])
+        maps, size = read_mean(oof_files(sets, modes, image_id), [weights[n] for n in sets])
         target = postprocess.shrink(read_image(masks_dir / f"{image_id}.png"), tune_size)
         probs = mean_at(maps, target.shape)  # straight from the models' size to the tuning size
         if task == "binary":

@@ -1,5 +1,9 @@
-"""ensemble.py and its pieces: averaging predictions, the paired test, cross-validated tuning, outputs."""
+"""ensemble.py and its pieces: averaging predictions, the paired test, cross-validated tuning, outputs, and the
+predictions it refuses (older weights, temporary files, another selection's folder, weights that are not positive)."""
+import argparse
 import json
+import shlex
+import re
 import shutil
 
 import cv2
@@ -265,7 +269,7 @@ def scored_predictions(folder, dice, split=None):
                   "iou": [dice], "hd95": [0.0]}).to_csv(
         folder / "oof_scores.csv", index=False)
     if split:
-        (folder.parent / "config.json").write_text(json.dumps({"folds": split}))
+        (folder / "prediction.json").write_text(json.dumps({"split": split}))
 
 
 def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
@@ -273,10 +277,14 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
     scored_predictions(run / "tta-none", 0.8)
     scored_predictions(run / "tta-flip", 0.9)
     scored_predictions(run / "last" / "tta-none", 0.85)
-    assert ensemble.find_predictions(tmp_path, "demo", "best", None) == {"unet-r34": run / "tta-flip"}
-    assert ensemble.find_predictions(tmp_path, "demo", "best", None, "last") == {"unet-r34": run / "last" / "tta-none"}
+
+    def chosen(tta, checkpoint):
+        args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint)
+        return {name: s.folder for name, s in ensemble.select_runs(args)[1].items()}
+    assert chosen("best", "best") == {"unet-r34": run / "tta-flip"}
+    assert chosen("best", "last") == {"unet-r34": run / "last" / "tta-none"}
     with pytest.raises(SystemExit, match="no scored predictions of last.pt"):
-        ensemble.find_predictions(tmp_path, "demo", "flip", None, "last")
+        chosen("flip", "last")
 
 
 def test_runs_predicted_on_different_splits_are_not_ensembled(demo_dir, tmp_path):
@@ -288,3 +296,82 @@ def test_runs_predicted_on_different_splits_are_not_ensembled(demo_dir, tmp_path
                                          r"split \(.*other.csv\); ensemble runs of one split \(--runs\)$"):
         ensemble.main(["--dataset", "demo", *paths(demo_dir), "--preds-dir", str(tmp_path / "preds"),
                        "--out-dir", str(tmp_path / "out")])
+
+
+def test_weights_must_be_positive_numbers_naming_runs(predicted, tmp_path, capsys):
+    for weights, error in (("unet-tu-resnet10t=0,unetpp-tu-resnet10t=0", "unet-tu-resnet10t=0: a weight must be a "
+                                                                          "positive number; leave a run out with --runs"),
+                           ("unet-tu-resnet10t=-1", "unet-tu-resnet10t=-1: a weight must be a positive number"),
+                           ("fpn-x=2", "names 'fpn-x', which has no predictions")):
+        with pytest.raises(SystemExit, match=f"^ensemble: (--weights )?{re.escape(error)}"):
+            ensemble.main([*ensemble_args(predicted, tmp_path), "--weights", weights])
+    assert not (tmp_path / "demo" / "scores.json").exists()
+
+
+RUN = "unet-tu-resnet10t"
+
+
+def renewable_copy(predicted, tmp_path):
+    """The Unet's run folders copied (a test may retrain them) and its predictions without TTA, in tmp_path."""
+    shutil.copytree(predicted / "runs" / "demo" / RUN, tmp_path / "runs" / "demo" / RUN,
+                    ignore=shutil.ignore_patterns("state*"))
+    argv = [*infer_args(predicted), "--runs", RUN, "--tta", "none"]
+    for flag, value in (("--runs-dir", tmp_path / "runs"), ("--preds-dir", tmp_path / "preds")):
+        argv[argv.index(flag) + 1] = str(value)
+    infer.main(argv)
+    return [*ensemble_args(predicted, tmp_path / "ensemble"), "--preds-dir", str(tmp_path / "preds"), "--tta", "none"]
+
+
+def test_predictions_of_older_weights_never_enter_a_leaderboard(predicted, tmp_path):
+    args = renewable_copy(predicted, tmp_path)
+    fold1 = tmp_path / "runs" / "demo" / RUN / "fold1" / "best.pt"
+    shutil.copy(fold1.with_name("last.pt"), fold1)  # retrained since its predictions were made
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(args)
+    message = str(stop.value.code)
+    assert re.match(rf"^ensemble: .*/tta-none/oof/\S+\.npz \({RUN}, fold 1\) was not made by the current weights of "
+                    rf"{re.escape(str(fold1.resolve()))} \(retrained or deleted since\); renew it: `python infer.py "
+                    rf"--dataset demo --runs {RUN} --folds 1 --tta none --checkpoint best .*`$", message)
+    assert not (tmp_path / "ensemble").exists()  # no leaderboard, no masks
+    with pytest.raises(SystemExit, match=rf"^infer: the OOF predictions of fold 1 .* not made by the current weights "
+                                         rf"of {RUN}; renew them: `python infer.py .* --folds 1 "):
+        infer.main(shlex.split(message.split("`")[1])[2:] + ["--folds", "0", "--workers", "0"])  # fold 0 alone
+    infer.main(shlex.split(message.split("`")[1])[2:] + ["--workers", "0"])  # the command it names, as it stands
+    ensemble.main(args)
+    scores = json.loads((tmp_path / "ensemble" / "demo" / "scores.json").read_text())
+    assert set(scores["runs"]) == {RUN} and scores["checkpoint"] == "best"
+
+
+def test_a_leftover_temporary_file_never_becomes_an_image(predicted, tmp_path):
+    args = renewable_copy(predicted, tmp_path)
+    test_fold = tmp_path / "preds" / "demo" / RUN / "tta-none" / "test" / "fold0"
+    real = next(test_fold.glob("*.npz"))
+    shutil.copy(real, test_fold / f"{real.stem}.tmp.npz")  # what np.savez's temporary name left
+    shutil.copy(real, test_fold / f"{real.name}.tmp")  # what save_pred's leaves
+    (tmp_path / "ensemble" / "demo" / "masks").mkdir(parents=True)
+    write_png(tmp_path / "ensemble" / "demo" / "masks" / "gone.png", np.zeros((4, 4), np.uint8))  # no longer a test id
+    ensemble.main(args)
+    index = pd.read_csv(predicted / "data" / "demo" / "index.csv", dtype={"id": str})
+    test_ids = sorted(index.loc[index["split"] == "test", "id"])
+    out = tmp_path / "ensemble" / "demo"
+    assert sorted(pd.read_csv(out / "submission.csv", dtype={"id": str})["id"]) == test_ids
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == test_ids
+
+
+def test_another_checkpoint_or_a_subset_never_replaces_the_default_leaderboard(predicted, tmp_path):
+    out = tmp_path / "demo"
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none"])
+    infer.main([*infer_args(predicted), "--tta", "none", "--checkpoint", "last"])
+    board = (out / "leaderboard.md").read_text()
+    for other in (["--checkpoint", "last"], ["--runs", "unet-*"]):
+        with pytest.raises(SystemExit, match=rf"^ensemble: {re.escape(str(out))} holds the ensemble of runs \*, "
+                                             r"best.pt, TTA none; write this one \(.*\) to its own folder with --name "
+                                             r"NAME, or pass --overwrite to replace it$"):
+            ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", *other])
+    assert (out / "leaderboard.md").read_text() == board
+    assert "Made from the predictions of best.pt (the best validation epoch)" in board
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--checkpoint", "last", "--name", "last"])
+    last = json.loads((out / "last" / "scores.json").read_text())
+    assert last["checkpoint"] == "last" and json.loads((out / "scores.json").read_text())["checkpoint"] == "best"
+    assert "Made from the predictions of last.pt (the final epoch)" in (out / "last" / "leaderboard.md").read_text()
+    assert (out / "leaderboard.md").read_text() == board

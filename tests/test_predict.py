@@ -115,7 +115,8 @@ def test_each_file_records_its_model_and_files_of_another_model_are_predicted_ag
     folds = load_folds(trained_dir / "folds", "demo")
     oof = tmp_path / "preds" / "demo" / RUN / "tta-none" / "oof"
     fold0 = [oof / f"{i}.npz" for i in folds.loc[folds["fold"] == 0, "id"]]
-    model = {"fold": 0, "weights": file_sha256(trained_dir / "runs" / "demo" / RUN / "fold0" / "best.pt")}
+    model = {"fold": 0, "weights": file_sha256(trained_dir / "runs" / "demo" / RUN / "fold0" / "best.pt"),
+             "split": file_sha256(trained_dir / "folds" / "demo.csv"), "tta": "none"}
     assert all(made_by(p) == model for p in fold0)
     other_fold, retrained, old_format, kept = fold0[:4]
     prob, size = load_pred(kept)
@@ -175,6 +176,17 @@ def test_folders_of_new_images_are_prediction_sets_of_their_own(trained_dir, tmp
     assert prob.shape == (1, 64, 64) and size == (37, 81)
     assert load_pred(out / "sets" / "ward_b" / "fold1" / "scan_001.npz")[1] == (90, 50)
     assert not (out / "test").exists()  # never the dataset's test split
+    for ward in ("a", "b"):  # two folders of one name, another image under one file name: never one set
+        (tmp_path / ward / "imgs").mkdir()
+        write_png(tmp_path / ward / "imgs" / "scan_001.png", np.full((30, 30) if ward == "a" else (80, 50), 9, np.uint8))
+    infer.main([*args, "--images", str(tmp_path / "a" / "imgs")])
+    with pytest.raises(SystemExit, match=rf"^infer: prediction set 'imgs' of {RUN} in .*sets/imgs holds the images of "
+                                         rf".*a/imgs, not .*b/imgs; name this one with --name NAME, or pass "
+                                         rf"--overwrite to replace it$"):
+        infer.main([*args, "--images", str(tmp_path / "b" / "imgs")])
+    infer.main([*args, "--images", str(tmp_path / "b" / "imgs"), "--name", "imgs_b"])
+    assert load_pred(out / "sets" / "imgs" / "fold1" / "scan_001.npz")[1] == (30, 30)
+    assert load_pred(out / "sets" / "imgs_b" / "fold1" / "scan_001.npz")[1] == (80, 50)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="empty holds no images"):
         infer.main([*args, "--images", str(tmp_path / "empty")])
@@ -253,3 +265,22 @@ def test_unknown_arch_is_a_clear_error(trained_dir, tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "arch": "hypernet"}))
     with pytest.raises(SystemExit, match="config.json: unknown architecture 'hypernet'"):
         infer.main(tmp_args(trained_dir, tmp_path, tmp_path / "runs"))
+
+
+def test_filters_say_what_exists_and_each_folder_left_out(trained_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    copy_run(trained_dir, runs, fold=0)
+    (runs / "demo" / RUN / "fold1").mkdir()
+    (runs / "demo" / RUN / "fold1" / "train.log").write_text("killed before it saved its config\n")
+    args = tmp_args(trained_dir, tmp_path, runs)
+    for flags, error in ((["--folds", "5"], "--folds 5: no fold 5 among the runs asked in .* \\(folds there: 0, 1\\)"),
+                         (["--arch", "unett"], "--arch unett: no such run in .* \\(there are: unet\\)"),
+                         (["--encoder", "resnet"], "--encoder resnet: no such run in .* \\(there are: tu-resnet10t\\)"),
+                         (["--runs", "fpn-*"], f"--runs fpn-\\* matches no run in .* \\(there are: {RUN}\\)")):
+        with pytest.raises(SystemExit, match=f"^infer: {error}$"):
+            infer.main([*args, *flags])
+    infer.main(args)
+    printed = capsys.readouterr().out
+    assert f"infer: leaving out {runs / 'demo' / RUN / 'fold1'}: no config.json (training never started there; " \
+           f"holds train.log)" in printed
+    assert "fold   0: Dice" in printed and "fold all" not in printed  # one fold of three: never "all"

@@ -106,3 +106,12 @@ def test_per_encoder_table_sets_unet_beside_unetpp_best_dice_first(tmp_path):
         "+0.0200 [+0.0100, +0.0300] (TTA flip) | 0.001 (0.002) | 6.0 / 12.0 | 600 / 300 |"]
     report.study_figure(tmp_path / "study.png", scores["by_encoder"])
     assert (tmp_path / "study.png").stat().st_size > 5_000
+
+
+def test_leaderboard_says_which_checkpoint_runs_and_weights_made_it():
+    scores = {**board_scores(), "weights": {"unet-r18": 1.0, "unetpp-r18": 2.5},
+              "selection": {"runs": "unet*", "checkpoint": "last", "tta": "best", "found": ["unet-r18", "unetpp-r18"]}}
+    board = report.leaderboard_markdown(scores)
+    assert "Made from the predictions of last.pt (the final epoch) of unet-r18, unetpp-r18 (--runs unet*); TTA best." \
+        in board
+    assert "Weighted mean over the runs: unet-r18 1, unetpp-r18 2.5." in board

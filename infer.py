@@ -45,9 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--encoder", help="only runs of this encoder")
     parser.add_argument("--folds", help="only these folds, e.g. 0,1")
     parser.add_argument("--runs", help="only run folders matching this glob, e.g. 'unet*'")
-    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
-                        help="best.pt (best validation epoch) or last.pt (final epoch: its OOF score is not chosen on "
-                             "the OOF images themselves)")
+    parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
+                        help="selected: the weights the run's --select-on rule scores; best.pt (best validation epoch) "
+                             "or last.pt (final epoch)")
     parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
     parser.add_argument("--name", help="the prediction set's name for --images (default: the folder's name)")
     parser.add_argument("--batch-size", type=int, default=32)

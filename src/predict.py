@@ -2,7 +2,7 @@
 
 preds/<dataset>/<arch>-<encoder>/
   config.json, training.json             the run's config, dataset meta and fold file; its training time and speed
-  tta-<mode>/                            predictions of best.pt (the best validation epoch)
+  tta-<mode>/                            predictions of the selected weights (last.pt under --select-on final, else best.pt)
     oof/<id>.npz                         one per training image, by the model of its fold
     oof_scores.csv                       their Dice, IoU and HD95 at original size
     test/fold<k>/<id>.npz                every fold's model on every image of the dataset's test split
@@ -63,10 +63,17 @@ class UnfinishedRun(FileNotFoundError):
 
 
 def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
-    """run_dir/best.pt (the best validation epoch) or run_dir/last.pt (the final epoch, written when training ends)."""
+    """run_dir/best.pt (the best validation epoch), run_dir/last.pt (the final epoch, written when training ends), or
+    selected: the one the run's --select-on rule scores (last.pt under final, best.pt under inner and fold)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").exists():
-        raise UnfinishedRun(f"{run_dir}: no finished epoch (no best.pt)")
+    cfg = load_run_config(run_dir)[0]
+    checkpoint = cfg.selected_checkpoint if checkpoint == "selected" else checkpoint
+    if checkpoint == "best" and cfg.select_on == "final":
+        raise FileNotFoundError(f"{run_dir} was trained with --select-on final, which keeps no best.pt; use "
+                                f"--checkpoint selected or last")
+    first_epoch = run_dir / ("metrics.json" if cfg.select_on == "final" else "best.pt")  # written by epoch 1
+    if not first_epoch.exists():
+        raise UnfinishedRun(f"{run_dir}: no finished epoch (no {first_epoch.name})")
     weights = run_dir / f"{checkpoint}.pt"
     if weights.exists():
         return weights
@@ -223,9 +230,9 @@ def mean_at(maps: list, size: tuple) -> np.ndarray:
 
 
 def pred_dir(preds_dir: Path, dataset: str, run_name: str, tta_mode: str, checkpoint: str = "best") -> Path:
-    """Where a run's predictions with one TTA mode go: last.pt's in last/ beside best.pt's."""
+    """Where a run's predictions with one TTA mode go: last.pt's in last/ beside the selected (or best.pt's) ones."""
     run = Path(preds_dir) / dataset / run_name
-    return (run if checkpoint == "best" else run / checkpoint) / f"tta-{tta_mode}"
+    return (run if checkpoint in ("selected", "best") else run / checkpoint) / f"tta-{tta_mode}"
 
 
 def check_set_name(name: str) -> None:

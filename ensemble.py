@@ -26,6 +26,7 @@ import pandas as pd
 from src import postprocess, report, runs as ledger, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.checkpoint import write_atomic
+from src.folds import fingerprint, group_labels, load_folds
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
@@ -46,8 +47,8 @@ def parse_args(argv=None):
                         help="TTA of both runs in the Unet++ vs Unet comparison (default: the most augmented mode "
                              "both were predicted with: d4, else flip, else none)")
     parser.add_argument("--runs", help="only these runs: names or globs, comma-separated, e.g. 'unet*-resnet34'")
-    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
-                        help="the predictions of best.pt or last.pt (infer.py --checkpoint)")
+    parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
+                        help="the predictions of the selected weights, best.pt or last.pt (infer.py --checkpoint)")
     parser.add_argument("--name", help="write to ensemble/<dataset>/NAME/ (default: ensemble/<dataset>/)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder made from another selection of runs, checkpoint or TTA")
@@ -348,7 +349,7 @@ def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: s
             continue
         a, b = (dice_of[n][mode] for n in pair)
         common = [i for i in image_ids if i in a.index and i in b.index]
-        groups = [group_of.get(i) or i for i in common] if group_of else None  # an image without a group: its own
+        groups = group_labels([group_of.get(i, "") for i in common], common) if group_of else None
         comparisons.append({"encoder": encoder, "tta": mode, **paired_comparison(
             a[common].to_numpy(), b[common].to_numpy(), groups=groups, alpha=ALPHA)})
     for comparison, p_value in zip(comparisons, holm([c["wilcoxon_p"] for c in comparisons])):

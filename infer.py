@@ -3,7 +3,7 @@
   python infer.py --tta                 # every run of the dataset, flip TTA
   python infer.py --tta d4 --arch unetpp --folds 0,1
   python infer.py --runs 'unet-resnet34,unetpp-*'   # run names or globs, comma-separated
-  python infer.py --checkpoint last     # the final epoch's weights instead of the best epoch's
+  python infer.py --checkpoint last     # last.pt (the final epoch) whatever the run's --select-on rule scores
   python infer.py --images new_xrays/   # any folder of images, predicted by every fold's model: set "new_xrays"
 
 Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json, best.pt or last.pt) and the fold file each run was
@@ -47,9 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--encoder", help="only runs of this encoder")
     parser.add_argument("--folds", help="only these folds, e.g. 0,1")
     parser.add_argument("--runs", help="only these runs: names or globs, comma-separated, e.g. 'unet-resnet34,unetpp-*'")
-    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
-                        help="best.pt (best validation epoch) or last.pt (final epoch: its OOF score is not chosen on "
-                             "the OOF images themselves)")
+    parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
+                        help="selected: the weights the run's --select-on rule scores; best.pt (best validation epoch) "
+                             "or last.pt (final epoch)")
     parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
     parser.add_argument("--name", help="the prediction set's name for --images (default: the folder's name)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -312,9 +312,10 @@ def main(argv=None):
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}, indent=2) + "\n")
         scores = score_oof(predictions, folds, dataset_dir, meta, index, args)
         table = fold_table(scores, folds["fold"].unique().tolist())
-        print_summary(f"{cfg.run_name} (tta {args.tta}, {args.checkpoint}.pt)", scores, table)
+        weights = cfg.selected_checkpoint if args.checkpoint == "selected" else args.checkpoint
+        print_summary(f"{cfg.run_name} (tta {args.tta}, {weights}.pt)", scores, table)
         if (args.tracker or cfg.tracker) == "wandb":
-            name = f"oof-tta-{args.tta}" + ("-last" if args.checkpoint == "last" else "")
+            name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}")
             tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
                                 table.set_index("fold").iloc[-1].to_dict())
     if skipped:

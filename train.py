@@ -3,11 +3,13 @@
   accelerate launch train.py --fold 0 --arch unetpp          # CPU, one GPU or many: Accelerate decides
   python train.py --dataset demo --fold 0 --arch unet --encoder resnet18 --encoder-weights none
 
-Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: best.pt (best epoch's weights), last.pt (the final epoch's),
-config.json (everything needed to rebuild the model offline, and the fold file's hash), history.csv (one row per
-epoch: its seconds, split into training, validation and the rest), metrics.json (the best epoch's validation scores)
-and state/ (full training state for --resume: saved every --save-minutes, after the final epoch, and on SIGTERM/SIGINT,
-which end the run after the epoch in progress).
+Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: last.pt (the final epoch's weights), best.pt (the best epoch's on
+the split --select-on judges by, inner or fold; none under final), config.json (everything needed to rebuild the
+model offline, the fold file's hash, the inner split's), history.csv (one row per epoch: its seconds, split into
+training, validation and the rest), metrics.json (the scored fold's scores of the selected weights, src/selection.py:
+the final epoch's under --select-on final, the best epoch's otherwise; and the rule) and state/ (full training state
+for --resume: saved every --save-minutes, after the final epoch, and on SIGTERM/SIGINT, which end the run after the
+epoch in progress).
 
 main() reads as the run goes: check the run, start Accelerate, set up data and model, then epochs of
 train_one_epoch, validate and save_epoch, and finish.
@@ -38,6 +40,7 @@ from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
+from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early
 
 
 def parse_args(argv=None):
@@ -46,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run and start again")
     parser.add_argument("--validate-only", action="store_true",
-                        help="score the run's best.pt on its fold and exit; the model and size come from its config.json")
+                        help="score the run's selected weights (last.pt under --select-on final, else best.pt) on its "
+                             "fold and exit; the model and size come from its config.json")
     return parser.parse_args(argv)
 
 
@@ -80,8 +84,8 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
 
 def check_run(args) -> tuple:
     """The run's settings, dataset and split, or a one-line exit for anything that would make it fail or mislead."""
-    cfg = config_from_args(args)
     try:
+        cfg = config_from_args(args)
         cfg.arch = canonical_arch(cfg.arch)
         if args.validate_only:  # the run's own model and size (decoder widths...), not this command's defaults
             cfg = replace(load_run_config(cfg.run_dir)[0], data_dir=cfg.data_dir, folds_dir=cfg.folds_dir,
@@ -89,17 +93,18 @@ def check_run(args) -> tuple:
         check_encoder(cfg.encoder)
         meta = load_meta(cfg.dataset_dir)
         index, folds = load_index(cfg.dataset_dir), load_folds(cfg.folds_dir, cfg.dataset)
-    except (ModelError, FileNotFoundError) as error:
+    except (ModelError, FileNotFoundError, ValueError) as error:
         sys.exit(f"train: {error}")
     try:
         train_rows, valid_rows = fold_rows(index, folds, cfg.fold)
+        train_rows, inner_rows, inner = carve_inner(cfg, index, folds, train_rows)
     except ValueError as error:
         sys.exit(f"train: {cfg.folds_dir}/{cfg.dataset}.csv: {error}")
     tissue_of_row = index["tissue"].to_numpy() if "tissue" in index else None  # PanNuke: scores per tissue too
     problem = run_folder_problem(cfg, args.resume, args.overwrite, args.validate_only)
     if problem:
         sys.exit(f"train: {problem}")
-    return cfg, meta, train_rows, valid_rows, tissue_of_row
+    return cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row
 
 
 def start_accelerator(cfg, args) -> Accelerator:
@@ -123,6 +128,7 @@ class Parts:
     train_set: CachedSegmentation
     train_loader: object
     valid_loader: object
+    inner_loader: object  # --select-on inner's validation split of the training folds, else None
     model: torch.nn.Module
     bare_model: torch.nn.Module  # the same weights, unwrapped: plain key names for best.pt
     loss_fn: torch.nn.Module
@@ -130,7 +136,7 @@ class Parts:
     scheduler: object
 
 
-def set_up(cfg, args, meta, accelerator, train_rows, valid_rows) -> Parts:
+def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> Parts:
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     with accelerator.main_process_first():
         images, masks = open_cache(cfg.dataset_dir, cfg.size)
@@ -138,7 +144,8 @@ def set_up(cfg, args, meta, accelerator, train_rows, valid_rows) -> Parts:
     augmentation = build_augmentation(cfg.aug, meta.get("rotation_invariant", False))
     train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed)
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=workers)
-    valid_loader = make_loader(CachedSegmentation(images, masks, valid_rows), cfg.batch_size, False, workers)
+    valid_loader, inner_loader = (make_loader(CachedSegmentation(images, masks, rows), cfg.batch_size, False, workers)
+                                  if len(rows) else None for rows in (valid_rows, inner_rows))
 
     # Model, loss, optimiser, schedule.
     n_classes = len(meta["classes"])
@@ -156,14 +163,15 @@ def set_up(cfg, args, meta, accelerator, train_rows, valid_rows) -> Parts:
     scheduler = build_scheduler(optimizer, cfg)  # stepped per epoch, so not wrapped by accelerate.prepare
     if cfg.compile:
         model = torch.compile(model)
-    model, optimizer, train_loader, valid_loader = accelerator.prepare(model, optimizer, train_loader, valid_loader)
+    model, optimizer, train_loader, valid_loader, inner_loader = accelerator.prepare(
+        model, optimizer, train_loader, valid_loader, inner_loader)
     loss_fn = loss_fn.to(accelerator.device)  # not prepared: a module without parameters cannot be wrapped in DDP
     accelerator.register_for_checkpointing(scheduler)
-    return Parts(len(images), train_set, train_loader, valid_loader, model,
+    return Parts(len(images), train_set, train_loader, valid_loader, inner_loader, model,
                  accelerator.unwrap_model(model, keep_torch_compile=False), loss_fn, optimizer, scheduler)
 
 
-def start_or_resume(cfg, args, meta, accelerator) -> tuple:
+def start_or_resume(cfg, args, meta, accelerator, inner: dict | None) -> tuple:
     """(trainer counters, history rows): fresh, or from the run's last saved state; config.json written either way."""
     run_dir = cfg.run_dir
     trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0}
@@ -173,10 +181,11 @@ def start_or_resume(cfg, args, meta, accelerator) -> tuple:
         accelerator.load_state(str(state))
         trainer = json.loads((state / "trainer.json").read_text())
         history = pd.read_csv(run_dir / "history.csv").iloc[:trainer["epoch"]].to_dict("records")
-        accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']} (best Dice {trainer['best']:.4f})")
+        best = f" (best Dice {trainer['best']:.4f})" if trainer["best_epoch"] > 0 else ""
+        accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']}{best}")
     if accelerator.is_main_process:  # on resume too: --epochs/--patience may have changed, and config.json says so
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json", meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset))
+        cfg.save(run_dir / "config.json", meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset), inner_split=inner)
     accelerator.wait_for_everyone()
     if cfg.tracker == "wandb":
         trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,
@@ -224,9 +233,11 @@ def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) ->
 
 
 def save_epoch(cfg, accelerator, parts: Parts, trainer: dict, scores: dict, improved: bool, save_state_now: bool):
-    """best.pt and metrics.json when the epoch improved; the full state for --resume when asked."""
+    """best.pt when the epoch improved, metrics.json when its weights are the selected ones so far; the full state for
+    --resume when asked."""
     if improved:
         accelerator.save(parts.bare_model.state_dict(), cfg.run_dir / "best.pt")
+    if improved or cfg.select_on == "final":
         if accelerator.is_main_process:
             write_atomic(cfg.run_dir / "metrics.json", json.dumps({"epoch": trainer["epoch"], **scores}, indent=2) + "\n")
     if save_state_now:
@@ -251,54 +262,50 @@ def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
     run_dir = cfg.run_dir
     accelerator.save(parts.bare_model.state_dict(), run_dir / "last.pt")  # the final epoch's: infer --checkpoint last
     if accelerator.is_main_process:
-        final = {"best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
+        final = {"select_on": cfg.select_on, "selected_epoch": selected_epoch(cfg, trainer),
+                 "best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
         metrics = json.loads((run_dir / "metrics.json").read_text())
         write_atomic(run_dir / "metrics.json", json.dumps({**metrics, **final}, indent=2) + "\n")
-        if cfg.tracker == "wandb":  # the best epoch, not the last, is what the W&B runs table compares
+        if cfg.tracker == "wandb" and cfg.select_on != "final":  # the scored epoch is what the runs table compares
             tracking.summarize_best(accelerator, {f"best_val_{k}": v for k, v in metrics.items()
                                                   if k not in ("epoch", "images")} | {"best_epoch": trainer["best_epoch"]})
-        print(f"best epoch {trainer['best_epoch']}: val Dice {trainer['best']:.4f} -> {run_dir}")
+        print(f"{cfg.selected_checkpoint}.pt (epoch {selected_epoch(cfg, trainer)}, --select-on {cfg.select_on}): "
+              f"val Dice {metrics['dice']:.4f} -> {run_dir}")
     accelerator.end_training()
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, meta, train_rows, valid_rows, tissue_of_row = check_run(args)
+    cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row = check_run(args)
     accelerator = start_accelerator(cfg, args)
     accelerator.print(f"{cfg.run_name} fold {cfg.fold}: {len(train_rows)} training and {len(valid_rows)} validation "
-                      f"images, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
+                      f"images{f' (+ {len(inner_rows)} inner validation)' if inner else ''}, weights selected by "
+                      f"--select-on {cfg.select_on}, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
                       f"{cfg.batch_size} per process, lr {cfg.lr:g} (encoder x{cfg.encoder_lr_mult:g}"
                       f"{', from scratch' if cfg.encoder_weights == 'none' else ''})")
-    parts = set_up(cfg, args, meta, accelerator, train_rows, valid_rows)
+    parts = set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows)
 
     if args.validate_only:
-        parts.bare_model.load_state_dict(torch.load(cfg.run_dir / "best.pt", map_location="cpu"))
+        parts.bare_model.load_state_dict(torch.load(cfg.run_dir / f"{cfg.selected_checkpoint}.pt", map_location="cpu"))
         scores, _ = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row)
         if accelerator.is_main_process:
             print(json.dumps(scores))
         return
 
-    trainer, history = start_or_resume(cfg, args, meta, accelerator)
+    trainer, history = start_or_resume(cfg, args, meta, accelerator, inner)
     clock = last_save = time.time()  # each epoch's seconds run from the previous one's end: they sum to the wall time
     with StopRequest() as stop:
         for epoch in range(trainer["epoch"], cfg.epochs):
-            if trainer["bad_epochs"] >= cfg.patience:
+            if stops_early(cfg, trainer):
                 break
             lr = parts.optimizer.param_groups[-1]["lr"]
             trained = train_one_epoch(parts, accelerator, epoch, cfg, len(train_rows))
             started = time.time()
             scores, example = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row)
+            inner_scores = validate(parts.model, parts.inner_loader, accelerator, meta)[0] if inner else None
             val_seconds = time.time() - started
-            if cfg.scheduler == "plateau":
-                parts.scheduler.step(scores["dice"])
-            else:
-                parts.scheduler.step()
-
-            improved = scores["dice"] > trainer["best"]
-            trainer.update(epoch=epoch + 1, bad_epochs=0 if improved else trainer["bad_epochs"] + 1)
-            if improved:
-                trainer.update(best=scores["dice"], best_epoch=epoch + 1)
-            final = epoch + 1 == cfg.epochs or trainer["bad_epochs"] >= cfg.patience
+            improved = end_epoch(cfg, trainer, parts.scheduler, judged_scores(cfg, scores, inner_scores))
+            final = epoch + 1 == cfg.epochs or stops_early(cfg, trainer)
             save_now, stopping = state_due(accelerator, last_save, cfg.save_minutes, final, stop)
             started = time.time()
             save_epoch(cfg, accelerator, parts, trainer, scores, improved, save_now)
@@ -308,6 +315,7 @@ def main(argv=None):
                        "val_seconds": val_seconds, "save_seconds": now - started}
             seconds["other_seconds"] = 2 * seconds["seconds"] - sum(seconds.values())  # loader start, sync, logging
             row = {"epoch": epoch + 1, "lr": lr, **trained, **{f"val_{k}": v for k, v in scores.items()},
+                   **{f"inner_{k}": v for k, v in (inner_scores or {}).items()},
                    **seconds, "state_saved": int(save_now)}
             clock = now
             record_epoch(cfg, accelerator, meta, history, row, example, improved)

@@ -24,8 +24,8 @@ def settings_changed(saved: Config, requested: Config) -> str:
 def run_folder_problem(cfg: Config, resume: bool, overwrite: bool, validate_only: bool) -> str | None:
     """Why train.py must not start on cfg.run_dir as asked (one sentence with the fix), or None."""
     run_dir = cfg.run_dir
-    if validate_only and not (run_dir / "best.pt").exists():
-        return f"{run_dir / 'best.pt'} not found: train the run first"
+    if validate_only and not (run_dir / f"{cfg.selected_checkpoint}.pt").exists():
+        return f"{run_dir / (cfg.selected_checkpoint + '.pt')} not found: train the run first"
     if resume and last_state(run_dir) is None:
         return f"nothing to resume in {run_dir} (no state/ folder); drop --resume"
     if resume or validate_only:

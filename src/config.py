@@ -7,6 +7,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+# The --select-on rules' own learning rate and schedule, used where --lr or --scheduler is not given: the fixed
+# schedule is the one of the project's real-data runs (docs/results.md); fold keeps the settings it always had.
+RULE_DEFAULTS = {"final": {"lr": 1e-3, "scheduler": "cosine"}, "inner": {"lr": 3e-4, "scheduler": "plateau"},
+                 "fold": {"lr": 3e-4, "scheduler": "plateau"}}
+
 
 def knob(default, help, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
@@ -31,17 +36,23 @@ class Config:
     epochs: int = knob(40, "maximum number of epochs")
     batch_size: int = knob(16, "images per step per process")
     grad_accum: int = knob(1, "gradient accumulation steps")
-    lr: float = knob(3e-4, "decoder/head learning rate (RAdam inside Lookahead)")
+    select_on: str = knob("final", "which weights are scored, and what may read validation scores: final (a fixed "
+                                   "schedule, the final weights; nothing reads the scored fold), inner (best.pt, "
+                                   "plateau and early stopping read an inner split of the training folds), fold (they "
+                                   "read the scored fold itself: optimistic)", choices=list(RULE_DEFAULTS))
+    lr: float = knob(None, "decoder/head learning rate (RAdam inside Lookahead)",
+                     shown="1e-3 under --select-on final, 3e-4 under inner and fold")
     encoder_lr_mult: float = knob(None, "encoder learning rate = lr * this",
                                   shown="0.1 with pretrained weights, 1 with --encoder-weights none")
     weight_decay: float = knob(1e-4, "decoder/head weight decay")
     encoder_weight_decay: float = knob(1e-5, "encoder weight decay")
     lookahead_k: int = knob(6, "Lookahead: fast steps per slow update")
     lookahead_alpha: float = knob(0.5, "Lookahead: slow weights step size")
-    scheduler: str = knob("plateau", "learning-rate schedule", choices=["plateau", "cosine"])
+    scheduler: str = knob(None, "learning-rate schedule, stepped per epoch", choices=["plateau", "cosine"],
+                          shown="cosine under --select-on final, plateau under inner and fold")
     warmup_epochs: int = knob(1, "cosine: linear warm-up epochs")
     plateau_patience: int = knob(3, "plateau: epochs without improvement before lr is halved")
-    patience: int = knob(10, "early stopping: epochs without improvement of validation Dice")
+    patience: int = knob(10, "early stopping (--select-on inner, fold): epochs without improvement of validation Dice")
     # loss
     dice_weight: float = knob(1.0, "weight of the Dice loss")
     ce_weight: float = knob(0.8, "weight of BCE (binary) or cross-entropy/focal (multiclass)")
@@ -63,6 +74,17 @@ class Config:
     def __post_init__(self):
         if self.encoder_lr_mult is None:  # a lower encoder rate protects pretrained features; from scratch there are none
             self.encoder_lr_mult = 1.0 if self.encoder_weights == "none" else 0.1
+        for name, default in RULE_DEFAULTS[self.select_on].items():  # saved resolved, so --resume compares values
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.select_on == "final" and self.scheduler == "plateau":
+            raise ValueError("--scheduler plateau reads validation scores, which --select-on final keeps from "
+                             "training; drop --scheduler or choose --select-on inner or fold")
+
+    @property
+    def selected_checkpoint(self) -> str:
+        """The weights this run is scored with: the final ones under a fixed schedule, else the best epoch's."""
+        return "last" if self.select_on == "final" else "best"
 
     @property
     def run_name(self) -> str:
@@ -87,6 +109,7 @@ def load_run_config(run_dir: Path) -> tuple:
         raise FileNotFoundError(f"{path} not found: not a training run folder")
     saved = json.loads(path.read_text())
     known = {f.name for f in fields(Config)}
+    saved.setdefault("select_on", "fold")  # runs trained before the rule existed chose best.pt on their fold
     return Config(**{k: v for k, v in saved.items() if k in known}), saved.get("meta", {})
 
 

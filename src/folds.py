@@ -14,6 +14,16 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from src.canonical import load_index, load_meta
 
 STRATEGIES = ["auto", "kfold", "stratified", "group", "official", "tissue"]
+NO_GROUP = "<no group>:"  # an image without a group label is its own group, NO_GROUP + its id; no real label may start so
+INNER_PARTS = 8  # --select-on inner validates on one of 8 parts (12.5%) of the training folds
+
+
+def group_labels(groups, ids) -> pd.Series:
+    """Group labels with each blank one replaced by the image's own group, NO_GROUP + its id (or position): in the
+    split, the inner split and the statistics alike."""
+    groups = pd.Series(groups, dtype=object).fillna("").astype(str).reset_index(drop=True)
+    own = NO_GROUP + pd.Series(ids, dtype=object).astype(str).reset_index(drop=True)
+    return groups.where(groups != "", own)
 
 
 def strata(train: pd.DataFrame, task: str, k: int, bins: int = 5) -> np.ndarray:
@@ -30,7 +40,7 @@ def resolve_strategy(strategy: str, train: pd.DataFrame, meta: dict) -> str:
         return strategy
     if meta.get("official_folds") and "official_fold" in train:
         return "official"
-    if train["group"].astype(bool).any() and train["group"].nunique() < len(train):
+    if train["group"].astype(bool).any() and group_labels(train["group"], train["id"]).nunique() < len(train):
         return "group"
     return "stratified"
 
@@ -38,6 +48,10 @@ def resolve_strategy(strategy: str, train: pd.DataFrame, meta: dict) -> str:
 def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "auto", seed: int = 42) -> pd.DataFrame:
     """One row per training image: id, fold (0..k-1), and the group/stratum the split used."""
     train = index[index["split"] == "train"].reset_index(drop=True)
+    reserved = train["group"].astype(str).str.startswith(NO_GROUP)
+    if reserved.any():
+        raise ValueError(f"group label '{train['group'][reserved].iloc[0]}' starts with '{NO_GROUP}', which names "
+                         f"images without a group; rename it in the group column")
     strategy = resolve_strategy(strategy, train, meta)
     folds = pd.DataFrame({"id": train["id"]})
     if strategy == "official":
@@ -60,7 +74,7 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
         y, groups = train["tissue"].to_numpy(), None
         splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
     elif strategy == "group":
-        y, groups = strata(train, meta["task"], k), train["group"].to_numpy()
+        y, groups = strata(train, meta["task"], k), group_labels(train["group"], train["id"]).to_numpy()
         splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
     else:
         raise ValueError(f"unknown fold strategy '{strategy}'; choose one of {STRATEGIES}")
@@ -118,6 +132,22 @@ def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int) -> tuple:
     valid = folds["fold"] == fold
     return (np.array([position[i] for i in folds.loc[~valid, "id"]]),
             np.array([position[i] for i in folds.loc[valid, "id"]]))
+
+
+def inner_split(folds: pd.DataFrame, fold: int, seed: int) -> list:
+    """Ids of the inner validation images of `fold` (--select-on inner): about 1/INNER_PARTS of the other folds'
+    images, drawn by the outer split's splitter, grouped by its group column and stratified by its stratum column
+    where the fold file has them; never an image of `fold` itself."""
+    train = folds[folds["fold"] != fold].reset_index(drop=True)
+    y = train["stratum"].to_numpy() if "stratum" in train else np.zeros(len(train), int)
+    groups = group_labels(train["group"], train["id"]).to_numpy() if "group" in train else None
+    units = len(set(groups)) if groups is not None else len(train)
+    parts = min(INNER_PARTS, units, pd.Series(y).value_counts().max())  # sklearn: a stratum must reach every part
+    if parts < 2:
+        raise ValueError(f"fold {fold}: {units} training group(s) cannot spare an inner validation split")
+    splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(parts, shuffle=True, random_state=seed)
+    _, inner = next(splitter.split(train, y, groups))
+    return sorted(train["id"].iloc[inner])
 
 
 def main(argv=None):

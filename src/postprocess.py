@@ -4,6 +4,11 @@ Binary: threshold -> fill holes -> drop components below a minimum area -> keep 
 Multiclass: argmax -> per class, drop components below a minimum area (they become background).
 Tuning scores every candidate from one connected-component labelling per (threshold, fill): a component is kept or
 dropped whole, so its size and its overlap with the truth give each candidate's Dice without redrawing the mask.
+
+Multiclass tuning follows nnU-Net's semantics: a class absent from both truth and prediction in an image is not a
+score there (NaN, left out of the class's mean over images), so erasing a rare class earns nothing on the images
+without it; and a minimum area may not lower its class's Dice pooled over the tuning images by more than
+POOLED_TOLERANCE below its value without post-processing.
 """
 import itertools
 from dataclasses import asdict, dataclass
@@ -13,7 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 THRESHOLDS = [round(float(t), 2) for t in np.arange(0.3, 0.701, 0.05)]
-MIN_AREAS = [0.0, 0.0005, 0.002, 0.005, 0.01]  # fraction of the image's pixels
+MIN_AREAS = [0.0, 0.0005, 0.002, 0.005, 0.01]  # fraction of the image's pixels; the first is no post-processing
+POOLED_TOLERANCE = 0.005  # multiclass: the most a chosen minimum area may lower its class's pooled Dice
 KEEP_LARGEST = [0, 1, 2]  # 0: keep all
 FILL_HOLES = [False, True]
 
@@ -96,18 +102,19 @@ def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
     return classes
 
 
-def multiclass_candidate_dice(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(foreground classes x MIN_AREAS) Dice of each class at each minimum area on one image."""
+def multiclass_candidate_counts(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(foreground classes x MIN_AREAS x 3) pixel counts (true positive, predicted, true) of each class at each minimum
+    area on one image: its Dice on the image, and pooled over images, both follow from them."""
     classes = probs.argmax(axis=0)
-    scores = np.zeros((probs.shape[0] - 1, len(MIN_AREAS)))
+    counts = np.zeros((probs.shape[0] - 1, len(MIN_AREAS), 3))
     for c in range(1, probs.shape[0]):
         true_c = truth == c
         labels, sizes = _components(classes == c)
         overlaps = np.bincount(labels[true_c], minlength=len(sizes) + 1)[1:]
         for j, min_area in enumerate(MIN_AREAS):
             keep = _kept(sizes, min_area * classes.size)
-            scores[c - 1, j] = _dice(int(overlaps[keep].sum()), int(sizes[keep].sum()), int(true_c.sum()))
-    return scores
+            counts[c - 1, j] = overlaps[keep].sum(), sizes[keep].sum(), true_c.sum()
+    return counts
 
 
 def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
@@ -125,11 +132,23 @@ def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:
-    """The best settings given the mean over OOF images of the candidate scores."""
-    mean = candidate_scores.mean(axis=0)
+    """The best settings on OOF images. Binary: the highest mean Dice over images. Multiclass (candidate_scores of
+    multiclass_candidate_counts, one per image): per class, the minimum area of highest mean Dice over the images where
+    the class is in truth or prediction, among those within POOLED_TOLERANCE of its pooled Dice without one."""
     if task == "binary":
-        return {"task": task, **asdict(binary_candidates()[int(mean.argmax())])}
-    return {"task": task, "min_areas": [MIN_AREAS[j] for j in mean.argmax(axis=1)]}
+        return {"task": task, **asdict(binary_candidates()[int(candidate_scores.mean(axis=0).argmax())])}
+    tp, predicted, truth = np.moveaxis(candidate_scores, -1, 0)  # each images x classes x areas
+    dice = _dice_or(tp, predicted + truth, np.nan)  # images x classes x areas, NaN where the class is absent
+    scored = (predicted + truth > 0).sum(axis=0)
+    mean = np.where(scored > 0, np.nansum(dice, axis=0) / np.maximum(scored, 1), 1.0)  # present nowhere: nothing lost
+    pooled = _dice_or(tp.sum(axis=0), (predicted + truth).sum(axis=0), 1.0)
+    allowed = pooled >= pooled[:, :1] - POOLED_TOLERANCE
+    return {"task": task, "min_areas": [MIN_AREAS[j] for j in np.where(allowed, mean, -np.inf).argmax(axis=1)]}
+
+
+def _dice_or(tp: np.ndarray, predicted_and_true: np.ndarray, empty: float) -> np.ndarray:
+    """Element-wise Dice, `empty` where a class is neither predicted nor true."""
+    return np.divide(2 * tp, predicted_and_true, out=np.full(tp.shape, empty), where=predicted_and_true > 0)
 
 
 def choose_by_fold(task: str, candidate_scores: np.ndarray, folds) -> dict:

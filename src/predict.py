@@ -2,7 +2,7 @@
 
 preds/<dataset>/<arch>-<encoder>/ (found through src/runs.py, the one reader of preds/)
   config.json, training.json             the run's config, dataset meta and fold file; its training time and speed
-  tta-<mode>/                            predictions of best.pt (the best validation epoch)
+  tta-<mode>/                            predictions of the selected weights (last.pt under --select-on final, else best.pt)
     prediction.json                      provenance: the run folder, fold file (sha256, k), and per part and fold
                                          the sha256 of the weights its files were made with
     oof/<id>.npz                         one per training image, by the model of its fold
@@ -67,10 +67,17 @@ class UnfinishedRun(FileNotFoundError):
 
 
 def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
-    """run_dir/best.pt (the best validation epoch) or run_dir/last.pt (the final epoch, written when training ends)."""
+    """run_dir/best.pt (the best validation epoch), run_dir/last.pt (the final epoch, written when training ends), or
+    selected: the one the run's --select-on rule scores (last.pt under final, best.pt under inner and fold)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").exists():
-        raise UnfinishedRun(f"{run_dir}: no finished epoch (no best.pt)")
+    cfg = load_run_config(run_dir)[0]
+    checkpoint = cfg.selected_checkpoint if checkpoint == "selected" else checkpoint
+    if checkpoint == "best" and cfg.select_on == "final":
+        raise FileNotFoundError(f"{run_dir} was trained with --select-on final, which keeps no best.pt; use "
+                                f"--checkpoint selected or last")
+    first_epoch = run_dir / ("metrics.json" if cfg.select_on == "final" else "best.pt")  # written by epoch 1
+    if not first_epoch.exists():
+        raise UnfinishedRun(f"{run_dir}: no finished epoch (no {first_epoch.name})")
     weights = run_dir / f"{checkpoint}.pt"
     if weights.exists():
         return weights

@@ -21,7 +21,7 @@ import pandas as pd
 
 from src import sources
 from src.canonical import PrepareError, write_dataset
-from src.folds import STRATEGIES, kept_folds_problem, write_folds
+from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, write_folds
 from src.masks import parse_colors
 from src.problems import report
 
@@ -157,7 +157,8 @@ def main(argv=None):
     print(f"prepared {args.data_dir / name}: {counts.get('train', 0)} labelled + {counts.get('test', 0)} test images "
           f"(images {mib['images']:.1f} MiB, masks {mib['masks']:.1f} MiB, {args.size}px cache {mib['cache']:.1f} MiB); "
           f"{folds['fold'].nunique()} folds in {folds_path}"
-          + (f" grouped by {folds['group'].nunique()} groups" if "group" in folds else "")
+          + (f" grouped by {folds['group'].nunique()} groups ({folds['group'].str.startswith(NO_GROUP).sum()} of them "
+             f"an image without a group label)" if "group" in folds else "")
           + f"; {time.time() - start:.1f}s")
 
 

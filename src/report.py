@@ -81,7 +81,8 @@ def leaderboard_markdown(scores: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-CHECKPOINTS = {"best": "the best validation epoch", "last": "the final epoch"}
+CHECKPOINTS = {"selected": "the weights each run's --select-on rule scores", "best": "best.pt, the best validation epoch",
+               "last": "last.pt, the final epoch"}
 
 
 def made_from(scores: dict) -> list:
@@ -91,7 +92,7 @@ def made_from(scores: dict) -> list:
         return []
     checkpoint = selection["checkpoint"]
     asked = "" if selection["runs"] == "*" else f" (--runs {selection['runs']})"
-    return [f"Made from the predictions of {checkpoint}.pt ({CHECKPOINTS.get(checkpoint, checkpoint)}) of "
+    return [f"Made from the predictions of {CHECKPOINTS.get(checkpoint, checkpoint + '.pt')} of "
             f"{', '.join(selection['found'])}{asked}; TTA {selection['tta']}.", ""]
 
 

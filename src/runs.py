@@ -20,6 +20,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from src.checkpoint import write_atomic
+from src.config import load_run_config
 
 PROVENANCE = "prediction.json"  # beside oof/, test/ and sets/ in each set's folder; written by infer.py
 DIRS = {"--runs-dir": "runs", "--data-dir": "data", "--folds-dir": "folds", "--preds-dir": "preds"}  # the defaults
@@ -35,10 +36,12 @@ def prediction_files(folder: Path) -> dict:
     return {p.stem: p for p in sorted(Path(folder).glob("*.npz")) if not is_temporary(p)}
 
 
-def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "best", level: str | None = None) -> Path:
-    """preds/<dataset>/<run>/[<checkpoint>/]tta-<mode>[-<level>]: best.pt's at the top, others in their own folder."""
+def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "selected",
+               level: str | None = None) -> Path:
+    """preds/<dataset>/<run>/[<checkpoint>/]tta-<mode>[-<level>]: the selected weights' at the top (last.pt's under
+    --select-on final, best.pt's under inner and fold), best/ and last/ in their own folders."""
     root = Path(preds_dir) / dataset / run
-    return (root if checkpoint == "best" else root / checkpoint) / (f"tta-{tta}" + (f"-{level}" if level else ""))
+    return (root if checkpoint == "selected" else root / checkpoint) / (f"tta-{tta}" + (f"-{level}" if level else ""))
 
 
 # Run-folder readers that the predictions need; they belong with the top half's (the coordinator joins them).
@@ -52,7 +55,12 @@ def run_folders(runs_dir, dataset: str) -> dict:
 
 def weights_sha256(run_dir: Path, fold: int, checkpoint: str) -> str | None:
     """The sha256 of a fold's weights file now, or None if it is gone."""
-    path = Path(run_dir) / f"fold{fold}" / f"{checkpoint}.pt"
+    folder = Path(run_dir) / f"fold{fold}"
+    if checkpoint == "selected":  # the run's own rule: last.pt under --select-on final, else best.pt
+        if not (folder / "config.json").exists():
+            return None
+        checkpoint = load_run_config(folder)[0].selected_checkpoint
+    path = folder / f"{checkpoint}.pt"
     return file_sha256(path) if path.exists() else None
 
 
@@ -122,7 +130,7 @@ class PredictionSet:
                          *(["--images", images] if images else []), *(f"{k} {v}" for k, v in flags.items())])
 
 
-def prediction_sets(preds_dir, dataset: str, checkpoint: str = "best", level: str | None = None) -> dict:
+def prediction_sets(preds_dir, dataset: str, checkpoint: str = "selected", level: str | None = None) -> dict:
     """{run: {TTA mode: PredictionSet}} of every run with predictions of this checkpoint, scored or not."""
     root, found = Path(preds_dir) / dataset, {}
     for run in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:

@@ -7,13 +7,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from src.folds import group_labels
+
 _DRAWS_PER_CHUNK = 2 ** 21  # bootstrap indices drawn at once (16 MB): memory stays flat for any number of images
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, resamples: int = 10000,
                       alpha: float = 0.05) -> dict:
     """a, b: per-image scores in the same image order; groups: the patient of each image, or None (each image its own
-    unit; so is an image with an empty label). Verdict says whether b beats a by more than chance.
+    unit; so is an image with an empty label, as in the split: src.folds.group_labels). Verdict says whether b beats a by more than chance.
 
     With groups, the Wilcoxon test takes each patient's mean difference and the bootstrap draws patients with
     replacement (a cluster bootstrap), its statistic the mean difference over the images of the drawn patients.
@@ -24,12 +26,9 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, 
     if groups is None:
         unit, codes = "image", np.arange(len(diff))
     else:
-        labels = pd.Series(groups, dtype=object).fillna("").astype(str).to_numpy()
-        if len(labels) != len(diff):
-            raise ValueError(f"groups has {len(labels)} labels for {len(diff)} images: give one patient per image")
-        unlabelled = labels == ""
-        labels[unlabelled] = [f"\0image {i}" for i in np.flatnonzero(unlabelled)]  # cannot clash with a real label
-        unit, codes = "patient", pd.factorize(labels)[0]
+        if len(groups) != len(diff):
+            raise ValueError(f"groups has {len(groups)} labels for {len(diff)} images: give one patient per image")
+        unit, codes = "patient", pd.factorize(group_labels(groups, [f"image {i}" for i in range(len(diff))]))[0]
     sums, counts = np.bincount(codes, diff, minlength=codes.max(initial=-1) + 1), np.bincount(codes)
     mean = float(diff.mean()) if len(diff) else 0.0
     if len(counts) < 2 or not np.any(diff):

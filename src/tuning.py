@@ -83,7 +83,7 @@ def tune_postprocessing(sets: dict, weights: dict, masks_dir: Path, task: str, i
         probs = mean_at(maps, target.shape)  # straight from the models' size to the tuning size
         if task == "binary":
             return (maps, size), postprocess.binary_candidate_dice(probs[0], target, candidates)
-        return (maps, size), postprocess.multiclass_candidate_dice(probs, target)
+        return (maps, size), postprocess.multiclass_candidate_counts(probs, target)
 
     means, settings_by_modes = {}, {}
     for modes in dict.fromkeys([*tta_of_fold.values(), tta_all]):  # one pass per TTA combination, usually one

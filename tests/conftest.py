@@ -42,12 +42,13 @@ def paths(workdir: Path) -> list:
 
 @pytest.fixture(scope="session")
 def trained_dir(demo_dir, multiclass_dir) -> Path:
-    """Tiny Unet and Unet++ on every fold of the demo (2 epochs each), plus one multiclass Unet fold set."""
+    """Tiny Unet and Unet++ on every fold of the demo (2 epochs each, best.pt chosen on the fold: the tests read both
+    checkpoints), plus one multiclass Unet fold set (the default --select-on final)."""
     import train
     for arch in ("unet", "unetpp"):
         for fold in range(3):
             train.main([*TINY, *paths(demo_dir), "--runs-dir", str(demo_dir / "runs"), "--arch", arch,
-                        "--fold", str(fold), "--epochs", "2"])
+                        "--fold", str(fold), "--epochs", "2", "--select-on", "fold"])
     for fold in range(3):
         train.main([*TINY, *paths(multiclass_dir), "--runs-dir", str(multiclass_dir / "runs"), "--dataset",
                     "demo-multiclass", "--fold", str(fold), "--epochs", "1"])

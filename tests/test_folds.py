@@ -76,3 +76,33 @@ def test_an_existing_fold_file_is_replaced_only_with_overwrite(demo_dir, tmp_pat
         main(["demo", *where, "--seed", "1"])
     main(["demo", *where, "--seed", "1", "--overwrite"])
     assert (tmp_path / "demo.csv").read_bytes() != before
+
+
+def test_images_without_a_group_are_each_their_own_group_whose_name_no_label_can_take():
+    index = index_frame(30)
+    index.loc[10:19, "group"] = ""  # ten images without a patient label
+    index.loc[0:2, "group"] = "img012"  # a real label that is also the id of an unlabelled image
+    folds = make_folds(index, META, k=5, strategy="group", seed=1).set_index("id")
+    blank = folds.loc[[f"img{i:03d}" for i in range(10, 20)], "group"]
+    assert list(blank) == [f"<no group>:img{i:03d}" for i in range(10, 20)]
+    assert folds.loc["img012", "group"] != folds.loc["img000", "group"]
+    assert folds.loc[blank.index, "fold"].nunique() > 1  # not one big patient in one fold
+    with pytest.raises(ValueError, match="group label '<no group>:x' starts with '<no group>:', which names images"):
+        make_folds(index.assign(group=index["group"].replace("p8", "<no group>:x")), META, k=5, strategy="group")
+
+
+@pytest.mark.parametrize("strategy", ["group", "stratified", "kfold"])
+def test_inner_split_keeps_groups_together_and_holds_no_scored_image(strategy):
+    from src.folds import inner_split
+    index = index_frame(120)
+    index.loc[::7, "group"] = ""
+    folds = make_folds(index, META, k=5, strategy=strategy, seed=3)
+    for fold in range(5):
+        inner = inner_split(folds, fold, seed=42)
+        training = folds[folds["fold"] != fold]
+        assert set(inner) <= set(training["id"])  # never an image of the scored fold
+        assert 0.08 <= len(inner) / len(training) <= 0.18  # about one part in eight
+        assert inner == inner_split(folds, fold, seed=42) != inner_split(folds, fold, seed=43)
+        if "group" in folds:
+            inside = training["id"].isin(inner)
+            assert not set(training.loc[inside, "group"]) & set(training.loc[~inside, "group"])

@@ -88,10 +88,59 @@ def test_each_fold_gets_the_settings_the_other_folds_favour_never_its_own_favour
         assert postprocess.choose_by_fold("binary", changed, folds)[fold] == by_fold[fold]
 
 
+def counts_of(dice: np.ndarray) -> np.ndarray:
+    """Candidate counts (tp, predicted, true) giving these Dice, 10 pixels predicted and 10 true."""
+    return np.stack([10 * dice, np.full_like(dice, 10), np.full_like(dice, 10)], axis=-1)
+
+
 def test_multiclass_minimum_areas_are_chosen_per_class_on_the_other_folds():
     # Two classes x MIN_AREAS; class 1's scores favour a different area in each fold, class 2 always area 0.
     areas = len(postprocess.MIN_AREAS)
     scores = scores_favouring([1, 2, 3], list(range(areas)), (2, areas))
     scores[:, 1, 0] = 1.0
-    by_fold = postprocess.choose_by_fold("multiclass", scores, [0, 0, 1, 1, 2, 2])
+    by_fold = postprocess.choose_by_fold("multiclass", counts_of(scores), [0, 0, 1, 1, 2, 2])
     assert [by_fold[f]["min_areas"] for f in range(3)] == [[postprocess.MIN_AREAS[j], 0.0] for j in (3, 1, 2)]
+
+
+def test_multiclass_tuning_keeps_a_rare_class_that_scoring_empty_images_as_perfect_would_erase():
+    """Issue 23's toy case: 10 images, a rare class present in one (predicted as a 4-pixel speck inside its 16-pixel
+    blob) and falsely predicted in three (9-pixel specks). Scoring the images without it as Dice 1 rewards erasing it
+    (mean 0.64 -> 0.90, pooled Dice 0.17 -> 0); left out as NaN, keeping it wins, and so does the pooled rule."""
+    common, rare = 1, 2
+    probs, truths = [], []
+    for image in range(10):
+        truth = np.zeros((40, 40), np.uint8)
+        truth[5:25, 5:25] = common
+        prob = np.zeros((3, 40, 40), np.float32)
+        prob[0], prob[1, 5:25, 5:25], prob[0, 5:25, 5:25] = 1, 2, 0  # the common class, found everywhere
+        if image == 0:
+            truth[30:34, 30:34] = rare
+            prob[2, 31:33, 31:33], prob[0, 31:33, 31:33] = 2, 0
+        elif image <= 3:
+            prob[2, 30:33, 30:33], prob[0, 30:33, 30:33] = 2, 0
+        probs.append(prob)
+        truths.append(truth)
+    counts = np.stack([postprocess.multiclass_candidate_counts(p, t) for p, t in zip(probs, truths)])
+    erasing = postprocess.MIN_AREAS.index(0.01)  # 16 pixels of 1600: both the speck and the false positives go
+    tp, predicted, true = np.moveaxis(counts[:, rare - 1], -1, 0)
+    as_perfect = np.where(predicted + true > 0, 2 * tp / np.maximum(predicted + true, 1), 1.0).mean(axis=0)
+    assert as_perfect.argmax() == erasing  # the old rule's choice
+    settings = postprocess.choose("multiclass", counts)
+    assert settings["min_areas"][rare - 1] == 0.0
+    classes = postprocess.apply(np.stack(probs[:1])[0], settings)
+    assert (classes == rare).sum() == 4  # the rare class survives on the image that has it
+    by_fold = postprocess.choose_by_fold("multiclass", counts, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    assert by_fold[1]["min_areas"][rare - 1] == by_fold[2]["min_areas"][rare - 1] == 0.0  # tuned with image 0
+
+
+def test_a_minimum_area_may_not_lower_its_classs_pooled_dice():
+    """Per-image means favour an area that keeps three small good images and loses the one big object: the pooled
+    Dice of the class would fall from 0.79 to 0.06, so the area is refused and the plain argmax kept."""
+    counts = np.zeros((4, 1, len(postprocess.MIN_AREAS), 3))
+    counts[0, 0, :] = [0, 0, 100]  # the big object is made of components the areas above 0 drop
+    counts[0, 0, 0] = [90, 100, 100]
+    counts[1:, 0, :] = [1, 1, 2]
+    counts[1:, 0, 0] = [1, 10, 2]
+    tp, predicted, true = np.moveaxis(counts[:, 0], -1, 0)
+    assert (2 * tp / (predicted + true)).mean(axis=0).argmax() > 0  # the per-image mean alone would drop it
+    assert postprocess.choose("multiclass", counts)["min_areas"] == [0.0]

@@ -138,12 +138,12 @@ def test_a_killed_study_continues_where_it_stopped(demo_dir, tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    first_weights = (first / "best.pt").stat().st_mtime_ns
+    first_weights = (first / "last.pt").stat().st_mtime_ns
     saved = json.loads((second / "state" / "trainer.json").read_text())["epoch"]
     kept = pd.read_csv(second / "history.csv").iloc[:saved]
 
     study.main(args)
-    assert (first / "best.pt").stat().st_mtime_ns == first_weights  # the finished run was not trained again
+    assert (first / "last.pt").stat().st_mtime_ns == first_weights  # the finished run was not trained again
     assert f"resuming {second} after epoch {saved}" in (second / "train.log").read_text()
     history = pd.read_csv(second / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3]

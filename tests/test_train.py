@@ -19,7 +19,7 @@ def run_train(workdir, tmp_path, *args):
 
 @pytest.mark.parametrize("arch", ["unet", "unetpp"])
 def test_tiny_model_learns_the_demo_lungs(demo_dir, tmp_path, arch):
-    runs = run_train(demo_dir, tmp_path, "--arch", arch, "--epochs", "15", "--aug", "none")
+    runs = run_train(demo_dir, tmp_path, "--arch", arch, "--epochs", "15", "--aug", "none", "--select-on", "fold")
     run = runs / f"{arch}-tu-resnet10t" / "fold0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dice"] > 0.9, metrics
@@ -33,7 +33,7 @@ def test_tiny_model_learns_the_demo_lungs(demo_dir, tmp_path, arch):
 
 
 def test_resume_gives_the_same_weights_and_history_as_straight_training(demo_dir, tmp_path):
-    common = ["--arch", "unet", "--aug", "medium", "--fold", "1"]
+    common = ["--arch", "unet", "--aug", "medium", "--fold", "1", "--select-on", "fold"]
     straight = run_train(demo_dir, tmp_path / "straight", *common, "--epochs", "4") / "unet-tu-resnet10t" / "fold1"
     resumed = run_train(demo_dir, tmp_path / "resumed", *common, "--epochs", "2") / "unet-tu-resnet10t" / "fold1"
     with pytest.raises(SystemExit, match=r"trained with other settings \(lr 0.01 -> 0.001\)"):
@@ -122,7 +122,7 @@ def test_local_encoder_weights_file_is_loaded(demo_dir, tmp_path):
 
 
 def test_wandb_offline_run_has_the_logged_keys(demo_dir, tmp_path):
-    run_train(demo_dir, tmp_path, "--epochs", "1", "--tracker", "wandb", "--tags", "encoders-v1")
+    run_train(demo_dir, tmp_path, "--epochs", "1", "--tracker", "wandb", "--tags", "encoders-v1", "--select-on", "fold")
     run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
@@ -272,3 +272,69 @@ def test_resume_records_new_epochs_and_validate_only_rebuilds_the_saved_model(de
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["dice"] == pytest.approx(json.loads((run / "metrics.json").read_text())["dice"], abs=1e-6)
     assert not (demo_dir / "data" / "demo" / "cache" / "256").exists()
+
+
+def perturbed_copy(demo_dir, tmp_path, fold: int):
+    """The demo dataset and split copied, with the masks of one fold's images inverted in the training cache."""
+    import shutil
+    import numpy as np
+    shutil.copytree(demo_dir / "data", tmp_path / "data")
+    shutil.copytree(demo_dir / "folds", tmp_path / "folds")
+    index = pd.read_csv(tmp_path / "data" / "demo" / "index.csv", dtype={"id": str})
+    folds = pd.read_csv(tmp_path / "folds" / "demo.csv", dtype={"id": str})
+    rows = np.flatnonzero(index["id"].isin(folds.loc[folds["fold"] == fold, "id"]))
+    masks = np.load(tmp_path / "data" / "demo" / "cache" / "64" / "masks.npy", mmap_mode="r+")
+    masks[rows] = 1 - masks[rows]
+    masks.flush()
+    return tmp_path
+
+
+@pytest.mark.parametrize("rule", ["final", "inner"])
+def test_the_scored_folds_masks_steer_nothing_by_default_nor_under_inner(demo_dir, tmp_path, rule):
+    """Inverting the scored fold's masks changes its validation scores and nothing else: not a weight, not the lr
+    (plateau halving at once under inner), not the early stop (patience 1) nor the checkpoint chosen."""
+    args = ["--epochs", "3", "--select-on", rule, "--plateau-patience", "0", "--patience", "1"]
+    if rule == "final":  # no plateau, no early stop: two epochs show it all
+        args = ["--epochs", "2", "--select-on", rule]
+    run_train(demo_dir, tmp_path / "plain", *args)
+    perturbed = perturbed_copy(demo_dir, tmp_path / "perturbed", fold=0)
+    train.main([*TINY, *paths(perturbed), "--runs-dir", str(perturbed / "runs"), *args])
+    plain, changed = (tmp_path / name / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" for name in ("plain", "perturbed"))
+    a, b = (pd.read_csv(run / "history.csv") for run in (plain, changed))
+    assert (a["val_dice"] != b["val_dice"]).all()  # the perturbation reached the scored fold's scores
+    steering = ["epoch", "lr", "train_loss"] + [c for c in a if c.startswith("inner_")]
+    pd.testing.assert_frame_equal(a[steering], b[steering])
+    for weights in ("last.pt", "best.pt") if rule == "inner" else ("last.pt",):
+        wa, wb = torch.load(plain / weights), torch.load(changed / weights)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), weights
+    ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (plain, changed))
+    assert ma["select_on"] == mb["select_on"] == rule and ma["selected_epoch"] == mb["selected_epoch"]
+    if rule == "final":
+        assert not (plain / "best.pt").exists() and ma["selected_epoch"] == ma["epochs_run"] == 2
+        assert ma["dice"] == a["val_dice"].iloc[-1]  # metrics.json holds the final epoch's scores
+        config = json.loads((plain / "config.json").read_text())
+        assert (config["lr"], config["scheduler"], config["select_on"]) == (1e-2, "cosine", "final")  # TINY's lr
+    else:
+        config = json.loads((plain / "config.json").read_text())
+        assert config["inner_split"]["images"] == a["inner_images"].iloc[0] > 0
+        assert a["train_images"].iloc[0] + a["inner_images"].iloc[0] == 24  # the training folds, split in two
+
+
+def test_select_on_fold_is_the_old_default_lr_plateau_and_best_pt(demo_dir, tmp_path, capsys):
+    """Without --lr and --scheduler, --select-on fold trains exactly as the defaults did before the rule existed."""
+    tiny = [a for i, a in enumerate(TINY) if "--lr" not in TINY[max(i - 1, 0):i + 1]]
+    common = [*tiny, *paths(demo_dir), "--epochs", "2"]
+    train.main([*common, "--runs-dir", str(tmp_path / "rule"), "--select-on", "fold"])
+    assert "lr 0.0003 " in capsys.readouterr().out
+    train.main([*common, "--runs-dir", str(tmp_path / "old"), "--select-on", "fold", "--lr", "3e-4", "--scheduler",
+                "plateau", "--plateau-patience", "3", "--patience", "10"])
+    rule, old = (tmp_path / name / "demo" / "unet-tu-resnet10t" / "fold0" for name in ("rule", "old"))
+    timings = ["seconds", "train_seconds", "val_seconds", "save_seconds", "other_seconds", "train_images_per_s"]
+    pd.testing.assert_frame_equal(*(pd.read_csv(r / "history.csv").drop(columns=timings) for r in (rule, old)))
+    metrics = json.loads((rule / "metrics.json").read_text())
+    assert metrics["select_on"] == "fold" and metrics["selected_epoch"] == metrics["best_epoch"] == metrics["epoch"]
+    assert (rule / "best.pt").exists() and json.loads((rule / "config.json").read_text())["scheduler"] == "plateau"
+    from src.predict import checkpoint_file
+    assert checkpoint_file(rule, "selected") == rule / "best.pt"
+    with pytest.raises(SystemExit, match="--scheduler plateau reads validation scores, which --select-on final"):
+        run_train(demo_dir, tmp_path, "--epochs", "1", "--scheduler", "plateau")

@@ -56,8 +56,7 @@ def parse_args(argv=None) -> tuple:
         cfg = study.train_config(train_flags)
     except ValueError as error:
         parser.error(str(error))
-    args.name = args.name or "-".join([cfg.dataset, "+".join(study.canonical_archs(args.archs.split(","))),
-                                       "+".join(args.encoders.split(","))])
+    args.name = args.name or "-".join([cfg.dataset, args.archs.replace(",", "+"), args.encoders.replace(",", "+")])
     if cfg.tracker == "wandb":  # each run keeps its group (arch-encoder) and gets the study's name as a tag
         train_flags = [*train_flags, "--tags", ",".join(filter(None, [cfg.tags, args.name]))]
         cfg = study.train_config(train_flags)
@@ -156,6 +155,11 @@ def stopped(runs_after: list, signum: int, argv) -> None:
 
 def main(argv=None):
     args, train_flags, cfg = parse_args(argv)
+    if args.engine == "ray" and not args.dry_run:  # first: a wrong address is said at once, not after the plan
+        try:
+            engine.connect_ray(args.address)
+        except engine.EngineError as error:
+            sys.exit(f"study: {error}")
     archs, encoders = study.canonical_archs(args.archs.split(",")), args.encoders.split(",")
     try:
         folds = study.fold_numbers(cfg, args.folds)
@@ -175,10 +179,7 @@ def main(argv=None):
             or (run.state == "stale" and args.retrain_stale)]
     saved = {run.run_dir: ledger.epochs_saved(run.run_dir) if run.state == "resumable" else 0 for run in todo}
     start = time.time()
-    try:
-        results, utilisation, signum = train(args, todo)
-    except engine.EngineError as error:
-        sys.exit(f"study: {error}")
+    results, utilisation, signum = train(args, todo)
     after = study.plan(cfg, archs, encoders, folds, train_flags)
     if signum:
         stopped(after, signum, argv)

@@ -192,23 +192,30 @@ def run_local(jobs: list, places: list, cwd: str = ".", stop: Stop | None = None
     return results
 
 
-def check_ray_address(address: str | None) -> None:
-    """Ray retries a wrong address for minutes: try it first, for a few seconds."""
-    if not address or address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+def connect_ray(address: str | None) -> None:
+    """Connect to the Ray cluster at address (None: RAY_ADDRESS, a `ray start` of this machine, else a new local Ray),
+    or raise EngineError within seconds: Ray itself retries a wrong address for minutes."""
+    import ray  # here only: the local engine works without Ray's 80 MB wheel
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise EngineError(f"no Ray cluster answers at --address {address}: start one there with `ray start "
+                              f"--head` (it prints the address), or drop --address to run on a Ray of this machine "
+                              f"alone") from None
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError):
-        raise EngineError(f"no Ray cluster answers at --address {address}: start one there with `ray start --head` "
-                          f"(it prints the address), or drop --address to run on a Ray of this machine alone")
+        ray.init(address=address, include_dashboard=False)
+    except ConnectionError:  # --address auto with no cluster running here
+        raise EngineError(f"no Ray cluster found for --address {address}: start one with `ray start --head`, "
+                          f"or drop --address to run on a Ray of this machine alone") from None
 
 
 def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".") -> list:
     """Every job as a Ray task: 1/K of a GPU each where the cluster has GPUs, else one CPU each.
 
     Without an address Ray takes RAY_ADDRESS or a cluster that `ray start` runs on this machine, else starts one for
-    these jobs alone; a caller that has called ray.init keeps its Ray.
+    these jobs alone; a caller that has connected (connect_ray, ray.init) keeps its Ray.
     cwd and the paths in the commands must mean the same on every node: storage that every node sees.
     """
     import ray  # here only: the local engine works without Ray's 80 MB wheel
@@ -216,12 +223,7 @@ def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".
 
     connected_here = not ray.is_initialized()
     if connected_here:
-        check_ray_address(address)
-        try:
-            ray.init(address=address, include_dashboard=False)
-        except ConnectionError:  # --address auto with no cluster running here
-            raise EngineError(f"no Ray cluster found for --address {address}: start one with `ray start --head`, "
-                              f"or drop --address to run on a Ray of this machine alone") from None
+        connect_ray(address)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not find src/ on their path
     on_gpus = ray.cluster_resources().get("GPU", 0) > 0
     # No retries: a retried command would start again with the flags it was planned with (a new run without

@@ -93,7 +93,8 @@ def call(stage, argv: list) -> str:
 
 def check_before_training(args, cfg, archs, encoders, runs) -> None:
     """Stop before any run starts for what every run would fail on, or for stale runs nobody decided about."""
-    todo = {run.encoder for run in runs if run.state not in ("done", "running")}
+    started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
+    todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
     problems = study.encoder_problems(archs[0], [e for e in encoders if e in todo], cfg.encoder_weights) if todo else []
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")

@@ -85,7 +85,9 @@ def call(stage, argv: list) -> str:
     try:
         stage(argv)
     except SystemExit as stop:
-        return "" if stop.code in (None, 0) else str(stop.code)
+        if stop.code in (None, 0):
+            return ""
+        return stop.code if isinstance(stop.code, str) else f"exit code {stop.code} (its message is above)"
     except Exception as error:  # a truncated file, a bug: the study reports it with the run and goes on
         return f"{type(error).__name__}: {error}"
     return ""
@@ -165,12 +167,16 @@ def main(argv=None):
     try:
         folds = study.fold_numbers(cfg, args.folds)
         runs = study.plan(cfg, archs, encoders, folds, train_flags)
+        states = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in study.STATES
+                           if any(r.state == s for r in runs))
+        print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders x {len(folds)} folds = {len(runs)} "
+              f"runs, {states}")
+        check_before_training(args, cfg, archs, encoders, runs)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"study: {error}")
-    states = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in study.STATES if any(r.state == s for r in runs))
-    print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders x {len(folds)} folds = {len(runs)} runs, "
-          f"{states}")
-    check_before_training(args, cfg, archs, encoders, runs)
+    except KeyboardInterrupt:
+        print("study: stopped by SIGINT before any run started")
+        sys.exit(128 + signal.SIGINT)
     if args.dry_run:
         print_plan(args, cfg, runs)
         return

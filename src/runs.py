@@ -50,11 +50,16 @@ def lock_owner(run_dir: Path) -> dict | None:
         return None
     if not text.strip():
         return None  # released by an owner that ended
-    owner = {**json.loads(text), "heartbeat": heartbeat}
+    try:
+        owner = {**json.loads(text), "heartbeat": heartbeat}
+    except ValueError:  # caught between an owner's truncate and write
+        owner = {"host": "?", "pid": "?", "heartbeat": heartbeat}
+    here = owner["host"] == socket.gethostname()
+    if here and owner["pid"] == os.getpid():
+        return None  # this process: a train.main called in-process has returned (tests, notebooks)
     if not free:
         return owner
-    elsewhere = owner["host"] != socket.gethostname()
-    return owner if elsewhere and heartbeat < DEAD_AFTER_SECONDS else None
+    return owner if not here and heartbeat < DEAD_AFTER_SECONDS else None
 
 
 def describe_owner(owner: dict) -> str:
@@ -65,6 +70,8 @@ class RunLock:
     """train.py's hold on its run folder for its whole life: flock on run_dir/train.lock, and a heartbeat (the
     file's mtime, refreshed from a thread) for file systems where flock does not reach other machines."""
 
+    held = {}  # path: RunLock, in this process
+
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self.stop = threading.Event()
@@ -72,6 +79,8 @@ class RunLock:
     def acquire(self) -> str | None:
         """None once held, or why not: the live owner, in words."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.resolve() in RunLock.held:  # an earlier train.main of this process, returned
+            RunLock.held.pop(self.path.resolve()).release()
         owner = lock_owner(self.path.parent)  # before flock: it reads the last owner's file, ours would hide it
         self.file = open(self.path, "a+")
         for _ in range(20):  # a planner's shared lock lasts a moment
@@ -90,6 +99,7 @@ class RunLock:
                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         self.file.flush()
         threading.Thread(target=self._beat, daemon=True).start()
+        RunLock.held[self.path.resolve()] = self
         atexit.register(self.release)
         return None
 
@@ -98,6 +108,8 @@ class RunLock:
             os.utime(self.path)
 
     def release(self) -> None:
+        if self.file.closed:
+            return
         self.stop.set()
         self.file.truncate(0)  # an empty lock file: nobody trains here, whatever its mtime says
         self.file.close()

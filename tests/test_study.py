@@ -100,6 +100,9 @@ def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsy
     with pytest.raises(SystemExit):
         study.main(study_args(with_data(demo_dir, tmp_path), "--encoder", "resnet18", "--dry-run"))
     assert "--encoder is set by the study: use --encoders" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"^study: --folds 0,x: give all, or fold numbers separated by commas, e\.g\. "
+                                         r"0,2 \(the file has \[0, 1, 2\]\)$"):
+        study.main(study_args(tmp_path, "--folds", "0,x", "--dry-run"))
 
 
 @pytest.fixture(scope="module")

@@ -183,9 +183,10 @@ def start_or_resume(cfg, args, meta, accelerator) -> tuple:
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']} (best Dice {trainer['best']:.4f})")
     if accelerator.is_main_process:  # on resume too: --epochs/--patience may have changed, and config.json says so
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_dir / "config.json") as tmp:  # study.py's engine says how many runs share the device
+        sharing = os.environ.get("RUNS_SHARING_DEVICE")  # study.py's local engine says; None where nobody knows
+        with atomic_path(run_dir / "config.json") as tmp:
             cfg.save(tmp, meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset),
-                     runs_sharing_device=int(os.environ.get("RUNS_SHARING_DEVICE", "1")))
+                     runs_sharing_device=int(sharing) if sharing else None)
     accelerator.wait_for_everyone()
     if cfg.tracker == "wandb":
         trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,

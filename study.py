@@ -9,15 +9,18 @@
 Every flag that is not the study's own is a train.py flag, given to every run. A stopped study continues where it
 stopped: finished runs are skipped and interrupted ones resumed (src/study.py has the rules). Each run writes its
 output to train.log in its folder; a run that fails is reported with the end of that log and the others go on.
+SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the study: no run starts, each running one saves after its epoch and exits.
 """
 import argparse
 import shlex
+import signal
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from src import engine, study
+from src import runs as ledger
 
 
 def parse_args(argv=None) -> tuple:
@@ -31,10 +34,18 @@ def parse_args(argv=None) -> tuple:
     parser.add_argument("--runs-per-gpu", type=int, default=1, help="runs side by side on each GPU (ray: 1/K GPU each)")
     parser.add_argument("--parallel", type=int, default=1, help="local, on CPU: runs side by side, sharing the cores")
     parser.add_argument("--address", help="ray: the cluster, e.g. auto (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--name", help="W&B: the tag every run of the study gets (default: <dataset>-study)")
+    parser.add_argument("--name", help="the study's name: its ensemble/<dataset>/<name>/ folder and W&B tag "
+                                       "(default: <dataset>-<archs>-<encoders>)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command, run nothing")
+    stale = parser.add_mutually_exclusive_group()
+    stale.add_argument("--retrain-stale", action="store_true",
+                       help="train again the finished runs made with other settings (the old ones are moved aside)")
+    stale.add_argument("--accept-stale", action="store_true",
+                       help="keep the finished runs made with other settings (the leaderboard marks them)")
     parser.add_argument("--tta", nargs="?", const="flip", default="none", choices=["none", "flip", "d4"],
                         help="infer.py's test-time augmentation; --tta alone means flip")
+    parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
+                        help="the weights inferred and ensembled (selected: what each run's --select-on rule scores)")
     parser.add_argument("--preds-dir", default="preds", help="where infer.py writes")
     parser.add_argument("--out-dir", default="ensemble", help="where ensemble.py writes")
     args, train_flags = parser.parse_known_args(argv)
@@ -46,72 +57,140 @@ def parse_args(argv=None) -> tuple:
         cfg = study.train_config(train_flags)
     except ValueError as error:
         parser.error(str(error))
+    args.name = args.name or "-".join([cfg.dataset, args.archs.replace(",", "+"), args.encoders.replace(",", "+")])
     if cfg.tracker == "wandb":  # each run keeps its group (arch-encoder) and gets the study's name as a tag
-        train_flags = [*train_flags, "--tags", ",".join(filter(None, [cfg.tags, args.name or f"{cfg.dataset}-study"]))]
+        train_flags = [*train_flags, "--tags", ",".join(filter(None, [cfg.tags, args.name]))]
         cfg = study.train_config(train_flags)
     return args, train_flags, cfg
 
 
-def infer_arguments(args, cfg, runs: list) -> list:
-    """infer.py's arguments, once per arch-encoder with the folds of these runs, so that only they are predicted."""
+def infer_arguments(args, cfg, runs: list) -> dict:
+    """infer.py's arguments for each arch-encoder, with the folds of these runs, so that only they are predicted."""
     folds = defaultdict(list)
     for run in runs:
         folds[run.name].append(str(run.fold))
-    return [["--dataset", cfg.dataset, "--runs", name, "--folds", ",".join(f), "--tta", args.tta, "--workers",
-             str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir,
-             "--preds-dir", args.preds_dir] for name, f in folds.items()]
+    return {name: ["--dataset", cfg.dataset, "--runs", name, "--folds", ",".join(f), "--tta", args.tta, "--checkpoint",
+                   args.checkpoint, "--workers", str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir",
+                   cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir", args.preds_dir]
+            for name, f in folds.items()}
 
 
-def ensemble_arguments(args, cfg) -> list:
-    return ["--dataset", cfg.dataset, "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir",
+def ensemble_arguments(args, cfg, names: list) -> list:
+    return ["--dataset", cfg.dataset, "--runs", ",".join(names), "--tta", args.tta, "--checkpoint", args.checkpoint,
+            "--name", args.name, "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir",
             args.preds_dir, "--out-dir", args.out_dir]
 
 
-def call(stage, argv: list, what: str) -> list:
-    """A stage's main in this process; its sys.exit becomes one of the study's problems instead of the study's end."""
+def call(stage, argv: list) -> str:
+    """A stage's main in this process: '' when it ended well, else why not, in one line (its own, or the error)."""
     try:
         stage(argv)
     except SystemExit as stop:
-        if stop.code not in (None, 0):
-            print(f"{what} stopped: {stop.code}")
-            return [f"{what} stopped"]
-    return []
+        if stop.code in (None, 0):
+            return ""
+        return stop.code if isinstance(stop.code, str) else f"exit code {stop.code} (its message is above)"
+    except Exception as error:  # a truncated file, a bug: the study reports it with the run and goes on
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
+def check_before_training(args, cfg, archs, encoders, runs) -> None:
+    """Stop before any run starts for what every run would fail on, or for stale runs nobody decided about."""
+    started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
+    todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
+    problems = study.encoder_problems(archs[0], [e for e in encoders if e in todo], cfg.encoder_weights) if todo else []
+    if problems:
+        sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
+    stale = [run for run in runs if run.state == "stale"]
+    if stale and not (args.retrain_stale or args.accept_stale or args.dry_run):
+        sys.exit(f"study: {len(stale)} finished run(s) were trained with other settings ({stale[0].why}; "
+                 f"--dry-run lists them): pass --retrain-stale to train them again (the old ones are moved to "
+                 f"replaced/) or --accept-stale to keep them")
+
+
+def print_plan(args, cfg, runs: list) -> None:
+    """A shell script as it stands: `grep -v '^#'` keeps the commands that are left to run."""
+    for run in runs:
+        if run.state == "done":
+            print(f"# done: {run.run_dir}")
+        elif run.state == "running":
+            print(f"# running ({run.why}): {run.run_dir}")
+        elif run.state == "stale" and not args.retrain_stale:
+            print(f"# stale ({run.why}): {run.run_dir}; --retrain-stale trains it again, --accept-stale keeps it")
+        else:
+            print(f"{shlex.join(run.command)}  # {run.state}" + (f" ({run.why})" if run.why else ""))
+    for argv in infer_arguments(args, cfg, runs).values():
+        print(f"# then: python {study.script('infer.py')} {shlex.join(argv)}")
+    names = list(dict.fromkeys(run.name for run in runs))
+    print(f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg, names))}")
+
+
+def train(args, todo: list) -> tuple:
+    """The runs on the engine: (the engine's results, mean GPU utilisation or None, the signal that stopped the study
+    or None). Failed runs and stale ones are moved aside first, so that each new train.log starts empty."""
+    for run in todo:
+        if run.state in ("failed", "stale"):
+            aside = ledger.move_aside(run.run_dir)
+            if aside:
+                print(f"# {run.name} fold{run.fold} ({run.state}): moved to {aside}")
+    jobs = [engine.Job(f"{run.name} fold{run.fold} ({run.state})", run.command, run.log) for run in todo]
+    if not jobs:
+        return [], None, None
+    if args.engine == "ray":
+        return engine.run_on_ray(jobs, args.address, args.runs_per_gpu), None, None
+    places = engine.slots(args.gpus, args.runs_per_gpu, args.parallel)
+    devices = sorted({p["CUDA_VISIBLE_DEVICES"] for p in places}) if places[0]["CUDA_VISIBLE_DEVICES"] else []
+    print(f"# local engine: {len(places)} run(s) at a time on " +
+          (f"GPU {','.join(devices)}" if devices else "the CPU") + "; progress of each in its train.log")
+    with engine.Stop() as stop, engine.GpuUtilisation(places) as gpu:
+        results = engine.run_local(jobs, places, stop=stop)
+    return results, gpu.mean, stop.signum
+
+
+def stopped(runs_after: list, signum: int, argv) -> None:
+    """A signal stopped the study: one line per run it left, and the command that continues."""
+    for run in runs_after:
+        if run.state not in ("done", "stale"):
+            print(f"{run.name} fold{run.fold}: {'stopped (resumable)' if run.state == 'resumable' else run.state}")
+    again = shlex.join(["python", "study.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"study: stopped by {signal.Signals(signum).name}; the same command continues: {again}")
+    sys.exit(128 + signum)
 
 
 def main(argv=None):
     args, train_flags, cfg = parse_args(argv)
-    archs, encoders = args.archs.split(","), args.encoders.split(",")
+    if args.engine == "ray" and not args.dry_run:  # first: a wrong address is said at once, not after the plan
+        try:
+            engine.connect_ray(args.address)
+        except engine.EngineError as error:
+            sys.exit(f"study: {error}")
+    archs, encoders = study.canonical_archs(args.archs.split(",")), args.encoders.split(",")
     try:
         folds = study.fold_numbers(cfg, args.folds)
         runs = study.plan(cfg, archs, encoders, folds, train_flags)
+        states = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in study.STATES
+                           if any(r.state == s for r in runs))
+        print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders x {len(folds)} folds = {len(runs)} "
+              f"runs, {states}")
+        check_before_training(args, cfg, archs, encoders, runs)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"study: {error}")
-    states = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in study.STATES if any(r.state == s for r in runs))
-    print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders x {len(folds)} folds = {len(runs)} runs, "
-          f"{states}")
-    if args.dry_run:  # a shell script as it stands: `grep -v '^#'` keeps the commands that are left to run
-        for run in runs:
-            print(f"# done: {run.run_dir}" if run.state == "done" else f"{shlex.join(run.command)}  # {run.state}")
-        for argv in infer_arguments(args, cfg, runs):
-            print(f"# then: python {study.script('infer.py')} {shlex.join(argv)}")
-        print(f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg))}")
+    except KeyboardInterrupt:
+        print("study: stopped by SIGINT before any run started")
+        sys.exit(128 + signal.SIGINT)
+    if args.dry_run:
+        print_plan(args, cfg, runs)
         return
 
     # 1. Train what is not done where the engine finds room; each run's output goes to its train.log.
-    todo = [run for run in runs if run.state != "done"]
-    saved = {run.run_dir: study.epochs_saved(run) for run in todo}  # what a resumed run does not train again
-    jobs = [engine.Job(f"{run.name} fold{run.fold} ({run.state})", run.command, run.log) for run in todo]
-    start, results, utilisation = time.time(), [], None
-    if jobs and args.engine == "ray":
-        results = engine.run_on_ray(jobs, args.address, args.runs_per_gpu)
-    elif jobs:
-        places = engine.slots(args.gpus, args.runs_per_gpu, args.parallel)
-        devices = sorted({p["CUDA_VISIBLE_DEVICES"] for p in places}) if places[0]["CUDA_VISIBLE_DEVICES"] else []
-        print(f"# local engine: {len(places)} run(s) at a time on " +
-              (f"GPU {','.join(devices)}" if devices else "the CPU") + "; progress of each in its train.log")
-        with engine.GpuUtilisation(places) as gpu:
-            results = engine.run_local(jobs, places)
-        utilisation = gpu.mean
+    todo = [run for run in runs if run.state in ("new", "failed", "resumable")
+            or (run.state == "stale" and args.retrain_stale)]
+    saved = {run.run_dir: ledger.epochs_saved(run.run_dir) if run.state == "resumable" else 0 for run in todo}
+    start = time.time()
+    results, utilisation, signum = train(args, todo)
+    after = study.plan(cfg, archs, encoders, folds, train_flags)
+    if signum:
+        stopped(after, signum, argv)
 
     # 2. What the training cost, over all runs together: the figures that packing runs on a device should raise.
     wall, cost = time.time() - start, ""
@@ -122,27 +201,63 @@ def main(argv=None):
                 f"{images / wall:.1f} training images/s over all runs"
                 + (f", mean GPU utilisation {utilisation:.0f}%" if utilisation is not None else ""))
     failed = [result for result in results if not result.ok]
-    problems = [f"{len(failed)} of {len(results)} runs failed"] if failed else []
 
     # 3. Infer the finished runs (predictions newer than their weights are kept), then rank and ensemble them.
-    import ensemble  # not before: they load torch, which the plan and the engines do not need
-    import infer
-    finished = [run for run in study.plan(cfg, archs, encoders, folds, train_flags) if run.state == "done"]
-    for argv in infer_arguments(args, cfg, finished):
-        problems += call(infer.main, argv, f"infer.py {shlex.join(argv)}")
-    if finished:
-        problems += call(ensemble.main, ensemble_arguments(args, cfg), "ensemble.py")
+    for run in after:  # the leaderboard marks a kept stale run; a run done with these settings loses the mark
+        if run.state == "stale" and args.accept_stale:
+            ledger.accept_stale(run.run_dir, run.why, args.name)
+        elif run.state == "done":
+            ledger.clear_accepted_stale(run.run_dir)
+    finished = [run for run in after if run.state == "done" or (run.state == "stale" and args.accept_stale)]
+    problems, leaderboard = [], None
+    try:
+        problems, leaderboard = infer_and_ensemble(args, cfg, finished, folds)
+    except KeyboardInterrupt:
+        stopped(after, signal.SIGINT, argv)
 
-    # 4. The summary, last, where the terminal shows it.
+    # 4. The summary, last, where the terminal shows it: each problem with its own fix.
     if cost:
         print(f"\n{cost}")
-    if finished:
-        print(f"leaderboard: {Path(args.out_dir) / cfg.dataset / 'leaderboard.md'}")
+    if leaderboard:
+        print(f"leaderboard: {leaderboard}")
     for result in failed:
         print(f"\nfailed: {result.job.name}, exit code {result.returncode}; {result.job.log} ends with:")
         print("\n".join(f"  | {line}" for line in result.tail()))
+    if failed:
+        problems.append(f"{len(failed)} of {len(results)} runs failed: fix what their logs say, then run the same "
+                        f"command again (finished runs are kept)")
+    elsewhere = [run for run in after if run.state == "running"]
+    if elsewhere:
+        problems.append(f"{len(elsewhere)} run(s) are being trained by another process ({elsewhere[0].why}): run the "
+                        f"same command again once they end to infer and ensemble them")
     if problems:
-        sys.exit(f"study: {'; '.join(problems)} (see above); run the same command again to retry what did not finish")
+        sys.exit("study: " + "\nstudy: ".join(problems))
+
+
+def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
+    """(problems, the leaderboard ensemble.py wrote in this call or None); a run whose infer fails is left out."""
+    import ensemble  # not before: they load torch, which the plan and the engines do not need
+    import infer
+    problems, inferred = [], []
+    for name, argv in infer_arguments(args, cfg, finished).items():
+        problem = call(infer.main, argv)
+        if problem:
+            problems.append(f"infer.py {name} failed: {problem} (python {study.script('infer.py')} {shlex.join(argv)})")
+        else:
+            inferred.append(name)
+    if not inferred:
+        return problems, None
+    if len(folds) < 2:
+        print(f"ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this study "
+              f"has fold {folds[0]} (--folds all trains every fold)")
+        return problems, None
+    leaderboard = Path(args.out_dir) / cfg.dataset / args.name / "leaderboard.md"
+    before = leaderboard.stat().st_mtime_ns if leaderboard.exists() else None
+    problem = call(ensemble.main, ensemble_arguments(args, cfg, inferred))
+    if problem:
+        problems.append(f"ensemble.py failed: {problem}")
+    wrote = leaderboard.exists() and leaderboard.stat().st_mtime_ns != before
+    return problems, leaderboard if wrote and not problem else None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ train_one_epoch, validate and save_epoch, and finish.
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +31,8 @@ from src import tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due, write_atomic
+from src.checkpoint import (StopRequest, atomic_path, last_state, run_folder_problem, save_state, state_due,
+                            write_atomic)
 from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import fingerprint, fold_rows, load_folds
@@ -40,6 +40,7 @@ from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
+from src.runs import LOCK, RunLock, move_aside
 from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early
 
 
@@ -101,6 +102,11 @@ def check_run(args) -> tuple:
     except ValueError as error:
         sys.exit(f"train: {cfg.folds_dir}/{cfg.dataset}.csv: {error}")
     tissue_of_row = index["tissue"].to_numpy() if "tissue" in index else None  # PanNuke: scores per tissue too
+    if not args.validate_only and os.environ.get("RANK", "0") == "0":  # the launcher's first process owns the folder
+        owner = RunLock(cfg.run_dir).acquire()
+        if owner:
+            sys.exit(f"train: {cfg.run_dir} is being trained by another process ({owner}); wait for it to end, or "
+                     f"stop it (SIGTERM: it saves and exits) and --resume")
     problem = run_folder_problem(cfg, args.resume, args.overwrite, args.validate_only)
     if problem:
         sys.exit(f"train: {problem}")
@@ -115,7 +121,9 @@ def start_accelerator(cfg, args) -> Accelerator:
         log_with="wandb" if cfg.tracker == "wandb" and not args.validate_only else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True))
     if args.overwrite and accelerator.is_main_process:
-        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        aside = move_aside(cfg.run_dir, keep=(LOCK, "train.log"))  # train.log: this run's output may be going there
+        if aside:
+            print(f"--overwrite: the run that was in {cfg.run_dir} is now in {aside}")
     accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     return accelerator
@@ -185,7 +193,10 @@ def start_or_resume(cfg, args, meta, accelerator, inner: dict | None) -> tuple:
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']}{best}")
     if accelerator.is_main_process:  # on resume too: --epochs/--patience may have changed, and config.json says so
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json", meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset), inner_split=inner)
+        sharing = os.environ.get("RUNS_SHARING_DEVICE")  # study.py's local engine says; None where nobody knows
+        with atomic_path(run_dir / "config.json") as tmp:
+            cfg.save(tmp, meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset), inner_split=inner,
+                     runs_sharing_device=int(sharing) if sharing else None)
     accelerator.wait_for_everyone()
     if cfg.tracker == "wandb":
         trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,
@@ -235,8 +246,9 @@ def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) ->
 def save_epoch(cfg, accelerator, parts: Parts, trainer: dict, scores: dict, improved: bool, save_state_now: bool):
     """best.pt when the epoch improved, metrics.json when its weights are the selected ones so far; the full state for
     --resume when asked."""
-    if improved:
-        accelerator.save(parts.bare_model.state_dict(), cfg.run_dir / "best.pt")
+    if improved and accelerator.is_main_process:
+        with atomic_path(cfg.run_dir / "best.pt") as tmp:
+            accelerator.save(parts.bare_model.state_dict(), tmp)
     if improved or cfg.select_on == "final":
         if accelerator.is_main_process:
             write_atomic(cfg.run_dir / "metrics.json", json.dumps({"epoch": trainer["epoch"], **scores}, indent=2) + "\n")
@@ -260,8 +272,9 @@ def record_epoch(cfg, accelerator, meta, history: list, row: dict, example: tupl
 
 def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
     run_dir = cfg.run_dir
-    accelerator.save(parts.bare_model.state_dict(), run_dir / "last.pt")  # the final epoch's: infer --checkpoint last
     if accelerator.is_main_process:
+        with atomic_path(run_dir / "last.pt") as tmp:  # the final epoch's: infer --checkpoint last
+            accelerator.save(parts.bare_model.state_dict(), tmp)
         final = {"select_on": cfg.select_on, "selected_epoch": selected_epoch(cfg, trainer),
                  "best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
         metrics = json.loads((run_dir / "metrics.json").read_text())

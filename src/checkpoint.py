@@ -5,6 +5,7 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from src.config import Config, load_run_config
 from src.folds import fingerprint
 
 RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker", "--tags", "--save-minutes")
+FREE_ON_RESUME = tuple(flag[2:].replace("-", "_") for flag in RESUMABLE)
 
 
-def settings_changed(saved: Config, requested: Config) -> str:
-    """What a resumed run would silently change about the run it continues, e.g. 'lr 0.001 -> 0.01'."""
-    free = {flag[2:].replace("-", "_") for flag in RESUMABLE}
+def settings_changed(saved: Config, requested: Config, free=FREE_ON_RESUME) -> str:
+    """What requested changes about the saved run, e.g. 'lr 0.001 -> 0.01', leaving out the fields in free (by
+    default what a resume may change)."""
     return ", ".join(f"{f.name} {getattr(saved, f.name)} -> {getattr(requested, f.name)}" for f in fields(Config)
                      if f.name not in free and getattr(saved, f.name) != getattr(requested, f.name))
 
@@ -66,11 +68,18 @@ def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
     accelerator.wait_for_everyone()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Readers (and a resume after a crash) see the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+@contextmanager
+def atomic_path(path: Path):
+    """A temporary name to write path under, renamed into place when the block ends: readers (and a resume after a
+    crash) see the old file or the new one, never half of one."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    yield tmp
     os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def last_state(run_dir: Path) -> Path | None:
@@ -82,10 +91,13 @@ def last_state(run_dir: Path) -> Path | None:
 
 
 class StopRequest:
-    """SIGTERM (a scheduler's warning before its time limit) or SIGINT (Ctrl-C): the training finishes its epoch,
-    saves its state and stops, so --resume loses nothing. A second signal acts at once, as it would without this."""
+    """SIGTERM (a scheduler's warning before its time limit), SIGINT (Ctrl-C) or SIGHUP (the terminal closed): the
+    training finishes its epoch, saves its state and stops, so --resume loses nothing. A second signal acts at once,
+    as it would without this, unless it comes within SAME_STOP_SECONDS of the first: one stop delivered twice (to the
+    process group, and forwarded by study.py)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    SAME_STOP_SECONDS = 2.0
 
     def __init__(self):
         self.signal, self.exit_code = None, 128 + signal.SIGTERM  # a process told by another that one came
@@ -95,9 +107,12 @@ class StopRequest:
         return self
 
     def handle(self, signum, frame):
-        self.signal, self.exit_code = signal.Signals(signum).name, 128 + signum
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+        if self.signal is not None:
+            if time.time() - self.at > self.SAME_STOP_SECONDS:
+                self.__exit__()
+                signal.raise_signal(signum)
+            return
+        self.signal, self.exit_code, self.at = signal.Signals(signum).name, 128 + signum, time.time()
         print(f"\n{self.signal}: finishing this epoch, saving its state, then stopping (again to stop at once)",
               file=sys.stderr, flush=True)
 

@@ -55,10 +55,12 @@ def default_workers(requested: int, processes: int = 1) -> int:
 
 
 def leave_signals_to_the_main_process(_worker: int) -> None:
-    """Ctrl-C and a scheduler's SIGTERM reach every process of the group: a worker that died of them would crash the
-    epoch that the main process is finishing before it saves (src.checkpoint.StopRequest). Workers end with it."""
+    """Ctrl-C, a scheduler's SIGTERM and a closed terminal's SIGHUP reach every process of the group: a worker that
+    died of them would crash the epoch that the main process is finishing before it saves (src.checkpoint.StopRequest).
+    Workers end with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0) -> DataLoader:

@@ -1,6 +1,7 @@
 """Engines: start commands where there is room, each with its output in a log file, and say how each ended.
 
-  local  subprocesses on this machine: K per GPU (CUDA_VISIBLE_DEVICES set per command), or N at once on CPU
+  local  subprocesses on this machine: K per GPU (CUDA_VISIBLE_DEVICES set per command, each on the least loaded
+         GPU), or N at once on CPU; SIGTERM, SIGINT or SIGHUP starts nothing more and goes on to every running command
   ray    one Ray task per command on a running Ray cluster (fractional GPUs pack K per GPU), or on a local Ray
 
 An engine knows commands, logs and devices, nothing about what the commands do (src/study.py plans them).
@@ -9,6 +10,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Queue
 
 from tqdm import tqdm
 
@@ -49,25 +51,54 @@ class Result:
         return shown[-lines:] + ([self.error] if self.error else [])
 
 
-def _append(log: Path, data: bytes) -> None:
-    # Opened anew for every chunk: a command may delete its own folder after it starts (train.py --overwrite),
-    # and a handle opened before would keep writing into the deleted file.
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as f:
-        f.write(data)
+class EngineError(Exception):
+    """The engine cannot start (no Ray cluster at the address given): one line with the fix."""
 
 
-def run_command(command: list, log: str, cwd: str, env: dict) -> tuple:
-    """Run one command to its end with stdout and stderr appended to log: (exit code, seconds)."""
+def run_command(command: list, log: str, cwd: str, env: dict, started=None) -> tuple:
+    """Run one command to its end with stdout and stderr appended to log: (exit code, seconds).
+
+    The command writes to the log itself, in a session of its own: it never waits on this process (which may die),
+    and a Ctrl-C to this process's group reaches it only as the engine forwards it. started(process) is told of it."""
     argv = [sys.executable if command[0] == "python" else command[0], *command[1:]]
-    header = f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode()
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
-        for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
-            _append(Path(log), header + chunk)
-            header = b""
+    with open(log, "ab") as out:
+        out.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
+        out.flush()
+        with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdin=subprocess.DEVNULL,
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True) as process:
+            if started:
+                started(process)
     return process.returncode, time.time() - start
+
+
+class Stop:
+    """SIGTERM, SIGINT or SIGHUP to this process (alone, or to its group): no new command starts, and the signal is
+    forwarded to every running one (train.py then finishes its epoch, saves and exits)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self):
+        self.signum, self.running = None, set()
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def handle(self, signum, frame):
+        self.signum = signum
+        for process in list(self.running):
+            process.send_signal(signum)
+
+    def started(self, process) -> None:
+        self.running.add(process)
+        if self.signum:  # the signal came while it was starting
+            process.send_signal(self.signum)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 class Progress:
@@ -83,11 +114,11 @@ class Progress:
             self.running += 1
             self.bar.set_postfix({self.active: self.running, "failed": self.failed})
 
-    def finished(self, result: Result) -> None:
+    def finished(self, result: Result, stopping: bool = False) -> None:
         with self.lock:
             self.running -= 1
-            self.failed += not result.ok
-            if not result.ok:
+            self.failed += not (result.ok or stopping)
+            if not (result.ok or stopping):
                 self.bar.write(f"failed: {result.job.name} (exit {result.returncode}), log {result.job.log}")
             self.bar.set_postfix({self.active: self.running, "failed": self.failed})
             self.bar.update()
@@ -121,36 +152,70 @@ def slots(gpus: str, runs_per_gpu: int, parallel: int) -> list:
     return [{"CUDA_VISIBLE_DEVICES": "", **threads} for _ in range(parallel)]
 
 
-def run_local(jobs: list, places: list, cwd: str = ".") -> list:
-    """Every job as a subprocess, at most one per place at a time; results in the order they finish."""
-    free = Queue()
+def run_local(jobs: list, places: list, cwd: str = ".", stop: Stop | None = None) -> list:
+    """Every job as a subprocess, each on the least loaded device (places lists one environment per run a device
+    takes at once); results of the jobs started, in the order they finish. Each command's environment tells it how
+    many runs share its device, itself included (RUNS_SHARING_DEVICE), when it starts."""
+    capacity = {}
     for env in places:
-        free.put(env)
+        key = tuple(sorted(env.items()))
+        capacity[key] = capacity.get(key, 0) + 1
+    load, room = dict.fromkeys(capacity, 0), threading.Condition()
+    stop = stop or Stop()
     progress = Progress(len(jobs))
 
-    def one(job: Job) -> Result:
-        env = free.get()
+    def one(job: Job) -> Result | None:
+        with room:
+            while not stop.signum and all(load[k] == capacity[k] for k in load):
+                room.wait(0.2)
+            if stop.signum:
+                return None
+            device = min((k for k in load if load[k] < capacity[k]), key=load.get)  # the first of the least loaded
+            load[device] += 1
+            env = {**dict(device), "RUNS_SHARING_DEVICE": str(load[device])}
         progress.started()
         try:
-            result = Result(job, *run_command(job.command, str(job.log), cwd, env))
-            progress.finished(result)  # before its place is free: the bar never shows more running than places
+            result = Result(job, *run_command(job.command, str(job.log), cwd, env, stop.started))
+            progress.finished(result, stopping=stop.signum is not None)  # before its place is free (see Progress)
             return result
         finally:
-            free.put(env)
+            with room:
+                load[device] -= 1
+                room.notify()
 
     results = []
     with ThreadPoolExecutor(len(places)) as pool:
         for future in as_completed([pool.submit(one, job) for job in jobs]):
-            results.append(future.result())
+            if future.result():
+                results.append(future.result())
     progress.close()
     return results
+
+
+def connect_ray(address: str | None) -> None:
+    """Connect to the Ray cluster at address (None: RAY_ADDRESS, a `ray start` of this machine, else a new local Ray),
+    or raise EngineError within seconds: Ray itself retries a wrong address for minutes."""
+    import ray  # here only: the local engine works without Ray's 80 MB wheel
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise EngineError(f"no Ray cluster answers at --address {address}: start one there with `ray start "
+                              f"--head` (it prints the address), or drop --address to run on a Ray of this machine "
+                              f"alone") from None
+    try:
+        ray.init(address=address, include_dashboard=False)
+    except ConnectionError:  # --address auto with no cluster running here
+        raise EngineError(f"no Ray cluster found for --address {address}: start one with `ray start --head`, "
+                          f"or drop --address to run on a Ray of this machine alone") from None
 
 
 def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".") -> list:
     """Every job as a Ray task: 1/K of a GPU each where the cluster has GPUs, else one CPU each.
 
     Without an address Ray takes RAY_ADDRESS or a cluster that `ray start` runs on this machine, else starts one for
-    these jobs alone; a caller that has called ray.init keeps its Ray.
+    these jobs alone; a caller that has connected (connect_ray, ray.init) keeps its Ray.
     cwd and the paths in the commands must mean the same on every node: storage that every node sees.
     """
     import ray  # here only: the local engine works without Ray's 80 MB wheel
@@ -158,7 +223,7 @@ def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".
 
     connected_here = not ray.is_initialized()
     if connected_here:
-        ray.init(address=address, include_dashboard=False)
+        connect_ray(address)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not find src/ on their path
     on_gpus = ray.cluster_resources().get("GPU", 0) > 0
     # No retries: a retried command would start again with the flags it was planned with (a new run without

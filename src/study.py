@@ -1,10 +1,13 @@
 """A study's plan: every (architecture, encoder, fold) run, its state read from its folder, and its train.py command.
 
-A run's state comes from what train.py left in runs/<dataset>/<arch>-<encoder>/fold<k>/, so a study can be stopped
-at any moment and planned again:
+A run's state comes from what train.py left in runs/<dataset>/<arch>-<encoder>/fold<k>/ (src/runs.py reads it), so
+a study can be stopped at any moment and planned again, from any terminal or node that sees the folder:
 
-  done       metrics.json has "epochs_run" (train.py writes it when the run ends)   nothing to run
-  resumable  a saved state/ (every --save-minutes, and on SIGTERM/SIGINT)            train.py ... --resume
+  running    a live train.py holds its lock (flock; a heartbeat from another host)   nothing: never touched
+  done       finished ("epochs_run" in metrics.json) with the settings asked          nothing to run
+  stale      finished, but with other settings that change the model, or another     --retrain-stale: train.py
+             split: the plan names them                                                ... --overwrite (moved aside)
+  resumable  a saved state/ (every --save-minutes, and on SIGTERM/SIGINT/SIGHUP)     train.py ... --resume
   failed     config.json but no saved state (it died before its first save)         train.py ... --overwrite
   new        no config.json (a folder holding only train.log died before starting)   train.py ...
 
@@ -12,19 +15,20 @@ The plan knows nothing about GPUs or where commands run: src/engine.py does.
 """
 import argparse
 import dataclasses
-import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from src.checkpoint import last_state
+from src import runs as ledger
 from src.config import Config, add_config_arguments, config_from_args
 from src.folds import load_folds
 
 ROOT = Path(__file__).resolve().parents[1]
-STATES = ("done", "resumable", "failed", "new")
+STATES = ledger.PLAN_STATES
 SET_BY_THE_STUDY = {"--arch": "--archs", "--encoder": "--encoders", "--fold": "--folds",
                     "--resume": "the plan", "--overwrite": "the plan", "--validate-only": "train.py alone"}
 
@@ -37,6 +41,7 @@ class Run:
     run_dir: Path
     state: str
     command: list
+    why: str = ""  # running: its owner; stale: the settings that differ
 
     @property
     def name(self) -> str:
@@ -60,6 +65,8 @@ def train_config(train_flags: list) -> Config:
 def fold_numbers(cfg: Config, folds: str) -> list:
     """'all' (every fold of folds/<dataset>.csv) or a list such as '0,2', checked against that file."""
     have = sorted(int(f) for f in set(load_folds(cfg.folds_dir, cfg.dataset)["fold"]))
+    if folds != "all" and not all(f.strip().isdigit() for f in folds.split(",")):
+        raise ValueError(f"--folds {folds}: give all, or fold numbers separated by commas, e.g. 0,2 (the file has {have})")
     wanted = have if folds == "all" else [int(f) for f in folds.split(",")]
     missing = sorted(set(wanted) - set(have))
     if missing:
@@ -67,13 +74,25 @@ def fold_numbers(cfg: Config, folds: str) -> list:
     return wanted
 
 
-def run_state(run_dir: Path) -> str:
-    metrics = run_dir / "metrics.json"
-    if metrics.exists() and "epochs_run" in json.loads(metrics.read_text()):
-        return "done"
-    if last_state(run_dir) is not None:
-        return "resumable"
-    return "failed" if (run_dir / "config.json").exists() else "new"
+CHECK_ENCODERS = """
+import sys
+from src.models import ModelError, create_model
+for encoder in sys.argv[3:]:
+    try:
+        create_model(sys.argv[1], encoder, 3, 1, sys.argv[2])
+    except ModelError as error:
+        print(error)
+"""
+
+
+def encoder_problems(arch: str, encoders: list, weights: str) -> list:
+    """What stops any encoder from training (a misspelt name; weights that cannot be had), one line each, found
+    by building each model once in a child process: planning itself never loads torch."""
+    done = subprocess.run([sys.executable, "-c", CHECK_ENCODERS, arch, weights, *encoders], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode != 0:
+        return [(done.stderr.strip().splitlines() or ["the encoder check failed"])[-1]]
+    return done.stdout.splitlines()
 
 
 def script(name: str) -> str:
@@ -81,26 +100,25 @@ def script(name: str) -> str:
     return os.path.relpath(ROOT / name)
 
 
-def plan(cfg: Config, archs: list, encoders: list, folds: list, train_flags: list) -> list:
-    """Every run of the grid in order (arch, encoder, fold), with its state and the command that moves it on."""
+def canonical_archs(archs: list) -> list:
     from src.models import canonical_arch  # run folders use the canonical name: 'Unet++' trains unetpp-<encoder>
+    return list(dict.fromkeys(canonical_arch(a) for a in archs))
+
+
+def plan(cfg: Config, archs: list, encoders: list, folds: list, train_flags: list) -> list:
+    """Every run of the grid in order (encoder, fold, arch: the architectures of an encoder and fold start side by
+    side, under the same conditions), with its state and the command that moves it on."""
     runs = []
-    for arch in dict.fromkeys(canonical_arch(a) for a in archs):
-        for encoder in encoders:
-            for fold in folds:
-                run_dir = dataclasses.replace(cfg, arch=arch, encoder=encoder, fold=fold).run_dir
-                state = run_state(run_dir)
-                extra = {"resumable": ["--resume"], "failed": ["--overwrite"]}.get(state, [])
-                command = ["python", script("train.py"), *train_flags, "--arch", arch, "--encoder", encoder, "--fold", str(fold),
-                           *extra]
-                runs.append(Run(arch, encoder, fold, run_dir, state, command))
+    for encoder in encoders:
+        for fold in folds:
+            for arch in canonical_archs(archs):
+                run_cfg = dataclasses.replace(cfg, arch=arch, encoder=encoder, fold=fold)
+                state, why = ledger.run_state(run_cfg.run_dir, run_cfg)
+                extra = {"resumable": ["--resume"], "failed": ["--overwrite"], "stale": ["--overwrite"]}.get(state, [])
+                command = ["python", script("train.py"), *train_flags, "--arch", arch, "--encoder", encoder, "--fold",
+                           str(fold), *extra]
+                runs.append(Run(arch, encoder, fold, run_cfg.run_dir, state, command, why))
     return runs
-
-
-def epochs_saved(run: Run) -> int:
-    """Epochs in the run's saved state: what --resume will not train again."""
-    state = last_state(run.run_dir)
-    return json.loads((state / "trainer.json").read_text())["epoch"] if state else 0
 
 
 def images_trained(run: Run, after_epoch: int) -> int:

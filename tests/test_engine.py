@@ -1,10 +1,11 @@
 """The engines start commands where there is room, keep each one's output in its log, and report each failure."""
 import os
+import subprocess
 import sys
 
 import pytest
 
-from conftest import TINY, paths
+from conftest import ROOT, TINY, paths
 from src import engine, study
 
 # A command that says where it ran and when; it sleeps long enough for runs started together to overlap.
@@ -26,6 +27,28 @@ def test_local_engine_packs_k_runs_on_each_gpu(tmp_path):
     assert max(running_at(t) for t in starts) > 2  # and both GPUs busy at once
 
 
+def test_each_run_starts_on_the_least_loaded_gpu_and_knows_how_many_share_it(tmp_path):
+    say = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['RUNS_SHARING_DEVICE'])"
+    jobs = [engine.Job(f"job{i}", ["python", "-c", say], tmp_path / f"job{i}.log") for i in range(4)]
+    results = engine.run_local(jobs, engine.slots("0,1,2,3", runs_per_gpu=2, parallel=1))
+    placed = sorted(tuple(r.tail(1)[0].split()) for r in results)
+    assert placed == [("0", "1"), ("1", "1"), ("2", "1"), ("3", "1")]  # not 0,0,1,1: four GPUs, each run alone
+
+
+def test_a_wrong_ray_address_ends_within_a_minute_with_one_line(demo_dir, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt installs it)")
+    i = TINY.index("--encoder")
+    flags = [*paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), *TINY[:i], *TINY[i + 2:], "--epochs", "1"]
+    for address, said in (("127.0.0.1:9", "no Ray cluster answers at --address 127.0.0.1:9: start one there with "
+                                           "`ray start --head`"),
+                          ("auto", "no Ray cluster found for --address auto: start one with `ray start --head`")):
+        done = subprocess.run([sys.executable, "study.py", *flags, "--archs", "unet", "--encoders", "tu-resnet10t",
+                               "--folds", "0", "--engine", "ray", "--address", address], cwd=ROOT, timeout=60,
+                              capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+        assert done.returncode == 1 and done.stderr.startswith(f"study: {said}"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr + done.stdout
+
+
 def test_slots_follow_visible_gpus_and_share_cpu_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert engine.slots("all", 2, 1) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("3", "3", "5", "5")]
@@ -36,17 +59,20 @@ def test_slots_follow_visible_gpus_and_share_cpu_cores(monkeypatch):
 
 def test_a_failing_command_is_reported_with_its_last_lines_and_the_others_finish(tmp_path):
     fail = "import sys; print('epoch 1 done'); sys.exit('CUDA out of memory')"
-    # train.py --overwrite deletes its own folder after it starts: the output after that must still reach the log.
-    wipe = "import shutil, sys; shutil.rmtree(sys.argv[1]); print('after the wipe')"
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "config.json").write_text("{}")  # a failed run's leftovers
     jobs = [engine.Job("fails", ["python", "-c", fail], tmp_path / "a" / "train.log"),
-            engine.Job("wipes", ["python", "-c", wipe, str(tmp_path / "b")], tmp_path / "b" / "train.log"),
             engine.Job("ok", [sys.executable, "-c", "print('fine')"], tmp_path / "c" / "train.log")]
     results = {r.job.name: r for r in engine.run_local(jobs, engine.slots("none", 1, 1))}
     assert not results["fails"].ok and results["fails"].tail(2) == ["epoch 1 done", "CUDA out of memory"]
-    assert results["wipes"].ok and results["wipes"].tail(1) == ["after the wipe"]
     assert results["ok"].ok and (tmp_path / "c" / "train.log").read_text().startswith("\n== ")  # command, time
+
+
+def test_a_commands_output_goes_to_its_log_without_the_engine(tmp_path):
+    """A run writes its log itself, in a session of its own: a driver that dies (or stops reading) never stalls it."""
+    log = tmp_path / "train.log"
+    seen = []
+    code, _ = engine.run_command(["python", "-c", "import os; print(os.getsid(0) == os.getpid(), flush=True)"],
+                                 str(log), ".", {}, started=seen.append)
+    assert code == 0 and log.read_text().splitlines()[-1] == "True" and seen[0].stdout is None
 
 
 def test_ray_engine_runs_two_tiny_trainings_on_a_local_ray(demo_dir, tmp_path):

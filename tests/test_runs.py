@@ -1,0 +1,130 @@
+"""The ledger's run folders: who is training a run, whether a finished run matches the settings asked, and that a
+replaced run is moved aside, never deleted."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+import study
+import train
+from conftest import ROOT, TINY, paths
+from src import runs, study as plan_module
+from src.folds import fingerprint
+
+_i = TINY.index("--encoder")
+FLAGS = [*TINY[:_i], *TINY[_i + 2:], "--epochs", "1"]
+
+
+def workdir_with_data(demo_dir, tmp_path):
+    for name in ("data", "folds"):
+        (tmp_path / name).symlink_to(demo_dir / name)
+    return tmp_path
+
+
+def plan_of(workdir, *flags) -> dict:
+    flags = [*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), *flags]
+    cfg = plan_module.train_config(flags)
+    return {(r.name, r.fold): r for r in plan_module.plan(cfg, ["unet"], ["tu-resnet10t"], [0], flags)}
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.name != runs.LOCK}
+
+
+def test_a_second_planner_leaves_a_run_that_trains_before_its_first_save_alone(demo_dir, tmp_path):
+    workdir = workdir_with_data(demo_dir, tmp_path)
+    run_dir = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    flags = [*TINY, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--fold", "0"]
+    live = subprocess.Popen([sys.executable, "train.py", *flags, "--epochs", "200", "--save-minutes", "10"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not (run_dir / "config.json").exists():
+            assert live.poll() is None, "train.py ended before it started training"
+            time.sleep(0.1)
+        run = plan_of(workdir)[("unet-tu-resnet10t", 0)]
+        assert run.state == "running" and f"pid {live.pid}" in run.why  # not 'failed' with --overwrite
+        before = snapshot(run_dir)
+        for extra in ([], ["--resume"], ["--overwrite"]):  # a second train.py is refused, whatever it asks
+            with pytest.raises(SystemExit, match="is being trained by another process"):
+                train.main([*flags, *extra])
+        with pytest.raises(SystemExit, match="being trained by another process"):  # a second study starts nothing
+            study.main([*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--archs", "unet", "--encoders",
+                        "tu-resnet10t", "--folds", "0", "--preds-dir", str(workdir / "preds"), "--out-dir",
+                        str(workdir / "ensemble")])
+        assert not (workdir / "runs" / "demo" / "unet-tu-resnet10t" / "replaced").exists()
+        assert {p: t for p, t in snapshot(run_dir).items() if p.name not in ("history.csv", "metrics.json", "best.pt")
+                } == {p: t for p, t in before.items() if p.name not in ("history.csv", "metrics.json", "best.pt")}
+        assert live.poll() is None  # the live run goes on
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.wait(timeout=120)
+    assert live.returncode == 128 + signal.SIGTERM  # it saved its epoch and stopped as asked: nothing broke it
+    assert plan_of(workdir)[("unet-tu-resnet10t", 0)].state == "resumable"
+
+
+def fake_lock(run_dir, host: str, pid: int, age: float) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "state").mkdir()
+    (run_dir / "state" / "trainer.json").write_text(json.dumps({"epoch": 1}))
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / runs.LOCK).write_text(json.dumps({"host": host, "pid": pid, "started": "earlier"}))
+    os.utime(run_dir / runs.LOCK, (time.time() - age, time.time() - age))
+
+
+def test_a_lock_whose_owner_died_lets_the_run_resume(tmp_path):
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    here, nfs_live, nfs_dead = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    fake_lock(here, socket.gethostname(), killed.pid, 0)  # a killed process of this host: flock released
+    fake_lock(nfs_live, "node-7", 4242, 20)  # another host, fresh heartbeat: flock would not show it on NFS
+    fake_lock(nfs_dead, "node-7", 4242, runs.DEAD_AFTER_SECONDS + 60)  # another host, heartbeat stopped
+    assert runs.lock_owner(here) is None
+    assert runs.lock_owner(nfs_live)["host"] == "node-7"
+    assert runs.lock_owner(nfs_dead) is None
+    assert "is being" not in (runs.RunLock(nfs_dead).acquire() or "is free")  # a new owner takes it over
+    assert "node-7, pid 4242, last heartbeat" in runs.RunLock(nfs_live).acquire()
+
+
+def finished_run(workdir, *flags):
+    """A finished run's files as train.py leaves them, trained with FLAGS plus flags."""
+    cfg = replace(plan_module.train_config([*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), *flags]),
+                  arch="unet", encoder="tu-resnet10t", fold=0)
+    cfg.run_dir.mkdir(parents=True)
+    cfg.save(cfg.run_dir / "config.json", folds=fingerprint(cfg.folds_dir, cfg.dataset))
+    (cfg.run_dir / "metrics.json").write_text(json.dumps({"dice": 0.5, "epochs_run": 1}))
+    (cfg.run_dir / "best.pt").write_bytes(b"weights")
+    (cfg.run_dir / "history.csv").write_text("epoch\n1\n")
+    return cfg.run_dir
+
+
+def test_a_done_run_asked_with_other_settings_is_stale_and_the_plan_names_them(demo_dir, tmp_path, capsys):
+    workdir = workdir_with_data(demo_dir, tmp_path)
+    run_dir = finished_run(workdir)
+    assert plan_of(workdir)[("unet-tu-resnet10t", 0)].state == "done"
+    assert plan_of(workdir, "--workers", "2", "--save-minutes", "5")[("unet-tu-resnet10t", 0)].state == "done"
+    stale = plan_of(workdir, "--size", "96")[("unet-tu-resnet10t", 0)]
+    assert stale.state == "stale" and stale.why == "size 64 -> 96"
+    assert "epochs 1 -> 3" in plan_of(workdir, "--epochs", "3")[("unet-tu-resnet10t", 0)].why
+
+    args = [*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--archs", "unet", "--encoders",
+            "tu-resnet10t", "--folds", "0", "--size", "96"]
+    study.main([*args, "--dry-run"])
+    assert f"# stale (size 64 -> 96): {run_dir}; --retrain-stale" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="size 64 -> 96.*--retrain-stale.*--accept-stale"):
+        study.main(args)  # neither reused nor retrained silently
+    assert (run_dir / "best.pt").exists()
+
+
+def test_overwrite_moves_a_trained_run_aside_where_no_fold_glob_sees_it(demo_dir, tmp_path):
+    run_dir = finished_run(workdir_with_data(demo_dir, tmp_path))
+    (run_dir / "train.log").write_text("the old run\n")
+    aside = runs.move_aside(run_dir, keep=(runs.LOCK, "train.log"))
+    assert (aside / "best.pt").read_bytes() == b"weights" and (aside / "history.csv").exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["train.log"]  # the log train.py may be writing to stays
+    assert [p.name for p in run_dir.parent.glob("fold*")] == ["fold0"]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from src import postprocess, report, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.folds import fingerprint, load_folds
+from src.folds import FoldFileError, fingerprint, load_folds
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
@@ -86,14 +86,14 @@ def find_predictions(preds_dir: Path, dataset: str, tta: str, runs_glob: str | N
     return chosen
 
 
-def recorded_split(runs: dict, args) -> pd.DataFrame:
+def recorded_split(runs: dict, args, index: pd.DataFrame) -> pd.DataFrame:
     """The folds that every run's predictions were made on (infer.py records the fold file in the preds' config.json):
     one split for all, unchanged since."""
     recorded = {name: (read_json(path.parent / "config.json") or {}).get("folds") for name, path in runs.items()}
     lacking = [name for name, split in recorded.items() if split is None]
     try:
         if lacking:  # predicted before infer.py recorded the split
-            load_folds(args.folds_dir, args.dataset)  # a clear error if it is missing
+            load_folds(args.folds_dir, args.dataset, index)  # a clear error if it is missing or wrong
             assumed = fingerprint(args.folds_dir, args.dataset)
             print(f"ensemble: warning: the predictions of {', '.join(lacking)} do not record their fold file; "
                   f"assuming {assumed['file']} (--folds-dir)")
@@ -103,8 +103,8 @@ def recorded_split(runs: dict, args) -> pd.DataFrame:
         if other:
             sys.exit(f"ensemble: {first} was trained on {split['file']} but {other} on another split "
                      f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
-        return read_split(split, f"{runs[first]} was predicted")
-    except (FileNotFoundError, SplitChanged) as error:
+        return read_split(split, f"{runs[first]} was predicted", index)
+    except (FileNotFoundError, SplitChanged, FoldFileError) as error:
         sys.exit(f"ensemble: {error}")
 
 
@@ -171,7 +171,7 @@ def run(args):
     if by and by not in index:
         sys.exit(f"ensemble: --by {by}: no such column in {dataset_dir / 'index.csv'} (have: {', '.join(index.columns)})")
     runs = find_predictions(args.preds_dir, args.dataset, args.tta, args.runs, args.checkpoint)
-    folds = recorded_split(runs, args)
+    folds = recorded_split(runs, args, index)
     source = prediction_set(runs, args.set)
     weight_of = {name: 1.0 for name in runs}
     for item in filter(None, (args.weights or "").split(",")):

@@ -33,7 +33,7 @@ from src.canonical import load_index, load_meta
 from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due, write_atomic
 from src.config import add_config_arguments, config_from_args, load_run_config
 from src.data import CachedSegmentation, default_workers, make_loader
-from src.folds import fingerprint, fold_rows, load_folds
+from src.folds import FoldFileError, fingerprint, fold_rows, load_folds
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, normalize
@@ -88,8 +88,9 @@ def check_run(args) -> tuple:
                           runs_dir=cfg.runs_dir, workers=cfg.workers, batch_size=cfg.batch_size, tracker="none")
         check_encoder(cfg.encoder)
         meta = load_meta(cfg.dataset_dir)
-        index, folds = load_index(cfg.dataset_dir), load_folds(cfg.folds_dir, cfg.dataset)
-    except (ModelError, FileNotFoundError) as error:
+        index = load_index(cfg.dataset_dir)
+        folds = load_folds(cfg.folds_dir, cfg.dataset, index)
+    except (ModelError, FileNotFoundError, FoldFileError) as error:
         sys.exit(f"train: {error}")
     try:
         train_rows, valid_rows = fold_rows(index, folds, cfg.fold)

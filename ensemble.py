@@ -26,7 +26,7 @@ import pandas as pd
 from src import postprocess, report, runs as ledger, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.checkpoint import write_atomic
-from src.folds import fingerprint, group_labels, load_folds
+from src.folds import FoldFileError, group_labels
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
@@ -81,7 +81,7 @@ def run(args):
     """The story: which predictions, checked; each run scored; the ensemble tuned and scored; masks; reports."""
     dataset_dir, meta, index, by = read_dataset(args)
     sets, chosen = select_runs(args)
-    folds = recorded_split(sets, chosen, args)
+    folds = recorded_split(sets, chosen, args, index)
     fold_of = dict(zip(folds["id"], folds["fold"]))
     check_oof(sets, fold_of, args)
     test_dirs, test_ids = test_predictions(chosen, folds, index, args)
@@ -141,7 +141,7 @@ def select_runs(args) -> tuple:
     return {name: sets[name] for name in chosen}, chosen
 
 
-def recorded_split(sets: dict, chosen: dict, args) -> pd.DataFrame:
+def recorded_split(sets: dict, chosen: dict, args, index: pd.DataFrame) -> pd.DataFrame:
     """The folds that every set read was predicted on (infer.py records the fold file in prediction.json): one split
     for all, unchanged since."""
     recorded = {s: s.provenance.get("split") for modes in sets.values() for s in modes.values()}
@@ -155,8 +155,8 @@ def recorded_split(sets: dict, chosen: dict, args) -> pd.DataFrame:
         sys.exit(f"ensemble: {first.run} was trained on {split['file']} but {other.run} on another split "
                  f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
     try:
-        return read_split(split, f"{chosen[first.run].folder} was predicted")
-    except (FileNotFoundError, SplitChanged) as error:
+        return read_split(split, f"{chosen[first.run].folder} was predicted", index)
+    except (FileNotFoundError, SplitChanged, FoldFileError) as error:
         sys.exit(f"ensemble: {error}")
 
 

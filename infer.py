@@ -27,7 +27,7 @@ from src.cache import open_cache
 from src.canonical import load_index, spacing_of
 from src.config import Config
 from src.data import CachedSegmentation, default_workers
-from src.folds import fingerprint, load_folds
+from src.folds import FoldFileError, fingerprint, load_folds
 from src.images import IMAGE_SUFFIXES, read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.models import ModelError
@@ -134,18 +134,18 @@ def check_set_source(predictions: ledger.PredictionSet, name: str, images_dir: s
                  f"of {recorded}, not {images_dir}; name this one with --name NAME, or pass --overwrite to replace it")
 
 
-def trained_split(run_dir: Path, args) -> tuple:
+def trained_split(run_dir: Path, args, index: pd.DataFrame) -> tuple:
     """(fold file record, folds) of the split run_dir was trained on, refused if the file changed since."""
     recorded = json.loads((run_dir / "config.json").read_text()).get("folds")
     try:
         if recorded is None:  # trained before runs recorded their fold file
-            folds = load_folds(args.folds_dir, args.dataset)
+            folds = load_folds(args.folds_dir, args.dataset, index)
             recorded = fingerprint(args.folds_dir, args.dataset)
             print(f"infer: warning: {run_dir} does not record its fold file (trained before runs did); assuming "
                   f"{recorded['file']} (--folds-dir) is the split it was trained on")
             return recorded, folds
-        return recorded, read_split(recorded, f"{run_dir} was trained")
-    except (FileNotFoundError, SplitChanged) as error:
+        return recorded, read_split(recorded, f"{run_dir} was trained", index)
+    except (FileNotFoundError, SplitChanged, FoldFileError) as error:
         sys.exit(f"infer: {error}")
 
 
@@ -259,7 +259,7 @@ def main(argv=None):
             continue
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
-        split, folds = trained_split(run_dir, args)
+        split, folds = trained_split(run_dir, args, index)
         predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, None, ledger.set_folder(
             args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint))
         out_dir = predictions.folder

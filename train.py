@@ -93,7 +93,8 @@ def check_run(args) -> tuple:
                           runs_dir=cfg.runs_dir, workers=cfg.workers, batch_size=cfg.batch_size, tracker="none")
         check_encoder(cfg.encoder)
         meta = load_meta(cfg.dataset_dir)
-        index, folds = load_index(cfg.dataset_dir), load_folds(cfg.folds_dir, cfg.dataset)
+        index = load_index(cfg.dataset_dir)
+        folds = load_folds(cfg.folds_dir, cfg.dataset, index)
     except (ModelError, FileNotFoundError, ValueError) as error:
         sys.exit(f"train: {error}")
     try:
@@ -147,7 +148,10 @@ class Parts:
 def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> Parts:
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     with accelerator.main_process_first():
-        images, masks = open_cache(cfg.dataset_dir, cfg.size)
+        try:
+            images, masks = open_cache(cfg.dataset_dir, cfg.size)
+        except ValueError as error:  # a prepared file damaged since: the cache at a new size reads every one
+            sys.exit(f"train: {error}; prepare the dataset again (python -m src.prepare ... --overwrite)")
     workers = default_workers(cfg.workers, accelerator.num_processes)
     augmentation = build_augmentation(cfg.aug, meta.get("rotation_invariant", False))
     train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed)

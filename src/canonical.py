@@ -112,8 +112,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
     problems = list(source.problems)
     problems += [Problem(i, "duplicate id", fix="rename one of its files")
                  for i, n in Counter(s.id for s in source.samples).items() if n > 1]
-    if not source.samples and not problems:
-        problems.append("the source holds no images")
+    if not source.samples:  # said before a colour census of nothing
+        raise PrepareError(problems or ["the source holds no images"])
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     workers = workers or min(8, os.cpu_count() or 1)

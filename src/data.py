@@ -1,11 +1,14 @@
 """Torch datasets over the resized cache. Samples stay uint8; models.normalize runs on the device."""
 import os
 import signal
+import threading
 import zlib
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from src.problems import InputError
 
 
 class CachedSegmentation(Dataset):
@@ -57,15 +60,54 @@ def default_workers(requested: int, processes: int = 1) -> int:
 def leave_signals_to_the_main_process(_worker: int) -> None:
     """Ctrl-C, a scheduler's SIGTERM and a closed terminal's SIGHUP reach every process of the group: a worker that
     died of them would crash the epoch that the main process is finishing before it saves (src.checkpoint.StopRequest).
-    Workers end with it."""
+    Workers end with it.
+
+    SIGTERM from the main process itself still ends a worker (torch's own rule): at exit, after an error, Python's
+    multiprocessing ends the workers of a loader still referenced by the traceback that way, and waits for them.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: torch's handler stays (a group's SIGTERM ends workers too)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread starts: all inherit it
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
+
+
+class UnreadableSample(ValueError):
+    """A sample a loader could not read, in one line that names the file. torch re-raises a worker's error in the
+    main process as its type built from the worker's whole traceback: the last line is kept, without the type."""
+
+    def __init__(self, message: str):
+        super().__init__(message.rstrip().splitlines()[-1].removeprefix(f"{__name__}.{type(self).__name__}: "))
+
+
+class OneLineErrors(Dataset):
+    """The dataset, its InputErrors (an unreadable file) raised as UnreadableSample: torch cannot rebuild an
+    InputError in the main process and would raise a RuntimeError holding the worker's traceback instead."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except InputError as error:
+            raise UnreadableSample(str(error)) from None
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0) -> DataLoader:
-    """Persistent, pinned-memory workers: no process start per epoch, asynchronous copies to the GPU."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+    """Persistent, pinned-memory workers: no process start per epoch, asynchronous copies to the GPU. A file that
+    cannot be read raises UnreadableSample, one line naming it, from any worker."""
+    return DataLoader(OneLineErrors(dataset), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                       worker_init_fn=leave_signals_to_the_main_process,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)

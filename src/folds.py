@@ -4,6 +4,7 @@ Re-write alone: python -m src.folds <name> --k 5 --strategy auto --seed 42 --ove
 """
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from src.canonical import load_index, load_meta
+from src.problems import Problem, grouped
 
 STRATEGIES = ["auto", "kfold", "stratified", "group", "official", "tissue"]
 NO_GROUP = "<no group>:"  # an image without a group label is its own group, NO_GROUP + its id; no real label may start so
@@ -89,16 +91,33 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
     return folds
 
 
-def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed: int, overwrite: bool = False) -> Path:
-    """Raises ValueError for a split that cannot be made, FileExistsError for a fold file that exists."""
-    path = Path(folds_dir) / f"{Path(dataset_dir).name}.csv"
+def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed: int, overwrite: bool = False,
+                runs_dir: Path = Path("runs")) -> Path:
+    """Raises ValueError for a split that cannot be made, FileExistsError for a fold file that exists. A split that
+    replaces another is said, with the run folders under runs_dir trained on the old one (now refused)."""
+    dataset = Path(dataset_dir).name
+    path = Path(folds_dir) / f"{dataset}.csv"
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass --overwrite to replace it (runs trained on it then refuse to "
                               f"resume on the new split)")
     folds = make_folds(load_index(dataset_dir), load_meta(dataset_dir), k, strategy, seed)
+    old = fingerprint(folds_dir, dataset)["sha256"] if path.exists() else None
+    old_k = pd.read_csv(path)["fold"].nunique() if old else None
     path.parent.mkdir(parents=True, exist_ok=True)
     folds.to_csv(path, index=False)
+    if old and old != fingerprint(folds_dir, dataset)["sha256"]:
+        stranded = runs_on_split(runs_dir, dataset, old)
+        print(f"warning: {path} now holds another split ({old_k} folds before, {folds['fold'].nunique()} now): "
+              f"{len(stranded)} run folder(s) under {Path(runs_dir) / dataset} were trained on the old one, and "
+              f"infer.py, ensemble.py and --resume now refuse them" + ("; retrain them, or restore the old file "
+                                                                      "(git checkout)" if stranded else ""))
     return path
+
+
+def runs_on_split(runs_dir: Path, dataset: str, sha256: str) -> list:
+    """Run folders (runs_dir/<dataset>/<run>/fold<k>) whose config.json records a fold file of this content."""
+    configs = sorted((Path(runs_dir) / dataset).glob("*/fold*/config.json"))
+    return [c.parent for c in configs if (json.loads(c.read_text()).get("folds") or {}).get("sha256") == sha256]
 
 
 def kept_folds_problem(path: Path, train_ids: set) -> str:
@@ -117,11 +136,44 @@ def fingerprint(folds_dir: Path, dataset: str) -> dict:
     return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def load_folds(folds_dir: Path, dataset: str) -> pd.DataFrame:
+class FoldFileError(ValueError):
+    """A fold file that does not describe the dataset's labelled images: every problem, grouped, with its fix."""
+
+
+def load_folds(folds_dir: Path, dataset: str, index: pd.DataFrame | None = None) -> pd.DataFrame:
+    """folds/<dataset>.csv, its folds as integers; checked against the dataset's index when given (FoldFileError)."""
     path = Path(folds_dir) / f"{dataset}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m src.prepare ...` or `python -m src.folds {dataset}`")
-    return pd.read_csv(path, dtype={"id": str, "group": str}, keep_default_na=False)
+    folds = pd.read_csv(path, dtype={"id": str, "group": str, "fold": str}, keep_default_na=False)
+    problems = fold_file_problems(folds, index, path, dataset)
+    if problems:
+        raise FoldFileError(f"{path}: {len(problems)} problem(s), nothing was done:\n  " + "\n  ".join(grouped(problems)))
+    return folds.assign(fold=folds["fold"].astype(int))
+
+
+def fold_file_problems(folds: pd.DataFrame, index: pd.DataFrame | None, path: Path, dataset: str) -> list:
+    """A hand-edited fold file checked as prepare checks data: ids the dataset does not label, labelled images it
+    lacks, ids listed twice and folds that are not whole numbers (every check but the first two without an index)."""
+    missing = [c for c in ("id", "fold") if c not in folds]
+    if missing:
+        return [Problem(str(path), f"has no {' or '.join(missing)} column",
+                        fix=f"write a new split: python -m src.folds {dataset} --overwrite")]
+    edit = "edit these rows"
+    resplit = f"python -m src.folds {dataset} --overwrite writes a new split (runs trained on the old one are then refused)"
+    line = {i: f"line {i + 2}" for i in folds.index}  # the header is line 1
+    problems = [Problem(line[i], "fold is not a whole number", repr(f), f"{edit}, or {resplit}")
+                for i, f in folds["fold"].items() if not f.strip().lstrip("-").isdigit()]
+    problems += [Problem(line[i], "id listed again", image_id, f"{edit}: one row per image")
+                 for i, image_id in folds.loc[folds["id"].duplicated(), "id"].items()]
+    if index is not None:
+        labelled = index.loc[index["split"] == "train", "id"]
+        problems += [Problem(line[i], "id not a labelled image of the dataset (index.csv)", image_id,
+                             f"{edit}, or re-run prepare if the dataset changed")
+                     for i, image_id in folds.loc[~folds["id"].isin(set(labelled)), "id"].items()]
+        problems += [Problem(image_id, "labelled image missing from the fold file", fix=resplit)
+                     for image_id in labelled[~labelled.isin(set(folds["id"]))]]
+    return problems
 
 
 def fold_rows(index: pd.DataFrame, folds: pd.DataFrame, fold: int) -> tuple:
@@ -158,10 +210,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where runs live: --overwrite counts those trained on the old split")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folds/<name>.csv")
     args = parser.parse_args(argv)
     try:
-        path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed, args.overwrite)
+        path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed, args.overwrite,
+                           args.runs_dir)
     except (ValueError, OSError) as error:  # FileNotFoundError and FileExistsError are OSErrors
         sys.exit(f"folds: {error}")
     print(f"wrote {path}")

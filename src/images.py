@@ -20,6 +20,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 WINDOW_PERCENTILES = (0.5, 99.5)
 EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}
+# OpenCV's own WARN/ERROR lines (a TIFF it cannot read, a missing file) would repeat, without the fix, what the
+# project's report says about the same file.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def read_image(path: Path) -> np.ndarray:

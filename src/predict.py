@@ -104,14 +104,16 @@ class SplitChanged(ValueError):
     """The fold file that a run was trained on is gone or holds another split now."""
 
 
-def read_split(recorded: dict, made: str) -> pd.DataFrame:
-    """The folds of the file a run recorded ({"file", "sha256"} from train.py), refused if it changed since `made`."""
+def read_split(recorded: dict, made: str, index: pd.DataFrame) -> pd.DataFrame:
+    """The folds of the file a run recorded ({"file", "sha256"} from train.py), refused if it changed since `made`
+    or does not describe the dataset's index (FoldFileError, what a hand edit broke comes first)."""
     path = Path(recorded["file"])
     if not path.exists():
         raise SplitChanged(f"{path} not found, but {made} on it; restore the file or retrain the run")
+    folds = load_folds(path.parent, path.stem, index)
     if file_sha256(path) != recorded["sha256"]:
         raise SplitChanged(f"{path} changed since {made} (re-prepared?); retrain the run or restore the file")
-    return load_folds(path.parent, path.stem)
+    return folds
 
 
 def to_uint8(probs: torch.Tensor) -> np.ndarray:

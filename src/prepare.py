@@ -29,7 +29,8 @@ from src.problems import report
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", choices=["demo", "chest-xray", "pannuke", "folder", "rle"])
-    parser.add_argument("--name", help="dataset name (default: the source's: demo, demo-multiclass, chest-xray, ...)")
+    parser.add_argument("--name", help="dataset name (default: the source's: demo, demo-multiclass, chest-xray, ...; "
+                        "folder: the images folder's parent, dsb for dsb/images)")
     parser.add_argument("--src", type=Path, help="the downloaded dataset's folder (chest-xray, pannuke)")
     parser.add_argument("--images", type=Path, help="folder, rle: the images")
     parser.add_argument("--masks", type=Path, help="folder: the masks, matched by file stem (x.png, x_mask.png, "
@@ -69,6 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="where runs live: --overwrite counts those a new split leaves behind")
     parser.add_argument("--overwrite", action="store_true", help="replace data/<name> and folds/<name>.csv")
     parser.add_argument("--workers", type=int, default=None, help="threads decoding images (default: min(8, CPUs))")
     return parser.parse_args(argv)
@@ -97,9 +100,21 @@ def build_source(args) -> tuple:
         raise PrepareError(["folder needs --images DIR and --masks DIR"])
     if args.task == "multiclass" and not classes:
         raise PrepareError(["--task multiclass needs --classes background,class1,class2,..."])
+    name = folder_name(args.images, args.name)
     source = sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes, args.channels)
     source.rotation_invariant = args.rotation_invariant
-    return "folder", source
+    return name, source
+
+
+def folder_name(images: Path, given: str | None) -> str:
+    """folder's dataset: --name, else the images folder's parent's name (dsb for dsb/images), said as it is chosen."""
+    if given:
+        return given
+    name = images.resolve().parent.name
+    if not name:
+        raise PrepareError([f"--images {images}: no parent folder to name the dataset after; pass --name NAME"])
+    print(f"dataset name: {name} (the images folder's parent; --name NAME to choose another)")
+    return name
 
 
 def mask_rules(args, source) -> None:
@@ -110,8 +125,10 @@ def mask_rules(args, source) -> None:
         except ValueError as error:
             raise PrepareError([str(error)]) from None
         if len(source.class_colors) != len(source.classes):
+            more = "; more classes than two need --task multiclass --classes background,a,b" if (
+                source.task == "binary" and len(source.class_colors) > 2) else ""
             raise PrepareError([f"--class-colors lists {len(source.class_colors)} colours for {len(source.classes)} "
-                                f"classes ({', '.join(source.classes)}): one per class, background first"])
+                                f"classes ({', '.join(source.classes)}): one per class, background first{more}"])
     if args.mask_threshold is not None and not 1 <= args.mask_threshold <= 255:
         raise PrepareError([f"--mask-threshold {args.mask_threshold}: choose a value from 1 to 255"])
     source.mask_threshold = args.mask_threshold
@@ -146,7 +163,7 @@ def main(argv=None):
     else:
         try:
             folds_path = write_folds(args.data_dir / name, args.folds_dir, args.k, args.strategy, args.seed,
-                                     overwrite=True)
+                                     overwrite=True, runs_dir=args.runs_dir)
         except ValueError as error:
             sys.exit(f"prepare: {args.data_dir / name} was written, but its folds were not: {error} "
                      f"(then: python -m src.folds {name} --k K --strategy S)")

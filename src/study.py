@@ -25,6 +25,7 @@ import pandas as pd
 
 from src import runs as ledger
 from src.config import Config, add_config_arguments, config_from_args
+from src.canonical import load_index
 from src.folds import load_folds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def train_config(train_flags: list) -> Config:
 
 def fold_numbers(cfg: Config, folds: str) -> list:
     """'all' (every fold of folds/<dataset>.csv) or a list such as '0,2', checked against that file."""
-    have = sorted(int(f) for f in set(load_folds(cfg.folds_dir, cfg.dataset)["fold"]))
+    have = sorted(set(load_folds(cfg.folds_dir, cfg.dataset, load_index(cfg.dataset_dir))["fold"]))
     if folds != "all" and not all(f.strip().isdigit() for f in folds.split(",")):
         raise ValueError(f"--folds {folds}: give all, or fold numbers separated by commas, e.g. 0,2 (the file has {have})")
     wanted = have if folds == "all" else [int(f) for f in folds.split(",")]

@@ -1,9 +1,22 @@
 """Fold files: disjoint, complete, balanced, groups kept together, deterministic."""
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from src.folds import main, make_folds
+import ensemble
+import infer
+import train
+from conftest import TINY, infer_args, paths
+from src.config import Config
+from src.folds import FoldFileError, load_folds, main, make_folds
+from src.predict import file_sha256
+from src.study import fold_numbers
+from test_ensemble import scored_predictions
 
 
 def index_frame(n=60, groups=True, seed=0):
@@ -106,3 +119,66 @@ def test_inner_split_keeps_groups_together_and_holds_no_scored_image(strategy):
         if "group" in folds:
             inside = training["id"].isin(inner)
             assert not set(training.loc[inside, "group"]) & set(training.loc[~inside, "group"])
+
+
+def hand_edited(demo_dir: Path, folder: Path) -> Path:
+    """demo's fold file with a fold 'x', a duplicated row, a deleted row and an id the dataset does not have."""
+    folds = pd.read_csv(demo_dir / "folds" / "demo.csv", dtype=str, keep_default_na=False)
+    folds.loc[2, "fold"] = "x"
+    removed = folds.loc[5, "id"]
+    folds = pd.concat([folds.drop(index=5), folds.iloc[[0]], folds.iloc[[1]].assign(id="ghost")], ignore_index=True)
+    folder.mkdir(exist_ok=True)
+    folds.to_csv(folder / "demo.csv", index=False)
+    return removed
+
+
+def expected_report(folds_file: Path, first_id: str, removed: str, n: int) -> str:
+    resplit = "python -m src.folds demo --overwrite writes a new split (runs trained on the old one are then refused)"
+    return (f"{folds_file}: 4 problem(s), nothing was done:\n"
+            f"  line 4: fold is not a whole number ('x'); edit these rows, or {resplit}\n"
+            f"  line {n}: id listed again ({first_id}); edit these rows: one row per image\n"
+            f"  line {n + 1}: id not a labelled image of the dataset (index.csv) (ghost); edit these rows, or re-run "
+            f"prepare if the dataset changed\n"
+            f"  {removed}: labelled image missing from the fold file; {resplit}")
+
+
+def test_a_hand_edited_fold_file_is_refused_by_every_stage_in_one_grouped_report(trained_dir, tmp_path, capsys):
+    removed = hand_edited(trained_dir, tmp_path / "folds")
+    folds_file = tmp_path / "folds" / "demo.csv"
+    n = len(pd.read_csv(folds_file))  # the duplicate is the last but one row: line n (the header is line 1)
+    first_id = pd.read_csv(folds_file, dtype=str)["id"].iloc[0]
+    report = expected_report(folds_file, first_id, removed, n)
+    split = {"file": str(folds_file), "sha256": file_sha256(folds_file)}
+
+    with pytest.raises(SystemExit) as stop:  # train.py
+        train.main([*TINY, "--data-dir", str(trained_dir / "data"), "--folds-dir", str(tmp_path / "folds"),
+                    "--runs-dir", str(tmp_path / "runs"), "--fold", "0"])
+    assert str(stop.value) == f"train: {report}"
+
+    run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"  # a run trained on that file (as it was)
+    shutil.copytree(trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0", run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "folds": split}))
+    with pytest.raises(SystemExit) as stop:
+        infer.main([*infer_args(trained_dir), "--runs-dir", str(tmp_path / "runs"), "--preds-dir", str(tmp_path / "p")])
+    assert str(stop.value) == f"infer: {report}"
+
+    scored_predictions(tmp_path / "preds" / "demo" / "unet-r34" / "tta-none", 0.8, split)
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(["--dataset", "demo", *paths(trained_dir), "--preds-dir", str(tmp_path / "preds"),
+                       "--out-dir", str(tmp_path / "out")])
+    assert str(stop.value) == f"ensemble: {report}"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_study_reads_its_fold_list_from_a_checked_file(demo_dir, tmp_path):
+    hand_edited(demo_dir, tmp_path / "folds")
+    cfg = Config(dataset="demo", data_dir=str(demo_dir / "data"), folds_dir=str(tmp_path / "folds"))
+    with pytest.raises(FoldFileError, match="4 problem"):
+        fold_numbers(cfg, "all")
+    assert fold_numbers(replace(cfg, folds_dir=str(demo_dir / "folds")), "all") == [0, 1, 2]
+
+
+def test_fold_numbers_are_integers_however_the_file_spells_them(tmp_path):
+    pd.DataFrame({"id": ["a", "b"], "fold": ["0", "01"]}).to_csv(tmp_path / "t.csv", index=False)
+    assert load_folds(tmp_path, "t")["fold"].tolist() == [0, 1]

@@ -1,4 +1,6 @@
 """Sources into the canonical layout; every bad input reported at once, nothing written."""
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -131,7 +133,7 @@ def test_mixed_colour_modes_are_converted_and_8_bit_files_kept_as_they_are(tmp_p
     assert "channels: 1 (4 of 4 readable images are grey" in printed
     assert "converted: " in printed and "1 RGB -> grey" in printed and "1 RGBA -> grey" in printed
     assert "1 16-bit -> 8-bit" in printed and "3 of 4 image files kept as they are" in printed
-    data = tmp_path / "data" / "folder"
+    data = tmp_path / "data" / tmp_path.name
     index = load_index(data).set_index("id")
     assert index.loc["rgb", "file"] == "images/rgb.jpg" and index.loc["wide", "file"] == "images/wide.png"
     assert (data / "images" / "rgb.jpg").read_bytes() == (images / "rgb.jpg").read_bytes()
@@ -155,7 +157,7 @@ def test_exif_rotated_image_matches_its_upright_mask_and_is_counted(tmp_path, ca
     prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
             "--strategy", "kfold")
     assert "1 rotated upright by EXIF orientation" in capsys.readouterr().out
-    index = load_index(tmp_path / "data" / "folder").set_index("id")
+    index = load_index(tmp_path / "data" / tmp_path.name).set_index("id")
     assert tuple(index.loc["turned", ["height", "width"]]) == mask.shape
 
 
@@ -272,7 +274,7 @@ def test_jpeg_and_resized_binary_masks_prepare_with_the_count_printed(tmp_path, 
     printed = capsys.readouterr().out
     assert "binarised 2 masks at 128: " in printed and "as JPEG compression leaves" in printed
     assert "binarised 1 masks at 128: " in printed and "as resizing leaves" in printed
-    written = read_image(tmp_path / "data" / "folder" / "masks" / "a.png")
+    written = read_image(tmp_path / "data" / tmp_path.name / "masks" / "a.png")
     assert set(np.unique(written)) == {0, 1} and (written != (mask > 0)).mean() < 0.01
 
 
@@ -293,7 +295,7 @@ def test_class_map_and_probability_map_are_refused_naming_the_flag(tmp_path, cap
     assert "--mask-threshold T binarises at T" in str(error.value)
     prepare(tmp_path, *args, "--mask-threshold", "2")
     assert "binarised 2 masks at 2: " in capsys.readouterr().out
-    np.testing.assert_array_equal(read_image(tmp_path / "data" / "folder" / "masks" / "probability.png"),
+    np.testing.assert_array_equal(read_image(tmp_path / "data" / tmp_path.name / "masks" / "probability.png"),
                                   probability >= 2)
 
 
@@ -344,7 +346,7 @@ def test_colour_coded_masks_map_with_class_colors(tmp_path):
         prepare(tmp_path, *args, "--class-colors", "000000,ff0000")
     write_png(masks / "b.png", coded)
     prepare(tmp_path, *args, "--class-colors", "000000,ff0000,0000ff")
-    np.testing.assert_array_equal(read_image(tmp_path / "data" / "folder" / "masks" / "b.png"), indices)
+    np.testing.assert_array_equal(read_image(tmp_path / "data" / tmp_path.name / "masks" / "b.png"), indices)
 
 
 def test_a_thousand_identical_problems_make_one_line_and_a_file(tmp_path):
@@ -400,3 +402,72 @@ def test_real_resized_nuclei_masks_are_binarised_and_counted(tmp_path, capsys):
     index = load_index(tmp_path / "data" / "dsb96")
     assert len(index) == 670 and (index["split"] == "train").all()
     assert set(np.unique(np.load(tmp_path / "data" / "dsb96" / "cache" / "96" / "masks.npy"))) == {0, 1}
+
+
+def test_a_folder_dataset_is_named_after_the_images_folders_parent(tmp_path, capsys):
+    image, mask = lungs()
+    (tmp_path / "kvasir").mkdir()
+    images, masks = folder_pair(tmp_path / "kvasir", {"a.png": mask, "b.png": mask})
+    for name in "ab":
+        write_png(images / f"{name}.png", image)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--size", "16", "--k", "2",
+            "--strategy", "kfold")
+    assert "dataset name: kvasir (the images folder's parent; --name NAME to choose another)" in capsys.readouterr().out
+    assert (tmp_path / "data" / "kvasir" / "index.csv").exists() and (tmp_path / "folds" / "kvasir.csv").exists()
+
+
+def test_an_orphan_instance_folder_is_reported_by_its_folders_name(tmp_path):
+    image, mask = lungs()
+    images, masks = folder_pair(tmp_path, {"s1/a.png": mask, "s99/a.png": mask})
+    write_png(images / "s1.png", image)
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks))
+    assert (f"{masks / 's99' / 'a.png'}: mask has no image in {images} (looked for 'a.*' (its name) and 's99.*' "
+            f"(its folder))") in str(error.value)
+
+
+def test_a_new_split_over_a_committed_one_is_said_with_the_runs_it_strands(tmp_path, capsys):
+    args = ["demo", "--count", "12", "--test-count", "0", "--size", "16", "--runs-dir", str(tmp_path / "runs")]
+    prepare(tmp_path, *args, "--k", "3")
+    committed = hashlib.sha256((tmp_path / "folds" / "demo.csv").read_bytes()).hexdigest()
+    trained = {"folds": {"file": "folds/demo.csv", "sha256": committed}}
+    for fold in range(2):
+        (tmp_path / "runs" / "demo" / "unet-r34" / f"fold{fold}").mkdir(parents=True)
+        (tmp_path / "runs" / "demo" / "unet-r34" / f"fold{fold}" / "config.json").write_text(json.dumps(trained))
+    prepare(tmp_path, *args, "--k", "3", "--overwrite")  # the same split again: nothing to say
+    assert "warning" not in capsys.readouterr().out
+    prepare(tmp_path, *args, "--k", "2", "--overwrite")
+    assert (f"warning: {tmp_path / 'folds' / 'demo.csv'} now holds another split (3 folds before, 2 now): 2 run "
+            f"folder(s) under {tmp_path / 'runs' / 'demo'} were trained on the old one, and infer.py, ensemble.py and "
+            f"--resume now refuse them; retrain them, or restore the old file (git checkout)") in capsys.readouterr().out
+
+
+def test_an_empty_images_folder_is_said_first(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path, "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"))
+    assert f"{tmp_path / 'images'}: no image files" in str(error.value)
+    assert "channels" not in capsys.readouterr().out  # no colour census of nothing
+
+
+def test_opencvs_own_log_lines_stay_out_of_the_report(tmp_path, capfd):
+    image, mask = lungs()
+    images, masks = folder_pair(tmp_path, {"a.png": mask, "b.png": mask})
+    write_png(images / "a.png", image)
+    cv2.imwrite(str(images / "b.tif"), image)
+    (images / "b.tif").write_bytes((images / "b.tif").read_bytes()[:200])
+    with pytest.raises(SystemExit, match="b.tif: cannot be read as an image"):
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks))
+    assert "TIFF" not in capfd.readouterr().err
+
+
+def test_class_colors_beyond_two_under_the_binary_task_name_the_multiclass_flag(tmp_path):
+    image, mask = lungs()
+    images, masks = folder_pair(tmp_path, {"a.png": mask})
+    write_png(images / "a.png", image)
+    with pytest.raises(SystemExit, match=r"--class-colors lists 3 colours for 2 classes \(background, foreground\): "
+                                         r"one per class, background first; more classes than two need --task "
+                                         r"multiclass --classes background,a,b"):
+        prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--class-colors",
+                "000000,ff0000,00ff00")

@@ -128,7 +128,7 @@ def test_groups_and_columns_from_a_metadata_csv_keep_each_patient_in_one_fold(tm
                          "width": 999})
     meta.to_csv(tmp_path / "meta.csv", index=False)
     prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--meta", str(tmp_path / "meta.csv"),
-            "--group-column", "patient", "--size", "8", "--k", "5")
+            "--group-column", "patient", "--size", "8", "--k", "5", "--name", "folder")
     index = load_index(tmp_path / "data" / "folder").set_index("id")
     assert index.loc["img05", "group"] == "p1" and index.loc["img05", "view"] == "AP"
     assert (index["width"] == 10).all()  # computed by prepare, not taken from the CSV

@@ -35,6 +35,13 @@ def mask_owner(path: Path, root: Path, ids: set) -> str:
     return next((folder.name for folder in path.relative_to(root).parents if folder.name in ids), key)
 
 
+def looked_for(path: Path, root: Path) -> str:
+    """The image names an unmatched mask could have belonged to: by its own name, and by its top folder under the
+    masks folder (`masks/<id>/*.png`, `<id>/masks/*.png`)."""
+    folders = path.relative_to(root).parts[:-1]
+    return f"looked for '{mask_key(path)}.*'" + (f" (its name) and '{folders[0]}.*' (its folder)" if folders else "")
+
+
 def merged_mask(paths: list) -> np.ndarray:
     """Several mask files for one image (left and right lung, the instances of a nucleus set) merge by maximum:
     their union for binary masks."""
@@ -102,7 +109,7 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
                                     fix="pass --allow-unmasked to use such images as test images"))
     for key, paths in mask_files.items():
         if key not in seen:
-            problems.extend(Problem(str(p), f"mask has no image in {images}", f"looked for '{key}.*'",
+            problems.extend(Problem(str(p), f"mask has no image in {images}", looked_for(p, masks),
                                     "name masks <image stem>[_mask].png, or put them in a folder named after the "
                                     "image") for p in paths)
     if test is not None:

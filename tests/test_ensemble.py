@@ -116,7 +116,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     # Unet++ vs Unet at the most augmented TTA both have, over the patients (the demo's folds are grouped).
     comparison = scores["comparisons"][0]
     assert comparison["tta"] == "d4" and comparison["verdict"] in ("better", "no significant difference", "worse")
-    assert compared == [list(folds.loc[ensemble_dice["id"], "group"])] and comparison["p_holm"] >= comparison[
+    assert [list(g) for g in compared] == [list(folds.loc[ensemble_dice["id"], "group"])] and comparison["p_holm"] >= comparison[
         "wilcoxon_p"]
     for image_id, _, truth, masks, dice in drawn:  # each panel labelled with the Dice of the mask it draws
         for name, mask in masks.items():

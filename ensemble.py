@@ -244,7 +244,8 @@ def selection_of(args, chosen: dict) -> dict:
 
 
 def describe(selection: dict) -> str:
-    return f"runs {selection['runs']}, {selection['checkpoint']}.pt, TTA {selection['tta']}"
+    weights = "the selected weights" if selection["checkpoint"] == "selected" else f"{selection['checkpoint']}.pt"
+    return f"runs {selection['runs']}, {weights}, TTA {selection['tta']}"
 
 
 def output_folder(args, chosen: dict) -> Path:

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,13 +92,24 @@ def finished_study(demo_dir, tmp_path_factory):
                                   "--folds", "0,1", "--parallel", "2"))
         except SystemExit as stop:
             print(stop.code)
-            code = 1
+            code = exit_status(stop)
     return workdir, output.getvalue(), code
+
+
+def exit_status(stop: SystemExit) -> int:
+    """The status the interpreter gives a SystemExit: None is 0, a number itself, a message 1."""
+    return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+
+
+def started_and_ended(log) -> tuple:
+    """(start, end) in seconds of a run's last attempt: its train.log's header line, and its last write."""
+    header = re.findall(r"^== (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ", log.read_text(), re.MULTILINE)[-1]
+    return time.mktime(time.strptime(header, "%Y-%m-%d %H:%M:%S")), log.stat().st_mtime
 
 
 def test_a_failing_run_is_reported_with_its_log_and_the_others_are_trained_inferred_and_ensembled(finished_study):
     workdir, output, code = finished_study
-    assert code != 0 and "study: 4 of 8 runs failed" in output
+    assert code == 1 and "study: 4 of 8 runs failed" in output  # sys.exit with the message: status 1
     assert "failed: unet-tu-resnet10x fold0 (new), exit code 1" in output
     assert "  | train: unknown timm encoder 'tu-resnet10x'" in output  # the end of its train.log
     assert "trained 4 of 8 runs in" in output and "training images/s over all runs" in output
@@ -107,6 +119,36 @@ def test_a_failing_run_is_reported_with_its_log_and_the_others_are_trained_infer
     leaderboard = (workdir / "ensemble" / "demo" / "leaderboard.md").read_text()
     assert "unet-tu-resnet10t" in leaderboard and "unetpp-tu-resnet10t" in leaderboard
     assert f"leaderboard: {workdir / 'ensemble' / 'demo' / 'leaderboard.md'}" in output
+
+
+def test_parallel_2_trains_two_runs_side_by_side(finished_study):
+    workdir = finished_study[0]
+    spans = [started_and_ended(log) for log in sorted(workdir.glob("runs/demo/*-tu-resnet10t/fold*/train.log"))]
+    assert len(spans) == 4
+    overlapping = [(a, b) for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1]]
+    assert overlapping, spans  # one after another, no run would start before the one before it ended
+
+
+def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
+    assert study.call(lambda argv: sys.exit(0), [], "infer.py") == []
+    assert study.call(lambda argv: sys.exit(), [], "infer.py") == []
+    assert study.call(lambda argv: sys.exit(2), [], "infer.py") == ["infer.py stopped"]
+    assert study.call(lambda argv: sys.exit("infer: no runs"), [], "infer.py") == ["infer.py stopped"]
+
+
+def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path):
+    """A run that died before its first save (config.json, no state/) is started again with --overwrite."""
+    workdir = with_data(demo_dir, tmp_path)
+    run = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "leftover.txt").write_text("from the attempt that died")
+    assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "failed"}
+    with contextlib.suppress(SystemExit):  # ensemble.py needs two folds; the training is what is tested here
+        study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))
+    assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "done"}
+    assert re.search(r"^== .* --overwrite$", (run / "train.log").read_text(), re.MULTILINE)
+    assert not (run / "leftover.txt").exists()
 
 
 def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finished_study, capsys):

@@ -82,7 +82,12 @@ def load_encoder_weights(model: torch.nn.Module, path: str) -> None:
     state = state.get("state_dict", state)
     if any(k.startswith("encoder.") for k in state):
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of another shape: torch's message takes a line for each
+        mismatches = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        raise ModelError(f"{path}: does not fit encoder ({len(mismatches)} tensors of another shape, e.g. "
+                         f"{mismatches[0]}); it holds the weights of another encoder") from None
     if missing or unexpected:
         raise ModelError(f"{path}: does not fit encoder (missing {len(missing)} keys e.g. {missing[:2]}, "
                          f"unexpected {len(unexpected)} e.g. {unexpected[:2]})")

@@ -225,11 +225,13 @@ def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
     tuned_at = events.index(("tuned", ""))
     assert not any("/test/" in path for _, path in events[:tuned_at])
     assert any("/test/" in path for _, path in events[tuned_at:])
-    # Test predictions turned upside down change the test masks, never the chosen settings.
-    for path in (predicted / "preds").glob("demo/*/tta-*/test/*/*.npz"):
+    # Test predictions turned upside down (in a copy: the fixture is shared) change the test masks, never the settings.
+    copy = tmp_path / "copy"
+    shutil.copytree(predicted / "preds", copy / "preds")
+    for path in (copy / "preds").glob("demo/*/tta-*/test/*/*.npz"):
         prob, size = real_load(path)
         save_pred(path, 255 - prob, size)
-    ensemble.main(ensemble_args(predicted, tmp_path / "b"))
+    ensemble.main([*ensemble_args(predicted, tmp_path / "b"), "--preds-dir", str(copy / "preds")])
     first, second = (json.loads((tmp_path / d / "demo" / "scores.json").read_text()) for d in ("a", "b"))
     assert first["postprocess"] == second["postprocess"] and first["ensemble"] == second["ensemble"]
 

@@ -1,6 +1,8 @@
 """The leaderboard's figure picks the images worth a look, and draws predictions as contours."""
 import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
 from src import report
 from src.metrics import dice_by_group
@@ -14,14 +16,29 @@ def test_examples_are_where_the_two_models_disagree_most_then_the_worst_for_both
     assert report.pick_examples({"unet": unet}, 2) == ["e", "c"]
 
 
-def test_comparison_grid_draws_every_model_and_the_disagreement(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The matplotlib figures report draws, kept when it closes them."""
+    figures, close = [], report.plt.close
+    monkeypatch.setattr(report.plt, "close", lambda fig: figures.append(fig) or close(fig))
+    return figures
+
+
+def test_comparison_grid_draws_every_model_and_the_disagreement(tmp_path, drawn):
     image = np.tile(np.arange(300, dtype=np.uint8), (200, 1))
     truth = np.zeros((200, 300), np.uint8)
     truth[50:150, 60:240] = 1
     shifted = np.roll(truth, 20, axis=1)
     report.comparison_grid(tmp_path / "c.png", [("x", image, truth, {"unet": truth, "unetpp": shifted},
                                                  {"unet": 1.0, "unetpp": 0.9})], ["background", "lung"])
-    assert (tmp_path / "c.png").stat().st_size > 10_000
+    axes = drawn[0].axes
+    assert [axis.get_title() for axis in axes] == ["x\ntruth", "unet\nDice 1.000", "unetpp\nDice 0.900",
+                                                   "unet vs unetpp: disagreement"]
+    assert all(len(axis.collections) >= 1 for axis in axes[:3])  # each mask drawn as a contour
+    overlay = np.asarray(axes[3].images[0].get_array())
+    magenta = (overlay == (255, 0, 255)).all(axis=-1)
+    np.testing.assert_array_equal(magenta, truth != shifted)  # 2 x 20 columns x 100 rows where the masks differ
+    assert Image.open(tmp_path / "c.png").size == (4 * 3 * 110, 3 * 110)  # four 3-inch panels at 110 dpi
 
 
 def test_dice_by_group_averages_each_subgroup():
@@ -79,7 +96,7 @@ def test_leaderboard_without_hd95_percent_or_patient_groups():
     assert report.settings_text(multiclass) == "argmax, min area per class 0, 0.002"
 
 
-def test_per_encoder_table_sets_unet_beside_unetpp_best_dice_first(tmp_path):
+def test_per_encoder_table_sets_unet_beside_unetpp_best_dice_first(tmp_path, drawn):
     scores = board_scores()
 
     def run(dice, parameters_m, minutes, images_per_s):
@@ -105,13 +122,18 @@ def test_per_encoder_table_sets_unet_beside_unetpp_best_dice_first(tmp_path):
         "| r18 | 14.3 / 15.9 | 0.9000 +- 0.0100 | 0.8000 +- 0.0200 | 0.9200 +- 0.0100 | 0.8200 +- 0.0200 | "
         "+0.0200 [+0.0100, +0.0300] (TTA flip) | 0.001 (0.002) | 6.0 / 12.0 | 600 / 300 |"]
     report.study_figure(tmp_path / "study.png", scores["by_encoder"])
-    assert (tmp_path / "study.png").stat().st_size > 5_000
+    axis = drawn[0].axes[0]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["r34", "r18"]
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == ["Unet", "Unet++"]
+    points = [line.get_ydata().tolist() for line in axis.get_lines() if line.get_marker() == "o"]
+    assert points == [[0.95, 0.90], [0.93, 0.92]]  # Unet's Dice per encoder, then Unet++'s
+    assert Image.open(tmp_path / "study.png").size == (int((1.1 * 2 + 2.5) * 110), 3.5 * 110)
 
 
 def test_leaderboard_says_which_checkpoint_runs_and_weights_made_it():
     scores = {**board_scores(), "weights": {"unet-r18": 1.0, "unetpp-r18": 2.5},
               "selection": {"runs": "unet*", "checkpoint": "last", "tta": "best", "found": ["unet-r18", "unetpp-r18"]}}
     board = report.leaderboard_markdown(scores)
-    assert "Made from the predictions of last.pt (the final epoch) of unet-r18, unetpp-r18 (--runs unet*); TTA best." \
+    assert "Made from the predictions of last.pt, the final epoch of unet-r18, unetpp-r18 (--runs unet*); TTA best." \
         in board
     assert "Weighted mean over the runs: unet-r18 1, unetpp-r18 2.5." in board

@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,8 +118,19 @@ def finished_study(demo_dir, tmp_path_factory):
                                   "--parallel", "2"))
         except SystemExit as stop:
             print(stop.code)
-            code = 1
+            code = exit_status(stop)
     return workdir, output.getvalue(), code
+
+
+def exit_status(stop: SystemExit) -> int:
+    """The status the interpreter gives a SystemExit: None is 0, a number itself, a message 1."""
+    return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+
+
+def started_and_ended(log) -> tuple:
+    """(start, end) in seconds of a run's last attempt: its train.log's header line, and its last write."""
+    header = re.findall(r"^== (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ", log.read_text(), re.MULTILINE)[-1]
+    return time.mktime(time.strptime(header, "%Y-%m-%d %H:%M:%S")), log.stat().st_mtime
 
 
 def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_own(finished_study):
@@ -132,6 +144,36 @@ def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_
     leaderboard = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
     assert "unet-tu-resnet10t" in leaderboard.read_text() and "unetpp-tu-resnet10t" in leaderboard.read_text()
     assert f"leaderboard: {leaderboard}" in output
+
+
+def test_parallel_2_trains_two_runs_side_by_side(finished_study):
+    workdir = finished_study[0]
+    spans = [started_and_ended(log) for log in sorted(workdir.glob("runs/demo/*-tu-resnet10t/fold*/train.log"))]
+    assert len(spans) == 4
+    overlapping = [(a, b) for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1]]
+    assert overlapping, spans  # one after another, no run would start before the one before it ended
+
+
+def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
+    assert study.call(lambda argv: sys.exit(0), [], "infer.py") == []
+    assert study.call(lambda argv: sys.exit(), [], "infer.py") == []
+    assert study.call(lambda argv: sys.exit(2), [], "infer.py") == ["infer.py stopped"]
+    assert study.call(lambda argv: sys.exit("infer: no runs"), [], "infer.py") == ["infer.py stopped"]
+
+
+def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path):
+    """A run that died before its first save (config.json, no state/) is started again with --overwrite."""
+    workdir = with_data(demo_dir, tmp_path)
+    run = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "leftover.txt").write_text("from the attempt that died")
+    assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "failed"}
+    with contextlib.suppress(SystemExit):  # ensemble.py needs two folds; the training is what is tested here
+        study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))
+    assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "done"}
+    assert re.search(r"^== .* --overwrite$", (run / "train.log").read_text(), re.MULTILINE)
+    assert not (run / "leftover.txt").exists()
 
 
 def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finished_study, capsys):

@@ -46,12 +46,13 @@ def leaderboard_markdown(scores: dict) -> str:
               + "; ".join(f"`{rule}`: {text}" for rule, text in RULES.items()
                           if any(rule in r["epoch_rule"]["select_on"].split("/") for _, r in runs)) + "."]
     if optimistic:
-        lines += [f"Optimistic: {', '.join(optimistic)} trained under `--select-on fold`, which chose the epoch (and "
+        lines += ["", f"Optimistic epoch rule: {', '.join(optimistic)} trained under `--select-on fold`, which chose the epoch (and "
                   "steered the schedule and early stopping) on the very fold it is scored on; their figures, and the "
                   "ensemble's, flatter them. Train with `--select-on final` or `inner` for an estimate."]
-    lines += [f"Stale, kept: {name} fold {fold} was kept by study {record['study']} with `--accept-stale`, though "
-              f"it asked other settings ({record['differs']})." for name, r in runs
-              for fold, record in r.get("accepted_stale", {}).items()]
+    for name, r in runs:
+        lines += [f"\nStale, kept: {name} fold {fold} was kept by study {record['study']} with `--accept-stale`, "
+                  f"though it asked other settings ({record['differs']})."
+                  for fold, record in r.get("accepted_stale", {}).items()]
     lines += ["", f"Optimistic (tuned and scored on the same images): {e['dice_optimistic']:.4f} Dice, with the TTA "
               "and post-processing chosen on all OOF images, as the test masks use them.",
               f"Ensemble gain over the best single model, like with like: post-processed {scores['ensemble_gain']:+.4f}"

@@ -134,7 +134,7 @@ def test_leaderboard_states_each_runs_epoch_rule_labels_fold_optimistic_and_mark
     assert "epoch rule --select-on final, --select-on fold." in board
     assert "`final`: the final weights of a fixed schedule" in board and "`fold`: the epoch chosen on the scored fold" \
         in board and "`inner`:" not in board
-    assert "Optimistic: unet-r18 trained under `--select-on fold`" in board
+    assert "Optimistic epoch rule: unet-r18 trained under `--select-on fold`" in board
     assert ("Stale, kept: unetpp-r18 fold 1 was kept by study cxr-r18 with `--accept-stale`, though it asked other "
             "settings (epochs 12 -> 40).") in board
     assert ("Ensemble gain over the best single model, like with like: post-processed +0.0030 Dice against unetpp-r18 "

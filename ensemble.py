@@ -12,7 +12,9 @@ sets/NAME/ inside it instead. The folder records its selection (runs, checkpoint
 replaced by another selection without --overwrite. Only predictions made by each run's current weights on the split
 it was trained on are used; any other stops the ensemble with the infer.py command that renews it. The scores are
 cross-validated: each fold is scored with the TTA and post-processing chosen on the other folds; the test masks use
-the choices made on all OOF images.
+the choices made on all OOF images. Each single run is post-processed the same way (an ensemble of one), so the
+ensemble's gain compares post-processed with post-processed and raw with raw; the leaderboard states each run's
+epoch rule (--select-on) and labels `fold` optimistic.
 """
 import argparse
 import json
@@ -28,7 +30,7 @@ from src.canonical import load_index, load_meta, read_dataset_image
 from src.checkpoint import write_atomic
 from src.folds import FoldFileError, group_labels
 from src.images import read_image, write_png
-from src.metrics import dice_by_group, image_scores, per_image
+from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, read_mean, read_split
 from src.rle import rle_encode
@@ -89,6 +91,7 @@ def run(args):
     out = output_folder(args, chosen)
 
     runs = score_runs(sets, chosen, folds, args)
+    postprocess_runs(runs, sets, dataset_dir, meta, args)
     tuned = tune(runs, sets, weight_of, dataset_dir, meta, args)
     ensemble, ensemble_scores = score_ensemble(runs, tuned, dataset_dir, meta)
     write_atomic(out / "oof_scores.csv", ensemble_scores.to_csv(index=False))
@@ -297,6 +300,7 @@ def score_runs(sets: dict, chosen: dict, folds: pd.DataFrame, args) -> dict:
         tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
             {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
     summaries = {name: {"tta": s.tta, "tta_by_fold": tta_by_fold[name], **tuning.summarize_scores(run_scores[name]),
+                        "epoch_rule": epoch_rule(s, args.checkpoint), "accepted_stale": accepted_stale(s),
                         "parameters_m": (read_json(s.folder.parent / "training.json") or {}).get("parameters_m"),
                         "training": read_json(s.folder.parent / "training.json"),
                         "inference": read_json(s.folder / "inference.json")} for name, s in chosen.items()}
@@ -308,6 +312,37 @@ def score_runs(sets: dict, chosen: dict, folds: pd.DataFrame, args) -> dict:
 
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def fold_folders(predictions: ledger.PredictionSet) -> dict:
+    """{fold: the run's fold folder} of the folds whose OOF predictions the set holds."""
+    run_dir = Path(predictions.provenance["run_dir"])
+    return {f: run_dir / f"fold{f}" for f in sorted(predictions.weights("oof"))}
+
+
+def epoch_rule(predictions: ledger.PredictionSet, checkpoint: str) -> dict:
+    """Which rule chose the weights of a run's predictions, and the epoch each fold's weights are from: figures of
+    --select-on fold are optimistic (its epoch, plateau and early stop read the very images it is scored on)."""
+    found = {f: ledger.epoch_of(folder, checkpoint) for f, folder in fold_folders(predictions).items()}
+    rules = sorted({rule for rule, _ in found.values()})
+    return {"select_on": "/".join(rules), "checkpoint": checkpoint, "epochs": {f: e for f, (_, e) in found.items()},
+            "optimistic": "fold" in rules}
+
+
+def accepted_stale(predictions: ledger.PredictionSet) -> dict:
+    """{fold: {study, differs}} of the run's folds a study kept with --accept-stale, though it asked other settings."""
+    return {f: record for f, folder in fold_folders(predictions).items() if (record := ledger.accepted_stale(folder))}
+
+
+def postprocess_runs(runs: dict, sets: dict, dataset_dir: Path, meta: dict, args) -> None:
+    """Each run post-processed as the ensemble is, being an ensemble of one: its settings chosen for each fold on the
+    other folds, so that the ensemble's gain compares post-processed with post-processed and raw with raw."""
+    runs["postprocessed_scores"] = {}
+    for name, predictions in runs["chosen"].items():
+        alone = {**runs, "chosen": {name: predictions}}
+        tuned = tune(alone, {name: sets[name]}, {name: 1.0}, dataset_dir, meta, args)
+        summary, runs["postprocessed_scores"][name] = score_ensemble(alone, tuned, dataset_dir, meta)
+        runs["summaries"][name]["postprocessed"] = {**summary, "postprocess": tuned["settings"]}
 
 
 def tune(runs: dict, sets: dict, weight_of: dict, dataset_dir: Path, meta: dict, args) -> dict:
@@ -329,7 +364,8 @@ def score_ensemble(runs: dict, tuned: dict, dataset_dir: Path, meta: dict) -> tu
         tuned["oof_means"], dataset_dir / "masks", meta["classes"], runs["oof_ids"], runs["image_folds"],
         {f: (tuned["tta_of_fold"][f], tuned["settings_of_fold"][f]) for f in runs["fold_ids"]},
         (tuned["tta_all"], tuned["settings"]))
-    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": raw.mean(), "dice_optimistic": optimistic.mean()}
+    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": per_image(raw)["dice"].mean(),
+                "per_class_raw": pooled_by_class(raw), "dice_optimistic": per_image(optimistic)["dice"].mean()}
     return ensemble, ensemble_scores
 
 
@@ -385,10 +421,8 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
                   comparisons: list, weight_of: dict, test_images: int, data: dict) -> dict:
     """scores.json, leaderboard.md, the figures and the tracker's tables; returns the scores."""
     summaries, oof_ids, meta, chosen = runs["summaries"], runs["oof_ids"], data["meta"], runs["chosen"]
-    best_single = max(summaries, key=lambda n: summaries[n]["dice"])
-    per_class = {c: {**{n: s["per_class"][c] for n, s in summaries.items()}, "ensemble": ensemble["per_class"][c]}
-                 for c in meta["classes"][1:]} if len(meta["classes"]) > 2 else {}
-    image_dice = {n: tuning.image_dice(s).loc[oof_ids] for n, s in runs["run_scores"].items()}
+    multiclass = len(meta["classes"]) > 2
+    image_dice = {n: tuning.image_dice(s).loc[oof_ids] for n, s in runs["postprocessed_scores"].items()}
     by = data["by"]
     subgroups = {"column": by, "table": dice_by_group(
         {**image_dice, "ensemble": tuning.image_dice(ensemble_scores)}, data["index"][by]
@@ -397,9 +431,9 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
                           "postprocess": tuned["settings_of_fold"][f]} for f in runs["fold_ids"]}
     scores = {"dataset": args.dataset, "selection": selection_of(args, chosen), "checkpoint": args.checkpoint,
               "images": {"scored": len(oof_ids), "left_out": runs["missing"]},
-              "runs": summaries, "ensemble": ensemble, "best_single": best_single,
-              "ensemble_gain": ensemble["dice"] - summaries[best_single]["dice"], "tta_gain": runs["tta_gain"],
-              "per_class": per_class, "by": subgroups, "comparisons": comparisons, "tuning_by_fold": tuning_by_fold,
+              "runs": summaries, "ensemble": ensemble, **ensemble_gain(summaries, ensemble),
+              "tta_gain": runs["tta_gain"], **(per_class(summaries, ensemble) if multiclass else {"per_class": {}}),
+              "by": subgroups, "comparisons": comparisons, "tuning_by_fold": tuning_by_fold,
               "postprocess": tuned["settings"], "weights": weight_of, "test_images": test_images}
     scores["by_encoder"] = report.by_encoder(scores)
     write_atomic(out / "scores.json", json.dumps(scores, indent=2, default=float) + "\n")
@@ -407,11 +441,12 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
     report.score_bars(out / "scores.png", scores)
     if scores["by_encoder"]:
         report.study_figure(out / "study.png", scores["by_encoder"])
-    dataset_dir, settings = data["dataset_dir"], tuned["settings"]
+    dataset_dir = data["dataset_dir"]
 
-    def panels(image_id):  # each run's OOF mask post-processed as the test masks are, beside the Dice of that mask
+    def panels(image_id):  # each run's OOF mask post-processed with its own choices on all OOF images, and its Dice
         target = read_image(dataset_dir / "masks" / f"{image_id}.png")
-        masks = {n: postprocess.apply(mean_at(*read_mean([s.oof(image_id)], [1.0])), settings)
+        masks = {n: postprocess.apply(mean_at(*read_mean([s.oof(image_id)], [1.0])),
+                                      summaries[n]["postprocessed"]["postprocess"])
                  for n, s in chosen.items()}
         dice = {n: per_image(scores_table({image_id: image_scores(mask, target, meta["classes"], with_hd95=False)},
                                           data["fold_of"], ensemble_scores))["dice"].iloc[0] for n, mask in masks.items()}
@@ -424,6 +459,30 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
     return scores
 
 
+def ensemble_gain(summaries: dict, ensemble: dict) -> dict:
+    """The ensemble against the best single run, like with like: post-processed (each cross-validated) with
+    post-processed, and raw (threshold 0.5 or argmax) with raw. An ensemble of one run gains exactly 0."""
+    best = max(summaries, key=lambda n: summaries[n]["postprocessed"]["dice"])
+    best_raw = max(summaries, key=lambda n: summaries[n]["postprocessed"]["dice_raw"])
+    return {"best_single": best, "ensemble_gain": ensemble["dice"] - summaries[best]["postprocessed"]["dice"],
+            "best_single_raw": best_raw,
+            "ensemble_gain_raw": ensemble["dice_raw"] - summaries[best_raw]["postprocessed"]["dice_raw"]}
+
+
+def per_class(summaries: dict, ensemble: dict) -> dict:
+    """Multiclass: each model's Dice per class with pixels pooled over the scored images, post-processed
+    (cross-validated) and raw, their macro means, and every class that post-processing lowered."""
+    models = {**{n: s["postprocessed"] for n, s in summaries.items()}, "ensemble": ensemble}
+    classes = list(ensemble["per_class"])
+    pooled = {c: {n: m["per_class"][c] for n, m in models.items()} for c in classes}
+    raw = {c: {n: m["per_class_raw"][c] for n, m in models.items()} for c in classes}
+    return {"per_class": pooled, "per_class_raw": raw,
+            "macro": {n: {"postprocessed": float(np.mean([pooled[c][n] for c in classes])),
+                          "raw": float(np.mean([raw[c][n] for c in classes]))} for n in models},
+            "lowered_classes": [{"model": n, "class": c, "raw": raw[c][n], "postprocessed": pooled[c][n]}
+                                for n in models for c in classes if pooled[c][n] < raw[c][n]]}
+
+
 def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
     configs = [c for c in (read_json(s.folder.parent / "config.json") for s in chosen.values()) if c]
     trackers = {c.get("tracker") for c in configs}
@@ -433,7 +492,8 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
                           for n, r in {**scores["runs"], "ensemble": scores["ensemble"]}.items()])
     by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
-                        {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"]},
+                        {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"],
+                         "ensemble_gain_raw": scores["ensemble_gain_raw"]},
                         tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))
 
 

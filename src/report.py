@@ -25,20 +25,39 @@ def leaderboard_markdown(scores: dict) -> str:
     lines = [f"# Leaderboard: {scores['dataset']}", "", *made_from(scores),
              f"Out-of-fold scores at original resolution, every model on the same {images['scored']} training images"
              f"{left_out}. Cross-validated: each choice made on OOF data (a run's TTA under `--tta best`, the "
-             "ensemble's post-processing) is made for each fold on the other folds and applied to that fold, so no "
-             "image is scored with settings tuned on it. Dice (folds): mean +- std of the fold means of per-image "
-             "Dice; Dice (images): mean +- std over images (std with ddof=1).", "",
-             "| model | TTA | Dice (folds) | Dice (images) | IoU | HD95 px (% diag) | training (all folds) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in sorted(scores["runs"].items(), key=lambda kv: -kv[1]["dice"]):
-        lines.append(f"| {name} | {tta_cell(r['tta_by_fold'])} | {dice_cells(r)} | {hd95_cell(r)} | "
-                     f"{training_cell(r.get('training'))} |")
+             "post-processing of each run and of the ensemble) is made for each fold on the other folds and applied "
+             "to that fold, so no image is scored with settings tuned on it. Every model is post-processed the same "
+             "way (a single run is an ensemble of one); raw: its own masks (threshold 0.5 or argmax). Dice (folds): "
+             "mean +- std of the fold means of per-image Dice; Dice (images): mean +- std over images (std with "
+             "ddof=1).", ""]
+    runs = sorted(scores["runs"].items(), key=lambda kv: -kv[1]["postprocessed"]["dice"])
+    if scores["per_class"]:
+        lines += [*per_class_markdown(scores), ""]
+    lines += ["| model | TTA | epoch rule | Dice (folds) | Dice (images) | IoU | HD95 px (% diag) | raw Dice (images) | "
+              "training (all folds) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs:
+        p = r["postprocessed"]
+        lines.append(f"| {name}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
+                     f"{dice_cells(p)} | {hd95_cell(p)} | {p['dice_raw']:.4f} | {training_cell(r.get('training'))} |")
+    optimistic = [n for n, r in runs if r["epoch_rule"]["optimistic"]]
     lines.append(f"| **ensemble** ({len(scores['runs'])} runs, post-processing tuned on the other folds) | | "
-                 f"{dice_cells(e)} | {hd95_cell(e)} | |")
+                 f"{'optimistic' if optimistic else ''} | {dice_cells(e)} | {hd95_cell(e)} | {e['dice_raw']:.4f} | |")
+    lines += ["", "Epoch rule (which epoch's weights each run is scored with, per fold): "
+              + "; ".join(f"`{rule}`: {text}" for rule, text in RULES.items()
+                          if any(rule in r["epoch_rule"]["select_on"].split("/") for _, r in runs)) + "."]
+    if optimistic:
+        lines += ["", f"Optimistic epoch rule: {', '.join(optimistic)} trained under `--select-on fold`, which chose the epoch (and "
+                  "steered the schedule and early stopping) on the very fold it is scored on; their figures, and the "
+                  "ensemble's, flatter them. Train with `--select-on final` or `inner` for an estimate."]
+    for name, r in runs:
+        lines += [f"\nStale, kept: {name} fold {fold} was kept by study {record['study']} with `--accept-stale`, "
+                  f"though it asked other settings ({record['differs']})."
+                  for fold, record in r.get("accepted_stale", {}).items()]
     lines += ["", f"Optimistic (tuned and scored on the same images): {e['dice_optimistic']:.4f} Dice, with the TTA "
               "and post-processing chosen on all OOF images, as the test masks use them.",
-              f"Ensemble gain over the best single model ({scores['best_single']}): {scores['ensemble_gain']:+.4f} "
-              f"Dice (raw average, before post-processing: {e['dice_raw']:.4f})."]
+              f"Ensemble gain over the best single model, like with like: post-processed {scores['ensemble_gain']:+.4f}"
+              f" Dice against {scores['best_single']} post-processed; raw {scores['ensemble_gain_raw']:+.4f} against "
+              f"{scores['best_single_raw']} raw (the raw average, before post-processing: {e['dice_raw']:.4f})."]
     modes = [m for m in TTA_MODES if any(m in t["modes"] for t in scores["tta_gain"].values())]
     lines += ["", "OOF Dice of each TTA mode a run was predicted with (gain over none):", "",
               "| model | images | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
@@ -46,14 +65,9 @@ def leaderboard_markdown(scores: dict) -> str:
         cells = [f"{m['dice']:.4f}" + (f" ({m['gain']:+.4f})" if m["gain"] is not None and mode != "none" else "")
                  if (m := tta["modes"].get(mode)) else "-" for mode in modes]
         lines.append(f"| {name} | {tta['images']} | " + " | ".join(cells) + " |")
-    if scores["per_class"]:
-        lines += ["", "| class | " + " | ".join(scores["per_class"]) + " |",
-                  "|---|" + "---|" * len(scores["per_class"])]
-        for name in list(scores["runs"]) + ["ensemble"]:
-            lines.append(f"| {name} | " + " | ".join(f"{scores['per_class'][c].get(name, float('nan')):.3f}"
-                                                  for c in scores["per_class"]) + " |")
     if scores["comparisons"]:
-        lines += ["", "Unet++ vs Unet, both at the same TTA on the same images (Wilcoxon signed-rank and a bootstrap "
+        lines += ["", "Unet++ vs Unet, both at the same TTA on the same images, on the models' own masks (threshold "
+                  "0.5 or argmax, no post-processing) at one TTA fixed in advance (Wilcoxon signed-rank and a bootstrap "
                   "95% interval of the mean Dice difference, over patients where the split grouped images by "
                   f"patient; p Holm-adjusted over the {len(scores['comparisons'])} comparison(s)):", ""]
         for c in scores["comparisons"]:
@@ -81,6 +95,45 @@ def leaderboard_markdown(scores: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_class_markdown(scores: dict) -> list:
+    """Multiclass: the leaderboard's lead, each model's pooled Dice per class and their macro mean beside its
+    per-image Dice, post-processed with raw in brackets; then every class that post-processing lowered."""
+    classes, models = list(scores["per_class"]), list(scores["macro"])
+    per_image = {**{n: r["postprocessed"] for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
+    lines = ["Dice per class, pixels pooled over the scored images, and their macro mean, beside the mean per-image "
+             "Dice; post-processed (cross-validated), raw in brackets:", "",
+             "| model | macro mean | " + " | ".join(classes) + " | Dice per image |", "|---|---|" + "---|" * len(classes) + "---|"]
+    for n in models:
+        cells = [f"{scores['macro'][n]['postprocessed']:.4f} ({scores['macro'][n]['raw']:.4f})"]
+        cells += [f"{scores['per_class'][c][n]:.4f} ({scores['per_class_raw'][c][n]:.4f})" for c in classes]
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {per_image[n]['dice']:.4f} ({per_image[n]['dice_raw']:.4f}) |")
+    lowered = scores["lowered_classes"]
+    if lowered:
+        lines += ["", "Post-processing lowered a class's pooled Dice (its minimum area erased more true than false "
+                  "pixels): " + "; ".join(f"{d['class']} in {d['model']} {d['raw']:.4f} -> {d['postprocessed']:.4f}"
+                                          for d in lowered) + "."]
+    return lines
+
+
+RULES = {"final": "the final weights of a fixed schedule (`--select-on final`: no validation score steers training)",
+         "inner": "the epoch chosen on an inner split of the training folds, never the scored fold "
+                  "(`--select-on inner`; with `--checkpoint last` the final epoch)",
+         "fold": "the epoch chosen on the scored fold itself (`--select-on fold`; with `--checkpoint last` the final "
+                 "epoch, but plateau and early stopping read that fold): optimistic"}
+
+
+def rule_cell(rule: dict) -> str:
+    """'final, epoch 12' or 'fold, epochs 9/12/11 (optimistic)': the rule and each fold's epoch."""
+    epochs = list(rule["epochs"].values())
+    shown = f"epoch {epochs[0]}" if len(set(epochs)) == 1 else "epochs " + "/".join(map(str, epochs))
+    return f"{rule['select_on']}, {shown}" + (" (optimistic)" if rule["optimistic"] else "")
+
+
+def stale_mark(run: dict) -> str:
+    """' (stale, kept)' for a run a study kept with --accept-stale though it asked other settings."""
+    return " (stale, kept)" if run.get("accepted_stale") else ""
+
+
 CHECKPOINTS = {"selected": "the weights each run's --select-on rule scores", "best": "best.pt, the best validation epoch",
                "last": "last.pt, the final epoch"}
 
@@ -92,8 +145,10 @@ def made_from(scores: dict) -> list:
         return []
     checkpoint = selection["checkpoint"]
     asked = "" if selection["runs"] == "*" else f" (--runs {selection['runs']})"
+    rules = sorted({rule for r in scores["runs"].values() for rule in r["epoch_rule"]["select_on"].split("/")})
     return [f"Made from the predictions of {CHECKPOINTS.get(checkpoint, checkpoint + '.pt')} of "
-            f"{', '.join(selection['found'])}{asked}; TTA {selection['tta']}.", ""]
+            f"{', '.join(selection['found'])}{asked}; TTA {selection['tta']}; epoch rule "
+            f"{', '.join(f'--select-on {r}' for r in rules)}.", ""]
 
 
 ARCHS = {"unet": "Unet", "unetpp": "Unet++"}  # the pair the per-encoder table compares

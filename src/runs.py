@@ -193,6 +193,16 @@ def clear_accepted_stale(run_dir: Path) -> None:
     (Path(run_dir) / ACCEPTED_STALE).unlink(missing_ok=True)
 
 
+def epoch_of(run_dir: Path, checkpoint: str) -> tuple:
+    """(the --select-on rule the run trained under, the epoch whose weights a checkpoint holds): selected and best
+    from metrics.json's selected_epoch and best_epoch (runs from before the rule: its epoch), last its epochs_run."""
+    rule = run_config(run_dir).get("select_on", "fold")  # runs from before the rule chose best.pt on their fold
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    key = {"selected": "selected_epoch", "best": "best_epoch", "last": "epochs_run"}[checkpoint]
+    return rule, metrics.get(key, metrics.get("epoch"))
+
+
 def run_folders(runs_dir, dataset: str) -> dict:
     """{run name: its fold folders}: runs/<dataset>/<arch>-<encoder>/fold<k>/, finished or not."""
     root = Path(runs_dir) / dataset

@@ -1,4 +1,5 @@
-"""Cross-validated choices on OOF predictions (a run's TTA mode, the ensemble's post-processing), and their scores.
+"""Cross-validated choices on OOF predictions (a run's TTA mode, the post-processing of an ensemble, one run being an
+ensemble of one), and their scores.
 
 Each choice is made for each fold on the images of the other folds and applied to that fold, so no image is scored
 with a setting chosen on it; the choice made on all OOF images is the one the test masks use.
@@ -102,10 +103,10 @@ def tune_postprocessing(sets: dict, weights: dict, masks_dir: Path, task: str, i
 def score_ensemble(means: dict, masks_dir: Path, classes: list, image_ids: list, image_folds: np.ndarray,
                    by_fold: dict, for_test: tuple) -> tuple:
     """The ensemble's OOF scores at original size, each fold at its own (TTA modes, settings) of by_fold (the
-    estimate), and two per-image Dice without HD95 (most of the work): of the raw average (no post-processing) and of
-    the test masks' choices for_test (optimistic: chosen on these very images).
+    estimate), and two tables without HD95 (most of the work): of the raw average (no post-processing) and of the
+    test masks' choices for_test (optimistic: chosen on these very images). An ensemble of one run scores that run.
 
-    means: tune_postprocessing()'s. Returns (scores table, raw Dice, optimistic Dice)."""
+    means: tune_postprocessing()'s. Returns (scores table, raw table, optimistic table)."""
     fold_of = dict(zip(image_ids, image_folds))
 
     def score(image_id):
@@ -123,8 +124,7 @@ def score_ensemble(means: dict, masks_dir: Path, classes: list, image_ids: list,
 
     scored = dict(zip(image_ids, thread_map(score, image_ids, "score ensemble (OOF)")))
     table = scores_table({i: rows for i, (rows, _, _) in scored.items()}, fold_of)
-    raw, optimistic = (per_image(scores_table({i: r[k] for i, r in scored.items()}, fold_of, table))["dice"]
-                       for k in (1, 2))
+    raw, optimistic = (scores_table({i: r[k] for i, r in scored.items()}, fold_of, table) for k in (1, 2))
     return table, raw, optimistic
 
 

@@ -14,7 +14,7 @@ import pytest
 import ensemble
 import infer
 from conftest import infer_args, paths
-from src import postprocess, predict, report
+from src import postprocess, predict, report, runs as ledger
 from src.images import read_image, write_png
 from src.metrics import per_image
 from src.predict import file_sha256, load_pred, mean_at, read_mean, resize_prob, save_pred
@@ -371,9 +371,89 @@ def test_another_checkpoint_or_a_subset_never_replaces_the_default_leaderboard(p
                                              r"NAME, or pass --overwrite to replace it$"):
             ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", *other])
     assert (out / "leaderboard.md").read_text() == board
-    assert "Made from the predictions of best.pt (the best validation epoch)" in board
+    assert "Made from the predictions of best.pt, the best validation epoch" in board
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--checkpoint", "last", "--name", "last"])
     last = json.loads((out / "last" / "scores.json").read_text())
     assert last["checkpoint"] == "last" and json.loads((out / "scores.json").read_text())["checkpoint"] == "best"
-    assert "Made from the predictions of last.pt (the final epoch)" in (out / "last" / "leaderboard.md").read_text()
+    assert "Made from the predictions of last.pt, the final epoch" in (out / "last" / "leaderboard.md").read_text()
     assert (out / "leaderboard.md").read_text() == board
+
+
+def test_an_ensemble_of_one_run_gains_exactly_nothing(predicted, tmp_path):
+    ensemble.main(renewable_copy(predicted, tmp_path))
+    scores = json.loads((tmp_path / "ensemble" / "demo" / "scores.json").read_text())
+    alone = scores["runs"][RUN]["postprocessed"]  # post-processed as the ensemble is, fold by fold
+    assert scores["ensemble_gain"] == 0.0 and scores["ensemble_gain_raw"] == 0.0
+    assert alone["dice"] == scores["ensemble"]["dice"] and alone["dice_raw"] == scores["ensemble"]["dice_raw"]
+    assert "post-processed +0.0000 Dice against unet-tu-resnet10t post-processed; raw +0.0000" in (
+        tmp_path / "ensemble" / "demo" / "leaderboard.md").read_text()
+
+
+def test_single_runs_are_post_processed_fold_by_fold_and_the_gain_is_like_with_like(predicted, tmp_path, monkeypatch):
+    tuned_for, real_tune = [], ensemble.tuning.tune_postprocessing
+    monkeypatch.setattr(ensemble.tuning, "tune_postprocessing",
+                        lambda sets, *a: tuned_for.append(list(sets)) or real_tune(sets, *a))
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none"])
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    runs = scores["runs"]
+    # Each run is tuned alone, by the same cross-validated code as the ensemble, then the ensemble of both.
+    assert tuned_for == [[name] for name in runs] + [list(runs)]
+    for name, run in runs.items():
+        assert run["postprocessed"]["dice_raw"] == pytest.approx(oof_dice(predicted, name, "none").mean())
+    best = max(runs, key=lambda n: runs[n]["postprocessed"]["dice"])
+    best_raw = max(runs, key=lambda n: runs[n]["postprocessed"]["dice_raw"])
+    assert scores["ensemble_gain"] == pytest.approx(scores["ensemble"]["dice"] - runs[best]["postprocessed"]["dice"])
+    assert scores["ensemble_gain_raw"] == pytest.approx(
+        scores["ensemble"]["dice_raw"] - runs[best_raw]["postprocessed"]["dice_raw"])
+    board = (tmp_path / "demo" / "leaderboard.md").read_text()
+    row = next(line for line in board.splitlines() if line.startswith(f"| {best} |"))
+    assert f"| {runs[best]['postprocessed']['dice_fold_mean']:.4f} +- " in row  # the table's runs post-processed
+    assert f"| {runs[best]['postprocessed']['dice_raw']:.4f} |" in row  # beside their raw Dice
+    assert "on the models' own masks (threshold 0.5 or argmax, no post-processing) at one TTA fixed in advance" in board
+    # The epoch rule of each run: the fixture's runs chose best.pt on their scored fold, so they are optimistic.
+    for name, run in runs.items():
+        epochs = {str(f): json.loads((predicted / "runs" / "demo" / name / f"fold{f}" / "metrics.json").read_text())[
+            "selected_epoch"] for f in range(3)}
+        assert run["epoch_rule"] == {"select_on": "fold", "checkpoint": "selected", "epochs": epochs,
+                                     "optimistic": True}
+        assert f"| {name} | none | fold, epoch" in board
+    assert "trained under `--select-on fold`" in board and "epoch rule --select-on fold." in board
+
+
+def test_a_multiclass_leaderboard_leads_with_pooled_per_class_dice(trained_dir, multiclass_dir, tmp_path):
+    infer.main([*infer_args(multiclass_dir, "demo-multiclass"), "--tta", "flip"])
+    ensemble.main(["--dataset", "demo-multiclass", *paths(multiclass_dir), "--preds-dir",
+                   str(multiclass_dir / "preds"), "--out-dir", str(tmp_path)])
+    out = tmp_path / "demo-multiclass"
+    scores = json.loads((out / "scores.json").read_text())
+    classes = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
+    models = ["unet-tu-resnet10t", "ensemble"]
+    for model in models:
+        assert scores["macro"][model]["postprocessed"] == pytest.approx(
+            np.mean([scores["per_class"][c][model] for c in classes]))
+        assert scores["macro"][model]["raw"] == pytest.approx(
+            np.mean([scores["per_class_raw"][c][model] for c in classes]))
+    assert scores["lowered_classes"] == [
+        {"model": m, "class": c, "raw": scores["per_class_raw"][c][m], "postprocessed": scores["per_class"][c][m]}
+        for m in models for c in classes if scores["per_class"][c][m] < scores["per_class_raw"][c][m]]
+    board = (out / "leaderboard.md").read_text().splitlines()
+    first_table = next(line for line in board if line.startswith("|"))
+    assert first_table == "| model | macro mean | " + " | ".join(classes) + " | Dice per image |"
+    assert board[board.index(first_table) + 2].startswith(
+        f"| unet-tu-resnet10t | {scores['macro']['unet-tu-resnet10t']['postprocessed']:.4f} (")
+    rule = scores["runs"]["unet-tu-resnet10t"]["epoch_rule"]  # the default rule: the final weights, not optimistic
+    assert rule["select_on"] == "final" and rule["epochs"] == {"0": 1, "1": 1, "2": 1} and not rule["optimistic"]
+    assert any("| final, epoch 1 |" in line for line in board) and "optimistic" not in " ".join(
+        line for line in board if line.startswith("| unet-tu-resnet10t"))
+
+
+def test_a_run_kept_stale_is_marked_in_the_leaderboard(predicted, tmp_path):
+    args = renewable_copy(predicted, tmp_path)
+    ledger.accept_stale(tmp_path / "runs" / "demo" / RUN / "fold1", "size 64 -> 96", "demo-study")
+    ensemble.main(args)
+    scores = json.loads((tmp_path / "ensemble" / "demo" / "scores.json").read_text())
+    assert scores["runs"][RUN]["accepted_stale"] == {"1": {"study": "demo-study", "differs": "size 64 -> 96"}}
+    board = (tmp_path / "ensemble" / "demo" / "leaderboard.md").read_text()
+    assert f"| {RUN} (stale, kept) |" in board
+    assert (f"Stale, kept: {RUN} fold 1 was kept by study demo-study with `--accept-stale`, though it asked other "
+            "settings (size 64 -> 96).") in board

@@ -52,12 +52,16 @@ def board_scores() -> dict:
     def summary(dice, **extra):
         return {"dice": dice, "dice_image_std": 0.05, "dice_fold_mean": dice, "dice_fold_std": 0.01, "iou": dice - 0.1,
                 "hd95": 40.0, "hd95_pct": 1.25, "per_class": {}, **extra}
+    def run(dice, tta_by_fold):  # raw scores, and post-processed as the ensemble is
+        return summary(dice, tta="flip", tta_by_fold=tta_by_fold, training=None, postprocessed=summary(
+            dice + 0.002, dice_raw=dice, dice_optimistic=dice + 0.003), epoch_rule=rule)
     binary = {"task": "binary", "threshold": 0.5, "fill_holes": False, "min_area": 0.0, "keep_largest": 0}
+    rule = {"select_on": "final", "checkpoint": "selected", "epochs": {0: 12, 1: 12}, "optimistic": False}
     return {"dataset": "cxr", "images": {"scored": 341, "left_out": 3},
-            "runs": {"unet-r18": summary(0.90, tta="flip", tta_by_fold={0: "flip", 1: "none"}, training=None),
-                     "unetpp-r18": summary(0.92, tta="flip", tta_by_fold={0: "flip", 1: "flip"}, training=None)},
+            "runs": {"unet-r18": run(0.90, {0: "flip", 1: "none"}), "unetpp-r18": run(0.92, {0: "flip", 1: "flip"})},
             "ensemble": summary(0.925, dice_raw=0.918, dice_optimistic=0.931), "best_single": "unetpp-r18",
-            "ensemble_gain": 0.005, "per_class": {}, "by": None,
+            "ensemble_gain": 0.003, "best_single_raw": "unetpp-r18", "ensemble_gain_raw": -0.002, "per_class": {},
+            "by": None,
             "tta_gain": {"unet-r18": {"images": 341, "modes": {"none": {"dice": 0.89, "gain": 0.0},
                                                                 "flip": {"dice": 0.90, "gain": 0.01}}}},
             "comparisons": [{"encoder": "r18", "tta": "flip", "images": 341, "unit": "patient", "units": 207,
@@ -86,7 +90,8 @@ def test_leaderboard_heads_with_cross_validated_scores_and_labels_the_optimistic
 
 def test_leaderboard_without_hd95_percent_or_patient_groups():
     scores = board_scores()
-    for summary in (*scores["runs"].values(), scores["ensemble"]):
+    for summary in (*scores["runs"].values(), *(r["postprocessed"] for r in scores["runs"].values()),
+                    scores["ensemble"]):
         del summary["hd95_pct"]
     scores["images"]["left_out"] = 0
     scores["comparisons"][0].update(unit="image", units=341)
@@ -134,6 +139,42 @@ def test_leaderboard_says_which_checkpoint_runs_and_weights_made_it():
     scores = {**board_scores(), "weights": {"unet-r18": 1.0, "unetpp-r18": 2.5},
               "selection": {"runs": "unet*", "checkpoint": "last", "tta": "best", "found": ["unet-r18", "unetpp-r18"]}}
     board = report.leaderboard_markdown(scores)
-    assert "Made from the predictions of last.pt, the final epoch of unet-r18, unetpp-r18 (--runs unet*); TTA best." \
-        in board
+    assert "Made from the predictions of last.pt, the final epoch of unet-r18, unetpp-r18 (--runs unet*); TTA best; " \
+           "epoch rule --select-on final." in board
     assert "Weighted mean over the runs: unet-r18 1, unetpp-r18 2.5." in board
+
+
+def test_leaderboard_states_each_runs_epoch_rule_labels_fold_optimistic_and_marks_a_stale_run():
+    scores = board_scores()
+    scores["runs"]["unet-r18"]["epoch_rule"] = {"select_on": "fold", "checkpoint": "selected",
+                                                "epochs": {0: 9, 1: 12}, "optimistic": True}
+    scores["runs"]["unetpp-r18"]["accepted_stale"] = {1: {"study": "cxr-r18", "differs": "epochs 12 -> 40"}}
+    scores["selection"] = {"runs": "*", "checkpoint": "selected", "tta": "best", "found": list(scores["runs"])}
+    board = report.leaderboard_markdown(scores)
+    assert "| unet-r18 | flip/none (by fold) | fold, epochs 9/12 (optimistic) | 0.9020 +- 0.0100 |" in board
+    assert "| unetpp-r18 (stale, kept) | flip | final, epoch 12 | 0.9220 +- 0.0100 |" in board
+    assert "epoch rule --select-on final, --select-on fold." in board
+    assert "`final`: the final weights of a fixed schedule" in board and "`fold`: the epoch chosen on the scored fold" \
+        in board and "`inner`:" not in board
+    assert "Optimistic epoch rule: unet-r18 trained under `--select-on fold`" in board
+    assert ("Stale, kept: unetpp-r18 fold 1 was kept by study cxr-r18 with `--accept-stale`, though it asked other "
+            "settings (epochs 12 -> 40).") in board
+    assert ("Ensemble gain over the best single model, like with like: post-processed +0.0030 Dice against unetpp-r18 "
+            "post-processed; raw -0.0020 against unetpp-r18 raw") in board
+
+
+def test_multiclass_leaderboard_leads_with_pooled_class_dice_and_announces_a_class_post_processing_lowered():
+    scores = board_scores()
+    classes = {"inflammatory": (0.475, 0.480), "epithelial": (0.280, 0.002)}  # (raw, post-processed)
+    scores["per_class"] = {c: {"unet-r18": pp, "unetpp-r18": pp, "ensemble": pp} for c, (_, pp) in classes.items()}
+    scores["per_class_raw"] = {c: {"unet-r18": raw, "unetpp-r18": raw, "ensemble": raw}
+                               for c, (raw, _) in classes.items()}
+    scores["macro"] = {m: {"postprocessed": 0.241, "raw": 0.3775} for m in ("unet-r18", "unetpp-r18", "ensemble")}
+    scores["lowered_classes"] = [{"model": "ensemble", "class": "epithelial", "raw": 0.28, "postprocessed": 0.002}]
+    board = report.leaderboard_markdown(scores).splitlines()
+    first_table = next(i for i, line in enumerate(board) if line.startswith("|"))
+    assert board[first_table] == "| model | macro mean | inflammatory | epithelial | Dice per image |"
+    assert board[first_table + 4] == ("| ensemble | 0.2410 (0.3775) | 0.4800 (0.4750) | 0.0020 (0.2800) | "
+                                      "0.9250 (0.9180) |")
+    assert any(line.startswith("Post-processing lowered a class's pooled Dice") and
+               "epithelial in ensemble 0.2800 -> 0.0020" in line for line in board)

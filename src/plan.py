@@ -205,6 +205,16 @@ def apply_plan(cfg: Config, given: set) -> tuple:
     return replace(cfg, **planned), sources
 
 
+def planned_line(cfg: Config, sources: dict) -> str:
+    """train.py's line naming the values it took from the plan."""
+    planned = [f"{name} {getattr(cfg, name)}" for name, source in sources.items() if source == "plan"]
+    if planned:
+        return f"planned ({plan_path(cfg.dataset_dir)}; a flag overrides any): {', '.join(planned)}"
+    if load_plan(cfg.dataset_dir):
+        return f"every planned value set by a flag ({plan_path(cfg.dataset_dir)})"
+    return f"no {plan_path(cfg.dataset_dir)}: built-in defaults (python -m src.plan {cfg.dataset} plans them)"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="a dataset prepared under --data-dir")

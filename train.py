@@ -3,16 +3,19 @@
   accelerate launch train.py --fold 0 --arch unetpp          # CPU, one GPU or many: Accelerate decides
   python train.py --dataset demo --fold 0 --arch unet --encoder resnet18 --encoder-weights none
 
+Settings no flag gives come from the dataset's plan, data/<dataset>/plan.json (src/plan.py), where prepare wrote one.
+
 Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: last.pt (the final epoch's weights), best.pt (the best epoch's on
 the split --select-on judges by, inner or fold; none under final), config.json (everything needed to rebuild the
-model offline, the fold file's hash, the inner split's), history.csv (one row per epoch: its seconds, split into
+model offline, the fold file's hash, the inner split's, where each setting came from: flag, plan or default; --lr
+auto's range test), lr_find.png (--lr auto's curve), history.csv (one row per epoch: its seconds, split into
 training, validation and the rest), metrics.json (the scored fold's scores of the selected weights, src/selection.py:
 the final epoch's under --select-on final, the best epoch's otherwise; and the rule) and state/ (full training state
 for --resume: saved every --save-minutes, after the final epoch, and on SIGTERM/SIGINT, which end the run after the
 epoch in progress).
 
-main() reads as the run goes: check the run, start Accelerate, set up data and model, then epochs of
-train_one_epoch, validate and save_epoch, and finish.
+main() reads as the run goes: check the run, start Accelerate, find the rate if asked, set up data and model, then
+epochs of train_one_epoch, validate and save_epoch, and finish.
 """
 import argparse
 import json

@@ -5,8 +5,10 @@
 As nnU-Net plans from its dataset fingerprint, this reads the labelled images once (their number and groups, image
 sizes, channels, foreground fraction, object sizes and pixel share per class) and derives every value by a stated
 rule, printed and stored beside the value. The plan is a dataset-level rule: it reads labels, never a fold's scores,
-and gives every fold and every run of the dataset the same values. train.py takes them as its defaults; a flag
-overrides any of them, and the run's config.json says where each value came from (apply_plan).
+and gives every fold and every run of the dataset the same values. prepare writes it as its last step, and
+python -m src.folds --overwrite plans again. train.py takes them as its defaults (and study.py, whose stale check
+compares a finished run with the planned values); a flag overrides any of them, and the run's config.json says where
+each value came from (apply_plan).
 """
 import argparse
 import json

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY, paths
 
 import train
-from src import lr_find
+from src import lr_find, study
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
 from src.config import Config
@@ -89,3 +89,7 @@ def test_train_lr_auto_trains_at_the_chosen_rate_reuses_it_and_resumes_at_it(dem
     train.main([*flags[:flags.index("--epochs")], "--epochs", "2", "--resume"])  # not "lr 0.0x -> auto": its rate
     resumed = json.loads((run_dir / "config.json").read_text())
     assert (resumed["lr"], resumed["epochs"], resumed["lr_find"]["key"]) == (saved["lr"], 2, found["key"])
+    study_flags = [*flags[:flags.index("--encoder")], *flags[flags.index("--encoder") + 2:flags.index("--epochs")],
+                   "--epochs", "2"]  # a study asking --lr auto of the finished run: the rate it chose, not stale
+    [run] = study.plan(study.train_config(study_flags), ["unet"], ["tu-resnet10t"], [0], study_flags)
+    assert (run.run_dir, run.state) == (run_dir, "done")

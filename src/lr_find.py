@@ -148,6 +148,6 @@ def run_rate(cfg, meta, train_rows, images, masks, accelerator) -> tuple:
     with accelerator.main_process_first():
         lr, record = find_lr(cfg, meta, train_rows, images, masks, accelerator.device,
                              cfg.run_dir / CURVE if accelerator.is_main_process else None)
-    accelerator.print(f"--lr auto: {lr:.3g}, {record['rule']} ({'cached in ' if record['cached'] else ''}"
+    accelerator.print(f"--lr auto: {lr:.3g}, {record['rule']} ({'read from' if record['cached'] else 'cached in'} "
                       f"{record['file']}; curve {cfg.run_dir / CURVE})")
     return replace(cfg, lr=lr), {k: v for k, v in record.items() if k not in ("rates", "losses", "smoothed")}

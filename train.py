@@ -3,16 +3,19 @@
   accelerate launch train.py --fold 0 --arch unetpp          # CPU, one GPU or many: Accelerate decides
   python train.py --dataset demo --fold 0 --arch unet --encoder resnet18 --encoder-weights none
 
+Settings no flag gives come from the dataset's plan, data/<dataset>/plan.json (src/plan.py), where prepare wrote one.
+
 Writes runs/<dataset>/<arch>-<encoder>/fold<k>/: last.pt (the final epoch's weights), best.pt (the best epoch's on
 the split --select-on judges by, inner or fold; none under final), config.json (everything needed to rebuild the
-model offline, the fold file's hash, the inner split's), history.csv (one row per epoch: its seconds, split into
+model offline, the fold file's hash, the inner split's, where each setting came from: flag, plan or default; --lr
+auto's range test), lr_find.png (--lr auto's curve), history.csv (one row per epoch: its seconds, split into
 training, validation and the rest), metrics.json (the scored fold's scores of the selected weights, src/selection.py:
 the final epoch's under --select-on final, the best epoch's otherwise; and the rule) and state/ (full training state
 for --resume: saved every --save-minutes, after the final epoch, and on SIGTERM/SIGINT, which end the run after the
 epoch in progress).
 
-main() reads as the run goes: check the run, start Accelerate, set up data and model, then epochs of
-train_one_epoch, validate and save_epoch, and finish.
+main() reads as the run goes: check the run, start Accelerate, find the rate if asked, set up data and model, then
+epochs of train_one_epoch, validate and save_epoch, and finish.
 """
 import argparse
 import json
@@ -33,13 +36,15 @@ from src.cache import open_cache
 from src.canonical import load_index, load_meta
 from src.checkpoint import (StopRequest, atomic_path, last_state, run_folder_problem, save_state, state_due,
                             write_atomic)
-from src.config import add_config_arguments, config_from_args, load_run_config
+from src.config import add_config_arguments, config_from_args, load_run_config, settled_lr
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import SegmentationLoss, class_weights
+from src.lr_find import run_rate
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
+from src.plan import apply_plan, given_flags, planned_line
 from src.runs import LOCK, RunLock, move_aside
 from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early
 
@@ -52,7 +57,9 @@ def parse_args(argv=None):
     parser.add_argument("--validate-only", action="store_true",
                         help="score the run's selected weights (last.pt under --select-on final, else best.pt) on its "
                              "fold and exit; the model and size come from its config.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.given = given_flags(parser, argv)  # flags over data/<dataset>/plan.json's values (src/plan.py)
+    return args
 
 
 def mixed_precision(requested: str) -> str:
@@ -84,13 +91,18 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
 
 
 def check_run(args) -> tuple:
-    """The run's settings, dataset and split, or a one-line exit for anything that would make it fail or mislead."""
+    """The run's settings, dataset and split, and where its settings came from (config.json keeps it), or a one-line
+    exit for anything that would make it fail or mislead."""
     try:
         cfg = config_from_args(args)
         cfg.arch = canonical_arch(cfg.arch)
+        provenance = {}
         if args.validate_only:  # the run's own model and size (decoder widths...), not this command's defaults
             cfg = replace(load_run_config(cfg.run_dir)[0], data_dir=cfg.data_dir, folds_dir=cfg.folds_dir,
                           runs_dir=cfg.runs_dir, workers=cfg.workers, batch_size=cfg.batch_size, tracker="none")
+        else:  # the dataset's plan where no flag was given; a resumed --lr auto continues at the rate it chose
+            cfg, provenance["sources"] = apply_plan(cfg, args.given)
+            cfg, provenance["lr_find"] = settled_lr(cfg, cfg.run_dir) if args.resume else (cfg, None)
         check_encoder(cfg.encoder)
         meta = load_meta(cfg.dataset_dir)
         index = load_index(cfg.dataset_dir)
@@ -111,7 +123,7 @@ def check_run(args) -> tuple:
     problem = run_folder_problem(cfg, args.resume, args.overwrite, args.validate_only)
     if problem:
         sys.exit(f"train: {problem}")
-    return cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row
+    return cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row, provenance
 
 
 def start_accelerator(cfg, args) -> Accelerator:
@@ -145,13 +157,19 @@ class Parts:
     scheduler: object
 
 
-def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> Parts:
-    # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
+def open_arrays(cfg, accelerator) -> tuple:
+    """The dataset's uint8 images and masks at the run's size, from the memory-mapped cache (the main process builds
+    a missing one first)."""
     with accelerator.main_process_first():
         try:
-            images, masks = open_cache(cfg.dataset_dir, cfg.size)
+            return open_cache(cfg.dataset_dir, cfg.size)
         except ValueError as error:  # a prepared file damaged since: the cache at a new size reads every one
             sys.exit(f"train: {error}; prepare the dataset again (python -m src.prepare ... --overwrite)")
+
+
+def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> Parts:
+    # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
+    images, masks = open_arrays(cfg, accelerator)
     workers = default_workers(cfg.workers, accelerator.num_processes)
     augmentation = build_augmentation(cfg.aug, meta.get("rotation_invariant", False))
     train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed)
@@ -183,7 +201,7 @@ def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> 
                  accelerator.unwrap_model(model, keep_torch_compile=False), loss_fn, optimizer, scheduler)
 
 
-def start_or_resume(cfg, args, meta, accelerator, inner: dict | None) -> tuple:
+def start_or_resume(cfg, args, meta, accelerator, inner: dict | None, provenance: dict) -> tuple:
     """(trainer counters, history rows): fresh, or from the run's last saved state; config.json written either way."""
     run_dir = cfg.run_dir
     trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0}
@@ -200,7 +218,7 @@ def start_or_resume(cfg, args, meta, accelerator, inner: dict | None) -> tuple:
         sharing = os.environ.get("RUNS_SHARING_DEVICE")  # study.py's local engine says; None where nobody knows
         with atomic_path(run_dir / "config.json") as tmp:
             cfg.save(tmp, meta=meta, folds=fingerprint(cfg.folds_dir, cfg.dataset), inner_split=inner,
-                     runs_sharing_device=int(sharing) if sharing else None)
+                     runs_sharing_device=int(sharing) if sharing else None, **provenance)
     accelerator.wait_for_everyone()
     if cfg.tracker == "wandb":
         trainer["wandb_id"] = tracking.start(accelerator, project=cfg.dataset, group=cfg.run_name,
@@ -293,8 +311,12 @@ def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row = check_run(args)
+    cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row, provenance = check_run(args)
     accelerator = start_accelerator(cfg, args)
+    if not args.validate_only:
+        accelerator.print(planned_line(cfg, provenance["sources"]))
+    if cfg.lr == "auto":  # a range test on the images the optimiser trains on, never on the fold it is scored on
+        cfg, provenance["lr_find"] = run_rate(cfg, meta, train_rows, *open_arrays(cfg, accelerator), accelerator)
     accelerator.print(f"{cfg.run_name} fold {cfg.fold}: {len(train_rows)} training and {len(valid_rows)} validation "
                       f"images{f' (+ {len(inner_rows)} inner validation)' if inner else ''}, weights selected by "
                       f"--select-on {cfg.select_on}, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
@@ -309,7 +331,7 @@ def main(argv=None):
             print(json.dumps(scores))
         return
 
-    trainer, history = start_or_resume(cfg, args, meta, accelerator, inner)
+    trainer, history = start_or_resume(cfg, args, meta, accelerator, inner, provenance)
     clock = last_save = time.time()  # each epoch's seconds run from the previous one's end: they sum to the wall time
     with StopRequest() as stop:
         for epoch in range(trainer["epoch"], cfg.epochs):

@@ -4,13 +4,23 @@ train.py saves a run's full Config as runs/<dataset>/<arch>-<encoder>/fold<k>/co
 """
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 # The --select-on rules' own learning rate and schedule, used where --lr or --scheduler is not given: the fixed
 # schedule is the one of the project's real-data runs (docs/results.md); fold keeps the settings it always had.
 RULE_DEFAULTS = {"final": {"lr": 1e-3, "scheduler": "cosine"}, "inner": {"lr": 3e-4, "scheduler": "plateau"},
                  "fold": {"lr": 3e-4, "scheduler": "plateau"}}
+
+
+def learning_rate(text: str):
+    """--lr: a number, or auto (a range test on the run's training images sets it, src/lr_find.py)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number (1e-3) or auto") from None
 
 
 def knob(default, help, **kwargs):
@@ -40,8 +50,11 @@ class Config:
                                    "schedule, the final weights; nothing reads the scored fold), inner (best.pt, "
                                    "plateau and early stopping read an inner split of the training folds), fold (they "
                                    "read the scored fold itself: optimistic)", choices=list(RULE_DEFAULTS))
-    lr: float = knob(None, "decoder/head learning rate (RAdam inside Lookahead)",
-                     shown="1e-3 under --select-on final, 3e-4 under inner and fold")
+    lr: float = knob(None, "decoder/head learning rate (RAdam inside Lookahead), or auto: a range test on the run's "
+                           "training images chooses it (src/lr_find.py; cached per dataset, fold, arch, encoder, size "
+                           "and batch)", parse=learning_rate,
+                     shown="the plan's (data/<dataset>/plan.json), else 1e-3 under --select-on final, 3e-4 under "
+                           "inner; 3e-4 under fold whatever the plan")
     encoder_lr_mult: float = knob(None, "encoder learning rate = lr * this",
                                   shown="0.1 with pretrained weights, 1 with --encoder-weights none")
     weight_decay: float = knob(1e-4, "decoder/head weight decay")
@@ -119,9 +132,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if f.type is bool:
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
-            parser.add_argument(flag, type=f.type, default=f.default, choices=f.metadata.get("choices"),
+            parser.add_argument(flag, type=f.metadata.get("parse", f.type), default=f.default,
+                                choices=f.metadata.get("choices"),
                                 help=f"{f.metadata['help']} (default: {f.metadata.get('shown', f.default)})")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+
+
+def settled_lr(cfg: Config, run_dir: Path) -> tuple:
+    """(cfg, the range test's record or None): --lr auto asked of a run that ran its range test gets the rate it
+    chose, so that a resume continues at it and the study's stale check compares it."""
+    path = Path(run_dir) / "config.json"
+    saved = json.loads(path.read_text()) if cfg.lr == "auto" and path.exists() else {}
+    return (replace(cfg, lr=saved["lr"]), saved["lr_find"]) if saved.get("lr_find") else (cfg, None)

@@ -220,6 +220,13 @@ def main(argv=None):
     except (ValueError, OSError) as error:  # FileNotFoundError and FileExistsError are OSErrors
         sys.exit(f"folds: {error}")
     print(f"wrote {path}")
+    from src import plan  # imported here: src/plan.py reads the fold files through this module
+    dataset_dir = args.data_dir / args.name
+    planned = plan.load_plan(dataset_dir)
+    if planned:  # a fold's number of training images sets the batch and the epochs: the plan follows the new split
+        print("\n".join(plan.describe(plan.write_plan(dataset_dir, args.folds_dir, planned["steps"]), dataset_dir)))
+    else:
+        print(f"no {plan.plan_path(dataset_dir)}: python -m src.plan {args.name} plans the training recipe")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from src.losses import SegmentationLoss, class_weights  # noqa: E402
 from src.models import create_model, normalize  # noqa: E402
 from src.optim import build_optimizer  # noqa: E402
 
+CURVE = "lr_find.png"  # in the run folder
 START, END, STEPS = 1e-6, 1.0, 100  # fastai: 1e-7 to 10 over 100 steps; the demo and DSB curves are flat below 1e-4
 SMOOTHING, DIVERGED = 0.9, 4.0  # an exponential moving average of about 10 steps; stop at 4x its minimum (fastai)
 RULE = "a tenth of the rate at the smoothed loss's minimum (fastai's minimum / 10), at least the sweep's start"
@@ -120,8 +121,10 @@ def plot_curve(record: dict, path: Path) -> None:
 
 
 def find_lr(cfg, meta, train_rows, images, masks, device, curve: Path | None = None,
-            steps: int = STEPS, start: float = START, end: float = END) -> tuple:
-    """(the rate, its record) from the cache or a new sweep; the curve drawn to `curve` (the run folder's PNG)."""
+            steps: int | None = None, start: float = START, end: float = END) -> tuple:
+    """(the rate, its record) from the cache or a new sweep of `steps` (STEPS unless given); the curve drawn to
+    `curve` (the run folder's PNG)."""
+    steps = steps or STEPS
     key = cache_key(cfg, train_rows, steps, start, end)
     path = Path(cfg.dataset_dir) / "lr" / f"{key}.json"
     if path.exists():
@@ -137,3 +140,14 @@ def find_lr(cfg, meta, train_rows, images, masks, device, curve: Path | None = N
     if curve is not None:
         plot_curve(record, curve)
     return record["lr"], record
+
+
+def run_rate(cfg, meta, train_rows, images, masks, accelerator) -> tuple:
+    """(cfg at --lr auto's rate, the record config.json keeps) for a training run: the main process sweeps (or reads
+    the cache) first and draws the curve into the run folder; the other processes then read its cache."""
+    with accelerator.main_process_first():
+        lr, record = find_lr(cfg, meta, train_rows, images, masks, accelerator.device,
+                             cfg.run_dir / CURVE if accelerator.is_main_process else None)
+    accelerator.print(f"--lr auto: {lr:.3g}, {record['rule']} ({'read from' if record['cached'] else 'cached in'} "
+                      f"{record['file']}; curve {cfg.run_dir / CURVE})")
+    return replace(cfg, lr=lr), {k: v for k, v in record.items() if k not in ("rates", "losses", "smoothed")}

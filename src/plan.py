@@ -5,8 +5,10 @@
 As nnU-Net plans from its dataset fingerprint, this reads the labelled images once (their number and groups, image
 sizes, channels, foreground fraction, object sizes and pixel share per class) and derives every value by a stated
 rule, printed and stored beside the value. The plan is a dataset-level rule: it reads labels, never a fold's scores,
-and gives every fold and every run of the dataset the same values. train.py takes them as its defaults; a flag
-overrides any of them, and the run's config.json says where each value came from (apply_plan).
+and gives every fold and every run of the dataset the same values. prepare writes it as its last step, and
+python -m src.folds --overwrite plans again. train.py takes them as its defaults (and study.py, whose stale check
+compares a finished run with the planned values); a flag overrides any of them, and the run's config.json says where
+each value came from (apply_plan).
 """
 import argparse
 import json
@@ -203,6 +205,16 @@ def apply_plan(cfg: Config, given: set) -> tuple:
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources
+
+
+def planned_line(cfg: Config, sources: dict) -> str:
+    """train.py's line naming the values it took from the plan."""
+    planned = [f"{name} {getattr(cfg, name)}" for name, source in sources.items() if source == "plan"]
+    if planned:
+        return f"planned ({plan_path(cfg.dataset_dir)}; a flag overrides any): {', '.join(planned)}"
+    if load_plan(cfg.dataset_dir):
+        return f"every planned value set by a flag ({plan_path(cfg.dataset_dir)})"
+    return f"no {plan_path(cfg.dataset_dir)}: built-in defaults (python -m src.plan {cfg.dataset} plans them)"
 
 
 def main(argv=None) -> dict:

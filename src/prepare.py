@@ -10,6 +10,8 @@
   any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv
 
 Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-bit: see src/images.py.
+Last, the dataset's training recipe is planned from its fingerprint into data/<name>/plan.json (src/plan.py), each
+value printed with its rule.
 """
 import argparse
 import sys
@@ -23,6 +25,7 @@ from src import sources
 from src.canonical import PrepareError, write_dataset
 from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, write_folds
 from src.masks import parse_colors
+from src.plan import describe, write_plan
 from src.problems import report
 
 
@@ -177,6 +180,7 @@ def main(argv=None):
           + (f" grouped by {folds['group'].nunique()} groups ({folds['group'].str.startswith(NO_GROUP).sum()} of them "
              f"an image without a group label)" if "group" in folds else "")
           + f"; {time.time() - start:.1f}s")
+    print("\n".join(describe(write_plan(args.data_dir / name, args.folds_dir), args.data_dir / name)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from src.checkpoint import last_state, settings_changed, write_atomic
-from src.config import Config, load_run_config
+from src.config import Config, load_run_config, settled_lr
 from src.folds import fingerprint
 
 
@@ -131,7 +131,7 @@ def is_finished(run_dir: Path) -> bool:
 
 def stale_settings(run_dir: Path, cfg: Config) -> str:
     """What of the model a finished run differs in from cfg ('size 64 -> 96, fold file'), or ''."""
-    changed = settings_changed(load_run_config(run_dir)[0], cfg, NOT_THE_MODEL)
+    changed = settings_changed(load_run_config(run_dir)[0], settled_lr(cfg, run_dir)[0], NOT_THE_MODEL)
     saved_folds = run_config(run_dir).get("folds") or {}
     if saved_folds.get("sha256") != fingerprint(cfg.folds_dir, cfg.dataset)["sha256"]:
         changed = ", ".join(filter(None, [changed, f"fold file {Path(cfg.folds_dir) / cfg.dataset}.csv changed"]))

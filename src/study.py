@@ -27,6 +27,7 @@ from src import runs as ledger
 from src.config import Config, add_config_arguments, config_from_args
 from src.canonical import load_index
 from src.folds import load_folds
+from src.plan import apply_plan, given_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 STATES = ledger.PLAN_STATES
@@ -54,13 +55,15 @@ class Run:
 
 
 def train_config(train_flags: list) -> Config:
-    """The Config every run of the study gets from the train.py flags passed through; a wrong flag stops here."""
+    """The Config every run of the study gets from the train.py flags passed through, planned as train.py plans it
+    (data/<dataset>/plan.json where no flag is given: a finished run is compared with what it was given); a wrong
+    flag stops here."""
     for flag in train_flags:
         if flag.split("=")[0] in SET_BY_THE_STUDY:
             raise ValueError(f"{flag.split('=')[0]} is set by the study: use {SET_BY_THE_STUDY[flag.split('=')[0]]}")
     parser = argparse.ArgumentParser(prog="study.py (train.py flags)", allow_abbrev=False)
     add_config_arguments(parser)
-    return config_from_args(parser.parse_args(train_flags))
+    return apply_plan(config_from_args(parser.parse_args(train_flags)), given_flags(parser, train_flags))[0]
 
 
 def fold_numbers(cfg: Config, folds: str) -> list:

@@ -16,9 +16,15 @@ TINY = ["--size", "64", "--encoder", "tu-resnet10t", "--encoder-weights", "none"
         "--save-minutes", "0"]
 
 
-def prepare(workdir: Path, *args) -> None:
+def prepare(workdir: Path, *args, plan: bool = False) -> None:
+    """python -m src.prepare into workdir, without the plan.json it writes unless `plan`: the tests train on the values
+    they pass (TINY), and a planned value they leave out (the demo's 250 epochs, heavy augmentation) would change what
+    they check. tests/test_plan.py plans where the plan is the point."""
     from src import prepare as prepare_module
     prepare_module.main([*args, "--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds")])
+    if not plan:
+        for planned in (workdir / "data").glob("*/plan.json"):
+            planned.unlink()
 
 
 @pytest.fixture(scope="session")

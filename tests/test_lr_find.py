@@ -1,8 +1,14 @@
 """--lr auto's range test: a rate inside its sweep, its curve, its cache, and nothing read from the scored fold."""
-import numpy as np
-import pytest
+import json
+import shutil
 
-from src import lr_find
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY, paths
+
+import train
+from src import lr_find, study
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
 from src.config import Config
@@ -57,3 +63,33 @@ def test_lr_auto_reads_nothing_of_the_scored_fold(demo_arrays, tmp_path):
     images[valid_rows], masks[valid_rows] = 255 - images[valid_rows], 1 - masks[valid_rows]
     perturbed_lr, perturbed = sweep(tmp_path / "b", demo_arrays, images=images, masks=masks)
     assert (perturbed_lr, perturbed["losses"]) == (lr, record["losses"])
+
+
+def test_train_lr_auto_trains_at_the_chosen_rate_reuses_it_and_resumes_at_it(demo_dir, tmp_path, monkeypatch):
+    shutil.copytree(demo_dir / "data" / "demo", tmp_path / "data" / "demo")  # the sweep's cache goes into data/demo/lr
+    shutil.copytree(demo_dir / "folds", tmp_path / "folds")
+    monkeypatch.setattr(lr_find, "STEPS", STEPS)
+    flags = [*TINY[:TINY.index("--lr")], "--lr", "auto", *TINY[TINY.index("--lr") + 2:], *paths(tmp_path),
+             "--runs-dir", str(tmp_path / "runs"), "--epochs", "1"]
+    run_dir = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    train.main(flags)
+    saved = json.loads((run_dir / "config.json").read_text())
+    found = saved["lr_find"]
+    assert lr_find.START <= saved["lr"] == found["lr"] <= lr_find.END and saved["sources"]["lr"] == "user"
+    assert not found["cached"] and found["train_images"] == 24 and found["sweep"]["steps"] == STEPS
+    assert (run_dir / lr_find.CURVE).stat().st_size > 10_000
+    assert pd.read_csv(run_dir / "history.csv")["lr"][0] == pytest.approx(saved["lr"] / 2)  # warm-up's first epoch
+
+    def no_sweep(*args):
+        raise AssertionError("the cached rate should have been reused")
+    monkeypatch.setattr(lr_find, "range_test", no_sweep)
+    train.main([*flags, "--overwrite"])  # the same key: the cache's rate, its curve drawn again in the new folder
+    again = json.loads((run_dir / "config.json").read_text())
+    assert again["lr"] == saved["lr"] and again["lr_find"]["cached"] and (run_dir / lr_find.CURVE).exists()
+    train.main([*flags[:flags.index("--epochs")], "--epochs", "2", "--resume"])  # not "lr 0.0x -> auto": its rate
+    resumed = json.loads((run_dir / "config.json").read_text())
+    assert (resumed["lr"], resumed["epochs"], resumed["lr_find"]["key"]) == (saved["lr"], 2, found["key"])
+    study_flags = [*flags[:flags.index("--encoder")], *flags[flags.index("--encoder") + 2:flags.index("--epochs")],
+                   "--epochs", "2"]  # a study asking --lr auto of the finished run: the rate it chose, not stale
+    [run] = study.plan(study.train_config(study_flags), ["unet"], ["tu-resnet10t"], [0], study_flags)
+    assert (run.run_dir, run.state) == (run_dir, "done")

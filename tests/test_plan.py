@@ -3,11 +3,15 @@ import argparse
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import pytest
+from conftest import TINY, paths, prepare
 
-from src import plan
-from src.config import Config, add_config_arguments, config_from_args
+import train
+from src import folds, plan, study
+from src import runs as ledger
+from src.config import RULE_DEFAULTS, Config, add_config_arguments, config_from_args
 
 
 def planned_copy(workdir, tmp_path, dataset):
@@ -18,10 +22,11 @@ def planned_copy(workdir, tmp_path, dataset):
 
 
 @pytest.fixture(scope="module")
-def planned_demo(demo_dir, tmp_path_factory):
-    """(the data folder of a planned copy of the demo, its plan)."""
+def planned_demo(tmp_path_factory):
+    """(the data folder of the demo prepared as conftest's demo_dir, with the plan prepare writes, its plan)."""
     workdir = tmp_path_factory.mktemp("plan")
-    return workdir / "data", planned_copy(demo_dir, workdir, "demo")
+    prepare(workdir, "demo", "--count", "36", "--test-count", "4", "--size", "64", "--k", "3", plan=True)
+    return workdir / "data", plan.load_plan(workdir / "data" / "demo")
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +103,9 @@ def test_a_flag_overrides_the_plan_and_sources_say_so(planned_demo):
     assert (cfg.batch_size, sources["batch_size"]) == (12, "user")
     assert (cfg.epochs, sources["epochs"]) == (500, "plan")  # 1000 steps at 2 an epoch
     # --select-on fold (issue 23) keeps today's schedule.
-    fold_cfg = Config(data_dir=str(planned_dir))
-    fold_cfg.select_on = "fold"
-    fold_cfg, sources = plan.apply_plan(fold_cfg, set())
-    assert (fold_cfg.lr, fold_cfg.epochs) == (Config.lr, Config.epochs) and sources["lr"] == "default"
+    fold_cfg, sources = plan.apply_plan(*parse(["--data-dir", str(planned_dir), "--select-on", "fold"]))
+    assert (fold_cfg.lr, fold_cfg.scheduler, fold_cfg.epochs) == (3e-4, "plateau", Config.epochs)
+    assert RULE_DEFAULTS["fold"] == {"lr": 3e-4, "scheduler": "plateau"} and sources["lr"] == "default"
     assert sources["size"] == "plan"
 
 
@@ -109,3 +113,34 @@ def test_without_a_plan_every_value_is_the_default(demo_dir):
     cfg, sources = plan.apply_plan(*parse(["--data-dir", str(demo_dir / "data")]))
     assert cfg == Config(data_dir=str(demo_dir / "data")) and set(sources.values()) == {"user", "default"}
 
+
+
+def test_train_takes_the_plan_a_flag_overrides_it_and_a_study_rerun_is_not_stale(planned_demo, tmp_path, capsys):
+    """The planned values a run trains on are those the study's stale check compares: the same command again is done."""
+    data_dir, demo_plan = planned_demo
+    workdir = data_dir.parent
+    flags = [*TINY[:TINY.index("--aug")], *TINY[TINY.index("--aug") + 2:], *paths(workdir),
+             "--runs-dir", str(tmp_path / "runs"), "--epochs", "1"]  # TINY without --aug: the plan's heavy
+    train.main(flags)
+    run_dir = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["aug"], saved["epochs"], saved["size"], saved["class_weights"]) == ("heavy", 1, 64, "none")
+    assert saved["sources"]["aug"] == saved["sources"]["class_weights"] == saved["sources"]["warmup_epochs"] == "plan"
+    assert saved["sources"]["epochs"] == saved["sources"]["size"] == "user" and saved["sources"]["seed"] == "default"
+    assert saved["lr_find"] is None
+    assert "planned (" in capsys.readouterr().out
+    study_flags = flags[:flags.index("--encoder")] + flags[flags.index("--encoder") + 2:]  # --encoders is the study's
+    requested = study.train_config(study_flags)
+    [run] = study.plan(requested, ["unet"], ["tu-resnet10t"], [0], study_flags)
+    assert (run.run_dir, run.state) == (run_dir, "done")
+    unplanned = replace(requested, encoder="tu-resnet10t", aug=Config.aug)  # what the study asked before it planned
+    assert "aug heavy -> medium" in ledger.stale_settings(run_dir, unplanned)
+
+
+def test_a_new_split_replans(demo_dir, tmp_path, capsys):
+    first = planned_copy(demo_dir, tmp_path, "demo")
+    folds.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    replanned = plan.load_plan(tmp_path / "data" / "demo")
+    assert (first["fingerprint"]["folds"], replanned["fingerprint"]["folds"]) == (3, 2)
+    assert replanned["fingerprint"]["train_images"] == 18 and replanned["values"]["batch_size"] == 4
+    assert "batch_size: 4 (" in capsys.readouterr().out

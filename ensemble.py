@@ -139,7 +139,8 @@ def select_runs(args) -> tuple:
         elif args.tta in modes:
             chosen[name] = modes[args.tta]
     if not chosen:
-        sys.exit(f"ensemble: no scored predictions of {args.checkpoint}.pt in {root} (run `python infer.py --tta "
+        weights = "the selected weights" if args.checkpoint == "selected" else f"{args.checkpoint}.pt"
+        sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `python infer.py --tta "
                  f"--checkpoint {args.checkpoint}` first)")
     return {name: sets[name] for name in chosen}, chosen
 
@@ -177,7 +178,7 @@ def refuse_stale(predictions: ledger.PredictionSet, part: str, files: dict, args
     """Stop at the first fold of a part whose files its run's current weights did not make. files: {fold: a file}."""
     stale = predictions.stale_folds(part, sorted(files))
     if stale:
-        weights = Path(predictions.provenance["run_dir"]) / f"fold{stale[0]}" / f"{predictions.checkpoint}.pt"
+        weights = ledger.weights_file(Path(predictions.provenance["run_dir"]), stale[0], predictions.checkpoint)
         sys.exit(f"ensemble: {files[stale[0]]} ({predictions.run}, fold {stale[0]}) was not made by the current "
                  f"weights of {weights} (retrained or deleted since); renew it: "
                  f"`{renew_command(predictions, stale, args, images)}`")

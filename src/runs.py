@@ -211,14 +211,18 @@ def run_folders(runs_dir, dataset: str) -> dict:
     return {name: [f for f in folds if f.is_dir() and f.name[4:].isdigit()] for name, folds in runs.items()}
 
 
+def weights_file(run_dir: Path, fold: int, checkpoint: str) -> Path:
+    """A fold's weights file for a checkpoint: best.pt, last.pt, or for `selected` the one its --select-on rule
+    scores (last.pt under final, best.pt under inner and fold)."""
+    folder = Path(run_dir) / f"fold{fold}"
+    if checkpoint == "selected":
+        checkpoint = load_run_config(folder)[0].selected_checkpoint if (folder / "config.json").exists() else "last"
+    return folder / f"{checkpoint}.pt"
+
+
 def weights_sha256(run_dir: Path, fold: int, checkpoint: str) -> str | None:
     """The sha256 of a fold's weights file now, or None if it is gone."""
-    folder = Path(run_dir) / f"fold{fold}"
-    if checkpoint == "selected":  # the run's own rule: last.pt under --select-on final, else best.pt
-        if not (folder / "config.json").exists():
-            return None
-        checkpoint = load_run_config(folder)[0].selected_checkpoint
-    path = folder / f"{checkpoint}.pt"
+    path = weights_file(run_dir, fold, checkpoint)
     return file_sha256(path) if path.exists() else None
 
 

@@ -276,14 +276,16 @@ def scored_predictions(folder, dice, split=None):
 
 def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
     run = tmp_path / "demo" / "unet-r34"
-    scored_predictions(run / "tta-none", 0.8)
+    scored_predictions(run / "tta-none", 0.8)  # the selected weights' (each run's --select-on rule)
     scored_predictions(run / "tta-flip", 0.9)
+    scored_predictions(run / "best" / "tta-none", 0.7)
     scored_predictions(run / "last" / "tta-none", 0.85)
 
     def chosen(tta, checkpoint):
         args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint)
         return {name: s.folder for name, s in ensemble.select_runs(args)[1].items()}
-    assert chosen("best", "best") == {"unet-r34": run / "tta-flip"}
+    assert chosen("best", "selected") == {"unet-r34": run / "tta-flip"}
+    assert chosen("best", "best") == {"unet-r34": run / "best" / "tta-none"}
     assert chosen("best", "last") == {"unet-r34": run / "last" / "tta-none"}
     with pytest.raises(SystemExit, match="no scored predictions of last.pt"):
         chosen("flip", "last")
@@ -333,7 +335,7 @@ def test_predictions_of_older_weights_never_enter_a_leaderboard(predicted, tmp_p
     message = str(stop.value.code)
     assert re.match(rf"^ensemble: .*/tta-none/oof/\S+\.npz \({RUN}, fold 1\) was not made by the current weights of "
                     rf"{re.escape(str(fold1.resolve()))} \(retrained or deleted since\); renew it: `python infer.py "
-                    rf"--dataset demo --runs {RUN} --folds 1 --tta none --checkpoint best .*`$", message)
+                    rf"--dataset demo --runs {RUN} --folds 1 --tta none --checkpoint selected .*`$", message)
     assert not (tmp_path / "ensemble").exists()  # no leaderboard, no masks
     with pytest.raises(SystemExit, match=rf"^infer: the OOF predictions of fold 1 .* not made by the current weights "
                                          rf"of {RUN}; renew them: `python infer.py .* --folds 1 "):
@@ -341,7 +343,7 @@ def test_predictions_of_older_weights_never_enter_a_leaderboard(predicted, tmp_p
     infer.main(shlex.split(message.split("`")[1])[2:] + ["--workers", "0"])  # the command it names, as it stands
     ensemble.main(args)
     scores = json.loads((tmp_path / "ensemble" / "demo" / "scores.json").read_text())
-    assert set(scores["runs"]) == {RUN} and scores["checkpoint"] == "best"
+    assert set(scores["runs"]) == {RUN} and scores["checkpoint"] == "selected"
 
 
 def test_a_leftover_temporary_file_never_becomes_an_image(predicted, tmp_path):
@@ -367,14 +369,14 @@ def test_another_checkpoint_or_a_subset_never_replaces_the_default_leaderboard(p
     board = (out / "leaderboard.md").read_text()
     for other in (["--checkpoint", "last"], ["--runs", "unet-*"]):
         with pytest.raises(SystemExit, match=rf"^ensemble: {re.escape(str(out))} holds the ensemble of runs \*, "
-                                             r"best.pt, TTA none; write this one \(.*\) to its own folder with --name "
+                                             r"the selected weights, TTA none; write this one \(.*\) to its own folder with --name "
                                              r"NAME, or pass --overwrite to replace it$"):
             ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", *other])
     assert (out / "leaderboard.md").read_text() == board
-    assert "Made from the predictions of best.pt, the best validation epoch" in board
+    assert "Made from the predictions of the weights each run's --select-on rule scores" in board
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--checkpoint", "last", "--name", "last"])
     last = json.loads((out / "last" / "scores.json").read_text())
-    assert last["checkpoint"] == "last" and json.loads((out / "scores.json").read_text())["checkpoint"] == "best"
+    assert last["checkpoint"] == "last" and json.loads((out / "scores.json").read_text())["checkpoint"] == "selected"
     assert "Made from the predictions of last.pt, the final epoch" in (out / "last" / "leaderboard.md").read_text()
     assert (out / "leaderboard.md").read_text() == board
 

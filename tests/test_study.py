@@ -73,9 +73,9 @@ def test_dry_run_prints_each_runs_state_and_the_command_that_moves_it_on(demo_di
     assert lines[4:7] == [f"{train} --encoder {b} --fold {k}  # new" for k in range(3)]
     infer, ensemble = plan_module.script("infer.py"), plan_module.script("ensemble.py")
     assert lines[7].startswith(f"# then: python {infer} --dataset demo --runs unet-{a} --folds 0,1,2 --tta none "
-                               f"--checkpoint best")
+                               f"--checkpoint selected")
     assert lines[9].startswith(f"# then: python {ensemble} --dataset demo --runs unet-{a},unet-{b} --tta none "
-                               f"--checkpoint best --name demo-unet-{a}+{b}")
+                               f"--checkpoint selected --name demo-unet-{a}+{b}")
     assert not (workdir / "preds").exists() and not (runs / f"unet-{b}" / "fold1").exists()  # nothing ran
 
 

@@ -102,7 +102,9 @@ def check_before_training(args, cfg, archs, encoders, runs) -> None:
     """Stop before any run starts for what every run would fail on, or for stale runs nobody decided about."""
     started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
     todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
-    problems = study.encoder_problems(archs[0], [e for e in encoders if e in todo], cfg.encoder_weights) if todo else []
+    checked = dict.fromkeys([archs[0], *(a for a in archs if a == "unetpp_ds")])  # it refuses encoders others take
+    problems = list(dict.fromkeys(problem for arch in checked for problem in study.encoder_problems(
+        arch, [e for e in encoders if e in todo], cfg.encoder_weights))) if todo else []
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
     stale = [run for run in runs if run.state == "stale"]

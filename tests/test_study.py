@@ -160,7 +160,8 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
     assert pairs == [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]
     assert all(c["p_holm"] >= c["wilcoxon_p"] for c in scores["comparisons"])  # adjusted over the three together
     row, = scores["by_encoder"]
-    assert row["archs"] == ["unet", "unetpp", "unetpp_ds"] and row["unetpp_ds_level"] in ("L1", "L2", "L3", "L4", "mean")
+    assert row["archs"] == ["unet", "unetpp", "unetpp_ds"]
+    assert row["unetpp_ds_level"] in ("L1", "L2", "L3", "L4", "mean")
     assert row["unetpp_ds-unetpp_difference"] == scores["comparisons"][2]["mean_difference"]
     assert set(row["unetpp_ds_levels"]) == {"L1", "L2", "L3", "L4", "mean"}
     board = (out / "leaderboard.md").read_text()
@@ -175,6 +176,14 @@ def test_a_misspelt_encoder_stops_the_study_before_any_run_starts(demo_dir, tmp_
     workdir = with_data(demo_dir, tmp_path)
     with pytest.raises(SystemExit, match="study: unknown timm encoder 'tu-resnet10x'.*checked before any run"):
         study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t,tu-resnet10x", "--folds", "0"))
+    assert not (workdir / "runs").exists()
+
+
+def test_an_encoder_only_unetpp_ds_refuses_stops_the_study_before_any_run_starts(demo_dir, tmp_path):
+    workdir = with_data(demo_dir, tmp_path)
+    with pytest.raises(SystemExit, match="study: unetpp_ds cannot be built on encoder 'tu-convnext_atto'.*checked "
+                                         "before any run"):
+        study.main(study_args(workdir, "--archs", "unet,unetpp_ds", "--encoders", "tu-convnext_atto", "--folds", "0"))
     assert not (workdir / "runs").exists()
 
 

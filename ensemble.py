@@ -142,8 +142,8 @@ def select_runs(args) -> dict:
 
 def choose_levels(found: dict, fold_of: dict, args) -> tuple:
     """({run: {mode: PredictionSet}}, {run: the set chosen for it}), the sets of select_runs(): a unetpp_ds run's
-    levels of a TTA mode made one set, each fold at the level of highest OOF Dice on the other folds (tuning.
-    choose_levels); under --tta best, the set of highest OOF Dice on all images (ties keep the cheaper TTA)."""
+    levels of a TTA mode made one set, each fold at the level of highest OOF Dice on the other folds
+    (tuning.choose_levels); under --tta best, the set of highest OOF Dice on all images (ties keep the cheaper TTA)."""
     sets, chosen = {}, {}
     for name, candidates in found.items():
         for mode in TTA_MODES:
@@ -461,7 +461,8 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
         return
     table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
                           for n, r in {**scores["runs"], "ensemble": scores["ensemble"]}.items()])
-    by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
+    by_encoder = {"by_encoder": pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+                                              for r in scores["by_encoder"]])} if scores["by_encoder"] else {}
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
                         {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"]},
                         tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))

@@ -125,15 +125,17 @@ def oof_dice(predictions: ledger.PredictionSet) -> float:
 
 def select_runs(args) -> dict:
     """{run: {(TTA mode, level): its scored PredictionSet}} of the runs asked (--runs) with scored predictions of the
-    checkpoint asked, at the TTA asked (every mode under --tta best); level None but for unetpp_ds's other levels."""
+    checkpoint asked at the TTA asked (any under --tta best), every mode and level each has (level None but for
+    unetpp_ds's other levels)."""
     found = ledger.level_sets(args.preds_dir, args.dataset, args.checkpoint)
     root = Path(args.preds_dir) / args.dataset
     if found and ledger.unmatched(found, args.runs):
         sys.exit(f"ensemble: --runs {','.join(ledger.unmatched(found, args.runs))} matches no run with predictions of "
                  f"{args.checkpoint}.pt in {root} (there are: {', '.join(found)})")
     sets = {name: {(mode, level): s for mode, levels in found[name].items() for level, s in levels.items()
-                   if s.scored and args.tta in ("best", mode)} for name in ledger.select(found, args.runs)}
-    sets = {name: candidates for name, candidates in sets.items() if candidates}
+                   if s.scored} for name in ledger.select(found, args.runs)}
+    sets = {name: candidates for name, candidates in sets.items()
+            if any(args.tta in ("best", mode) for mode, _ in candidates)}
     if not sets:
         sys.exit(f"ensemble: no scored predictions of {args.checkpoint}.pt in {root} (run `python infer.py --tta "
                  f"--checkpoint {args.checkpoint}` first)")

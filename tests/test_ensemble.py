@@ -280,8 +280,9 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
 
     def chosen(tta, checkpoint):
         args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint)
-        return {name: s.folder for name, s in ensemble.select_runs(args)[1].items()}
-    assert chosen("best", "best") == {"unet-r34": run / "tta-flip"}
+        picked = ensemble.choose_levels(ensemble.select_runs(args), {"a": 0}, args)[1]
+        return {name: s.folder for name, s in picked.items()}
+    assert chosen("best", "selected") == {"unet-r34": run / "tta-flip"}
     assert chosen("best", "last") == {"unet-r34": run / "last" / "tta-none"}
     with pytest.raises(SystemExit, match="no scored predictions of last.pt"):
         chosen("flip", "last")

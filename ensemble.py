@@ -31,6 +31,7 @@ from src.checkpoint import write_atomic
 from src.folds import FoldFileError, group_labels
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
+from src.models import DEEP_SUPERVISED
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, read_mean, read_split
 from src.rle import rle_encode
@@ -82,15 +83,17 @@ def main(argv=None):
 def run(args):
     """The story: which predictions, checked; each run scored; the ensemble tuned and scored; masks; reports."""
     dataset_dir, meta, index, by = read_dataset(args)
-    sets, chosen = select_runs(args)
-    folds = recorded_split(sets, chosen, args, index)
+    found = select_runs(args)
+    folds = recorded_split(found, args, index)
     fold_of = dict(zip(folds["id"], folds["fold"]))
-    check_oof(sets, fold_of, args)
+    check_oof(found, fold_of, args)
+    sets, chosen = choose_levels(found, fold_of, args)
     test_dirs, test_ids = test_predictions(chosen, folds, index, args)
     weight_of = run_weights(args.weights, chosen)
     out = output_folder(args, chosen)
 
     runs = score_runs(sets, chosen, folds, args)
+    name_levels(runs, sets)
     postprocess_runs(runs, sets, dataset_dir, meta, args)
     tuned = tune(runs, sets, weight_of, dataset_dir, meta, args)
     ensemble, ensemble_scores = score_ensemble(runs, tuned, dataset_dir, meta)
@@ -123,29 +126,57 @@ def oof_dice(predictions: ledger.PredictionSet) -> float:
     return per_image(pd.read_csv(predictions.folder / "oof_scores.csv", dtype={"id": str}))["dice"].mean()
 
 
-def select_runs(args) -> tuple:
-    """({run: {mode: its scored PredictionSet}}, {run: the set chosen for it}) of the runs asked (--runs) with scored
-    predictions of the checkpoint asked; under --tta best, the set of highest OOF Dice (ties keep the cheaper TTA)."""
-    found = ledger.prediction_sets(args.preds_dir, args.dataset, args.checkpoint)
+def select_runs(args) -> dict:
+    """{run: {(TTA mode, level): its scored PredictionSet}} of the runs asked (--runs) with scored predictions of the
+    checkpoint asked at the TTA asked (any under --tta best), every mode and level each has (level None but for
+    unetpp_ds's other levels)."""
+    found = ledger.level_sets(args.preds_dir, args.dataset, args.checkpoint)
     root = Path(args.preds_dir) / args.dataset
     if found and ledger.unmatched(found, args.runs):
         sys.exit(f"ensemble: --runs {','.join(ledger.unmatched(found, args.runs))} matches no run with predictions of "
                  f"{args.checkpoint}.pt in {root} (there are: {', '.join(found)})")
-    sets = {name: {m: s for m, s in found[name].items() if s.scored} for name in ledger.select(found, args.runs)}
-    chosen = {}
-    for name, modes in sets.items():
-        if args.tta == "best" and modes:  # chosen on OOF scores, like the post-processing
-            chosen[name] = max(modes.values(), key=oof_dice)
-        elif args.tta in modes:
-            chosen[name] = modes[args.tta]
-    if not chosen:
+    sets = {name: {(mode, level): s for mode, levels in found[name].items() for level, s in levels.items()
+                   if s.scored} for name in ledger.select(found, args.runs)}
+    sets = {name: candidates for name, candidates in sets.items()
+            if any(args.tta in ("best", mode) for mode, _ in candidates)}
+    if not sets:
         weights = "the selected weights" if args.checkpoint == "selected" else f"{args.checkpoint}.pt"
         sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `python infer.py --tta "
                  f"--checkpoint {args.checkpoint}` first)")
-    return {name: sets[name] for name in chosen}, chosen
+    return sets
 
 
-def recorded_split(sets: dict, chosen: dict, args, index: pd.DataFrame) -> pd.DataFrame:
+def choose_levels(found: dict, fold_of: dict, args) -> tuple:
+    """({run: {mode: PredictionSet}}, {run: the set chosen for it}), the sets of select_runs(): a unetpp_ds run's
+    levels of a TTA mode made one set, each fold at the level of highest OOF Dice on the other folds
+    (tuning.choose_levels); under --tta best, the set of highest OOF Dice on all images (ties keep the cheaper TTA)."""
+    sets, chosen = {}, {}
+    for name, candidates in found.items():
+        for mode in TTA_MODES:
+            levels = [s for (m, _), s in candidates.items() if m == mode]
+            if levels and name.split("-", 1)[0] == DEEP_SUPERVISED:
+                sets.setdefault(name, {})[mode] = tuning.choose_levels(levels, fold_of)
+            elif levels:
+                sets.setdefault(name, {})[mode] = levels[0]
+        modes = sets[name]
+        chosen[name] = max(modes.values(), key=oof_dice) if args.tta == "best" else modes[args.tta]
+    return sets, chosen
+
+
+def name_levels(runs: dict, sets: dict) -> None:
+    """Each unetpp_ds run's levels in its summary: the test masks' (level), each fold's at that fold's TTA
+    (level_by_fold), and every level of the test masks' TTA with its parameters, OOF images/s and OOF Dice (levels)."""
+    for name, s in runs["chosen"].items():
+        if not isinstance(s, tuning.ChosenLevels):
+            continue
+        by_fold = {f: sets[name][mode].by_fold[f] for f, mode in runs["tta_by_fold"][name].items()}
+        inference = {level: read_json(p.folder / "inference.json") or {} for level, p in s.levels.items()}
+        levels = {level: {"parameters_m": inference[level].get("parameters_m"), "dice": oof_dice(p),
+                          "images_per_s": inference[level].get("images_per_s")} for level, p in s.levels.items()}
+        runs["summaries"][name].update({"level": s.level, "level_by_fold": by_fold, "levels": levels})
+
+
+def recorded_split(sets: dict, args, index: pd.DataFrame) -> pd.DataFrame:
     """The folds that every set read was predicted on (infer.py records the fold file in prediction.json): one split
     for all, unchanged since."""
     recorded = {s: s.provenance.get("split") for modes in sets.values() for s in modes.values()}
@@ -159,7 +190,7 @@ def recorded_split(sets: dict, chosen: dict, args, index: pd.DataFrame) -> pd.Da
         sys.exit(f"ensemble: {first.run} was trained on {split['file']} but {other.run} on another split "
                  f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
     try:
-        return read_split(split, f"{chosen[first.run].folder} was predicted", index)
+        return read_split(split, f"{first.folder} was predicted", index)
     except (FileNotFoundError, SplitChanged, FoldFileError) as error:
         sys.exit(f"ensemble: {error}")
 
@@ -298,7 +329,7 @@ def score_runs(sets: dict, chosen: dict, folds: pd.DataFrame, args) -> dict:
                  f"folds, so run infer.py for at least two folds of each run")
     tta_by_fold, run_scores = {}, {}
     for name in chosen:
-        tta_by_fold[name], run_scores[name] = tuning.choose_tta_by_fold(
+        tta_by_fold[name], run_scores[name] = tuning.choose_by_fold(
             {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
     summaries = {name: {"tta": s.tta, "tta_by_fold": tta_by_fold[name], **tuning.summarize_scores(run_scores[name]),
                         "epoch_rule": epoch_rule(s, args.checkpoint), "accepted_stale": accepted_stale(s),
@@ -371,15 +402,16 @@ def score_ensemble(runs: dict, tuned: dict, dataset_dir: Path, meta: dict) -> tu
 
 
 def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:
-    """Unet++ against Unet of each encoder both ran with, on the same images, both at one TTA mode fixed in advance
-    (tta, else the most augmented both have), over patients where group_of gives them; p Holm-adjusted over the
-    comparisons. dice_of: {run: {mode: per-image Dice}}."""
+    """For each encoder, each pair of report.COMPARED both ran with (Unet++ vs Unet; the deep-supervised Unet++ at its
+    levels chosen by fold vs Unet and vs Unet++), on the same images, both at one TTA mode fixed in advance (tta,
+    else the most augmented both have), over patients where group_of gives them; p Holm-adjusted over all the
+    comparisons together. dice_of: {run: {mode: per-image Dice}}."""
     comparisons = []
-    for name in dice_of:
-        arch, encoder = name.split("-", 1)
-        if arch != "unet" or f"unetpp-{encoder}" not in dice_of:
+    encoders = dict.fromkeys(name.split("-", 1)[1] for name in dice_of)  # run folders: <arch>-<encoder>
+    for encoder, (baseline, challenger) in ((e, pair) for e in encoders for pair in report.COMPARED):
+        pair = (f"{baseline}-{encoder}", f"{challenger}-{encoder}")
+        if not all(n in dice_of for n in pair):
             continue
-        pair = (name, f"unetpp-{encoder}")
         mode = tta or next((m for m in reversed(TTA_MODES) if all(m in dice_of[n] for n in pair)), None)
         if not all(mode in dice_of[n] for n in pair):
             print(f"ensemble: {pair[0]} and {pair[1]} not compared: no OOF scores of both at "
@@ -388,8 +420,9 @@ def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: s
         a, b = (dice_of[n][mode] for n in pair)
         common = [i for i in image_ids if i in a.index and i in b.index]
         groups = group_labels([group_of.get(i, "") for i in common], common) if group_of else None
-        comparisons.append({"encoder": encoder, "tta": mode, **paired_comparison(
-            a[common].to_numpy(), b[common].to_numpy(), groups=groups, alpha=ALPHA)})
+        comparisons.append({"encoder": encoder, "baseline": baseline, "challenger": challenger, "tta": mode,
+                            **paired_comparison(a[common].to_numpy(), b[common].to_numpy(), groups=groups,
+                                                alpha=ALPHA)})
     for comparison, p_value in zip(comparisons, holm([c["wilcoxon_p"] for c in comparisons])):
         comparison["p_holm"] = p_value  # adjusting can only make a difference insignificant
         comparison["verdict"] = comparison["verdict"] if p_value < ALPHA else "no significant difference"
@@ -491,7 +524,8 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
         return
     table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
                           for n, r in {**scores["runs"], "ensemble": scores["ensemble"]}.items()])
-    by_encoder = {"by_encoder": pd.DataFrame(scores["by_encoder"])} if scores["by_encoder"] else {}
+    by_encoder = {"by_encoder": pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+                                              for r in scores["by_encoder"]])} if scores["by_encoder"] else {}
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
                         {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"],
                          "ensemble_gain_raw": scores["ensemble_gain_raw"]},

@@ -3,14 +3,16 @@
   python infer.py --tta                 # every run of the dataset, flip TTA
   python infer.py --tta d4 --arch unetpp --folds 0,1
   python infer.py --runs 'unet-resnet34,unetpp-*'   # run names or globs, comma-separated
+  python infer.py --runs 'unetpp_ds-*' --level all    # each level of Unet++ with deep supervision: L1..L4, mean
   python infer.py --checkpoint last     # last.pt (the final epoch) whatever the run's --select-on rule scores
   python infer.py --images new_xrays/   # any folder of images, predicted by every fold's model: set "new_xrays"
 
 Reads runs/<dataset>/<arch>-<encoder>/fold<k>/ (config.json, best.pt or last.pt) and the fold file each run was
 trained on; writes preds/ (layout in src/predict.py), preds/.../oof_scores.csv (Dice, IoU, HD95 per image and
-class), preds/.../inference.json (OOF prediction speed, images/s), preds/.../prediction.json (which weights, fold
-file and TTA made each part: src/runs.py) and prints mean +- std per fold. Run folders without a finished epoch are
-skipped (and the exit status is 1); each folder left out is named with its reason.
+class), preds/.../inference.json (OOF prediction speed, images/s; the parameters of the level predicting),
+preds/.../prediction.json (which weights, fold file, TTA and level made each part: src/runs.py) and prints mean +-
+std per fold. Run folders without a finished epoch are skipped (and the exit status is 1); each folder left out is
+named with its reason.
 """
 import argparse
 import json
@@ -30,7 +32,8 @@ from src.data import CachedSegmentation, default_workers
 from src.folds import FoldFileError, fingerprint, load_folds
 from src.images import IMAGE_SUFFIXES, read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
-from src.models import ModelError
+from src.deep_supervision import level_model
+from src.models import DEEP_SUPERVISED, ModelError
 from src.parallel import thread_map
 from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_name, checkpoint_file, file_sha256,
                          load_pred, load_trained_model, made_by, needs_prediction, read_split, resize_prob, with_tta,
@@ -50,6 +53,10 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
                         help="selected: the weights the run's --select-on rule scores; best.pt (best validation epoch) "
                              "or last.pt (final epoch)")
+    parser.add_argument("--level", default="L4",
+                        help="unetpp_ds runs: predict with the sub-network up to head L1, L2, L3 or L4 (the full "
+                             "model), or the heads' mean; a comma-separated list, or all; each level is its own "
+                             "prediction set")
     parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
     parser.add_argument("--name", help="the prediction set's name for --images (default: the folder's name)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -98,6 +105,39 @@ def find_runs(args) -> list:
         sys.exit(f"infer: none of the runs asked in {root} has started training (train one with "
                  f"`accelerate launch train.py ...`)")
     return runs
+
+
+def levels_asked(spec: str) -> list:
+    """--level as a list: L1, L2, L3, L4, mean, a comma-separated list of them, or all."""
+    asked = list(ledger.LEVELS) if spec == "all" else spec.split(",")
+    wrong = [level for level in asked if level not in ledger.LEVELS]
+    if wrong:
+        sys.exit(f"infer: --level {spec}: no level {', '.join(wrong)}; give {', '.join(ledger.LEVELS)}, a "
+                 f"comma-separated list of them, or all")
+    return asked
+
+
+def level_models(model: torch.nn.Module, cfg: Config, levels: list, told: set) -> list:
+    """[(level, the model predicting at it)]: each level asked of a unetpp_ds run (its sub-network, built once per
+    fold); any other run's own forward (level None), said once where --level asked another level."""
+    if cfg.arch != DEEP_SUPERVISED:
+        if levels != ["L4"] and cfg.run_name not in told:
+            told.add(cfg.run_name)
+            print(f"infer: --level is for {DEEP_SUPERVISED} runs; {cfg.run_name} predicts with its own forward")
+        return [(None, model)]
+    built = []
+    for level in levels:
+        net = level_model(model, level)
+        if getattr(net, "encoder_fallback", False) and (cfg.run_name, level) not in told:
+            told.add((cfg.run_name, level))
+            print(f"infer: {cfg.run_name} {level}: encoder {cfg.encoder} cannot be cut to this level's stages, so it "
+                  f"runs all of them (the decoder nodes past {level} are still skipped)")
+        built.append((level, net.to(memory_format=torch.channels_last)))
+    return built
+
+
+def level_text(level: str | None) -> str:
+    return f" {level}" if level else ""
 
 
 def image_set(args) -> tuple:
@@ -248,6 +288,7 @@ def main(argv=None):
         sys.exit(f"infer: {error}")
     set_name, set_paths = image_set(args)
     images_dir = str(args.images.resolve()) if set_name else None
+    levels, told = levels_asked(args.level), set()
     scored, skipped, speed = {}, [], {}
     for run_dir in runs:
         try:
@@ -260,62 +301,68 @@ def main(argv=None):
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
         split, folds = trained_split(run_dir, args, index)
-        predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, None, ledger.set_folder(
-            args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint))
-        out_dir = predictions.folder
-        if out_dir in scored and scored[out_dir][3]["sha256"] != split["sha256"]:
-            sys.exit(f"infer: the folds of {run_dir.parent} were trained on different splits ({split['file']}, "
-                     f"{scored[out_dir][3]['file']}); retrain them on one")
-        if set_name and not args.overwrite:
-            check_set_source(predictions, set_name, images_dir)
         parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
-        model = with_tta(model, meta["task"], args.tta)
-        model_id = {"fold": cfg.fold, "weights": file_sha256(weights), "split": split["sha256"], "tta": args.tta}
-        record = {"fold": cfg.fold, "weights": model_id["weights"], "run_dir": run_dir.parent.resolve(),
-                  "split": split, "k": folds["fold"].nunique()}
         images, masks = open_cache(dataset_dir, cfg.size)
-        jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
-        if set_name is None:
-            jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
-        for kind, rows, target in jobs:
-            todo = rows[[needs_prediction(target / f"{i}.npz", model_id, args.overwrite) for i in rows["id"]]]
-            if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
-                sizes = dict(zip(todo.index, zip(todo["height"], todo["width"])))
-                ids = dict(zip(todo.index, todo["id"]))
-                started = time.perf_counter()
-                write_predictions(model, CachedSegmentation(images, masks, todo.index), ids, sizes, target,
-                                  model_id, args.batch_size, workers, device, f"{cfg.run_name} fold{cfg.fold} {kind}")
-                if kind == "oof":  # the run's prediction speed, for the leaderboard
-                    speed.setdefault(out_dir, []).append((len(todo), time.perf_counter() - started))
-            ledger.record_prediction(out_dir, kind, **record)
-        if set_name is not None:
-            target = predictions.part(set_name) / f"fold{cfg.fold}"
-            todo = [p for p in set_paths if needs_prediction(target / f"{p.stem}.npz", model_id, args.overwrite)]
-            try:
-                write_predictions(model, FolderImages(todo, cfg.size, meta["channels"]),
-                                  {i: p.stem for i, p in enumerate(todo)}, None, target, model_id, args.batch_size,
-                                  workers, device, f"{cfg.run_name} fold{cfg.fold} {set_name}")
-            except ValueError as error:  # from a loader worker the file's own message is the last line
-                sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
-            ledger.record_prediction(out_dir, f"sets/{set_name}", **record, images=images_dir,
-                                     ids=[p.stem for p in set_paths])
-        # What ensemble.py needs to know about the run, with the split its OOF predictions follow.
-        cfg.save(out_dir.parent / "config.json", meta=meta, folds=split)
-        scored[out_dir] = (cfg, meta, run_dir.parent, split, folds, parameters_m, predictions)
-    for out_dir, (cfg, meta, trained, _, folds, parameters_m, predictions) in scored.items():  # folds share out_dir
+        for level, net in level_models(model, cfg, levels, told):
+            predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, level, ledger.set_folder(
+                args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint, level))
+            out_dir = predictions.folder
+            if out_dir in scored and scored[out_dir][3]["sha256"] != split["sha256"]:
+                sys.exit(f"infer: the folds of {run_dir.parent} were trained on different splits ({split['file']}, "
+                         f"{scored[out_dir][3]['file']}); retrain them on one")
+            if set_name and not args.overwrite:
+                check_set_source(predictions, set_name, images_dir)
+            size = {"level": level, "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
+                    "encoder_fallback": getattr(net, "encoder_fallback", False)}
+            net = with_tta(net, meta["task"], args.tta)
+            model_id = {"fold": cfg.fold, "weights": file_sha256(weights), "split": split["sha256"], "tta": args.tta}
+            record = {"fold": cfg.fold, "weights": model_id["weights"], "run_dir": run_dir.parent.resolve(),
+                      "split": split, "k": folds["fold"].nunique(), "level": level}
+            jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
+            if set_name is None:
+                jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
+            for kind, rows, target in jobs:
+                todo = rows[[needs_prediction(target / f"{i}.npz", model_id, args.overwrite) for i in rows["id"]]]
+                if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
+                    sizes = dict(zip(todo.index, zip(todo["height"], todo["width"])))
+                    ids = dict(zip(todo.index, todo["id"]))
+                    started = time.perf_counter()
+                    write_predictions(net, CachedSegmentation(images, masks, todo.index), ids, sizes, target,
+                                      model_id, args.batch_size, workers, device,
+                                      f"{cfg.run_name}{level_text(level)} fold{cfg.fold} {kind}")
+                    if kind == "oof":  # the run's prediction speed, for the leaderboard
+                        speed.setdefault(out_dir, []).append((len(todo), time.perf_counter() - started))
+                ledger.record_prediction(out_dir, kind, **record)
+            if set_name is not None:
+                target = predictions.part(set_name) / f"fold{cfg.fold}"
+                todo = [p for p in set_paths if needs_prediction(target / f"{p.stem}.npz", model_id, args.overwrite)]
+                try:
+                    write_predictions(net, FolderImages(todo, cfg.size, meta["channels"]),
+                                      {i: p.stem for i, p in enumerate(todo)}, None, target, model_id, args.batch_size,
+                                      workers, device, f"{cfg.run_name}{level_text(level)} fold{cfg.fold} {set_name}")
+                except ValueError as error:  # from a loader worker the file's own message is the last line
+                    sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
+                ledger.record_prediction(out_dir, f"sets/{set_name}", **record, images=images_dir,
+                                         ids=[p.stem for p in set_paths])
+            # What ensemble.py needs to know about the run, with the split its OOF predictions follow.
+            cfg.save(out_dir.parent / "config.json", meta=meta, folds=split)
+            scored[out_dir] = (cfg, meta, run_dir.parent, split, folds, parameters_m, predictions, size)
+    for out_dir, (cfg, meta, trained, _, folds, parameters_m, predictions, size) in scored.items():  # folds share it
         write_atomic(out_dir.parent / "training.json", json.dumps(
             {**training_summary(trained), "parameters_m": parameters_m}, indent=2) + "\n")
         if out_dir in speed:  # OOF prediction (read, TTA model, write) in images/s; else an earlier record stays
             predicted, seconds = map(sum, zip(*speed[out_dir]))
             write_atomic(out_dir / "inference.json", json.dumps({
                 "images": predicted, "seconds": seconds, "images_per_s": predicted / seconds,
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}, indent=2) + "\n")
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", **size},
+                indent=2) + "\n")
         scores = score_oof(predictions, folds, dataset_dir, meta, index, args)
         table = fold_table(scores, folds["fold"].unique().tolist())
         weights = cfg.selected_checkpoint if args.checkpoint == "selected" else args.checkpoint
-        print_summary(f"{cfg.run_name} (tta {args.tta}, {weights}.pt)", scores, table)
+        print_summary(f"{cfg.run_name}{level_text(size['level'])} (tta {args.tta}, {weights}.pt)", scores, table)
         if (args.tracker or cfg.tracker) == "wandb":
-            name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}")
+            name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}") + \
+                (f"-{size['level']}" if size["level"] else "")
             tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
                                 table.set_index("fold").iloc[-1].to_dict())
     if skipped:

@@ -1,6 +1,7 @@
 """Train every (architecture, encoder, fold) of a study, then infer and ensemble them: the whole experiment in one command.
 
   python study.py --dataset cxr --archs unet,unetpp --encoders resnet34,efficientnet-b0 --folds all --epochs 40
+  python study.py ... --archs unet,unetpp,unetpp_ds  # and Unet++ with deep supervision, inferred at every level
   python study.py ... --gpus all --runs-per-gpu 4    # 4 runs side by side on each GPU
   python study.py ... --parallel 2                   # CPU only: 2 runs side by side, sharing the cores
   python study.py ... --engine ray --address auto    # each run a task on a running Ray cluster
@@ -26,7 +27,8 @@ from src import runs as ledger
 def parse_args(argv=None) -> tuple:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False, epilog="Any other flag: see python train.py --help.")
-    parser.add_argument("--archs", default="unet,unetpp", help="architectures, comma-separated (default: unet,unetpp)")
+    parser.add_argument("--archs", default="unet,unetpp",
+                        help="architectures, comma-separated (default: unet,unetpp; unetpp_ds: with deep supervision)")
     parser.add_argument("--encoders", default="resnet34", help="encoders, comma-separated (default: resnet34)")
     parser.add_argument("--folds", default="all", help="all (every fold in folds/<dataset>.csv) or a list, e.g. 0,2")
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="where the runs run")
@@ -65,13 +67,15 @@ def parse_args(argv=None) -> tuple:
 
 
 def infer_arguments(args, cfg, runs: list) -> dict:
-    """infer.py's arguments for each arch-encoder, with the folds of these runs, so that only they are predicted."""
+    """infer.py's arguments for each arch-encoder, with the folds of these runs, so that only they are predicted;
+    every level of a unetpp_ds run (ensemble.py chooses its level by fold)."""
     folds = defaultdict(list)
     for run in runs:
         folds[run.name].append(str(run.fold))
     return {name: ["--dataset", cfg.dataset, "--runs", name, "--folds", ",".join(f), "--tta", args.tta, "--checkpoint",
-                   args.checkpoint, "--workers", str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir",
-                   cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir", args.preds_dir]
+                   args.checkpoint, *(["--level", "all"] if name.startswith("unetpp_ds-") else []), "--workers",
+                   str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir", cfg.data_dir, "--folds-dir",
+                   cfg.folds_dir, "--preds-dir", args.preds_dir]
             for name, f in folds.items()}
 
 
@@ -98,7 +102,9 @@ def check_before_training(args, cfg, archs, encoders, runs) -> None:
     """Stop before any run starts for what every run would fail on, or for stale runs nobody decided about."""
     started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
     todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
-    problems = study.encoder_problems(archs[0], [e for e in encoders if e in todo], cfg.encoder_weights) if todo else []
+    checked = dict.fromkeys([archs[0], *(a for a in archs if a == "unetpp_ds")])  # it refuses encoders others take
+    problems = list(dict.fromkeys(problem for arch in checked for problem in study.encoder_problems(
+        arch, [e for e in encoders if e in todo], cfg.encoder_weights))) if todo else []
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
     stale = [run for run in runs if run.state == "stale"]

@@ -37,7 +37,7 @@ def leaderboard_markdown(scores: dict) -> str:
               "training (all folds) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs:
         p = r["postprocessed"]
-        lines.append(f"| {name}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
+        lines.append(f"| {name}{level_note(r)}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
                      f"{dice_cells(p)} | {hd95_cell(p)} | {p['dice_raw']:.4f} | {training_cell(r.get('training'))} |")
     optimistic = [n for n, r in runs if r["epoch_rule"]["optimistic"]]
     lines.append(f"| **ensemble** ({len(scores['runs'])} runs, post-processing tuned on the other folds) | | "
@@ -66,15 +66,7 @@ def leaderboard_markdown(scores: dict) -> str:
                  if (m := tta["modes"].get(mode)) else "-" for mode in modes]
         lines.append(f"| {name} | {tta['images']} | " + " | ".join(cells) + " |")
     if scores["comparisons"]:
-        lines += ["", "Unet++ vs Unet, both at the same TTA on the same images, on the models' own masks (threshold "
-                  "0.5 or argmax, no post-processing) at one TTA fixed in advance (Wilcoxon signed-rank and a bootstrap "
-                  "95% interval of the mean Dice difference, over patients where the split grouped images by "
-                  f"patient; p Holm-adjusted over the {len(scores['comparisons'])} comparison(s)):", ""]
-        for c in scores["comparisons"]:
-            units = (f"{c['units']} patients, " if c["unit"] == "patient" else "") + f"{c['images']} images"
-            lines.append(f"- {c['encoder']} (TTA {c['tta']}, {units}): Unet++ {c['verdict']} (mean difference "
-                         f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "
-                         f"p = {c['wilcoxon_p']:.3g}, Holm-adjusted p = {c['p_holm']:.3g})")
+        lines += ["", comparison_markdown(scores["comparisons"])]
     if scores.get("by_encoder"):
         lines += ["", by_encoder_markdown(scores["by_encoder"])]
     if scores.get("by"):
@@ -151,54 +143,121 @@ def made_from(scores: dict) -> list:
             f"{', '.join(f'--select-on {r}' for r in rules)}.", ""]
 
 
-ARCHS = {"unet": "Unet", "unetpp": "Unet++"}  # the pair the per-encoder table compares
+ARCHS = {"unet": "Unet", "unetpp": "Unet++", "unetpp_ds": "Unet++ DS"}  # the per-encoder table's, DS: deep supervision
+COMPARED = [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]  # (baseline, challenger)
+
+
+def level_note(r: dict) -> str:
+    """' (level L3)' or ' (levels L3/L4/L3 by fold)' for a unetpp_ds run's summary, '' for any other."""
+    if "level_by_fold" not in r:
+        return ""
+    levels = tta_cell(r["level_by_fold"])
+    return f" (level{'s' * (len(set(r['level_by_fold'].values())) > 1)} {levels})"
+
+
+def comparison_markdown(comparisons: list) -> str:
+    """ensemble.compare_architectures()'s comparisons, one line each under the rule they share."""
+    pairs = ", ".join(dict.fromkeys(f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}" for c in comparisons))
+    lines = [f"{pairs}, both on the same images, on the models' own masks (threshold 0.5 or argmax, no "
+             "post-processing) at one TTA fixed in advance (Wilcoxon signed-rank and a bootstrap 95% interval "
+             "of the mean Dice difference, over patients where the split grouped images by patient; p Holm-adjusted "
+             f"over the {len(comparisons)} comparison(s) together; Unet++ DS at the level chosen for each fold on the "
+             "other folds):", ""]
+    for c in comparisons:
+        units = (f"{c['units']} patients, " if c["unit"] == "patient" else "") + f"{c['images']} images"
+        lines.append(f"- {c['encoder']}, {ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]} (TTA {c['tta']}, "
+                     f"{units}): {ARCHS[c['challenger']]} {c['verdict']} (mean difference "
+                     f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "
+                     f"p = {c['wilcoxon_p']:.3g}, Holm-adjusted p = {c['p_holm']:.3g})")
+    return "\n".join(lines)
 
 
 def by_encoder(scores: dict) -> list:
-    """One row per encoder that both Unet and Unet++ ran with (the study's table): each one's parameters (M),
+    """One row per encoder that two or more of ARCHS ran with (the study's table): each one's parameters (M),
     cross-validated Dice and IoU (mean and std over folds), training seconds per epoch and OOF prediction images/s
-    (None where not recorded), with the Unet++ - Unet difference of scores["comparisons"]; best Dice first."""
-    runs, compared, rows = scores["runs"], {c["encoder"]: c for c in scores["comparisons"]}, []
+    (None where not recorded or not run), for Unet++ DS at its test masks' level, with its chosen levels and every
+    level's parameters, images/s and Dice; and each comparison of scores["comparisons"] as <challenger>-<baseline>_
+    difference, _ci95_low, _ci95_high, _wilcoxon_p, _p_holm, _tta (None where not compared). Best Dice first."""
+    runs, rows = scores["runs"], []
+    compared = {(c["encoder"], c["baseline"], c["challenger"]): c for c in scores["comparisons"]}
     for encoder in dict.fromkeys(name.split("-", 1)[1] for name in runs):  # run folders: <arch>-<encoder>
-        if not all(f"{arch}-{encoder}" in runs for arch in ARCHS):
+        present = [arch for arch in ARCHS if f"{arch}-{encoder}" in runs]
+        if len(present) < 2:
             continue
-        row = {"encoder": encoder, "folds": len(runs[f"unet-{encoder}"]["folds"])}
+        row = {"encoder": encoder, "folds": len(runs[f"{present[0]}-{encoder}"]["folds"]), "archs": present}
         for arch in ARCHS:
-            r = runs[f"{arch}-{encoder}"]
+            r = runs.get(f"{arch}-{encoder}", {})
             training, inference = r.get("training"), r.get("inference")
-            row.update({f"{arch}_parameters_m": r.get("parameters_m"), f"{arch}_dice": r["dice_fold_mean"],
-                        f"{arch}_dice_std": r["dice_fold_std"], f"{arch}_iou": r["iou_fold_mean"],
-                        f"{arch}_iou_std": r["iou_fold_std"], f"{arch}_tta": r["tta"],
+            parameters = (r.get("levels") or {}).get(r.get("level"), {}).get("parameters_m") or r.get("parameters_m")
+            row.update({f"{arch}_parameters_m": parameters, f"{arch}_dice": r.get("dice_fold_mean"),
+                        f"{arch}_dice_std": r.get("dice_fold_std"), f"{arch}_iou": r.get("iou_fold_mean"),
+                        f"{arch}_iou_std": r.get("iou_fold_std"), f"{arch}_tta": r.get("tta"),
                         f"{arch}_seconds_per_epoch": 60 * training["minutes"] / (
                             training["folds"] * training["epochs_per_fold"]) if training else None,
                         f"{arch}_images_per_s": inference["images_per_s"] if inference else None})
-        c = compared.get(encoder, {"ci95": [None, None]})  # not compared: no TTA mode both were predicted with
-        row.update({"difference": c.get("mean_difference"), "ci95_low": c["ci95"][0], "ci95_high": c["ci95"][1],
-                    "wilcoxon_p": c.get("wilcoxon_p"), "p_holm": c.get("p_holm"), "compare_tta": c.get("tta")})
+        r = runs.get(f"unetpp_ds-{encoder}", {})
+        row.update({"unetpp_ds_level": r.get("level"), "unetpp_ds_level_by_fold": r.get("level_by_fold"),
+                    "unetpp_ds_levels": r.get("levels")})
+        for baseline, challenger in COMPARED:
+            c = compared.get((encoder, baseline, challenger), {"ci95": [None, None]})  # not both, or no common TTA
+            row.update({f"{challenger}-{baseline}_{key}": value for key, value in (
+                ("difference", c.get("mean_difference")), ("ci95_low", c["ci95"][0]), ("ci95_high", c["ci95"][1]),
+                ("wilcoxon_p", c.get("wilcoxon_p")), ("p_holm", c.get("p_holm")), ("tta", c.get("tta")))})
         rows.append(row)
-    return sorted(rows, key=lambda row: -max(row["unet_dice"], row["unetpp_dice"]))
+    return sorted(rows, key=lambda row: -max(row[f"{a}_dice"] for a in row["archs"]))
 
 
 def by_encoder_markdown(rows: list) -> str:
-    """by_encoder()'s rows as the leaderboard's per-encoder table."""
-    def pair(row, key, spec):
-        return " / ".join("n/a" if row[f"{a}_{key}"] is None else format(row[f"{a}_{key}"], spec) for a in ARCHS)
+    """by_encoder()'s rows as the leaderboard's per-encoder table, and the levels of Unet++ DS where it ran."""
+    archs = [a for a in ARCHS if any(a in r["archs"] for r in rows)]
+    pairs = [(a, b) for a, b in COMPARED if a in archs and b in archs]
+    names = " / ".join(ARCHS[a] for a in archs)
 
-    lines = ["Per encoder, Unet against Unet++ (best Dice first): Dice and IoU cross-validated, mean +- std over the "
-             "folds; the difference, its bootstrap 95% interval and Wilcoxon p (Holm-adjusted in brackets) as above, "
-             "at one TTA; s/epoch from training's history.csv; OOF prediction images/s (reading, model at the "
-             "run's TTA, writing) from infer.py.", "",
-             "| encoder | params M (Unet / Unet++) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | Unet++ - Unet "
-             "[95% CI] | Wilcoxon p (Holm) | s/epoch (Unet / Unet++) | images/s (Unet / Unet++) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    def each(row, key, spec):
+        return " / ".join("n/a" if row[f"{a}_{key}"] is None else format(row[f"{a}_{key}"], spec) for a in archs)
+
+    def scores(row, arch):
+        if row[f"{arch}_dice"] is None:
+            return "n/a | n/a"
+        level = f" ({tta_cell(row['unetpp_ds_level_by_fold'])})" if arch == "unetpp_ds" else ""
+        return " | ".join(f"{row[f'{arch}_{m}']:.4f} +- {row[f'{arch}_{m}_std']:.4f}" for m in ("dice", "iou")) + level
+
+    def difference(row, pair):
+        key = f"{pair[1]}-{pair[0]}_"
+        if row[key + "difference"] is None:
+            return "n/a | n/a"
+        return (f"{row[key + 'difference']:+.4f} [{row[key + 'ci95_low']:+.4f}, {row[key + 'ci95_high']:+.4f}] "
+                f"(TTA {row[key + 'tta']}) | {row[key + 'wilcoxon_p']:.3g} ({row[key + 'p_holm']:.3g})")
+
+    header = [f"params M ({names})", *(f"{ARCHS[a]} {m}" for a in archs for m in ("Dice", "IoU")),
+              *(f"{ARCHS[b]} - {ARCHS[a]} [95% CI] | Wilcoxon p (Holm)" for a, b in pairs),
+              f"s/epoch ({names})", f"images/s ({names})"]
+    lines = [f"Per encoder, {' against '.join(ARCHS[a] for a in archs)} (best Dice first): Dice and IoU "
+             "cross-validated, mean +- std over the folds (Unet++ DS: deep supervision, each fold at the level chosen "
+             "on the other folds, in brackets); each difference, its bootstrap 95% interval and Wilcoxon p "
+             "(Holm-adjusted in brackets) as above, at one TTA; s/epoch from training's history.csv; OOF prediction "
+             "images/s (reading, model at the run's TTA, writing) from infer.py; Unet++ DS's parameters and images/s "
+             "those of its test masks' level.", "",
+             "| encoder | " + " | ".join(header) + " |", "|---" * (1 + len(header) + len(pairs)) + "|"]
     for r in rows:
-        scores = " | ".join(f"{r[f'{a}_{m}']:.4f} +- {r[f'{a}_{m}_std']:.4f}" for a in ARCHS for m in ("dice", "iou"))
-        difference, p = ("n/a", "n/a") if r["difference"] is None else (
-            f"{r['difference']:+.4f} [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}] (TTA {r['compare_tta']})",
-            f"{r['wilcoxon_p']:.3g} ({r['p_holm']:.3g})")
-        lines.append(f"| {r['encoder']} | {pair(r, 'parameters_m', '.1f')} | {scores} | {difference} | {p} | "
-                     f"{pair(r, 'seconds_per_epoch', '.1f')} | {pair(r, 'images_per_s', '.0f')} |")
+        lines.append(f"| {r['encoder']} | {each(r, 'parameters_m', '.1f')} | "
+                     + " | ".join(scores(r, a) for a in archs) + " | "
+                     + "".join(difference(r, pair) + " | " for pair in pairs)
+                     + f"{each(r, 'seconds_per_epoch', '.1f')} | {each(r, 'images_per_s', '.0f')} |")
+    levelled = [r for r in rows if r["unetpp_ds_levels"]]
+    if levelled:
+        lines += ["", "Unet++ DS by level (L1 ... L4: the sub-network up to that head; mean: all heads averaged), at "
+                  "its test masks' TTA: parameters (M), OOF prediction images/s, OOF Dice of the level alone on all "
+                  "images (not cross-validated):", "", "| encoder | level | params M | images/s | Dice |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['encoder']} | {level}{' (test masks)' * (level == r['unetpp_ds_level'])} | "
+                  f"{number(v['parameters_m'], '.2f')} | {number(v['images_per_s'], '.0f')} | {v['dice']:.4f} |"
+                  for r in levelled for level, v in r["unetpp_ds_levels"].items()]
     return "\n".join(lines)
+
+
+def number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def tta_cell(by_fold: dict) -> str:
@@ -301,13 +360,18 @@ def score_bars(path: Path, scores: dict) -> None:
 
 
 def study_figure(path: Path, rows: list) -> None:
-    """Per encoder (by_encoder()'s order), the Dice of Unet and Unet++ side by side, each with the 95% interval of
-    its mean over the folds (Student's t, from the std over the folds)."""
+    """Per encoder (by_encoder()'s order), the Dice of Unet, Unet++ and Unet++ DS (at its levels chosen by fold)
+    side by side, each with the 95% interval of its mean over the folds (Student's t, from the std over the folds)."""
     fig, axis = plt.subplots(figsize=(1.1 * len(rows) + 2.5, 3.5))
     x = np.arange(len(rows))
-    for offset, (arch, label) in zip((-0.12, 0.12), ARCHS.items()):
-        half = [stats.t.ppf(0.975, r["folds"] - 1) * r[f"{arch}_dice_std"] / np.sqrt(r["folds"]) for r in rows]
-        axis.errorbar(x + offset, [r[f"{arch}_dice"] for r in rows], yerr=half, fmt="o", capsize=4, label=label)
+    for offset, (arch, label) in zip((-0.2, 0, 0.2), ARCHS.items()):
+        drawn = [i for i, r in enumerate(rows) if r[f"{arch}_dice"] is not None]
+        if not drawn:
+            continue
+        half = [stats.t.ppf(0.975, rows[i]["folds"] - 1) * rows[i][f"{arch}_dice_std"] / np.sqrt(rows[i]["folds"])
+                for i in drawn]
+        axis.errorbar(x[drawn] + offset, [rows[i][f"{arch}_dice"] for i in drawn], yerr=half, fmt="o", capsize=4,
+                      label=label)
     axis.set_xticks(x, [r["encoder"] for r in rows], rotation=30, fontsize=7)
     axis.set_xlim(-0.5, len(rows) - 0.5)
     axis.set_ylabel("OOF Dice, cross-validated\n(mean over folds, 95% CI)")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+import pandas as pd
+
 from src.checkpoint import last_state, settings_changed, write_atomic
 from src.config import Config, load_run_config, settled_lr
 from src.folds import fingerprint
@@ -242,6 +244,9 @@ def file_sha256(path: Path) -> str:
 # Predictions: by checkpoint and TTA mode, each file with its provenance (weights hash, fold hash, number of folds).
 # ---------------------------------------------------------------------------------------------------------------------
 PROVENANCE = "prediction.json"  # beside oof/, test/ and sets/ in each set's folder; written by infer.py
+# infer.py --level of a unetpp_ds run, cheapest first. L4 is the model's own forward, so its set is level None, in
+# tta-<mode>/ beside every other run's; the others are in tta-<mode>-<level>/. prediction.json records the level.
+LEVELS = ("L1", "L2", "L3", "L4", "mean")
 DIRS = {"--runs-dir": "runs", "--data-dir": "data", "--folds-dir": "folds", "--preds-dir": "preds"}  # the defaults
 
 
@@ -258,9 +263,11 @@ def prediction_files(folder: Path) -> dict:
 def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "selected",
                level: str | None = None) -> Path:
     """preds/<dataset>/<run>/[<checkpoint>/]tta-<mode>[-<level>]: the selected weights' at the top (last.pt's under
-    --select-on final, best.pt's under inner and fold), best/ and last/ in their own folders."""
+    --select-on final, best.pt's under inner and fold), best/ and last/ in their own folders. Level L4 (the model's
+    own forward) and None share tta-<mode>/."""
     root = Path(preds_dir) / dataset / run
-    return (root if checkpoint == "selected" else root / checkpoint) / (f"tta-{tta}" + (f"-{level}" if level else ""))
+    suffix = f"-{level}" if level not in (None, "L4") else ""
+    return (root if checkpoint == "selected" else root / checkpoint) / f"tta-{tta}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -282,6 +289,10 @@ class PredictionSet:
     @property
     def scored(self) -> bool:
         return (self.folder / "oof_scores.csv").exists()
+
+    def oof_scores(self) -> pd.DataFrame:
+        """The OOF scores infer.py wrote (Dice, IoU, HD95 per image and class)."""
+        return pd.read_csv(self.folder / "oof_scores.csv", dtype={"id": str})
 
     def oof(self, image_id: str) -> Path:
         return self.folder / "oof" / f"{image_id}.npz"
@@ -313,6 +324,7 @@ class PredictionSet:
             flags["--runs-dir"] = str(Path(run_dir).parent.parent)
         return " ".join(["python infer.py --dataset", dataset, "--runs", self.run, "--folds",
                          ",".join(map(str, folds)), "--tta", self.tta, "--checkpoint", self.checkpoint,
+                         *(["--level", self.level] if self.level else []),
                          *(["--images", images] if images else []), *(f"{k} {v}" for k, v in flags.items())])
 
 
@@ -324,6 +336,17 @@ def prediction_sets(preds_dir, dataset: str, checkpoint: str = "selected", level
             folder = set_folder(preds_dir, dataset, run, tta, checkpoint, level)
             if folder.is_dir():
                 found.setdefault(run, {})[tta] = PredictionSet(run, checkpoint, tta, level, folder)
+    return found
+
+
+def level_sets(preds_dir, dataset: str, checkpoint: str = "selected") -> dict:
+    """{run: {TTA mode: {level: PredictionSet}}} of every run with predictions of this checkpoint, every level found
+    (None: the model's own forward), scored or not."""
+    found = {}
+    for level in (None, *(level for level in LEVELS if level != "L4")):
+        for run, modes in prediction_sets(preds_dir, dataset, checkpoint, level).items():
+            for tta, predictions in modes.items():
+                found.setdefault(run, {}).setdefault(tta, {})[level] = predictions
     return found
 
 
@@ -339,14 +362,16 @@ def unmatched(names, patterns: str | None) -> list:
 
 
 def record_prediction(folder: Path, part: str, fold: int, weights: str, run_dir: Path, split: dict, k: int,
-                      images: str | None = None, ids: list | None = None) -> None:
+                      images: str | None = None, ids: list | None = None, level: str | None = None) -> None:
     """Note in folder/prediction.json that every file of one fold of a part (oof, test or sets/<name>) was made by
-    these weights. A record of another split starts afresh: none of its folds can be trusted on this one."""
+    these weights (at this level of a unetpp_ds run: L1 ... L4, mean; None for any other run). A record of another
+    split starts afresh: none of its folds can be trusted on this one."""
     path = folder / PROVENANCE
     record = json.loads(path.read_text()) if path.exists() else {}
     if record.get("split", {}).get("sha256") != split["sha256"]:
         record = {}
-    record.update({"run_dir": str(run_dir), "split": {"file": split["file"], "sha256": split["sha256"], "k": k}})
+    record.update({"run_dir": str(run_dir), "split": {"file": split["file"], "sha256": split["sha256"], "k": k},
+                   "level": level})
     entry = record
     for key in part.split("/"):
         entry = entry.setdefault(key, {})

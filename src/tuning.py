@@ -1,9 +1,10 @@
-"""Cross-validated choices on OOF predictions (a run's TTA mode, the post-processing of an ensemble, one run being an
-ensemble of one), and their scores.
+"""Cross-validated choices on OOF predictions (a run's TTA mode and level, the post-processing of an ensemble, one
+run being an ensemble of one), and their scores.
 
 Each choice is made for each fold on the images of the other folds and applied to that fold, so no image is scored
 with a setting chosen on it; the choice made on all OOF images is the one the test masks use.
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from src.metrics import image_scores, per_image, pooled_by_class
 from src.parallel import thread_map
 from src.predict import TTA_MODES as PREDICTORS
 from src.predict import mean_at, read_mean
+from src.runs import LEVELS, PredictionSet
 
 TTA_MODES = list(PREDICTORS)  # cheapest first: a tie keeps the cheaper mode
 
@@ -23,7 +25,7 @@ def read_oof_scores(sets: dict) -> dict:
     """{run: {TTA mode: the OOF scores infer.py wrote}} for every mode each run was predicted with and scored.
 
     sets: {run: {TTA mode: src.runs.PredictionSet}}, as the ledger finds them."""
-    return {name: {mode: pd.read_csv(s.folder / "oof_scores.csv", dtype={"id": str})
+    return {name: {mode: s.oof_scores()
                    for mode, s in sorted(modes.items(), key=lambda m: TTA_MODES.index(m[0])) if s.scored}
             for name, modes in sets.items()}
 
@@ -40,16 +42,52 @@ def scored_images(dice_of: dict, modes_of: dict, ids) -> list:
     return [i for i in ids if all(i in dice_of[name][m].index for name in modes_of for m in modes_of[name])]
 
 
-def choose_tta_by_fold(scores_of: dict, image_ids: list, image_folds: np.ndarray) -> tuple:
-    """One run's TTA mode for each fold, the one of highest mean Dice on the other folds' images, and the run's OOF
-    scores with each fold's images at its fold's mode: ({fold: mode}, scores table).
+def choose_by_fold(scores_of: dict, image_ids: list, image_folds: np.ndarray) -> tuple:
+    """One run's candidate (a TTA mode, a level) for each fold, the one of highest mean Dice on the other folds'
+    images, and the run's OOF scores with each fold's images at its fold's candidate: ({fold: candidate}, scores).
 
-    scores_of: {mode: OOF scores} of the modes to choose from; image_folds: the fold of each of image_ids."""
-    dice = pd.DataFrame({mode: image_dice(scores).loc[image_ids] for mode, scores in scores_of.items()})
+    scores_of: {candidate: OOF scores}, cheapest first (a tie keeps it); image_folds: the fold of each of image_ids."""
+    dice = pd.DataFrame({key: image_dice(scores).loc[image_ids] for key, scores in scores_of.items()})
     by_fold = {f: dice[image_folds != f].mean().idxmax() for f in sorted(set(image_folds.tolist()))}
-    chosen = pd.concat([scores_of[mode][scores_of[mode]["id"].isin(dice.index[image_folds == f])]
-                        for f, mode in by_fold.items()])
+    chosen = pd.concat([scores_of[key][scores_of[key]["id"].isin(dice.index[image_folds == f])]
+                        for f, key in by_fold.items()])
     return by_fold, chosen
+
+
+@dataclass(frozen=True, eq=False)
+class ChosenLevels(PredictionSet):
+    """A unetpp_ds run at one TTA mode, its level chosen for each fold on the other folds: each OOF image is read at
+    its fold's level. Its own fields (folder, level) are the level chosen on all OOF images: the test masks'.
+
+    levels: {level: PredictionSet}; by_fold: {fold: level}; fold_of: {image id: fold}; scores: the OOF scores so read."""
+    levels: dict = None
+    by_fold: dict = None
+    fold_of: dict = None
+    scores: pd.DataFrame = None
+
+    def oof(self, image_id: str) -> Path:
+        return self.levels[self.by_fold[self.fold_of[image_id]]].oof(image_id)
+
+    def oof_scores(self) -> pd.DataFrame:
+        return self.scores
+
+
+def level_of(predictions: PredictionSet) -> str:
+    """The level prediction.json records (L4, the model's own forward, where infer.py recorded none)."""
+    return predictions.provenance.get("level") or "L4"
+
+
+def choose_levels(sets: list, fold_of: dict) -> ChosenLevels:
+    """One TTA mode of a unetpp_ds run, its scored level sets (sets) made one: the level of each fold chosen on the
+    other folds' images (choose_by_fold, the cheaper level on a tie), the test masks' on all of them."""
+    by_level = {level_of(s): s for s in sorted(sets, key=lambda s: LEVELS.index(level_of(s)))}
+    scores_of = {level: s.oof_scores() for level, s in by_level.items()}
+    dice = {level: image_dice(scores) for level, scores in scores_of.items()}
+    ids = [i for i in fold_of if all(i in d.index for d in dice.values())]
+    by_fold, scores = choose_by_fold(scores_of, ids, np.array([fold_of[i] for i in ids]))
+    for_test = by_level[pd.DataFrame({level: d.loc[ids] for level, d in dice.items()}).mean().idxmax()]
+    return ChosenLevels(for_test.run, for_test.checkpoint, for_test.tta, level_of(for_test), for_test.folder,
+                        by_level, by_fold, fold_of, scores)
 
 
 def tta_gain(dice_of: dict, image_ids: list) -> dict:

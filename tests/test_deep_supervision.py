@@ -1,4 +1,5 @@
 """unetpp_ds: Unet++ with deep supervision, its pruned levels, and training it with train.py (tiny, CPU)."""
+import json
 import socket
 
 import pandas as pd
@@ -129,3 +130,48 @@ def test_train_logs_each_head_resumes_and_rebuilds_offline(demo_dir, tmp_path, m
 def test_ds_weights_errors(demo_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         run_train(demo_dir, tmp_path, "--epochs", "1", *args)
+
+
+@pytest.fixture(scope="module")
+def levelled(demo_dir, tmp_path_factory):
+    """A tiny unetpp_ds trained 1 epoch on each fold of the 3-fold demo, inferred at every level."""
+    import infer
+    from conftest import infer_args
+    workdir = tmp_path_factory.mktemp("levels")
+    for name in ("data", "folds"):
+        (workdir / name).symlink_to(demo_dir / name)
+    for fold in range(3):
+        run_train(workdir, workdir, "--epochs", "1", "--fold", str(fold))
+    infer.main([*infer_args(workdir), "--tta", "none", "--level", "all"])
+    return workdir
+
+
+def test_infer_predicts_every_level_as_its_own_set_and_ensemble_chooses_one_per_fold(levelled, tmp_path):
+    import ensemble
+    from src import runs as ledger
+    from src.metrics import per_image
+    preds = levelled / "preds" / "demo" / "unetpp_ds-tu-resnet10t"
+    folders = {level: preds / f"tta-none{'' if level == 'L4' else '-' + level}" for level in ledger.LEVELS}
+    inference = {level: json.loads((folder / "inference.json").read_text()) for level, folder in folders.items()}
+    for level, folder in folders.items():  # the level is recorded, not read from the folder's name
+        assert json.loads((folder / "prediction.json").read_text())["level"] == level
+        assert len(list((folder / "oof").glob("*.npz"))) == 36 and inference[level]["images_per_s"] > 0
+    parameters = [inference[level]["parameters_m"] for level in ledger.LEVELS]
+    assert parameters[:4] == sorted(parameters[:4]) and len(set(parameters[:4])) == 4  # L1 < L2 < L3 < L4 < mean
+    assert parameters[4] > parameters[3]
+
+    ensemble.main(["--dataset", "demo", *paths(levelled), "--preds-dir", str(levelled / "preds"), "--out-dir",
+                   str(tmp_path)])
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    run = scores["runs"]["unetpp_ds-tu-resnet10t"]
+    dice = pd.DataFrame({level: per_image(pd.read_csv(folder / "oof_scores.csv", dtype={"id": str})).set_index("id")[
+        "dice"] for level, folder in folders.items()})
+    fold = pd.read_csv(levelled / "folds" / "demo.csv", dtype={"id": str}).set_index("id")["fold"].reindex(dice.index)
+    # Each fold at the level of highest Dice on the other folds (the cheaper on a tie); the test masks' on all images.
+    assert run["level_by_fold"] == {str(f): dice[fold != f].mean().idxmax() for f in range(3)}
+    assert run["level"] == dice.mean().idxmax() and set(run["levels"]) == set(ledger.LEVELS)
+    per_fold = pd.Series([dice.loc[i, run["level_by_fold"][str(fold[i])]] for i in dice.index])
+    assert run["dice"] == pytest.approx(per_fold.mean())
+    assert run["levels"]["L1"]["parameters_m"] == inference["L1"]["parameters_m"]
+    board = (tmp_path / "demo" / "leaderboard.md").read_text()
+    assert f"| unetpp_ds-tu-resnet10t (level" in board and len(list((tmp_path / "demo" / "masks").glob("*.png"))) == 4

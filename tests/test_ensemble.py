@@ -140,7 +140,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     assert (out / "scores.png").stat().st_size > 0
     # The study's table: one encoder, both architectures, their size, training and prediction speed, the difference.
     row, = scores["by_encoder"]
-    assert row["encoder"] == "tu-resnet10t" and row["difference"] == comparison["mean_difference"]
+    assert row["encoder"] == "tu-resnet10t" and row["unetpp-unet_difference"] == comparison["mean_difference"]
     assert 0 < row["unet_parameters_m"] < row["unetpp_parameters_m"]  # Unet++'s nested decoder
     assert row["unet_seconds_per_epoch"] > 0 and row["unetpp_images_per_s"] > 0
     assert "| tu-resnet10t | " in board and (out / "study.png").stat().st_size > 0
@@ -283,7 +283,8 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
 
     def chosen(tta, checkpoint):
         args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint)
-        return {name: s.folder for name, s in ensemble.select_runs(args)[1].items()}
+        picked = ensemble.choose_levels(ensemble.select_runs(args), {"a": 0}, args)[1]
+        return {name: s.folder for name, s in picked.items()}
     assert chosen("best", "selected") == {"unet-r34": run / "tta-flip"}
     assert chosen("best", "best") == {"unet-r34": run / "best" / "tta-none"}
     assert chosen("best", "last") == {"unet-r34": run / "last" / "tta-none"}

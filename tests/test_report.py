@@ -64,7 +64,8 @@ def board_scores() -> dict:
             "by": None,
             "tta_gain": {"unet-r18": {"images": 341, "modes": {"none": {"dice": 0.89, "gain": 0.0},
                                                                 "flip": {"dice": 0.90, "gain": 0.01}}}},
-            "comparisons": [{"encoder": "r18", "tta": "flip", "images": 341, "unit": "patient", "units": 207,
+            "comparisons": [{"encoder": "r18", "baseline": "unet", "challenger": "unetpp", "tta": "flip",
+                             "images": 341, "unit": "patient", "units": 207,
                              "mean_difference": 0.02, "ci95": [0.01, 0.03], "wilcoxon_p": 0.001, "p_holm": 0.002,
                              "verdict": "better"}],
             "tuning_by_fold": {0: {"images": 170, "tta": {"unet-r18": "flip", "unetpp-r18": "flip"},
@@ -82,7 +83,7 @@ def test_leaderboard_heads_with_cross_validated_scores_and_labels_the_optimistic
     assert "Optimistic (tuned and scored on the same images): 0.9310 Dice" in board
     assert "| unet-r18 | flip/none (by fold) |" in board and "| unetpp-r18 | flip |" in board
     assert "| unet-r18 | 341 | 0.8900 | 0.9000 (+0.0100) |" in board  # Dice of each TTA mode, gain over none
-    assert "- r18 (TTA flip, 207 patients, 341 images): Unet++ better" in board and "Holm-adjusted p = 0.002" in board
+    assert "- r18, Unet++ vs Unet (TTA flip, 207 patients, 341 images): Unet++ better" in board and "Holm-adjusted p = 0.002" in board
     assert "| 0 | 170 | unet-r18 flip, unetpp-r18 flip | threshold 0.6, fill holes, keep 2 largest |" in board
     assert "| 1 | 171 | unet-r18 none, unetpp-r18 flip | threshold 0.5 |" in board
     assert "Test masks: chosen on all OOF images: TTA unet-r18 flip, unetpp-r18 flip; threshold 0.55." in board

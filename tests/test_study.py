@@ -188,10 +188,44 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
     assert "leaderboard: " in output
 
 
+def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_encoder(finished_study, capsys):
+    workdir = finished_study[0]  # its Unet and Unet++ runs are done: only the two unetpp_ds runs train
+    study.main(study_args(workdir, "--archs", "unet,unetpp,unetpp_ds", "--encoders", "tu-resnet10t", "--folds", "0,1"))
+    output = capsys.readouterr().out
+    assert output.startswith("# demo: 3 archs x 1 encoders x 2 folds = 6 runs, 4 done, 2 new\n")
+    preds = workdir / "preds" / "demo"
+    assert (preds / "unetpp_ds-tu-resnet10t" / "tta-none-L1" / "oof_scores.csv").exists()  # --level all for it only
+    assert not list(preds.glob("unet-*/tta-none-*")) and not list(preds.glob("unetpp-*/tta-none-*"))
+    out = workdir / "ensemble" / "demo" / "demo-unet+unetpp+unetpp_ds-tu-resnet10t"
+    scores = json.loads((out / "scores.json").read_text())
+    pairs = [(c["baseline"], c["challenger"]) for c in scores["comparisons"]]
+    assert pairs == [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]
+    assert all(c["p_holm"] >= c["wilcoxon_p"] for c in scores["comparisons"])  # adjusted over the three together
+    row, = scores["by_encoder"]
+    assert row["archs"] == ["unet", "unetpp", "unetpp_ds"]
+    assert row["unetpp_ds_level"] in ("L1", "L2", "L3", "L4", "mean")
+    assert row["unetpp_ds-unetpp_difference"] == scores["comparisons"][2]["mean_difference"]
+    assert set(row["unetpp_ds_levels"]) == {"L1", "L2", "L3", "L4", "mean"}
+    board = (out / "leaderboard.md").read_text()
+    assert "Unet++ vs Unet, Unet++ DS vs Unet, Unet++ DS vs Unet++, both at the same TTA" in board
+    assert ("| encoder | params M (Unet / Unet++ / Unet++ DS) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | "
+            "Unet++ DS Dice | Unet++ DS IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet [95% CI] "
+            "| Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |") in board
+    assert "| tu-resnet10t | L1 | " in board and (out / "study.png").stat().st_size > 0
+
+
 def test_a_misspelt_encoder_stops_the_study_before_any_run_starts(demo_dir, tmp_path, capsys):
     workdir = with_data(demo_dir, tmp_path)
     with pytest.raises(SystemExit, match="study: unknown timm encoder 'tu-resnet10x'.*checked before any run"):
         study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t,tu-resnet10x", "--folds", "0"))
+    assert not (workdir / "runs").exists()
+
+
+def test_an_encoder_only_unetpp_ds_refuses_stops_the_study_before_any_run_starts(demo_dir, tmp_path):
+    workdir = with_data(demo_dir, tmp_path)
+    with pytest.raises(SystemExit, match="study: unetpp_ds cannot be built on encoder 'tu-convnext_atto'.*checked "
+                                         "before any run"):
+        study.main(study_args(workdir, "--archs", "unet,unetpp_ds", "--encoders", "tu-convnext_atto", "--folds", "0"))
     assert not (workdir / "runs").exists()
 
 

@@ -18,12 +18,12 @@ def oof_scores(dice_by_fold: dict) -> pd.DataFrame:
 
 def test_each_fold_takes_the_tta_the_other_folds_favour_and_is_scored_at_it():
     none, d4 = oof_scores({0: 0.5, 1: 0.5, 2: 0.5}), oof_scores({0: 1.0, 1: 0.1, 2: 0.3})
-    by_fold, chosen = tuning.choose_tta_by_fold({"none": none, "d4": d4}, IDS, FOLDS)
+    by_fold, chosen = tuning.choose_by_fold({"none": none, "d4": d4}, IDS, FOLDS)
     # Fold 0 sees only folds 1 and 2, where d4 is poor; folds 1 and 2 see fold 0's 1.0 and take d4.
     assert by_fold == {0: "none", 1: "d4", 2: "d4"}
     assert tuning.image_dice(chosen).loc[IDS].tolist() == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
     flip = oof_scores({0: 0.5, 1: 0.5, 2: 0.5})  # a tie keeps the cheaper mode
-    assert set(tuning.choose_tta_by_fold({"none": none, "flip": flip}, IDS, FOLDS)[0].values()) == {"none"}
+    assert set(tuning.choose_by_fold({"none": none, "flip": flip}, IDS, FOLDS)[0].values()) == {"none"}
 
 
 def test_tta_gain_compares_every_mode_with_none_on_the_same_images():

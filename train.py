@@ -310,7 +310,13 @@ def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    try:
+        run(parse_args(argv))
+    finally:
+        RunLock.release_all()  # a caller in this process (a test, a notebook) gets the folder back, however it ended
+
+
+def run(args):
     cfg, meta, (train_rows, valid_rows, inner_rows), inner, tissue_of_row, provenance = check_run(args)
     accelerator = start_accelerator(cfg, args)
     if not args.validate_only:

@@ -109,6 +109,14 @@ class RunLock:
         atexit.register(self.release)
         return None
 
+    @classmethod
+    def release_all(cls) -> None:
+        """Every run folder this process holds: a train.main called in-process (tests, notebooks) lets go of its
+        folder when it returns or stops, not only when the process exits."""
+        for lock in cls.held.values():
+            lock.release()
+        cls.held.clear()
+
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_SECONDS):
             os.utime(self.path)

@@ -88,4 +88,4 @@ def test_ray_engine_runs_two_tiny_trainings_on_a_local_ray(demo_dir, tmp_path):
     assert [r.ok for r in results] == [True, True], [r.tail() for r in results]
     again = study.plan(study.train_config(flags), ["unet"], ["tu-resnet10t"], [0, 1], flags)
     assert [r.state for r in again] == ["done", "done"]
-    assert all("best epoch 1" in r.log.read_text() for r in again)
+    assert all("last.pt (epoch 1, --select-on final)" in r.log.read_text() for r in again)

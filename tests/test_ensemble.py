@@ -131,7 +131,8 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         assert mask.shape == tuple(index.loc[row.id, ["height", "width"]])
         np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
     board = (out / "leaderboard.md").read_text()
-    assert "Unet++ vs Unet, both at the same TTA" in board and "(TTA d4, " in board and "Cross-validated" in board
+    assert "Unet++ vs Unet, both on the same images, on the models' own masks" in board
+    assert "(TTA d4, " in board and "Cross-validated" in board
     assert f"Optimistic (tuned and scored on the same images): {scores['ensemble']['dice_optimistic']:.4f}" in board
     for name, run in scores["runs"].items():  # training cost beside the scores, from the runs' history.csv
         history = pd.concat(pd.read_csv(h) for h in (predicted / "runs" / "demo" / name).glob("fold*/history.csv"))

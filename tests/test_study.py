@@ -155,10 +155,10 @@ def test_parallel_2_trains_two_runs_side_by_side(finished_study):
 
 
 def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
-    assert study.call(lambda argv: sys.exit(0), [], "infer.py") == []
-    assert study.call(lambda argv: sys.exit(), [], "infer.py") == []
-    assert study.call(lambda argv: sys.exit(2), [], "infer.py") == ["infer.py stopped"]
-    assert study.call(lambda argv: sys.exit("infer: no runs"), [], "infer.py") == ["infer.py stopped"]
+    assert study.call(lambda argv: sys.exit(0), []) == ""
+    assert study.call(lambda argv: sys.exit(), []) == ""
+    assert study.call(lambda argv: sys.exit(2), []) == "exit code 2 (its message is above)"
+    assert study.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
 
 
 def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path):
@@ -207,7 +207,7 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
     assert row["unetpp_ds-unetpp_difference"] == scores["comparisons"][2]["mean_difference"]
     assert set(row["unetpp_ds_levels"]) == {"L1", "L2", "L3", "L4", "mean"}
     board = (out / "leaderboard.md").read_text()
-    assert "Unet++ vs Unet, Unet++ DS vs Unet, Unet++ DS vs Unet++, both at the same TTA" in board
+    assert "Unet++ vs Unet, Unet++ DS vs Unet, Unet++ DS vs Unet++, both on the same images" in board
     assert ("| encoder | params M (Unet / Unet++ / Unet++ DS) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | "
             "Unet++ DS Dice | Unet++ DS IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet [95% CI] "
             "| Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |") in board

@@ -13,6 +13,7 @@ import torch
 
 import train
 from conftest import ROOT, TINY, paths
+from src.checkpoint import StopRequest
 
 
 def run_train(workdir, tmp_path, *args):
@@ -306,11 +307,12 @@ def test_a_second_ctrl_c_stops_at_once(demo_dir, tmp_path):
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as stderr:
         process = subprocess.Popen(train_command(demo_dir, tmp_path / "runs", "--epochs", "6", "--fold", "2",
-                                                 "--save-minutes", "60", "--batch-size", "2"),
+                                                 "--save-minutes", "60", "--batch-size", "1"),
                                    stdout=subprocess.PIPE, stderr=stderr, text=True)
         wait_for(lambda: (run / "history.csv").exists())
         process.send_signal(signal.SIGINT)
         wait_for(lambda: "finishing this epoch" in errors.read_text())
+        time.sleep(StopRequest.SAME_STOP_SECONDS + 0.1)  # sooner, it counts as the same stop delivered twice
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=120)
     assert process.returncode == -signal.SIGINT, errors.read_text()[-2000:]

@@ -186,7 +186,7 @@ def _drop_unrun(encoder: torch.nn.Module, ran: set) -> None:
 def level_sizes(model: UnetPlusPlusDS, size: int = 32) -> list:
     """Per level: parameters, modules its forward runs on one size x size image, and whether its encoder runs in
     full for want of a cut."""
-    probe = torch.rand(1, model.encoder_args["in_channels"], size, size)
+    probe = torch.rand(1, model.encoder_args["in_channels"], size, size, device=next(model.parameters()).device)
     rows = []
     for level in [*model.levels, "mean"]:
         pruned = level_model(model, level)

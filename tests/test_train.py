@@ -307,7 +307,8 @@ def test_a_second_ctrl_c_stops_at_once(demo_dir, tmp_path):
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as stderr:
         process = subprocess.Popen(train_command(demo_dir, tmp_path / "runs", "--epochs", "6", "--fold", "2",
-                                                 "--save-minutes", "60", "--batch-size", "1"),
+                                                 "--save-minutes", "60", "--batch-size", "1",
+                                                 "--decoder-channels", "256,128,64,32,16"),  # epochs of seconds
                                    stdout=subprocess.PIPE, stderr=stderr, text=True)
         wait_for(lambda: (run / "history.csv").exists())
         process.send_signal(signal.SIGINT)

@@ -305,11 +305,13 @@ def test_a_second_ctrl_c_stops_at_once(demo_dir, tmp_path):
     """The first Ctrl-C asks for the epoch to be finished and saved; a second one ends the process in that epoch."""
     run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold2"
     errors = tmp_path / "stderr.txt"
-    with errors.open("w") as stderr:
+    with errors.open("w") as stderr:  # SIGINT at its default, as a terminal starts it (a script's background job,
+        # such as a CI runner's, starts with it ignored, and then a second Ctrl-C could not interrupt); epochs of seconds
         process = subprocess.Popen(train_command(demo_dir, tmp_path / "runs", "--epochs", "6", "--fold", "2",
                                                  "--save-minutes", "60", "--batch-size", "1",
-                                                 "--decoder-channels", "256,128,64,32,16"),  # epochs of seconds
-                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+                                                 "--decoder-channels", "256,128,64,32,16"),
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_for(lambda: (run / "history.csv").exists())
         process.send_signal(signal.SIGINT)
         wait_for(lambda: "finishing this epoch" in errors.read_text())

@@ -176,7 +176,7 @@ def check_set_source(predictions: ledger.PredictionSet, name: str, images_dir: s
 
 def trained_split(run_dir: Path, args, index: pd.DataFrame) -> tuple:
     """(fold file record, folds) of the split run_dir was trained on, refused if the file changed since."""
-    recorded = json.loads((run_dir / "config.json").read_text()).get("folds")
+    recorded = ledger.run_config(run_dir).get("folds")
     try:
         if recorded is None:  # trained before runs recorded their fold file
             folds = load_folds(args.folds_dir, args.dataset, index)

@@ -17,7 +17,6 @@ where a step needs it (scoring, final masks), through resize_prob(). Files of th
 no `size`) are refused with OldPredictionFormat; infer.py predicts again every file not made by the model it is
 predicting with.
 """
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,7 @@ from src.data import channels_first, make_loader
 from src.folds import load_folds
 from src.images import read_image, resize, to_channels
 from src.models import ModelError, create_model, normalize
-from src.runs import file_sha256
+from src.runs import file_sha256, is_finished
 
 TTA_MODES = {"none": None, "flip": lambda: tta.Compose([tta.HorizontalFlip()]), "d4": tta.aliases.d4_transform}
 
@@ -81,8 +80,7 @@ def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
     weights = run_dir / f"{checkpoint}.pt"
     if weights.exists():
         return weights
-    metrics = run_dir / "metrics.json"  # train.py adds epochs_run to it when training ends, with last.pt
-    if not metrics.exists() or "epochs_run" not in json.loads(metrics.read_text()):
+    if not is_finished(run_dir):  # train.py adds epochs_run to metrics.json when training ends, with last.pt
         raise UnfinishedRun(f"{run_dir}: training not finished (no {weights.name} yet)")
     raise FileNotFoundError(f"{weights} not found: the run was trained before runs saved their final epoch; "
                             f"retrain it or use --checkpoint best")

@@ -1,13 +1,16 @@
 """IoU scored the way the UNet++ reference implementation (4uiiurz1/pytorch-nested-unet, val.py / metrics.py) scores
 the 96 px Data Science Bowl set, on this project's OOF predictions (the pipeline itself reports per-image scores).
 
-  python docs/results/reference_iou.py dsb96 flip best [unet-mobilenet_v2 unetpp-mobilenet_v2]
-  python docs/results/reference_iou.py dsb96 flip last      # infer.py --checkpoint last: the final epoch's weights
+  python docs/results/reference_iou.py dsb96 flip                    # every run's selected weights, every level
+  python docs/results/reference_iou.py dsb96 flip last               # infer.py --checkpoint last: the final epoch's
+  python docs/results/reference_iou.py dsb96 flip selected preds-inner unet-mobilenet_v2 unetpp-mobilenet_v2
 
 The reference: sigmoid > 0.5 and mask > 0.5, one IoU over all the pixels of each batch of 16 validation images
 ((intersection + 1e-5) / (union + 1e-5)), averaged over batches weighted by their size, on one 20% hold-out. Here each
 of the 5 folds is a 20% hold-out, taken in the fold file's order; the figure is the mean (and std) over folds. The
-"mean" model averages the runs' probabilities, at the same 0.5 threshold, without the ensemble's tuned settings.
+"mean" model averages the runs' probabilities (their L4 sets), at the same 0.5 threshold, without the ensemble's
+tuned settings. Prediction sets are found through the run ledger (src.runs.level_sets), so each level of a unetpp_ds
+run is its own row.
 """
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src.folds import load_folds  # noqa: E402
 from src.images import read_image  # noqa: E402
 from src.predict import load_pred  # noqa: E402
+from src.runs import level_sets  # noqa: E402
 
 BATCH, SMOOTH = 16, 1e-5
 
@@ -30,17 +34,21 @@ def batch_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.average(ious, weights=sizes))
 
 
-def main(dataset: str, tta: str, checkpoint: str = "best", *runs):
-    preds, folds = Path("preds") / dataset, load_folds("folds", dataset)
-    where = f"tta-{tta}" if checkpoint == "best" else f"last/tta-{tta}"
-    runs = runs or sorted(p.parent.name for p in preds.glob(f"*/tta-{tta}"))
-    models = {run: [run] for run in runs} | ({"mean of " + " and ".join(runs): list(runs)} if len(runs) > 1 else {})
+def main(dataset: str, tta: str, checkpoint: str = "selected", preds_dir: str = "preds", *runs):
+    found = {run: modes[tta] for run, modes in level_sets(preds_dir, dataset, checkpoint).items() if tta in modes}
+    runs = runs or sorted(found)
+    if missing := [run for run in runs if run not in found]:
+        sys.exit(f"no {checkpoint} predictions with TTA {tta} in {preds_dir}/{dataset} for {', '.join(missing)}: "
+                 f"run `python infer.py --dataset {dataset} --tta {tta} --checkpoint {checkpoint}` first")
+    sets = {run + ("" if level is None else f" {level}"): predictions
+            for run in runs for level, predictions in found[run].items()}
+    models = {name: [name] for name in sets} | ({"mean of " + " and ".join(runs): list(runs)} if len(runs) > 1 else {})
+    folds = load_folds("folds", dataset)
     table = {name: {"reference": [], "pooled": []} for name in models}
     for fold in sorted(set(folds["fold"])):
         ids = list(folds.loc[folds["fold"] == fold, "id"])
         truth = np.stack([read_image(Path("data") / dataset / "masks" / f"{i}.png") > 0 for i in ids])
-        prob = {run: np.stack([load_pred(preds / run / where / "oof" / f"{i}.npz")[0][0] for i in ids])
-                for run in runs}
+        prob = {name: np.stack([load_pred(predictions.oof(i))[0][0] for i in ids]) for name, predictions in sets.items()}
         for name, members in models.items():
             pred = np.mean([prob[m].astype(np.float32) / 255 for m in members], axis=0) > 0.5
             if pred.shape != truth.shape:
@@ -49,8 +57,8 @@ def main(dataset: str, tta: str, checkpoint: str = "best", *runs):
             scores = table[name]
             scores["reference"].append(batch_iou(pred, truth))
             scores["pooled"].append((pred & truth).sum() / (pred | truth).sum())
-    print(f"| model ({tta} TTA, {checkpoint}.pt, 0.5 threshold) | IoU per batch of {BATCH} (the reference's) | IoU pooled over each fold |"
-          f"\n|---|---|---|")
+    print(f"| model ({tta} TTA, {checkpoint} weights, 0.5 threshold) | IoU per batch of {BATCH} (the reference's) "
+          f"| IoU pooled over each fold |\n|---|---|---|")
     for name, scores in table.items():
         print(f"| {name} | " + " | ".join(f"{np.mean(v):.4f} +- {np.std(v, ddof=1):.4f}" for v in scores.values()) + " |")
 

@@ -5,10 +5,12 @@ difference on the same images (patients as units where the dataset has groups, a
   python docs/results/recipe_table.py cxr flip former=preds-former planned=preds-planned "hand (fold)=preds-hand"
   python docs/results/recipe_table.py dsb96 flip final=preds "best on inner=preds-inner" "last, inner=preds-inner:last"
 
+  python docs/results/recipe_table.py dsb96 flip --folds=0 --runs=unet-*,unetpp-* hand=preds planned=preds-planned
+
 Each argument is label=preds_dir[:checkpoint] (checkpoint: selected, the default, best or last); its runs are found
 through the run ledger (src.runs.level_sets: each level of a
 unetpp_ds run is a row), the run folder from each set's prediction.json. Only the folds
-scored by every run of a recipe are compared.
+scored by every run of a recipe are compared; --folds=0,1 keeps only those, --runs=<names or globs> only those runs.
 """
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src.canonical import load_index  # noqa: E402
 from src.metrics import per_image  # noqa: E402
 from src.stats import paired_comparison  # noqa: E402
-from src.runs import epoch_of, level_sets  # noqa: E402
+from src.runs import epoch_of, level_sets, select  # noqa: E402
 
 
 def training(run_dir: Path, folds) -> tuple:
@@ -29,6 +31,9 @@ def training(run_dir: Path, folds) -> tuple:
 
 
 def main(dataset: str, tta: str, *recipes):
+    options = dict(r[2:].split("=", 1) for r in recipes if r.startswith("--"))
+    recipes = [r for r in recipes if not r.startswith("--")]
+    only = [int(f) for f in options["folds"].split(",")] if "folds" in options else None
     index = load_index(Path("data") / dataset)
     groups = dict(zip(index["id"], index["group"])) if "group" in index else None
     print(f"| recipe | run | folds | OOF Dice ({tta} TTA) | IoU | scored epoch | training min (epochs) | Unet++ - Unet "
@@ -39,8 +44,10 @@ def main(dataset: str, tta: str, *recipes):
         sets = {run + ("" if level is None else f" {level}"): predictions
                 for run, modes in level_sets(preds_dir, dataset, checkpoint or "selected").items()
                 for level, predictions in modes.get(tta, {}).items()}  # each level of a unetpp_ds run its own row
+        sets = {name: sets[name] for name in select(list(sets), options.get("runs"))}
         images = {run: per_image(s.oof_scores()).set_index("id") for run, s in sets.items()}
         folds = sorted(set.intersection(*(set(t["fold"]) for t in images.values()))) if images else []
+        folds = [f for f in folds if only is None or f in only]
         for run, table in images.items():
             images[run] = table[table["fold"].isin(folds)]
         pair = [next((r for r in images if r.split("-")[0] == arch), None) for arch in ("unet", "unetpp")]

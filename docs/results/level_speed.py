@@ -17,9 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src.cache import open_cache  # noqa: E402
-from src.deep_supervision import UnetPlusPlusDS, level_model, level_sizes  # noqa: E402
+from infer import level_models  # noqa: E402
+from src.deep_supervision import UnetPlusPlusDS, level_sizes  # noqa: E402
 from src.models import normalize  # noqa: E402
 from src.predict import checkpoint_file, load_trained_model  # noqa: E402
+from src.runs import LEVELS  # noqa: E402
 
 BATCH, ROUNDS = 16, 5
 
@@ -44,8 +46,8 @@ def main(dataset: str, fold: str = "0", runs_dir: str = "runs"):
         nets = {run_dir.parent.name: model}
         if isinstance(model, UnetPlusPlusDS):
             sizes = {row["level"]: row for row in level_sizes(model, cfg.size)}
-            nets = {f"{run_dir.parent.name} {level}": level_model(model, level).to(memory_format=torch.channels_last)
-                    for level in sizes}
+            nets = {f"{run_dir.parent.name} {level}": net  # built as infer.py --level builds them
+                    for level, net in level_models(model, cfg, list(LEVELS), set())}
         models.update({name: (net, batches, sizes[name.split()[-1]]["modules_run"] if " " in name else "-")
                        for name, net in nets.items()})
     best = {name: float("inf") for name in models}

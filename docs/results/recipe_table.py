@@ -50,14 +50,14 @@ def main(dataset: str, tta: str, *recipes):
         folds = [f for f in folds if only is None or f in only]
         for run, table in images.items():
             images[run] = table[table["fold"].isin(folds)]
-        pair = [next((r for r in images if r.split("-")[0] == arch), None) for arch in ("unet", "unetpp")]
         for run, table in images.items():
             run_dir = Path(sets[run].provenance["run_dir"])
             minutes, epochs = training(run_dir, folds)
             scored = sorted({epoch_of(run_dir / f"fold{f}", checkpoint or "selected")[1] for f in folds})
             difference = ""
-            if run == pair[1] and pair[0] is not None:
-                a = images[pair[0]]
+            unet = "unet-" + run.split("-", 1)[1]  # the same encoder's Unet
+            if run.startswith("unetpp-") and unet in images:
+                a = images[unet]
                 ids = a.index.intersection(table.index)
                 c = paired_comparison(a.loc[ids, "dice"].to_numpy(), table.loc[ids, "dice"].to_numpy(),
                                       None if groups is None else [groups[i] for i in ids])

@@ -32,12 +32,16 @@ def build_cache(dataset_dir: Path, size: int) -> None:
     shape = (size, size) if meta["channels"] == 1 else (size, size, meta["channels"])
     images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(index), *shape))
     masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(index), size, size))
-    for position, row in enumerate(tqdm(index.itertuples(), total=len(index), desc=f"cache {size}px", unit="img")):
-        images[position] = resize(read_dataset_image(dataset_dir, row, meta["channels"]), size, is_mask=False)
-        if row.split == "train":
-            masks[position] = resize(read_image(dataset_dir / "masks" / f"{row.id}.png"), size, is_mask=True)
-    images.flush()
-    masks.flush()
+    try:
+        for position, row in enumerate(tqdm(index.itertuples(), total=len(index), desc=f"cache {size}px", unit="img")):
+            images[position] = resize(read_dataset_image(dataset_dir, row, meta["channels"]), size, is_mask=False)
+            if row.split == "train":
+                masks[position] = resize(read_image(dataset_dir / "masks" / f"{row.id}.png"), size, is_mask=True)
+        images.flush()
+        masks.flush()
+    except BaseException:  # a corrupt image, Ctrl-C: no half-built cache left behind (it can take gigabytes)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     del images, masks
     try:
         tmp.rename(folder)

@@ -114,3 +114,4 @@ def test_train_names_a_prepared_image_damaged_since_prepare(demo_dir, tmp_path):
         train.main([*TINY, *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold", "0", "--epochs", "1"])
     assert str(stop.value) == (f"train: {image}: cannot be read as an image by OpenCV (corrupt or not an image file); "
                                f"prepare the dataset again (python -m src.prepare ... --overwrite)")
+    assert list((tmp_path / "data" / "demo" / "cache").iterdir()) == []  # no half-built cache left behind

@@ -39,11 +39,10 @@ def build_cache(dataset_dir: Path, size: int) -> None:
                 masks[position] = resize(read_image(dataset_dir / "masks" / f"{row.id}.png"), size, is_mask=True)
         images.flush()
         masks.flush()
-    except BaseException:  # a corrupt image, Ctrl-C: no half-built cache left behind (it can take gigabytes)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    del images, masks
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process built it first
+        del images, masks
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process built it first
+            pass
+    finally:  # as in canonical.write_dataset: nothing left once renamed; a failed or lost build's gigabytes go
         shutil.rmtree(tmp, ignore_errors=True)

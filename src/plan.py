@@ -25,7 +25,7 @@ import numpy as np
 from src.canonical import load_index, load_meta
 from src.checkpoint import write_atomic
 from src.config import Config
-from src.folds import load_folds
+from src.folds import group_labels, load_folds
 from src.images import read_image
 
 STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
@@ -74,7 +74,7 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
         folds = load_folds(folds_dir, meta["name"])["fold"].nunique()
     except FileNotFoundError:
         folds = None
-    groups = labelled["group"].where(labelled["group"] != "", "image:" + labelled["id"])  # a blank group: its own
+    groups = group_labels(labelled["group"], labelled["id"])  # as the split counts them: a blank group is its own
     pooled = np.concatenate(diameters)
     return {
         "task": meta["task"], "classes": classes, "channels": meta["channels"],

@@ -19,11 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from src import sources
 from src.canonical import PrepareError, write_dataset
-from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, write_folds
+from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, load_folds, write_folds
 from src.masks import parse_colors
 from src.plan import describe, write_plan
 from src.problems import report
@@ -173,7 +171,7 @@ def main(argv=None):
     counts = index["split"].value_counts().to_dict()
     mib = {sub: sum(f.stat().st_size for f in (args.data_dir / name / sub).rglob("*") if f.is_file()) / 2**20
            for sub in ("images", "masks", "cache")}
-    folds = pd.read_csv(folds_path)
+    folds = load_folds(folds_path.parent, name)  # group labels as text: patient ids are often numbers
     print(f"prepared {args.data_dir / name}: {counts.get('train', 0)} labelled + {counts.get('test', 0)} test images "
           f"(images {mib['images']:.1f} MiB, masks {mib['masks']:.1f} MiB, {args.size}px cache {mib['cache']:.1f} MiB); "
           f"{folds['fold'].nunique()} folds in {folds_path}"

@@ -160,10 +160,15 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None) -> tuple:
     return values, rules
 
 
-def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS) -> dict:
+def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS, given: dict | None = None) -> dict:
+    """given: values the user chose when preparing ({"size": 64} from prepare --size), kept as given and followed by
+    the values planned after them; None keeps those of the plan it replaces (a new split plans again)."""
     fp = fingerprint(dataset_dir, folds_dir)
-    values, rules = plan_from(fp, steps)
-    plan = {"values": values, "rules": rules, "steps": steps, "fingerprint": fp}
+    if given is None:
+        given = (load_plan(dataset_dir) or {}).get("given", {})
+    values, rules = plan_from(fp, steps, given)
+    rules |= {name: f"given to prepare (--{name.replace('_', '-')} {value})" for name, value in given.items()}
+    plan = {"values": values, "rules": rules, "steps": steps, "given": given, "fingerprint": fp}
     write_atomic(plan_path(dataset_dir), json.dumps(plan, indent=2) + "\n")
     return plan
 
@@ -195,13 +200,15 @@ def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
 def apply_plan(cfg: Config, given: set) -> tuple:
     """(cfg with the plan's values where no flag set them, {field: 'user' | 'plan' | 'default'} for config.json).
 
-    The rules run again with the flags' values in place, so a planned value follows a flag it depends on (--size 512
+    Precedence: a flag, then the plan (a value given to prepare, as prepare --size, or a planned one), then the
+    rule. The rules run again with those values in place, so a planned value follows one it depends on (--size 512
     gets the batch of 512 px). --select-on fold trains today's schedule: lr, scheduler, warm-up and epochs stay."""
     saved = load_plan(cfg.dataset_dir)
     kept = given | set(TODAYS_SCHEDULE if getattr(cfg, "select_on", "final") == "fold" else ())
     planned = {}
     if saved:
-        values, _ = plan_from(saved["fingerprint"], saved["steps"], {k: getattr(cfg, k) for k in kept if hasattr(cfg, k)})
+        flags = {k: getattr(cfg, k) for k in kept if hasattr(cfg, k)}
+        values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags})
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources

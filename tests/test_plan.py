@@ -144,3 +144,20 @@ def test_a_new_split_replans(demo_dir, tmp_path, capsys):
     assert (first["fingerprint"]["folds"], replanned["fingerprint"]["folds"]) == (3, 2)
     assert replanned["fingerprint"]["train_images"] == 18 and replanned["values"]["batch_size"] == 4
     assert "batch_size: 4 (" in capsys.readouterr().out
+
+
+def test_a_size_given_to_prepare_is_the_plans_and_a_train_flag_still_overrides_it(tmp_path, capsys):
+    """prepare --size 64 trains at 64 px (one cache): flag > plan (what prepare was given) > rule, after a new split too."""
+    prepare(tmp_path, "demo", "--count", "36", "--test-count", "0", "--size", "64", "--k", "3", plan=True)
+    saved = plan.load_plan(tmp_path / "data" / "demo")
+    assert plan.plan_from(saved["fingerprint"])[0]["size"] > 64  # the rule alone would choose more
+    assert saved["values"]["size"] == 64 and "size: 64 (given to prepare (--size 64))" in capsys.readouterr().out
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data")]))
+    assert (cfg.size, sources["size"]) == (64, "plan")
+    assert cfg.batch_size == plan.plan_batch(saved["fingerprint"], 64)[0]  # the batch follows the given size
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data"), "--size", "96"]))
+    assert (cfg.size, sources["size"]) == (96, "user")
+    folds.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    assert plan.load_plan(tmp_path / "data" / "demo")["values"]["size"] == 64
+    prepare(tmp_path, "demo", "--count", "36", "--test-count", "0", "--k", "3", "--overwrite", plan=True)
+    assert plan.load_plan(tmp_path / "data" / "demo")["given"] == {}  # prepared again without --size: the rule's

@@ -32,6 +32,7 @@ STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
 SIZE_STEP, MIN_SIZE, MAX_SIZE = 32, 64, 512  # smp encoders halve the input five times; 512: the compute it costs
 PIXELS_PER_STEP, MAX_BATCH = 256 * 256 * 16, 16  # 16 images of 256 px: the batch the planned lr was measured at
+MIN_FITTED_BATCH = 4  # the smallest batch a shortened --epochs gets to keep the step budget: batch norm needs a few
 EPOCHS_RANGE = (10, 500)
 LR = 1e-3
 HEAVY_AUG_BELOW = 100  # labelled images
@@ -107,19 +108,36 @@ def plan_size(fp: dict) -> tuple:
     return cap, f"{rule} would be {needed}; capped by {limit}, where it spans {relative * cap:.0f} px"
 
 
-def plan_batch(fp: dict, size: int) -> tuple:
+def steps_per_epoch(fp: dict, batch: int, per_step: int) -> int:
+    """Optimiser steps an epoch of a fold's training images makes, each step taking `per_step` batches (processes x
+    --grad-accum)."""
+    return math.ceil(fp["train_images"] / (batch * per_step))
+
+
+def plan_batch(fp: dict, size: int, steps: int = STEPS, epochs: int | None = None, per_step: int = 1) -> tuple:
+    """The batch per process; given --epochs (`epochs`), smaller where that keeps the step budget: a shortened run
+    still makes the steps the plan budgets, rather than fewer ones of a larger batch."""
     by_pixels = 2 ** int(math.log2(PIXELS_PER_STEP / size ** 2))
-    batch = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // 4))
-    return batch, (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 steps an "
-                   f"epoch of a fold's {fp['train_images']} training images; at least 2")
+    largest = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // (4 * per_step)))
+    rule = (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 optimiser steps an "
+            f"epoch of a fold's {fp['train_images']} training images; at least 2")
+    if epochs is None:
+        return largest, rule
+    keeping = fp["train_images"] * epochs // (steps * per_step)  # the largest batch whose epochs make `steps` steps
+    batch = max(min(largest, MIN_FITTED_BATCH), min(largest, keeping))
+    return batch, (f"{rule}; with --epochs {epochs}, the largest batch up to that at which they still make the "
+                   f"{steps} optimiser steps (--steps), at least {MIN_FITTED_BATCH}: "
+                   f"{steps_per_epoch(fp, batch, per_step) * epochs} steps")
 
 
-def plan_epochs(fp: dict, batch: int, steps: int) -> tuple:
-    per_epoch = math.ceil(fp["train_images"] / batch)
+def plan_epochs(fp: dict, batch: int, steps: int, processes: int = 1, grad_accum: int = 1) -> tuple:
+    per_epoch = steps_per_epoch(fp, batch, processes * grad_accum)
     epochs = min(EPOCHS_RANGE[1], max(EPOCHS_RANGE[0], round(steps / per_epoch)))
     folds = f"{fp['folds']} folds" if fp["folds"] else f"{FOLDS_ASSUMED} folds assumed (no fold file)"
     return epochs, (f"{steps} optimiser steps (--steps) at {per_epoch} an epoch ({fp['train_images']} training images "
-                    f"a fold of {fp['labelled_images']}, {folds}, batch {batch}), within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
+                    f"a fold of {fp['labelled_images']}, {folds}; batch {batch} x {processes} process(es) x "
+                    f"--grad-accum {grad_accum} a step; train.py plans again for its own), "
+                    f"within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
 
 
 def plan_class_weights(fp: dict) -> tuple:
@@ -136,16 +154,17 @@ def plan_class_weights(fp: dict) -> tuple:
         "the inverse square root of its pixel share over the labelled masks, mean 1 (the same for every fold)")
 
 
-def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None) -> tuple:
+def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes: int = 1, grad_accum: int = 1) -> tuple:
     """(values named as Config's fields, the rule of each in one line) from a fingerprint, in order: a value in
-    `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size, the
-    epochs from the batch, the warm-up from the epochs)."""
+    `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size and
+    given epochs, the epochs from the batch, the warm-up from the epochs). `steps` counts optimiser steps, each of
+    `processes` x `grad_accum` batches."""
     given = given or {}
     values, rules = {}, {}
     steps_in_order = {
         "size": lambda: plan_size(fp),
-        "batch_size": lambda: plan_batch(fp, values["size"]),
-        "epochs": lambda: plan_epochs(fp, values["batch_size"], steps),
+        "batch_size": lambda: plan_batch(fp, values["size"], steps, given.get("epochs"), processes * grad_accum),
+        "epochs": lambda: plan_epochs(fp, values["batch_size"], steps, processes, grad_accum),
         "lr": lambda: (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
                            "(docs/results.md, issue 26); --lr auto runs a range test instead"),
         "scheduler": lambda: ("cosine", "a fixed schedule that reads no validation score (issue 23)"),
@@ -206,9 +225,10 @@ def apply_plan(cfg: Config, given: set) -> tuple:
     saved = load_plan(cfg.dataset_dir)
     kept = given | set(TODAYS_SCHEDULE if getattr(cfg, "select_on", "final") == "fold" else ())
     planned = {}
-    if saved:
-        flags = {k: getattr(cfg, k) for k in kept if hasattr(cfg, k)}
-        values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags})
+    if saved:  # only the user's --epochs fits the batch: --select-on fold's kept 40 are nobody's choice
+        flags = {k: getattr(cfg, k) for k in given if hasattr(cfg, k)}
+        values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags},
+                              int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # as accelerate launch says
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources

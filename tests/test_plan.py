@@ -25,7 +25,7 @@ def planned_copy(workdir, tmp_path, dataset):
 def planned_demo(tmp_path_factory):
     """(the data folder of the demo prepared as conftest's demo_dir, with the plan prepare writes, its plan)."""
     workdir = tmp_path_factory.mktemp("plan")
-    prepare(workdir, "demo", "--count", "36", "--test-count", "4", "--size", "64", "--k", "3", plan=True)
+    prepare(workdir, "demo", "--count", "36", "--test-count", "4", "--k", "3", plan=True)  # no --size: the rule's
     return workdir / "data", plan.load_plan(workdir / "data" / "demo")
 
 
@@ -94,7 +94,8 @@ def test_a_flag_overrides_the_plan_and_sources_say_so(planned_demo):
     assert "resume" in given  # train.py's own flags are no Config field: apply_plan passes them by
     cfg, sources = plan.apply_plan(cfg, given)
     assert (cfg.epochs, cfg.lr, cfg.aug) == (3, 0.01, "medium")
-    assert (cfg.size, cfg.batch_size, cfg.scheduler) == (demo_plan["values"]["size"], 6, "cosine")
+    assert (cfg.size, cfg.scheduler) == (demo_plan["values"]["size"], "cosine")
+    assert cfg.batch_size == 4  # 3 epochs of 24 images: the smallest batch the rule allows, for the most steps
     assert cfg.warmup_epochs == 1  # the warm-up rule on the user's 3 epochs, not the plan's 12 of 250
     assert sources["epochs"] == sources["lr"] == sources["aug"] == sources["data_dir"] == "user"
     assert sources["size"] == sources["scheduler"] == sources["warmup_epochs"] == "plan" and sources["seed"] == "default"
@@ -161,3 +162,43 @@ def test_a_size_given_to_prepare_is_the_plans_and_a_train_flag_still_overrides_i
     assert plan.load_plan(tmp_path / "data" / "demo")["values"]["size"] == 64
     prepare(tmp_path, "demo", "--count", "36", "--test-count", "0", "--k", "3", "--overwrite", plan=True)
     assert plan.load_plan(tmp_path / "data" / "demo")["given"] == {}  # prepared again without --size: the rule's
+
+
+def test_the_step_budget_counts_processes_and_accumulation(planned_demo, monkeypatch):
+    """4 processes of 16 make a quarter of the steps an epoch: the plan trains 4x the epochs to keep its 1000."""
+    planned_dir, demo_plan = planned_demo
+    fp = {**demo_plan["fingerprint"], "train_images": 400, "labelled_images": 500}
+    single, rules = plan.plan_from(fp)
+    assert (single["batch_size"], single["epochs"]) == (16, 40)  # 25 steps an epoch
+    assert "batch 16 x 1 process(es) x --grad-accum 1 a step" in rules["epochs"]
+    four, rules = plan.plan_from(fp, processes=4)
+    assert (four["batch_size"], four["epochs"]) == (16, round(1000 / 7))  # 400 / 64: 7 steps an epoch
+    assert "7 an epoch" in rules["epochs"] and "x 4 process(es)" in rules["epochs"]
+    assert plan.plan_from(fp, processes=2, grad_accum=2)[0]["epochs"] == four["epochs"]
+    # train.py under accelerate launch: WORLD_SIZE and --grad-accum plan the epochs it trains.
+    flags = ["--data-dir", str(planned_dir), "--batch-size", "6"]  # 24 training images: 4 steps an epoch
+    assert plan.apply_plan(*parse(flags))[0].epochs == 250
+    assert plan.apply_plan(*parse([*flags, "--grad-accum", "2"]))[0].epochs == 500
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert plan.apply_plan(*parse(flags))[0].epochs == 500
+
+
+def test_a_shortened_run_keeps_the_step_budget_with_a_smaller_batch(demo_plan):
+    """--epochs shorter than the plan's: the batch shrinks until the epochs make the budgeted steps (at least 4), so
+    the planned run at the hand recipe's epochs takes at least the hand recipe's steps (batch 8, or 16)."""
+    for train_images, size, epochs in ((273, 128, 12), (536, 96, 20), (400, 256, 5)):  # X-rays, nuclei, a large size
+        fp = {**demo_plan["fingerprint"], "train_images": train_images, "labelled_images": train_images * 5 // 4,
+              "median_object_all": 48 / size, "median_short_side": 1000}
+        own = plan.plan_from(fp)[0]
+        assert own["size"] == size and own["epochs"] > epochs
+        values, rules = plan.plan_from(fp, given={"epochs": epochs})
+        steps = plan.steps_per_epoch(fp, values["batch_size"], 1) * epochs
+        hand = math.ceil(train_images / 8) * epochs
+        assert values["batch_size"] < own["batch_size"] and values["batch_size"] >= plan.MIN_FITTED_BATCH
+        assert steps >= min(1000, hand)
+        assert steps >= 1000 or values["batch_size"] == plan.MIN_FITTED_BATCH
+        assert f"with --epochs {epochs}, the largest batch" in rules["batch_size"] and f": {steps} steps" in rules["batch_size"]
+        assert values["epochs"] == epochs and rules["epochs"] == "set by a flag"
+    # A longer run than planned keeps the planned batch; a given batch is kept and the epochs follow it.
+    assert plan.plan_from(fp, given={"epochs": 500})[0]["batch_size"] == own["batch_size"]
+    assert plan.plan_from(fp, given={"epochs": 5, "batch_size": 16})[0]["batch_size"] == 16

@@ -5,7 +5,9 @@
 As nnU-Net plans from its dataset fingerprint, this reads the labelled images once (their number and groups, image
 sizes, channels, foreground fraction, object sizes and pixel share per class) and derives every value by a stated
 rule, printed and stored beside the value. The plan is a dataset-level rule: it reads labels, never a fold's scores,
-and gives every fold and every run of the dataset the same values. prepare writes it as its last step, and
+and gives every fold and every run of the dataset the same values, but for the class weights: whether a class is rare
+is read per fold from its training folds' masks, and the weights (--class-weights auto) from the run's own training
+masks, so that no fold's masks weight the loss it is scored by. prepare writes it as its last step, and
 python -m src.folds --overwrite plans again. train.py takes them as its defaults (and study.py, whose stale check
 compares a finished run with the planned values); a flag overrides any of them, and the run's config.json says where
 each value came from (apply_plan).
@@ -70,11 +72,16 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes outside the GIL
         census = list(pool.map(lambda i: mask_census(dataset_dir / "masks" / f"{i}.png", len(classes)), rows["id"]))
     diameters = [np.concatenate([c[0][k] for c in census]) for k in range(len(classes) - 1)]
-    shares = np.mean([c[1] for c in census], axis=0)  # each image counts once, as at training size
+    image_shares = np.array([c[1] for c in census])
+    shares = image_shares.mean(axis=0)  # each image counts once, as at training size
     try:
-        folds = load_folds(folds_dir, meta["name"])["fold"].nunique()
+        split = load_folds(folds_dir, meta["name"])
+        folds = split["fold"].nunique()
+        fold_of = rows["id"].map(dict(zip(split["id"], split["fold"]))).to_numpy()
+        # Per fold, the masks of its training folds only: the class-weight rule never reads a fold it scores.
+        fold_shares = [[round(float(s), 5) for s in image_shares[fold_of != f].mean(axis=0)] for f in range(folds)]
     except FileNotFoundError:
-        folds = None
+        folds, fold_shares = None, None
     groups = group_labels(labelled["group"], labelled["id"])  # as the split counts them: a blank group is its own
     pooled = np.concatenate(diameters)
     return {
@@ -85,7 +92,7 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
         "median_height": int(labelled["height"].median()), "median_width": int(labelled["width"].median()),
         "median_short_side": int(np.minimum(labelled["height"], labelled["width"]).median()),
         "foreground": round(float(1 - shares[0]), 4),
-        "class_shares": [round(float(s), 5) for s in shares],
+        "class_shares": [round(float(s), 5) for s in shares], "fold_class_shares": fold_shares,
         "objects": [int(len(d)) for d in diameters],
         "median_object": [round(float(np.median(d)), 4) if len(d) else None for d in diameters],
         "median_object_all": round(float(np.median(pooled)), 4) if len(pooled) else None,
@@ -140,25 +147,38 @@ def plan_epochs(fp: dict, batch: int, steps: int, processes: int = 1, grad_accum
                     f"within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
 
 
-def plan_class_weights(fp: dict) -> tuple:
+def rare_classes(fp: dict, shares: list) -> list:
+    shares = np.asarray(shares)
+    return [fp["classes"][k] for k in range(1, len(shares)) if shares[k] < RARE_SHARE * shares[1:].max()]
+
+
+def plan_class_weights(fp: dict, fold: int | None = None) -> tuple:
+    """Whether to weight, from the pixel shares of the training folds' masks of `fold` (of each fold when None);
+    the weights themselves train.py computes from the run's own training masks (--class-weights auto)."""
     if fp["task"] == "binary":
         return "none", "binary masks: Dice + BCE, no class weights"
-    shares = np.asarray(fp["class_shares"])
-    rare = [fp["classes"][k] for k in range(1, len(shares)) if shares[k] < RARE_SHARE * shares[1:].max()]
-    if not rare:
-        return "none", f"no class under {RARE_SHARE:g} of the most frequent one's pixels: cross-entropy unweighted"
-    weights = 1 / np.sqrt(np.maximum(shares, 1e-6))  # the rule of --class-weights auto, on every labelled image
-    weights = weights / weights.mean()
-    return ",".join(f"{w:.2f}" for w in weights), (
-        f"{', '.join(rare)} under {RARE_SHARE:g} of the most frequent class's pixels: every class weighted by "
-        "the inverse square root of its pixel share over the labelled masks, mean 1 (the same for every fold)")
+    by_fold = fp.get("fold_class_shares")
+    if not by_fold:  # no split yet: no fold is scored, so every labelled mask may be read
+        by_fold, fold = [fp["class_shares"]], 0
+    folds = range(len(by_fold)) if fold is None else [fold]
+    rare = {f: rare_classes(fp, by_fold[f]) for f in folds}
+    read = "the training folds' masks" + (f" of fold {fold}" if fold is not None else " of each fold")
+    if not any(rare.values()):
+        return "none", f"no class under {RARE_SHARE:g} of the most frequent one's pixels in {read}: cross-entropy unweighted"
+    names = [c for c in fp["classes"] if any(c in r for r in rare.values())]
+    unweighted = [str(f) for f in folds if not rare[f]]
+    return "auto", (f"{', '.join(names)} under {RARE_SHARE:g} of the most frequent class's pixels in {read}, never "
+                    "the fold it scores: --class-weights auto, every class weighted by the inverse square root of its "
+                    "pixel share over the run's own training masks, mean 1"
+                    + (f" (fold {', '.join(unweighted)}: none rare, unweighted)" if unweighted else ""))
 
 
-def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes: int = 1, grad_accum: int = 1) -> tuple:
+def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes: int = 1, grad_accum: int = 1,
+              fold: int | None = None) -> tuple:
     """(values named as Config's fields, the rule of each in one line) from a fingerprint, in order: a value in
     `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size and
     given epochs, the epochs from the batch, the warm-up from the epochs). `steps` counts optimiser steps, each of
-    `processes` x `grad_accum` batches."""
+    `processes` x `grad_accum` batches. `fold`: the run's, whose masks the class-weight rule does not read."""
     given = given or {}
     values, rules = {}, {}
     steps_in_order = {
@@ -172,7 +192,7 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
                                   "linear warm-up over 5% of the epochs, at least 1, then cosine to zero"),
         "aug": lambda: ("heavy" if fp["labelled_images"] < HEAVY_AUG_BELOW else "medium",
                         f"heavy under {HEAVY_AUG_BELOW} labelled images, else medium ({fp['labelled_images']} here)"),
-        "class_weights": lambda: plan_class_weights(fp),
+        "class_weights": lambda: plan_class_weights(fp, fold),
     }
     for name, rule in steps_in_order.items():
         values[name], rules[name] = (given[name], "set by a flag") if name in given else rule()
@@ -228,7 +248,7 @@ def apply_plan(cfg: Config, given: set) -> tuple:
     if saved:  # only the user's --epochs fits the batch: --select-on fold's kept 40 are nobody's choice
         flags = {k: getattr(cfg, k) for k in given if hasattr(cfg, k)}
         values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags},
-                              int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)  # as accelerate launch says
+                              int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum, cfg.fold)  # WORLD_SIZE: accelerate launch's
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources

@@ -5,6 +5,7 @@ import math
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import TINY, paths, prepare
 
@@ -12,6 +13,7 @@ import train
 from src import folds, plan, study
 from src import runs as ledger
 from src.config import RULE_DEFAULTS, Config, add_config_arguments, config_from_args
+from src.images import read_image, write_png
 
 
 def planned_copy(workdir, tmp_path, dataset):
@@ -55,14 +57,26 @@ def test_demo_plan_gives_the_values_its_rules_state(planned_demo):
     assert printed[3].startswith(f"epochs: {values['epochs']} (1000 optimiser steps")
 
 
-def test_multiclass_plan_weights_the_rare_class(multiclass_dir, tmp_path):
+def test_multiclass_plan_weights_the_rare_class_without_reading_the_scored_fold(multiclass_dir, tmp_path):
+    """The rare class is found in each fold's training folds' masks; the weights come from the run's own training
+    masks (--class-weights auto): rewriting a fold's masks changes nothing that fold trains with."""
     result = planned_copy(multiclass_dir, tmp_path, "demo-multiclass")
-    classes, rule = result["fingerprint"]["classes"], result["rules"]["class_weights"]
-    weights = dict(zip(classes, map(float, result["values"]["class_weights"].split(","))))
-    assert rule.startswith("dead under")  # 5% of the nuclei, and small: the one rare class
-    assert weights["dead"] > 1 and weights["dead"] == max(weights.values())
-    assert weights["background"] == min(weights.values())
+    fp, rule = result["fingerprint"], result["rules"]["class_weights"]
+    assert rule.startswith("dead under") and "never the fold it scores" in rule  # 5% of the nuclei: the rare class
+    assert result["values"]["class_weights"] == "auto" and len(fp["fold_class_shares"]) == fp["folds"]
     assert json.loads((tmp_path / "data" / "demo-multiclass" / "plan.json").read_text())["values"] == result["values"]
+    data = tmp_path / "data" / "demo-multiclass"
+    split = folds.load_folds(tmp_path / "folds", "demo-multiclass")
+    dead = result["fingerprint"]["classes"].index("dead")
+    for image_id in split.loc[split["fold"] == 0, "id"]:  # fold 0's masks now all "dead": no longer rare there
+        mask = read_image(data / "masks" / f"{image_id}.png")
+        write_png(data / "masks" / f"{image_id}.png", np.full_like(mask, dead))
+    rewritten = plan.fingerprint(data, tmp_path / "folds")
+    assert rewritten["fold_class_shares"][0] == fp["fold_class_shares"][0]
+    assert rewritten["fold_class_shares"][1] != fp["fold_class_shares"][1]
+    assert plan.plan_from(rewritten, fold=0)[0]["class_weights"] == plan.plan_from(fp, fold=0)[0]["class_weights"]
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data"), "--dataset", "demo-multiclass"]))
+    assert (cfg.class_weights, sources["class_weights"]) == ("auto", "plan")
 
 
 def test_larger_objects_give_a_smaller_size_never_above_the_images(demo_plan):

@@ -47,7 +47,8 @@ class StudyEstimate:
     """While a study trains: once one of its runs has timed an epoch, one line for all its runs, then nothing more."""
 
     def __init__(self, run_dirs: list, epochs: int, epochs_left: int, at_once: int, device: str):
-        self.run_dirs, self.epochs, self.epochs_left, self.at_once, self.device = run_dirs, epochs, epochs_left, at_once, device
+        self.run_dirs, self.epochs, self.epochs_left = run_dirs, epochs, epochs_left
+        self.at_once, self.device = at_once, device
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.watch, daemon=True)
 

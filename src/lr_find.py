@@ -2,10 +2,10 @@
 
 The rate rises exponentially from START to END over STEPS optimiser steps of the run's own model, loss (its
 --ds-weights too), optimiser (both parameter groups, the encoder at its multiple), augmentation and effective batch
-(each step accumulates processes x --grad-accum batches, as the run's steps average them), from the run's seed; the loss is smoothed (a
-debiased moving average, as fastai's), the sweep stops once it diverges, and the run trains at a tenth of the rate
-where the smoothed loss was lowest (fastai's "minimum / 10": the steepest part of the curve sits about there, and the
-minimum is the more stable of the two to read off a noisy curve). Only the rows given are read, the run's training
+(each step accumulates processes x --grad-accum batches, as the run's steps average them), from the run's seed; the
+loss is smoothed (a debiased moving average, as fastai's), the sweep stops once it diverges, and the run trains at a
+tenth of the rate where the smoothed loss was lowest (fastai's "minimum / 10": the steepest part of the curve sits
+about there, and the minimum is the more stable of the two to read off a noisy curve). Only the rows given are read, the run's training
 images, never the fold it is scored on. The result is cached in data/<dataset>/lr/<key>.json, one per dataset, fold,
 arch, encoder, size and batch (and a digest of everything else that shapes the curve or reads the rate off it: the
 processes, the sweep and its rule's constants), so a resumed or repeated run reuses it.

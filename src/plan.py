@@ -127,14 +127,13 @@ def plan_batch(fp: dict, size: int, steps: int = STEPS, epochs: int | None = Non
     by_pixels = 2 ** int(math.log2(PIXELS_PER_STEP / size ** 2))
     largest = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // (4 * per_step)))
     rule = (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 optimiser steps an "
-            f"epoch of a fold's {fp['train_images']} training images; at least 2")
+            f"epoch of a fold's {fp['train_images']} training images; at least 2; given --epochs, the largest batch up "
+            f"to that at which they still make the {steps} optimiser steps (--steps), at least {MIN_FITTED_BATCH}")
     if epochs is None:
         return largest, rule
     keeping = fp["train_images"] * epochs // (steps * per_step)  # the largest batch whose epochs make `steps` steps
     batch = max(min(largest, MIN_FITTED_BATCH), min(largest, keeping))
-    return batch, (f"{rule}; with --epochs {epochs}, the largest batch up to that at which they still make the "
-                   f"{steps} optimiser steps (--steps), at least {MIN_FITTED_BATCH}: "
-                   f"{steps_per_epoch(fp, batch, per_step) * epochs} steps")
+    return batch, f"{rule} (--epochs {epochs}: {steps_per_epoch(fp, batch, per_step) * epochs} steps)"
 
 
 def plan_epochs(fp: dict, batch: int, steps: int, processes: int = 1, grad_accum: int = 1) -> tuple:
@@ -164,7 +163,8 @@ def plan_class_weights(fp: dict, fold: int | None = None) -> tuple:
     rare = {f: rare_classes(fp, by_fold[f]) for f in folds}
     read = "the training folds' masks" + (f" of fold {fold}" if fold is not None else " of each fold")
     if not any(rare.values()):
-        return "none", f"no class under {RARE_SHARE:g} of the most frequent one's pixels in {read}: cross-entropy unweighted"
+        return "none", (f"no class under {RARE_SHARE:g} of the most frequent one's pixels in {read}: cross-entropy "
+                        "unweighted")
     names = [c for c in fp["classes"] if any(c in r for r in rare.values())]
     unweighted = [str(f) for f in folds if not rare[f]]
     return "auto", (f"{', '.join(names)} under {RARE_SHARE:g} of the most frequent class's pixels in {read}, never "
@@ -206,7 +206,7 @@ def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS, given: di
     if given is None:
         given = (load_plan(dataset_dir) or {}).get("given", {})
     values, rules = plan_from(fp, steps, given)
-    rules |= {name: f"given to prepare (--{name.replace('_', '-')} {value})" for name, value in given.items()}
+    rules |= {name: f"given to prepare: --{name.replace('_', '-')} {value}" for name, value in given.items()}
     plan = {"values": values, "rules": rules, "steps": steps, "given": given, "fingerprint": fp}
     write_atomic(plan_path(dataset_dir), json.dumps(plan, indent=2) + "\n")
     return plan
@@ -247,8 +247,9 @@ def apply_plan(cfg: Config, given: set) -> tuple:
     planned = {}
     if saved:  # only the user's --epochs fits the batch: --select-on fold's kept 40 are nobody's choice
         flags = {k: getattr(cfg, k) for k in given if hasattr(cfg, k)}
-        values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags},
-                              int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum, cfg.fold)  # WORLD_SIZE: accelerate launch's
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # as accelerate launch (or torchrun) starts this one
+        values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags}, processes,
+                              cfg.grad_accum, cfg.fold)
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources

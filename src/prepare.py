@@ -64,7 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--multiclass", action="store_true", help="demo: generated nuclei instead of lungs")
     parser.add_argument("--count", type=int, default=240, help="demo: number of labelled images")
     parser.add_argument("--test-count", type=int, default=24, help="demo: number of unlabelled test images")
-    parser.add_argument("--size", type=int, default=256, help="side of the resized cache in pixels; given, also the training size the plan records (else the plan chooses one)")
+    parser.add_argument("--size", type=int, default=256, help="side of the resized cache in pixels; when given, also "
+                        "the training size the plan records (else its rule chooses one)")
     parser.add_argument("--k", type=int, default=5, help="number of folds")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="auto: official folds if any, else grouped by patient if known, else stratified")

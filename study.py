@@ -13,6 +13,7 @@ output to train.log in its folder; a run that fails is reported with the end of 
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the study: no run starts, each running one saves after its epoch and exits.
 """
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
@@ -132,10 +133,11 @@ def print_plan(args, cfg, runs: list) -> None:
     print(f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg, names))}")
 
 
-def train(args, todo: list, epochs: int, epochs_left: int) -> tuple:
+def train(args, todo: list, epochs: int | None = None, epochs_left: int = 0) -> tuple:
     """The runs on the engine: (the engine's results, mean GPU utilisation or None, the signal that stopped the study
     or None). Failed runs and stale ones are moved aside first, so that each new train.log starts empty. Once a run
-    has timed an epoch, the local engine says how long all of `todo` will take (`epochs_left` epochs in all)."""
+    has timed an epoch, the local engine says how long all of `todo` will take (`epochs_left` epochs in all, of runs
+    of `epochs`; None: not said)."""
     for run in todo:
         if run.state in ("failed", "stale"):
             aside = ledger.move_aside(run.run_dir)
@@ -151,7 +153,7 @@ def train(args, todo: list, epochs: int, epochs_left: int) -> tuple:
     print(f"# local engine: {len(places)} run(s) at a time on " +
           (f"GPU {','.join(devices)}" if devices else "the CPU") + "; progress of each in its train.log")
     timed = StudyEstimate([run.run_dir for run in todo], epochs, epochs_left, len(places),
-                          f"GPU {','.join(devices)}" if devices else "CPU")
+                          f"GPU {','.join(devices)}" if devices else "CPU") if epochs else contextlib.nullcontext()
     with engine.Stop() as stop, engine.GpuUtilisation(places) as gpu, timed:
         results = engine.run_local(jobs, places, stop=stop)
     return results, gpu.mean, stop.signum

@@ -65,8 +65,9 @@ class StudyEstimate:
 
     def line(self, run_dir: Path, seconds: float) -> str:
         runs = len(self.run_dirs)
-        what = (f"{runs} runs x {self.epochs} epochs" if self.epochs_left == runs * self.epochs
-                else f"{runs} runs, {self.epochs_left} epochs left")
+        runs = f"{runs} run{'s' if runs > 1 else ''}"
+        what = (f"{runs} x {self.epochs} epochs" if self.epochs_left == len(self.run_dirs) * self.epochs
+                else f"{runs}, {self.epochs_left} epochs left")
         at_once = f", {self.at_once} at a time" if self.at_once > 1 else ""
         return line(what, seconds * self.epochs_left / self.at_once, f"on the {self.device}{at_once}",
                     f"{run_dir.parent.name} {run_dir.name}'s first epoch took {seconds:.0f} s; other archs and "

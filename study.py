@@ -13,6 +13,7 @@ output to train.log in its folder; a run that fails is reported with the end of 
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the study: no run starts, each running one saves after its epoch and exits.
 """
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from src import engine, study
 from src import runs as ledger
+from src.estimate import StudyEstimate
 
 
 def parse_args(argv=None) -> tuple:
@@ -131,9 +133,11 @@ def print_plan(args, cfg, runs: list) -> None:
     print(f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg, names))}")
 
 
-def train(args, todo: list) -> tuple:
+def train(args, todo: list, epochs: int | None = None, epochs_left: int = 0) -> tuple:
     """The runs on the engine: (the engine's results, mean GPU utilisation or None, the signal that stopped the study
-    or None). Failed runs and stale ones are moved aside first, so that each new train.log starts empty."""
+    or None). Failed runs and stale ones are moved aside first, so that each new train.log starts empty. Once a run
+    has timed an epoch, the local engine says how long all of `todo` will take (`epochs_left` epochs in all, of runs
+    of `epochs`; None: not said)."""
     for run in todo:
         if run.state in ("failed", "stale"):
             aside = ledger.move_aside(run.run_dir)
@@ -148,7 +152,9 @@ def train(args, todo: list) -> tuple:
     devices = sorted({p["CUDA_VISIBLE_DEVICES"] for p in places}) if places[0]["CUDA_VISIBLE_DEVICES"] else []
     print(f"# local engine: {len(places)} run(s) at a time on " +
           (f"GPU {','.join(devices)}" if devices else "the CPU") + "; progress of each in its train.log")
-    with engine.Stop() as stop, engine.GpuUtilisation(places) as gpu:
+    timed = StudyEstimate([run.run_dir for run in todo], epochs, epochs_left, len(places),
+                          f"GPU {','.join(devices)}" if devices else "CPU") if epochs else contextlib.nullcontext()
+    with engine.Stop() as stop, engine.GpuUtilisation(places) as gpu, timed:
         results = engine.run_local(jobs, places, stop=stop)
     return results, gpu.mean, stop.signum
 
@@ -193,7 +199,7 @@ def main(argv=None):
             or (run.state == "stale" and args.retrain_stale)]
     saved = {run.run_dir: ledger.epochs_saved(run.run_dir) if run.state == "resumable" else 0 for run in todo}
     start = time.time()
-    results, utilisation, signum = train(args, todo)
+    results, utilisation, signum = train(args, todo, cfg.epochs, sum(cfg.epochs - saved[run.run_dir] for run in todo))
     after = study.plan(cfg, archs, encoders, folds, train_flags)
     if signum:
         stopped(after, signum, argv)

@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm import tqdm
 
-from src import tracking
+from src import estimate, tracking
 from src.augment import build_augmentation
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
@@ -338,6 +338,7 @@ def run(args):
         return
 
     trainer, history = start_or_resume(cfg, args, meta, accelerator, inner, provenance)
+    first_epoch = trainer["epoch"]
     clock = last_save = time.time()  # each epoch's seconds run from the previous one's end: they sum to the wall time
     with StopRequest() as stop:
         for epoch in range(trainer["epoch"], cfg.epochs):
@@ -364,6 +365,10 @@ def run(args):
                    **seconds, "state_saved": int(save_now)}
             clock = now
             record_epoch(cfg, accelerator, meta, history, row, example, improved)
+            if epoch == first_epoch and cfg.epochs - first_epoch > 1:  # timed by the epoch itself, no extra step
+                accelerator.print(estimate.line(f"{cfg.epochs - first_epoch} epochs", row["seconds"] * (
+                    cfg.epochs - first_epoch), estimate.where(accelerator.device.type, accelerator.num_processes),
+                    f"epoch {epoch + 1} took {row['seconds']:.0f} s"))
             if stopping and not final:
                 accelerator.end_training()
                 accelerator.print(f"train: stopped by {stop.signal or 'a signal'} after epoch {epoch + 1}, its state "

@@ -5,7 +5,9 @@
 As nnU-Net plans from its dataset fingerprint, this reads the labelled images once (their number and groups, image
 sizes, channels, foreground fraction, object sizes and pixel share per class) and derives every value by a stated
 rule, printed and stored beside the value. The plan is a dataset-level rule: it reads labels, never a fold's scores,
-and gives every fold and every run of the dataset the same values. prepare writes it as its last step, and
+and gives every fold and every run of the dataset the same values, but for the class weights: whether a class is rare
+is read per fold from its training folds' masks, and the weights (--class-weights auto) from the run's own training
+masks, so that no fold's masks weight the loss it is scored by. prepare writes it as its last step, and
 python -m src.folds --overwrite plans again. train.py takes them as its defaults (and study.py, whose stale check
 compares a finished run with the planned values); a flag overrides any of them, and the run's config.json says where
 each value came from (apply_plan).
@@ -25,13 +27,14 @@ import numpy as np
 from src.canonical import load_index, load_meta
 from src.checkpoint import write_atomic
 from src.config import Config
-from src.folds import load_folds
+from src.folds import group_labels, load_folds
 from src.images import read_image
 
 STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
 SIZE_STEP, MIN_SIZE, MAX_SIZE = 32, 64, 512  # smp encoders halve the input five times; 512: the compute it costs
 PIXELS_PER_STEP, MAX_BATCH = 256 * 256 * 16, 16  # 16 images of 256 px: the batch the planned lr was measured at
+MIN_FITTED_BATCH = 4  # the smallest batch a shortened --epochs gets to keep the step budget: batch norm needs a few
 EPOCHS_RANGE = (10, 500)
 LR = 1e-3
 HEAVY_AUG_BELOW = 100  # labelled images
@@ -69,12 +72,17 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes outside the GIL
         census = list(pool.map(lambda i: mask_census(dataset_dir / "masks" / f"{i}.png", len(classes)), rows["id"]))
     diameters = [np.concatenate([c[0][k] for c in census]) for k in range(len(classes) - 1)]
-    shares = np.mean([c[1] for c in census], axis=0)  # each image counts once, as at training size
+    image_shares = np.array([c[1] for c in census])
+    shares = image_shares.mean(axis=0)  # each image counts once, as at training size
     try:
-        folds = load_folds(folds_dir, meta["name"])["fold"].nunique()
+        split = load_folds(folds_dir, meta["name"])
+        folds = split["fold"].nunique()
+        fold_of = rows["id"].map(dict(zip(split["id"], split["fold"]))).to_numpy()
+        # Per fold, the masks of its training folds only: the class-weight rule never reads a fold it scores.
+        fold_shares = [[round(float(s), 5) for s in image_shares[fold_of != f].mean(axis=0)] for f in range(folds)]
     except FileNotFoundError:
-        folds = None
-    groups = labelled["group"].where(labelled["group"] != "", "image:" + labelled["id"])  # a blank group: its own
+        folds, fold_shares = None, None
+    groups = group_labels(labelled["group"], labelled["id"])  # as the split counts them: a blank group is its own
     pooled = np.concatenate(diameters)
     return {
         "task": meta["task"], "classes": classes, "channels": meta["channels"],
@@ -84,7 +92,7 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
         "median_height": int(labelled["height"].median()), "median_width": int(labelled["width"].median()),
         "median_short_side": int(np.minimum(labelled["height"], labelled["width"]).median()),
         "foreground": round(float(1 - shares[0]), 4),
-        "class_shares": [round(float(s), 5) for s in shares],
+        "class_shares": [round(float(s), 5) for s in shares], "fold_class_shares": fold_shares,
         "objects": [int(len(d)) for d in diameters],
         "median_object": [round(float(np.median(d)), 4) if len(d) else None for d in diameters],
         "median_object_all": round(float(np.median(pooled)), 4) if len(pooled) else None,
@@ -107,45 +115,76 @@ def plan_size(fp: dict) -> tuple:
     return cap, f"{rule} would be {needed}; capped by {limit}, where it spans {relative * cap:.0f} px"
 
 
-def plan_batch(fp: dict, size: int) -> tuple:
+def steps_per_epoch(fp: dict, batch: int, per_step: int) -> int:
+    """Optimiser steps an epoch of a fold's training images makes, each step taking `per_step` batches (processes x
+    --grad-accum)."""
+    return math.ceil(fp["train_images"] / (batch * per_step))
+
+
+def plan_batch(fp: dict, size: int, steps: int = STEPS, epochs: int | None = None, per_step: int = 1) -> tuple:
+    """The batch per process; given --epochs (`epochs`), smaller where that keeps the step budget: a shortened run
+    still makes the steps the plan budgets, rather than fewer ones of a larger batch."""
     by_pixels = 2 ** int(math.log2(PIXELS_PER_STEP / size ** 2))
-    batch = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // 4))
-    return batch, (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 steps an "
-                   f"epoch of a fold's {fp['train_images']} training images; at least 2")
+    largest = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // (4 * per_step)))
+    rule = (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 optimiser steps an "
+            f"epoch of a fold's {fp['train_images']} training images; at least 2; given --epochs, the largest batch up "
+            f"to that at which they still make the {steps} optimiser steps (--steps), at least {MIN_FITTED_BATCH}")
+    if epochs is None:
+        return largest, rule
+    keeping = fp["train_images"] * epochs // (steps * per_step)  # the largest batch whose epochs make `steps` steps
+    batch = max(min(largest, MIN_FITTED_BATCH), min(largest, keeping))
+    return batch, f"{rule} (--epochs {epochs}: {steps_per_epoch(fp, batch, per_step) * epochs} steps)"
 
 
-def plan_epochs(fp: dict, batch: int, steps: int) -> tuple:
-    per_epoch = math.ceil(fp["train_images"] / batch)
+def plan_epochs(fp: dict, batch: int, steps: int, processes: int = 1, grad_accum: int = 1) -> tuple:
+    per_epoch = steps_per_epoch(fp, batch, processes * grad_accum)
     epochs = min(EPOCHS_RANGE[1], max(EPOCHS_RANGE[0], round(steps / per_epoch)))
     folds = f"{fp['folds']} folds" if fp["folds"] else f"{FOLDS_ASSUMED} folds assumed (no fold file)"
     return epochs, (f"{steps} optimiser steps (--steps) at {per_epoch} an epoch ({fp['train_images']} training images "
-                    f"a fold of {fp['labelled_images']}, {folds}, batch {batch}), within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
+                    f"a fold of {fp['labelled_images']}, {folds}; batch {batch} x {processes} process(es) x "
+                    f"--grad-accum {grad_accum} a step; train.py plans again for its own), "
+                    f"within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
 
 
-def plan_class_weights(fp: dict) -> tuple:
+def rare_classes(fp: dict, shares: list) -> list:
+    shares = np.asarray(shares)
+    return [fp["classes"][k] for k in range(1, len(shares)) if shares[k] < RARE_SHARE * shares[1:].max()]
+
+
+def plan_class_weights(fp: dict, fold: int | None = None) -> tuple:
+    """Whether to weight, from the pixel shares of the training folds' masks of `fold` (of each fold when None);
+    the weights themselves train.py computes from the run's own training masks (--class-weights auto)."""
     if fp["task"] == "binary":
         return "none", "binary masks: Dice + BCE, no class weights"
-    shares = np.asarray(fp["class_shares"])
-    rare = [fp["classes"][k] for k in range(1, len(shares)) if shares[k] < RARE_SHARE * shares[1:].max()]
-    if not rare:
-        return "none", f"no class under {RARE_SHARE:g} of the most frequent one's pixels: cross-entropy unweighted"
-    weights = 1 / np.sqrt(np.maximum(shares, 1e-6))  # the rule of --class-weights auto, on every labelled image
-    weights = weights / weights.mean()
-    return ",".join(f"{w:.2f}" for w in weights), (
-        f"{', '.join(rare)} under {RARE_SHARE:g} of the most frequent class's pixels: every class weighted by "
-        "the inverse square root of its pixel share over the labelled masks, mean 1 (the same for every fold)")
+    by_fold = fp.get("fold_class_shares")
+    if not by_fold:  # no split yet: no fold is scored, so every labelled mask may be read
+        by_fold, fold = [fp["class_shares"]], 0
+    folds = range(len(by_fold)) if fold is None else [fold]
+    rare = {f: rare_classes(fp, by_fold[f]) for f in folds}
+    read = "the training folds' masks" + (f" of fold {fold}" if fold is not None else " of each fold")
+    if not any(rare.values()):
+        return "none", (f"no class under {RARE_SHARE:g} of the most frequent one's pixels in {read}: cross-entropy "
+                        "unweighted")
+    names = [c for c in fp["classes"] if any(c in r for r in rare.values())]
+    unweighted = [str(f) for f in folds if not rare[f]]
+    return "auto", (f"{', '.join(names)} under {RARE_SHARE:g} of the most frequent class's pixels in {read}, never "
+                    "the fold it scores: --class-weights auto, every class weighted by the inverse square root of its "
+                    "pixel share over the run's own training masks, mean 1"
+                    + (f" (fold {', '.join(unweighted)}: none rare, unweighted)" if unweighted else ""))
 
 
-def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None) -> tuple:
+def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes: int = 1, grad_accum: int = 1,
+              fold: int | None = None) -> tuple:
     """(values named as Config's fields, the rule of each in one line) from a fingerprint, in order: a value in
-    `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size, the
-    epochs from the batch, the warm-up from the epochs)."""
+    `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size and
+    given epochs, the epochs from the batch, the warm-up from the epochs). `steps` counts optimiser steps, each of
+    `processes` x `grad_accum` batches. `fold`: the run's, whose masks the class-weight rule does not read."""
     given = given or {}
     values, rules = {}, {}
     steps_in_order = {
         "size": lambda: plan_size(fp),
-        "batch_size": lambda: plan_batch(fp, values["size"]),
-        "epochs": lambda: plan_epochs(fp, values["batch_size"], steps),
+        "batch_size": lambda: plan_batch(fp, values["size"], steps, given.get("epochs"), processes * grad_accum),
+        "epochs": lambda: plan_epochs(fp, values["batch_size"], steps, processes, grad_accum),
         "lr": lambda: (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
                            "(docs/results.md, issue 26); --lr auto runs a range test instead"),
         "scheduler": lambda: ("cosine", "a fixed schedule that reads no validation score (issue 23)"),
@@ -153,17 +192,22 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None) -> tuple:
                                   "linear warm-up over 5% of the epochs, at least 1, then cosine to zero"),
         "aug": lambda: ("heavy" if fp["labelled_images"] < HEAVY_AUG_BELOW else "medium",
                         f"heavy under {HEAVY_AUG_BELOW} labelled images, else medium ({fp['labelled_images']} here)"),
-        "class_weights": lambda: plan_class_weights(fp),
+        "class_weights": lambda: plan_class_weights(fp, fold),
     }
     for name, rule in steps_in_order.items():
         values[name], rules[name] = (given[name], "set by a flag") if name in given else rule()
     return values, rules
 
 
-def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS) -> dict:
+def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS, given: dict | None = None) -> dict:
+    """given: values the user chose when preparing ({"size": 64} from prepare --size), kept as given and followed by
+    the values planned after them; None keeps those of the plan it replaces (a new split plans again)."""
     fp = fingerprint(dataset_dir, folds_dir)
-    values, rules = plan_from(fp, steps)
-    plan = {"values": values, "rules": rules, "steps": steps, "fingerprint": fp}
+    if given is None:
+        given = (load_plan(dataset_dir) or {}).get("given", {})
+    values, rules = plan_from(fp, steps, given)
+    rules |= {name: f"given to prepare: --{name.replace('_', '-')} {value}" for name, value in given.items()}
+    plan = {"values": values, "rules": rules, "steps": steps, "given": given, "fingerprint": fp}
     write_atomic(plan_path(dataset_dir), json.dumps(plan, indent=2) + "\n")
     return plan
 
@@ -195,13 +239,17 @@ def given_flags(parser: argparse.ArgumentParser, argv=None) -> set:
 def apply_plan(cfg: Config, given: set) -> tuple:
     """(cfg with the plan's values where no flag set them, {field: 'user' | 'plan' | 'default'} for config.json).
 
-    The rules run again with the flags' values in place, so a planned value follows a flag it depends on (--size 512
+    Precedence: a flag, then the plan (a value given to prepare, as prepare --size, or a planned one), then the
+    rule. The rules run again with those values in place, so a planned value follows one it depends on (--size 512
     gets the batch of 512 px). --select-on fold trains today's schedule: lr, scheduler, warm-up and epochs stay."""
     saved = load_plan(cfg.dataset_dir)
     kept = given | set(TODAYS_SCHEDULE if getattr(cfg, "select_on", "final") == "fold" else ())
     planned = {}
-    if saved:
-        values, _ = plan_from(saved["fingerprint"], saved["steps"], {k: getattr(cfg, k) for k in kept if hasattr(cfg, k)})
+    if saved:  # only the user's --epochs fits the batch: --select-on fold's kept 40 are nobody's choice
+        flags = {k: getattr(cfg, k) for k in given if hasattr(cfg, k)}
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # as accelerate launch (or torchrun) starts this one
+        values, _ = plan_from(saved["fingerprint"], saved["steps"], {**saved.get("given", {}), **flags}, processes,
+                              cfg.grad_accum, cfg.fold)
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
     return replace(cfg, **planned), sources

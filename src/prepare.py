@@ -19,13 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from src import sources
 from src.canonical import PrepareError, write_dataset
-from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, write_folds
+from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, load_folds, write_folds
 from src.masks import parse_colors
-from src.plan import describe, write_plan
+from src.plan import describe, given_flags, write_plan
 from src.problems import report
 
 
@@ -66,7 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--multiclass", action="store_true", help="demo: generated nuclei instead of lungs")
     parser.add_argument("--count", type=int, default=240, help="demo: number of labelled images")
     parser.add_argument("--test-count", type=int, default=24, help="demo: number of unlabelled test images")
-    parser.add_argument("--size", type=int, default=256, help="side of the resized cache in pixels")
+    parser.add_argument("--size", type=int, default=256, help="side of the resized cache in pixels; when given, also "
+                        "the training size the plan records (else its rule chooses one)")
     parser.add_argument("--k", type=int, default=5, help="number of folds")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="auto: official folds if any, else grouped by patient if known, else stratified")
@@ -77,7 +76,9 @@ def parse_args(argv=None):
                         help="where runs live: --overwrite counts those a new split leaves behind")
     parser.add_argument("--overwrite", action="store_true", help="replace data/<name> and folds/<name>.csv")
     parser.add_argument("--workers", type=int, default=None, help="threads decoding images (default: min(8, CPUs))")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.given = given_flags(parser, argv)
+    return args
 
 
 def build_source(args) -> tuple:
@@ -173,14 +174,15 @@ def main(argv=None):
     counts = index["split"].value_counts().to_dict()
     mib = {sub: sum(f.stat().st_size for f in (args.data_dir / name / sub).rglob("*") if f.is_file()) / 2**20
            for sub in ("images", "masks", "cache")}
-    folds = pd.read_csv(folds_path)
+    folds = load_folds(folds_path.parent, name)  # group labels as text: patient ids are often numbers
     print(f"prepared {args.data_dir / name}: {counts.get('train', 0)} labelled + {counts.get('test', 0)} test images "
           f"(images {mib['images']:.1f} MiB, masks {mib['masks']:.1f} MiB, {args.size}px cache {mib['cache']:.1f} MiB); "
           f"{folds['fold'].nunique()} folds in {folds_path}"
           + (f" grouped by {folds['group'].nunique()} groups ({folds['group'].str.startswith(NO_GROUP).sum()} of them "
              f"an image without a group label)" if "group" in folds else "")
           + f"; {time.time() - start:.1f}s")
-    print("\n".join(describe(write_plan(args.data_dir / name, args.folds_dir), args.data_dir / name)))
+    given = {"size": args.size} if "size" in args.given else {}  # the user's size is the plan's, not the rule's
+    print("\n".join(describe(write_plan(args.data_dir / name, args.folds_dir, given=given), args.data_dir / name)))
 
 
 if __name__ == "__main__":

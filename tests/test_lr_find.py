@@ -1,6 +1,7 @@
 """--lr auto's range test: a rate inside its sweep, its curve, its cache, and nothing read from the scored fold."""
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -93,3 +94,31 @@ def test_train_lr_auto_trains_at_the_chosen_rate_reuses_it_and_resumes_at_it(dem
                    "--epochs", "2"]  # a study asking --lr auto of the finished run: the rate it chose, not stale
     [run] = study.plan(study.train_config(study_flags), ["unet"], ["tu-resnet10t"], [0], study_flags)
     assert (run.run_dir, run.state) == (run_dir, "done")
+
+
+def test_the_sweep_trains_the_runs_loss_and_effective_batch(demo_arrays, tmp_path):
+    """--ds-weights, processes and --grad-accum change what the run's steps average, so they change the sweep and its
+    cache key; each step of the sweep then accumulates the run's effective batch."""
+    meta, index, folds, images, masks = demo_arrays
+    train_rows, _ = fold_rows(index, folds, 0)
+    ds = replace(tiny_config(tmp_path), arch="unetpp_ds", decoder_channels="16,16,8,8,8")
+
+    def run(cfg, processes=1):
+        by = {"processes": processes} if processes > 1 else {}
+        return lr_find.find_lr(cfg, meta, train_rows, images, masks, "cpu", steps=3, **by)[1]
+    first, last = (run(replace(ds, ds_weights=w)) for w in ("1,0,0,0", "0,0,0,1"))
+    assert first["key"] != last["key"] and first["losses"] != last["losses"]  # L1's loss is not L4's
+    plain, accumulated, two = run(tiny_config(tmp_path)), run(replace(tiny_config(tmp_path), grad_accum=2)), \
+        run(tiny_config(tmp_path), processes=2)
+    assert plain["batch"]["a_step"] == 4 and accumulated["batch"]["a_step"] == two["batch"]["a_step"] == 8
+    assert accumulated["losses"] != plain["losses"] and accumulated["losses"] == two["losses"]  # 8 images a step
+    assert len({plain["key"], accumulated["key"], two["key"]}) == 3 and two["key"].split("-")[-2] == "b4x2"
+
+
+@pytest.mark.parametrize("constant, value", [("SMOOTHING", 0.8), ("DIVERGED", 3.0), ("BELOW_MINIMUM", 5)])
+def test_a_changed_rule_constant_is_a_new_cache_key(demo_arrays, monkeypatch, constant, value):
+    _, index, folds, _, _ = demo_arrays
+    train_rows, _ = fold_rows(index, folds, 0)
+    before = lr_find.cache_key(tiny_config("data"), train_rows, STEPS, lr_find.START, lr_find.END)
+    monkeypatch.setattr(lr_find, constant, value)
+    assert lr_find.cache_key(tiny_config("data"), train_rows, STEPS, lr_find.START, lr_find.END) != before

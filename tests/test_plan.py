@@ -5,6 +5,7 @@ import math
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import TINY, paths, prepare
 
@@ -12,6 +13,7 @@ import train
 from src import folds, plan, study
 from src import runs as ledger
 from src.config import RULE_DEFAULTS, Config, add_config_arguments, config_from_args
+from src.images import read_image, write_png
 
 
 def planned_copy(workdir, tmp_path, dataset):
@@ -25,7 +27,7 @@ def planned_copy(workdir, tmp_path, dataset):
 def planned_demo(tmp_path_factory):
     """(the data folder of the demo prepared as conftest's demo_dir, with the plan prepare writes, its plan)."""
     workdir = tmp_path_factory.mktemp("plan")
-    prepare(workdir, "demo", "--count", "36", "--test-count", "4", "--size", "64", "--k", "3", plan=True)
+    prepare(workdir, "demo", "--count", "36", "--test-count", "4", "--k", "3", plan=True)  # no --size: the rule's
     return workdir / "data", plan.load_plan(workdir / "data" / "demo")
 
 
@@ -55,14 +57,26 @@ def test_demo_plan_gives_the_values_its_rules_state(planned_demo):
     assert printed[3].startswith(f"epochs: {values['epochs']} (1000 optimiser steps")
 
 
-def test_multiclass_plan_weights_the_rare_class(multiclass_dir, tmp_path):
+def test_multiclass_plan_weights_the_rare_class_without_reading_the_scored_fold(multiclass_dir, tmp_path):
+    """The rare class is found in each fold's training folds' masks; the weights come from the run's own training
+    masks (--class-weights auto): rewriting a fold's masks changes nothing that fold trains with."""
     result = planned_copy(multiclass_dir, tmp_path, "demo-multiclass")
-    classes, rule = result["fingerprint"]["classes"], result["rules"]["class_weights"]
-    weights = dict(zip(classes, map(float, result["values"]["class_weights"].split(","))))
-    assert rule.startswith("dead under")  # 5% of the nuclei, and small: the one rare class
-    assert weights["dead"] > 1 and weights["dead"] == max(weights.values())
-    assert weights["background"] == min(weights.values())
+    fp, rule = result["fingerprint"], result["rules"]["class_weights"]
+    assert rule.startswith("dead under") and "never the fold it scores" in rule  # 5% of the nuclei: the rare class
+    assert result["values"]["class_weights"] == "auto" and len(fp["fold_class_shares"]) == fp["folds"]
     assert json.loads((tmp_path / "data" / "demo-multiclass" / "plan.json").read_text())["values"] == result["values"]
+    data = tmp_path / "data" / "demo-multiclass"
+    split = folds.load_folds(tmp_path / "folds", "demo-multiclass")
+    dead = result["fingerprint"]["classes"].index("dead")
+    for image_id in split.loc[split["fold"] == 0, "id"]:  # fold 0's masks now all "dead": no longer rare there
+        mask = read_image(data / "masks" / f"{image_id}.png")
+        write_png(data / "masks" / f"{image_id}.png", np.full_like(mask, dead))
+    rewritten = plan.fingerprint(data, tmp_path / "folds")
+    assert rewritten["fold_class_shares"][0] == fp["fold_class_shares"][0]
+    assert rewritten["fold_class_shares"][1] != fp["fold_class_shares"][1]
+    assert plan.plan_from(rewritten, fold=0)[0]["class_weights"] == plan.plan_from(fp, fold=0)[0]["class_weights"]
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data"), "--dataset", "demo-multiclass"]))
+    assert (cfg.class_weights, sources["class_weights"]) == ("auto", "plan")
 
 
 def test_larger_objects_give_a_smaller_size_never_above_the_images(demo_plan):
@@ -94,7 +108,8 @@ def test_a_flag_overrides_the_plan_and_sources_say_so(planned_demo):
     assert "resume" in given  # train.py's own flags are no Config field: apply_plan passes them by
     cfg, sources = plan.apply_plan(cfg, given)
     assert (cfg.epochs, cfg.lr, cfg.aug) == (3, 0.01, "medium")
-    assert (cfg.size, cfg.batch_size, cfg.scheduler) == (demo_plan["values"]["size"], 6, "cosine")
+    assert (cfg.size, cfg.scheduler) == (demo_plan["values"]["size"], "cosine")
+    assert cfg.batch_size == 4  # 3 epochs of 24 images: the smallest batch the rule allows, for the most steps
     assert cfg.warmup_epochs == 1  # the warm-up rule on the user's 3 epochs, not the plan's 12 of 250
     assert sources["epochs"] == sources["lr"] == sources["aug"] == sources["data_dir"] == "user"
     assert sources["size"] == sources["scheduler"] == sources["warmup_epochs"] == "plan" and sources["seed"] == "default"
@@ -144,3 +159,61 @@ def test_a_new_split_replans(demo_dir, tmp_path, capsys):
     assert (first["fingerprint"]["folds"], replanned["fingerprint"]["folds"]) == (3, 2)
     assert replanned["fingerprint"]["train_images"] == 18 and replanned["values"]["batch_size"] == 4
     assert "batch_size: 4 (" in capsys.readouterr().out
+
+
+def test_a_size_given_to_prepare_is_the_plans_and_a_train_flag_still_overrides_it(tmp_path, capsys):
+    """prepare --size 64 trains at 64 px (one cache): flag > plan (what prepare was given) > rule, after a new split
+    too."""
+    prepare(tmp_path, "demo", "--count", "36", "--test-count", "0", "--size", "64", "--k", "3", plan=True)
+    saved = plan.load_plan(tmp_path / "data" / "demo")
+    assert plan.plan_from(saved["fingerprint"])[0]["size"] > 64  # the rule alone would choose more
+    assert saved["values"]["size"] == 64 and "size: 64 (given to prepare: --size 64)" in capsys.readouterr().out
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data")]))
+    assert (cfg.size, sources["size"]) == (64, "plan")
+    assert cfg.batch_size == plan.plan_batch(saved["fingerprint"], 64)[0]  # the batch follows the given size
+    cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data"), "--size", "96"]))
+    assert (cfg.size, sources["size"]) == (96, "user")
+    folds.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    assert plan.load_plan(tmp_path / "data" / "demo")["values"]["size"] == 64
+    prepare(tmp_path, "demo", "--count", "36", "--test-count", "0", "--k", "3", "--overwrite", plan=True)
+    assert plan.load_plan(tmp_path / "data" / "demo")["given"] == {}  # prepared again without --size: the rule's
+
+
+def test_the_step_budget_counts_processes_and_accumulation(planned_demo, monkeypatch):
+    """4 processes of 16 make a quarter of the steps an epoch: the plan trains 4x the epochs to keep its 1000."""
+    planned_dir, demo_plan = planned_demo
+    fp = {**demo_plan["fingerprint"], "train_images": 400, "labelled_images": 500}
+    single, rules = plan.plan_from(fp)
+    assert (single["batch_size"], single["epochs"]) == (16, 40)  # 25 steps an epoch
+    assert "batch 16 x 1 process(es) x --grad-accum 1 a step" in rules["epochs"]
+    four, rules = plan.plan_from(fp, processes=4)
+    assert (four["batch_size"], four["epochs"]) == (16, round(1000 / 7))  # 400 / 64: 7 steps an epoch
+    assert "7 an epoch" in rules["epochs"] and "x 4 process(es)" in rules["epochs"]
+    assert plan.plan_from(fp, processes=2, grad_accum=2)[0]["epochs"] == four["epochs"]
+    # train.py under accelerate launch: WORLD_SIZE and --grad-accum plan the epochs it trains.
+    flags = ["--data-dir", str(planned_dir), "--batch-size", "6"]  # 24 training images: 4 steps an epoch
+    assert plan.apply_plan(*parse(flags))[0].epochs == 250
+    assert plan.apply_plan(*parse([*flags, "--grad-accum", "2"]))[0].epochs == 500
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert plan.apply_plan(*parse(flags))[0].epochs == 500
+
+
+def test_a_shortened_run_keeps_the_step_budget_with_a_smaller_batch(demo_plan):
+    """--epochs shorter than the plan's: the batch shrinks until the epochs make the budgeted steps (at least 4), so
+    the planned run at the hand recipe's epochs takes at least the hand recipe's steps (batch 8, or 16)."""
+    for train_images, size, epochs in ((273, 128, 12), (536, 96, 20), (400, 256, 5)):  # X-rays, nuclei, a large size
+        fp = {**demo_plan["fingerprint"], "train_images": train_images, "labelled_images": train_images * 5 // 4,
+              "median_object_all": 48 / size, "median_short_side": 1000}
+        own = plan.plan_from(fp)[0]
+        assert own["size"] == size and own["epochs"] > epochs
+        values, rules = plan.plan_from(fp, given={"epochs": epochs})
+        steps = plan.steps_per_epoch(fp, values["batch_size"], 1) * epochs
+        hand = math.ceil(train_images / 8) * epochs
+        assert values["batch_size"] < own["batch_size"] and values["batch_size"] >= plan.MIN_FITTED_BATCH
+        assert steps >= min(1000, hand)
+        assert steps >= 1000 or values["batch_size"] == plan.MIN_FITTED_BATCH
+        assert rules["batch_size"].endswith(f"at least 4 (--epochs {epochs}: {steps} steps)")
+        assert values["epochs"] == epochs and rules["epochs"] == "set by a flag"
+    # A longer run than planned keeps the planned batch; a given batch is kept and the epochs follow it.
+    assert plan.plan_from(fp, given={"epochs": 500})[0]["batch_size"] == own["batch_size"]
+    assert plan.plan_from(fp, given={"epochs": 5, "batch_size": 16})[0]["batch_size"] == 16

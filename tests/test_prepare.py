@@ -505,3 +505,20 @@ def test_palette_class_maps_and_channels_3_keep_a_grey_dataset_in_colour(tmp_pat
     assert load_meta(data)["channels"] == 3
     images, _ = open_cache(data, 16)  # what training reads: the grey file replicated into three channels
     assert images.shape == (2, 16, 16, 3) and (images[..., 0] == images[..., 1]).all() and images[..., 0].std() > 0
+
+
+def test_numeric_group_labels_are_read_as_text_and_the_plan_is_written(tmp_path, capsys):
+    """Patient ids 1, 2, ... (most hospital exports): the split, the summary line and the plan all count them."""
+    prepare(tmp_path, "demo", "--count", "12", "--test-count", "0", "--size", "32", "--k", "3")
+    ids = load_index(tmp_path / "data" / "demo")["id"]
+    pd.DataFrame({"id": ids, "source_image": [i // 2 + 1 for i in range(len(ids))]}).to_csv(tmp_path / "meta.csv",
+                                                                                              index=False)
+    prepare(tmp_path, "demo", "--count", "12", "--test-count", "0", "--size", "32", "--k", "3", "--overwrite",
+            "--meta", str(tmp_path / "meta.csv"), "--group-column", "source_image", plan=True)
+    printed = capsys.readouterr().out
+    assert "grouped by 6 groups (0 of them an image without a group label)" in printed
+    folds = pd.read_csv(tmp_path / "folds" / "demo.csv", dtype={"group": str})
+    assert sorted(folds["group"].unique(), key=int) == [str(g) for g in range(1, 7)]
+    assert folds.groupby("group")["fold"].nunique().max() == 1  # both images of a patient in one fold
+    planned = json.loads((tmp_path / "data" / "demo" / "plan.json").read_text())
+    assert planned["fingerprint"]["groups"] == 6 and "fingerprint: 12 labelled + 0 test images, 6 groups" in printed

@@ -1,0 +1,45 @@
+"""The estimated wall time: train.py's after its first epoch, study.py's once one of its runs has timed an epoch."""
+import re
+
+import pandas as pd
+from conftest import TINY, paths
+
+import train
+from src import estimate
+
+
+def test_train_says_how_long_the_run_will_take_after_its_first_epoch(demo_dir, tmp_path, capsys):
+    train.main([*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--epochs", "3"])
+    printed = capsys.readouterr().out
+    first = pd.read_csv(tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "history.csv")["seconds"][0]
+    said = re.search(r"~ (\d+) s for 3 epochs on this CPU \(epoch 1 took (\d+) s\); --epochs to shorten", printed)
+    assert said and int(said[2]) == round(first) and abs(int(said[1]) - 3 * first) <= 1
+    assert printed.index("epoch 1:") < said.start() < printed.index("epoch 2:")  # once, as soon as it is known
+    assert printed.count("--epochs to shorten") == 1
+
+
+def test_a_study_says_how_long_all_its_runs_will_take_once_one_has_timed_an_epoch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(estimate, "POLL_SECONDS", 0.05)
+    run_dirs = [tmp_path / "runs" / "demo" / f"unet-resnet34/fold{k}" for k in range(10)]
+    with estimate.StudyEstimate(run_dirs, 56, 560, 1, "CPU") as timed:
+        run_dirs[3].mkdir(parents=True)
+        pd.DataFrame({"epoch": [1], "seconds": [57.0]}).to_csv(run_dirs[3] / "history.csv", index=False)
+        timed.thread.join(5)
+    assert capsys.readouterr().out == ("~ 8.9 h for 10 runs x 56 epochs on the CPU (unet-resnet34 fold3's first epoch "
+                                       "took 57 s; other archs and encoders take their own); --epochs to shorten\n")
+    assert estimate.StudyEstimate(run_dirs[:2], 56, 60, 2, "GPU 0,1").line(run_dirs[3], 60.0) == (
+        "~ 30 min for 2 runs, 60 epochs left on the GPU 0,1, 2 at a time (unet-resnet34 fold3's first epoch took "
+        "60 s; other archs and encoders take their own); --epochs to shorten")
+
+
+def test_study_py_says_it_while_its_runs_train(demo_dir, tmp_path, capsys, monkeypatch):
+    import study
+    from test_study import study_args, with_data
+    from src import study as plan_module
+    monkeypatch.setattr(estimate, "POLL_SECONDS", 0.05)
+    args, train_flags, cfg = study.parse_args([*study_args(with_data(demo_dir, tmp_path)), "--epochs", "3"])
+    todo = plan_module.plan(cfg, ["unet"], ["tu-resnet10t"], [0], train_flags)
+    [result], _, _ = study.train(args, todo, cfg.epochs, 3)  # the study's training step alone: no infer, no ensemble
+    assert result.ok
+    assert re.search(r"\n~ \d+ s for 1 run x 3 epochs on the CPU \(unet-tu-resnet10t fold0's first epoch took \d+ s; "
+                     r"other archs and encoders take their own\); --epochs to shorten\n", capsys.readouterr().out)

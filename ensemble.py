@@ -522,8 +522,10 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
     trackers = {c.get("tracker") for c in configs}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) != "wandb":
         return
+    # Every row post-processed with its dice_raw beside it, as the leaderboard's table: a run's own keys are raw.
+    models = {**{n: {**r, **r["postprocessed"]} for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
     table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
-                          for n, r in {**scores["runs"], "ensemble": scores["ensemble"]}.items()])
+                          for n, r in models.items()])
     by_encoder = {"by_encoder": pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
                                               for r in scores["by_encoder"]])} if scores["by_encoder"] else {}
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},

@@ -131,9 +131,10 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         assert mask.shape == tuple(index.loc[row.id, ["height", "width"]])
         np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
     board = (out / "leaderboard.md").read_text()
-    assert "Unet++ vs Unet, both on the same images, on the models' own masks" in board
+    assert "Unet++ vs Unet, both on the same images, on raw masks" in board
     assert "(TTA d4, " in board and "Cross-validated" in board
-    assert f"Optimistic (tuned and scored on the same images): {scores['ensemble']['dice_optimistic']:.4f}" in board
+    assert ("Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
+            f"{scores['ensemble']['dice_optimistic']:.4f}") in board
     for name, run in scores["runs"].items():  # training cost beside the scores, from the runs' history.csv
         history = pd.concat(pd.read_csv(h) for h in (predicted / "runs" / "demo" / name).glob("fold*/history.csv"))
         assert run["training"]["minutes"] == pytest.approx(history["seconds"].sum() / 60)
@@ -212,7 +213,7 @@ def test_scores_by_any_index_column(predicted, tmp_path):
     expected = oof.groupby(oof["id"].map(groups))["dice"].mean()
     assert scores["by"]["column"] == "group" and by["images"].sum() == len(oof)
     np.testing.assert_allclose(by.loc[expected.index, "ensemble"], expected)
-    assert "Mean Dice per image by `group`" in (tmp_path / "demo" / "leaderboard.md").read_text()
+    assert "Mean post-processed Dice per image by `group`" in (tmp_path / "demo" / "leaderboard.md").read_text()
     with pytest.raises(SystemExit, match="--by colour: no such column"):
         ensemble.main([*ensemble_args(predicted, tmp_path), "--by", "colour"])
 
@@ -413,7 +414,8 @@ def test_single_runs_are_post_processed_fold_by_fold_and_the_gain_is_like_with_l
     row = next(line for line in board.splitlines() if line.startswith(f"| {best} |"))
     assert f"| {runs[best]['postprocessed']['dice_fold_mean']:.4f} +- " in row  # the table's runs post-processed
     assert f"| {runs[best]['postprocessed']['dice_raw']:.4f} |" in row  # beside their raw Dice
-    assert "on the models' own masks (threshold 0.5 or argmax, no post-processing) at one TTA fixed in advance" in board
+    assert "on raw masks (the models' own: threshold 0.5 or argmax, no post-processing) at one TTA fixed in advance" \
+        in board
     # The epoch rule of each run: the fixture's runs chose best.pt on their scored fold, so they are optimistic.
     for name, run in runs.items():
         epochs = {str(f): json.loads((predicted / "runs" / "demo" / name / f"fold{f}" / "metrics.json").read_text())[
@@ -461,3 +463,16 @@ def test_a_run_kept_stale_is_marked_in_the_leaderboard(predicted, tmp_path):
     assert f"| {RUN} (stale, kept) |" in board
     assert (f"Stale, kept: {RUN} fold 1 was kept by study demo-study with `--accept-stale`, though it asked other "
             "settings (size 64 -> 96).") in board
+
+
+def test_the_trackers_leaderboard_table_is_post_processed_beside_raw_as_the_markdown_one(predicted, tmp_path,
+                                                                                          monkeypatch):
+    logged = {}
+    monkeypatch.setattr(ensemble.tracking, "log_tables", lambda *args, **kwargs: logged.update(args[5]))
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--tracker", "wandb"])
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    table = logged["leaderboard"].set_index("model")
+    models = {**{n: r["postprocessed"] for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
+    for name, run in models.items():
+        assert table.loc[name, "dice"] == pytest.approx(run["dice"])  # not a run's raw Dice beside a post-processed one
+        assert table.loc[name, "dice_raw"] == pytest.approx(run["dice_raw"])

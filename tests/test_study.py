@@ -208,9 +208,10 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
     assert set(row["unetpp_ds_levels"]) == {"L1", "L2", "L3", "L4", "mean"}
     board = (out / "leaderboard.md").read_text()
     assert "Unet++ vs Unet, Unet++ DS vs Unet, Unet++ DS vs Unet++, both on the same images" in board
-    assert ("| encoder | params M (Unet / Unet++ / Unet++ DS) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | "
-            "Unet++ DS Dice | Unet++ DS IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet [95% CI] "
-            "| Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |") in board
+    assert ("| encoder | params M (Unet / Unet++ / Unet++ DS) | Unet raw Dice | Unet raw IoU | Unet++ raw Dice | "
+            "Unet++ raw IoU | Unet++ DS raw Dice | Unet++ DS raw IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | "
+            "Unet++ DS - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |"
+            ) in board
     assert "| tu-resnet10t | L1 | " in board and (out / "study.png").stat().st_size > 0
 
 

@@ -13,6 +13,7 @@ output to train.log in its folder; a run that fails is reported with the end of 
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the study: no run starts, each running one saves after its epoch and exits.
 """
 import argparse
+import json
 import shlex
 import signal
 import sys
@@ -225,7 +226,9 @@ def main(argv=None):
     if cost:
         print(f"\n{cost}")
     if leaderboard:
+        from src import report  # here, not at the top: matplotlib, which ensemble.py has loaded by now
         print(f"leaderboard: {leaderboard}")
+        print("\n".join(report.headline(json.loads((leaderboard.parent / "scores.json").read_text()))))
     for result in failed:
         print(f"\nfailed: {result.job.name}, exit code {result.returncode}; {result.job.log} ends with:")
         print("\n".join(f"  | {line}" for line in result.tail()))

@@ -22,7 +22,7 @@ def leaderboard_markdown(scores: dict) -> str:
     images, e = scores["images"], scores["ensemble"]
     left_out = (f" ({images['left_out']} more lack an OOF prediction from some run and are left out)"
                 if images["left_out"] else "")
-    lines = [f"# Leaderboard: {scores['dataset']}", "", *made_from(scores),
+    lines = [f"# Leaderboard: {scores['dataset']}", *headline(scores), "", *made_from(scores),
              f"Out-of-fold scores at original resolution, every model on the same {images['scored']} training images"
              f"{left_out}. Cross-validated: each choice made on OOF data (a run's TTA under `--tta best`, the "
              "post-processing of each run and of the ensemble) is made for each fold on the other folds and applied "
@@ -56,10 +56,7 @@ def leaderboard_markdown(scores: dict) -> str:
                   for fold, record in r.get("accepted_stale", {}).items()]
     lines += ["", f"Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
               f"{e['dice_optimistic']:.4f}, with the TTA and post-processing chosen on all OOF images, as the test "
-              "masks use them.",
-              f"Ensemble gain over the best single model, like with like: post-processed {scores['ensemble_gain']:+.4f}"
-              f" Dice against {scores['best_single']} post-processed; raw {scores['ensemble_gain_raw']:+.4f} against "
-              f"{scores['best_single_raw']} raw (the raw average, before post-processing: {e['dice_raw']:.4f})."]
+              "masks use them."]
     modes = [m for m in TTA_MODES if any(m in t["modes"] for t in scores["tta_gain"].values())]
     lines += ["", "Raw OOF Dice of each TTA mode a run was predicted with (gain over none):", "",
               "| model | images | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
@@ -87,6 +84,49 @@ def leaderboard_markdown(scores: dict) -> str:
     lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."
               + (f" Weighted mean over the runs: {weights}." if weights else "")]
     return "\n".join(lines) + "\n"
+
+def headline(scores: dict) -> list:
+    """The leaderboard's answers, before its tables, and what ensemble.py and study.py print last (four lines): the
+    best model's Dice with its 95% interval; the ensemble against it, like with like; each architecture comparison's
+    verdict and difference with its interval; the epoch rule and TTA."""
+    runs, best, interval = scores["runs"], scores["best_single"], scores["best_interval"]
+    p = runs[best]["postprocessed"]
+    lines = [f"- Best model: {best}{level_note(runs[best])}, Dice {p['dice']:.4f} per image, post-processed, 95% CI "
+             f"{span(interval['ci95'])} (bootstrap over {interval['units']} {interval['unit']}s); raw "
+             f"{p['dice_raw']:.4f}."]
+    e, versus = scores["ensemble"], scores["ensemble_vs_best"]
+    raw_best = runs[scores["best_single_raw"]]["postprocessed"]["dice_raw"]
+    if len(runs) == 1:
+        lines.append("- Ensemble: of one run, the best model itself (gain 0).")
+    else:
+        verdict = {"better": "beats it", "worse": "is worse than it",
+                   "no significant difference": "does not beat it significantly"}[versus["verdict"]]
+        lines.append(f"- Ensemble of {len(runs)} runs {verdict}, like with like: post-processed {e['dice']:.4f} vs "
+                     f"{p['dice']:.4f}, {versus['mean_difference']:+.4f}, 95% CI {span(versus['ci95'], '+.4f')}; raw "
+                     f"{e['dice_raw']:.4f} vs {raw_best:.4f} ({scores['best_single_raw']} raw), "
+                     f"{scores['ensemble_gain_raw']:+.4f}.")
+    if scores["comparisons"]:
+        lines.append("- " + "; ".join(
+            f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}, {c['encoder']}: "
+            + (f"{ARCHS[c['challenger']]} {c['verdict']}" if c["verdict"] in ("better", "worse") else c["verdict"])
+            + f", raw Dice {c['mean_difference']:+.4f}, 95% CI {span(c['ci95'], '+.4f')} (TTA {c['tta']}, "
+            f"Holm-adjusted p {c['p_holm']:.3g})" for c in scores["comparisons"]) + ".")
+    else:
+        lines.append("- Unet++ vs Unet: not compared (no encoder has both, scored at one TTA mode).")
+    rules = sorted({rule for r in runs.values() for rule in r["epoch_rule"]["select_on"].split("/")})
+    optimistic = [n for n, r in runs.items() if r["epoch_rule"]["optimistic"]]
+    selection = scores.get("selection") or {"tta": "best", "checkpoint": "selected"}
+    weights = "" if selection["checkpoint"] == "selected" else f", scored with {selection['checkpoint']}.pt"
+    tta = (f"TTA {selection['tta']}" if selection["tta"] != "best" else "TTA chosen for each fold on the other folds: "
+           + ", ".join(f"{n} {tta_cell(r['tta_by_fold'])}" for n, r in runs.items()))
+    lines.append(f"- Epoch rule {', '.join(f'--select-on {r}' for r in rules)}{weights}"
+                 + (f" (optimistic for {', '.join(optimistic)}: epoch chosen on the scored fold)" if optimistic else "")
+                 + f"; {tta}.")
+    return lines
+
+
+def span(ci95: list, spec: str = ".4f") -> str:
+    return f"[{ci95[0]:{spec}}, {ci95[1]:{spec}}]"
 
 
 def per_class_markdown(scores: dict) -> list:

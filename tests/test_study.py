@@ -143,7 +143,10 @@ def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_
                           )["runs_sharing_device"] in (1, 2)
     leaderboard = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
     assert "unet-tu-resnet10t" in leaderboard.read_text() and "unetpp-tu-resnet10t" in leaderboard.read_text()
-    assert f"leaderboard: {leaderboard}" in output
+    # The leaderboard's answers, printed last where the terminal shows them (ensemble.py printed them before).
+    answers = leaderboard.read_text().splitlines()[1:5]
+    assert output.splitlines()[-5:] == [f"leaderboard: {leaderboard}", *answers]
+    assert answers[0].startswith("- Best model: ") and answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ")
 
 
 def test_parallel_2_trains_two_runs_side_by_side(finished_study):

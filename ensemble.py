@@ -35,10 +35,10 @@ from src.models import DEEP_SUPERVISED
 from src.parallel import thread_map
 from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, read_mean, read_split
 from src.rle import rle_encode
-from src.stats import holm, paired_comparison
+from src.stats import holm, mean_interval, paired_comparison
 from src.tuning import TTA_MODES, scores_table
 
-ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons, after Holm's adjustment
+ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons (after Holm's adjustment) and of ensemble vs best
 
 
 def parse_args(argv=None):
@@ -103,9 +103,10 @@ def run(args):
     written = out / "sets" / args.set if args.set else out
     write_test_masks(written, test_dirs, test_ids, weight_of, tuned["settings"], meta)
     scores = write_reports(out, args, runs, tuned, ensemble, ensemble_scores, comparisons, weight_of, len(test_ids),
-                           {"dataset_dir": dataset_dir, "meta": meta, "index": index, "by": by, "fold_of": fold_of})
-    print(report.leaderboard_markdown(scores))
+                           {"dataset_dir": dataset_dir, "meta": meta, "index": index, "by": by, "fold_of": fold_of,
+                            "group_of": group_of})
     print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(test_ids)} masks, submission.csv")
+    print("\n".join(report.headline(scores)))
 
 
 def read_dataset(args) -> tuple:
@@ -470,6 +471,11 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
               "by": subgroups, "comparisons": comparisons, "tuning_by_fold": tuning_by_fold,
               "postprocess": tuned["settings"], "weights": weight_of, "test_images": test_images}
     scores["by_encoder"] = report.by_encoder(scores)
+    # The headline's intervals, over patients where the split grouped images by patient (as the comparisons).
+    groups = group_labels([data["group_of"].get(i, "") for i in oof_ids], oof_ids) if data["group_of"] else None
+    best, ensemble_dice = image_dice[scores["best_single"]].to_numpy(), tuning.image_dice(ensemble_scores).loc[oof_ids]
+    scores["best_interval"] = mean_interval(best, groups)
+    scores["ensemble_vs_best"] = paired_comparison(best, ensemble_dice.to_numpy(), groups=groups, alpha=ALPHA)
     write_atomic(out / "scores.json", json.dumps(scores, indent=2, default=float) + "\n")
     write_atomic(out / "leaderboard.md", report.leaderboard_markdown(scores))
     report.score_bars(out / "scores.png", scores)
@@ -522,8 +528,10 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
     trackers = {c.get("tracker") for c in configs}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) != "wandb":
         return
+    # Every row post-processed with its dice_raw beside it, as the leaderboard's table: a run's own keys are raw.
+    models = {**{n: {**r, **r["postprocessed"]} for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
     table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
-                          for n, r in {**scores["runs"], "ensemble": scores["ensemble"]}.items()])
+                          for n, r in models.items()])
     by_encoder = {"by_encoder": pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
                                               for r in scores["by_encoder"]])} if scores["by_encoder"] else {}
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},

@@ -14,6 +14,7 @@ SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the study: no run starts, each running 
 """
 import argparse
 import contextlib
+import json
 import shlex
 import signal
 import sys
@@ -231,7 +232,9 @@ def main(argv=None):
     if cost:
         print(f"\n{cost}")
     if leaderboard:
+        from src import report  # here, not at the top: matplotlib, which ensemble.py has loaded by now
         print(f"leaderboard: {leaderboard}")
+        print("\n".join(report.headline(json.loads((leaderboard.parent / "scores.json").read_text()))))
     for result in failed:
         print(f"\nfailed: {result.job.name}, exit code {result.returncode}; {result.job.log} ends with:")
         print("\n".join(f"  | {line}" for line in result.tail()))

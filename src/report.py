@@ -22,19 +22,20 @@ def leaderboard_markdown(scores: dict) -> str:
     images, e = scores["images"], scores["ensemble"]
     left_out = (f" ({images['left_out']} more lack an OOF prediction from some run and are left out)"
                 if images["left_out"] else "")
-    lines = [f"# Leaderboard: {scores['dataset']}", "", *made_from(scores),
+    lines = [f"# Leaderboard: {scores['dataset']}", *headline(scores), "", *made_from(scores),
              f"Out-of-fold scores at original resolution, every model on the same {images['scored']} training images"
              f"{left_out}. Cross-validated: each choice made on OOF data (a run's TTA under `--tta best`, the "
              "post-processing of each run and of the ensemble) is made for each fold on the other folds and applied "
              "to that fold, so no image is scored with settings tuned on it. Every model is post-processed the same "
-             "way (a single run is an ensemble of one); raw: its own masks (threshold 0.5 or argmax). Dice (folds): "
-             "mean +- std of the fold means of per-image Dice; Dice (images): mean +- std over images (std with "
-             "ddof=1).", ""]
+             "way (a single run is an ensemble of one); raw: its own masks (threshold 0.5 or argmax, no "
+             "post-processing). Every figure is labelled one or the other. Dice (folds): mean +- std of the fold "
+             "means of per-image Dice; Dice (images): mean +- std over images (std with ddof=1).", ""]
     runs = sorted(scores["runs"].items(), key=lambda kv: -kv[1]["postprocessed"]["dice"])
     if scores["per_class"]:
         lines += [*per_class_markdown(scores), ""]
-    lines += ["| model | TTA | epoch rule | Dice (folds) | Dice (images) | IoU | HD95 px (% diag) | raw Dice (images) | "
-              "training (all folds) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | TTA | epoch rule | post-processed Dice (folds) | post-processed Dice (images) | "
+              "post-processed IoU | post-processed HD95 px (% diag) | raw Dice (images) | training (all folds) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs:
         p = r["postprocessed"]
         lines.append(f"| {name}{level_note(r)}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
@@ -53,13 +54,11 @@ def leaderboard_markdown(scores: dict) -> str:
         lines += [f"\nStale, kept: {name} fold {fold} was kept by study {record['study']} with `--accept-stale`, "
                   f"though it asked other settings ({record['differs']})."
                   for fold, record in r.get("accepted_stale", {}).items()]
-    lines += ["", f"Optimistic (tuned and scored on the same images): {e['dice_optimistic']:.4f} Dice, with the TTA "
-              "and post-processing chosen on all OOF images, as the test masks use them.",
-              f"Ensemble gain over the best single model, like with like: post-processed {scores['ensemble_gain']:+.4f}"
-              f" Dice against {scores['best_single']} post-processed; raw {scores['ensemble_gain_raw']:+.4f} against "
-              f"{scores['best_single_raw']} raw (the raw average, before post-processing: {e['dice_raw']:.4f})."]
+    lines += ["", f"Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
+              f"{e['dice_optimistic']:.4f}, with the TTA and post-processing chosen on all OOF images, as the test "
+              "masks use them."]
     modes = [m for m in TTA_MODES if any(m in t["modes"] for t in scores["tta_gain"].values())]
-    lines += ["", "OOF Dice of each TTA mode a run was predicted with (gain over none):", "",
+    lines += ["", "Raw OOF Dice of each TTA mode a run was predicted with (gain over none):", "",
               "| model | images | " + " | ".join(modes) + " |", "|---|---|" + "---|" * len(modes)]
     for name, tta in scores["tta_gain"].items():
         cells = [f"{m['dice']:.4f}" + (f" ({m['gain']:+.4f})" if m["gain"] is not None and mode != "none" else "")
@@ -72,7 +71,7 @@ def leaderboard_markdown(scores: dict) -> str:
     if scores.get("by"):
         by = pd.DataFrame(scores["by"]["table"])
         models = [c for c in by.columns if c not in ("group", "images")]
-        lines += ["", f"Mean Dice per image by `{scores['by']['column']}`:", "",
+        lines += ["", f"Mean post-processed Dice per image by `{scores['by']['column']}`:", "",
                   f"| {scores['by']['column']} | images | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
         lines += [f"| {r['group']} | {r['images']} | " + " | ".join(f"{r[m]:.4f}" for m in models) + " |"
                   for r in by.to_dict("records")]
@@ -85,6 +84,49 @@ def leaderboard_markdown(scores: dict) -> str:
     lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."
               + (f" Weighted mean over the runs: {weights}." if weights else "")]
     return "\n".join(lines) + "\n"
+
+def headline(scores: dict) -> list:
+    """The leaderboard's answers, before its tables, and what ensemble.py and study.py print last (four lines): the
+    best model's Dice with its 95% interval; the ensemble against it, like with like; each architecture comparison's
+    verdict and difference with its interval; the epoch rule and TTA."""
+    runs, best, interval = scores["runs"], scores["best_single"], scores["best_interval"]
+    p = runs[best]["postprocessed"]
+    lines = [f"- Best model: {best}{level_note(runs[best])}, Dice {p['dice']:.4f} per image, post-processed, 95% CI "
+             f"{span(interval['ci95'])} (bootstrap over {interval['units']} {interval['unit']}s); raw "
+             f"{p['dice_raw']:.4f}."]
+    e, versus = scores["ensemble"], scores["ensemble_vs_best"]
+    raw_best = runs[scores["best_single_raw"]]["postprocessed"]["dice_raw"]
+    if len(runs) == 1:
+        lines.append("- Ensemble: of one run, the best model itself (gain 0).")
+    else:
+        verdict = {"better": "beats it", "worse": "is worse than it",
+                   "no significant difference": "does not beat it significantly"}[versus["verdict"]]
+        lines.append(f"- Ensemble of {len(runs)} runs {verdict}, like with like: post-processed {e['dice']:.4f} vs "
+                     f"{p['dice']:.4f}, {versus['mean_difference']:+.4f}, 95% CI {span(versus['ci95'], '+.4f')}; raw "
+                     f"{e['dice_raw']:.4f} vs {raw_best:.4f} ({scores['best_single_raw']} raw), "
+                     f"{scores['ensemble_gain_raw']:+.4f}.")
+    if scores["comparisons"]:
+        lines.append("- " + "; ".join(
+            f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}, {c['encoder']}: "
+            + (f"{ARCHS[c['challenger']]} {c['verdict']}" if c["verdict"] in ("better", "worse") else c["verdict"])
+            + f", raw Dice {c['mean_difference']:+.4f}, 95% CI {span(c['ci95'], '+.4f')} (TTA {c['tta']}, "
+            f"Holm-adjusted p {c['p_holm']:.3g})" for c in scores["comparisons"]) + ".")
+    else:
+        lines.append("- Unet++ vs Unet: not compared (no encoder has both, scored at one TTA mode).")
+    rules = sorted({rule for r in runs.values() for rule in r["epoch_rule"]["select_on"].split("/")})
+    optimistic = [n for n, r in runs.items() if r["epoch_rule"]["optimistic"]]
+    selection = scores.get("selection") or {"tta": "best", "checkpoint": "selected"}
+    weights = "" if selection["checkpoint"] == "selected" else f", scored with {selection['checkpoint']}.pt"
+    tta = (f"TTA {selection['tta']}" if selection["tta"] != "best" else "TTA chosen for each fold on the other folds: "
+           + ", ".join(f"{n} {tta_cell(r['tta_by_fold'])}" for n, r in runs.items()))
+    lines.append(f"- Epoch rule {', '.join(f'--select-on {r}' for r in rules)}{weights}"
+                 + (f" (optimistic for {', '.join(optimistic)}: epoch chosen on the scored fold)" if optimistic else "")
+                 + f"; {tta}.")
+    return lines
+
+
+def span(ci95: list, spec: str = ".4f") -> str:
+    return f"[{ci95[0]:{spec}}, {ci95[1]:{spec}}]"
 
 
 def per_class_markdown(scores: dict) -> list:
@@ -158,7 +200,7 @@ def level_note(r: dict) -> str:
 def comparison_markdown(comparisons: list) -> str:
     """ensemble.compare_architectures()'s comparisons, one line each under the rule they share."""
     pairs = ", ".join(dict.fromkeys(f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}" for c in comparisons))
-    lines = [f"{pairs}, both on the same images, on the models' own masks (threshold 0.5 or argmax, no "
+    lines = [f"{pairs}, both on the same images, on raw masks (the models' own: threshold 0.5 or argmax, no "
              "post-processing) at one TTA fixed in advance (Wilcoxon signed-rank and a bootstrap 95% interval "
              "of the mean Dice difference, over patients where the split grouped images by patient; p Holm-adjusted "
              f"over the {len(comparisons)} comparison(s) together; Unet++ DS at the level chosen for each fold on the "
@@ -166,7 +208,7 @@ def comparison_markdown(comparisons: list) -> str:
     for c in comparisons:
         units = (f"{c['units']} patients, " if c["unit"] == "patient" else "") + f"{c['images']} images"
         lines.append(f"- {c['encoder']}, {ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]} (TTA {c['tta']}, "
-                     f"{units}): {ARCHS[c['challenger']]} {c['verdict']} (mean difference "
+                     f"{units}): {ARCHS[c['challenger']]} {c['verdict']} (mean raw Dice difference "
                      f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "
                      f"p = {c['wilcoxon_p']:.3g}, Holm-adjusted p = {c['p_holm']:.3g})")
     return "\n".join(lines)
@@ -174,7 +216,7 @@ def comparison_markdown(comparisons: list) -> str:
 
 def by_encoder(scores: dict) -> list:
     """One row per encoder that two or more of ARCHS ran with (the study's table): each one's parameters (M),
-    cross-validated Dice and IoU (mean and std over folds), training seconds per epoch and OOF prediction images/s
+    cross-validated raw Dice and IoU (mean and std over folds), training seconds per epoch and OOF prediction images/s
     (None where not recorded or not run), for Unet++ DS at its test masks' level, with its chosen levels and every
     level's parameters, images/s and Dice; and each comparison of scores["comparisons"] as <challenger>-<baseline>_
     difference, _ci95_low, _ci95_high, _wilcoxon_p, _p_holm, _tta (None where not compared). Best Dice first."""
@@ -229,10 +271,11 @@ def by_encoder_markdown(rows: list) -> str:
         return (f"{row[key + 'difference']:+.4f} [{row[key + 'ci95_low']:+.4f}, {row[key + 'ci95_high']:+.4f}] "
                 f"(TTA {row[key + 'tta']}) | {row[key + 'wilcoxon_p']:.3g} ({row[key + 'p_holm']:.3g})")
 
-    header = [f"params M ({names})", *(f"{ARCHS[a]} {m}" for a in archs for m in ("Dice", "IoU")),
+    header = [f"params M ({names})", *(f"{ARCHS[a]} raw {m}" for a in archs for m in ("Dice", "IoU")),
               *(f"{ARCHS[b]} - {ARCHS[a]} [95% CI] | Wilcoxon p (Holm)" for a, b in pairs),
               f"s/epoch ({names})", f"images/s ({names})"]
-    lines = [f"Per encoder, {' against '.join(ARCHS[a] for a in archs)} (best Dice first): Dice and IoU "
+    lines = [f"Per encoder, {' against '.join(ARCHS[a] for a in archs)} (best Dice first): raw Dice and IoU (the "
+             "runs' own masks, no post-processing, as the differences; the table above has them post-processed), "
              "cross-validated, mean +- std over the folds (Unet++ DS: deep supervision, each fold at the level chosen "
              "on the other folds, in brackets); each difference, its bootstrap 95% interval and Wilcoxon p "
              "(Holm-adjusted in brackets) as above, at one TTA; s/epoch from training's history.csv; OOF prediction "
@@ -247,8 +290,8 @@ def by_encoder_markdown(rows: list) -> str:
     levelled = [r for r in rows if r["unetpp_ds_levels"]]
     if levelled:
         lines += ["", "Unet++ DS by level (L1 ... L4: the sub-network up to that head; mean: all heads averaged), at "
-                  "its test masks' TTA: parameters (M), OOF prediction images/s, OOF Dice of the level alone on all "
-                  "images (not cross-validated):", "", "| encoder | level | params M | images/s | Dice |",
+                  "its test masks' TTA: parameters (M), OOF prediction images/s, raw OOF Dice of the level alone on "
+                  "all images (not cross-validated):", "", "| encoder | level | params M | images/s | raw Dice |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['encoder']} | {level}{' (test masks)' * (level == r['unetpp_ds_level'])} | "
                   f"{number(v['parameters_m'], '.2f')} | {number(v['images_per_s'], '.0f')} | {v['dice']:.4f} |"
@@ -311,7 +354,7 @@ def pick_examples(image_dice: dict, n: int) -> list:
 
 
 def comparison_grid(path: Path, rows: list, class_names: list) -> None:
-    """rows: (title, image, truth, {model: prediction}, {model: Dice of that prediction}). Each panel draws one mask
+    """rows: (title, image, truth, {model: post-processed prediction}, {model: its Dice}). Each panel draws one mask
     as contours over the image (class colours; truth dashed in white on the model panels); the last shows where the
     first two models disagree."""
     models = list(rows[0][3])
@@ -320,7 +363,7 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
     for axis_row, (title, image, truth, preds, dice) in zip(axes, rows):
         # A 3-inch panel shows no more of a 2000 px X-ray than 512 px do; matplotlib took 4 s on the originals.
         image, truth, *masks = (shrink(a, 512) for a in (image, truth, *preds.values()))
-        panels = [(f"{title}\ntruth", truth, None)] + [(f"{m}\nDice {dice[m]:.3f}", mask, truth)
+        panels = [(f"{title}\ntruth", truth, None)] + [(f"{m}\npost-processed Dice {dice[m]:.3f}", mask, truth)
                                                        for m, mask in zip(models, masks)]
         for axis, (label, mask, reference) in zip(axis_row, panels):
             axis.imshow(image, cmap="gray")
@@ -334,7 +377,8 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
             overlay = np.dstack([image] * 3) if image.ndim == 2 else image.copy()
             overlay[masks[0] != masks[1]] = (255, 0, 255)
             axis_row[-1].imshow(overlay)
-            axis_row[-1].set_title(f"{models[0]} vs {models[1]}: disagreement", fontsize=7)
+            # One name a line: two run names side by side are wider than the panel and ran into the next title.
+            axis_row[-1].set_title(f"disagreement (magenta):\n{models[0]}\nvs {models[1]}", fontsize=7)
         for axis in axis_row:
             axis.axis("off")
     fig.legend(handles=[Patch(color=PALETTE[i] / 255, label=n) for i, n in enumerate(class_names) if i] +
@@ -346,12 +390,13 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
 
 
 def score_bars(path: Path, scores: dict) -> None:
-    names = list(scores["runs"]) + ["ensemble"]
-    values = [scores["runs"][n]["dice_fold_mean"] for n in names[:-1]] + [scores["ensemble"]["dice_fold_mean"]]
-    errors = [scores["runs"][n]["dice_fold_std"] for n in names[:-1]] + [scores["ensemble"]["dice_fold_std"]]
+    """Each run's and the ensemble's post-processed Dice (folds), like with like as the leaderboard's table."""
+    models = {**{n: r["postprocessed"] for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
+    names, values = list(models), [m["dice_fold_mean"] for m in models.values()]
     fig, axis = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
-    axis.bar(names, values, yerr=errors, capsize=4, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
-    axis.set_ylabel("OOF Dice, cross-validated\n(mean +- std over folds)")
+    axis.bar(names, values, yerr=[m["dice_fold_std"] for m in models.values()], capsize=4,
+             color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
+    axis.set_ylabel("post-processed OOF Dice\n(cross-validated, mean +- std\nover folds)")
     axis.set_ylim(max(0, min(values) - 0.1), 1)
     axis.tick_params(axis="x", rotation=30, labelsize=7)
     fig.tight_layout()
@@ -360,7 +405,7 @@ def score_bars(path: Path, scores: dict) -> None:
 
 
 def study_figure(path: Path, rows: list) -> None:
-    """Per encoder (by_encoder()'s order), the Dice of Unet, Unet++ and Unet++ DS (at its levels chosen by fold)
+    """Per encoder (by_encoder()'s order), the raw Dice of Unet, Unet++ and Unet++ DS (at its levels chosen by fold)
     side by side, each with the 95% interval of its mean over the folds (Student's t, from the std over the folds)."""
     fig, axis = plt.subplots(figsize=(1.1 * len(rows) + 2.5, 3.5))
     x = np.arange(len(rows))
@@ -374,7 +419,7 @@ def study_figure(path: Path, rows: list) -> None:
                       label=label)
     axis.set_xticks(x, [r["encoder"] for r in rows], rotation=30, fontsize=7)
     axis.set_xlim(-0.5, len(rows) - 0.5)
-    axis.set_ylabel("OOF Dice, cross-validated\n(mean over folds, 95% CI)")
+    axis.set_ylabel("raw OOF Dice, cross-validated\n(mean over folds, 95% CI)")
     axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,4 +1,5 @@
-"""Is model B better than model A on the same images? Wilcoxon signed-rank plus a bootstrap interval, per patient.
+"""Is model B better than model A on the same images? Wilcoxon signed-rank plus a bootstrap interval, per patient;
+and how sure is one model's mean Dice (the same bootstrap).
 
 Films of one patient are not independent evidence: given groups (one patient label per image), both the test and the
 interval count patients, not images, so that ten films of one patient do not narrow the interval tenfold.
@@ -23,12 +24,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, 
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = b - a
-    if groups is None:
-        unit, codes = "image", np.arange(len(diff))
-    else:
-        if len(groups) != len(diff):
-            raise ValueError(f"groups has {len(groups)} labels for {len(diff)} images: give one patient per image")
-        unit, codes = "patient", pd.factorize(group_labels(groups, [f"image {i}" for i in range(len(diff))]))[0]
+    unit, codes = _units(len(diff), groups)
     sums, counts = np.bincount(codes, diff, minlength=codes.max(initial=-1) + 1), np.bincount(codes)
     mean = float(diff.mean()) if len(diff) else 0.0
     if len(counts) < 2 or not np.any(diff):
@@ -45,6 +41,26 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, 
         verdict = "no significant difference"
     return {"images": int(len(diff)), "mean_difference": mean, "ci95": [low, high], "wilcoxon_p": p_value,
             "verdict": verdict, "unit": unit, "units": int(len(counts))}
+
+
+def mean_interval(values: np.ndarray, groups=None, seed: int = 0, resamples: int = 10000,
+                  alpha: float = 0.05) -> dict:
+    """The mean of per-image scores and its bootstrap 95% interval, drawing patients where groups are given (the
+    cluster bootstrap of paired_comparison). Returns mean, ci95, unit ("patient" or "image") and units."""
+    values = np.asarray(values, float)
+    unit, codes = _units(len(values), groups)
+    sums, counts = np.bincount(codes, values), np.bincount(codes)
+    return {"mean": float(values.mean()), "ci95": list(_bootstrap_interval(sums, counts, seed, resamples, alpha)),
+            "unit": unit, "units": int(len(counts))}
+
+
+def _units(images: int, groups) -> tuple:
+    """("image", each image its own unit) or ("patient", each image's patient code) for a bootstrap's draws."""
+    if groups is None:
+        return "image", np.arange(images)
+    if len(groups) != images:
+        raise ValueError(f"groups has {len(groups)} labels for {images} images: give one patient per image")
+    return "patient", pd.factorize(group_labels(groups, [f"image {i}" for i in range(images)]))[0]
 
 
 def _bootstrap_interval(sums: np.ndarray, counts: np.ndarray, seed: int, resamples: int, alpha: float) -> tuple:

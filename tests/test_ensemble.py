@@ -85,13 +85,14 @@ def oof_dice(workdir, name: str, mode: str) -> pd.Series:
     return per_image(table).set_index("id")["dice"]
 
 
-def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_path, monkeypatch):
+def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_path, monkeypatch, capsys):
     drawn, compared = [], []
     monkeypatch.setattr(report, "comparison_grid", lambda path, rows, classes: drawn.extend(rows))
     real_comparison = ensemble.paired_comparison
     monkeypatch.setattr(ensemble, "paired_comparison",
                         lambda a, b, groups, alpha: compared.append(groups) or real_comparison(a, b, groups=groups))
     ensemble.main(ensemble_args(predicted, tmp_path))
+    printed = capsys.readouterr().out.splitlines()
     out = tmp_path / "demo"
     scores = json.loads((out / "scores.json").read_text())
     assert set(scores["runs"]) == {"unet-tu-resnet10t", "unetpp-tu-resnet10t"}
@@ -116,8 +117,14 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     # Unet++ vs Unet at the most augmented TTA both have, over the patients (the demo's folds are grouped).
     comparison = scores["comparisons"][0]
     assert comparison["tta"] == "d4" and comparison["verdict"] in ("better", "no significant difference", "worse")
-    assert [list(g) for g in compared] == [list(folds.loc[ensemble_dice["id"], "group"])] and comparison["p_holm"] >= comparison[
-        "wilcoxon_p"]
+    # Unet++ vs Unet, then the ensemble vs the best run: both over the patients.
+    assert [list(g) for g in compared] == [list(folds.loc[ensemble_dice["id"], "group"])] * 2 and comparison[
+        "p_holm"] >= comparison["wilcoxon_p"]
+    best = scores["runs"][scores["best_single"]]["postprocessed"]
+    interval = scores["best_interval"]
+    assert interval["mean"] == pytest.approx(best["dice"]) and interval["unit"] == "patient"
+    assert interval["ci95"][0] <= best["dice"] <= interval["ci95"][1]
+    assert scores["ensemble_vs_best"]["mean_difference"] == pytest.approx(scores["ensemble_gain"])
     for image_id, _, truth, masks, dice in drawn:  # each panel labelled with the Dice of the mask it draws
         for name, mask in masks.items():
             expected = 1.0 if not (mask.any() or truth.any()) else 2 * (mask & (truth > 0)).sum() / (
@@ -131,9 +138,15 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         assert mask.shape == tuple(index.loc[row.id, ["height", "width"]])
         np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
     board = (out / "leaderboard.md").read_text()
-    assert "Unet++ vs Unet, both on the same images, on the models' own masks" in board
+    assert "Unet++ vs Unet, both on the same images, on raw masks" in board
+    # The answers first, and printed last: the best run and its interval, the ensemble, Unet++ vs Unet, the rules.
+    answers = board.splitlines()[1:5]
+    assert printed[-4:] == answers == report.headline(scores)
+    assert answers[0].startswith(f"- Best model: {scores['best_single']}, Dice {best['dice']:.4f} per image")
+    assert answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ") and "(TTA d4, " in answers[2]
     assert "(TTA d4, " in board and "Cross-validated" in board
-    assert f"Optimistic (tuned and scored on the same images): {scores['ensemble']['dice_optimistic']:.4f}" in board
+    assert ("Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
+            f"{scores['ensemble']['dice_optimistic']:.4f}") in board
     for name, run in scores["runs"].items():  # training cost beside the scores, from the runs' history.csv
         history = pd.concat(pd.read_csv(h) for h in (predicted / "runs" / "demo" / name).glob("fold*/history.csv"))
         assert run["training"]["minutes"] == pytest.approx(history["seconds"].sum() / 60)
@@ -212,7 +225,7 @@ def test_scores_by_any_index_column(predicted, tmp_path):
     expected = oof.groupby(oof["id"].map(groups))["dice"].mean()
     assert scores["by"]["column"] == "group" and by["images"].sum() == len(oof)
     np.testing.assert_allclose(by.loc[expected.index, "ensemble"], expected)
-    assert "Mean Dice per image by `group`" in (tmp_path / "demo" / "leaderboard.md").read_text()
+    assert "Mean post-processed Dice per image by `group`" in (tmp_path / "demo" / "leaderboard.md").read_text()
     with pytest.raises(SystemExit, match="--by colour: no such column"):
         ensemble.main([*ensemble_args(predicted, tmp_path), "--by", "colour"])
 
@@ -389,7 +402,7 @@ def test_an_ensemble_of_one_run_gains_exactly_nothing(predicted, tmp_path):
     alone = scores["runs"][RUN]["postprocessed"]  # post-processed as the ensemble is, fold by fold
     assert scores["ensemble_gain"] == 0.0 and scores["ensemble_gain_raw"] == 0.0
     assert alone["dice"] == scores["ensemble"]["dice"] and alone["dice_raw"] == scores["ensemble"]["dice_raw"]
-    assert "post-processed +0.0000 Dice against unet-tu-resnet10t post-processed; raw +0.0000" in (
+    assert "\n- Ensemble: of one run, the best model itself (gain 0).\n" in (
         tmp_path / "ensemble" / "demo" / "leaderboard.md").read_text()
 
 
@@ -413,7 +426,8 @@ def test_single_runs_are_post_processed_fold_by_fold_and_the_gain_is_like_with_l
     row = next(line for line in board.splitlines() if line.startswith(f"| {best} |"))
     assert f"| {runs[best]['postprocessed']['dice_fold_mean']:.4f} +- " in row  # the table's runs post-processed
     assert f"| {runs[best]['postprocessed']['dice_raw']:.4f} |" in row  # beside their raw Dice
-    assert "on the models' own masks (threshold 0.5 or argmax, no post-processing) at one TTA fixed in advance" in board
+    assert "on raw masks (the models' own: threshold 0.5 or argmax, no post-processing) at one TTA fixed in advance" \
+        in board
     # The epoch rule of each run: the fixture's runs chose best.pt on their scored fold, so they are optimistic.
     for name, run in runs.items():
         epochs = {str(f): json.loads((predicted / "runs" / "demo" / name / f"fold{f}" / "metrics.json").read_text())[
@@ -461,3 +475,16 @@ def test_a_run_kept_stale_is_marked_in_the_leaderboard(predicted, tmp_path):
     assert f"| {RUN} (stale, kept) |" in board
     assert (f"Stale, kept: {RUN} fold 1 was kept by study demo-study with `--accept-stale`, though it asked other "
             "settings (size 64 -> 96).") in board
+
+
+def test_the_trackers_leaderboard_table_is_post_processed_beside_raw_as_the_markdown_one(predicted, tmp_path,
+                                                                                          monkeypatch):
+    logged = {}
+    monkeypatch.setattr(ensemble.tracking, "log_tables", lambda *args, **kwargs: logged.update(args[5]))
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--tracker", "wandb"])
+    scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
+    table = logged["leaderboard"].set_index("model")
+    models = {**{n: r["postprocessed"] for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
+    for name, run in models.items():
+        assert table.loc[name, "dice"] == pytest.approx(run["dice"])  # not a run's raw Dice beside a post-processed one
+        assert table.loc[name, "dice_raw"] == pytest.approx(run["dice_raw"])

@@ -1,10 +1,11 @@
-"""Paired comparisons per patient (Wilcoxon on patient means, cluster bootstrap) and Holm's adjustment."""
+"""Paired comparisons and a mean's interval per patient (Wilcoxon on patient means, cluster bootstrap), and Holm's
+adjustment."""
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from src.stats import holm, paired_comparison
+from src.stats import holm, mean_interval, paired_comparison
 
 
 def test_duplicated_films_count_once_per_patient():
@@ -24,6 +25,17 @@ def test_duplicated_films_count_once_per_patient():
     width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
     assert width(naive) < 0.6 * width(grouped)  # counted per image, the copies fake a sqrt(4) = 2x narrower interval
     assert naive["wilcoxon_p"] < grouped["wilcoxon_p"] / 10
+
+
+def test_the_best_models_interval_counts_patients_not_films():
+    dice = np.random.default_rng(0).uniform(0.6, 0.95, 40)
+    films = 4
+    unique, grouped = mean_interval(dice), mean_interval(np.repeat(dice, films), groups=np.repeat(np.arange(40), films))
+    naive = mean_interval(np.repeat(dice, films))
+    assert (unique["unit"], unique["units"], grouped["unit"], grouped["units"]) == ("image", 40, "patient", 40)
+    assert grouped["mean"] == pytest.approx(dice.mean()) and grouped["ci95"] == pytest.approx(unique["ci95"], rel=1e-9)
+    low, high = grouped["ci95"]
+    assert low < dice.mean() < high and naive["ci95"][1] - naive["ci95"][0] < 0.6 * (high - low)
 
 
 def test_images_without_a_patient_label_are_their_own_unit():

@@ -143,7 +143,10 @@ def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_
                           )["runs_sharing_device"] in (1, 2)
     leaderboard = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
     assert "unet-tu-resnet10t" in leaderboard.read_text() and "unetpp-tu-resnet10t" in leaderboard.read_text()
-    assert f"leaderboard: {leaderboard}" in output
+    # The leaderboard's answers, printed last where the terminal shows them (ensemble.py printed them before).
+    answers = leaderboard.read_text().splitlines()[1:5]
+    assert output.splitlines()[-5:] == [f"leaderboard: {leaderboard}", *answers]
+    assert answers[0].startswith("- Best model: ") and answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ")
 
 
 def test_parallel_2_trains_two_runs_side_by_side(finished_study):
@@ -208,9 +211,10 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
     assert set(row["unetpp_ds_levels"]) == {"L1", "L2", "L3", "L4", "mean"}
     board = (out / "leaderboard.md").read_text()
     assert "Unet++ vs Unet, Unet++ DS vs Unet, Unet++ DS vs Unet++, both on the same images" in board
-    assert ("| encoder | params M (Unet / Unet++ / Unet++ DS) | Unet Dice | Unet IoU | Unet++ Dice | Unet++ IoU | "
-            "Unet++ DS Dice | Unet++ DS IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet [95% CI] "
-            "| Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |") in board
+    assert ("| encoder | params M (Unet / Unet++ / Unet++ DS) | Unet raw Dice | Unet raw IoU | Unet++ raw Dice | "
+            "Unet++ raw IoU | Unet++ DS raw Dice | Unet++ DS raw IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | "
+            "Unet++ DS - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |"
+            ) in board
     assert "| tu-resnet10t | L1 | " in board and (out / "study.png").stat().st_size > 0
 
 

@@ -141,8 +141,9 @@ def select_runs(args) -> dict:
             if any(args.tta in ("best", mode) for mode, _ in candidates)}
     if not sets:
         weights = "the selected weights" if args.checkpoint == "selected" else f"{args.checkpoint}.pt"
-        sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `python infer.py --tta "
-                 f"--checkpoint {args.checkpoint}` first)")
+        predict = ledger.command("infer.py", args.dataset, dir_flags(args), *(["--runs", args.runs] if args.runs else []),
+                                 "--tta", "flip" if args.tta == "best" else args.tta, "--checkpoint", args.checkpoint)
+        sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `{predict}` first)")
     return sets
 
 
@@ -200,9 +201,12 @@ def lacking_folds(predictions: ledger.PredictionSet) -> list:
     return sorted(int(d.name[4:]) for d in predictions.part(None).glob("fold*")) or [0]
 
 
+def dir_flags(args) -> dict:
+    return {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": args.preds_dir}
+
+
 def renew_command(predictions: ledger.PredictionSet, folds: list, args, images: str | None = None) -> str:
-    dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": args.preds_dir}
-    return predictions.renew_command(args.dataset, folds, dirs, images)
+    return predictions.renew_command(args.dataset, folds, dir_flags(args), images, args.set)
 
 
 def refuse_stale(predictions: ledger.PredictionSet, part: str, files: dict, args, images: str | None = None) -> None:
@@ -237,8 +241,12 @@ def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, arg
     part = f"sets/{args.set}" if args.set else "test"
     lacking = [run for run, s in chosen.items() if args.set and not s.part(args.set).is_dir()]
     if lacking:  # found before tuning, not after
+        images = next((s.provenance.get("sets", {}).get(args.set, {}).get("images") for s in chosen.values()
+                       if s.part(args.set).is_dir()), None)
         sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({chosen[lacking[0]].part(args.set)} "
-                 f"missing); run `python infer.py --images DIR --name {args.set}` with the same --tta and --checkpoint")
+                 f"missing); run `{renew_command(chosen[lacking[0]], lacking_folds(chosen[lacking[0]]), args, images or 'DIR')}`"
+                 + ("" if images else " (DIR: the folder of the set's images)")
+                 + (" and the same for each run named" if len(lacking) > 1 else ""))
     split_folds, fold_dirs, wanted = set(folds["fold"].tolist()), [], set()
     for name, predictions in chosen.items():
         record = predictions.provenance.get("sets", {}).get(args.set, {}) if args.set else {}

@@ -204,8 +204,8 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
     stale = next((i for i, f in files.items() if made_by(f).get("fold") != fold_of[i]), None)
     if stale is not None:  # a fold this call did not predict
         sys.exit(f"infer: {files[stale]} was not made by the model of fold {fold_of[stale]}, which holds {stale} in "
-                 f"the run's fold file; predict that fold again (`python infer.py --folds {fold_of[stale]}` and "
-                 f"your --dataset, --runs, --tta, --checkpoint)")
+                 f"the run's fold file; predict that fold again: "
+                 f"`{predictions.renew_command(args.dataset, [fold_of[stale]], dir_flags(args))}`")
     renew = predictions.stale_folds("oof", sorted({fold_of[i] for i in files}))
     if renew:
         sys.exit(f"infer: the OOF predictions of fold {', '.join(map(str, renew))} in {out_dir / 'oof'} were not made "

@@ -263,6 +263,29 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
     assert not (tmp_path / "demo" / "masks").exists() and not (tmp_path / "demo" / "submission.csv").exists()
     with pytest.raises(SystemExit, match="did not predict set 'elsewhere'"):
         ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "elsewhere"])
+    (tmp_path / "ward_again").mkdir()
+    write_png(tmp_path / "ward_again" / "scan_001.png", np.full((70, 45), 120, np.uint8))
+    infer.main([*infer_args(predicted), "--tta", "none", "--images", str(tmp_path / "ward_again"), "--name", "ward2",
+                "--runs", RUN])
+    with pytest.raises(SystemExit) as stop:  # one run lacks the set: the hint predicts it, as it stands
+        ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
+    hint = shlex.split(str(stop.value.code).split("`")[1])
+    assert hint[:2] == ["python", "infer.py"] and "unetpp-tu-resnet10t" in hint
+    infer.main([*hint[2:], "--workers", "0"])
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
+    assert (tmp_path / "demo" / "sets" / "ward2" / "masks" / "scan_001.png").exists()
+
+
+def test_the_hint_to_predict_first_is_a_command_to_copy_as_is(multiclass_dir, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(["--dataset", "demo-multiclass", *paths(multiclass_dir), "--preds-dir", str(tmp_path / "preds"),
+                       "--checkpoint", "last", "--runs", "unet*"])
+    hint = shlex.split(str(stop.value.code).split("`")[1])
+    assert hint[:2] == ["python", "infer.py"]
+    asked = infer.parse_args(hint[2:])
+    assert (asked.dataset, asked.runs, asked.tta, asked.checkpoint) == ("demo-multiclass", "unet*", "flip", "last")
+    assert [str(d) for d in (asked.data_dir, asked.folds_dir, asked.preds_dir)] == [
+        str(multiclass_dir / "data"), str(multiclass_dir / "folds"), str(tmp_path / "preds")]
 
 
 def scored_predictions(folder, dice, split=None):

@@ -68,11 +68,18 @@ def test_a_run_records_its_folds_and_resume_refuses_a_changed_split(demo_dir, tm
         train.main([*args, "--epochs", "2", "--resume"])
 
 
-def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path):
+def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path, capsys):
     run_train(demo_dir, tmp_path, "--epochs", "1")
     with pytest.raises(SystemExit, match="already holds a run; pass --resume"):
         run_train(demo_dir, tmp_path, "--epochs", "1")
+    first = (tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "last.pt").read_bytes()
     run_train(demo_dir, tmp_path, "--epochs", "1", "--overwrite")
+    # where --help says the replaced run goes
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "moved, never deleted, to <run>/replaced/fold<k>-<time>/" in " ".join(capsys.readouterr().out.split())
+    [aside] = (tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "replaced").glob("fold0-*")
+    assert (aside / "last.pt").read_bytes() == first
     with pytest.raises(SystemExit, match="nothing to resume"):
         run_train(demo_dir, tmp_path, "--epochs", "1", "--resume", "--fold", "2")
 
@@ -452,6 +459,18 @@ def test_the_scored_folds_masks_steer_nothing_by_default_nor_under_inner(demo_di
         config = json.loads((plain / "config.json").read_text())
         assert config["inner_split"]["images"] == a["inner_images"].iloc[0] > 0
         assert a["train_images"].iloc[0] + a["inner_images"].iloc[0] == 24  # the training folds, split in two
+
+
+def test_under_inner_the_epoch_line_stars_the_inner_dice_that_chose(demo_dir, tmp_path, capsys):
+    run = run_train(demo_dir, tmp_path, "--epochs", "3", "--select-on", "inner") / "unet-tu-resnet10t" / "fold0"
+    lines = re.findall(r"^epoch \d+: .*$", capsys.readouterr().out, re.M)
+    history = pd.read_csv(run / "history.csv")
+    best = json.loads((run / "metrics.json").read_text())["best_epoch"]
+    for line, inner, epoch in zip(lines, history["inner_dice"], history["epoch"]):
+        improved = epoch == 1 or inner > history["inner_dice"][: epoch - 1].max()
+        assert re.fullmatch(rf"epoch {epoch}: train loss \S+, val Dice [0-9.]+, IoU [0-9.]+, inner Dice {inner:.4f}"
+                            rf"{' [*]' if improved else ''} \(\S+s\)", line), line
+    assert f"inner Dice {history['inner_dice'][best - 1]:.4f} *" in lines[best - 1]
 
 
 def test_select_on_fold_is_the_old_default_lr_plateau_and_best_pt(demo_dir, tmp_path, capsys):

@@ -141,7 +141,8 @@ def select_runs(args) -> dict:
             if any(args.tta in ("best", mode) for mode, _ in candidates)}
     if not sets:
         weights = "the selected weights" if args.checkpoint == "selected" else f"{args.checkpoint}.pt"
-        predict = ledger.command("infer.py", args.dataset, dir_flags(args), *(["--runs", args.runs] if args.runs else []),
+        predict = ledger.command("infer.py", args.dataset, dir_flags(args),
+                                 *(["--runs", args.runs] if args.runs else []),
                                  "--tta", "flip" if args.tta == "best" else args.tta, "--checkpoint", args.checkpoint)
         sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `{predict}` first)")
     return sets
@@ -242,9 +243,10 @@ def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, arg
     lacking = [run for run, s in chosen.items() if args.set and not s.part(args.set).is_dir()]
     if lacking:  # found before tuning, not after
         images = next((s.provenance.get("sets", {}).get(args.set, {}).get("images") for s in chosen.values()
-                       if s.part(args.set).is_dir()), None)
-        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({chosen[lacking[0]].part(args.set)} "
-                 f"missing); run `{renew_command(chosen[lacking[0]], lacking_folds(chosen[lacking[0]]), args, images or 'DIR')}`"
+                       if s.part(args.set).is_dir()), None)  # the folder the other runs predicted under this name
+        first = chosen[lacking[0]]
+        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({first.part(args.set)} "
+                 f"missing); run `{renew_command(first, lacking_folds(first), args, images or 'DIR')}`"
                  + ("" if images else " (DIR: the folder of the set's images)")
                  + (" and the same for each run named" if len(lacking) > 1 else ""))
     split_folds, fold_dirs, wanted = set(folds["fold"].tolist()), [], set()

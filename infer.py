@@ -365,6 +365,15 @@ def main(argv=None):
                 (f"-{size['level']}" if size["level"] else "")
             tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
                                 table.set_index("fold").iloc[-1].to_dict())
+    if set_name is not None and scored:
+        predicted = sorted({p.run for *_, p, _ in scored.values()})
+        runs = args.runs or (",".join(predicted) if args.arch or args.encoder else None)  # the ensemble of these alone
+        dirs = {flag: folder for flag, folder in dir_flags(args).items() if flag != "--runs-dir"}  # ensemble has none
+        masks = ledger.command("ensemble.py", args.dataset, dirs, "--set", set_name, "--tta", args.tta,
+                               *(["--checkpoint", args.checkpoint] if args.checkpoint != "selected" else []),
+                               *(["--runs", runs] if runs else []))
+        print(f"infer: set '{set_name}' ({len(set_paths)} images of {images_dir}) predicted into "
+              f"{', '.join(str(p.part(set_name)) for *_, p, _ in scored.values())}; its masks: `{masks}`")
     if skipped:
         sys.exit(f"infer: skipped {len(skipped)} run folder(s) without the weights to predict with (listed above); "
                  f"the others were predicted")

@@ -53,8 +53,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
-    parser.add_argument("--overwrite", action="store_true", help="start the run again; one that trained is moved, never deleted, to "
-                        "<run>/replaced/fold<k>-<time>/")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the run again; one that trained is moved, never deleted, to "
+                             "<run>/replaced/fold<k>-<time>/")
     parser.add_argument("--validate-only", action="store_true",
                         help="score the run's selected weights (last.pt under --select-on final, else best.pt) on its "
                              "fold and exit; the model and size come from its config.json")

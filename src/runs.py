@@ -339,7 +339,8 @@ class PredictionSet:
         dirs = {**dirs, "--runs-dir": Path(run_dir).parent.parent} if run_dir else dirs
         return command("infer.py", dataset, dirs, "--runs", self.run, "--folds", ",".join(map(str, folds)),
                        "--tta", self.tta, "--checkpoint", self.checkpoint,
-                       *(["--level", self.level] if self.level else []), *(["--images", images, "--name", name] if images else []))
+                       *(["--level", self.level] if self.level else []),
+                       *(["--images", images, "--name", name] if images else []))
 
 
 def prediction_sets(preds_dir, dataset: str, checkpoint: str = "selected", level: str | None = None) -> dict:

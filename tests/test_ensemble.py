@@ -251,11 +251,16 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
     assert {r["group"] for r in scores["by"]["table"]} <= {"breast", "colon", "lung"}
 
 
-def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp_path):
+def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp_path, capsys):
     (tmp_path / "ward").mkdir()
     write_png(tmp_path / "ward" / "scan_001.png", np.full((70, 45), 120, np.uint8))
     infer.main([*infer_args(predicted), "--tta", "none", "--images", str(tmp_path / "ward")])
-    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward"])
+    said = capsys.readouterr().out  # where the predictions went, and the command that makes them masks
+    for run in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
+        assert str(predicted / "preds" / "demo" / run / "tta-none" / "sets" / "ward") in said
+    hint = shlex.split(re.search(r"its masks: `(.*)`", said)[1])
+    assert hint[:2] == ["python", "ensemble.py"]
+    ensemble.main([*hint[2:], "--out-dir", str(tmp_path)])
     out = tmp_path / "demo" / "sets" / "ward"
     assert list(pd.read_csv(out / "submission.csv", keep_default_na=False)["id"]) == ["scan_001"]
     assert [p.name for p in (out / "masks").iterdir()] == ["scan_001.png"]

@@ -499,7 +499,7 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
     shown = report.pick_examples(image_dice, args.figures)
     if shown:
         report.comparison_grid(out / "comparison.png", [panels(i) for i in shown], meta["classes"])
-    log_to_tracker(out, args, chosen, scores)
+    log_to_tracker(out, args, chosen, scores, runs["fold_ids"])
     return scores
 
 
@@ -527,7 +527,7 @@ def per_class(summaries: dict, ensemble: dict) -> dict:
                                 for n in models for c in classes if pooled[c][n] < raw[c][n]]}
 
 
-def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
+def log_to_tracker(out: Path, args, chosen: dict, scores: dict, folds) -> None:
     configs = [c for c in (read_json(s.folder.parent / "config.json") for s in chosen.values()) if c]
     trackers = {c.get("tracker") for c in configs}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) != "wandb":
@@ -539,7 +539,10 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
                         {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"],
                          "ensemble_gain_raw": scores["ensemble_gain_raw"]},
-                        tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))
+                        tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})),
+                        config={"arch": sorted({c["arch"] for c in configs}),
+                                "encoder": sorted({c["encoder"] for c in configs}), "fold": sorted(int(f) for f in folds),
+                                "runs": sorted(chosen), "tta": args.tta, "checkpoint": args.checkpoint})
 
 
 if __name__ == "__main__":

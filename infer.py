@@ -363,8 +363,10 @@ def main(argv=None):
         if (args.tracker or cfg.tracker) == "wandb":
             name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}") + \
                 (f"-{size['level']}" if size["level"] else "")
+            config = {"arch": cfg.arch, "encoder": cfg.encoder, "fold": sorted(int(f) for f in scores["fold"].unique()),
+                      "tta": args.tta, "checkpoint": args.checkpoint, "level": size["level"]}
             tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
-                                table.set_index("fold").iloc[-1].to_dict())
+                                table.set_index("fold").iloc[-1].to_dict(), tags=cfg.tags, config=config)
     if set_name is not None and scored:
         predicted = sorted({p.run for *_, p, _ in scored.values()})
         runs = args.runs or (",".join(predicted) if args.arch or args.encoder else None)  # the ensemble of these alone

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, paths
+from conftest import ROOT, TINY, paths, wandb_records
 from src.checkpoint import StopRequest
 
 
@@ -154,25 +154,6 @@ def test_train_starts_from_an_encoder_weights_file(demo_dir, tmp_path):
     trained = torch.load(run / "unet-tu-resnet10t" / "fold0" / "last.pt")
     for name, value in donor.encoder.named_parameters():
         assert torch.equal(trained[f"encoder.{name}"], value), name
-
-
-def wandb_records(path):
-    """The protobuf records of a .wandb file: wandb 0.31 has no Python reader for its own log format (LevelDB's: 32 KiB
-    blocks of chunks, each with a 7-byte header: checksum, length, type FULL 1 / FIRST 2 / MIDDLE 3 / LAST 4)."""
-    from wandb.proto.wandb_internal_pb2 import Record
-    data, position, chunks = path.read_bytes(), 7, b""  # the file starts with a 7-byte W&B header
-    while position + 7 <= len(data):
-        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
-            position += 32768 - position % 32768
-            continue
-        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
-        chunks += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            record = Record()
-            record.ParseFromString(chunks)
-            yield record
-            chunks = b""
 
 
 def test_wandb_is_offline_unless_logged_in_and_names_the_run_by_dataset_model_and_fold(demo_dir, tmp_path, monkeypatch):

@@ -527,7 +527,7 @@ def per_class(summaries: dict, ensemble: dict) -> dict:
                                 for n in models for c in classes if pooled[c][n] < raw[c][n]]}
 
 
-def log_to_tracker(out: Path, args, chosen: dict, scores: dict, folds) -> None:
+def log_to_tracker(out: Path, args, chosen: dict, scores: dict, folds: list) -> None:
     configs = [c for c in (read_json(s.folder.parent / "config.json") for s in chosen.values()) if c]
     trackers = {c.get("tracker") for c in configs}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) != "wandb":

@@ -142,8 +142,10 @@ def select_runs(args) -> dict:
             if any(args.tta in ("best", mode) for mode, _ in candidates)}
     if not sets:
         weights = "the selected weights" if args.checkpoint == "selected" else f"{args.checkpoint}.pt"
-        sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `python infer.py --tta "
-                 f"--checkpoint {args.checkpoint}` first)")
+        predict = ledger.command("infer.py", args.dataset, dir_flags(args),
+                                 *(["--runs", args.runs] if args.runs else []),
+                                 "--tta", "flip" if args.tta == "best" else args.tta, "--checkpoint", args.checkpoint)
+        sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `{predict}` first)")
     return sets
 
 
@@ -201,9 +203,12 @@ def lacking_folds(predictions: ledger.PredictionSet) -> list:
     return sorted(int(d.name[4:]) for d in predictions.part(None).glob("fold*")) or [0]
 
 
+def dir_flags(args) -> dict:
+    return {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": args.preds_dir}
+
+
 def renew_command(predictions: ledger.PredictionSet, folds: list, args, images: str | None = None) -> str:
-    dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": args.preds_dir}
-    return predictions.renew_command(args.dataset, folds, dirs, images)
+    return predictions.renew_command(args.dataset, folds, dir_flags(args), images, args.set)
 
 
 def refuse_stale(predictions: ledger.PredictionSet, part: str, files: dict, args, images: str | None = None) -> None:
@@ -238,8 +243,13 @@ def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, arg
     part = f"sets/{args.set}" if args.set else "test"
     lacking = [run for run, s in chosen.items() if args.set and not s.part(args.set).is_dir()]
     if lacking:  # found before tuning, not after
-        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({chosen[lacking[0]].part(args.set)} "
-                 f"missing); run `python infer.py --images DIR --name {args.set}` with the same --tta and --checkpoint")
+        images = next((s.provenance.get("sets", {}).get(args.set, {}).get("images") for s in chosen.values()
+                       if s.part(args.set).is_dir()), None)  # the folder the other runs predicted under this name
+        first = chosen[lacking[0]]
+        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({first.part(args.set)} "
+                 f"missing); run `{renew_command(first, lacking_folds(first), args, images or 'DIR')}`"
+                 + ("" if images else " (DIR: the folder of the set's images)")
+                 + (" and the same for each run named" if len(lacking) > 1 else ""))
     split_folds, fold_dirs, wanted = set(folds["fold"].tolist()), [], set()
     for name, predictions in chosen.items():
         record = predictions.provenance.get("sets", {}).get(args.set, {}) if args.set else {}
@@ -495,7 +505,7 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
     shown = report.pick_examples(image_dice, args.figures)
     if shown:
         report.comparison_grid(out / "comparison.png", [panels(i) for i in shown], meta["classes"])
-    log_to_tracker(out, args, chosen, scores)
+    log_to_tracker(out, args, chosen, scores, runs["fold_ids"])
     return scores
 
 
@@ -523,7 +533,7 @@ def per_class(summaries: dict, ensemble: dict) -> dict:
                                 for n in models for c in classes if pooled[c][n] < raw[c][n]]}
 
 
-def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
+def log_to_tracker(out: Path, args, chosen: dict, scores: dict, folds: list) -> None:
     configs = [c for c in (read_json(s.folder.parent / "config.json") for s in chosen.values()) if c]
     trackers = {c.get("tracker") for c in configs}
     if (args.tracker or ("wandb" if "wandb" in trackers else "none")) != "wandb":
@@ -537,7 +547,10 @@ def log_to_tracker(out: Path, args, chosen: dict, scores: dict) -> None:
     tracking.log_tables(args.dataset, "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
                         {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"],
                          "ensemble_gain_raw": scores["ensemble_gain_raw"]},
-                        tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})))
+                        tags=",".join(sorted({t for c in configs for t in c.get("tags", "").split(",") if t})),
+                        config={"arch": sorted({c["arch"] for c in configs}),
+                                "encoder": sorted({c["encoder"] for c in configs}), "fold": sorted(int(f) for f in folds),
+                                "runs": sorted(chosen), "tta": args.tta, "checkpoint": args.checkpoint})
 
 
 if __name__ == "__main__":

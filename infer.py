@@ -204,8 +204,8 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
     stale = next((i for i, f in files.items() if made_by(f).get("fold") != fold_of[i]), None)
     if stale is not None:  # a fold this call did not predict
         sys.exit(f"infer: {files[stale]} was not made by the model of fold {fold_of[stale]}, which holds {stale} in "
-                 f"the run's fold file; predict that fold again (`python infer.py --folds {fold_of[stale]}` and "
-                 f"your --dataset, --runs, --tta, --checkpoint)")
+                 f"the run's fold file; predict that fold again: "
+                 f"`{predictions.renew_command(args.dataset, [fold_of[stale]], dir_flags(args))}`")
     renew = predictions.stale_folds("oof", sorted({fold_of[i] for i in files}))
     if renew:
         sys.exit(f"infer: the OOF predictions of fold {', '.join(map(str, renew))} in {out_dir / 'oof'} were not made "
@@ -363,8 +363,19 @@ def main(argv=None):
         if (args.tracker or cfg.tracker) == "wandb":
             name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}") + \
                 (f"-{size['level']}" if size["level"] else "")
+            config = {"arch": cfg.arch, "encoder": cfg.encoder, "fold": sorted(int(f) for f in scores["fold"].unique()),
+                      "tta": args.tta, "checkpoint": args.checkpoint, "level": size["level"]}
             tracking.log_tables(args.dataset, cfg.run_name, name, "infer", out_dir, {"oof_by_fold": table},
-                                table.set_index("fold").iloc[-1].to_dict())
+                                table.set_index("fold").iloc[-1].to_dict(), tags=cfg.tags, config=config)
+    if set_name is not None and scored:
+        predicted = sorted({p.run for *_, p, _ in scored.values()})
+        runs = args.runs or (",".join(predicted) if args.arch or args.encoder else None)  # the ensemble of these alone
+        dirs = {flag: folder for flag, folder in dir_flags(args).items() if flag != "--runs-dir"}  # ensemble has none
+        masks = ledger.command("ensemble.py", args.dataset, dirs, "--set", set_name, "--tta", args.tta,
+                               *(["--checkpoint", args.checkpoint] if args.checkpoint != "selected" else []),
+                               *(["--runs", runs] if runs else []))
+        print(f"infer: set '{set_name}' ({len(set_paths)} images of {images_dir}) predicted into "
+              f"{', '.join(str(p.part(set_name)) for *_, p, _ in scored.values())}; its masks: `{masks}`")
     if skipped:
         sys.exit(f"infer: skipped {len(skipped)} run folder(s) without the weights to predict with (listed above); "
                  f"the others were predicted")

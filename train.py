@@ -53,7 +53,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run and start again")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the run again; one that trained is moved, never deleted, to "
+                             "<run>/replaced/fold<k>-<time>/")
     parser.add_argument("--validate-only", action="store_true",
                         help="score the run's selected weights (last.pt under --select-on final, else best.pt) on its "
                              "fold and exit; the model and size come from its config.json")
@@ -288,8 +290,10 @@ def record_epoch(cfg, accelerator, meta, history: list, row: dict, example: tupl
         if accelerator.is_main_process and row["epoch"] % 5 == 1:
             log["val_examples"] = tracking.mask_overlays(example[0].transpose(0, 2, 3, 1), *example[1:], meta["classes"])
         accelerator.log(log, step=row["epoch"])
-    accelerator.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val Dice {row['val_dice']:.4f}, "
-                      f"IoU {row['val_iou']:.4f}{' *' if improved else ''} ({row['seconds']:.1f}s)")
+    star = " *" if improved else ""  # beside the Dice that chose the weights: the inner split's, or the fold's
+    inner = f", inner Dice {row['inner_dice']:.4f}{star}" if "inner_dice" in row else ""
+    accelerator.print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val Dice {row['val_dice']:.4f}"
+                      f"{'' if inner else star}, IoU {row['val_iou']:.4f}{inner} ({row['seconds']:.1f}s)")
 
 
 def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:

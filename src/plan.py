@@ -41,7 +41,7 @@ HEAVY_AUG_BELOW = 100  # labelled images
 RARE_SHARE = 0.1  # of the most frequent foreground class's pixels
 MASKS_READ = 1000  # at most, evenly spaced over index.csv: the object sizes of a large set from a sample
 FOLDS_ASSUMED = 5
-TODAYS_SCHEDULE = ("lr", "scheduler", "warmup_epochs", "epochs")  # what --select-on fold keeps as it was (issue 23)
+TODAYS_SCHEDULE = ("lr", "scheduler", "warmup_epochs", "epochs")  # what --select-on fold keeps as it was
 
 
 def plan_path(dataset_dir: Path) -> Path:
@@ -186,8 +186,9 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
         "batch_size": lambda: plan_batch(fp, values["size"], steps, given.get("epochs"), processes * grad_accum),
         "epochs": lambda: plan_epochs(fp, values["batch_size"], steps, processes, grad_accum),
         "lr": lambda: (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
-                           "(docs/results.md, issue 26); --lr auto runs a range test instead"),
-        "scheduler": lambda: ("cosine", "a fixed schedule that reads no validation score (issue 23)"),
+                           "(docs/results.md, fold 0 under each recipe); --lr auto runs a range test instead"),
+        "scheduler": lambda: ("cosine", "a fixed schedule that reads no validation score: --select-on final "
+                                        "(docs/results.md, the epoch rule)"),
         "warmup_epochs": lambda: (max(1, round(0.05 * values["epochs"])),
                                   "linear warm-up over 5% of the epochs, at least 1, then cosine to zero"),
         "aug": lambda: ("heavy" if fp["labelled_images"] < HEAVY_AUG_BELOW else "medium",

@@ -155,7 +155,9 @@ def main(argv=None):
                 print(note)
         folds_file = args.folds_dir / f"{name}.csv"
         keep_folds = folds_file.exists() and not args.overwrite
-        if keep_folds:  # a committed split (folds/cxr.csv) is kept: runs trained on it stay comparable
+        # A committed split (folds/cxr.csv) is kept: runs trained on it stay comparable. It is compared only with a
+        # source that found its images: after a wrong path, "lists other images" would invite --overwrite.
+        if keep_folds and not source.problems:
             problem = kept_folds_problem(folds_file, {s.id for s in source.samples if s.split == "train"})
             source.problems += [problem] if problem else []
         index = write_dataset(source, args.data_dir / name, args.size, args.source, args.overwrite, args.workers)

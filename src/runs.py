@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import threading
@@ -258,6 +259,13 @@ LEVELS = ("L1", "L2", "L3", "L4", "mean")
 DIRS = {"--runs-dir": "runs", "--data-dir": "data", "--folds-dir": "folds", "--preds-dir": "preds"}  # the defaults
 
 
+def command(script: str, dataset: str, dirs: dict, *flags) -> str:
+    """A command of a hint, to copy as it is: with --dataset and every folder flag not at its default (DIRS), quoted
+    for the shell (a --runs 'unet*' glob)."""
+    folders = [str(part) for flag, value in dirs.items() if str(value) != DIRS[flag] for part in (flag, value)]
+    return shlex.join(["python", script, "--dataset", dataset, *map(str, flags), *folders])
+
+
 def is_temporary(path: Path) -> bool:
     """A file being written (name.tmp), or one a killed writer left: never data. x.tmp.npz: older np.savez names."""
     return path.name.endswith((".tmp", ".tmp.npz"))
@@ -324,16 +332,15 @@ class PredictionSet:
         return [f for f in folds if run_dir is None or recorded.get(f) is None
                 or recorded[f] != weights_sha256(Path(run_dir), f, self.checkpoint)]
 
-    def renew_command(self, dataset: str, folds, dirs: dict, images: str | None = None) -> str:
-        """The infer.py command that predicts the given folds of this set again with the run's current weights."""
-        flags = {k: v for k, v in dirs.items() if str(v) != DIRS[k]}
+    def renew_command(self, dataset: str, folds, dirs: dict, images: str | None = None, name: str | None = None) -> str:
+        """The infer.py command that predicts the given folds of this set again with the run's current weights (of
+        prediction set `name` from the folder `images`)."""
         run_dir = self.provenance.get("run_dir")
-        if run_dir and str(Path(run_dir).parent.parent) != DIRS["--runs-dir"]:
-            flags["--runs-dir"] = str(Path(run_dir).parent.parent)
-        return " ".join(["python infer.py --dataset", dataset, "--runs", self.run, "--folds",
-                         ",".join(map(str, folds)), "--tta", self.tta, "--checkpoint", self.checkpoint,
-                         *(["--level", self.level] if self.level else []),
-                         *(["--images", images] if images else []), *(f"{k} {v}" for k, v in flags.items())])
+        dirs = {**dirs, "--runs-dir": Path(run_dir).parent.parent} if run_dir else dirs
+        return command("infer.py", dataset, dirs, "--runs", self.run, "--folds", ",".join(map(str, folds)),
+                       "--tta", self.tta, "--checkpoint", self.checkpoint,
+                       *(["--level", self.level] if self.level else []),
+                       *(["--images", images, "--name", name] if images else []))
 
 
 def prediction_sets(preds_dir, dataset: str, checkpoint: str = "selected", level: str | None = None) -> dict:

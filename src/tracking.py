@@ -63,14 +63,15 @@ def split_tags(tags: str) -> list:
 
 
 def log_tables(project: str, group: str, name: str, job_type: str, folder: Path, tables: dict, summary: dict,
-               tags: str = "") -> None:
-    """One W&B run holding score tables (pandas DataFrames) and summary numbers, e.g. infer's OOF scores."""
+               tags: str = "", config: dict | None = None) -> None:
+    """One W&B run holding score tables (pandas DataFrames) and summary numbers, e.g. infer's OOF scores; its tags
+    and config (arch, encoder, fold) are those a study's training runs carry, so one dashboard filter finds them all."""
     import wandb
 
     mode = prepare_wandb_env()
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, group=group, name=name, job_type=job_type, dir=str(folder), tags=split_tags(tags),
-                     reinit="create_new")
+                     config=config, reinit="create_new")
     run.log({key: wandb.Table(dataframe=table) for key, table in tables.items()})
     run.summary.update(summary)
     run.finish()

@@ -64,3 +64,22 @@ def trained_dir(demo_dir, multiclass_dir) -> Path:
 def infer_args(workdir: Path, dataset: str = "demo") -> list:
     return ["--dataset", dataset, "--runs-dir", str(workdir / "runs"), *paths(workdir),
             "--preds-dir", str(workdir / "preds"), "--workers", "0"]
+
+
+def wandb_records(path):
+    """The protobuf records of a .wandb file: wandb 0.31 has no Python reader for its own log format (LevelDB's: 32 KiB
+    blocks of chunks, each with a 7-byte header: checksum, length, type FULL 1 / FIRST 2 / MIDDLE 3 / LAST 4)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+    data, position, chunks = path.read_bytes(), 7, b""  # the file starts with a 7-byte W&B header
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
+            position += 32768 - position % 32768
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        chunks += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = Record()
+            record.ParseFromString(chunks)
+            yield record
+            chunks = b""

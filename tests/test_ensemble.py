@@ -264,11 +264,16 @@ def test_multiclass_pipeline_scores_every_class(trained_dir, multiclass_dir, tmp
     assert {r["group"] for r in scores["by"]["table"]} <= {"breast", "colon", "lung"}
 
 
-def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp_path):
+def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp_path, capsys):
     (tmp_path / "ward").mkdir()
     write_png(tmp_path / "ward" / "scan_001.png", np.full((70, 45), 120, np.uint8))
     infer.main([*infer_args(predicted), "--tta", "none", "--images", str(tmp_path / "ward")])
-    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward"])
+    said = capsys.readouterr().out  # where the predictions went, and the command that makes them masks
+    for run in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
+        assert str(predicted / "preds" / "demo" / run / "tta-none" / "sets" / "ward") in said
+    hint = shlex.split(re.search(r"its masks: `(.*)`", said)[1])
+    assert hint[:2] == ["python", "ensemble.py"]
+    ensemble.main([*hint[2:], "--out-dir", str(tmp_path)])
     out = tmp_path / "demo" / "sets" / "ward"
     assert list(pd.read_csv(out / "submission.csv", keep_default_na=False)["id"]) == ["scan_001"]
     assert [p.name for p in (out / "masks").iterdir()] == ["scan_001.png"]
@@ -276,6 +281,29 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
     assert not (tmp_path / "demo" / "masks").exists() and not (tmp_path / "demo" / "submission.csv").exists()
     with pytest.raises(SystemExit, match="did not predict set 'elsewhere'"):
         ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "elsewhere"])
+    (tmp_path / "ward_again").mkdir()
+    write_png(tmp_path / "ward_again" / "scan_001.png", np.full((70, 45), 120, np.uint8))
+    infer.main([*infer_args(predicted), "--tta", "none", "--images", str(tmp_path / "ward_again"), "--name", "ward2",
+                "--runs", RUN])
+    with pytest.raises(SystemExit) as stop:  # one run lacks the set: the hint predicts it, as it stands
+        ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
+    hint = shlex.split(str(stop.value.code).split("`")[1])
+    assert hint[:2] == ["python", "infer.py"] and "unetpp-tu-resnet10t" in hint
+    infer.main([*hint[2:], "--workers", "0"])
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
+    assert (tmp_path / "demo" / "sets" / "ward2" / "masks" / "scan_001.png").exists()
+
+
+def test_the_hint_to_predict_first_is_a_command_to_copy_as_is(multiclass_dir, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(["--dataset", "demo-multiclass", *paths(multiclass_dir), "--preds-dir", str(tmp_path / "preds"),
+                       "--checkpoint", "last", "--runs", "unet*"])
+    hint = shlex.split(str(stop.value.code).split("`")[1])
+    assert hint[:2] == ["python", "infer.py"]
+    asked = infer.parse_args(hint[2:])
+    assert (asked.dataset, asked.runs, asked.tta, asked.checkpoint) == ("demo-multiclass", "unet*", "flip", "last")
+    assert [str(d) for d in (asked.data_dir, asked.folds_dir, asked.preds_dir)] == [
+        str(multiclass_dir / "data"), str(multiclass_dir / "folds"), str(tmp_path / "preds")]
 
 
 def scored_predictions(folder, dice, split=None):

@@ -443,6 +443,23 @@ def test_an_empty_images_folder_is_said_first(tmp_path, capsys):
     assert "channels" not in capsys.readouterr().out  # no colour census of nothing
 
 
+def test_a_wrong_path_beside_a_committed_split_is_said_alone(tmp_path):
+    image, mask = lungs()
+    images, masks = folder_pair(tmp_path, {"a.png": mask, "b.png": mask})
+    for name in "ab":
+        write_png(images / f"{name}.png", image)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(masks), "--name", "kvasir", "--size", "16",
+            "--k", "2", "--strategy", "kfold")
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    for wrong, said in [(tmp_path / "imagez", "folder does not exist"), (tmp_path / "empty", "no image files")]:
+        with pytest.raises(SystemExit) as error:
+            prepare(tmp_path, "folder", "--images", str(wrong), "--masks", str(masks), "--name", "kvasir")
+        # one problem, the path: not the committed split's "lists other images ... pass --overwrite"
+        assert str(error.value).startswith("prepare: 1 problem(s)") and f"{wrong}: {said}" in str(error.value)
+        assert "--overwrite" not in str(error.value)
+
+
 def test_opencvs_own_log_lines_stay_out_of_the_report(tmp_path, capfd):
     image, mask = lungs()
     images, masks = folder_pair(tmp_path, {"a.png": mask, "b.png": mask})

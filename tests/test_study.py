@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import study
-from conftest import ROOT, TINY, paths
+from conftest import ROOT, TINY, paths, wandb_records
 from src import study as plan_module
 from src.folds import fingerprint
 
@@ -95,6 +95,31 @@ def test_with_wandb_every_run_is_tagged_with_the_studys_name(demo_dir, tmp_path,
     study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0", "--dry-run",
                           "--tracker", "wandb", "--tags", "mine"))
     assert "--tags mine,demo-unet-tu-resnet10t --arch unet" in capsys.readouterr().out  # each study its own name
+
+
+def test_every_wandb_run_of_a_study_carries_its_tag_and_model_keys_where_the_sync_paths_find_it(demo_dir, tmp_path):
+    """What the docs' W&B example relies on: the `wandb sync` paths it gives find every offline run of the study, and
+    each run (train, infer, ensemble) is in project = dataset with the study's tag and arch, encoder and fold keys."""
+    workdir = with_data(demo_dir, tmp_path)
+    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
+                          "--tracker", "wandb", "--name", "cmp-v1"))
+    sync_paths = ["runs/demo/*/fold*/wandb", "preds/demo/*/tta-*/wandb", "ensemble/demo/cmp-v1/wandb"]
+    offline = [run for path in sync_paths for run in sorted(workdir.glob(f"{path}/offline-run-*"))]
+    assert len(offline) == len(list(workdir.rglob("offline-run-*"))) == 4 + 2 + 1  # 4 folds trained, 2 inferred, 1
+    found = {}
+    for folder in offline:
+        records = list(wandb_records(next(folder.glob("run-*.wandb"))))
+        run = next(r.run for r in records if r.HasField("run"))
+        updates = [run.config] + [r.config for r in records if r.HasField("config")]  # wandb.init's, then later ones
+        config = {item.key or item.nested_key[0]: json.loads(item.value_json) for u in updates for item in u.update}
+        found[(run.job_type, run.run_group, run.display_name)] = (run.project, list(run.tags), config)
+    for (job, group, name), (project, tags, config) in found.items():
+        assert project == "demo" and "cmp-v1" in tags and {"arch", "encoder", "fold"} <= set(config), (job, name)
+    inferred = {group: config for (job, group, _), (_, _, config) in found.items() if job == "infer"}
+    assert {g: (c["arch"], c["encoder"], c["fold"]) for g, c in inferred.items()} == {
+        "unet-tu-resnet10t": ("unet", "tu-resnet10t", [0, 1]), "unetpp-tu-resnet10t": ("unetpp", "tu-resnet10t", [0, 1])}
+    [ensembled] = [config for (job, _, _), (_, _, config) in found.items() if job == "ensemble"]
+    assert (ensembled["arch"], ensembled["encoder"], ensembled["fold"]) == (["unet", "unetpp"], ["tu-resnet10t"], [0, 1])
 
 
 def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsys):

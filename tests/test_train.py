@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, paths
+from conftest import ROOT, TINY, paths, wandb_records
 from src.checkpoint import StopRequest
 
 
@@ -68,11 +68,18 @@ def test_a_run_records_its_folds_and_resume_refuses_a_changed_split(demo_dir, tm
         train.main([*args, "--epochs", "2", "--resume"])
 
 
-def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path):
+def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path, capsys):
     run_train(demo_dir, tmp_path, "--epochs", "1")
     with pytest.raises(SystemExit, match="already holds a run; pass --resume"):
         run_train(demo_dir, tmp_path, "--epochs", "1")
+    first = (tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "last.pt").read_bytes()
     run_train(demo_dir, tmp_path, "--epochs", "1", "--overwrite")
+    # where --help says the replaced run goes
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "moved, never deleted, to <run>/replaced/fold<k>-<time>/" in " ".join(capsys.readouterr().out.split())
+    [aside] = (tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "replaced").glob("fold0-*")
+    assert (aside / "last.pt").read_bytes() == first
     with pytest.raises(SystemExit, match="nothing to resume"):
         run_train(demo_dir, tmp_path, "--epochs", "1", "--resume", "--fold", "2")
 
@@ -147,25 +154,6 @@ def test_train_starts_from_an_encoder_weights_file(demo_dir, tmp_path):
     trained = torch.load(run / "unet-tu-resnet10t" / "fold0" / "last.pt")
     for name, value in donor.encoder.named_parameters():
         assert torch.equal(trained[f"encoder.{name}"], value), name
-
-
-def wandb_records(path):
-    """The protobuf records of a .wandb file: wandb 0.31 has no Python reader for its own log format (LevelDB's: 32 KiB
-    blocks of chunks, each with a 7-byte header: checksum, length, type FULL 1 / FIRST 2 / MIDDLE 3 / LAST 4)."""
-    from wandb.proto.wandb_internal_pb2 import Record
-    data, position, chunks = path.read_bytes(), 7, b""  # the file starts with a 7-byte W&B header
-    while position + 7 <= len(data):
-        if 32768 - position % 32768 < 7:  # a block's tail too short for a header is padding
-            position += 32768 - position % 32768
-            continue
-        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
-        chunks += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):
-            record = Record()
-            record.ParseFromString(chunks)
-            yield record
-            chunks = b""
 
 
 def test_wandb_is_offline_unless_logged_in_and_names_the_run_by_dataset_model_and_fold(demo_dir, tmp_path, monkeypatch):
@@ -452,6 +440,18 @@ def test_the_scored_folds_masks_steer_nothing_by_default_nor_under_inner(demo_di
         config = json.loads((plain / "config.json").read_text())
         assert config["inner_split"]["images"] == a["inner_images"].iloc[0] > 0
         assert a["train_images"].iloc[0] + a["inner_images"].iloc[0] == 24  # the training folds, split in two
+
+
+def test_under_inner_the_epoch_line_stars_the_inner_dice_that_chose(demo_dir, tmp_path, capsys):
+    run = run_train(demo_dir, tmp_path, "--epochs", "3", "--select-on", "inner") / "unet-tu-resnet10t" / "fold0"
+    lines = re.findall(r"^epoch \d+: .*$", capsys.readouterr().out, re.M)
+    history = pd.read_csv(run / "history.csv")
+    best = json.loads((run / "metrics.json").read_text())["best_epoch"]
+    for line, inner, epoch in zip(lines, history["inner_dice"], history["epoch"]):
+        improved = epoch == 1 or inner > history["inner_dice"][: epoch - 1].max()
+        assert re.fullmatch(rf"epoch {epoch}: train loss \S+, val Dice [0-9.]+, IoU [0-9.]+, inner Dice {inner:.4f}"
+                            rf"{' [*]' if improved else ''} \(\S+s\)", line), line
+    assert f"inner Dice {history['inner_dice'][best - 1]:.4f} *" in lines[best - 1]
 
 
 def test_select_on_fold_is_the_old_default_lr_plateau_and_best_pt(demo_dir, tmp_path, capsys):

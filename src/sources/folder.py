@@ -90,6 +90,8 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
             mask_files[mask_owner(path, masks, ids)].append(path)
     if not mask_files:
         problems.append(f"{masks}: no mask files in this folder")
+    if problems:  # an empty folder is a wrong path: said alone, not as every file of the other folder lacking a match
+        return Source(task, classes or [], channels, [], problems)
     seen, samples = {}, []
     for path in files:
         if path.stem in seen:

@@ -341,7 +341,7 @@ def score_runs(sets: dict, chosen: dict, folds: pd.DataFrame, args) -> dict:
     tta_by_fold, run_scores = {}, {}
     for name in chosen:
         tta_by_fold[name], run_scores[name] = tuning.choose_by_fold(
-            {mode: oof[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
+            {mode: sets[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
     summaries = {name: {"tta": s.tta, "tta_by_fold": tta_by_fold[name], **tuning.summarize_scores(run_scores[name]),
                         "epoch_rule": epoch_rule(s, args.checkpoint), "accepted_stale": accepted_stale(s),
                         "parameters_m": (read_json(s.folder.parent / "training.json") or {}).get("parameters_m"),
@@ -405,8 +405,7 @@ def score_ensemble(runs: dict, tuned: dict, dataset_dir: Path, meta: dict) -> tu
     on all images (optimistic: tuned and scored on the same images) and without any (the raw average)."""
     ensemble_scores, raw, optimistic = tuning.score_ensemble(
         tuned["oof_means"], dataset_dir / "masks", meta["classes"], runs["oof_ids"], runs["image_folds"],
-        {f: (tuned["tta_of_fold"][f], tuned["settings_of_fold"][f]) for f in runs["fold_ids"]},
-        (tuned["tta_all"], tuned["settings"]))
+        tuned["settings_of_fold"], tuned["settings"])
     ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": per_image(raw)["dice"].mean(),
                 "per_class_raw": pooled_by_class(raw), "dice_optimistic": per_image(optimistic)["dice"].mean()}
     return ensemble, ensemble_scores

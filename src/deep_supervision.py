@@ -137,8 +137,9 @@ def _prefixed(modules: dict) -> dict:
 
 def _cut_encoder(model: UnetPlusPlusDS, depth: int, features: int) -> tuple:
     """(encoder, fallback): smp's encoder rebuilt at this depth with the model's weights (timm's feature extractors then
-    build only the stages asked for; smp's own keep the rest unrun, and those are dropped), checked against the
-    model's own on a probe image; an encoder that cannot be rebuilt so runs in full (the fallback)."""
+    build only the stages asked for; smp's own keep the rest unrun, and those are dropped; its sequential ones are
+    cut after the last stage read), checked against the model's own on a probe image; an encoder that cannot be
+    rebuilt so runs in full (the fallback)."""
     full = copy.deepcopy(model.encoder).eval()
     if depth == len(model.encoder.out_channels) - 1:
         return full, False
@@ -148,6 +149,7 @@ def _cut_encoder(model: UnetPlusPlusDS, depth: int, features: int) -> tuple:
         encoder = get_encoder(**model.encoder_args, depth=depth).to(probe.device).eval()
         wanted = encoder.state_dict().keys()
         encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k in wanted})
+        _cut_stage_list(encoder, features)
         ran, _ = _run(encoder, probe)
         _drop_unrun(encoder, ran)
         with torch.no_grad():
@@ -158,6 +160,18 @@ def _cut_encoder(model: UnetPlusPlusDS, depth: int, features: int) -> tuple:
     except (RuntimeError, ValueError, KeyError, AttributeError, TypeError):
         pass
     return FirstFeatures(full, features), True
+
+
+def _cut_stage_list(encoder: torch.nn.Module, features: int) -> None:
+    """Cut the module list of smp's sequential encoders (mobilenet_v2, efficientnet-b*, vgg, inceptionv4: those with
+    `_out_indexes`) after the stage of their last feature wanted: their forward breaks only after the next stage
+    has run, and at depth 4 not at all, so the stage after would run (and be kept) though nothing reads it."""
+    stage_ends = getattr(encoder, "_out_indexes", None)
+    if stage_ends is None:
+        return
+    name = "features" if hasattr(encoder, "features") else "_blocks"  # efficientnet-b*'s list is _blocks
+    before_loop = len(encoder._out_channels) - len(stage_ends)  # the input, and efficientnet's stem
+    setattr(encoder, name, getattr(encoder, name)[:stage_ends[features - before_loop - 1] + 1])
 
 
 def _run(module: torch.nn.Module, x: torch.Tensor) -> tuple:

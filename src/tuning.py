@@ -2,8 +2,11 @@
 run being an ensemble of one), and their scores.
 
 Each choice is made for each fold on the images of the other folds and applied to that fold, so no image is scored
-with a setting chosen on it; the choice made on all OOF images is the one the test masks use.
+with a setting chosen on it, not even through another fold's choice: a unetpp_ds run's level is chosen per fold, so
+fold f's TTA and post-processing read the other folds' images at fold f's level (read_as), never at a level chosen
+on fold f's images. The choice made on all OOF images is the one the test masks use.
 """
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +45,20 @@ def scored_images(dice_of: dict, modes_of: dict, ids) -> list:
     return [i for i in ids if all(i in dice_of[name][m].index for name in modes_of for m in modes_of[name])]
 
 
-def choose_by_fold(scores_of: dict, image_ids: list, image_folds: np.ndarray) -> tuple:
+def choose_by_fold(sets_of: dict, image_ids: list, image_folds: np.ndarray) -> tuple:
     """One run's candidate (a TTA mode, a level) for each fold, the one of highest mean Dice on the other folds'
-    images, and the run's OOF scores with each fold's images at its fold's candidate: ({fold: candidate}, scores).
+    images read as that fold's choices read them (read_as), and the run's OOF scores with each fold's images at its
+    fold's candidate: ({fold: candidate}, scores).
 
-    scores_of: {candidate: OOF scores}, cheapest first (a tie keeps it); image_folds: the fold of each of image_ids."""
-    dice = pd.DataFrame({key: image_dice(scores).loc[image_ids] for key, scores in scores_of.items()})
-    by_fold = {f: dice[image_folds != f].mean().idxmax() for f in sorted(set(image_folds.tolist()))}
-    chosen = pd.concat([scores_of[key][scores_of[key]["id"].isin(dice.index[image_folds == f])]
+    sets_of: {candidate: PredictionSet}, cheapest first (a tie keeps it); image_folds: the fold of each of image_ids."""
+    @functools.cache  # a set of one level is read by several folds' choices
+    def dice(predictions: PredictionSet) -> pd.Series:
+        return image_dice(predictions.oof_scores()).loc[image_ids]
+
+    by_fold = {f: pd.DataFrame({key: dice(read_as(s, f)) for key, s in sets_of.items()})[image_folds != f]
+               .mean().idxmax() for f in sorted(set(image_folds.tolist()))}
+    scores_of = {key: s.oof_scores() for key, s in sets_of.items()}
+    chosen = pd.concat([scores_of[key][scores_of[key]["id"].isin(np.asarray(image_ids)[image_folds == f])]
                         for f, key in by_fold.items()])
     return by_fold, chosen
 
@@ -72,6 +81,15 @@ class ChosenLevels(PredictionSet):
         return self.scores
 
 
+def read_as(predictions: PredictionSet, fold: int | None) -> PredictionSet:
+    """The set whose OOF images the choices for a fold (None: the test masks') read: a unetpp_ds run's at that fold's
+    level (the test masks' level), every image at it. Read instead at each image's own fold's level, fold f's
+    choices would read fold g's level, which was chosen on fold f's images among others."""
+    if not isinstance(predictions, ChosenLevels):
+        return predictions
+    return predictions.levels[predictions.level if fold is None else predictions.by_fold[fold]]
+
+
 def level_of(predictions: PredictionSet) -> str:
     """The level prediction.json records (L4, the model's own forward, where infer.py recorded none)."""
     return predictions.provenance.get("level") or "L4"
@@ -81,10 +99,9 @@ def choose_levels(sets: list, fold_of: dict) -> ChosenLevels:
     """One TTA mode of a unetpp_ds run, its scored level sets (sets) made one: the level of each fold chosen on the
     other folds' images (choose_by_fold, the cheaper level on a tie), the test masks' on all of them."""
     by_level = {level_of(s): s for s in sorted(sets, key=lambda s: LEVELS.index(level_of(s)))}
-    scores_of = {level: s.oof_scores() for level, s in by_level.items()}
-    dice = {level: image_dice(scores) for level, scores in scores_of.items()}
+    dice = {level: image_dice(s.oof_scores()) for level, s in by_level.items()}
     ids = [i for i in fold_of if all(i in d.index for d in dice.values())]
-    by_fold, scores = choose_by_fold(scores_of, ids, np.array([fold_of[i] for i in ids]))
+    by_fold, scores = choose_by_fold(by_level, ids, np.array([fold_of[i] for i in ids]))
     for_test = by_level[pd.DataFrame({level: d.loc[ids] for level, d in dice.items()}).mean().idxmax()]
     return ChosenLevels(for_test.run, for_test.checkpoint, for_test.tta, level_of(for_test), for_test.folder,
                         by_level, by_fold, fold_of, scores)
@@ -99,66 +116,76 @@ def tta_gain(dice_of: dict, image_ids: list) -> dict:
                                            for m, d in dice.mean().items()}}
 
 
-def oof_files(sets: dict, modes: tuple, image_id: str) -> list:
-    """One image's OOF prediction files, one per run at the TTA mode given for it (modes in the order of sets)."""
-    return [modes_of[mode].oof(image_id) for modes_of, mode in zip(sets.values(), modes)]
+def oof_files(reads: tuple, image_id: str) -> list:
+    """One image's OOF prediction files, one per set read (read_as)."""
+    return [predictions.oof(image_id) for predictions in reads]
 
 
 def tune_postprocessing(sets: dict, weights: dict, masks_dir: Path, task: str, image_ids: list,
                         image_folds: np.ndarray, tta_of_fold: dict, tta_all: tuple, tune_size: int) -> tuple:
     """Post-processing chosen on the runs' weighted mean OOF probabilities (test predictions are never read): for each
-    fold on the other folds' images at that fold's TTA (the estimate), and on all images at tta_all (the test masks).
+    fold on the other folds' images at that fold's TTA and levels (read_as; the estimate), and on all images at
+    tta_all and the test masks' levels.
 
     sets: {run: {TTA mode: src.runs.PredictionSet}}; weights: {run: its weight}.
     tta_of_fold: {fold: one TTA mode per run}; tta_all: the modes of the test masks. Areas are tuned on masks shrunk
-    to tune_size (postprocess.shrink). Each OOF file is read once: returns ({fold: settings}, the test masks'
-    settings, {(image id, modes): read_mean()}), the means at the models' size for the modes each image is scored at.
+    to tune_size (postprocess.shrink). Each OOF file is read once per way of reading it: returns ({fold: settings},
+    the test masks' settings, means), means: {(image id, fold): read_mean()} as the image's fold reads it, and
+    {(image id, None): read_mean()} as the test masks' choice reads it, at the models' size.
     """
     candidates = postprocess.binary_candidates()
 
-    def read_and_tune(image_id, modes):
-        maps, size = read_mean(oof_files(sets, modes, image_id), [weights[n] for n in sets])
+    def reads(modes: tuple, fold: int | None) -> tuple:
+        return tuple(read_as(sets[name][mode], fold) for name, mode in zip(sets, modes))
+
+    def read_and_tune(image_id, read):
+        maps, size = read_mean(oof_files(read, image_id), [weights[n] for n in sets])
         target = postprocess.shrink(read_image(masks_dir / f"{image_id}.png"), tune_size)
         probs = mean_at(maps, target.shape)  # straight from the models' size to the tuning size
         if task == "binary":
             return (maps, size), postprocess.binary_candidate_dice(probs[0], target, candidates)
         return (maps, size), postprocess.multiclass_candidate_counts(probs, target)
 
-    means, settings_by_modes = {}, {}
-    for modes in dict.fromkeys([*tta_of_fold.values(), tta_all]):  # one pass per TTA combination, usually one
-        tuned = thread_map(lambda i: read_and_tune(i, modes), image_ids,
-                           f"tune post-processing (OOF, TTA {', '.join(modes)})")
+    reads_of_fold = {f: reads(modes, f) for f, modes in tta_of_fold.items()}
+    reads_all = reads(tta_all, None)
+    means, settings_by_read = {}, {}
+    # One pass per way of reading (TTA modes, unetpp_ds levels), usually one: folds at other levels add passes.
+    for read in dict.fromkeys([*reads_of_fold.values(), reads_all]):
+        names = ", ".join(s.tta + (f" {s.level}" if s.level else "") for s in read)
+        tuned = thread_map(lambda i: read_and_tune(i, read), image_ids, f"tune post-processing (OOF, TTA {names})")
         for image_id, fold, (mean, _) in zip(image_ids, image_folds, tuned):
-            if modes in (tta_of_fold[fold], tta_all):
-                means[image_id, modes] = mean
+            if read == reads_of_fold[fold]:
+                means[image_id, fold] = mean
+            if read == reads_all:
+                means[image_id, None] = mean
         candidate_scores = np.stack([scores for _, scores in tuned])
-        settings_by_modes[modes] = postprocess.choose_by_fold(task, candidate_scores, image_folds)
-        if modes == tta_all:
+        settings_by_read[read] = postprocess.choose_by_fold(task, candidate_scores, image_folds)
+        if read == reads_all:
             settings = postprocess.choose(task, candidate_scores)
-    return {f: settings_by_modes[modes][f] for f, modes in tta_of_fold.items()}, settings, means
+    return {f: settings_by_read[read][f] for f, read in reads_of_fold.items()}, settings, means
 
 
 def score_ensemble(means: dict, masks_dir: Path, classes: list, image_ids: list, image_folds: np.ndarray,
-                   by_fold: dict, for_test: tuple) -> tuple:
-    """The ensemble's OOF scores at original size, each fold at its own (TTA modes, settings) of by_fold (the
-    estimate), and two tables without HD95 (most of the work): of the raw average (no post-processing) and of the
-    test masks' choices for_test (optimistic: chosen on these very images). An ensemble of one run scores that run.
+                   by_fold: dict, for_test: dict) -> tuple:
+    """The ensemble's OOF scores at original size, each fold with its own settings of by_fold read as its fold reads
+    it (the estimate), and two tables without HD95 (most of the work): of the raw average (no post-processing) and of
+    the test masks' settings for_test read as they read it (optimistic: chosen on these very images). An ensemble of
+    one run scores that run.
 
     means: tune_postprocessing()'s. Returns (scores table, raw table, optimistic table)."""
     fold_of = dict(zip(image_ids, image_folds))
 
     def score(image_id):
         target = read_image(masks_dir / f"{image_id}.png")
-        modes, settings = by_fold[fold_of[image_id]]
-        probs = mean_at(*means[image_id, modes])
+        settings, mean = by_fold[fold_of[image_id]], means[image_id, fold_of[image_id]]
+        probs = mean_at(*mean)
         rows = image_scores(postprocess.apply(probs, settings), target, classes)
         plain = postprocess.apply(probs, postprocess.PLAIN[settings["task"]])
         raw = image_scores(plain, target, classes, with_hd95=False)
-        if for_test == (modes, settings):
+        if means[image_id, None] is mean and for_test == settings:
             return rows, raw, rows
-        test_modes, test_settings = for_test
-        probs = probs if test_modes == modes else mean_at(*means[image_id, test_modes])
-        return rows, raw, image_scores(postprocess.apply(probs, test_settings), target, classes, with_hd95=False)
+        probs = probs if means[image_id, None] is mean else mean_at(*means[image_id, None])
+        return rows, raw, image_scores(postprocess.apply(probs, for_test), target, classes, with_hd95=False)
 
     scored = dict(zip(image_ids, thread_map(score, image_ids, "score ensemble (OOF)")))
     table = scores_table({i: rows for i, (rows, _, _) in scored.items()}, fold_of)

@@ -9,7 +9,8 @@ import torch
 
 import train
 from conftest import TINY, paths
-from src.deep_supervision import level_model
+from src.config import Config
+from src.deep_supervision import level_model, level_sizes
 from src.losses import SegmentationLoss
 from src.models import ModelError, create_model
 
@@ -78,12 +79,40 @@ def test_l4_is_the_models_eval_forward_which_is_smps_own():
         torch.testing.assert_close(model(images), plain(images), rtol=0, atol=0)
 
 
-def test_an_encoder_that_cannot_be_cut_runs_in_full_but_skips_decoder_nodes():
-    """timm's EfficientNet-family feature extractors run every block whatever out_indices asks for."""
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "efficientnet-b0", "resnet18", "tu-resnet10t"])
+def test_every_level_is_cut_and_predicts_as_the_full_models_head(encoder):
+    """smp's sequential encoders (mobilenet_v2, efficientnet-b*) are cut too, with their output unchanged."""
+    model = tiny(encoder).eval()
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        heads = model.head_logits(images)
+        for level, head in zip(model.levels, heads):
+            net = level_model(model, level)
+            assert not net.encoder_fallback, level
+            assert torch.allclose(net(images), head, atol=1e-5), level
+
+
+def test_a_mobilenet_level_holds_only_the_stages_it_reads():
+    """L2 reads mobilenet_v2's stride-2, 4 and 8 features: the stride-16 stage (0.49 M) is not kept."""
+    torch.manual_seed(0)
+    model = create_model("unetpp_ds", "mobilenet_v2", 3, 1, "none", "64,32,16,16,8").eval()
+    sizes = {row["level"]: row for row in level_sizes(model)}
+    assert sizes["L2"]["parameters"] < 0.2e6
+    assert not any(row["encoder_fallback"] for row in sizes.values())
+    assert sizes["L3"]["parameters"] < 1e6  # the stride-32 stage's 1.7 M are not kept either
+
+
+def test_an_encoder_that_cannot_be_cut_runs_in_full_but_skips_decoder_nodes(capsys):
+    """timm's EfficientNet-family feature extractors run every block whatever out_indices asks for; infer says so."""
+    import infer
     model = tiny("tu-mobilenetv3_small_050", classes=3).eval()
     images = torch.rand(1, 1, 32, 32)
-    l1, l4 = level_model(model, "L1"), level_model(model, "L4")
+    cfg = Config(arch="unetpp_ds", encoder="tu-mobilenetv3_small_050", encoder_weights="none")
+    (_, l1), (_, l4) = infer.level_models(model, cfg, ["L1", "L4"], set())
     assert l1.encoder_fallback and not l4.encoder_fallback
+    assert capsys.readouterr().out == ("infer: unetpp_ds-tu-mobilenetv3_small_050 L1: encoder "
+                                       "tu-mobilenetv3_small_050 cannot be cut to this level's stages, so it runs all "
+                                       "of them (the decoder nodes past L1 are still skipped)\n")
     assert modules_run(l1, images) < modules_run(l4, images)
     with torch.no_grad():
         torch.testing.assert_close(l1(images), model.head_logits(images)[0])

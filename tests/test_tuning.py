@@ -1,9 +1,15 @@
-"""Cross-validated choices: a run's TTA for each fold comes from the other folds' images; the TTA gain table."""
+"""Cross-validated choices: a run's TTA, level and post-processing for each fold come from the other folds' images,
+never from its own, not even through another fold's level; the TTA gain table."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from src import tuning
+from src.images import write_png
+from src.predict import save_pred
+from src.runs import PROVENANCE, PredictionSet
 
 FOLDS = np.array([0, 0, 1, 1, 2, 2])
 IDS = [f"i{k}" for k in range(6)]
@@ -16,14 +22,73 @@ def oof_scores(dice_by_fold: dict) -> pd.DataFrame:
                          "iou": dice, "hd95": 0.0})
 
 
-def test_each_fold_takes_the_tta_the_other_folds_favour_and_is_scored_at_it():
-    none, d4 = oof_scores({0: 0.5, 1: 0.5, 2: 0.5}), oof_scores({0: 1.0, 1: 0.1, 2: 0.3})
+def scored_set(folder, dice_by_fold: dict, tta="none", level=None, probs: dict | None = None) -> PredictionSet:
+    """A prediction set as infer.py leaves it: prediction.json, oof_scores.csv and, given probs ({fold: the
+    probability of the images' 4 x 4 top-left square, the rest of the 8 x 8 map 0.5}), its OOF maps."""
+    (folder / "oof").mkdir(parents=True)
+    (folder / PROVENANCE).write_text(json.dumps({"level": level}))
+    oof_scores(dice_by_fold).to_csv(folder / "oof_scores.csv", index=False)
+    for image_id, fold in zip(IDS, FOLDS):
+        if probs:
+            prob = np.full((1, 8, 8), 0.5)
+            prob[0, :4, :4] = probs[fold]
+            save_pred(folder / "oof" / f"{image_id}.npz", (prob * 255).round().astype(np.uint8), (8, 8))
+    return PredictionSet("unetpp_ds-x", "last", tta, level, folder)
+
+
+def test_each_fold_takes_the_tta_the_other_folds_favour_and_is_scored_at_it(tmp_path):
+    none, d4 = (scored_set(tmp_path / name, dice, name) for name, dice in
+                (("none", {0: 0.5, 1: 0.5, 2: 0.5}), ("d4", {0: 1.0, 1: 0.1, 2: 0.3})))
     by_fold, chosen = tuning.choose_by_fold({"none": none, "d4": d4}, IDS, FOLDS)
     # Fold 0 sees only folds 1 and 2, where d4 is poor; folds 1 and 2 see fold 0's 1.0 and take d4.
     assert by_fold == {0: "none", 1: "d4", 2: "d4"}
     assert tuning.image_dice(chosen).loc[IDS].tolist() == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
-    flip = oof_scores({0: 0.5, 1: 0.5, 2: 0.5})  # a tie keeps the cheaper mode
+    flip = scored_set(tmp_path / "flip", {0: 0.5, 1: 0.5, 2: 0.5}, "flip")  # a tie keeps the cheaper mode
     assert set(tuning.choose_by_fold({"none": none, "flip": flip}, IDS, FOLDS)[0].values()) == {"none"}
+
+
+FOLD_OF = dict(zip(IDS, FOLDS))
+
+
+def levels_of_one_mode(folder, dice_of_level: dict, probs_of_level: dict | None = None) -> tuning.ChosenLevels:
+    """A unetpp_ds run at one TTA mode, its levels chosen per fold (tuning.choose_levels)."""
+    return tuning.choose_levels([scored_set(folder / level, dice, folder.name, level, (probs_of_level or {}).get(level))
+                                 for level, dice in dice_of_level.items()], FOLD_OF)
+
+
+@pytest.mark.parametrize("fold0", [{"L1": 1.0, "L4": 0.0}, {"L1": 0.0, "L4": 1.0}])
+def test_a_folds_tta_never_reads_its_own_images_through_another_folds_level(tmp_path, fold0):
+    """At flip, folds 1 and 2 are best at L1 (0.6, above none's 0.5) and poor at L4 (0.4). Read at the levels chosen
+    for folds 1 and 2, which see fold 0, fold 0's TTA would follow fold 0's own scores: flip where fold 0 favours L1,
+    none where it favours L4. Read at fold 0's own level (chosen on folds 1 and 2) it is flip either way."""
+    none = levels_of_one_mode(tmp_path / "none", {level: {0: 0.5, 1: 0.5, 2: 0.5} for level in ("L1", "L4")})
+    flip = levels_of_one_mode(tmp_path / "flip", {"L1": {0: fold0["L1"], 1: 0.6, 2: 0.6},
+                                                  "L4": {0: fold0["L4"], 1: 0.4, 2: 0.4}})
+    assert flip.by_fold[0] == "L1"
+    by_fold, chosen = tuning.choose_by_fold({"none": none, "flip": flip}, IDS, FOLDS)
+    assert by_fold[0] == "flip"
+    assert tuning.image_dice(chosen).loc[["i0", "i1"]].tolist() == [fold0["L1"]] * 2  # scored at flip, L1
+
+
+@pytest.mark.parametrize("fold0", [{"L1": 1.0, "L4": 0.0}, {"L1": 0.0, "L4": 1.0}])
+def test_a_folds_post_processing_never_reads_its_own_images_through_another_folds_level(tmp_path, fold0):
+    """Truth: each image's 4 x 4 top-left square. At L1 the square is 0.8 and the rest 0.5, so every threshold
+    above 0.5 is perfect; at L4 the square is 0.45, below the rest, and tuning falls to threshold 0.3. Folds 1 and 2
+    are best at L1 (fold 0's level); read at the levels chosen for folds 1 and 2, which fold 0's scores decide, fold
+    0's threshold would follow fold 0's own scores."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for image_id in IDS:
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:4, :4] = 255
+        write_png(masks / f"{image_id}.png", mask)
+    run = levels_of_one_mode(tmp_path / "none", {"L1": {0: fold0["L1"], 1: 0.6, 2: 0.6},
+                                                 "L4": {0: fold0["L4"], 1: 0.4, 2: 0.4}},
+                             {"L1": {0: 0.8, 1: 0.8, 2: 0.8}, "L4": {0: 0.45, 1: 0.45, 2: 0.45}})
+    settings_of_fold, _, _ = tuning.tune_postprocessing({"unetpp_ds-x": {"none": run}}, {"unetpp_ds-x": 1.0}, masks,
+                                                        "binary", IDS, FOLDS, {f: ("none",) for f in range(3)},
+                                                        ("none",), 512)
+    assert run.by_fold[0] == "L1" and settings_of_fold[0]["threshold"] > 0.5
 
 
 def test_tta_gain_compares_every_mode_with_none_on_the_same_images():

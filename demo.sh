@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
-# The whole pipeline on the embedded demo data (generated, offline): prepare, 3 folds x Unet and Unet++,
-# inference without and with flip TTA, ensemble. A few minutes on 2 CPU cores; the same commands scale to real data.
+# The whole pipeline on the embedded demo data (generated, offline) as one study: prepare, then Unet and Unet++ on
+# 3 folds, two runs side by side, inferred without and with flip TTA, ensembled and ranked in ensemble/demo/demo/.
+# About two minutes on 2 CPU cores; the same study command scales to real data. Knobs: EPOCHS (default 10), ENCODER
+# (default tu-mobilenetv3_small_050), TRACKER (none or wandb). Run again, it trains only what changed: --retrain-stale
+# trains again the runs another EPOCHS or ENCODER made; runs outside the study's grid are never read.
 set -euo pipefail
 cd "$(dirname "$0")"
-ENCODER=${ENCODER:-tu-mobilenetv3_small_050}
-TRAIN="--dataset demo --size 64 --encoder $ENCODER --encoder-weights none --decoder-channels 64,32,16,16,8
-       --epochs ${EPOCHS:-10} --batch-size 8 --lr 1e-2 --aug light --tracker ${TRACKER:-none}"
-
 python -m src.prepare demo --count 96 --test-count 12 --size 64 --k 3 --overwrite
-for arch in unet unetpp; do
-  for fold in 0 1 2; do
-    python train.py $TRAIN --arch $arch --fold $fold --overwrite
-  done
-done
-python infer.py --dataset demo --tta none
-python infer.py --dataset demo --tta flip
-python ensemble.py --dataset demo
+python study.py --dataset demo --name demo --archs unet,unetpp --encoders "${ENCODER:-tu-mobilenetv3_small_050}" \
+  --folds all --parallel 2 --tta none,flip --retrain-stale --size 64 --encoder-weights none \
+  --decoder-channels 64,32,16,16,8 --epochs "${EPOCHS:-10}" --batch-size 8 --lr 1e-2 --aug light \
+  --tracker "${TRACKER:-none}"

@@ -47,8 +47,10 @@ def parse_args(argv=None) -> tuple:
                        help="train again the finished runs made with other settings (the old ones are moved aside)")
     stale.add_argument("--accept-stale", action="store_true",
                        help="keep the finished runs made with other settings (the leaderboard marks them)")
-    parser.add_argument("--tta", nargs="?", const="flip", default="none", choices=["none", "flip", "d4"],
-                        help="infer.py's test-time augmentation; --tta alone means flip")
+    parser.add_argument("--tta", nargs="?", const="flip", default="none",
+                        help="infer.py's test-time augmentation, one mode or several, e.g. none,flip: each is inferred "
+                             "and the ensemble chooses by fold among them (ensemble.py --tta best); --tta alone means "
+                             "flip")
     parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
                         help="the weights inferred and ensembled (selected: what each run's --select-on rule scores)")
     parser.add_argument("--preds-dir", default="preds", help="where infer.py writes")
@@ -58,6 +60,9 @@ def parse_args(argv=None) -> tuple:
         parser.error("--runs-per-gpu and --parallel count runs at once: 1 or more")
     if args.address and args.engine != "ray":
         parser.error("--address is for --engine ray")
+    args.tta = list(dict.fromkeys(args.tta.split(",")))
+    if not set(args.tta) <= {"none", "flip", "d4"}:  # infer.py's modes; src.predict has them but loads torch
+        parser.error(f"--tta {','.join(args.tta)}: give none, flip or d4, or several comma-separated, e.g. none,flip")
     try:
         cfg = study.train_config(train_flags)
     except ValueError as error:
@@ -70,20 +75,21 @@ def parse_args(argv=None) -> tuple:
 
 
 def infer_arguments(args, cfg, runs: list) -> dict:
-    """infer.py's arguments for each arch-encoder, with the folds of these runs, so that only they are predicted;
-    every level of a unetpp_ds run (ensemble.py chooses its level by fold)."""
+    """infer.py's arguments for each (arch-encoder, TTA mode), with the folds of these runs, so that only they are
+    predicted; every level of a unetpp_ds run (ensemble.py chooses its level by fold)."""
     folds = defaultdict(list)
     for run in runs:
         folds[run.name].append(str(run.fold))
-    return {name: ["--dataset", cfg.dataset, "--runs", name, "--folds", ",".join(f), "--tta", args.tta, "--checkpoint",
-                   args.checkpoint, *(["--level", "all"] if name.startswith("unetpp_ds-") else []), "--workers",
-                   str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir", cfg.data_dir, "--folds-dir",
-                   cfg.folds_dir, "--preds-dir", args.preds_dir]
-            for name, f in folds.items()}
+    return {(name, tta): ["--dataset", cfg.dataset, "--runs", name, "--folds", ",".join(f), "--tta", tta,
+                          "--checkpoint", args.checkpoint, *(["--level", "all"] if name.startswith("unetpp_ds-") else []),
+                          "--workers", str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir", cfg.data_dir,
+                          "--folds-dir", cfg.folds_dir, "--preds-dir", args.preds_dir]
+            for name, f in folds.items() for tta in args.tta}
 
 
 def ensemble_arguments(args, cfg, names: list) -> list:
-    return ["--dataset", cfg.dataset, "--runs", ",".join(names), "--tta", args.tta, "--checkpoint", args.checkpoint,
+    tta = args.tta[0] if len(args.tta) == 1 else "best"  # several: chosen for each fold on the others' OOF Dice
+    return ["--dataset", cfg.dataset, "--runs", ",".join(names), "--tta", tta, "--checkpoint", args.checkpoint,
             "--name", args.name, "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir",
             args.preds_dir, "--out-dir", args.out_dir]
 
@@ -253,13 +259,14 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
     """(problems, the leaderboard ensemble.py wrote in this call or None); a run whose infer fails is left out."""
     import ensemble  # not before: they load torch, which the plan and the engines do not need
     import infer
-    problems, inferred = [], []
-    for name, argv in infer_arguments(args, cfg, finished).items():
+    problems, failed = [], set()
+    for (name, tta), argv in infer_arguments(args, cfg, finished).items():
         problem = call(infer.main, argv)
         if problem:
-            problems.append(f"infer.py {name} failed: {problem} (python {study.script('infer.py')} {shlex.join(argv)})")
-        else:
-            inferred.append(name)
+            problems.append(f"infer.py {name} --tta {tta} failed: {problem} (python {study.script('infer.py')} "
+                            f"{shlex.join(argv)})")
+            failed.add(name)
+    inferred = [name for name in dict.fromkeys(run.name for run in finished) if name not in failed]
     if not inferred:
         return problems, None
     if len(folds) < 2:

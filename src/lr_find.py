@@ -23,19 +23,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from src.augment import build_augmentation  # noqa: E402
-from src.checkpoint import write_atomic  # noqa: E402
-from src.data import CachedSegmentation, default_workers, make_loader  # noqa: E402
-from src.losses import SegmentationLoss, class_weights  # noqa: E402
-from src.models import create_model, head_weights, normalize  # noqa: E402
-from src.optim import build_optimizer  # noqa: E402
+from src.augment import build_augmentation
+from src.checkpoint import write_atomic
+from src.data import CachedSegmentation, default_workers, make_loader
+from src.losses import SegmentationLoss, class_weights
+from src.models import create_model, head_weights, normalize
+from src.optim import build_optimizer
+from src.plotting import pyplot
 
 CURVE = "lr_find.png"  # in the run folder
 START, END, STEPS = 1e-6, 1.0, 100  # fastai: 1e-7 to 10 over 100 steps; the demo and DSB curves are flat below 1e-4
@@ -116,6 +113,7 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
 
 
 def plot_curve(record: dict, path: Path) -> None:
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(6, 4))
     axis.semilogx(record["rates"], record["losses"], color="0.75", label="loss")
     axis.semilogx(record["rates"], record["smoothed"], color="C0", label="smoothed")

@@ -1,17 +1,13 @@
 """The ensemble's leaderboard (Markdown) and figures (PNG)."""
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from src.postprocess import shrink  # noqa: E402
-from src.predict import TTA_MODES  # noqa: E402
+from src.plotting import pyplot
+from src.postprocess import shrink
+from src.predict import TTA_MODES
 
 # Fixed class colours (RGB), background black: the same class always looks the same.
 PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -359,6 +355,7 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
     first two models disagree."""
     models = list(rows[0][3])
     columns = 1 + len(models) + (1 if len(models) >= 2 else 0)
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), columns, figsize=(3 * columns, 3 * len(rows)), squeeze=False)
     for axis_row, (title, image, truth, preds, dice) in zip(axes, rows):
         # A 3-inch panel shows no more of a 2000 px X-ray than 512 px do; matplotlib took 4 s on the originals.
@@ -381,6 +378,7 @@ def comparison_grid(path: Path, rows: list, class_names: list) -> None:
             axis_row[-1].set_title(f"disagreement (magenta):\n{models[0]}\nvs {models[1]}", fontsize=7)
         for axis in axis_row:
             axis.axis("off")
+    from matplotlib.patches import Patch
     fig.legend(handles=[Patch(color=PALETTE[i] / 255, label=n) for i, n in enumerate(class_names) if i] +
                [Patch(color="white", label="truth (dashed)", ec="black")], loc="lower center",
                ncol=len(class_names) + 1, fontsize=7)
@@ -393,6 +391,7 @@ def score_bars(path: Path, scores: dict) -> None:
     """Each run's and the ensemble's post-processed Dice (folds), like with like as the leaderboard's table."""
     models = {**{n: r["postprocessed"] for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
     names, values = list(models), [m["dice_fold_mean"] for m in models.values()]
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     axis.bar(names, values, yerr=[m["dice_fold_std"] for m in models.values()], capsize=4,
              color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
@@ -407,6 +406,7 @@ def score_bars(path: Path, scores: dict) -> None:
 def study_figure(path: Path, rows: list) -> None:
     """Per encoder (by_encoder()'s order), the raw Dice of Unet, Unet++ and Unet++ DS (at its levels chosen by fold)
     side by side, each with the 95% interval of its mean over the folds (Student's t, from the std over the folds)."""
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(1.1 * len(rows) + 2.5, 3.5))
     x = np.arange(len(rows))
     for offset, (arch, label) in zip((-0.2, 0, 0.2), ARCHS.items()):

@@ -30,3 +30,12 @@ def test_planning_a_study_does_not_load_torch():
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_the_scripts_load_no_plotting_or_optional_image_library_until_used():
+    """Every train.py, infer.py and ensemble.py process (six of them per demo study) pays for what it imports."""
+    probe = ("import sys, train, infer, ensemble, study; "
+             "print(sorted(m for m in ('matplotlib', 'pydicom', 'tifffile') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

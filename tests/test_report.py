@@ -19,8 +19,9 @@ def test_examples_are_where_the_two_models_disagree_most_then_the_worst_for_both
 @pytest.fixture
 def drawn(monkeypatch) -> list:
     """The matplotlib figures report draws, kept when it closes them."""
-    figures, close = [], report.plt.close
-    monkeypatch.setattr(report.plt, "close", lambda fig: figures.append(fig) or close(fig))
+    plt = report.pyplot()
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig) or close(fig))
     return figures
 
 

@@ -79,6 +79,18 @@ def test_dry_run_prints_each_runs_state_and_the_command_that_moves_it_on(demo_di
     assert not (workdir / "preds").exists() and not (runs / f"unet-{b}" / "fold1").exists()  # nothing ran
 
 
+def test_several_tta_modes_are_each_inferred_and_the_ensemble_chooses_among_them(demo_dir, tmp_path, capsys,
+                                                                                 encoders_known):
+    workdir = with_data(demo_dir, tmp_path)
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "all", "--dry-run",
+                          "--tta", "none,flip"))
+    then = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# then:")]
+    assert [re.search(r"--tta (\S+)", line)[1] for line in then] == ["none", "flip", "best"]
+    with pytest.raises(SystemExit):
+        study.main(study_args(workdir, "--tta", "none,flips", "--dry-run"))
+    assert "--tta none,flips: give none, flip or d4, or several comma-separated" in capsys.readouterr().err
+
+
 def test_both_architectures_of_an_encoder_and_fold_are_planned_side_by_side(demo_dir, tmp_path):
     flags = [*FLAGS, *paths(with_data(demo_dir, tmp_path)), "--runs-dir", str(tmp_path / "runs")]
     runs = plan_module.plan(plan_module.train_config(flags), ["unet", "unetpp"], ["a", "b"], [0, 1], flags)
@@ -140,7 +152,7 @@ def finished_study(demo_dir, tmp_path_factory):
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         try:
             study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
-                                  "--parallel", "2"))
+                                  "--parallel", "2", "--tta", "none,flip"))
         except SystemExit as stop:
             print(stop.code)
             code = exit_status(stop)
@@ -163,11 +175,13 @@ def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_
     assert code == 0, output
     assert "trained 4 of 4 runs in" in output and "training images/s over all runs" in output
     for name in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
-        assert (workdir / "preds" / "demo" / name / "tta-none" / "oof_scores.csv").exists()
+        for tta in ("none", "flip"):
+            assert (workdir / "preds" / "demo" / name / f"tta-{tta}" / "oof_scores.csv").exists()
         assert json.loads((workdir / "runs" / "demo" / name / "fold0" / "config.json").read_text()
                           )["runs_sharing_device"] in (1, 2)
     leaderboard = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
     assert "unet-tu-resnet10t" in leaderboard.read_text() and "unetpp-tu-resnet10t" in leaderboard.read_text()
+    assert "| model | images | none | flip |" in leaderboard.read_text()  # the TTA comparison of --tta none,flip
     # The leaderboard's answers, printed last where the terminal shows them (ensemble.py printed them before).
     answers = leaderboard.read_text().splitlines()[1:5]
     assert output.splitlines()[-5:] == [f"leaderboard: {leaderboard}", *answers]
@@ -208,7 +222,8 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
     workdir = finished_study[0]
     watched = [*workdir.glob("runs/demo/*/fold0/*"), *workdir.glob("preds/demo/*/tta-none/oof/*.npz")]
     before = {path: path.stat().st_mtime_ns for path in watched if path.name != "train.lock"}
-    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1"))
+    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1", "--tta",
+                          "none,flip"))
     output = capsys.readouterr().out
     assert output.startswith("# demo: 2 archs x 1 encoders x 2 folds = 4 runs, 4 done\n")
     assert "local engine" not in output and "trained" not in output
@@ -241,6 +256,12 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
             "Unet++ DS - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |"
             ) in board
     assert "| tu-resnet10t | L1 | " in board and (out / "study.png").stat().st_size > 0
+    # The first study again, beside the unetpp_ds runs and their predictions: it ensembles its own grid's runs only.
+    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1", "--tta",
+                          "none,flip"))
+    first = out.parent / "demo-unet+unetpp-tu-resnet10t"
+    assert json.loads((first / "selection.json").read_text())["found"] == ["unet-tu-resnet10t", "unetpp-tu-resnet10t"]
+    assert list(json.loads((first / "scores.json").read_text())["runs"]) == ["unet-tu-resnet10t", "unetpp-tu-resnet10t"]
 
 
 def test_a_misspelt_encoder_stops_the_study_before_any_run_starts(demo_dir, tmp_path, capsys):

@@ -76,8 +76,10 @@ def predicted(trained_dir):
     return trained_dir
 
 
-def ensemble_args(workdir, out):
-    return ["--dataset", "demo", *paths(workdir), "--preds-dir", str(workdir / "preds"), "--out-dir", str(out)]
+def ensemble_args(workdir, out, figures=0):
+    """comparison.png (a second of matplotlib a call) only where a test looks at its panels."""
+    return ["--dataset", "demo", *paths(workdir), "--preds-dir", str(workdir / "preds"), "--out-dir", str(out),
+            "--figures", str(figures)]
 
 
 def oof_dice(workdir, name: str, mode: str) -> pd.Series:
@@ -91,7 +93,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     real_comparison = ensemble.paired_comparison
     monkeypatch.setattr(ensemble, "paired_comparison",
                         lambda a, b, groups, alpha: compared.append(groups) or real_comparison(a, b, groups=groups))
-    ensemble.main(ensemble_args(predicted, tmp_path))
+    ensemble.main(ensemble_args(predicted, tmp_path, figures=4))
     printed = capsys.readouterr().out.splitlines()
     out = tmp_path / "demo"
     scores = json.loads((out / "scores.json").read_text())
@@ -125,6 +127,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     assert interval["mean"] == pytest.approx(best["dice"]) and interval["unit"] == "patient"
     assert interval["ci95"][0] <= best["dice"] <= interval["ci95"][1]
     assert scores["ensemble_vs_best"]["mean_difference"] == pytest.approx(scores["ensemble_gain"])
+    assert len(drawn) == 4  # --figures 4
     for image_id, _, truth, masks, dice in drawn:  # each panel labelled with the Dice of the mask it draws
         for name, mask in masks.items():
             expected = 1.0 if not (mask.any() or truth.any()) else 2 * (mask & (truth > 0)).sum() / (

@@ -149,7 +149,8 @@ def finished_study(demo_dir, tmp_path_factory):
     by side: (workdir, output, exit code)."""
     workdir = with_data(demo_dir, tmp_path_factory.mktemp("study"))
     output, code = io.StringIO(), 0
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plan_module, "encoder_problems", lambda *args: [])  # as encoders_known, for the module
         try:
             study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
                                   "--parallel", "2", "--tta", "none,flip"))
@@ -203,19 +204,23 @@ def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
     assert study.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
 
 
-def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path):
-    """A run that died before its first save (config.json, no state/) is started again with --overwrite."""
+def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path, capsys, encoders_known):
+    """A run that died before its first save (config.json, no state/) is started again with --overwrite. The study
+    of that one fold trains and infers it, and says why there is no ensemble (one study: one training for both)."""
     workdir = with_data(demo_dir, tmp_path)
     run = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (run / "leftover.txt").write_text("from the attempt that died")
     assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "failed"}
-    with contextlib.suppress(SystemExit):  # ensemble.py needs two folds; the training is what is tested here
-        study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))  # exits 0
     assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "done"}
     assert re.search(r"^== .* --overwrite$", (run / "train.log").read_text(), re.MULTILINE)
     assert not (run / "leftover.txt").exists()
+    output = capsys.readouterr().out
+    assert "ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more" in output
+    assert "leaderboard" not in output and not (workdir / "ensemble").exists()
+    assert (workdir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof_scores.csv").exists()
 
 
 def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finished_study, capsys):
@@ -232,8 +237,9 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
 
 
 def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_encoder(finished_study, capsys):
-    workdir = finished_study[0]  # its Unet and Unet++ runs are done: only the two unetpp_ds runs train
-    study.main(study_args(workdir, "--archs", "unet,unetpp,unetpp_ds", "--encoders", "tu-resnet10t", "--folds", "0,1"))
+    workdir = finished_study[0]  # its Unet and Unet++ runs are done: only the two unetpp_ds runs train, side by side
+    study.main(study_args(workdir, "--archs", "unet,unetpp,unetpp_ds", "--encoders", "tu-resnet10t", "--folds", "0,1",
+                          "--parallel", "2"))
     output = capsys.readouterr().out
     assert output.startswith("# demo: 3 archs x 1 encoders x 2 folds = 6 runs, 4 done, 2 new\n")
     preds = workdir / "preds" / "demo"
@@ -264,28 +270,13 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
     assert list(json.loads((first / "scores.json").read_text())["runs"]) == ["unet-tu-resnet10t", "unetpp-tu-resnet10t"]
 
 
-def test_a_misspelt_encoder_stops_the_study_before_any_run_starts(demo_dir, tmp_path, capsys):
-    workdir = with_data(demo_dir, tmp_path)
-    with pytest.raises(SystemExit, match="study: unknown timm encoder 'tu-resnet10x'.*checked before any run"):
-        study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t,tu-resnet10x", "--folds", "0"))
+def test_a_misspelt_encoder_and_one_only_unetpp_ds_refuses_stop_the_study_before_any_run_starts(demo_dir, tmp_path):
+    workdir = with_data(demo_dir, tmp_path)  # one study, one check per architecture, both problems in one line
+    with pytest.raises(SystemExit, match="^study: unknown timm encoder 'tu-resnet10x'.*; unetpp_ds cannot be built on "
+                                         "encoder 'tu-convnext_atto'.*checked before any run"):
+        study.main(study_args(workdir, "--archs", "unet,unetpp_ds", "--encoders",
+                              "tu-resnet10t,tu-resnet10x,tu-convnext_atto", "--folds", "0"))
     assert not (workdir / "runs").exists()
-
-
-def test_an_encoder_only_unetpp_ds_refuses_stops_the_study_before_any_run_starts(demo_dir, tmp_path):
-    workdir = with_data(demo_dir, tmp_path)
-    with pytest.raises(SystemExit, match="study: unetpp_ds cannot be built on encoder 'tu-convnext_atto'.*checked "
-                                         "before any run"):
-        study.main(study_args(workdir, "--archs", "unet,unetpp_ds", "--encoders", "tu-convnext_atto", "--folds", "0"))
-    assert not (workdir / "runs").exists()
-
-
-def test_a_study_of_one_fold_trains_and_infers_it_and_says_why_there_is_no_ensemble(demo_dir, tmp_path, capsys):
-    workdir = with_data(demo_dir, tmp_path)
-    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))  # exits 0
-    output = capsys.readouterr().out
-    assert "ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more" in output
-    assert "leaderboard" not in output and not (workdir / "ensemble").exists()
-    assert (workdir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof_scores.csv").exists()
 
 
 def test_any_failure_of_a_stage_becomes_one_line_for_the_summary():

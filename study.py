@@ -133,12 +133,7 @@ def print_plan(args, cfg, runs: list) -> None:
 
 def train(args, todo: list) -> tuple:
     """The runs on the engine: (the engine's results, mean GPU utilisation or None, the signal that stopped the study
-    or None). Failed runs and stale ones are moved aside first, so that each new train.log starts empty."""
-    for run in todo:
-        if run.state in ("failed", "stale"):
-            aside = ledger.move_aside(run.run_dir)
-            if aside:
-                print(f"# {run.name} fold{run.fold} ({run.state}): moved to {aside}")
+    or None). Failed and stale runs are moved aside by their train.py --overwrite, under its lock."""
     jobs = [engine.Job(f"{run.name} fold{run.fold} ({run.state})", run.command, run.log) for run in todo]
     if not jobs:
         return [], None, None

@@ -45,7 +45,7 @@ from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
 from src.plan import apply_plan, given_flags, planned_line
-from src.runs import LOCK, RunLock, move_aside
+from src.runs import RunLock, log_start, move_aside
 from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early
 
 
@@ -134,7 +134,7 @@ def start_accelerator(cfg, args) -> Accelerator:
         log_with="wandb" if cfg.tracker == "wandb" and not args.validate_only else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True))
     if args.overwrite and accelerator.is_main_process:
-        aside = move_aside(cfg.run_dir, keep=(LOCK, "train.log"))  # train.log: this run's output may be going there
+        aside = move_aside(cfg.run_dir, log_start(cfg.run_dir))  # under the lock; this attempt's log stays
         if aside:
             print(f"--overwrite: the run that was in {cfg.run_dir} is now in {aside}")
     accelerator.wait_for_everyone()

@@ -64,9 +64,10 @@ def run_command(command: list, log: str, cwd: str, env: dict, started=None) -> t
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "ab") as out:
+        begins = {"LOG_START": str(out.seek(0, os.SEEK_END))}  # train.py --overwrite moves what lies before aside
         out.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
         out.flush()
-        with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdin=subprocess.DEVNULL,
+        with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **begins, **env}, stdin=subprocess.DEVNULL,
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True) as process:
             if started:
                 started(process)

@@ -161,19 +161,53 @@ def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
     assert study.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
 
 
-def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path):
-    """A run that died before its first save (config.json, no state/) is started again with --overwrite."""
+def test_a_failed_run_is_trained_again_with_overwrite_and_its_old_log_goes_aside(demo_dir, tmp_path):
+    """A run that died before its first save (config.json, no state/) is started again with --overwrite; what the
+    attempt that died left, its train.log with the rest, is in replaced/, and the new train.log holds the new one."""
     workdir = with_data(demo_dir, tmp_path)
     run = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (run / "leftover.txt").write_text("from the attempt that died")
+    (run / "train.log").write_text("\n== 2026-01-01 00:00:00 python train.py\nKilled\n")
     assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "failed"}
     with contextlib.suppress(SystemExit):  # ensemble.py needs two folds; the training is what is tested here
         study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))
     assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "done"}
-    assert re.search(r"^== .* --overwrite$", (run / "train.log").read_text(), re.MULTILINE)
+    log = (run / "train.log").read_text()
+    assert re.match(r"\n== .* --overwrite\n", log) and "Killed" not in log
+    aside, = run.parent.glob("replaced/fold0-*")
+    assert (aside / "train.log").read_text().endswith("Killed\n") and (aside / "leftover.txt").exists()
     assert not (run / "leftover.txt").exists()
+
+
+HOLD = """import sys, time
+from pathlib import Path
+from src.runs import RunLock
+assert RunLock(Path(sys.argv[1])).acquire() is None
+(Path(sys.argv[1]) / "config.json").write_text("{}")
+print("held", flush=True); sys.stdin.read()
+"""
+
+
+def test_a_study_that_planned_a_run_failed_leaves_it_alone_once_another_process_trains_it(demo_dir, tmp_path):
+    """The plan can be seconds old: a run planned failed may meanwhile be trained by a second study. Only train.py
+    --overwrite, under the run's lock, moves a run aside; here it is refused and the live run keeps every file."""
+    workdir = with_data(demo_dir, tmp_path)
+    run_dir = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0")
+    planned, = plan_module.plan(study.parse_args(args)[2], ["unet"], ["tu-resnet10t"], [0], study.parse_args(args)[1])
+    live = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "held\n"
+        run = dataclasses.replace(planned, state="failed", command=[*planned.command, "--overwrite"])
+        result, = study.train(study.parse_args(args)[0], [run])[0]
+        assert not result.ok and "is being trained by another process" in result.tail()[-1]
+        assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "train.lock", "train.log"]
+        assert not (run_dir.parent / "replaced").exists()
+    finally:
+        live.communicate("")
 
 
 def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finished_study, capsys):

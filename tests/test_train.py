@@ -99,6 +99,7 @@ def test_offline_imagenet_request_fails_fast_with_one_sentence(demo_dir, tmp_pat
     with pytest.raises(SystemExit, match="cannot get imagenet weights for encoder 'resnet18': no internet") as error:
         run_train(demo_dir, tmp_path, "--epochs", "1", "--encoder", "resnet18", "--encoder-weights", "imagenet")
     assert "--encoder-weights PATH" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "runs").exists()  # the failed start leaves no run folder holding only its train.lock
 
 
 def encoder_file(tmp_path, kind: str):

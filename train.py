@@ -211,6 +211,10 @@ def start_or_resume(cfg, args, meta, accelerator, inner: dict | None, provenance
         accelerator.load_state(str(state))
         trainer = json.loads((state / "trainer.json").read_text())
         history = pd.read_csv(run_dir / "history.csv").iloc[:trainer["epoch"]].to_dict("records")
+        metrics = run_dir / "metrics.json"
+        if metrics.exists() and accelerator.is_main_process:  # a finished run trained on is unfinished until it ends
+            scores = {k: v for k, v in json.loads(metrics.read_text()).items() if k not in FINISHED}
+            write_atomic(metrics, json.dumps(scores, indent=2) + "\n")
         best = f" (best Dice {trainer['best']:.4f})" if trainer["best_epoch"] > 0 else ""
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']}{best}")
     if accelerator.is_main_process:  # on resume too: --epochs/--patience may have changed, and config.json says so
@@ -292,13 +296,16 @@ def record_epoch(cfg, accelerator, meta, history: list, row: dict, example: tupl
                       f"IoU {row['val_iou']:.4f}{' *' if improved else ''} ({row['seconds']:.1f}s)")
 
 
+FINISHED = ("select_on", "selected_epoch", "best_epoch", "epochs_run", "run_dir")  # metrics.json's, once it ends
+
+
 def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
         with atomic_path(run_dir / "last.pt") as tmp:  # the final epoch's: infer --checkpoint last
             accelerator.save(parts.bare_model.state_dict(), tmp)
-        final = {"select_on": cfg.select_on, "selected_epoch": selected_epoch(cfg, trainer),
-                 "best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
+        final = dict(zip(FINISHED, (cfg.select_on, selected_epoch(cfg, trainer), trainer["best_epoch"],
+                                    trainer["epoch"], str(run_dir))))
         metrics = json.loads((run_dir / "metrics.json").read_text())
         write_atomic(run_dir / "metrics.json", json.dumps({**metrics, **final}, indent=2) + "\n")
         if cfg.tracker == "wandb" and cfg.select_on != "final":  # the scored epoch is what the runs table compares

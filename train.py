@@ -52,7 +52,9 @@ from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from its last saved state (saved every --save-minutes, after the final "
+                             "epoch, and on SIGTERM/SIGINT)")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run and start again")
     parser.add_argument("--validate-only", action="store_true",
                         help="score the run's selected weights (last.pt under --select-on final, else best.pt) on its "

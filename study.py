@@ -107,6 +107,10 @@ def check_before_training(args, cfg, archs, encoders, runs) -> None:
         arch, [e for e in encoders if e in todo], cfg.encoder_weights))) if todo else []
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
+    foreign = list(filter(None, (ledger.foreign_predictions(args.preds_dir, cfg.dataset, name, cfg.runs_dir)
+                                 for name in dict.fromkeys(run.name for run in runs))))
+    if foreign:  # said before the training, not after it, when infer.py would refuse
+        sys.exit(f"study: {foreign[0]}")
     stale = [run for run in runs if run.state == "stale"]
     if stale and not (args.retrain_stale or args.accept_stale or args.dry_run):
         sys.exit(f"study: {len(stale)} finished run(s) were trained with other settings ({stale[0].why}; "

@@ -339,6 +339,19 @@ def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "s
     return (root if checkpoint == "selected" else root / checkpoint) / f"tta-{tta}{suffix}"
 
 
+def foreign_predictions(preds_dir, dataset: str, run: str, runs_dir) -> str:
+    """'' when preds/<dataset>/<run>/ holds no predictions of another runs directory's run of that name that is
+    still there, else one sentence saying so with the fix: a preds folder serves one runs directory, so that
+    infer.py never predicts over another study's predictions (and ensemble.py never mixes them)."""
+    ours = (Path(runs_dir) / dataset / run).resolve()
+    for record in sorted((Path(preds_dir) / dataset / run).rglob(PROVENANCE)):
+        theirs = json.loads(record.read_text()).get("run_dir")
+        if theirs and Path(theirs) != ours and Path(theirs).is_dir():
+            return (f"{Path(preds_dir) / dataset / run} holds the predictions of {theirs}, not of {ours}: give the "
+                    f"runs of {runs_dir} a --preds-dir (and an ensemble --out-dir) of their own")
+    return ""
+
+
 @dataclass(frozen=True)
 class PredictionSet:
     """One run's predictions at one checkpoint, TTA mode and level: oof/, test/fold<k>/, sets/<name>/fold<k>/, with

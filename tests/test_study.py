@@ -222,6 +222,35 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
     assert "leaderboard: " in output
 
 
+def test_a_study_on_another_runs_dir_never_predicts_over_the_first_studys_predictions(finished_study):
+    """preds/ and ensemble/ serve one runs directory: a second study of the same grid on --runs-dir runs-b is told,
+    before it trains, to give its runs a --preds-dir of their own, and its ensemble an --out-dir or --name."""
+    import shutil
+    import infer
+    workdir = finished_study[0]
+    shutil.copytree(workdir / "runs", workdir / "runs-b")
+    args = study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1")
+    args[args.index("--runs-dir") + 1] = str(workdir / "runs-b")
+    preds = workdir / "preds"
+    before = {p: p.stat().st_mtime_ns for p in preds.rglob("*")}
+    first = (workdir / "runs" / "demo" / "unet-tu-resnet10t").resolve()
+    with pytest.raises(SystemExit, match=rf"^study: {preds}/demo/unet-tu-resnet10t holds the predictions of {first}, "
+                                         rf"not of .*runs-b/demo/unet-tu-resnet10t: give the runs of .*runs-b a "
+                                         rf"--preds-dir \(and an ensemble --out-dir\) of their own$"):
+        study.main(args)
+    with pytest.raises(SystemExit, match=rf"^infer: {preds}/demo/unet-tu-resnet10t holds the predictions of {first}"):
+        infer.main(["--dataset", "demo", "--runs-dir", str(workdir / "runs-b"), *paths(workdir), "--preds-dir",
+                    str(preds), "--workers", "0"])
+    assert {p: p.stat().st_mtime_ns for p in preds.rglob("*")} == before
+    board = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
+    text = board.read_text()
+    args[args.index("--preds-dir") + 1] = str(workdir / "preds-b")
+    with pytest.raises(SystemExit, match=r"ensemble\.py failed: ensemble: .* holds the ensemble of .* from "
+                                         rf"{preds}; write this one \(.* from {workdir / 'preds-b'}\) to its own"):
+        study.main(args)
+    assert board.read_text() == text
+
+
 def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_encoder(finished_study, capsys):
     workdir = finished_study[0]  # its Unet and Unet++ runs are done: only the two unetpp_ds runs train
     study.main(study_args(workdir, "--archs", "unet,unetpp,unetpp_ds", "--encoders", "tu-resnet10t", "--folds", "0,1"))

@@ -142,7 +142,9 @@ def train(args, todo: list) -> tuple:
     if not jobs:
         return [], None, None
     if args.engine == "ray":
-        return engine.run_on_ray(jobs, args.address, args.runs_per_gpu), None, None
+        with engine.Stop() as stop:
+            results = engine.run_on_ray(jobs, args.address, args.runs_per_gpu, stop=stop)
+        return results, None, stop.signum
     places = engine.slots(args.gpus, args.runs_per_gpu, args.parallel)
     devices = sorted({p["CUDA_VISIBLE_DEVICES"] for p in places}) if places[0]["CUDA_VISIBLE_DEVICES"] else []
     print(f"# local engine: {len(places)} run(s) at a time on " +

@@ -286,12 +286,13 @@ def run_weights(spec: str | None, runs: dict) -> dict:
 
 def selection_of(args, chosen: dict) -> dict:
     """What an output folder was made from: the runs asked (and found), the checkpoint, the TTA rule."""
-    return {"runs": args.runs or "*", "checkpoint": args.checkpoint, "tta": args.tta, "found": list(chosen)}
+    return {"runs": args.runs or "*", "checkpoint": args.checkpoint, "tta": args.tta, "found": list(chosen),
+            "preds_dir": str(Path(args.preds_dir).resolve())}
 
 
 def describe(selection: dict) -> str:
     weights = "the selected weights" if selection["checkpoint"] == "selected" else f"{selection['checkpoint']}.pt"
-    return f"runs {selection['runs']}, {weights}, TTA {selection['tta']}"
+    return f"runs {selection['runs']}, {weights}, TTA {selection['tta']}, from {selection.get('preds_dir', 'preds')}"
 
 
 def output_folder(args, chosen: dict) -> Path:
@@ -310,8 +311,8 @@ def output_folder(args, chosen: dict) -> Path:
         before = json.loads(saved.read_text())
     else:  # written by an ensemble.py before folders recorded their selection: its defaults
         before = {"runs": "*", "checkpoint": "best", "tta": "best"} if (out / "scores.json").exists() else None
-    keys = ("runs", "checkpoint", "tta")
-    if before and any(before[k] != selection[k] for k in keys) and not args.overwrite:
+    keys = ("runs", "checkpoint", "tta", "preds_dir")  # another study's preds folder: another study's ensemble
+    if before and any(before.get(k, selection[k]) != selection[k] for k in keys) and not args.overwrite:
         sys.exit(f"ensemble: {out} holds the ensemble of {describe(before)}; write this one ({describe(selection)}) "
                  f"to its own folder with --name NAME, or pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)

@@ -301,6 +301,9 @@ def main(argv=None):
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
         split, folds = trained_split(run_dir, args, index)
+        foreign = ledger.foreign_predictions(args.preds_dir, args.dataset, cfg.run_name, args.runs_dir)
+        if foreign:
+            sys.exit(f"infer: {foreign}")
         parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
         images, masks = open_cache(dataset_dir, cfg.size)
         for level, net in level_models(model, cfg, levels, told):

@@ -116,6 +116,10 @@ def check_before_training(args, cfg, archs, encoders, runs) -> None:
         arch, [e for e in encoders if e in todo], cfg.encoder_weights))) if todo else []
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
+    foreign = list(filter(None, (ledger.foreign_predictions(args.preds_dir, cfg.dataset, name, cfg.runs_dir)
+                                 for name in dict.fromkeys(run.name for run in runs))))
+    if foreign:  # said before the training, not after it, when infer.py would refuse
+        sys.exit(f"study: {foreign[0]}")
     stale = [run for run in runs if run.state == "stale"]
     if stale and not (args.retrain_stale or args.accept_stale or args.dry_run):
         sys.exit(f"study: {len(stale)} finished run(s) were trained with other settings ({stale[0].why}; "
@@ -142,19 +146,16 @@ def print_plan(args, cfg, runs: list) -> None:
 
 def train(args, todo: list, epochs: int | None = None, epochs_left: int = 0) -> tuple:
     """The runs on the engine: (the engine's results, mean GPU utilisation or None, the signal that stopped the study
-    or None). Failed runs and stale ones are moved aside first, so that each new train.log starts empty. Once a run
-    has timed an epoch, the local engine says how long all of `todo` will take (`epochs_left` epochs in all, of runs
-    of `epochs`; None: not said)."""
-    for run in todo:
-        if run.state in ("failed", "stale"):
-            aside = ledger.move_aside(run.run_dir)
-            if aside:
-                print(f"# {run.name} fold{run.fold} ({run.state}): moved to {aside}")
+    or None). Failed and stale runs are moved aside by their train.py --overwrite, under its lock. Once a run has
+    timed an epoch, the local engine says how long all of `todo` will take (`epochs_left` epochs in all, of runs of
+    `epochs`; None: not said)."""
     jobs = [engine.Job(f"{run.name} fold{run.fold} ({run.state})", run.command, run.log) for run in todo]
     if not jobs:
         return [], None, None
     if args.engine == "ray":
-        return engine.run_on_ray(jobs, args.address, args.runs_per_gpu), None, None
+        with engine.Stop() as stop:
+            results = engine.run_on_ray(jobs, args.address, args.runs_per_gpu, stop=stop)
+        return results, None, stop.signum
     places = engine.slots(args.gpus, args.runs_per_gpu, args.parallel)
     devices = sorted({p["CUDA_VISIBLE_DEVICES"] for p in places}) if places[0]["CUDA_VISIBLE_DEVICES"] else []
     print(f"# local engine: {len(places)} run(s) at a time on " +

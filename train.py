@@ -45,14 +45,16 @@ from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, canonical_arch, check_encoder, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
 from src.plan import apply_plan, given_flags, planned_line
-from src.runs import LOCK, RunLock, move_aside
+from src.runs import RunLock, log_start, move_aside
 from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last saved epoch")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from its last saved state (saved every --save-minutes, after the final "
+                             "epoch, and on SIGTERM/SIGINT)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start the run again; one that trained is moved, never deleted, to "
                              "<run>/replaced/fold<k>-<time>/")
@@ -136,7 +138,7 @@ def start_accelerator(cfg, args) -> Accelerator:
         log_with="wandb" if cfg.tracker == "wandb" and not args.validate_only else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed, non_blocking=True))
     if args.overwrite and accelerator.is_main_process:
-        aside = move_aside(cfg.run_dir, keep=(LOCK, "train.log"))  # train.log: this run's output may be going there
+        aside = move_aside(cfg.run_dir, log_start(cfg.run_dir))  # under the lock; this attempt's log stays
         if aside:
             print(f"--overwrite: the run that was in {cfg.run_dir} is now in {aside}")
     accelerator.wait_for_everyone()
@@ -213,6 +215,10 @@ def start_or_resume(cfg, args, meta, accelerator, inner: dict | None, provenance
         accelerator.load_state(str(state))
         trainer = json.loads((state / "trainer.json").read_text())
         history = pd.read_csv(run_dir / "history.csv").iloc[:trainer["epoch"]].to_dict("records")
+        metrics = run_dir / "metrics.json"
+        if metrics.exists() and accelerator.is_main_process:  # a finished run trained on is unfinished until it ends
+            scores = {k: v for k, v in json.loads(metrics.read_text()).items() if k not in FINISHED}
+            write_atomic(metrics, json.dumps(scores, indent=2) + "\n")
         best = f" (best Dice {trainer['best']:.4f})" if trainer["best_epoch"] > 0 else ""
         accelerator.print(f"resuming {run_dir} after epoch {trainer['epoch']}{best}")
     if accelerator.is_main_process:  # on resume too: --epochs/--patience may have changed, and config.json says so
@@ -296,13 +302,16 @@ def record_epoch(cfg, accelerator, meta, history: list, row: dict, example: tupl
                       f"{'' if inner else star}, IoU {row['val_iou']:.4f}{inner} ({row['seconds']:.1f}s)")
 
 
+FINISHED = ("select_on", "selected_epoch", "best_epoch", "epochs_run", "run_dir")  # metrics.json's, once it ends
+
+
 def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
         with atomic_path(run_dir / "last.pt") as tmp:  # the final epoch's: infer --checkpoint last
             accelerator.save(parts.bare_model.state_dict(), tmp)
-        final = {"select_on": cfg.select_on, "selected_epoch": selected_epoch(cfg, trainer),
-                 "best_epoch": trainer["best_epoch"], "epochs_run": trainer["epoch"], "run_dir": str(run_dir)}
+        final = dict(zip(FINISHED, (cfg.select_on, selected_epoch(cfg, trainer), trainer["best_epoch"],
+                                    trainer["epoch"], str(run_dir))))
         metrics = json.loads((run_dir / "metrics.json").read_text())
         write_atomic(run_dir / "metrics.json", json.dumps({**metrics, **final}, indent=2) + "\n")
         if cfg.tracker == "wandb" and cfg.select_on != "final":  # the scored epoch is what the runs table compares

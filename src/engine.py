@@ -2,7 +2,8 @@
 
   local  subprocesses on this machine: K per GPU (CUDA_VISIBLE_DEVICES set per command, each on the least loaded
          GPU), or N at once on CPU; SIGTERM, SIGINT or SIGHUP starts nothing more and goes on to every running command
-  ray    one Ray task per command on a running Ray cluster (fractional GPUs pack K per GPU), or on a local Ray
+  ray    one Ray actor per command on a running Ray cluster (fractional GPUs pack K per GPU), or on a local Ray;
+         a stop goes on to every running command as on the local engine
 
 An engine knows commands, logs and devices, nothing about what the commands do (src/study.py plans them).
 """
@@ -64,9 +65,10 @@ def run_command(command: list, log: str, cwd: str, env: dict, started=None) -> t
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "ab") as out:
+        begins = {"LOG_START": str(out.seek(0, os.SEEK_END))}  # train.py --overwrite moves what lies before aside
         out.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
         out.flush()
-        with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **env}, stdin=subprocess.DEVNULL,
+        with subprocess.Popen(argv, cwd=cwd, env={**os.environ, **LOG_ENV, **begins, **env}, stdin=subprocess.DEVNULL,
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True) as process:
             if started:
                 started(process)
@@ -211,8 +213,37 @@ def connect_ray(address: str | None) -> None:
                           f"or drop --address to run on a Ray of this machine alone") from None
 
 
-def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".") -> list:
-    """Every job as a Ray task: 1/K of a GPU each where the cluster has GPUs, else one CPU each.
+class RayCommand:
+    """One command as a Ray actor, which holds its place (1/K GPU or one CPU) while the command runs and takes a
+    stop as the local engine does: signal(signum) is forwarded to the command, or it never starts."""
+
+    def __init__(self):
+        self.stop = Stop()  # its bookkeeping only: no handler is installed in the actor
+
+    def run(self, command: list, log: str, cwd: str) -> tuple | None:
+        if self.stop.signum:
+            return None
+        # Ray's worker threads block these signals, and a child inherits the mask: it would never see the stop.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, Stop.SIGNALS)
+        return run_command(command, log, cwd, {}, self.stop.started)
+
+    def signal(self, signum: int) -> None:
+        self.stop.handle(signum, None)
+
+
+@dataclass(eq=False)  # one per actor, in Stop's set
+class RayProcess:
+    """A running RayCommand as engine.Stop sees a local process: something to send a signal to."""
+    actor: object
+
+    def send_signal(self, signum: int) -> None:
+        self.actor.signal.remote(signum)
+
+
+def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".", stop: Stop | None = None) -> list:
+    """Every job as a Ray actor: 1/K of a GPU each where the cluster has GPUs, else one CPU each. A stop (the
+    study's SIGTERM, SIGINT or SIGHUP) is forwarded to every command, which then saves and exits, and starts no
+    other; results of the jobs started.
 
     Without an address Ray takes RAY_ADDRESS or a cluster that `ray start` runs on this machine, else starts one for
     these jobs alone; a caller that has connected (connect_ray, ray.init) keeps its Ray.
@@ -226,23 +257,40 @@ def run_on_ray(jobs: list, address: str | None, runs_per_gpu: int, cwd: str = ".
         connect_ray(address)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not find src/ on their path
     on_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    # No retries: a retried command would start again with the flags it was planned with (a new run without
-    # --resume); the next call of the study plans it again from its folder instead.
-    task = ray.remote(max_retries=0, **({"num_gpus": 1 / runs_per_gpu} if on_gpus else {"num_cpus": 1}))(run_command)
-    progress = Progress(len(jobs), active="submitted")  # Ray does not say which queued tasks have started
-    pending = {}
-    for job in jobs:
-        pending[task.remote(job.command, str(job.log), str(Path(cwd).resolve()), {})] = job
-        progress.started()
-    results = []
-    while pending:
-        (done,), _ = ray.wait(list(pending), num_returns=1)
-        job = pending.pop(done)
-        try:
-            results.append(Result(job, *ray.get(done)))
-        except ray.exceptions.RayError as error:  # the worker or its node died: no exit code to report
-            results.append(Result(job, -1, 0.0, error=f"ray: {str(error).strip().splitlines()[0]}"))
-        progress.finished(results[-1])
+    stop = stop or Stop()
+    # No restarts: a restarted command would start again with the flags it was planned with (a new run without
+    # --resume); the next call of the study plans it again from its folder instead. Two threads: run, and signal.
+    actor = ray.remote(max_restarts=0, max_concurrency=2,
+                       **({"num_gpus": 1 / runs_per_gpu} if on_gpus else {"num_cpus": 1}))(RayCommand)
+    progress = Progress(len(jobs))
+    # Each actor starts where the cluster finds room; only then, and only if no stop came, does its command start.
+    ready = {command.__ray_ready__.remote(): (job, command) for job, command in ((j, actor.remote()) for j in jobs)}
+    running, results = {}, []
+    while ready or running:
+        if stop.signum and ready:
+            for _, command in ready.values():
+                ray.kill(command)
+            ready.clear()
+        if not (ready or running):
+            break
+        done, _ = ray.wait([*ready, *running], num_returns=1, timeout=0.5)  # not blocking: a signal's handler runs
+        for ref in done:
+            if ref in ready:
+                job, command = ready.pop(ref)
+                running[command.run.remote(job.command, str(job.log), str(Path(cwd).resolve()))] = job, command
+                stop.started(RayProcess(command))
+                progress.started()
+                continue
+            job, command = running.pop(ref)
+            try:
+                outcome = ray.get(ref)
+                result = Result(job, *outcome) if outcome else None
+            except ray.exceptions.RayError as error:  # the worker or its node died: no exit code to report
+                result = Result(job, -1, 0.0, error=f"ray: {str(error).strip().splitlines()[0]}")
+            ray.kill(command)  # its place goes to the next one
+            if result:
+                results.append(result)
+                progress.finished(result, stopping=stop.signum is not None)
     progress.close()
     if connected_here:
         ray.shutdown()  # disconnects; a cluster started by `ray start` keeps running

@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -42,17 +43,14 @@ def lock_owner(run_dir: Path) -> dict | None:
     """Who trains run_dir now ({host, pid, started, heartbeat seconds ago}), or None when nobody alive holds it.
 
     flock says so on this machine's file systems; on one that does not honour it across machines (NFS), a lock
-    file from another host counts while its heartbeat is younger than DEAD_AFTER_SECONDS."""
+    file from another host counts while its heartbeat is younger than DEAD_AFTER_SECONDS, and on one without flock
+    (Lustre mounted noflock) any lock file does."""
     path = Path(run_dir) / LOCK
     try:
         with open(path) as f:
             text = f.read()
             heartbeat = time.time() - os.fstat(f.fileno()).st_mtime
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                free = True
-            except BlockingIOError:
-                free = False
+            free = try_flock(f, fcntl.LOCK_SH)
     except FileNotFoundError:
         return None
     if not text.strip():
@@ -61,12 +59,32 @@ def lock_owner(run_dir: Path) -> dict | None:
         owner = {**json.loads(text), "heartbeat": heartbeat}
     except ValueError:  # caught between an owner's truncate and write
         owner = {"host": "?", "pid": "?", "heartbeat": heartbeat}
-    here = owner["host"] == socket.gethostname()
-    if here and owner["pid"] == os.getpid():
+    if path.resolve() in RunLock.held:
         return None  # this process: a train.main called in-process has returned (tests, notebooks)
-    if not free:
+    if free is False:  # held, whatever its host and pid say: containers sharing a hostname each have a pid 1
         return owner
-    return owner if not here and heartbeat < DEAD_AFTER_SECONDS else None
+    here = owner["host"] == socket.gethostname()
+    return owner if (free is None or not here) and heartbeat < DEAD_AFTER_SECONDS else None
+
+
+_warned = set()
+
+
+def try_flock(f, mode: int) -> bool | None:
+    """flock without waiting: True once taken, False when another process holds it, None where the file system
+    has no flock (said once per process; the heartbeat rule then decides alone)."""
+    try:
+        fcntl.flock(f, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: e.g. Lustre mounted noflock
+        folder = str(Path(f.name).parent.parent)
+        if folder not in _warned:
+            _warned.add(folder)
+            print(f"warning: {folder} has no file locks (flock: {error.strerror}); a run counts as trained by "
+                  f"another process while its {LOCK} heartbeat is under {DEAD_AFTER_SECONDS}s old", file=sys.stderr)
+        return None
 
 
 def describe_owner(owner: dict) -> str:
@@ -85,19 +103,20 @@ class RunLock:
 
     def acquire(self) -> str | None:
         """None once held, or why not: the live owner, in words."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        run_dir = self.path.parent
+        self.created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # removed again if nothing came
+        run_dir.mkdir(parents=True, exist_ok=True)
         if self.path.resolve() in RunLock.held:  # an earlier train.main of this process, returned
             RunLock.held.pop(self.path.resolve()).release()
-        owner = lock_owner(self.path.parent)  # before flock: it reads the last owner's file, ours would hide it
+        owner = lock_owner(run_dir)  # before flock: it reads the last owner's file, ours would hide it
         self.file = open(self.path, "a+")
         for _ in range(20):  # a planner's shared lock lasts a moment
-            try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = try_flock(self.file, fcntl.LOCK_EX)
+            if taken is not False:
                 break
-            except BlockingIOError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         else:
-            owner = lock_owner(self.path.parent) or {"host": "?", "pid": "?", "heartbeat": 0}
+            owner = lock_owner(run_dir) or {"host": "?", "pid": "?", "heartbeat": 0}
         if owner:
             self.file.close()
             return describe_owner(owner)
@@ -119,13 +138,31 @@ class RunLock:
         cls.held.clear()
 
     def _beat(self) -> None:
+        failing = False
         while not self.stop.wait(HEARTBEAT_SECONDS):
-            os.utime(self.path)
+            try:
+                os.utime(self.path)
+                failing = False
+            except Exception as error:  # a file server's hiccup must not end the heartbeat: others would take over
+                if not failing:
+                    print(f"warning: heartbeat of {self.path} failed ({error}); retrying every {HEARTBEAT_SECONDS}s",
+                          file=sys.stderr)
+                failing = True
 
     def release(self) -> None:
         if self.file.closed:
             return
         self.stop.set()
+        run_dir = self.path.parent
+        if self.created and run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK]:  # a failed start
+            self.path.unlink()
+            self.file.close()
+            for folder in self.created:
+                try:
+                    folder.rmdir()
+                except OSError:  # another run's files arrived meanwhile
+                    break
+            return
         self.file.truncate(0)  # an empty lock file: nobody trains here, whatever its mtime says
         self.file.close()
 
@@ -168,22 +205,46 @@ def epochs_saved(run_dir: Path) -> int:
     return json.loads((state / "trainer.json").read_text())["epoch"] if state else 0
 
 
-def move_aside(run_dir: Path, keep: tuple = (LOCK,)) -> Path | None:
-    """Clear run_dir for a new run. A run that trained (best.pt or history.csv) is moved, never deleted, to
-    replaced/fold<k>-<time>/ beside the run folders, where no fold* glob sees it: that folder, or None."""
-    run_dir = Path(run_dir)
+def move_aside(run_dir: Path, log_from: int | None = None) -> Path | None:
+    """Clear run_dir for a new run; the caller holds its lock. What earlier attempts left, their train.log with the
+    rest, is moved, never deleted, to replaced/fold<k>-<time>/ beside the run folders, where no fold* glob sees it:
+    that folder, or None when there was nothing. log_from: this process writes to train.log, its own output from
+    that byte on (log_start), which stays."""
+    run_dir, log = Path(run_dir), Path(run_dir) / "train.log"
+    keep = (LOCK, log.name) if log_from is not None else (LOCK,)
     entries = [p for p in run_dir.iterdir() if p.name not in keep] if run_dir.is_dir() else []
-    if not entries:
-        return None
-    if not any((run_dir / name).exists() for name in ("best.pt", "last.pt", "history.csv")):
-        for p in entries:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    old_log = log.read_bytes()[:log_from] if log_from is not None and log.exists() else b""
+    if not entries and not old_log.strip():
         return None
     aside = run_dir.parent / "replaced" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     aside.mkdir(parents=True)
     for p in entries:
         p.rename(aside / p.name)
+    if old_log:
+        (aside / log.name).write_bytes(old_log)
+        with open(log, "r+b") as f:  # in place: the engine and this process write to this file, not to a name
+            own = f.read()[log_from:]
+            f.seek(0)
+            f.write(own)
+            f.truncate()
     return aside
+
+
+LOG_START = "LOG_START"  # set by src/engine.py: the byte of a command's log where that command's part begins
+
+
+def log_start(run_dir: Path) -> int | None:
+    """Where this process's part of run_dir/train.log begins when its output goes there, else None (a terminal)."""
+    log = Path(run_dir) / "train.log"
+    try:
+        ours = os.path.samestat(os.fstat(sys.stdout.fileno()), log.stat())
+    except (OSError, ValueError):  # no train.log, or a stdout without a file (a notebook)
+        return None
+    if not ours:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return int(os.environ.get(LOG_START, 0))
 
 
 ACCEPTED_STALE = "accepted_stale.json"
@@ -284,6 +345,19 @@ def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "s
     root = Path(preds_dir) / dataset / run
     suffix = f"-{level}" if level not in (None, "L4") else ""
     return (root if checkpoint == "selected" else root / checkpoint) / f"tta-{tta}{suffix}"
+
+
+def foreign_predictions(preds_dir, dataset: str, run: str, runs_dir) -> str:
+    """'' when preds/<dataset>/<run>/ holds no predictions of another runs directory's run of that name that is
+    still there, else one sentence saying so with the fix: a preds folder serves one runs directory, so that
+    infer.py never predicts over another study's predictions (and ensemble.py never mixes them)."""
+    ours = (Path(runs_dir) / dataset / run).resolve()
+    for record in sorted((Path(preds_dir) / dataset / run).rglob(PROVENANCE)):
+        theirs = json.loads(record.read_text()).get("run_dir")
+        if theirs and Path(theirs) != ours and Path(theirs).is_dir():
+            return (f"{Path(preds_dir) / dataset / run} holds the predictions of {theirs}, not of {ours}: give the "
+                    f"runs of {runs_dir} a --preds-dir (and an ensemble --out-dir) of their own")
+    return ""
 
 
 @dataclass(frozen=True)

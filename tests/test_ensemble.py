@@ -415,7 +415,7 @@ def test_another_checkpoint_or_a_subset_never_replaces_the_default_leaderboard(p
     board = (out / "leaderboard.md").read_text()
     for other in (["--checkpoint", "last"], ["--runs", "unet-*"]):
         with pytest.raises(SystemExit, match=rf"^ensemble: {re.escape(str(out))} holds the ensemble of runs \*, "
-                                             r"the selected weights, TTA none; write this one \(.*\) to its own folder with --name "
+                                             r"the selected weights, TTA none, from .*; write this one \(.*\) to its own folder with --name "
                                              r"NAME, or pass --overwrite to replace it$"):
             ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", *other])
     assert (out / "leaderboard.md").read_text() == board

@@ -121,10 +121,78 @@ def test_a_done_run_asked_with_other_settings_is_stale_and_the_plan_names_them(d
     assert (run_dir / "best.pt").exists()
 
 
-def test_overwrite_moves_a_trained_run_aside_where_no_fold_glob_sees_it(demo_dir, tmp_path):
+def test_overwrite_moves_a_trained_run_and_the_old_part_of_its_log_aside(demo_dir, tmp_path):
     run_dir = finished_run(workdir_with_data(demo_dir, tmp_path))
-    (run_dir / "train.log").write_text("the old run\n")
-    aside = runs.move_aside(run_dir, keep=(runs.LOCK, "train.log"))
+    old, new = b"the old run\n", b"\n== 2026-01-01 00:00:00 python train.py --overwrite\nplanned\n"
+    (run_dir / "train.log").write_bytes(old + new)  # the engine's header, then this attempt's output
+    inode = (run_dir / "train.log").stat().st_ino
+    aside = runs.move_aside(run_dir, log_from=len(old))
     assert (aside / "best.pt").read_bytes() == b"weights" and (aside / "history.csv").exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["train.log"]  # the log train.py may be writing to stays
+    assert (aside / "train.log").read_bytes() == old
+    assert sorted(p.name for p in run_dir.iterdir()) == ["train.log"] and (run_dir / "train.log").read_bytes() == new
+    assert (run_dir / "train.log").stat().st_ino == inode  # the file the engine and train.py write to, not a copy
     assert [p.name for p in run_dir.parent.glob("fold*")] == ["fold0"]
+
+
+HOLD = """import json, fcntl, sys
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.write(json.dumps({"host": sys.argv[2], "pid": int(sys.argv[3]), "started": "now"})); f.flush()
+print("held", flush=True); sys.stdin.read()
+"""
+
+
+def test_a_held_lock_is_live_even_when_its_host_and_pid_are_this_processs(tmp_path):
+    """Containers sharing a hostname each run their trainer as pid 1: flock, not the pid, says who holds a run."""
+    (tmp_path / "fold0").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "fold0" / runs.LOCK), socket.gethostname(),
+                               str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert runs.lock_owner(tmp_path / "fold0")["pid"] == os.getpid()
+        assert f"pid {os.getpid()}, last heartbeat" in runs.RunLock(tmp_path / "fold0").acquire()
+    finally:
+        holder.communicate("")
+
+
+def test_without_flock_the_heartbeat_decides_and_a_warning_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_flock(f, mode):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+    monkeypatch.setattr(fcntl, "flock", no_flock)  # Lustre mounted noflock
+    live, dead, free = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    fake_lock(live, socket.gethostname(), 1, 20)
+    fake_lock(dead, socket.gethostname(), 1, runs.DEAD_AFTER_SECONDS + 60)
+    assert runs.lock_owner(live)["pid"] == 1 and runs.lock_owner(dead) is None
+    assert "pid 1, last heartbeat" in runs.RunLock(live).acquire()
+    lock = runs.RunLock(free)
+    assert lock.acquire() is None and json.loads((free / runs.LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "has no file locks" in line]
+    assert warnings == [f"warning: {tmp_path} has no file locks (flock: Function not implemented); a run counts as "
+                        f"trained by another process while its train.lock heartbeat is under 300s old"]
+
+
+def test_the_heartbeat_survives_a_failed_touch_and_says_so(tmp_path, monkeypatch, capsys):
+    real, calls = os.utime, []
+
+    def flaky(path, *args):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(116, "Stale file handle")
+        real(path, *args)
+    monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(os, "utime", flaky)
+    lock = runs.RunLock(tmp_path / "fold0")
+    assert lock.acquire() is None
+    try:
+        real(lock.path, (0, 0))
+        deadline = time.time() + 10
+        while lock.path.stat().st_mtime == 0:
+            assert time.time() < deadline, "the heartbeat stopped after its first failure"
+            time.sleep(0.05)
+    finally:
+        lock.release()
+    assert f"warning: heartbeat of {lock.path} failed ([Errno 116] Stale file handle)" in capsys.readouterr().err

@@ -204,23 +204,58 @@ def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
     assert study.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
 
 
-def test_a_failed_run_is_trained_again_with_overwrite(demo_dir, tmp_path, capsys, encoders_known):
-    """A run that died before its first save (config.json, no state/) is started again with --overwrite. The study
-    of that one fold trains and infers it, and says why there is no ensemble (one study: one training for both)."""
+def test_a_failed_run_is_trained_again_with_overwrite_and_its_old_log_goes_aside(demo_dir, tmp_path, capsys,
+                                                                                   encoders_known):
+    """A run that died before its first save (config.json, no state/) is started again with --overwrite; what the
+    attempt that died left, its train.log with the rest, is in replaced/, and the new train.log holds the new one.
+    The study of that one fold trains and infers it, and says why there is no ensemble (one study: one training)."""
     workdir = with_data(demo_dir, tmp_path)
     run = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (run / "leftover.txt").write_text("from the attempt that died")
+    (run / "train.log").write_text("\n== 2026-01-01 00:00:00 python train.py\nKilled\n")
     assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "failed"}
     study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))  # exits 0
     assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "done"}
-    assert re.search(r"^== .* --overwrite$", (run / "train.log").read_text(), re.MULTILINE)
+    log = (run / "train.log").read_text()
+    assert re.match(r"\n== .* --overwrite\n", log) and "Killed" not in log
+    aside, = run.parent.glob("replaced/fold0-*")
+    assert (aside / "train.log").read_text().endswith("Killed\n") and (aside / "leftover.txt").exists()
     assert not (run / "leftover.txt").exists()
     output = capsys.readouterr().out
     assert "ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more" in output
     assert "leaderboard" not in output and not (workdir / "ensemble").exists()
     assert (workdir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof_scores.csv").exists()
+
+
+HOLD = """import sys, time
+from pathlib import Path
+from src.runs import RunLock
+assert RunLock(Path(sys.argv[1])).acquire() is None
+(Path(sys.argv[1]) / "config.json").write_text("{}")
+print("held", flush=True); sys.stdin.read()
+"""
+
+
+def test_a_study_that_planned_a_run_failed_leaves_it_alone_once_another_process_trains_it(demo_dir, tmp_path):
+    """The plan can be seconds old: a run planned failed may meanwhile be trained by a second study. Only train.py
+    --overwrite, under the run's lock, moves a run aside; here it is refused and the live run keeps every file."""
+    workdir = with_data(demo_dir, tmp_path)
+    run_dir = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0")
+    planned, = plan_module.plan(study.parse_args(args)[2], ["unet"], ["tu-resnet10t"], [0], study.parse_args(args)[1])
+    live = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "held\n"
+        run = dataclasses.replace(planned, state="failed", command=[*planned.command, "--overwrite"])
+        result, = study.train(study.parse_args(args)[0], [run])[0]
+        assert not result.ok and "is being trained by another process" in result.tail()[-1]
+        assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "train.lock", "train.log"]
+        assert not (run_dir.parent / "replaced").exists()
+    finally:
+        live.communicate("")
 
 
 def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finished_study, capsys):
@@ -234,6 +269,35 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
     assert "local engine" not in output and "trained" not in output
     assert {path: path.stat().st_mtime_ns for path in before} == before  # train.log, weights and predictions
     assert "leaderboard: " in output
+
+
+def test_a_study_on_another_runs_dir_never_predicts_over_the_first_studys_predictions(finished_study):
+    """preds/ and ensemble/ serve one runs directory: a second study of the same grid on --runs-dir runs-b is told,
+    before it trains, to give its runs a --preds-dir of their own, and its ensemble an --out-dir or --name."""
+    import shutil
+    import infer
+    workdir = finished_study[0]
+    shutil.copytree(workdir / "runs", workdir / "runs-b")
+    args = study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1")
+    args[args.index("--runs-dir") + 1] = str(workdir / "runs-b")
+    preds = workdir / "preds"
+    before = {p: p.stat().st_mtime_ns for p in preds.rglob("*")}
+    first = (workdir / "runs" / "demo" / "unet-tu-resnet10t").resolve()
+    with pytest.raises(SystemExit, match=rf"^study: {preds}/demo/unet-tu-resnet10t holds the predictions of {first}, "
+                                         rf"not of .*runs-b/demo/unet-tu-resnet10t: give the runs of .*runs-b a "
+                                         rf"--preds-dir \(and an ensemble --out-dir\) of their own$"):
+        study.main(args)
+    with pytest.raises(SystemExit, match=rf"^infer: {preds}/demo/unet-tu-resnet10t holds the predictions of {first}"):
+        infer.main(["--dataset", "demo", "--runs-dir", str(workdir / "runs-b"), *paths(workdir), "--preds-dir",
+                    str(preds), "--workers", "0"])
+    assert {p: p.stat().st_mtime_ns for p in preds.rglob("*")} == before
+    board = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
+    text = board.read_text()
+    args[args.index("--preds-dir") + 1] = str(workdir / "preds-b")
+    with pytest.raises(SystemExit, match=r"ensemble\.py failed: ensemble: .* holds the ensemble of .* from "
+                                         rf"{preds}; write this one \(.* from {workdir / 'preds-b'}\) to its own"):
+        study.main(args)
+    assert board.read_text() == text
 
 
 def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_encoder(finished_study, capsys):
@@ -335,3 +399,23 @@ def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(d
         assert f"resuming {run} after epoch {saved[run]}" in (run / "train.log").read_text()
     assert "stopped by SIGINT" in out and "fold0: stopped (resumable)" in out
     assert not any((run / "train.log").exists() for run in later)
+
+
+def test_under_ray_a_signal_stops_the_study_its_runs_save_and_a_rerun_resumes_them(demo_dir, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt installs it)")
+    workdir = with_data(demo_dir, tmp_path)
+    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0,1", "--engine", "ray")
+    args[args.index("--epochs") + 1] = "8"
+    runs = [workdir / "runs" / "demo" / "unet-tu-resnet10t" / f"fold{k}" for k in (0, 1)]
+    process = start_study(args)  # a local Ray of 2 CPUs: both runs at once
+    while not all(epochs_in(run) >= 1 for run in runs):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGINT)  # Ctrl-C to the driver
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in out + err, out + err
+    assert "unet-tu-resnet10t fold0: stopped (resumable)" in out and "study: stopped by SIGINT" in out
+    for run in runs:  # each finished its epoch, saved it, and is planned to go on from there
+        assert json.loads((run / "state" / "trainer.json").read_text())["epoch"] == epochs_in(run) < 8
+        assert "train: stopped by SIGINT after epoch" in (run / "train.log").read_text()
+    assert set(states(workdir, ["unet"], ["tu-resnet10t"], [0, 1]).values()) == {"resumable"}

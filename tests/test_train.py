@@ -106,6 +106,7 @@ def test_offline_imagenet_request_fails_fast_with_one_sentence(demo_dir, tmp_pat
     with pytest.raises(SystemExit, match="cannot get imagenet weights for encoder 'resnet18': no internet") as error:
         run_train(demo_dir, tmp_path, "--epochs", "1", "--encoder", "resnet18", "--encoder-weights", "imagenet")
     assert "--encoder-weights PATH" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "runs").exists()  # the failed start leaves no run folder holding only its train.lock
 
 
 def encoder_file(tmp_path, kind: str):
@@ -394,6 +395,24 @@ def test_resume_records_new_epochs_and_validate_only_rebuilds_the_saved_model(de
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["dice"] == pytest.approx(json.loads((run / "metrics.json").read_text())["dice"], abs=1e-6)
     assert not (demo_dir / "data" / "demo" / "cache" / "256").exists()
+
+
+def test_a_finished_run_resumed_for_more_epochs_is_unfinished_until_they_end(demo_dir, tmp_path, monkeypatch):
+    """Under --select-on fold metrics.json is rewritten only when an epoch improves: stopped before one does, a
+    resumed finished run must be planned resumable with its saved epochs, not done with its old epochs_run."""
+    from src import runs
+    run = run_train(demo_dir, tmp_path, "--epochs", "1", "--select-on", "fold") / "unet-tu-resnet10t" / "fold0"
+    assert runs.is_finished(run)
+    end_epoch = train.end_epoch
+    monkeypatch.setattr(train, "end_epoch", lambda *args: end_epoch(*args) and False)  # no epoch improves
+    monkeypatch.setattr(train, "state_due", lambda *args: (True, True))  # a signal came during epoch 2
+    with pytest.raises(SystemExit):
+        run_train(demo_dir, tmp_path, "--epochs", "3", "--select-on", "fold", "--resume")
+    assert not runs.is_finished(run) and runs.epochs_saved(run) == 2
+    assert "epochs_run" not in json.loads((run / "metrics.json").read_text())
+    monkeypatch.undo()
+    run_train(demo_dir, tmp_path, "--epochs", "3", "--select-on", "fold", "--resume")
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def perturbed_copy(demo_dir, tmp_path, fold: int):

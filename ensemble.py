@@ -27,7 +27,7 @@ import pandas as pd
 
 from src import postprocess, report, runs as ledger, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.checkpoint import write_atomic
+from src.files import write_atomic
 from src.folds import FoldFileError, group_labels
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from src import postprocess, runs as ledger, tracking
-from src.checkpoint import write_atomic
+from src.files import write_atomic
 from src.cache import open_cache
 from src.canonical import load_index, spacing_of
 from src.config import Config

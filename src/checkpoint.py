@@ -1,15 +1,14 @@
 """Saving and checking the full training state that --resume continues from."""
 import json
-import os
 import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
 from src.config import Config, load_run_config
+from src.files import atomic_path, write_atomic  # noqa: F401  train.py imports them from here until it reads src.files
 from src.folds import fingerprint
 
 RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker", "--tags", "--save-minutes")
@@ -66,20 +65,6 @@ def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """A temporary name to write path under, renamed into place when the block ends: readers (and a resume after a
-    crash) see the old file or the new one, never half of one."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    yield tmp
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def last_state(run_dir: Path) -> Path | None:

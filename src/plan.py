@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from src.canonical import load_index, load_meta
-from src.checkpoint import write_atomic
+from src.files import write_atomic
 from src.config import Config
 from src.folds import group_labels, load_folds
 from src.images import read_image

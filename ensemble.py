@@ -22,18 +22,19 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from src import postprocess, report, runs as ledger, tracking, tuning
+from src import postprocess, report, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.checkpoint import write_atomic
-from src.folds import FoldFileError, group_labels
+from src.ensemble_inputs import check_oof, choose_levels, recorded_split, select_runs, test_predictions
+from src.ensemble_scores import (ensemble_gain, name_levels, per_class, postprocess_runs, read_json,
+                                 score_ensemble, score_runs, tune)
+from src.files import write_atomic
+from src.folds import group_labels
 from src.images import read_image, write_png
-from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
-from src.models import DEEP_SUPERVISED
+from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
-from src.predict import OldPredictionFormat, SplitChanged, check_set_name, mean_at, read_mean, read_split
+from src.predict import OldPredictionFormat, check_set_name, mean_at, read_mean
 from src.rle import rle_encode
 from src.stats import holm, mean_interval, paired_comparison
 from src.tuning import TTA_MODES, scores_table
@@ -122,151 +123,6 @@ def read_dataset(args) -> tuple:
     return dataset_dir, meta, index, by
 
 
-def oof_dice(predictions: ledger.PredictionSet) -> float:
-    """Mean per-image Dice of the OOF scores infer.py wrote for one prediction set."""
-    return per_image(pd.read_csv(predictions.folder / "oof_scores.csv", dtype={"id": str}))["dice"].mean()
-
-
-def select_runs(args) -> dict:
-    """{run: {(TTA mode, level): its scored PredictionSet}} of the runs asked (--runs) with scored predictions of the
-    checkpoint asked at the TTA asked (any under --tta best), every mode and level each has (level None but for
-    unetpp_ds's other levels)."""
-    found = ledger.level_sets(args.preds_dir, args.dataset, args.checkpoint)
-    root = Path(args.preds_dir) / args.dataset
-    if found and ledger.unmatched(found, args.runs):
-        sys.exit(f"ensemble: --runs {','.join(ledger.unmatched(found, args.runs))} matches no run with predictions of "
-                 f"{args.checkpoint}.pt in {root} (there are: {', '.join(found)})")
-    sets = {name: {(mode, level): s for mode, levels in found[name].items() for level, s in levels.items()
-                   if s.scored} for name in ledger.select(found, args.runs)}
-    sets = {name: candidates for name, candidates in sets.items()
-            if any(args.tta in ("best", mode) for mode, _ in candidates)}
-    if not sets:
-        weights = "the selected weights" if args.checkpoint == "selected" else f"{args.checkpoint}.pt"
-        predict = ledger.command("infer.py", args.dataset, dir_flags(args),
-                                 *(["--runs", args.runs] if args.runs else []),
-                                 "--tta", "flip" if args.tta == "best" else args.tta, "--checkpoint", args.checkpoint)
-        sys.exit(f"ensemble: no scored predictions of {weights} in {root} (run `{predict}` first)")
-    return sets
-
-
-def choose_levels(found: dict, fold_of: dict, args) -> tuple:
-    """({run: {mode: PredictionSet}}, {run: the set chosen for it}), the sets of select_runs(): a unetpp_ds run's
-    levels of a TTA mode made one set, each fold at the level of highest OOF Dice on the other folds
-    (tuning.choose_levels); under --tta best, the set of highest OOF Dice on all images (ties keep the cheaper TTA)."""
-    sets, chosen = {}, {}
-    for name, candidates in found.items():
-        for mode in TTA_MODES:
-            levels = [s for (m, _), s in candidates.items() if m == mode]
-            if levels and name.split("-", 1)[0] == DEEP_SUPERVISED:
-                sets.setdefault(name, {})[mode] = tuning.choose_levels(levels, fold_of)
-            elif levels:
-                sets.setdefault(name, {})[mode] = levels[0]
-        modes = sets[name]
-        chosen[name] = max(modes.values(), key=oof_dice) if args.tta == "best" else modes[args.tta]
-    return sets, chosen
-
-
-def name_levels(runs: dict, sets: dict) -> None:
-    """Each unetpp_ds run's levels in its summary: the test masks' (level), each fold's at that fold's TTA
-    (level_by_fold), and every level of the test masks' TTA with its parameters, OOF images/s and OOF Dice (levels)."""
-    for name, s in runs["chosen"].items():
-        if not isinstance(s, tuning.ChosenLevels):
-            continue
-        by_fold = {f: sets[name][mode].by_fold[f] for f, mode in runs["tta_by_fold"][name].items()}
-        inference = {level: read_json(p.folder / "inference.json") or {} for level, p in s.levels.items()}
-        levels = {level: {"parameters_m": inference[level].get("parameters_m"), "dice": oof_dice(p),
-                          "images_per_s": inference[level].get("images_per_s")} for level, p in s.levels.items()}
-        runs["summaries"][name].update({"level": s.level, "level_by_fold": by_fold, "levels": levels})
-
-
-def recorded_split(sets: dict, args, index: pd.DataFrame) -> pd.DataFrame:
-    """The folds that every set read was predicted on (infer.py records the fold file in prediction.json): one split
-    for all, unchanged since."""
-    recorded = {s: s.provenance.get("split") for modes in sets.values() for s in modes.values()}
-    lacking = next((s for s, split in recorded.items() if split is None), None)
-    if lacking:  # predicted before infer.py recorded provenance
-        sys.exit(f"ensemble: {lacking.folder} does not record which weights and split made it (predicted by an older "
-                 f"infer.py); renew it: `{renew_command(lacking, lacking_folds(lacking), args)}`")
-    first, split = next(iter(recorded.items()))
-    other = next((s for s, o in recorded.items() if o["sha256"] != split["sha256"]), None)
-    if other:
-        sys.exit(f"ensemble: {first.run} was trained on {split['file']} but {other.run} on another split "
-                 f"({recorded[other]['file']}); ensemble runs of one split (--runs)")
-    try:
-        return read_split(split, f"{first.folder} was predicted", index)
-    except (FileNotFoundError, SplitChanged, FoldFileError) as error:
-        sys.exit(f"ensemble: {error}")
-
-
-def lacking_folds(predictions: ledger.PredictionSet) -> list:
-    """The folds with a test folder, for the command that renews a set without provenance (at least fold 0)."""
-    return sorted(int(d.name[4:]) for d in predictions.part(None).glob("fold*")) or [0]
-
-
-def dir_flags(args) -> dict:
-    return {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": args.preds_dir}
-
-
-def renew_command(predictions: ledger.PredictionSet, folds: list, args, images: str | None = None) -> str:
-    return predictions.renew_command(args.dataset, folds, dir_flags(args), images, args.set)
-
-
-def refuse_stale(predictions: ledger.PredictionSet, part: str, files: dict, args, images: str | None = None) -> None:
-    """Stop at the first fold of a part whose files its run's current weights did not make. files: {fold: a file}."""
-    stale = predictions.stale_folds(part, sorted(files))
-    if stale:
-        weights = ledger.weights_file(Path(predictions.provenance["run_dir"]), stale[0], predictions.checkpoint)
-        sys.exit(f"ensemble: {files[stale[0]]} ({predictions.run}, fold {stale[0]}) was not made by the current "
-                 f"weights of {weights} (retrained or deleted since); renew it: "
-                 f"`{renew_command(predictions, stale, args, images)}`")
-
-
-def check_oof(sets: dict, fold_of: dict, args) -> None:
-    """Every OOF file that will be read (every TTA mode of every run asked) comes from its run's current weights."""
-    for modes in sets.values():
-        for predictions in modes.values():
-            files = {}
-            for image_id, path in ledger.prediction_files(predictions.folder / "oof").items():
-                if image_id in fold_of:
-                    files.setdefault(int(fold_of[image_id]), path)
-            refuse_stale(predictions, "oof", files, args)
-
-
-def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, args) -> tuple:
-    """([(run, fold folder)], image ids) of the test split (or --set NAME) to write masks for: the folders of the
-    split's folds only (never one left from another k), each made by its run's current weights."""
-    if args.set:
-        try:
-            check_set_name(args.set)
-        except ValueError as error:
-            sys.exit(f"ensemble: --set: {error}")
-    part = f"sets/{args.set}" if args.set else "test"
-    lacking = [run for run, s in chosen.items() if args.set and not s.part(args.set).is_dir()]
-    if lacking:  # found before tuning, not after
-        images = next((s.provenance.get("sets", {}).get(args.set, {}).get("images") for s in chosen.values()
-                       if s.part(args.set).is_dir()), None)  # the folder the other runs predicted under this name
-        first = chosen[lacking[0]]
-        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{args.set}' ({first.part(args.set)} "
-                 f"missing); run `{renew_command(first, lacking_folds(first), args, images or 'DIR')}`"
-                 + ("" if images else " (DIR: the folder of the set's images)")
-                 + (" and the same for each run named" if len(lacking) > 1 else ""))
-    split_folds, fold_dirs, wanted = set(folds["fold"].tolist()), [], set()
-    for name, predictions in chosen.items():
-        record = predictions.provenance.get("sets", {}).get(args.set, {}) if args.set else {}
-        wanted |= set(record.get("ids", []) if args.set else index.index[index["split"] == "test"])
-        dirs = {int(d.name[4:]): d for d in sorted(predictions.part(args.set).glob("fold*"))
-                if d.name[4:].isdigit() and int(d.name[4:]) in split_folds}
-        files = {f: next(iter(ledger.prediction_files(d).values()), d) for f, d in dirs.items()}
-        refuse_stale(predictions, part, files, args, record.get("images"))
-        fold_dirs += [(name, d) for d in dirs.values()]
-    test_ids = sorted(i for i in wanted if any((d / f"{i}.npz").exists() for _, d in fold_dirs))
-    incomplete = [i for i in test_ids if not all((d / f"{i}.npz").exists() for _, d in fold_dirs)]
-    if incomplete:
-        print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
-              f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
-    return fold_dirs, test_ids
-
-
 def run_weights(spec: str | None, runs: dict) -> dict:
     """{run: test-time weight} from --weights RUN=W,...: positive numbers naming runs asked; 1 for the others."""
     weight_of = {name: 1.0 for name in runs}
@@ -318,98 +174,6 @@ def output_folder(args, chosen: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(saved, json.dumps(selection, indent=2) + "\n")
     return out
-
-
-def score_runs(sets: dict, chosen: dict, folds: pd.DataFrame, args) -> dict:
-    """Each run on its own, from the OOF scores infer.py wrote, on the images that every run predicted. Every choice
-    made on OOF data is made for each fold on the other folds (cross-validated): here, under --tta best, the TTA."""
-    oof = tuning.read_oof_scores(sets)
-    dice_of = {name: {mode: tuning.image_dice(table) for mode, table in tables.items()} for name, tables in oof.items()}
-    modes_of = {name: list(oof[name]) if args.tta == "best" else [args.tta] for name in chosen}
-    oof_ids = tuning.scored_images(dice_of, modes_of, folds["id"])
-    if not oof_ids:
-        sys.exit(f"ensemble: no training image has an OOF prediction from every run ({', '.join(chosen)}); "
-                 f"run infer.py for all folds of each run")
-    if len(oof_ids) < len(folds):
-        print(f"ensemble: {len(folds) - len(oof_ids)} training images lack an OOF prediction from some run (or TTA "
-              f"mode under --tta best); scoring every model on the {len(oof_ids)} that all predicted")
-    fold_of = dict(zip(folds["id"], folds["fold"]))
-    image_folds = np.array([fold_of[i] for i in oof_ids])
-    fold_ids = sorted(set(image_folds.tolist()))
-    if len(fold_ids) < 2:
-        sys.exit(f"ensemble: the OOF predictions cover only fold {fold_ids[0]}; settings are tuned on the other "
-                 f"folds, so run infer.py for at least two folds of each run")
-    tta_by_fold, run_scores = {}, {}
-    for name in chosen:
-        tta_by_fold[name], run_scores[name] = tuning.choose_by_fold(
-            {mode: sets[name][mode] for mode in modes_of[name]}, oof_ids, image_folds)
-    summaries = {name: {"tta": s.tta, "tta_by_fold": tta_by_fold[name], **tuning.summarize_scores(run_scores[name]),
-                        "epoch_rule": epoch_rule(s, args.checkpoint), "accepted_stale": accepted_stale(s),
-                        "parameters_m": (read_json(s.folder.parent / "training.json") or {}).get("parameters_m"),
-                        "training": read_json(s.folder.parent / "training.json"),
-                        "inference": read_json(s.folder / "inference.json")} for name, s in chosen.items()}
-    return {"chosen": chosen, "dice_of": dice_of, "oof_ids": oof_ids, "image_folds": image_folds,
-            "fold_ids": fold_ids, "tta_by_fold": tta_by_fold, "run_scores": run_scores, "summaries": summaries,
-            "tta_gain": {name: tuning.tta_gain(dice_of[name], oof_ids) for name in chosen},  # every mode, same images
-            "missing": len(folds) - len(oof_ids)}
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def fold_folders(predictions: ledger.PredictionSet) -> dict:
-    """{fold: the run's fold folder} of the folds whose OOF predictions the set holds."""
-    run_dir = Path(predictions.provenance["run_dir"])
-    return {f: run_dir / f"fold{f}" for f in sorted(predictions.weights("oof"))}
-
-
-def epoch_rule(predictions: ledger.PredictionSet, checkpoint: str) -> dict:
-    """Which rule chose the weights of a run's predictions, and the epoch each fold's weights are from: figures of
-    --select-on fold are optimistic (its epoch, plateau and early stop read the very images it is scored on)."""
-    found = {f: ledger.epoch_of(folder, checkpoint) for f, folder in fold_folders(predictions).items()}
-    rules = sorted({rule for rule, _ in found.values()})
-    return {"select_on": "/".join(rules), "checkpoint": checkpoint, "epochs": {f: e for f, (_, e) in found.items()},
-            "optimistic": "fold" in rules}
-
-
-def accepted_stale(predictions: ledger.PredictionSet) -> dict:
-    """{fold: {study, differs}} of the run's folds a study kept with --accept-stale, though it asked other settings."""
-    return {f: record for f, folder in fold_folders(predictions).items() if (record := ledger.accepted_stale(folder))}
-
-
-def postprocess_runs(runs: dict, sets: dict, dataset_dir: Path, meta: dict, args) -> None:
-    """Each run post-processed as the ensemble is, being an ensemble of one: its settings chosen for each fold on the
-    other folds, so that the ensemble's gain compares post-processed with post-processed and raw with raw."""
-    runs["postprocessed_scores"] = {}
-    for name, predictions in runs["chosen"].items():
-        alone = {**runs, "chosen": {name: predictions}}
-        tuned = tune(alone, {name: sets[name]}, {name: 1.0}, dataset_dir, meta, args)
-        summary, runs["postprocessed_scores"][name] = score_ensemble(alone, tuned, dataset_dir, meta)
-        runs["summaries"][name]["postprocessed"] = {**summary, "postprocess": tuned["settings"]}
-
-
-def tune(runs: dict, sets: dict, weight_of: dict, dataset_dir: Path, meta: dict, args) -> dict:
-    """Post-processing tuned on the averaged OOF probabilities (test predictions are never read here): for each fold
-    on the other folds' images, with that fold's TTA (the estimate), and on all images (for the test masks)."""
-    tta_of_fold = {f: tuple(runs["tta_by_fold"][name][f] for name in runs["chosen"]) for f in runs["fold_ids"]}
-    tta_all = tuple(s.tta for s in runs["chosen"].values())
-    settings_of_fold, settings, oof_means = tuning.tune_postprocessing(
-        sets, weight_of, dataset_dir / "masks", meta["task"], runs["oof_ids"], runs["image_folds"], tta_of_fold,
-        tta_all, args.tune_size)
-    return {"tta_of_fold": tta_of_fold, "tta_all": tta_all, "settings_of_fold": settings_of_fold,
-            "settings": settings, "oof_means": oof_means}
-
-
-def score_ensemble(runs: dict, tuned: dict, dataset_dir: Path, meta: dict) -> tuple:
-    """The ensemble at original size: each fold with its own TTA and settings (the headline); with the settings chosen
-    on all images (optimistic: tuned and scored on the same images) and without any (the raw average)."""
-    ensemble_scores, raw, optimistic = tuning.score_ensemble(
-        tuned["oof_means"], dataset_dir / "masks", meta["classes"], runs["oof_ids"], runs["image_folds"],
-        tuned["settings_of_fold"], tuned["settings"])
-    ensemble = {**tuning.summarize_scores(ensemble_scores), "dice_raw": per_image(raw)["dice"].mean(),
-                "per_class_raw": pooled_by_class(raw), "dice_optimistic": per_image(optimistic)["dice"].mean()}
-    return ensemble, ensemble_scores
 
 
 def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:
@@ -507,30 +271,6 @@ def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ense
         report.comparison_grid(out / "comparison.png", [panels(i) for i in shown], meta["classes"])
     log_to_tracker(out, args, chosen, scores, runs["fold_ids"])
     return scores
-
-
-def ensemble_gain(summaries: dict, ensemble: dict) -> dict:
-    """The ensemble against the best single run, like with like: post-processed (each cross-validated) with
-    post-processed, and raw (threshold 0.5 or argmax) with raw. An ensemble of one run gains exactly 0."""
-    best = max(summaries, key=lambda n: summaries[n]["postprocessed"]["dice"])
-    best_raw = max(summaries, key=lambda n: summaries[n]["postprocessed"]["dice_raw"])
-    return {"best_single": best, "ensemble_gain": ensemble["dice"] - summaries[best]["postprocessed"]["dice"],
-            "best_single_raw": best_raw,
-            "ensemble_gain_raw": ensemble["dice_raw"] - summaries[best_raw]["postprocessed"]["dice_raw"]}
-
-
-def per_class(summaries: dict, ensemble: dict) -> dict:
-    """Multiclass: each model's Dice per class with pixels pooled over the scored images, post-processed
-    (cross-validated) and raw, their macro means, and every class that post-processing lowered."""
-    models = {**{n: s["postprocessed"] for n, s in summaries.items()}, "ensemble": ensemble}
-    classes = list(ensemble["per_class"])
-    pooled = {c: {n: m["per_class"][c] for n, m in models.items()} for c in classes}
-    raw = {c: {n: m["per_class_raw"][c] for n, m in models.items()} for c in classes}
-    return {"per_class": pooled, "per_class_raw": raw,
-            "macro": {n: {"postprocessed": float(np.mean([pooled[c][n] for c in classes])),
-                          "raw": float(np.mean([raw[c][n] for c in classes]))} for n in models},
-            "lowered_classes": [{"model": n, "class": c, "raw": raw[c][n], "postprocessed": pooled[c][n]}
-                                for n in models for c in classes if pooled[c][n] < raw[c][n]]}
 
 
 def log_to_tracker(out: Path, args, chosen: dict, scores: dict, folds: list) -> None:

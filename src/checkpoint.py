@@ -1,11 +1,9 @@
 """Saving and checking the full training state that --resume continues from."""
 import json
-import os
 import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -66,20 +64,6 @@ def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """A temporary name to write path under, renamed into place when the block ends: readers (and a resume after a
-    crash) see the old file or the new one, never half of one."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    yield tmp
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def last_state(run_dir: Path) -> Path | None:

@@ -1,11 +1,6 @@
-"""K-fold split files, folds/<name>.csv, written with scikit-learn splitters.
-
-Re-write alone: python -m src.folds <name> --k 5 --strategy auto --seed 42 --overwrite
-"""
-import argparse
+"""K-fold split files, folds/<name>.csv, written with scikit-learn splitters (the command is src/split.py)."""
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +139,7 @@ def load_folds(folds_dir: Path, dataset: str, index: pd.DataFrame | None = None)
     """folds/<dataset>.csv, its folds as integers; checked against the dataset's index when given (FoldFileError)."""
     path = Path(folds_dir) / f"{dataset}.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare ...` or `python -m src.folds {dataset}`")
+        raise FileNotFoundError(f"{path} not found: run `python -m src.prepare ...` or `python -m src.split {dataset}`")
     folds = pd.read_csv(path, dtype={"id": str, "group": str, "fold": str}, keep_default_na=False)
     problems = fold_file_problems(folds, index, path, dataset)
     if problems:
@@ -158,9 +153,9 @@ def fold_file_problems(folds: pd.DataFrame, index: pd.DataFrame | None, path: Pa
     missing = [c for c in ("id", "fold") if c not in folds]
     if missing:
         return [Problem(str(path), f"has no {' or '.join(missing)} column",
-                        fix=f"write a new split: python -m src.folds {dataset} --overwrite")]
+                        fix=f"write a new split: python -m src.split {dataset} --overwrite")]
     edit = "edit these rows"
-    resplit = f"python -m src.folds {dataset} --overwrite writes a new split (runs trained on the old one are then refused)"
+    resplit = f"python -m src.split {dataset} --overwrite writes a new split (runs trained on the old one are then refused)"
     line = {i: f"line {i + 2}" for i in folds.index}  # the header is line 1
     problems = [Problem(line[i], "fold is not a whole number", repr(f), f"{edit}, or {resplit}")
                 for i, f in folds["fold"].items() if not f.strip().lstrip("-").isdigit()]
@@ -200,34 +195,3 @@ def inner_split(folds: pd.DataFrame, fold: int, seed: int) -> list:
     splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(parts, shuffle=True, random_state=seed)
     _, inner = next(splitter.split(train, y, groups))
     return sorted(train["id"].iloc[inner])
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="dataset under data/")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                        help="where runs live: --overwrite counts those trained on the old split")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folds/<name>.csv")
-    args = parser.parse_args(argv)
-    try:
-        path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed, args.overwrite,
-                           args.runs_dir)
-    except (ValueError, OSError) as error:  # FileNotFoundError and FileExistsError are OSErrors
-        sys.exit(f"folds: {error}")
-    print(f"wrote {path}")
-    from src import plan  # imported here: src/plan.py reads the fold files through this module
-    dataset_dir = args.data_dir / args.name
-    planned = plan.load_plan(dataset_dir)
-    if planned:  # a fold's number of training images sets the batch and the epochs: the plan follows the new split
-        print("\n".join(plan.describe(plan.write_plan(dataset_dir, args.folds_dir, planned["steps"]), dataset_dir)))
-    else:
-        print(f"no {plan.plan_path(dataset_dir)}: python -m src.plan {args.name} plans the training recipe")
-
-
-if __name__ == "__main__":
-    main()

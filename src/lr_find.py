@@ -18,7 +18,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +26,8 @@ import numpy as np
 import torch
 
 from src.augment import build_augmentation
-from src.checkpoint import write_atomic
 from src.data import CachedSegmentation, default_workers, make_loader
+from src.files import atomic_path, write_atomic
 from src.losses import SegmentationLoss, class_weights
 from src.models import create_model, head_weights, normalize
 from src.optim import build_optimizer
@@ -128,10 +127,9 @@ def plot_curve(record: dict, path: Path) -> None:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")  # matplotlib picks the format from the suffix
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")  # named: matplotlib would read the format from the .tmp suffix
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def find_lr(cfg, meta, train_rows, images, masks, device, curve: Path | None = None,

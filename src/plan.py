@@ -8,7 +8,7 @@ rule, printed and stored beside the value. The plan is a dataset-level rule: it 
 and gives every fold and every run of the dataset the same values, but for the class weights: whether a class is rare
 is read per fold from its training folds' masks, and the weights (--class-weights auto) from the run's own training
 masks, so that no fold's masks weight the loss it is scored by. prepare writes it as its last step, and
-python -m src.folds --overwrite plans again. train.py takes them as its defaults (and study.py, whose stale check
+python -m src.split --overwrite plans again. train.py takes them as its defaults (and study.py, whose stale check
 compares a finished run with the planned values); a flag overrides any of them, and the run's config.json says where
 each value came from (apply_plan).
 """
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from src.canonical import load_index, load_meta
-from src.checkpoint import write_atomic
+from src.files import write_atomic
 from src.config import Config
 from src.folds import group_labels, load_folds
 from src.images import read_image

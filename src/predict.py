@@ -17,7 +17,6 @@ where a step needs it (scoring, final masks), through resize_prob(). Files of th
 no `size`) are refused with OldPredictionFormat; infer.py predicts again every file not made by the model it is
 predicting with.
 """
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from src.config import load_run_config
 from src.data import channels_first, make_loader
+from src.files import atomic_path
 from src.folds import load_folds
 from src.images import read_image, resize, to_channels
 from src.models import ModelError, create_model, normalize
@@ -139,10 +139,8 @@ def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
     """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold, weights, split and TTA that made
     it. Written as name.npz.tmp, then renamed: a kill leaves no half file, and no *.npz that is not a prediction."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
         np.savez_compressed(f, prob=prob, size=np.asarray(size, dtype=np.int64), **model_id)
-    os.replace(tmp, path)
 
 
 def load_pred(path: Path) -> tuple:

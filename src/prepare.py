@@ -172,7 +172,7 @@ def main(argv=None):
                                      overwrite=True, runs_dir=args.runs_dir)
         except ValueError as error:
             sys.exit(f"prepare: {args.data_dir / name} was written, but its folds were not: {error} "
-                     f"(then: python -m src.folds {name} --k K --strategy S)")
+                     f"(then: python -m src.split {name} --k K --strategy S)")
     counts = index["split"].value_counts().to_dict()
     mib = {sub: sum(f.stat().st_size for f in (args.data_dir / name / sub).rglob("*") if f.is_file()) / 2**20
            for sub in ("images", "masks", "cache")}

@@ -13,7 +13,8 @@ import infer
 import train
 from conftest import TINY, infer_args, paths
 from src.config import Config
-from src.folds import FoldFileError, load_folds, main, make_folds
+from src.folds import FoldFileError, load_folds, make_folds
+from src.split import main
 from src.predict import file_sha256
 from src.study import fold_numbers
 from test_ensemble import scored_predictions
@@ -133,7 +134,7 @@ def hand_edited(demo_dir: Path, folder: Path) -> Path:
 
 
 def expected_report(folds_file: Path, first_id: str, removed: str, n: int) -> str:
-    resplit = "python -m src.folds demo --overwrite writes a new split (runs trained on the old one are then refused)"
+    resplit = "python -m src.split demo --overwrite writes a new split (runs trained on the old one are then refused)"
     return (f"{folds_file}: 4 problem(s), nothing was done:\n"
             f"  line 4: fold is not a whole number ('x'); edit these rows, or {resplit}\n"
             f"  line {n}: id listed again ({first_id}); edit these rows: one row per image\n"

@@ -1,4 +1,5 @@
 """Importing the pipeline opens no network connection (offline machines print nothing, wait for nothing)."""
+import ast
 import subprocess
 import sys
 
@@ -39,3 +40,56 @@ def test_the_scripts_load_no_plotting_or_optional_image_library_until_used():
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def src_imports() -> dict:
+    """Each src/ module's project imports, at any depth (a function's import closes a circle as surely)."""
+    graph = {}
+    for path in (ROOT / "src").glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "src":
+                found.update(f"src.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src."):
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names if alias.name.startswith("src."))
+        graph[f"src.{path.stem}"] = found - {f"src.{path.stem}"}
+    return graph
+
+
+def import_circle(graph: dict) -> list:
+    """One circle as [a, b, ..., a], or [] when the imports form none (depth-first, three colours)."""
+    state, trail = {}, []
+
+    def visit(module):
+        state[module], _ = "open", trail.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                return trail[trail.index(imported):] + [imported]
+            if imported not in state and (circle := visit(imported)):
+                return circle
+        state[module], _ = "done", trail.pop()
+        return []
+
+    for module in sorted(graph):
+        if module not in state and (circle := visit(module)):
+            return circle
+    return []
+
+
+def test_src_modules_import_no_circle():
+    assert import_circle({"src.a": {"src.b"}, "src.b": {"src.a"}}) == ["src.a", "src.b", "src.a"]  # the check sees one
+    circle = import_circle(src_imports())
+    assert not circle, f"import circle among src/ modules: {' -> '.join(circle)}; move the shared piece into a lower module"
+
+
+def test_atomic_writing_imports_nothing_of_the_project():
+    assert src_imports()["src.files"] == set()
+
+
+def test_top_level_scripts_stay_short():
+    """STYLE.md: a top-level script is a story of about 250 lines; past 300 a piece of it belongs in src/."""
+    scripts = sorted(path for path in ROOT.glob("*.py") if path.name not in {"conftest.py", "setup.py"})
+    long = {path.name: n for path in scripts if (n := len(path.read_text().splitlines())) > 300}
+    assert not long, f"top-level scripts over 300 lines: {long}; move a coherent piece into src/"

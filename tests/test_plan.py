@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, TINY, paths, prepare
 
 import train
-from src import folds, plan, study
+from src import folds, plan, split, study
 from src import runs as ledger
 from src.config import RULE_DEFAULTS, Config, add_config_arguments, config_from_args
 from src.images import read_image, write_png
@@ -160,7 +160,7 @@ def test_train_takes_the_plan_a_flag_overrides_it_and_a_study_rerun_is_not_stale
 
 def test_a_new_split_replans(demo_dir, tmp_path, capsys):
     first = planned_copy(demo_dir, tmp_path, "demo")
-    folds.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    split.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
     replanned = plan.load_plan(tmp_path / "data" / "demo")
     assert (first["fingerprint"]["folds"], replanned["fingerprint"]["folds"]) == (3, 2)
     assert replanned["fingerprint"]["train_images"] == 18 and replanned["values"]["batch_size"] == 4
@@ -179,7 +179,7 @@ def test_a_size_given_to_prepare_is_the_plans_and_a_train_flag_still_overrides_i
     assert cfg.batch_size == plan.plan_batch(saved["fingerprint"], 64)[0]  # the batch follows the given size
     cfg, sources = plan.apply_plan(*parse(["--data-dir", str(tmp_path / "data"), "--size", "96"]))
     assert (cfg.size, sources["size"]) == (96, "user")
-    folds.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    split.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
     assert plan.load_plan(tmp_path / "data" / "demo")["values"]["size"] == 64
     prepare(tmp_path, "demo", "--count", "36", "--test-count", "0", "--k", "3", "--overwrite", plan=True)
     assert plan.load_plan(tmp_path / "data" / "demo")["given"] == {}  # prepared again without --size: the rule's

@@ -1,0 +1,101 @@
+"""A run's OOF predictions scored at original size against the masks (oof_scores.csv), and what infer.py prints of
+them: mean and std per fold, per class, per tissue."""
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from src import postprocess, runs as ledger
+from src.canonical import spacing_of
+from src.files import write_atomic
+from src.images import read_image
+from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
+from src.parallel import thread_map
+from src.predict import load_pred, made_by, resize_prob
+
+
+def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
+              index: pd.DataFrame, args) -> pd.DataFrame:
+    """Dice, IoU and HD95 of every OOF prediction at its original size against its mask, kept in oof_scores.csv.
+
+    The saved scores are reused while they were made from the weights the OOF files record and the same images are
+    covered. Every file must come from the current weights of its image's fold: one left from another split, model
+    or earlier weights is refused with the command that predicts it again.
+    """
+    out_dir = predictions.folder
+    on_disk = ledger.prediction_files(out_dir / "oof")
+    files = {i: on_disk[i] for i in folds["id"] if i in on_disk}
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    stale = next((i for i, f in files.items() if made_by(f).get("fold") != fold_of[i]), None)
+    if stale is not None:  # a fold this call did not predict
+        sys.exit(f"infer: {files[stale]} was not made by the model of fold {fold_of[stale]}, which holds {stale} in "
+                 f"the run's fold file; predict that fold again: "
+                 f"`{predictions.renew_command(args.dataset, [fold_of[stale]], dir_flags(args))}`")
+    renew = predictions.stale_folds("oof", sorted({fold_of[i] for i in files}))
+    if renew:
+        sys.exit(f"infer: the OOF predictions of fold {', '.join(map(str, renew))} in {out_dir / 'oof'} were not made "
+                 f"by the current weights of {predictions.run}; renew them: `"
+                 f"{predictions.renew_command(args.dataset, renew, dir_flags(args))}`")
+    saved, made_with = out_dir / "oof_scores.csv", predictions.weights("oof")
+    if saved.exists() and predictions.provenance.get("scored") == {str(f): w for f, w in made_with.items()}:
+        scores = pd.read_csv(saved, dtype={"id": str})
+        if set(scores["id"]) == set(files) and "hd95_pct" in scores:  # else scored by the older HD95 definition
+            return scores
+    extra = [c for c in ("tissue",) if c in index]
+    spacing = [c for c in ("spacing_row_mm", "spacing_col_mm") if c in index]  # DICOM: HD95 in mm too
+    info = folds.loc[folds["id"].isin(files), ["id", "fold"]].merge(index[["id", *extra, *spacing]], on="id")
+
+    def score(row) -> list:
+        pred = postprocess.apply(resize_prob(*load_pred(files[row.id])), postprocess.PLAIN[meta["task"]])
+        mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
+        keys = {k: v for k, v in row._asdict().items() if k not in spacing}
+        return [{**keys, **r} for r in image_scores(pred, mask, meta["classes"], spacing=spacing_of(row))]
+
+    rows = thread_map(score, list(info.itertuples(index=False)), "score OOF")
+    scores = pd.DataFrame([r for image_rows in rows for r in image_rows])
+    write_atomic(saved, scores.to_csv(index=False))
+    ledger.record_scores(out_dir, made_with)
+    return scores
+
+
+def dir_flags(args) -> dict:
+    return {"--runs-dir": args.runs_dir, "--data-dir": args.data_dir, "--folds-dir": args.folds_dir,
+            "--preds-dir": args.preds_dir}
+
+
+def fold_table(scores: pd.DataFrame, all_folds: list) -> pd.DataFrame:
+    """Mean and std over images of Dice, IoU and HD95 (px, % of the diagonal, mm where known), per fold and over the
+    folds scored: "all" only when they are all the split's folds, else their list (e.g. "0+1"; none for one fold)."""
+    images = per_image(scores)
+    scored = [str(f) for f in sorted(images["fold"].unique().tolist())]
+    over = "all" if len(scored) == len(set(all_folds)) else "+".join(scored)
+    rows = [*scored, over] if len(scored) > 1 else scored
+    table = pd.concat([images.assign(fold=images["fold"].astype(str)), images.assign(fold=over)])
+    metrics = [m for m in ("dice", "iou", "hd95", "hd95_pct", "hd95_mm") if m in images]
+    table = table.groupby("fold")[metrics].agg(["mean", "std"]).reindex(rows)
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    return table.rename_axis("fold").reset_index()
+
+
+def print_summary(name: str, scores: pd.DataFrame, table: pd.DataFrame) -> None:
+    print(f"\n{name}: OOF at original resolution, mean +- std over images ({scores['id'].nunique()} images)")
+    for r in table.itertuples():
+        print(f"  fold {r.fold:>3}: Dice {r.dice_mean:.4f} +- {r.dice_std:.4f}   IoU {r.iou_mean:.4f} +- {r.iou_std:.4f}"
+              f"   HD95 {r.hd95_mean:.1f} px = {r.hd95_pct_mean:.2f}% of the diagonal"
+              + (f" = {r.hd95_mm_mean:.1f} mm" if "hd95_mm_mean" in r._fields else ""))
+    images = per_image(scores).set_index("id")
+    if scores["class"].nunique() > 1:
+        print("  per class (pooled Dice): " + ", ".join(f"{c} {d:.3f}" for c, d in pooled_by_class(scores).items()))
+    if "tissue" in images:
+        tissues = dice_by_group({"dice": images["dice"]}, images["tissue"])["dice"].sort_values()
+        print("  per tissue (mean Dice): " + ", ".join(f"{t} {d:.3f}" for t, d in tissues.items()))
+
+
+def training_summary(run_dir: Path) -> dict | None:
+    """Wall time and speed of a run's training over all its folds, from their history.csv, for the leaderboard."""
+    histories = [pd.read_csv(h) for h in sorted(run_dir.glob("fold*/history.csv"))]
+    if not histories:
+        return None
+    epochs = pd.concat(histories)
+    return {"folds": len(histories), "minutes": epochs["seconds"].sum() / 60,
+            "epochs_per_fold": len(epochs) / len(histories), "images_per_s": epochs["train_images_per_s"].mean()}

@@ -327,7 +327,8 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
     scored_predictions(run / "last" / "tta-none", 0.85)
 
     def chosen(tta, checkpoint):
-        args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint)
+        args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint,
+                                  runs_dir="runs", data_dir="data", folds_dir="folds")
         picked = ensemble.choose_levels(ensemble.select_runs(args), {"a": 0}, args)[1]
         return {name: s.folder for name, s in picked.items()}
     assert chosen("best", "selected") == {"unet-r34": run / "tta-flip"}

@@ -22,7 +22,8 @@ STUDY_SETS = {"--arch", "--encoder", "--fold", "--resume", "--overwrite"}
 STAGES = {"prepare.md": ["src.prepare", "src.split", "src.plan"], "train.md": ["train.py"], "infer.md": ["infer.py"],
           "ensemble.md": ["ensemble.py"], "study.md": ["study.py"]}
 # Other tools' command lines (their flags are theirs to check), and the few of their flags the pages name in prose.
-FOREIGN_COMMANDS = r"accelerate launch|ray start|sbatch|#SBATCH|srun|wandb sync|pip install|pytest|python -X"
+FOREIGN_COMMANDS = (r"accelerate launch|ray start|sbatch|#SBATCH|srun|wandb sync|pip install|pytest|python -X"
+                    r"|docs/results/\w+\.py")  # the results pages' own scripts: their flags are in their docstrings
 FOREIGN_FLAGS = {"--multi_gpu", "--num_processes", "--num_machines", "--machine_rank", "--main_process_ip",
                  "--main_process_port", "--cpu", "--signal", "--array", "--gpus", "--dry-run"}
 

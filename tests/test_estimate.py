@@ -30,16 +30,3 @@ def test_a_study_says_how_long_all_its_runs_will_take_once_one_has_timed_an_epoc
     assert estimate.StudyEstimate(run_dirs[:2], 56, 60, 2, "GPU 0,1").line(run_dirs[3], 60.0) == (
         "~ 30 min for 2 runs, 60 epochs left on the GPU 0,1, 2 at a time (unet-resnet34 fold3's first epoch took "
         "60 s; other archs and encoders take their own); --epochs to shorten")
-
-
-def test_study_py_says_it_while_its_runs_train(demo_dir, tmp_path, capsys, monkeypatch):
-    import study
-    from test_study import study_args, with_data
-    from src import study as plan_module
-    monkeypatch.setattr(estimate, "POLL_SECONDS", 0.05)
-    args, train_flags, cfg = study.parse_args([*study_args(with_data(demo_dir, tmp_path)), "--epochs", "3"])
-    todo = plan_module.plan(cfg, ["unet"], ["tu-resnet10t"], [0], train_flags)
-    [result], _, _ = study.train(args, todo, cfg.epochs, 3)  # the study's training step alone: no infer, no ensemble
-    assert result.ok
-    assert re.search(r"\n~ \d+ s for 1 run x 3 epochs on the CPU \(unet-tu-resnet10t fold0's first epoch took \d+ s; "
-                     r"other archs and encoders take their own\); --epochs to shorten\n", capsys.readouterr().out)

@@ -15,6 +15,7 @@ import pytest
 
 import study
 from conftest import ROOT, TINY, paths, wandb_records
+from src import estimate
 from src import study as plan_module
 from src.folds import fingerprint
 
@@ -109,31 +110,6 @@ def test_with_wandb_every_run_is_tagged_with_the_studys_name(demo_dir, tmp_path,
     assert "--tags mine,demo-unet-tu-resnet10t --arch unet" in capsys.readouterr().out  # each study its own name
 
 
-def test_every_wandb_run_of_a_study_carries_its_tag_and_model_keys_where_the_sync_paths_find_it(demo_dir, tmp_path):
-    """What the docs' W&B example relies on: the `wandb sync` paths it gives find every offline run of the study, and
-    each run (train, infer, ensemble) is in project = dataset with the study's tag and arch, encoder and fold keys."""
-    workdir = with_data(demo_dir, tmp_path)
-    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
-                          "--tracker", "wandb", "--name", "cmp-v1"))
-    sync_paths = ["runs/demo/*/fold*/wandb", "preds/demo/*/tta-*/wandb", "ensemble/demo/cmp-v1/wandb"]
-    offline = [run for path in sync_paths for run in sorted(workdir.glob(f"{path}/offline-run-*"))]
-    assert len(offline) == len(list(workdir.rglob("offline-run-*"))) == 4 + 2 + 1  # 4 folds trained, 2 inferred, 1
-    found = {}
-    for folder in offline:
-        records = list(wandb_records(next(folder.glob("run-*.wandb"))))
-        run = next(r.run for r in records if r.HasField("run"))
-        updates = [run.config] + [r.config for r in records if r.HasField("config")]  # wandb.init's, then later ones
-        config = {item.key or item.nested_key[0]: json.loads(item.value_json) for u in updates for item in u.update}
-        found[(run.job_type, run.run_group, run.display_name)] = (run.project, list(run.tags), config)
-    for (job, group, name), (project, tags, config) in found.items():
-        assert project == "demo" and "cmp-v1" in tags and {"arch", "encoder", "fold"} <= set(config), (job, name)
-    inferred = {group: config for (job, group, _), (_, _, config) in found.items() if job == "infer"}
-    assert {g: (c["arch"], c["encoder"], c["fold"]) for g, c in inferred.items()} == {
-        "unet-tu-resnet10t": ("unet", "tu-resnet10t", [0, 1]), "unetpp-tu-resnet10t": ("unetpp", "tu-resnet10t", [0, 1])}
-    [ensembled] = [config for (job, _, _), (_, _, config) in found.items() if job == "ensemble"]
-    assert (ensembled["arch"], ensembled["encoder"], ensembled["fold"]) == (["unet", "unetpp"], ["tu-resnet10t"], [0, 1])
-
-
 def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(study_args(with_data(demo_dir, tmp_path), "--encoder", "resnet18", "--dry-run"))
@@ -151,9 +127,10 @@ def finished_study(demo_dir, tmp_path_factory):
     output, code = io.StringIO(), 0
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), pytest.MonkeyPatch.context() as patch:
         patch.setattr(plan_module, "encoder_problems", lambda *args: [])  # as encoders_known, for the module
-        try:
+        patch.setattr(estimate, "POLL_SECONDS", 0.05)
+        try:  # W&B offline: the W&B test reads what every stage logged
             study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
-                                  "--parallel", "2", "--tta", "none,flip"))
+                                  "--parallel", "2", "--tta", "none,flip", "--tracker", "wandb"))
         except SystemExit as stop:
             print(stop.code)
             code = exit_status(stop)
@@ -169,6 +146,36 @@ def started_and_ended(log) -> tuple:
     """(start, end) in seconds of a run's last attempt: its train.log's header line, and its last write."""
     header = re.findall(r"^== (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ", log.read_text(), re.MULTILINE)[-1]
     return time.mktime(time.strptime(header, "%Y-%m-%d %H:%M:%S")), log.stat().st_mtime
+
+
+def test_every_wandb_run_of_a_study_carries_its_tag_and_model_keys_where_the_sync_paths_find_it(finished_study):
+    """What the docs' W&B example relies on: the `wandb sync` paths it gives find every offline run of the study, and
+    each run (train, infer, ensemble) is in project = dataset with the study's tag and arch, encoder and fold keys."""
+    workdir, tag = finished_study[0], "demo-unet+unetpp-tu-resnet10t"  # the study's default name is its tag
+    sync_paths = ["runs/demo/*/fold*/wandb", "preds/demo/*/tta-*/wandb", f"ensemble/demo/{tag}/wandb"]
+    offline = [run for path in sync_paths for run in sorted(workdir.glob(f"{path}/offline-run-*"))]
+    assert len(offline) == len(list(workdir.rglob("offline-run-*"))) == 4 + 4 + 1  # 4 folds trained, x 2 TTA, 1
+    found = {}
+    for folder in offline:
+        records = list(wandb_records(next(folder.glob("run-*.wandb"))))
+        run = next(r.run for r in records if r.HasField("run"))
+        updates = [run.config] + [r.config for r in records if r.HasField("config")]  # wandb.init's, then later ones
+        config = {item.key or item.nested_key[0]: json.loads(item.value_json) for u in updates for item in u.update}
+        found[(run.job_type, run.run_group, run.display_name)] = (run.project, list(run.tags), config)
+    for (job, group, name), (project, tags, config) in found.items():
+        assert project == "demo" and tag in tags and {"arch", "encoder", "fold"} <= set(config), (job, name)
+    inferred = {group: config for (job, group, _), (_, _, config) in found.items() if job == "infer"}
+    assert {g: (c["arch"], c["encoder"], c["fold"]) for g, c in inferred.items()} == {
+        "unet-tu-resnet10t": ("unet", "tu-resnet10t", [0, 1]), "unetpp-tu-resnet10t": ("unetpp", "tu-resnet10t", [0, 1])}
+    [ensembled] = [config for (job, _, _), (_, _, config) in found.items() if job == "ensemble"]
+    assert (ensembled["arch"], ensembled["encoder"], ensembled["fold"]) == (["unet", "unetpp"], ["tu-resnet10t"], [0, 1])
+
+
+def test_the_study_says_how_long_its_runs_will_take_once_one_has_timed_an_epoch(finished_study):
+    said = [line for line in finished_study[1].splitlines() if "--epochs to shorten" in line]
+    assert len(said) == 1 and re.fullmatch(r"~ \d+ (s|min) for 4 runs x 1 epochs on the CPU, 2 at a time \(\S+ fold\d's "
+                                           r"first epoch took \d+ s; other archs and encoders take their own\); "
+                                           r"--epochs to shorten", said[0]), said
 
 
 def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_own(finished_study):

@@ -140,8 +140,14 @@ def print_plan(args, cfg, runs: list) -> None:
             print(f"{shlex.join(run.command)}  # {run.state}" + (f" ({run.why})" if run.why else ""))
     for argv in infer_arguments(args, cfg, runs).values():
         print(f"# then: python {study.script('infer.py')} {shlex.join(argv)}")
-    names = list(dict.fromkeys(run.name for run in runs))
-    print(f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg, names))}")
+    names, folds = list(dict.fromkeys(run.name for run in runs)), sorted({run.fold for run in runs})
+    print(f"# then: {ensemble_skipped(folds)}" if len(folds) < 2 else
+          f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg, names))}")
+
+
+def ensemble_skipped(folds: list) -> str:
+    return (f"ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this study "
+            f"has fold {folds[0]} (--folds all trains every fold)")
 
 
 def train(args, todo: list, epochs: int | None = None, epochs_left: int = 0) -> tuple:
@@ -271,8 +277,7 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
     if not inferred:
         return problems, None
     if len(folds) < 2:
-        print(f"ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this study "
-              f"has fold {folds[0]} (--folds all trains every fold)")
+        print(ensemble_skipped(folds))
         return problems, None
     leaderboard = Path(args.out_dir) / cfg.dataset / args.name / "leaderboard.md"
     before = leaderboard.stat().st_mtime_ns if leaderboard.exists() else None

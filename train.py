@@ -36,6 +36,7 @@ from src.config import add_config_arguments, config_from_args, load_run_config, 
 from src.files import atomic_path, write_atomic
 from src.fit import Parts, mixed_precision, open_arrays, set_up, train_one_epoch, validate
 from src.folds import fingerprint, fold_rows, load_folds
+from src.losses import loss_name
 from src.lr_find import run_rate
 from src.models import ModelError, canonical_arch, check_encoder
 from src.plan import apply_plan, given_flags, planned_line
@@ -74,6 +75,7 @@ def check_run(args) -> tuple:
             cfg, provenance["lr_find"] = settled_lr(cfg, cfg.run_dir) if args.resume else (cfg, None)
         check_encoder(cfg.encoder)
         meta = load_meta(cfg.dataset_dir)
+        loss_name(cfg.loss, meta["task"])  # a loss of the other task, said before anything starts
         index = load_index(cfg.dataset_dir)
         folds = load_folds(cfg.folds_dir, cfg.dataset, index)
     except (ModelError, FileNotFoundError, ValueError) as error:

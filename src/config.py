@@ -11,6 +11,7 @@ from pathlib import Path
 # schedule is the one of the project's real-data runs (docs/results.md); fold keeps the settings it always had.
 RULE_DEFAULTS = {"final": {"lr": 1e-3, "scheduler": "cosine"}, "inner": {"lr": 3e-4, "scheduler": "plateau"},
                  "fold": {"lr": 3e-4, "scheduler": "plateau"}}
+LOSSES = ["auto", "dice_bce", "dice_ce", "lovasz"]  # src/losses.py builds them; auto: dice_bce or dice_ce by the task
 
 
 def learning_rate(text: str):
@@ -67,6 +68,9 @@ class Config:
     plateau_patience: int = knob(3, "plateau: epochs without improvement before lr is halved")
     patience: int = knob(10, "early stopping (--select-on inner, fold): epochs without improvement of validation Dice")
     # loss
+    loss: str = knob("auto", "dice_bce (binary), dice_ce (multiclass: cross-entropy, or focal with --focal), or "
+                             "lovasz: smp's LovaszLoss per image alone (the UNet++ reference's Lovász hinge)",
+                     choices=LOSSES, shown="auto: dice_bce for binary masks, dice_ce for multiclass")
     dice_weight: float = knob(1.0, "weight of the Dice loss")
     ce_weight: float = knob(0.8, "weight of BCE (binary) or cross-entropy/focal (multiclass)")
     focal: bool = knob(False, "multiclass: focal loss instead of cross-entropy")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from src.canonical import load_index, load_meta
 from src.problems import Problem, grouped
@@ -86,16 +86,36 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
     return folds
 
 
+def holdout_folds(index: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """One hold-out split as the UNet++ reference (4uiiurz1/pytorch-nested-unet) makes it: fold 0 is the second part
+    of sklearn's train_test_split(ids, test_size=fraction, random_state=seed), fold 1 the first, each in the order it
+    returns (the reference scores its hold-out in that order, in batches of 16). The ids are sorted first: the
+    reference splits them in the order of an unsorted glob, which no other file system need repeat."""
+    train = index[index["split"] == "train"]
+    if not 0 < fraction < 1:
+        raise ValueError(f"--holdout {fraction}: give the held-out fraction, between 0 and 1 (0.2 for 80/20)")
+    if (train["group"].astype(str) != "").any():
+        raise ValueError("--holdout splits images one by one, but this dataset has group labels that keep images "
+                         "together; use --strategy group")
+    rest, held = train_test_split(sorted(train["id"]), test_size=fraction, random_state=seed)
+    return pd.DataFrame({"id": held + rest, "fold": [0] * len(held) + [1] * len(rest)})
+
+
 def write_folds(dataset_dir: Path, folds_dir: Path, k: int, strategy: str, seed: int, overwrite: bool = False,
-                runs_dir: Path = Path("runs")) -> Path:
+                runs_dir: Path = Path("runs"), holdout: float | None = None) -> Path:
     """Raises ValueError for a split that cannot be made, FileExistsError for a fold file that exists. A split that
-    replaces another is said, with the run folders under runs_dir trained on the old one (now refused)."""
+    replaces another is said, with the run folders under runs_dir trained on the old one (now refused). holdout: one
+    hold-out split of that fraction (holdout_folds) instead of k folds by strategy."""
     dataset = Path(dataset_dir).name
     path = Path(folds_dir) / f"{dataset}.csv"
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass --overwrite to replace it (runs trained on it then refuse to "
                               f"resume on the new split)")
-    folds = make_folds(load_index(dataset_dir), load_meta(dataset_dir), k, strategy, seed)
+    index = load_index(dataset_dir)
+    if holdout is None:
+        folds = make_folds(index, load_meta(dataset_dir), k, strategy, seed)
+    else:
+        folds = holdout_folds(index, holdout, seed)
     old = fingerprint(folds_dir, dataset)["sha256"] if path.exists() else None
     old_k = pd.read_csv(path)["fold"].nunique() if old else None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,18 @@
-"""Dice + BCE (binary) or Dice + cross-entropy/focal (multiclass), from smp's losses; for a deep-supervised model,
-the weighted mean over its heads."""
+"""Dice + BCE (binary) or Dice + cross-entropy/focal (multiclass), or the Lovász hinge/softmax per image, from smp's
+losses; for a deep-supervised model, the weighted mean over its heads."""
 import numpy as np
 import torch
 from segmentation_models_pytorch import losses
+
+TASK_LOSSES = {"binary": ("dice_bce", "lovasz"), "multiclass": ("dice_ce", "lovasz")}
+
+
+def loss_name(loss: str, task: str) -> str:
+    """--loss resolved for the task (auto: dice_bce or dice_ce); a loss of the other task is a ValueError."""
+    name = {"binary": "dice_bce", "multiclass": "dice_ce"}[task] if loss == "auto" else loss
+    if name not in TASK_LOSSES[task]:
+        raise ValueError(f"--loss {loss} is for the other task: {task} masks take {' or '.join(TASK_LOSSES[task])}")
+    return name
 
 
 def class_weights(spec: str, masks: np.ndarray, n_classes: int) -> torch.Tensor | None:
@@ -21,13 +31,19 @@ def class_weights(spec: str, masks: np.ndarray, n_classes: int) -> torch.Tensor 
 
 class SegmentationLoss(torch.nn.Module):
     """Logits, or a list of them (one per head, as unetpp_ds trains): their losses' mean, weighted by head_weights
-    if given. head_losses keeps the last call's loss per head, for the record."""
+    if given. head_losses keeps the last call's loss per head, for the record. loss lovasz is smp's LovaszLoss per
+    image (the hinge for binary masks, as the UNet++ reference 4uiiurz1/pytorch-nested-unet trains; smp's default
+    pools the batch), alone: dice_weight, ce_weight, focal and weights are the Dice losses' own."""
 
     def __init__(self, task: str, dice_weight: float = 1.0, ce_weight: float = 0.8, focal: bool = False,
-                 weights: torch.Tensor | None = None, head_weights: list | None = None):
+                 weights: torch.Tensor | None = None, head_weights: list | None = None, loss: str = "auto"):
         super().__init__()
         self.task, self.dice_weight, self.ce_weight = task, dice_weight, ce_weight
         self.head_weights, self.head_losses = head_weights, None
+        self.loss = loss_name(loss, task)
+        if self.loss == "lovasz":
+            self.lovasz = losses.LovaszLoss(mode=task, per_image=True)
+            return
         self.dice = losses.DiceLoss(mode=task, from_logits=True)
         if task == "binary":
             self.ce = losses.SoftBCEWithLogitsLoss()
@@ -47,4 +63,6 @@ class SegmentationLoss(torch.nn.Module):
         logits = logits.float()
         if self.task == "binary":
             target = target[:, None].float()
+        if self.loss == "lovasz":
+            return self.lovasz(logits, target)
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * self.ce(logits, target)

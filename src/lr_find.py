@@ -8,7 +8,7 @@ tenth of the rate where the smoothed loss was lowest (fastai's "minimum / 10": t
 about there, and the minimum is the more stable of the two to read off a noisy curve). Only the rows given are read, the run's training
 images, never the fold it is scored on. The result is cached in data/<dataset>/lr/<key>.json, one per dataset, fold,
 arch, encoder, size and batch (and a digest of everything else that shapes the curve or reads the rate off it: the
-processes, the sweep and its rule's constants), so a resumed or repeated run reuses it.
+loss, the processes, the sweep and its rule's constants), so a resumed or repeated run reuses it.
 
 torch-lr-finder would do the sweep, but it is neither among the requirements nor installed, and it would need
 wrappers for this project's (image, mask, row) batches, on-device normalisation and per-group encoder rate: the loop
@@ -48,6 +48,8 @@ def cache_key(cfg, train_rows, steps: int, start: float, end: float, processes: 
     """<arch>-<encoder>-fold<k>-<size>px-b<batch>[x<batches a step>]-<digest of the other settings, the processes,
     the sweep, its rule's constants and the training rows>."""
     settings = {k: getattr(cfg, k) for k in CURVE_SETTINGS}
+    if cfg.loss != "auto":  # in the digest only when chosen: the default loss keeps the keys cached before --loss
+        settings["loss"] = cfg.loss
     rule = {"smoothing": SMOOTHING, "diverged": DIVERGED, "below_minimum": BELOW_MINIMUM}
     blob = json.dumps([settings, processes, steps, start, end, rule, np.sort(np.asarray(train_rows)).tolist()],
                       sort_keys=True)
@@ -78,7 +80,7 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
         model = model.to(device, memory_format=torch.channels_last).train()
         weights = None if binary else class_weights(cfg.class_weights, masks[train_rows], n_classes)
         loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights,
-                                   head_weights(cfg.ds_weights, cfg.arch)).to(device)
+                                   head_weights(cfg.ds_weights, cfg.arch), cfg.loss).to(device)
         per_step = processes * cfg.grad_accum
         optimizer = build_optimizer(model, replace(cfg, lr=start))
         ratios = [group["lr"] / start for group in optimizer.param_groups]  # the encoder's multiple stays

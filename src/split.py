@@ -1,6 +1,11 @@
 """Write a new k-fold split, folds/<name>.csv, and plan the training recipe again on it.
 
 Re-write alone: python -m src.split <name> --k 5 --strategy auto --seed 42 --overwrite
+One hold-out split instead: python -m src.split dsb96ref --holdout 0.2 --seed 41 --overwrite
+  fold 0 is the 20% that sklearn's train_test_split(sorted ids, test_size=0.2, random_state=41) returns second, as
+  the UNet++ reference (4uiiurz1/pytorch-nested-unet) holds out on DSB 2018; fold 1 is the rest. The ids are sorted:
+  the reference splits them in the order of an unsorted glob, which cannot be recovered, so its split is matched only
+  where its file system listed them sorted. Train and score fold 0 alone (--folds 0).
 """
 import argparse
 import sys
@@ -16,6 +21,9 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--holdout", type=float, metavar="FRACTION",
+                        help="one hold-out split instead of --k folds: fold 0 = this fraction of the sorted ids, drawn "
+                             "by sklearn's train_test_split with --seed; fold 1 = the rest (--k and --strategy unused)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"),
@@ -24,7 +32,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         path = write_folds(args.data_dir / args.name, args.folds_dir, args.k, args.strategy, args.seed, args.overwrite,
-                           args.runs_dir)
+                           args.runs_dir, args.holdout)
     except (ValueError, OSError) as error:  # FileNotFoundError and FileExistsError are OSErrors
         sys.exit(f"folds: {error}")
     print(f"wrote {path}")

@@ -183,3 +183,27 @@ def test_the_study_reads_its_fold_list_from_a_checked_file(demo_dir, tmp_path):
 def test_fold_numbers_are_integers_however_the_file_spells_them(tmp_path):
     pd.DataFrame({"id": ["a", "b"], "fold": ["0", "01"]}).to_csv(tmp_path / "t.csv", index=False)
     assert load_folds(tmp_path, "t")["fold"].tolist() == [0, 1]
+
+
+def test_holdout_is_the_references_train_test_split_of_the_sorted_ids_and_prepare_keeps_it(multiclass_dir, demo_dir,
+                                                                                             tmp_path, capsys):
+    """split --holdout 0.2 --seed 41: fold 0 = what train_test_split(sorted ids, test_size=0.2, random_state=41)
+    returns second, in its order (the reference's hold-out, scored in that order); prepare then keeps the file."""
+    from sklearn.model_selection import train_test_split
+    from src import prepare
+    where = ["--data-dir", str(multiclass_dir / "data"), "--folds-dir", str(tmp_path)]
+    main(["demo-multiclass", "--holdout", "0.2", "--seed", "41", *where])
+    written = load_folds(tmp_path, "demo-multiclass")
+    ids = pd.read_csv(multiclass_dir / "folds" / "demo-multiclass.csv", dtype={"id": str})["id"]
+    rest, held = train_test_split(sorted(ids), test_size=0.2, random_state=41)
+    assert list(written["id"]) == held + rest and list(written["fold"]) == [0] * len(held) + [1] * len(rest)
+    before = (tmp_path / "demo-multiclass.csv").read_bytes()
+    prepare.main(["demo", "--multiclass", "--count", "36", "--test-count", "4", "--size", "64", "--data-dir",
+                  str(tmp_path / "again"), "--folds-dir", str(tmp_path)])
+    assert "kept " + str(tmp_path / "demo-multiclass.csv") in capsys.readouterr().out
+    assert (tmp_path / "demo-multiclass.csv").read_bytes() == before
+    for fraction in ("0", "1.5"):
+        with pytest.raises(SystemExit, match=f"folds: --holdout {float(fraction)}: give the held-out fraction"):
+            main(["demo-multiclass", "--holdout", fraction, *where, "--overwrite"])
+    with pytest.raises(SystemExit, match="folds: --holdout splits images one by one, but this dataset has group"):
+        main(["demo", "--holdout", "0.2", "--data-dir", str(demo_dir / "data"), *where[2:]])  # patients: one fold each

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from segmentation_models_pytorch import losses
 
 from src.losses import SegmentationLoss, class_weights
 
@@ -88,3 +89,37 @@ def test_class_weights_as_a_list_or_none():
     assert class_weights("1,2.5,4", masks, 3).tolist() == [1.0, 2.5, 4.0]
     with pytest.raises(ValueError, match="--class-weights has 2 values for 3 classes"):
         class_weights("1,2", masks, 3)
+
+
+def lovasz_batch():
+    """Two 4 x 4 images whose hinge losses differ, the second with an empty mask: per image is not pooled."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 4, 4, generator=generator)
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[0, 1:3, 1:4] = 1
+    return logits, target
+
+
+def test_the_default_loss_is_dice_bce_or_dice_ce_and_names_it():
+    logits, target = lovasz_batch()
+    default, chosen = SegmentationLoss("binary"), SegmentationLoss("binary", loss="dice_bce")
+    assert default.loss == "dice_bce" and type(default.ce).__name__ == "SoftBCEWithLogitsLoss"
+    assert torch.equal(default(logits, target), chosen(logits, target))
+    assert SegmentationLoss("multiclass").loss == "dice_ce"
+    with pytest.raises(ValueError, match="--loss dice_ce is for the other task: binary masks take dice_bce or lovasz"):
+        SegmentationLoss("binary", loss="dice_ce")
+
+
+def test_lovasz_is_smps_lovasz_loss_per_image_alone_and_on_every_head():
+    logits, target = lovasz_batch()
+    loss = SegmentationLoss("binary", loss="lovasz")
+    per_image = losses.LovaszLoss("binary", per_image=True)(logits, target[:, None].float())
+    pooled = losses.LovaszLoss("binary")(logits, target[:, None].float())
+    assert loss(logits, target).item() == pytest.approx(per_image.item(), rel=1e-6)
+    assert per_image.item() != pytest.approx(pooled.item(), rel=1e-3)  # the reference's choice, not smp's default
+    heads = SegmentationLoss("binary", loss="lovasz", head_weights=[1.0, 3.0])  # unetpp_ds: each head's Lovász
+    second = losses.LovaszLoss("binary", per_image=True)(-logits, target[:, None].float())
+    assert heads([logits, -logits], target).item() == pytest.approx((per_image + 3 * second).item() / 4, rel=1e-6)
+    multiclass, truth = multiclass_inputs()
+    expected = losses.LovaszLoss("multiclass", per_image=True)(multiclass, truth)
+    assert SegmentationLoss("multiclass", loss="lovasz")(multiclass, truth).item() == pytest.approx(expected.item())

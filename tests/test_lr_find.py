@@ -1,4 +1,5 @@
 """--lr auto's range test: a rate inside its sweep, its curve, its cache, and nothing read from the scored fold."""
+import hashlib
 import json
 import shutil
 from dataclasses import replace
@@ -122,3 +123,17 @@ def test_a_changed_rule_constant_is_a_new_cache_key(demo_arrays, monkeypatch, co
     before = lr_find.cache_key(tiny_config("data"), train_rows, STEPS, lr_find.START, lr_find.END)
     monkeypatch.setattr(lr_find, constant, value)
     assert lr_find.cache_key(tiny_config("data"), train_rows, STEPS, lr_find.START, lr_find.END) != before
+
+
+def test_the_sweep_trains_the_runs_loss_and_keys_it(demo_arrays, tmp_path):
+    """--loss lovasz sweeps the Lovász hinge under a key of its own; the default loss keeps the keys cached before
+    --loss existed (no loss in their digest)."""
+    meta, index, folds, images, masks = demo_arrays
+    train_rows, _ = fold_rows(index, folds, 0)
+    default, lovasz = (lr_find.find_lr(replace(tiny_config(tmp_path), loss=loss), meta, train_rows, images, masks,
+                                       "cpu", steps=3)[1] for loss in ("auto", "lovasz"))
+    assert default["key"] != lovasz["key"] and default["losses"] != lovasz["losses"]
+    settings = {k: getattr(tiny_config(tmp_path), k) for k in lr_find.CURVE_SETTINGS}
+    rule = {"smoothing": lr_find.SMOOTHING, "diverged": lr_find.DIVERGED, "below_minimum": lr_find.BELOW_MINIMUM}
+    blob = json.dumps([settings, 1, 3, lr_find.START, lr_find.END, rule, sorted(train_rows.tolist())], sort_keys=True)
+    assert default["key"].endswith(hashlib.sha256(blob.encode()).hexdigest()[:10])  # the digest as before --loss

@@ -111,6 +111,7 @@ def test_a_done_run_asked_with_other_settings_is_stale_and_the_plan_names_them(d
     stale = plan_of(workdir, "--size", "96")[("unet-tu-resnet10t", 0)]
     assert stale.state == "stale" and stale.why == "size 64 -> 96"
     assert "epochs 1 -> 3" in plan_of(workdir, "--epochs", "3")[("unet-tu-resnet10t", 0)].why
+    assert plan_of(workdir, "--loss", "lovasz")[("unet-tu-resnet10t", 0)].why == "loss auto -> lovasz"
 
     args = [*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--archs", "unet", "--encoders",
             "tu-resnet10t", "--folds", "0", "--size", "96"]

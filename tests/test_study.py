@@ -426,3 +426,11 @@ def test_under_ray_a_signal_stops_the_study_its_runs_save_and_a_rerun_resumes_th
         assert json.loads((run / "state" / "trainer.json").read_text())["epoch"] == epochs_in(run) < 8
         assert "train: stopped by SIGINT after epoch" in (run / "train.log").read_text()
     assert set(states(workdir, ["unet"], ["tu-resnet10t"], [0, 1]).values()) == {"resumable"}
+
+
+def test_the_dry_run_of_a_one_fold_study_says_it_writes_no_ensemble(demo_dir, tmp_path, capsys, encoders_known):
+    workdir = with_data(demo_dir, tmp_path)
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0", "--dry-run"))
+    output = capsys.readouterr().out
+    assert "# then: ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this " \
+           "study has fold 0" in output and "python ensemble.py" not in output

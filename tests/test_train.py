@@ -491,3 +491,20 @@ def test_select_on_fold_is_the_old_default_lr_plateau_and_best_pt(demo_dir, tmp_
     assert checkpoint_file(rule, "selected") == rule / "best.pt"
     with pytest.raises(SystemExit, match="--scheduler plateau reads validation scores, which --select-on final"):
         run_train(demo_dir, tmp_path, "--epochs", "1", "--scheduler", "plateau")
+
+
+def test_loss_lovasz_is_the_loss_the_run_trains_and_a_loss_of_the_other_task_is_refused(demo_dir, tmp_path,
+                                                                                          monkeypatch):
+    import src.fit
+    built = []
+
+    class Recorded(src.fit.SegmentationLoss):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+    monkeypatch.setattr(src.fit, "SegmentationLoss", Recorded)
+    runs = run_train(demo_dir, tmp_path, "--epochs", "1", "--loss", "lovasz")
+    assert [loss.loss for loss in built] == ["lovasz"]
+    assert json.loads((runs / "unet-tu-resnet10t" / "fold0" / "config.json").read_text())["loss"] == "lovasz"
+    with pytest.raises(SystemExit, match="train: --loss dice_ce is for the other task: binary masks take dice_bce"):
+        run_train(demo_dir, tmp_path, "--epochs", "1", "--loss", "dice_ce", "--fold", "1")

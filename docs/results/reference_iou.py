@@ -7,7 +7,9 @@ the 96 px Data Science Bowl set, on this project's OOF predictions (the pipeline
 
 The reference: sigmoid > 0.5 and mask > 0.5, one IoU over all the pixels of each batch of 16 validation images
 ((intersection + 1e-5) / (union + 1e-5)), averaged over batches weighted by their size, on one 20% hold-out. Here each
-of the 5 folds is a 20% hold-out, taken in the fold file's order; the figure is the mean (and std) over folds. The
+fold the predictions hold is a hold-out, taken in the fold file's order (folds/dsb96ref.csv, from src.split
+--holdout, lists fold 0 in the reference's own order, so its batches are the reference's); the figure is the mean
+(and std) over those folds: all 5 of a 5-fold study, fold 0 alone of a one-fold study (no std). The
 "mean" model averages the runs' probabilities (their L4 sets), at the same 0.5 threshold, without the ensemble's
 tuned settings. Prediction sets are found through the run ledger (src.runs.level_sets), so each level of a unetpp_ds
 run is its own row.
@@ -44,8 +46,11 @@ def main(dataset: str, tta: str, checkpoint: str = "selected", preds_dir: str = 
             for run in runs for level, predictions in found[run].items()}
     models = {name: [name] for name in sets} | ({"mean of " + " and ".join(runs): list(runs)} if len(runs) > 1 else {})
     folds = load_folds("folds", dataset)
+    predicted = sorted(set.intersection(*(set(predictions.weights("oof")) for predictions in sets.values())))
+    if not predicted:
+        sys.exit(f"the {checkpoint} predictions of {', '.join(runs)} share no fold: run infer.py on the same folds")
     table = {name: {"reference": [], "pooled": []} for name in models}
-    for fold in sorted(set(folds["fold"])):
+    for fold in predicted:
         ids = list(folds.loc[folds["fold"] == fold, "id"])
         truth = np.stack([read_image(Path("data") / dataset / "masks" / f"{i}.png") > 0 for i in ids])
         prob = {name: np.stack([load_pred(predictions.oof(i))[0][0] for i in ids]) for name, predictions in sets.items()}
@@ -57,10 +62,12 @@ def main(dataset: str, tta: str, checkpoint: str = "selected", preds_dir: str = 
             scores = table[name]
             scores["reference"].append(batch_iou(pred, truth))
             scores["pooled"].append((pred & truth).sum() / (pred | truth).sum())
-    print(f"| model ({tta} TTA, {checkpoint} weights, 0.5 threshold) | IoU per batch of {BATCH} (the reference's) "
-          f"| IoU pooled over each fold |\n|---|---|---|")
+    spread = (lambda v: f" +- {np.std(v, ddof=1):.4f}") if len(predicted) > 1 else (lambda v: "")
+    print(f"| model ({tta} TTA, {checkpoint} weights, 0.5 threshold; fold {', '.join(map(str, predicted))} of "
+          f"{folds['fold'].nunique()}) | IoU per batch of {BATCH} (the reference's) | IoU pooled over each fold |\n"
+          f"|---|---|---|")
     for name, scores in table.items():
-        print(f"| {name} | " + " | ".join(f"{np.mean(v):.4f} +- {np.std(v, ddof=1):.4f}" for v in scores.values()) + " |")
+        print(f"| {name} | " + " | ".join(f"{np.mean(v):.4f}{spread(v)}" for v in scores.values()) + " |")
 
 
 if __name__ == "__main__":

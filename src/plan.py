@@ -253,7 +253,10 @@ def apply_plan(cfg: Config, given: set) -> tuple:
                               cfg.grad_accum, cfg.fold)
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
-    return replace(cfg, **planned), sources
+    cfg = replace(cfg, **planned)
+    if cfg.patch == cfg.size:  # a patch the size of the image is the whole image: recorded as no patch, never stale
+        cfg = replace(cfg, patch=0)
+    return cfg, sources
 
 
 def planned_line(cfg: Config, sources: dict) -> str:

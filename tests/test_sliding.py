@@ -93,3 +93,23 @@ def test_good_patch_settings_pass_and_the_stride_is_smps():
     assert encoder_stride("resnet34") == encoder_stride("tu-resnet10t") == 32
     for settings in ({"size": 64}, {"size": 64, "patch": 64}, {"size": 256, "patch": 128, "overlap": 0.0}):
         assert patch_problem(Config(**settings), 32) is None
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_runs_inside_each_window_batch_on_square_windows_of_any_image(tta):
+    """TTA wraps the predictor, so each window batch is flipped and turned as a P x P square and turned back: a
+    non-square image never reaches ttach, and the merged map keeps the image's shape."""
+    seen = Constant(0.25, channels=1)
+    out = sliding_window(with_tta_of(seen, tta), torch.zeros(2, 1, 97, 131), 64, 0.5, 4)
+    assert out.shape == (2, 1, 97, 131)
+    torch.testing.assert_close(out, torch.full_like(out, 0.25), rtol=0, atol=1e-6)
+    assert {shape[2:] for shape in seen.windows} == {(64, 64)}
+    real = sliding_window(with_tta(tiny_model(), "binary", tta), torch.randint(0, 256, (1, 1, 97, 131)), 64, 0.5, 4)
+    assert real.shape == (1, 1, 97, 131) and ((real >= 0) & (real <= 1)).all()
+
+
+def with_tta_of(predictor, mode):
+    """predict.with_tta's ttach wrapper around a predictor that returns probabilities already."""
+    import ttach
+    from src.predict import TTA_MODES
+    return ttach.SegmentationTTAWrapper(predictor, TTA_MODES[mode](), merge_mode="mean")

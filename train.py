@@ -32,7 +32,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from src import estimate, tracking
 from src.canonical import load_index, load_meta
 from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due
-from src.config import add_config_arguments, config_from_args, load_run_config, settled_lr
+from src.config import add_config_arguments, config_from_args, load_run_config, patch_problem, settled_lr
 from src.files import atomic_path, write_atomic
 from src.fit import Parts, mixed_precision, open_arrays, set_up, train_one_epoch, validate
 from src.folds import fingerprint, fold_rows, load_folds
@@ -42,6 +42,7 @@ from src.models import ModelError, canonical_arch, check_encoder
 from src.plan import apply_plan, given_flags, planned_line
 from src.runs import RunLock, log_start, move_aside
 from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early
+from src.sliding import encoder_stride, training_line
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +75,9 @@ def check_run(args) -> tuple:
             cfg, provenance["sources"] = apply_plan(cfg, args.given)
             cfg, provenance["lr_find"] = settled_lr(cfg, cfg.run_dir) if args.resume else (cfg, None)
         check_encoder(cfg.encoder)
+        problem = patch_problem(cfg, encoder_stride(cfg.encoder) if cfg.tiles else None)
+        if problem:  # a --patch, --overlap or window batch that cannot work, before any data is read
+            raise ValueError(problem)
         meta = load_meta(cfg.dataset_dir)
         loss_name(cfg.loss, meta["task"])  # a loss of the other task, said before anything starts
         index = load_index(cfg.dataset_dir)
@@ -211,11 +215,13 @@ def run(args):
                       f"--select-on {cfg.select_on}, {accelerator.num_processes} process(es) on {accelerator.device}, batch "
                       f"{cfg.batch_size} per process, lr {cfg.lr:g} (encoder x{cfg.encoder_lr_mult:g}"
                       f"{', from scratch' if cfg.encoder_weights == 'none' else ''})")
+    if cfg.tiles:
+        accelerator.print(training_line(cfg))
     parts = set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows)
 
     if args.validate_only:
         parts.bare_model.load_state_dict(torch.load(cfg.run_dir / f"{cfg.selected_checkpoint}.pt", map_location="cpu"))
-        scores, _ = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row)
+        scores, _ = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row, cfg)
         if accelerator.is_main_process:
             print(json.dumps(scores))
         return
@@ -230,8 +236,8 @@ def run(args):
             lr = parts.optimizer.param_groups[-1]["lr"]
             trained = train_one_epoch(parts, accelerator, epoch, cfg, len(train_rows))
             started = time.time()
-            scores, example = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row)
-            inner_scores = validate(parts.model, parts.inner_loader, accelerator, meta)[0] if inner else None
+            scores, example = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row, cfg)
+            inner_scores = validate(parts.model, parts.inner_loader, accelerator, meta, cfg=cfg)[0] if inner else None
             val_seconds = time.time() - started
             improved = end_epoch(cfg, trainer, parts.scheduler, judged_scores(cfg, scores, inner_scores))
             final = epoch + 1 == cfg.epochs or stops_early(cfg, trainer)

@@ -8,7 +8,8 @@ batches from the resized cache with the chosen augmentation and workers; (3) tra
 train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; (5) peak GPU and host memory;
 (6) with --original-size N: infer.py and ensemble.py end to end on a demo dataset whose originals are N x N px;
 (7) --packed-runs K: K short train.py runs packed on one GPU (or sharing the CPU), then one after another, and the
-ratio of their wall times, which is what study.py --runs-per-gpu K gains. (3) also gives an epoch's fixed cost: the
+ratio of their wall times, which is what study.py --runs-per-gpu K gains; (8) with --patch P below --size: sliding-
+window inference (--overlap, --sw-batch-size) against a plain forward of the whole --size image, in images/s. (3) also gives an epoch's fixed cost: the
 seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
 """
 import argparse
@@ -113,6 +114,27 @@ def inference(cfg: Config, channels: int, device, steps: int) -> dict:
     return result
 
 
+def sliding_inference(cfg: Config, channels: int, device, steps: int) -> dict:
+    """(8) a --patch run's prediction: the sliding window over --size images (no TTA), against a plain forward of the
+    whole --size image by the same model, in images/s."""
+    from src.sliding import windowed, windows_per_image
+    model = create_model(cfg.arch, cfg.encoder, channels, 1, "none", cfg.decoder_channels).to(device).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randint(0, 256, (cfg.batch_size, channels, cfg.size, cfg.size), dtype=torch.uint8, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    result = {"patch": cfg.patch, "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size,
+              "windows_per_image": windows_per_image(cfg.size, cfg.patch, cfg.overlap)}
+    for name, predictor in (("plain", with_tta(model, "binary", "none")),
+                            ("sliding", windowed(with_tta(model, "binary", "none"), cfg))):
+        def step(predictor=predictor):
+            with torch.no_grad(), autocast:
+                predictor(x)
+
+        result[f"{name}_images_per_s"] = cfg.batch_size / timed(step, steps, device)
+    result["sliding_fraction_of_plain"] = result["sliding_images_per_s"] / result["plain_images_per_s"]
+    return result
+
+
 def train_command(cfg: Config, workdir: Path, dataset_dir: Path, runs_dir: Path, epochs: int, fold: int = 0) -> list:
     return ["--dataset", dataset_dir.name, "--data-dir", str(dataset_dir.parent), "--folds-dir", str(workdir / "folds"),
             "--runs-dir", str(runs_dir), "--size", str(cfg.size), "--arch", cfg.arch, "--encoder", cfg.encoder,
@@ -212,7 +234,8 @@ def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, co
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("arch", "encoder", "size", "batch_size", "aug", "workers", "decoder_channels"):
+    for name in ("arch", "encoder", "size", "batch_size", "aug", "workers", "decoder_channels", "patch", "overlap",
+                 "sw_batch_size"):
         default = getattr(Config(), name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     parser.add_argument("--compile", action="store_true")
@@ -226,7 +249,8 @@ def main(argv=None):
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     cfg = Config(arch=args.arch, encoder=args.encoder, size=args.size, batch_size=args.batch_size, aug=args.aug,
-                 workers=default_workers(args.workers), decoder_channels=args.decoder_channels, compile=args.compile)
+                 workers=default_workers(args.workers), decoder_channels=args.decoder_channels, compile=args.compile,
+                 patch=args.patch, overlap=args.overlap, sw_batch_size=args.sw_batch_size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     from src import prepare
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,6 +267,8 @@ def main(argv=None):
         results["end_to_end_fraction_of_ceiling"] = results["train_py_images_per_s"] / results["ceiling_images_per_s"]
         results.update({f"infer_{k}_images_per_s": v for k, v in inference(cfg, 1, device, args.steps).items()})
         results["d4_fraction_of_ceiling_over_8"] = results["infer_d4_images_per_s"] / (results["infer_none_images_per_s"] / 8)
+        if cfg.tiles:
+            results.update({f"window_{k}": v for k, v in sliding_inference(cfg, 1, device, args.steps).items()})
         if args.packed_runs:
             results.update(packed_vs_sequential(cfg, workdir, dataset_dir, args.packed_runs, args.packed_epochs))
         if args.original_size:

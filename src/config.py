@@ -34,6 +34,16 @@ class Config:
     dataset: str = knob("demo", "dataset name under data/ (prepared with python -m src.prepare)")
     fold: int = knob(0, "the fold held out for validation")
     size: int = knob(256, "training side in pixels; read from data/<dataset>/cache/<size> (built if missing)")
+    patch: int = knob(0, "model input side in pixels, below --size: training draws random patches of this side from "
+                         "the --size images, validation and prediction slide a window of it over them (MONAI, "
+                         "Gaussian weights); 0 or --size: the whole image, as without it")
+    foreground_patches: float = knob(0.33, "--patch: the share of patches drawn around a foreground pixel (albumentations' "
+                                           "CropNonEmptyMaskIfExists), the rest anywhere (nnU-Net's 1/3)")
+    patches_per_image: int = knob(1, "--patch: patches drawn from each training image an epoch")
+    overlap: float = knob(0.5, "--patch: sliding-window overlap of neighbouring windows, in [0, 1); changes predictions, "
+                               "not weights")
+    sw_batch_size: int = knob(16, "--patch: windows per forward pass of the sliding window, which bounds its memory; "
+                                  "changes nothing but speed and memory")
     aug: str = knob("medium", "albumentations preset", choices=["none", "light", "medium", "heavy"])
     # model
     arch: str = knob("unet", "any segmentation-models-pytorch architecture: unet, unetpp, fpn, deeplabv3plus, ...")
@@ -104,6 +114,11 @@ class Config:
         return "last" if self.select_on == "final" else "best"
 
     @property
+    def tiles(self) -> bool:
+        """Patches in training and a sliding window in prediction: a --patch below --size."""
+        return 0 < self.patch < self.size
+
+    @property
     def run_name(self) -> str:
         return f"{self.arch}-{self.encoder}"
 
@@ -143,6 +158,33 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
+
+
+def patch_problem(cfg: Config, stride: int | None = None) -> str | None:
+    """What is wrong with the run's --patch, --overlap or window settings (one sentence with the fix), or None.
+    stride: the encoder's (src/sliding.py's encoder_stride), which a patch must be a multiple of; None leaves it to
+    train.py (study.py plans without torch)."""
+    if cfg.patch < 0 or cfg.patch > cfg.size:
+        return (f"--patch {cfg.patch} is not between 0 and --size {cfg.size}: a patch is cut from the --size image; "
+                f"raise --size or lower --patch")
+    if not 0 <= cfg.overlap < 1:
+        return f"--overlap {cfg.overlap:g} is outside [0, 1): give the share of a window its neighbour covers, e.g. 0.5"
+    if cfg.sw_batch_size < 1:
+        return f"--sw-batch-size {cfg.sw_batch_size}: give at least 1 window per forward pass"
+    if not cfg.tiles:
+        if cfg.patches_per_image != 1 or cfg.foreground_patches != 0.33:
+            return ("--patches-per-image and --foreground-patches choose patches, which only a --patch below --size "
+                    "draws; drop them or give --patch")
+        return None
+    if stride and cfg.patch % stride:
+        below, above = cfg.patch // stride * stride, (cfg.patch // stride + 1) * stride
+        return (f"--patch {cfg.patch} is not a multiple of {stride}, the factor encoder {cfg.encoder} reduces its input "
+                f"by; use {f'{below} or ' if below else ''}{above}")
+    if not 0 <= cfg.foreground_patches <= 1:
+        return f"--foreground-patches {cfg.foreground_patches:g} is a share of the patches: give it in [0, 1]"
+    if cfg.patches_per_image < 1:
+        return f"--patches-per-image {cfg.patches_per_image}: give at least 1"
+    return None
 
 
 def settled_lr(cfg: Config, run_dir: Path) -> tuple:

@@ -15,12 +15,13 @@ class CachedSegmentation(Dataset):
     """Rows of the memory-mapped cache: (image uint8 CxHxW, mask uint8 HxW, row position).
 
     Augmentation is seeded by (seed, epoch, row), so a sample looks the same whichever worker or process draws it,
-    and a resumed run sees exactly the augmentations an uninterrupted one would.
+    and a resumed run sees exactly the augmentations an uninterrupted one would. draws: samples of each row an epoch
+    (--patches-per-image); the first keeps that seed, the k-th further one adds k to it.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, rows, augmentation=None, seed: int = 0):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, rows, augmentation=None, seed: int = 0, draws: int = 1):
         self.images, self.masks, self.rows = images, masks, np.asarray(rows)
-        self.augmentation, self.seed = augmentation, seed
+        self.augmentation, self.seed, self.draws = augmentation, seed, draws
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent worker processes
 
     @property
@@ -32,13 +33,15 @@ class CachedSegmentation(Dataset):
         self._epoch.fill_(value)
 
     def __len__(self):
-        return len(self.rows)
+        return len(self.rows) * self.draws
 
     def __getitem__(self, i):
-        row = int(self.rows[i])
+        draw, row = divmod(i, len(self.rows))
+        row = int(self.rows[row])
         image, mask = np.array(self.images[row]), np.array(self.masks[row])  # writable copies of the memory map
         if self.augmentation is not None:
-            self.augmentation.set_random_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{row}".encode()))
+            key = f"{self.seed}/{self.epoch}/{row}" + (f"/{draw}" if draw else "")
+            self.augmentation.set_random_seed(zlib.crc32(key.encode()))
             out = self.augmentation(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return channels_first(image), torch.from_numpy(np.ascontiguousarray(mask)), row

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from src.augment import build_augmentation
+from src.augment import training_augmentation
 from src.cache import open_cache
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import ModelError, create_model, head_weights, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
+from src.predict import Probabilities
+from src.sliding import windowed
 
 
 def mixed_precision(requested: str) -> str:
@@ -25,13 +27,18 @@ def mixed_precision(requested: str) -> str:
 
 
 @torch.no_grad()
-def validate(model, loader, accelerator, meta, tissue_of_row=None) -> tuple:
-    """Scores over the whole fold, each image counted once whatever the number of processes."""
+def validate(model, loader, accelerator, meta, tissue_of_row=None, cfg=None) -> tuple:
+    """Scores over the whole fold, each image counted once whatever the number of processes. cfg: the run's, whose
+    patched runs (cfg.tiles) are scored by sliding window, on the probabilities infer.py predicts (no TTA)."""
     model.eval()
     n_classes = len(meta["classes"])
     counts, rows, example = [], [], None
+    window = windowed(Probabilities(model, meta["task"]), cfg) if cfg is not None and cfg.tiles else None
     for images, masks, batch_rows in loader:
-        pred = predicted_classes(model(normalize(images)), meta["task"])
+        if window is None:  # the whole image: the model's logits, as before patches existed
+            pred = predicted_classes(model(normalize(images)), meta["task"])
+        else:
+            pred = predicted_classes(window(images), meta["task"], threshold=0.5)
         stats = accelerator.gather_for_metrics((*confusion(pred, masks, n_classes), batch_rows))
         counts.append([s.cpu() for s in stats[:3]])
         rows.append(stats[3].cpu())
@@ -73,8 +80,9 @@ def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> 
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     images, masks = open_arrays(cfg, accelerator)
     workers = default_workers(cfg.workers, accelerator.num_processes)
-    augmentation = build_augmentation(cfg.aug, meta.get("rotation_invariant", False))
-    train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed)
+    augmentation = training_augmentation(cfg, meta)  # a patch of each image first, for a run trained on patches
+    train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed,
+                                   draws=cfg.patches_per_image if cfg.tiles else 1)
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=workers)
     valid_loader, inner_loader = (make_loader(CachedSegmentation(images, masks, rows), cfg.batch_size, False, workers)
                                   if len(rows) else None for rows in (valid_rows, inner_rows))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.augment import build_augmentation
+from src.augment import training_augmentation
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.files import atomic_path, write_atomic
 from src.losses import SegmentationLoss, class_weights
@@ -50,6 +50,8 @@ def cache_key(cfg, train_rows, steps: int, start: float, end: float, processes: 
     settings = {k: getattr(cfg, k) for k in CURVE_SETTINGS}
     if cfg.loss != "auto":  # in the digest only when chosen: the default loss keeps the keys cached before --loss
         settings["loss"] = cfg.loss
+    if cfg.tiles:  # patches shape the curve too; a run without them keeps the key it always had
+        settings |= {"patch": cfg.patch, "foreground_patches": cfg.foreground_patches}
     rule = {"smoothing": SMOOTHING, "diverged": DIVERGED, "below_minimum": BELOW_MINIMUM}
     blob = json.dumps([settings, processes, steps, start, end, rule, np.sort(np.asarray(train_rows)).tolist()],
                       sort_keys=True)
@@ -85,7 +87,7 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
         optimizer = build_optimizer(model, replace(cfg, lr=start))
         ratios = [group["lr"] / start for group in optimizer.param_groups]  # the encoder's multiple stays
         dataset = CachedSegmentation(images, masks, train_rows,
-                                     build_augmentation(cfg.aug, meta.get("rotation_invariant", False)), cfg.seed)
+                                     training_augmentation(cfg, meta), cfg.seed)
         batches = endless(make_loader(dataset, cfg.batch_size, True, default_workers(cfg.workers), cfg.seed), dataset)
         rates, losses, smoothed, average = [], [], [], 0.0
         for step, rate in enumerate(np.geomspace(start, end, steps)):

@@ -17,9 +17,10 @@ from scipy import ndimage
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))  # 4-connected boundaries, as scipy's default erosion
 
 
-def predicted_classes(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """N x C x H x W logits -> N x H x W class indices (binary: foreground probability above 0.5)."""
-    return (logits[:, 0] > 0).long() if task == "binary" else logits.argmax(dim=1)
+def predicted_classes(logits: torch.Tensor, task: str, threshold: float = 0.0) -> torch.Tensor:
+    """N x C x H x W logits -> N x H x W class indices (binary: foreground probability above 0.5). Probabilities
+    instead of logits: threshold 0.5."""
+    return (logits[:, 0] > threshold).long() if task == "binary" else logits.argmax(dim=1)
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> tuple:

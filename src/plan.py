@@ -32,7 +32,8 @@ from src.images import read_image
 
 STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
-SIZE_STEP, MIN_SIZE, MAX_SIZE = 32, 64, 512  # smp encoders halve the input five times; 512: the compute it costs
+SIZE_STEP, MIN_SIZE = 32, 64  # smp encoders halve the input five times
+CACHE_BYTES = 8 * 2 ** 30  # the working size's bound: the uint8 cache of every image and mask at it, on disk and mapped
 PIXELS_PER_STEP, MAX_BATCH = 256 * 256 * 16, 16  # 16 images of 256 px: the batch the planned lr was measured at
 MIN_FITTED_BATCH = 4  # the smallest batch a shortened --epochs gets to keep the step budget: batch norm needs a few
 EPOCHS_RANGE = (10, 500)
@@ -101,9 +102,14 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
 
 
 def plan_size(fp: dict) -> tuple:
-    cap = min(MAX_SIZE, max(SIZE_STEP, fp["median_short_side"] // SIZE_STEP * SIZE_STEP))
-    limit = (f"the median image's shorter side ({fp['median_short_side']} px)" if cap < MAX_SIZE
-             else f"{MAX_SIZE} px, for the compute a step costs")
+    """The working size the images are cached at: the object rule, capped by the median image and the cache's bytes
+    (the model's input is the patch, planned next: a step's compute no longer caps the size)."""
+    images = fp["labelled_images"] + fp["test_images"]
+    by_cache = int(math.sqrt(CACHE_BYTES / (images * (fp["channels"] + 1)))) // SIZE_STEP * SIZE_STEP
+    by_image = max(SIZE_STEP, fp["median_short_side"] // SIZE_STEP * SIZE_STEP)
+    cap = min(by_image, by_cache)
+    limit = (f"the median image's shorter side ({fp['median_short_side']} px)" if by_image <= by_cache else
+             f"the cache of {images} images and masks, at most {CACHE_BYTES / 2 ** 30:g} GiB")
     relative = fp["median_object_all"]
     if not relative:
         return min(cap, 256), f"no objects in the masks: 256 px, at most {cap} px ({limit})"
@@ -115,6 +121,29 @@ def plan_size(fp: dict) -> tuple:
     return cap, f"{rule} would be {needed}; capped by {limit}, where it spans {relative * cap:.0f} px"
 
 
+def by_pixels(side: int) -> int:
+    """The batch a step's pixels allow at this side: 16 images up to 256 px, halved for each doubling of pixels."""
+    return 2 ** int(math.log2(PIXELS_PER_STEP / side ** 2))
+
+
+def plan_patch(fp: dict, size: int, size_given: bool, per_step: int = 1) -> tuple:
+    """The model's input: the largest multiple of 32 at which the batch the training images call for fits a step's
+    pixels; 0 (the whole image) where the working size fits, or where a flag chose the size."""
+    if size_given:
+        return 0, "--size set by a flag or by prepare: the whole image, resized to it (give --patch to tile)"
+    wanted = max(2, min(MAX_BATCH, fp["train_images"] // (4 * per_step)))
+    patch = SIZE_STEP
+    while by_pixels(patch + SIZE_STEP) >= wanted:
+        patch += SIZE_STEP
+    rule = (f"the largest multiple of {SIZE_STEP} at which a batch of {wanted} ({MAX_BATCH} at most, at least 4 "
+            f"optimiser steps an epoch of a fold's {fp['train_images']} training images, at least 2) fits "
+            f"{MAX_BATCH} images of 256 px of pixels a step: {patch} px")
+    if size <= patch:
+        return 0, f"{rule}; the working size {size} px fits: the whole image, no patch"
+    return patch, (f"{rule}, below the working size {size} px: random patches in training, a sliding window in "
+                   f"prediction (docs/train.md)")
+
+
 def steps_per_epoch(fp: dict, batch: int, per_step: int) -> int:
     """Optimiser steps an epoch of a fold's training images makes, each step taking `per_step` batches (processes x
     --grad-accum)."""
@@ -124,8 +153,7 @@ def steps_per_epoch(fp: dict, batch: int, per_step: int) -> int:
 def plan_batch(fp: dict, size: int, steps: int = STEPS, epochs: int | None = None, per_step: int = 1) -> tuple:
     """The batch per process; given --epochs (`epochs`), smaller where that keeps the step budget: a shortened run
     still makes the steps the plan budgets, rather than fewer ones of a larger batch."""
-    by_pixels = 2 ** int(math.log2(PIXELS_PER_STEP / size ** 2))
-    largest = max(2, min(MAX_BATCH, by_pixels, fp["train_images"] // (4 * per_step)))
+    largest = max(2, min(MAX_BATCH, by_pixels(size), fp["train_images"] // (4 * per_step)))
     rule = (f"{MAX_BATCH} images up to 256 px, halved for each doubling of their pixels; at least 4 optimiser steps an "
             f"epoch of a fold's {fp['train_images']} training images; at least 2; given --epochs, the largest batch up "
             f"to that at which they still make the {steps} optimiser steps (--steps), at least {MIN_FITTED_BATCH}")
@@ -183,7 +211,9 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
     values, rules = {}, {}
     steps_in_order = {
         "size": lambda: plan_size(fp),
-        "batch_size": lambda: plan_batch(fp, values["size"], steps, given.get("epochs"), processes * grad_accum),
+        "patch": lambda: plan_patch(fp, values["size"], "size" in given, processes * grad_accum),
+        "batch_size": lambda: plan_batch(fp, values["patch"] or values["size"], steps, given.get("epochs"),
+                                         processes * grad_accum),
         "epochs": lambda: plan_epochs(fp, values["batch_size"], steps, processes, grad_accum),
         "lr": lambda: (LR, f"RAdam in Lookahead at batch <= {MAX_BATCH}: 1e-3 beat the former 3e-4 on four real sets "
                            "(docs/results.md, fold 0 under each recipe); --lr auto runs a range test instead"),
@@ -253,7 +283,10 @@ def apply_plan(cfg: Config, given: set) -> tuple:
                               cfg.grad_accum, cfg.fold)
         planned = {k: v for k, v in values.items() if k not in kept}
     sources = {f.name: "user" if f.name in given else "plan" if f.name in planned else "default" for f in fields(Config)}
-    return replace(cfg, **planned), sources
+    cfg = replace(cfg, **planned)
+    if cfg.patch == cfg.size:  # a patch the size of the image is the whole image: recorded as no patch, never stale
+        cfg = replace(cfg, patch=0)
+    return cfg, sources
 
 
 def planned_line(cfg: Config, sources: dict) -> str:

@@ -36,7 +36,9 @@ LOCK = "train.lock"  # JSON {host, pid, started}; its mtime is the heartbeat
 HEARTBEAT_SECONDS = 30
 DEAD_AFTER_SECONDS = 300  # a heartbeat this old means its owner died (an epoch never blocks the heartbeat thread)
 # Settings that do not change the model a finished run holds: a run trained with other values of these is not stale.
-NOT_THE_MODEL = ("workers", "tracker", "tags", "save_minutes", "data_dir", "folds_dir", "runs_dir")
+# The sliding window's overlap and batch change predictions (and a patched run's validation scores), not weights.
+NOT_THE_MODEL = ("workers", "tracker", "tags", "save_minutes", "data_dir", "folds_dir", "runs_dir", "overlap",
+                 "sw_batch_size")
 PLAN_STATES = ("done", "stale", "running", "resumable", "failed", "new")
 
 

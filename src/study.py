@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import runs as ledger
-from src.config import Config, add_config_arguments, config_from_args
+from src.config import Config, add_config_arguments, config_from_args, patch_problem
 from src.canonical import load_index
 from src.folds import load_folds
 from src.plan import apply_plan, given_flags
@@ -63,7 +63,10 @@ def train_config(train_flags: list) -> Config:
             raise ValueError(f"{flag.split('=')[0]} is set by the study: use {SET_BY_THE_STUDY[flag.split('=')[0]]}")
     parser = argparse.ArgumentParser(prog="study.py (train.py flags)", allow_abbrev=False)
     add_config_arguments(parser)
-    return apply_plan(config_from_args(parser.parse_args(train_flags)), given_flags(parser, train_flags))[0]
+    cfg = apply_plan(config_from_args(parser.parse_args(train_flags)), given_flags(parser, train_flags))[0]
+    if patch_problem(cfg):  # without the encoder's stride, which train.py checks for each run's encoder
+        raise ValueError(patch_problem(cfg))
+    return cfg
 
 
 def fold_numbers(cfg: Config, folds: str) -> list:

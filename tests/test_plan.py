@@ -55,12 +55,14 @@ def test_demo_plan_gives_the_values_its_rules_state(planned_demo):
     assert set(demo_plan["rules"]) == set(values) and all(demo_plan["rules"].values())
     printed = plan.describe(json.loads((data_dir / "demo" / "plan.json").read_text()), data_dir / "demo")
     assert f"size: {size} (the smallest multiple of 32, at least 64, at which the median object" in printed[1]
-    assert printed[3].startswith(f"epochs: {values['epochs']} (1000 optimiser steps")
+    assert printed[2].startswith("patch: 0 (the largest multiple of 32 at which a batch of 6") and \
+        printed[2].endswith("the working size 128 px fits: the whole image, no patch)")  # the demo keeps resizing
+    assert printed[4].startswith(f"epochs: {values['epochs']} (1000 optimiser steps")
     # A user has no tracker: the lines cite pages they can open, never an issue number.
     assert not re.search(r"\bissues? \d", "\n".join(printed), re.I)
     assert all((ROOT / page).is_file() for page in re.findall(r"docs/[\w./-]+\.md", "\n".join(printed)))
     assert "lr: 0.001 (RAdam in Lookahead at batch <= 16: 1e-3 beat the former 3e-4 on four real sets " \
-           "(docs/results.md, fold 0 under each recipe)" in printed[4]
+           "(docs/results.md, fold 0 under each recipe)" in printed[5]
 
 
 def test_multiclass_plan_weights_the_rare_class_without_reading_the_scored_fold(multiclass_dir, tmp_path):
@@ -92,6 +94,30 @@ def test_larger_objects_give_a_smaller_size_never_above_the_images(demo_plan):
     tiny_images = {**small, "median_short_side": 100}
     assert plan.plan_from(tiny_images)[0]["size"] == 96
     assert "capped by the median image's shorter side" in plan.plan_from(tiny_images)[1]["size"]
+
+
+def test_tiles_only_where_the_working_size_exceeds_the_patch_a_batch_fits(demo_plan):
+    """Small objects in large images: the object rule's size, uncapped by the model, and patches that fit a batch of
+    16. Chest X-rays (median 1051 px short side, lungs 0.49 of it, 273 training images) and the demo keep resizing."""
+    fp = demo_plan["fingerprint"]
+    xrays = {**fp, "median_short_side": 1051, "median_object_all": 0.491, "train_images": 273, "labelled_images": 341}
+    values, rules = plan.plan_from(xrays)
+    assert (values["size"], values["patch"], values["batch_size"]) == (128, 0, 16)
+    assert rules["patch"].endswith("256 px; the working size 128 px fits: the whole image, no patch")
+    assert plan.plan_from(fp)[0]["patch"] == 0  # the demo
+    nuclei = {**xrays, "median_short_side": 1000, "median_object_all": 0.065}  # 12 px nuclei in 1000 px tiles
+    values, rules = plan.plan_from(nuclei)
+    assert (values["size"], values["patch"], values["batch_size"]) == (768, 256, 16)
+    assert "at which the median object (0.065 of the image side) spans 48 px: 50 px" in rules["size"]
+    assert "256 px, below the working size 768 px: random patches in training, a sliding window" in rules["patch"]
+    few = plan.plan_from({**nuclei, "train_images": 24})[0]  # a batch of 6 fits 352 px patches
+    assert (few["patch"], few["batch_size"]) == (352, 6)
+    capped = plan.plan_from({**nuclei, "labelled_images": 20000})[1]["size"]  # the cache's bytes cap the size
+    assert "capped by the cache of 20004 images and masks, at most 8 GiB" in capped
+    # A flag wins: a size set by a flag (or prepare) resizes the whole image; a --patch given tiles at it.
+    assert plan.plan_from(nuclei, given={"size": 512})[0]["patch"] == 0
+    given_patch = plan.plan_from(nuclei, given={"patch": 128})
+    assert (given_patch[0]["size"], given_patch[0]["patch"], given_patch[1]["patch"]) == (768, 128, "set by a flag")
 
 
 def test_a_tiny_dataset_gets_more_epochs_per_image(demo_plan):

@@ -197,3 +197,20 @@ def test_the_heartbeat_survives_a_failed_touch_and_says_so(tmp_path, monkeypatch
     finally:
         lock.release()
     assert f"warning: heartbeat of {lock.path} failed ([Errno 116] Stale file handle)" in capsys.readouterr().err
+
+
+def test_a_finished_run_asked_with_another_patch_is_stale_but_not_for_another_window(demo_dir, tmp_path):
+    import shutil
+    workdir = workdir_with_data(demo_dir, tmp_path)
+    run_dir = finished_run(workdir)  # the whole 64 px image
+    state = lambda *flags: plan_of(workdir, *flags)[("unet-tu-resnet10t", 0)]  # noqa: E731
+    assert state("--patch", "32").why == "patch 0 -> 32"
+    assert state("--patch", "64").state == "done"  # a patch the size of the image is the whole image
+    shutil.rmtree(run_dir)
+    finished_run(workdir, "--patch", "32")
+    assert state("--patch", "32").state == "done"
+    assert state("--patch", "32", "--overlap", "0.25", "--sw-batch-size", "2").state == "done"  # predictions only
+    assert state().why == "patch 32 -> 0"
+    assert state("--patch", "32", "--foreground-patches", "0.5").why == "foreground_patches 0.33 -> 0.5"
+    assert state("--patch", "32", "--patches-per-image", "2").why == "patches_per_image 1 -> 2"
+    assert state("--patch", "32", "--size", "96").why == "size 64 -> 96"

@@ -112,8 +112,11 @@ def test_with_wandb_every_run_is_tagged_with_the_studys_name(demo_dir, tmp_path,
 
 def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        study.main(study_args(with_data(demo_dir, tmp_path), "--encoder", "resnet18", "--dry-run"))
+        study.main(study_args(workdir := with_data(demo_dir, tmp_path), "--encoder", "resnet18", "--dry-run"))
     assert "--encoder is set by the study: use --encoders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # before any run starts: every one would fail on it
+        study.main(study_args(workdir, "--patch", "96", "--dry-run"))
+    assert "--patch 96 is not between 0 and --size 64" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"^study: --folds 0,x: give all, or fold numbers separated by commas, e\.g\. "
                                          r"0,2 \(the file has \[0, 1, 2\]\)$"):
         study.main(study_args(tmp_path, "--folds", "0,x", "--dry-run"))

@@ -92,10 +92,58 @@ def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path, capsys)
     (["--encoder-weights", "/no/such.pt"], "no such file"),
     (["--arch", "fpn"], "--decoder-channels 32,16,16,8,8: fpn has no decoder width to set; drop it"),  # TINY sets it
     (["--decoder-channels", "32,16"], "--decoder-channels 32,16: unet takes 5 positive whole number"),
+    (["--patch", "96"], "--patch 96 is not between 0 and --size 64"),
+    (["--patch", "48"], "--patch 48 is not a multiple of 32, the factor encoder tu-resnet10t reduces its input by"),
+    (["--patch", "32", "--overlap", "1"], r"--overlap 1 is outside \[0, 1\)"),
+    (["--patches-per-image", "2"], "only a --patch below --size draws"),
 ])
 def test_clear_errors(demo_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         run_train(demo_dir, tmp_path, "--epochs", "1", *args)
+    assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+def test_a_patch_the_size_of_the_image_is_no_patch_bit_for_bit(demo_dir, tmp_path):
+    """No crop is built, so the augmentations draw what they drew before patches existed: the same weights."""
+    whole = run_train(demo_dir, tmp_path / "whole", "--epochs", "1") / "unet-tu-resnet10t" / "fold0"
+    patch = run_train(demo_dir, tmp_path / "patch", "--epochs", "1", "--patch", "64") / "unet-tu-resnet10t" / "fold0"
+    a, b = torch.load(whole / "last.pt"), torch.load(patch / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((patch / "config.json").read_text())["patch"] == 0  # the whole image, recorded as such
+    assert json.loads((whole / "metrics.json").read_text()) == json.loads((patch / "metrics.json").read_text()) | {
+        "run_dir": str(whole)}
+
+
+def test_a_patched_run_trains_on_patches_and_its_val_dice_is_the_sliding_windows(demo_dir, tmp_path, capsys):
+    from src.cache import open_cache
+    from src.canonical import load_index
+    from src.data import CachedSegmentation, make_loader
+    from src.folds import fold_rows, load_folds
+    from src.metrics import confusion, predicted_classes, summarize
+    from src.predict import load_trained_model, with_tta
+    from src.sliding import windowed
+    run = run_train(demo_dir, tmp_path, "--epochs", "1", "--patch", "32", "--patches-per-image", "2") / \
+        "unet-tu-resnet10t" / "fold0"
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("patches: 32 px of the 64 px images (each resized square to --size), 33% drawn around a foreground pixel "
+            "and the rest anywhere, 2 per image an epoch; validated by sliding window 32 px, overlap 0.5, 9 windows "
+            "an image") in out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["size"], config["patch"], config["foreground_patches"]) == (64, 32, 0.33)
+    history = pd.read_csv(run / "history.csv")
+    assert (history["train_images"][0], history["train_repeats"][0]) == (24, 24)  # 2 patches of each image
+    # What infer's OOF would score at the working size: the run's weights, no TTA, by sliding window.
+    model, cfg, meta = load_trained_model(run, run / "last.pt", torch.device("cpu"))
+    data = demo_dir / "data" / "demo"
+    index = load_index(data)
+    valid = fold_rows(index, load_folds(demo_dir / "folds", "demo", index), 0)[1]
+    counts = []
+    with torch.no_grad():
+        for images, masks, _ in make_loader(CachedSegmentation(*open_cache(data, 64), valid), 5, False, 0):
+            probs = windowed(with_tta(model, "binary", "none"), cfg)(images)
+            counts.append(confusion(predicted_classes(probs, "binary", threshold=0.5), masks, 2))
+    scores = summarize(*(torch.cat(c) for c in zip(*counts)), meta["classes"])
+    assert abs(scores["dice"] - json.loads((run / "metrics.json").read_text())["dice"]) < 1e-6
 
 
 def test_offline_imagenet_request_fails_fast_with_one_sentence(demo_dir, tmp_path, monkeypatch):

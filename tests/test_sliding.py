@@ -1,0 +1,115 @@
+"""Sliding-window prediction (MONAI) for runs trained on patches: equal to a plain forward where one window covers the
+image, no seams, every pixel covered, memory bounded by the window batch; bad settings refused in one line."""
+import re
+
+import pytest
+import torch
+
+from src.config import Config, patch_problem
+from src.models import create_model
+from src.predict import with_tta
+from src.sliding import describe, encoder_stride, sliding_window, windowed, windows_per_image
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return create_model("unet", "tu-resnet10t", 1, 1, "none", "32,16,16,8,8").eval()
+
+
+class Constant(torch.nn.Module):
+    """A predictor whose every output pixel is `value`; it records the windows it is given."""
+
+    def __init__(self, value=0.7, channels=2):
+        super().__init__()
+        self.value, self.channels, self.windows = value, channels, []
+
+    def forward(self, windows):
+        self.windows.append(tuple(windows.shape))
+        return torch.full((len(windows), self.channels, *windows.shape[2:]), self.value)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip", "d4"])
+def test_a_window_the_size_of_the_image_equals_a_plain_forward(tta):
+    predictor = with_tta(tiny_model(), "binary", tta)
+    images = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        plain, windowed_ = predictor(images), sliding_window(predictor, images, 64, 0.5, 2)
+    torch.testing.assert_close(windowed_, plain, rtol=0, atol=1e-6)
+
+
+def test_a_constant_model_gives_a_constant_map_over_a_3_3_patch_image():
+    """No seams where windows meet, no pixel divided by a zero weight (nnU-Net's and MONAI's known pitfalls)."""
+    images = torch.zeros(2, 3, 106, 106, dtype=torch.uint8)  # 3.3 patches of 32 a side
+    out = sliding_window(Constant(0.7), images, 32, 0.5, 4)
+    assert out.shape == (2, 2, 106, 106) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.full_like(out, 0.7), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("height, width", [(97, 131), (33, 65), (20, 45)])
+def test_every_pixel_of_odd_sized_images_is_covered(height, width):
+    """An uncovered pixel would stay 0 (or 0/0); images smaller than the window are padded, then cropped back."""
+    out = sliding_window(Constant(1.0, channels=1), torch.zeros(1, 1, height, width), 32, 0.5, 3)
+    assert out.shape == (1, 1, height, width)
+    torch.testing.assert_close(out, torch.ones_like(out), rtol=0, atol=1e-6)
+
+
+def test_memory_is_bounded_by_the_window_batch_not_the_image():
+    predictor = Constant()
+    sliding_window(predictor, torch.zeros(3, 1, 224, 224), 64, 0.5, 5)
+    assert {shape[2:] for shape in predictor.windows} == {(64, 64)}  # the model never sees more than a window
+    assert max(shape[0] for shape in predictor.windows) <= 5
+    assert sum(shape[0] for shape in predictor.windows) == 3 * windows_per_image(224, 64, 0.5) == 3 * 36
+
+
+def test_a_run_without_patches_predicts_with_its_predictor_itself():
+    predictor = Constant()
+    assert windowed(predictor, Config(size=64)) is predictor
+    assert windowed(predictor, Config(size=64, patch=64)) is predictor
+    window = windowed(predictor, Config(size=128, patch=64, overlap=0.25, sw_batch_size=3))
+    assert window(torch.zeros(1, 1, 128, 128)).shape == (1, 2, 128, 128) and max(s[0] for s in predictor.windows) <= 3
+    assert describe(Config(size=128, patch=64)) == "sliding window 64 px, overlap 0.5, 9 windows an image"
+    assert describe(Config(size=128)) == ""
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"size": 64, "patch": 96}, "--patch 96 is not between 0 and --size 64"),
+    ({"size": 128, "patch": 48}, "--patch 48 is not a multiple of 32, the factor encoder resnet34 reduces its input by; "
+                                 "use 32 or 64"),
+    ({"size": 128, "patch": 16}, "--patch 16 is not a multiple of 32.*; use 32$"),
+    ({"size": 128, "patch": 64, "overlap": 1.0}, r"--overlap 1 is outside \[0, 1\)"),
+    ({"size": 128, "patch": 64, "overlap": -0.1}, r"--overlap -0.1 is outside \[0, 1\)"),
+    ({"size": 128, "patch": 64, "sw_batch_size": 0}, "--sw-batch-size 0"),
+    ({"size": 128, "patch": 64, "foreground_patches": 1.5}, r"--foreground-patches 1.5 is a share .* \[0, 1\]"),
+    ({"size": 128, "patch": 64, "patches_per_image": 0}, "--patches-per-image 0: give at least 1"),
+    ({"size": 128, "foreground_patches": 0.5}, "only a --patch below --size draws"),
+])
+def test_bad_patch_settings_are_refused_in_one_line(settings, message):
+    problem = patch_problem(Config(**settings), encoder_stride("resnet34"))
+    assert problem and "\n" not in problem
+    assert re.search(message, problem), problem
+
+
+def test_good_patch_settings_pass_and_the_stride_is_smps():
+    assert encoder_stride("resnet34") == encoder_stride("tu-resnet10t") == 32
+    for settings in ({"size": 64}, {"size": 64, "patch": 64}, {"size": 256, "patch": 128, "overlap": 0.0}):
+        assert patch_problem(Config(**settings), 32) is None
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_runs_inside_each_window_batch_on_square_windows_of_any_image(tta):
+    """TTA wraps the predictor, so each window batch is flipped and turned as a P x P square and turned back: a
+    non-square image never reaches ttach, and the merged map keeps the image's shape."""
+    seen = Constant(0.25, channels=1)
+    out = sliding_window(with_tta_of(seen, tta), torch.zeros(2, 1, 97, 131), 64, 0.5, 4)
+    assert out.shape == (2, 1, 97, 131)
+    torch.testing.assert_close(out, torch.full_like(out, 0.25), rtol=0, atol=1e-6)
+    assert {shape[2:] for shape in seen.windows} == {(64, 64)}
+    real = sliding_window(with_tta(tiny_model(), "binary", tta), torch.randint(0, 256, (1, 1, 97, 131)), 64, 0.5, 4)
+    assert real.shape == (1, 1, 97, 131) and ((real >= 0) & (real <= 1)).all()
+
+
+def with_tta_of(predictor, mode):
+    """predict.with_tta's ttach wrapper around a predictor that returns probabilities already."""
+    import ttach
+    from src.predict import TTA_MODES
+    return ttach.SegmentationTTAWrapper(predictor, TTA_MODES[mode](), merge_mode="mean")

@@ -26,7 +26,8 @@ import pandas as pd
 
 from src import postprocess, report, tracking, tuning
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.ensemble_inputs import check_oof, choose_levels, recorded_split, select_runs, test_predictions
+from src.ensemble_inputs import (check_oof, choose_levels, fill_selection, output_folder, recorded_split,
+                                 select_runs, selection_of, test_predictions)
 from src.ensemble_scores import (ensemble_gain, name_levels, per_class, postprocess_runs, read_json,
                                  score_ensemble, score_runs, tune)
 from src.files import write_atomic
@@ -34,7 +35,7 @@ from src.folds import group_labels
 from src.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
-from src.predict import OldPredictionFormat, check_set_name, mean_at, read_mean
+from src.predict import OldPredictionFormat, mean_at, read_mean
 from src.rle import rle_encode
 from src.stats import holm, mean_interval, paired_comparison
 from src.tuning import TTA_MODES, scores_table
@@ -45,19 +46,22 @@ ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons (after Holm
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="demo")
-    parser.add_argument("--tta", choices=["best", "none", "flip", "d4"], default="best",
-                        help="which TTA predictions to use per run (best: the highest OOF Dice of those predicted)")
+    parser.add_argument("--tta", choices=["best", "none", "flip", "d4"],
+                        help="which TTA predictions to use per run (default best: the highest OOF Dice of those "
+                             "predicted; with --set, the folder's own)")
     parser.add_argument("--compare-tta", choices=TTA_MODES,
                         help="TTA of both runs in the Unet++ vs Unet comparison (default: the most augmented mode "
                              "both were predicted with: d4, else flip, else none)")
     parser.add_argument("--runs", help="only these runs: names or globs, comma-separated, e.g. 'unet*-resnet34'")
-    parser.add_argument("--checkpoint", choices=["selected", "best", "last"], default="selected",
-                        help="the predictions of the selected weights, best.pt or last.pt (infer.py --checkpoint)")
+    parser.add_argument("--checkpoint", choices=["selected", "best", "last"],
+                        help="the predictions of the selected weights (the default), best.pt or last.pt (infer.py "
+                             "--checkpoint; with --set, the folder's own)")
     parser.add_argument("--name", help="write to ensemble/<dataset>/NAME/ (default: ensemble/<dataset>/)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder made from another selection of runs, checkpoint or TTA")
     parser.add_argument("--set", help="write the masks of this prediction set (infer.py --images DIR --name NAME) "
-                                      "instead of the dataset's test split")
+                                      "instead of the dataset's test split, with the output folder's runs, checkpoint "
+                                      "and TTA where --runs, --checkpoint, --tta are not given")
     parser.add_argument("--weights", help="test-time run weights, positive numbers, e.g. "
                                           "unet-resnet34=1,unetpp-resnet34=2 (default 1)")
     parser.add_argument("--figures", type=int, default=4,
@@ -83,6 +87,7 @@ def main(argv=None):
 
 def run(args):
     """The story: which predictions, checked; each run scored; the ensemble tuned and scored; masks; reports."""
+    fill_selection(args)
     dataset_dir, meta, index, by = read_dataset(args)
     found = select_runs(args)
     folds = recorded_split(found, args, index)
@@ -138,42 +143,6 @@ def run_weights(spec: str | None, runs: dict) -> dict:
             sys.exit(f"ensemble: --weights {item}: a weight must be a positive number; leave a run out with --runs")
         weight_of[name] = weight
     return weight_of
-
-
-def selection_of(args, chosen: dict) -> dict:
-    """What an output folder was made from: the runs asked (and found), the checkpoint, the TTA rule."""
-    return {"runs": args.runs or "*", "checkpoint": args.checkpoint, "tta": args.tta, "found": list(chosen),
-            "preds_dir": str(Path(args.preds_dir).resolve())}
-
-
-def describe(selection: dict) -> str:
-    weights = "the selected weights" if selection["checkpoint"] == "selected" else f"{selection['checkpoint']}.pt"
-    return f"runs {selection['runs']}, {weights}, TTA {selection['tta']}, from {selection.get('preds_dir', 'preds')}"
-
-
-def output_folder(args, chosen: dict) -> Path:
-    """ensemble/<dataset>/[NAME/], claimed for this selection: one made from another is replaced only with
-    --overwrite, so a subset or another checkpoint never silently takes the place of the default leaderboard."""
-    out = Path(args.out_dir) / args.dataset / (args.name or "")
-    if args.name:
-        try:
-            check_set_name(args.name)
-        except ValueError as error:
-            sys.exit(f"ensemble: --name: {error}")
-        if args.name in ("masks", "sets"):  # the default folder's own
-            sys.exit(f"ensemble: --name {args.name}: the default output folder uses that name; choose another")
-    selection, saved = selection_of(args, chosen), out / "selection.json"
-    if saved.exists():
-        before = json.loads(saved.read_text())
-    else:  # written by an ensemble.py before folders recorded their selection: its defaults
-        before = {"runs": "*", "checkpoint": "best", "tta": "best"} if (out / "scores.json").exists() else None
-    keys = ("runs", "checkpoint", "tta", "preds_dir")  # another study's preds folder: another study's ensemble
-    if before and any(before.get(k, selection[k]) != selection[k] for k in keys) and not args.overwrite:
-        sys.exit(f"ensemble: {out} holds the ensemble of {describe(before)}; write this one ({describe(selection)}) "
-                 f"to its own folder with --name NAME, or pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(saved, json.dumps(selection, indent=2) + "\n")
-    return out
 
 
 def compare_architectures(image_ids: list, dice_of: dict, group_of: dict, tta: str | None) -> list:

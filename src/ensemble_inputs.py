@@ -1,11 +1,13 @@
 """Which prediction sets an ensemble reads (infer.py's, under preds/<dataset>/), each checked to come from its run's
 current weights and from one split; any other stops the ensemble with the infer.py command that renews it."""
+import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from src import runs as ledger, tuning
+from src.files import write_atomic
 from src.folds import FoldFileError
 from src.metrics import per_image
 from src.models import DEEP_SUPERVISED
@@ -143,3 +145,49 @@ def test_predictions(chosen: dict, folds: pd.DataFrame, index: pd.DataFrame, arg
         print(f"ensemble: {len(incomplete)} test images (e.g. {incomplete[0]}) lack a prediction from some of the "
               f"{len(fold_dirs)} fold models; they are averaged over the models that predicted them")
     return fold_dirs, test_ids
+
+
+def fill_selection(args) -> None:
+    """--runs, --checkpoint, --tta left out: with --set, the output folder's recorded selection (a study's ensemble
+    writes a new set's masks with the study's own runs), else every run, the selected weights, the best TTA."""
+    saved = Path(args.out_dir) / args.dataset / (args.name or "") / "selection.json"
+    before = json.loads(saved.read_text()) if args.set and not args.overwrite and saved.exists() else {}
+    args.runs = args.runs or (before.get("runs") if before.get("runs") != "*" else None)
+    args.checkpoint = args.checkpoint or before.get("checkpoint", "selected")
+    args.tta = args.tta or before.get("tta", "best")
+
+
+def selection_of(args, chosen: dict) -> dict:
+    """What an output folder was made from: the runs asked (and found), the checkpoint, the TTA rule."""
+    return {"runs": args.runs or "*", "checkpoint": args.checkpoint, "tta": args.tta, "found": list(chosen),
+            "preds_dir": str(Path(args.preds_dir).resolve())}
+
+
+def describe(selection: dict) -> str:
+    weights = "the selected weights" if selection["checkpoint"] == "selected" else f"{selection['checkpoint']}.pt"
+    return f"runs {selection['runs']}, {weights}, TTA {selection['tta']}, from {selection.get('preds_dir', 'preds')}"
+
+
+def output_folder(args, chosen: dict) -> Path:
+    """ensemble/<dataset>/[NAME/], claimed for this selection: one made from another is replaced only with
+    --overwrite, so a subset or another checkpoint never silently takes the place of the default leaderboard."""
+    out = Path(args.out_dir) / args.dataset / (args.name or "")
+    if args.name:
+        try:
+            check_set_name(args.name)
+        except ValueError as error:
+            sys.exit(f"ensemble: --name: {error}")
+        if args.name in ("masks", "sets"):  # the default folder's own
+            sys.exit(f"ensemble: --name {args.name}: the default output folder uses that name; choose another")
+    selection, saved = selection_of(args, chosen), out / "selection.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())
+    else:  # written by an ensemble.py before folders recorded their selection: its defaults
+        before = {"runs": "*", "checkpoint": "best", "tta": "best"} if (out / "scores.json").exists() else None
+    keys = ("runs", "checkpoint", "tta", "preds_dir")  # another study's preds folder: another study's ensemble
+    if before and any(before.get(k, selection[k]) != selection[k] for k in keys) and not args.overwrite:
+        sys.exit(f"ensemble: {out} holds the ensemble of {describe(before)}; write this one ({describe(selection)}) "
+                 f"to its own folder with --name NAME, or pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(saved, json.dumps(selection, indent=2) + "\n")
+    return out

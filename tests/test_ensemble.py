@@ -295,6 +295,12 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
     infer.main([*hint[2:], "--workers", "0"])
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
     assert (tmp_path / "demo" / "sets" / "ward2" / "masks" / "scan_001.png").exists()
+    # a named ensemble (a study's) writes a set's masks with its own runs and TTA when the flags are left out
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--runs", RUN, "--tta", "none", "--name", "one"])
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--set", "ward2", "--name", "one"])
+    selection = json.loads((tmp_path / "demo" / "one" / "selection.json").read_text())
+    assert (selection["runs"], selection["tta"], selection["found"]) == (RUN, "none", [RUN])
+    assert (tmp_path / "demo" / "one" / "sets" / "ward2" / "masks" / "scan_001.png").exists()
 
 
 def test_the_hint_to_predict_first_is_a_command_to_copy_as_is(multiclass_dir, tmp_path):

@@ -11,11 +11,18 @@ train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; 
 ratio of their wall times, which is what study.py --runs-per-gpu K gains; (8) with --patch P below --size: sliding-
 window inference (--overlap, --sw-batch-size) against a plain forward of the whole --size image, in images/s. (3) also gives an epoch's fixed cost: the
 seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
+
+  python -m src.bench --newcomer    # the README's two commands on a fresh clone, against their limits (src/limits.py)
+
+--newcomer measures none of the above: on a fresh clone of the current commit in a temp folder it times the README's
+test command (limit 300 s) and ./demo.sh (limit 120 s), prints a PASS or FAIL line for each with its wall and CPU
+seconds and the demo's training share, and exits 1 on a FAIL.
 """
 import argparse
 import json
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -247,7 +254,13 @@ def main(argv=None):
                         help="(7): runs trained side by side, then one after another; 0 skips (7)")
     parser.add_argument("--packed-epochs", type=int, default=3, help="(7): epochs of each of those runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--newcomer", action="store_true",
+                        help="instead: time `python -m pytest -q` (limit 300 s) and ./demo.sh (limit 120 s) on a fresh "
+                             "clone of the current commit; exit 1 on a FAIL")
     args = parser.parse_args(argv)
+    if args.newcomer:
+        from src import limits
+        sys.exit(0 if limits.newcomer() else 1)
     cfg = Config(arch=args.arch, encoder=args.encoder, size=args.size, batch_size=args.batch_size, aug=args.aug,
                  workers=default_workers(args.workers), decoder_channels=args.decoder_channels, compile=args.compile,
                  patch=args.patch, overlap=args.overlap, sw_batch_size=args.sw_batch_size)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from src.canonical import load_index, load_meta
 from src.problems import Problem, grouped
@@ -60,6 +59,8 @@ def make_folds(index: pd.DataFrame, meta: dict, k: int = 5, strategy: str = "aut
         return folds
     if k < 2 or k > len(train):
         raise ValueError(f"k={k} folds impossible for {len(train)} training images")
+    # sklearn imported where a split is drawn: train.py and infer.py read fold files and need not pay its ~1.4 s
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
     if strategy == "kfold":
         splitter, y, groups = KFold(k, shuffle=True, random_state=seed), None, None
     elif strategy == "stratified":
@@ -97,6 +98,7 @@ def holdout_folds(index: pd.DataFrame, fraction: float, seed: int) -> pd.DataFra
     if (train["group"].astype(str) != "").any():
         raise ValueError("--holdout splits images one by one, but this dataset has group labels that keep images "
                          "together; use --strategy group")
+    from sklearn.model_selection import train_test_split
     rest, held = train_test_split(sorted(train["id"]), test_size=fraction, random_state=seed)
     return pd.DataFrame({"id": held + rest, "fold": [0] * len(held) + [1] * len(rest)})
 
@@ -212,6 +214,7 @@ def inner_split(folds: pd.DataFrame, fold: int, seed: int) -> list:
     parts = min(INNER_PARTS, units, pd.Series(y).value_counts().max())  # sklearn: a stratum must reach every part
     if parts < 2:
         raise ValueError(f"fold {fold}: {units} training group(s) cannot spare an inner validation split")
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(parts, shuffle=True, random_state=seed)
     _, inner = next(splitter.split(train, y, groups))
     return sorted(train["id"].iloc[inner])

@@ -25,7 +25,8 @@ STAGES = {"prepare.md": ["src.prepare", "src.split", "src.plan"], "train.md": ["
 FOREIGN_COMMANDS = (r"accelerate launch|ray start|sbatch|#SBATCH|srun|wandb sync|pip install|pytest|python -X"
                     r"|docs/results/\w+\.py")  # the results pages' own scripts: their flags are in their docstrings
 FOREIGN_FLAGS = {"--multi_gpu", "--num_processes", "--num_machines", "--machine_rank", "--main_process_ip",
-                 "--main_process_port", "--cpu", "--signal", "--array", "--gpus", "--dry-run"}
+                 "--main_process_port", "--cpu", "--signal", "--array", "--gpus", "--dry-run",
+                 "--durations"}  # pytest's
 
 COMMAND = re.compile(r"(?:python\s+(?:-m\s+)?)?(?<![\w/.-])(" + "|".join(map(re.escape, COMMANDS)) + r")\b|(" + FOREIGN_COMMANDS
                      + r")|\||;|&&|\s#")

@@ -30,7 +30,7 @@ from src.canonical import load_index
 from src.config import Config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
-from src.images import read_image, write_png
+from src.portable.images import read_image, write_png
 from src.losses import SegmentationLoss
 from src.models import create_model, normalize
 from src.optim import build_optimizer

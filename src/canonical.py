@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.dicom import pixel_spacing
-from src.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
+from src.portable.dicom import pixel_spacing
+from src.portable.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.problems import InputError, Problem, as_problem, report
 from src.sources import Sample, Source
@@ -66,7 +66,7 @@ def spacing_of(row) -> tuple | None:
 
 
 def read_dataset_image(dataset_dir: Path, row, channels: int) -> np.ndarray:
-    """A canonical image in the dataset's form: the same rules as prepare (src/images.py)."""
+    """A canonical image in the dataset's form: the same rules as prepare (src/portable/images.py)."""
     return to_channels(read_image(image_file(dataset_dir, row)), channels, str(image_file(dataset_dir, row)))
 
 
@@ -95,7 +95,7 @@ def _mask_where(sample: Sample) -> str:
 
 
 def _as_problem(error: ValueError | OSError, sample: Sample) -> Problem:
-    """Errors that name their file as 'file: sentence' (src/dicom.py...) are grouped by the sentence."""
+    """Errors that name their file as 'file: sentence' (src/portable/dicom.py...) are grouped by the sentence."""
     if not isinstance(error, InputError):
         for where in (sample.file, sample.id):
             if where and str(error).startswith(f"{where}: "):

@@ -23,7 +23,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.portable.dicom import pixel_spacing
-from src.portable.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
+from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize,
+                                 to_channels, write_png)
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.problems import InputError, Problem, as_problem, report
 from src.sources import Sample, Source
@@ -67,7 +68,7 @@ def spacing_of(row) -> tuple | None:
 
 def read_dataset_image(dataset_dir: Path, row, channels: int) -> np.ndarray:
     """A canonical image in the dataset's form: the same rules as prepare (src/portable/images.py)."""
-    return to_channels(read_image(image_file(dataset_dir, row)), channels, str(image_file(dataset_dir, row)))
+    return read_as(image_file(dataset_dir, row), channels)
 
 
 def majority_channels(samples: list, workers: int) -> tuple:

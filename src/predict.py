@@ -31,9 +31,10 @@ from src.data import make_loader
 from src.folds import load_folds
 from src.models import ModelError, create_model
 from src.portable.files import atomic_path
-from src.portable.maps import final_mask, mean_at, mean_maps, model_input, predict_uint8, resize_prob, to_uint8  # noqa: F401
+from src.portable.images import read_as
+from src.portable.maps import final_mask, mean_at, mean_maps, model_input, resize_prob  # noqa: F401 (imported from here)
 from src.portable.models import ready
-from src.portable.tta import TTA_MODES, Probabilities, with_tta  # noqa: F401 (the project imports them from here)
+from src.portable.torch_model import TTA_MODES, Probabilities, predict_uint8, to_uint8, with_tta  # noqa: F401
 from src.runs import file_sha256, is_finished
 
 class UnfinishedRun(FileNotFoundError):
@@ -133,8 +134,8 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        image, size = model_input(self.paths[i], self.size, self.channels)
-        return torch.from_numpy(image), torch.tensor(size), i
+        original = read_as(self.paths[i], self.channels)
+        return torch.from_numpy(model_input(original, self.size)), torch.tensor(original.shape[:2]), i
 
 
 @torch.no_grad()

@@ -148,6 +148,11 @@ def to_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     return image[..., :3] if have == 4 else image
 
 
+def read_as(path: Path, channels: int) -> np.ndarray:
+    """An image file in the dataset's form: read_image's rules, then to_channels."""
+    return to_channels(read_image(path), channels, str(path))
+
+
 def looks_grey(image: np.ndarray) -> bool:
     """Grey, or colour whose channels agree on 99% of pixels (a grey X-ray saved as RGB: JPEG chroma noise, an
     arrow or a coloured label do not make it a colour image)."""

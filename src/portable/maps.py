@@ -2,39 +2,22 @@
 through, in one place, so that the project's ensemble.py and an exported package compute the same masks.
 
 1. Each model's map leaves the model as uint8 (probability * 255) at its training size: infer.py stores it so, and a
-   package keeps it so in memory (to_uint8).
+   package keeps it so in memory (torch_model.to_uint8; onnx_model's equivalent).
 2. The weighted mean of one image's maps, one per model size, is rounded to uint8 again (mean_maps); resized to the
    image's size (resize_prob, bilinear) and averaged over the sizes, it gives the probabilities post-processing reads
    (mean_at).
 """
 import cv2
 import numpy as np
-import torch
 
-from .images import read_image, resize, to_channels
+from .images import resize
 from .postprocess import apply
 
 
-def model_input(path, size: int, channels: int) -> tuple:
-    """An image file as the model reads it: (uint8 C x S x S, original (H, W)); the rules of prepare (images.py)."""
-    original = to_channels(read_image(path), channels, str(path))
+def model_input(original: np.ndarray, size: int) -> np.ndarray:
+    """An image in the dataset's form (images.read_as) as the model reads it: uint8 C x S x S."""
     resized = resize(original, size, is_mask=False)
-    return np.ascontiguousarray(resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)), original.shape[:2]
-
-
-def to_uint8(probs: torch.Tensor) -> np.ndarray:
-    """N x C x S x S probabilities -> uint8 maps (probability * 255) on the host, as the files store them."""
-    return (probs * 255).round().to(torch.uint8).cpu().numpy()
-
-
-@torch.no_grad()
-def predict_uint8(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
-    """A batch of uint8 images through a model that returns probabilities (tta.with_tta), in bfloat16 on a GPU, as
-    uint8 maps: rounding 1."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with autocast:
-        probs = model(images.to(device, non_blocking=True)).float()
-    return to_uint8(probs)
+    return np.ascontiguousarray(resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1))
 
 
 def resize_prob(prob: np.ndarray, size: tuple) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Test-time augmentation with ttach: a model's probabilities averaged over flipped (and rotated) copies."""
+"""A torch model's probabilities: test-time augmentation with ttach (averaged over flipped and rotated copies), and
+the uint8 maps infer.py stores and a package averages."""
+import numpy as np
 import torch
 import ttach as tta
 
@@ -27,3 +29,18 @@ def with_tta(model: torch.nn.Module, task: str, mode: str) -> torch.nn.Module:
     if mode == "none":
         return probabilities
     return tta.SegmentationTTAWrapper(probabilities, TTA_MODES[mode](), merge_mode="mean")
+
+
+def to_uint8(probs: torch.Tensor) -> np.ndarray:
+    """N x C x S x S probabilities -> uint8 maps (probability * 255) on the host, as the files store them."""
+    return (probs * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def predict_uint8(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """A batch of uint8 images through a model that returns probabilities (tta.with_tta), in bfloat16 on a GPU, as
+    uint8 maps: rounding 1."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        probs = model(images.to(device, non_blocking=True)).float()
+    return to_uint8(probs)

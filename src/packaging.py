@@ -104,6 +104,30 @@ def write_weights(package: Path, models: list, half: bool) -> None:
         save_file(state, package / model["file"])
 
 
+def write_onnx(package: Path, models: list, images: list) -> None:
+    """Each model (at its level) with its sigmoid or softmax as weights/<run>-fold<k>.onnx (opset 17, dynamic batch,
+    height and width: src/onnx_export.py), checked against PyTorch on the parity images at the model's size within
+    rtol 1e-3 / atol 1e-5 (smp's example); the check goes into the manifest, and a model outside it stops the export."""
+    from src.onnx_export import check_onnx, export_onnx
+    from src.portable.images import read_as
+    from src.portable.maps import model_input
+    from src.portable.models import at_level
+    from src.predict import load_trained_model
+
+    (package / "weights").mkdir(parents=True, exist_ok=True)
+    for model in models:
+        run_dir = model["weights_file"].parent
+        net = at_level(load_trained_model(run_dir, model["weights_file"], torch.device("cpu"))[0], model["level"])
+        model["file"] = f"weights/{model['run']}-fold{model['fold']}.onnx"
+        export_onnx(net, model["meta"]["task"], model["meta"]["channels"], package / model["file"])
+        batch = np.stack([model_input(read_as(p, model["meta"]["channels"]), model["size"]) for p in images])
+        model["onnx_check"] = check_onnx(net, model["meta"]["task"], package / model["file"], [batch])
+        if not model["onnx_check"]["ok"]:
+            raise ExportError(f"{model['run']} fold {model['fold']}: onnxruntime differs from PyTorch by up to "
+                              f"{model['onnx_check']['max_abs']:.2e} (rtol 1e-3, atol 1e-5 allowed); export "
+                              f"--format torch")
+
+
 def manifest_of(package: Path, models: list, scores: dict, meta: dict, args, source: Path) -> dict:
     """manifest.json: the ensemble's models, TTA, levels, weights and post-processing, the input rules, the versions,
     and each file's SHA-256 (predict.py refuses a file that differs)."""
@@ -155,9 +179,9 @@ def image_folder(folder: Path, files: dict) -> Path:
 
 
 def run_package(package: Path, images: Path, work: Path, device: str | None) -> tuple:
-    """Run the package as a new user would, from another folder with `python -I`: (its submission, masks folder,
-    images/s it printed). A failed run is an ExportError with its last line."""
-    command = [sys.executable, "-I", str(package / "predict.py"), "--images", str(images), "--out",
+    """Run the package as a new user would, from another folder with `python -I` (-B: no __pycache__ left in it):
+    (its submission, masks folder, the images/s it printed). A failed run is an ExportError with its last line."""
+    command = [sys.executable, "-I", "-B", str(package / "predict.py"), "--images", str(images), "--out",
                str(work / "submission.csv"), "--masks-dir", str(work / "masks"), *(["--device", device] if device else [])]
     done = subprocess.run(command, cwd=work, capture_output=True, text=True)
     last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]

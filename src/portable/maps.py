@@ -2,7 +2,7 @@
 through, in one place, so that the project's ensemble.py and an exported package compute the same masks.
 
 1. Each model's map leaves the model as uint8 (probability * 255) at its training size: infer.py stores it so, and a
-   package keeps it so in memory (torch_model.to_uint8; onnx_model's equivalent).
+   package keeps it so in memory (uint8_maps).
 2. The weighted mean of one image's maps, one per model size, is rounded to uint8 again (mean_maps); resized to the
    image's size (resize_prob, bilinear) and averaged over the sizes, it gives the probabilities post-processing reads
    (mean_at).
@@ -18,6 +18,11 @@ def model_input(original: np.ndarray, size: int) -> np.ndarray:
     """An image in the dataset's form (images.read_as) as the model reads it: uint8 C x S x S."""
     resized = resize(original, size, is_mask=False)
     return np.ascontiguousarray(resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1))
+
+
+def uint8_maps(probs: np.ndarray) -> np.ndarray:
+    """Probabilities (float32, any shape) -> uint8 maps, probability * 255 rounded half to even: rounding 1."""
+    return (probs * np.float32(255)).round().astype(np.uint8)
 
 
 def resize_prob(prob: np.ndarray, size: tuple) -> np.ndarray:

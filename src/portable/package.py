@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .files import write_atomic
 from .images import IMAGE_SUFFIXES, read_as, write_png
-from .maps import final_mask, model_input
+from .maps import final_mask, model_input, uint8_maps
 from .rle import submission_columns, submission_rows
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
@@ -56,7 +56,8 @@ def main(folder: Path, argv=None) -> None:
     try:
         run(Path(folder), parse_args(argv))
     except (PackageError, ValueError, OSError) as error:  # image files name themselves (images.InputError)
-        sys.exit(f"predict: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+        lines = str(error).strip().splitlines()
+        sys.exit(f"predict: {lines[-1] if lines else repr(error)}")
 
 
 def run(folder: Path, args) -> None:
@@ -141,8 +142,11 @@ def choose_device(kind: str, asked: str | None) -> str:
 def load_models(manifest: dict, folder: Path, device: str) -> list:
     """Every model of the ensemble, in the manifest's order (that of ensemble.py's mean), ready to predict."""
     if manifest["format"] == "onnx":
-        from .onnx_model import load_onnx_models
-        return load_onnx_models(manifest, folder, device)
+        from .onnx_model import OnnxModel
+        return [Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"],
+                      lambda batch, model=OnnxModel(folder / spec["file"], device), tta=spec["tta"]:
+                      uint8_maps(model.predict(batch, tta)))
+                for spec in manifest["models"]]
     import torch
     from safetensors.torch import load_file
 

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 import ttach as tta
 
+from .maps import uint8_maps
 from .models import normalize
 
 TTA_MODES = {"none": None, "flip": lambda: tta.Compose([tta.HorizontalFlip()]), "d4": tta.aliases.d4_transform}
@@ -33,7 +34,7 @@ def with_tta(model: torch.nn.Module, task: str, mode: str) -> torch.nn.Module:
 
 def to_uint8(probs: torch.Tensor) -> np.ndarray:
     """N x C x S x S probabilities -> uint8 maps (probability * 255) on the host, as the files store them."""
-    return (probs * 255).round().to(torch.uint8).cpu().numpy()
+    return uint8_maps(probs.float().cpu().numpy())
 
 
 @torch.no_grad()

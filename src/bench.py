@@ -10,6 +10,9 @@ train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; 
 (7) --packed-runs K: K short train.py runs packed on one GPU (or sharing the CPU), then one after another, and the
 ratio of their wall times, which is what study.py --runs-per-gpu K gains. (3) also gives an epoch's fixed cost: the
 seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
+(8) --package DIR --package-images DIR: an exported package (export.py) run as a user runs it, python -I predict.py
+from another folder, and the images/s it reports (reading, every model with its TTA, averaging, post-processing,
+RLE; not the interpreter's start); only (8) is measured then.
 """
 import argparse
 import json
@@ -210,6 +213,17 @@ def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, co
             "oof_images": oof, "test_images": test}
 
 
+def package_speed(package: Path, images: Path, device: str | None = None) -> dict:
+    """(8) An exported package on a folder of images, in images/s, the fastest of two runs (each a fresh process)."""
+    from src import packaging
+    speeds = []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory() as work:
+            speeds.append(packaging.run_package(Path(package), Path(images), Path(work), device)[2])
+    return {"package": str(package), "package_images": sum(1 for _ in Path(images).iterdir()),
+            "package_images_per_s": max(speeds)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("arch", "encoder", "size", "batch_size", "aug", "workers", "decoder_channels"):
@@ -223,8 +237,14 @@ def main(argv=None):
     parser.add_argument("--packed-runs", type=int, default=2,
                         help="(7): runs trained side by side, then one after another; 0 skips (7)")
     parser.add_argument("--packed-epochs", type=int, default=3, help="(7): epochs of each of those runs")
+    parser.add_argument("--package", type=Path, help="(8) alone: an exported package's images/s (export.py)")
+    parser.add_argument("--package-images", type=Path, help="(8): the folder of images it predicts")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.package:
+        if not args.package_images:
+            parser.error("--package needs --package-images DIR, the images it predicts")
+        return report(package_speed(args.package, args.package_images), args.json)
     cfg = Config(arch=args.arch, encoder=args.encoder, size=args.size, batch_size=args.batch_size, aug=args.aug,
                  workers=default_workers(args.workers), decoder_channels=args.decoder_channels, compile=args.compile)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -251,11 +271,15 @@ def main(argv=None):
             results["predict_fraction_of_forward"] = results["predict_images_per_s"] / results["infer_none_images_per_s"]
     results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     results["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    report(results, args.json)
+
+
+def report(results: dict, json_path: Path | None) -> None:
     print("\n| measure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

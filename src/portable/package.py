@@ -52,9 +52,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(folder: Path, argv=None) -> None:
+def main(argv=None, folder: Path | None = None) -> None:
+    """predict.py's command line; folder: the package's (predict.py's own)."""
     try:
-        run(Path(folder), parse_args(argv))
+        run(Path(folder or Path(__file__).resolve().parents[1]), parse_args(argv))
     except (PackageError, ValueError, OSError) as error:  # image files name themselves (images.InputError)
         lines = str(error).strip().splitlines()
         sys.exit(f"predict: {lines[-1] if lines else repr(error)}")

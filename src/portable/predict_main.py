@@ -16,4 +16,4 @@ except ImportError as error:  # a package copied without portable/, or without a
     sys.exit(f"predict: {HERE}: cannot start ({error}); copy the whole package, and pip install -r requirements.txt")
 
 if __name__ == "__main__":
-    main(HERE)
+    main(folder=HERE)

@@ -76,7 +76,8 @@ def run(args):
         run_dir.mkdir()
         csv, masks, speed = packaging.run_package(package, images, run_dir, args.device)
         exact = args.format == "torch" and not args.half
-        passed, line = packaging.parity(written / "submission.csv", written / "masks", csv, masks, exact)
+        passed, line = packaging.parity(written / "submission.csv", written / "masks", csv, masks, exact,
+                                        f"set '{args.set}'" if args.set else "test")
         if args.format == "onnx":  # write_onnx stopped on any model outside the tolerance
             line += (f"; onnxruntime's maps within rtol 1e-3, atol 1e-5 of PyTorch's for all {len(models)} models "
                      f"(largest difference {max(m['onnx_check']['max_abs'] for m in models):.1e})")
@@ -127,9 +128,12 @@ def images_of(written: Path, part: str, selection: dict, args) -> dict:
         dataset_dir = Path(args.data_dir) / args.dataset
         index = load_index(dataset_dir).set_index("id", drop=False)
         return {i: image_file(dataset_dir, index.loc[i]) for i in ids}
-    folder = next(Path(json.loads(p.read_text())["sets"][args.set]["images"])
-                  for p in sorted(Path(selection["preds_dir"], args.dataset).rglob("prediction.json"))
-                  if args.set in json.loads(p.read_text()).get("sets", {}))
+    folder = next((Path(json.loads(p.read_text())["sets"][args.set]["images"])
+                   for p in sorted(Path(selection["preds_dir"], args.dataset).rglob("prediction.json"))
+                   if args.set in json.loads(p.read_text()).get("sets", {})), None)
+    if folder is None or not folder.is_dir():
+        raise packaging.ExportError(f"the images of set '{args.set}' ({folder or 'not recorded in prediction.json'}) "
+                                    f"are gone, so parity cannot be checked; restore them")
     files = {p.stem: p for p in folder.iterdir() if p.stem in ids}
     missing = sorted(set(ids) - set(files))
     if missing:

@@ -192,7 +192,8 @@ def run_package(package: Path, images: Path, work: Path, device: str | None) -> 
     return work / "submission.csv", work / "masks", speed
 
 
-def parity(ensemble_csv: Path, ensemble_masks: Path, package_csv: Path, package_masks: Path, exact: bool) -> tuple:
+def parity(ensemble_csv: Path, ensemble_masks: Path, package_csv: Path, package_masks: Path, exact: bool,
+           what: str = "test") -> tuple:
     """(passed, the line to print): identical submission rows per image (exact), else masks that agree on at least
     PIXEL_AGREEMENT of each image's pixels."""
     theirs, ours = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (ensemble_csv, package_csv))
@@ -201,12 +202,12 @@ def parity(ensemble_csv: Path, ensemble_masks: Path, package_csv: Path, package_
         by_id = {i: rows.drop(columns="id").to_numpy().tolist() for i, rows in theirs.groupby("id")}
         same = [i for i, rows in ours.groupby("id") if by_id.get(i) == rows.drop(columns="id").to_numpy().tolist()]
         return len(same) == len(ids) and set(ours["id"]) == set(ids), \
-            f"{len(same)} of {len(ids)} test masks identical to {ensemble_csv}"
+            f"{len(same)} of {len(ids)} {what} masks identical to {ensemble_csv}"
     agreement = {i: float(np.mean(read_image(ensemble_masks / f"{i}.png") == read_image(package_masks / f"{i}.png")))
                  for i in ids}
     close = [i for i, share in agreement.items() if share >= PIXEL_AGREEMENT]
     worst = min(agreement.values())
-    return len(close) == len(ids), (f"{len(close)} of {len(ids)} test masks agree with {ensemble_masks} on >= "
+    return len(close) == len(ids), (f"{len(close)} of {len(ids)} {what} masks agree with {ensemble_masks} on >= "
                                     f"{PIXEL_AGREEMENT:.1%} of their pixels (the least: {worst:.4%})")
 
 

@@ -137,7 +137,8 @@ def test_bad_packages_and_inputs_end_in_one_line(exported, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     (images / "broken.png").write_bytes(b"not a png")
-    checks = {"differs from the file exported": broken, "is missing from the package": broken, "broken.png": package}
+    good = shutil.copytree(package, tmp_path / "good")  # run elsewhere: the shared package stays as exported
+    checks = {"differs from the file exported": broken, "is missing from the package": broken, "broken.png": good}
     for expected, folder in checks.items():
         done = run_package(folder, tmp_path / "cwd", "--images", images, "--out", tmp_path / "cwd" / "sub.csv")
         lines = [line for line in done.stderr.replace("\r", "\n").splitlines()
@@ -246,3 +247,12 @@ def test_a_unetpp_ds_ensemble_exports_the_level_it_chose(demo_dir, tmp_path, cap
     manifest = json.loads((tmp_path / "export" / "demo" / "manifest.json").read_text())
     assert [(m["fold"], m["level"]) for m in manifest["models"]] == [(0, level), (1, level)]
     assert manifest["parity"].startswith("4 of 4 test masks identical to")
+
+
+def test_the_benchmark_measures_a_package_as_a_user_runs_it(exported, tmp_path):
+    from src import bench
+    workdir, work, package = exported
+    bench.main(["--package", str(package), "--package-images", str(workdir / "data" / "demo" / "images"),
+                "--json", str(tmp_path / "bench.json")])
+    measured = json.loads((tmp_path / "bench.json").read_text())
+    assert measured["package_images_per_s"] > 0 and measured["package_images"] == 40

@@ -30,13 +30,13 @@ from src.ensemble_inputs import (check_oof, choose_levels, fill_selection, outpu
                                  select_runs, selection_of, test_predictions)
 from src.ensemble_scores import (ensemble_gain, name_levels, per_class, postprocess_runs, read_json,
                                  score_ensemble, score_runs, tune)
-from src.files import write_atomic
+from src.portable.files import write_atomic
 from src.folds import group_labels
-from src.images import read_image, write_png
+from src.portable.images import read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
 from src.parallel import thread_map
-from src.predict import OldPredictionFormat, mean_at, read_mean
-from src.rle import rle_encode
+from src.predict import OldPredictionFormat, final_mask, mean_at, read_mean, read_weighted
+from src.portable.rle import submission_columns, submission_rows
 from src.stats import holm, mean_interval, paired_comparison
 from src.tuning import TTA_MODES, scores_table
 
@@ -182,16 +182,14 @@ def write_test_masks(written: Path, fold_dirs: list, test_ids: list, weight_of: 
 
     def test_mask(image_id):
         files = [(d / f"{image_id}.npz", weight_of[name]) for name, d in fold_dirs if (d / f"{image_id}.npz").exists()]
-        final = postprocess.apply(mean_at(*read_mean(*zip(*files))), settings)
+        final = final_mask(*read_weighted(*zip(*files)), settings)  # as an exported package computes it
         write_png(masks / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
-        if meta["task"] == "binary":
-            return [{"id": image_id, "rle": rle_encode(final)}]
-        return [{"id": image_id, "class": c, "rle": rle_encode(final == k)} for k, c in enumerate(meta["classes"]) if k]
+        return submission_rows(image_id, final, meta["task"], meta["classes"])
 
     test_rows = [r for rows in thread_map(test_mask, test_ids, "test masks") for r in rows]
     for old in set(p.stem for p in masks.glob("*.png")) - set(test_ids):
         (masks / f"{old}.png").unlink()
-    columns = ["id", "rle"] if meta["task"] == "binary" else ["id", "class", "rle"]
+    columns = submission_columns(meta["task"])
     write_atomic(written / "submission.csv", pd.DataFrame(test_rows, columns=columns).to_csv(index=False))
 
 

@@ -28,10 +28,10 @@ from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config
 from src.data import CachedSegmentation, default_workers
-from src.deep_supervision import level_model
-from src.files import write_atomic
+from src.portable.files import write_atomic
 from src.folds import FoldFileError, fingerprint, load_folds
-from src.images import IMAGE_SUFFIXES
+from src.portable.images import IMAGE_SUFFIXES
+from src.portable.models import at_level
 from src.models import DEEP_SUPERVISED, ModelError
 from src.oof_scores import dir_flags, fold_table, print_summary, score_oof, training_summary
 from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_name, checkpoint_file, file_sha256,
@@ -125,12 +125,12 @@ def level_models(model: torch.nn.Module, cfg: Config, levels: list, told: set) -
         return [(None, model)]
     built = []
     for level in levels:
-        net = level_model(model, level)
+        net = at_level(model, level)
         if getattr(net, "encoder_fallback", False) and (cfg.run_name, level) not in told:
             told.add((cfg.run_name, level))
             print(f"infer: {cfg.run_name} {level}: encoder {cfg.encoder} cannot be cut to this level's stages, so it "
                   f"runs all of them (the decoder nodes past {level} are still skipped)")
-        built.append((level, net.to(memory_format=torch.channels_last)))
+        built.append((level, net))
     return built
 
 

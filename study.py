@@ -55,6 +55,9 @@ def parse_args(argv=None) -> tuple:
                         help="the weights inferred and ensembled (selected: what each run's --select-on rule scores)")
     parser.add_argument("--preds-dir", default="preds", help="where infer.py writes")
     parser.add_argument("--out-dir", default="ensemble", help="where ensemble.py writes")
+    parser.add_argument("--export", nargs="?", const="torch", choices=["torch", "onnx"], help="package the study's "
+                        "ensemble at the end (export.py --format) into export/<dataset>/<name>/ beside --out-dir; "
+                        "alone: torch")
     args, train_flags = parser.parse_known_args(argv)
     if min(args.runs_per_gpu, args.parallel) < 1:
         parser.error("--runs-per-gpu and --parallel count runs at once: 1 or more")
@@ -285,6 +288,10 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
     if problem:
         problems.append(f"ensemble.py failed: {problem}")
     wrote = leaderboard.exists() and leaderboard.stat().st_mtime_ns != before
+    if args.export and wrote and not problem:
+        import export
+        failure = call(export.main, study.export_arguments(args, cfg))
+        problems += [f"export.py failed: {failure}"] if failure else []
     return problems, leaderboard if wrote and not problem else None
 
 

@@ -33,7 +33,7 @@ from src import estimate, tracking
 from src.canonical import load_index, load_meta
 from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due
 from src.config import add_config_arguments, config_from_args, load_run_config, patch_problem, settled_lr
-from src.files import atomic_path, write_atomic
+from src.portable.files import atomic_path, write_atomic
 from src.fit import Parts, mixed_precision, open_arrays, set_up, train_one_epoch, validate
 from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import loss_name

@@ -11,6 +11,9 @@ train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; 
 ratio of their wall times, which is what study.py --runs-per-gpu K gains; (8) with --patch P below --size: sliding-
 window inference (--overlap, --sw-batch-size) against a plain forward of the whole --size image, in images/s. (3) also gives an epoch's fixed cost: the
 seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
+(8) --package DIR --package-images DIR: an exported package (export.py) run as a user runs it, python -I predict.py
+from another folder, and the images/s it reports (reading, every model with its TTA, averaging, post-processing,
+RLE; not the interpreter's start); only (8) is measured then.
 
   python -m src.bench --newcomer    # the README's two commands on a fresh clone, against their limits (src/limits.py)
 
@@ -38,7 +41,7 @@ from src.canonical import load_index
 from src.config import Config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
-from src.images import read_image, write_png
+from src.portable.images import read_image, write_png
 from src.losses import SegmentationLoss
 from src.models import create_model, normalize
 from src.optim import build_optimizer
@@ -239,6 +242,17 @@ def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, co
             "oof_images": oof, "test_images": test}
 
 
+def package_speed(package: Path, images: Path, device: str | None = None) -> dict:
+    """(8) An exported package on a folder of images, in images/s, the fastest of two runs (each a fresh process)."""
+    from src import packaging
+    speeds = []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory() as work:
+            speeds.append(packaging.run_package(Path(package), Path(images), Path(work), device)[2])
+    return {"package": str(package), "package_images": sum(1 for _ in Path(images).iterdir()),
+            "package_images_per_s": max(speeds)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("arch", "encoder", "size", "batch_size", "aug", "workers", "decoder_channels", "patch", "overlap",
@@ -253,11 +267,17 @@ def main(argv=None):
     parser.add_argument("--packed-runs", type=int, default=2,
                         help="(7): runs trained side by side, then one after another; 0 skips (7)")
     parser.add_argument("--packed-epochs", type=int, default=3, help="(7): epochs of each of those runs")
+    parser.add_argument("--package", type=Path, help="(8) alone: an exported package's images/s (export.py)")
+    parser.add_argument("--package-images", type=Path, help="(8): the folder of images it predicts")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--newcomer", action="store_true",
                         help="instead: time `python -m pytest -q` (limit 300 s) and ./demo.sh (limit 120 s) on a fresh "
                              "clone of the current commit; exit 1 on a FAIL")
     args = parser.parse_args(argv)
+    if args.package:
+        if not args.package_images:
+            parser.error("--package needs --package-images DIR, the images it predicts")
+        return report(package_speed(args.package, args.package_images), args.json)
     if args.newcomer:
         from src import limits
         sys.exit(0 if limits.newcomer() else 1)
@@ -290,11 +310,15 @@ def main(argv=None):
             results["predict_fraction_of_forward"] = results["predict_images_per_s"] / results["infer_none_images_per_s"]
     results["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     results["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    report(results, args.json)
+
+
+def report(results: dict, json_path: Path | None) -> None:
     print("\n| measure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.images import read_image, resize
+from src.portable.images import read_image, resize
 
 
 def cache_dir(dataset_dir: Path, size: int) -> Path:

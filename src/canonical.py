@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.dicom import pixel_spacing
-from src.images import bit_depth, exif_orientation, looks_grey, mode, read_image, resize, to_channels, write_png
+from src.portable.dicom import pixel_spacing
+from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize,
+                                 to_channels, write_png)
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.problems import InputError, Problem, as_problem, report
 from src.sources import Sample, Source
@@ -66,8 +67,8 @@ def spacing_of(row) -> tuple | None:
 
 
 def read_dataset_image(dataset_dir: Path, row, channels: int) -> np.ndarray:
-    """A canonical image in the dataset's form: the same rules as prepare (src/images.py)."""
-    return to_channels(read_image(image_file(dataset_dir, row)), channels, str(image_file(dataset_dir, row)))
+    """A canonical image in the dataset's form: the same rules as prepare (src/portable/images.py)."""
+    return read_as(image_file(dataset_dir, row), channels)
 
 
 def majority_channels(samples: list, workers: int) -> tuple:
@@ -95,7 +96,7 @@ def _mask_where(sample: Sample) -> str:
 
 
 def _as_problem(error: ValueError | OSError, sample: Sample) -> Problem:
-    """Errors that name their file as 'file: sentence' (src/dicom.py...) are grouped by the sentence."""
+    """Errors that name their file as 'file: sentence' (src/portable/dicom.py...) are grouped by the sentence."""
     if not isinstance(error, InputError):
         for where in (sample.file, sample.id):
             if where and str(error).startswith(f"{where}: "):

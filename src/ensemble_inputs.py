@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import runs as ledger, tuning
-from src.files import write_atomic
+from src.portable.files import write_atomic
 from src.folds import FoldFileError
 from src.metrics import per_image
 from src.models import DEEP_SUPERVISED

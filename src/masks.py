@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from src.images import apply_orientation, decode, exif_orientation
+from src.portable.images import apply_orientation, decode, exif_orientation
 from src.problems import InputError
 
 HALF = 128

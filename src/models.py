@@ -1,47 +1,14 @@
 """Model factory: any smp architecture and encoder by name, pretrained weights from the hub, its cache or a file."""
-import functools
-import inspect
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-import segmentation_models_pytorch as smp
-import timm
 import torch
 
-from src.deep_supervision import LEVELS, UnetPlusPlusDS
-
-# Our short names for smp's architectures; every other smp name is accepted as it is.
-ARCH_ALIASES = {"unetpp": "unetplusplus", "unet++": "unetplusplus"}
-DEEP_SUPERVISED = "unetpp_ds"  # Unet++ with a head per top-row node (src/deep_supervision.py); not an smp name
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class ModelError(ValueError):
-    """A model that cannot be built as asked; the message says what to do."""
-
-
-def canonical_arch(arch: str) -> str:
-    """'unetplusplus', 'Unet++' and 'unetpp' are all 'unetpp'; run folders use this name."""
-    name = arch.lower()
-    if name == DEEP_SUPERVISED:
-        return name
-    smp_name = ARCH_ALIASES.get(name, name)
-    if smp_name not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ModelError(f"unknown architecture '{arch}'; choose one of: unetpp, {DEEP_SUPERVISED}, "
-                         + ", ".join(sorted(smp.MODEL_ARCHITECTURES_MAPPING)))
-    return "unetpp" if smp_name == "unetplusplus" else smp_name
-
-
-def check_encoder(encoder: str) -> None:
-    if encoder.startswith("tu-"):
-        if not timm.list_models(encoder[3:].split(".")[0]):
-            raise ModelError(f"unknown timm encoder '{encoder}'; list them with python -c \"import timm; "
-                             f"print(timm.list_models('*{encoder[3:8]}*'))\"")
-    elif encoder not in smp.encoders.get_encoder_names():
-        raise ModelError(f"unknown encoder '{encoder}'; list smp's with python -c \"import segmentation_models_pytorch "
-                         "as smp; print(smp.encoders.get_encoder_names())\", or use any timm model as tu-<name>")
+from src.portable.deep_supervision import LEVELS
+from src.portable.models import (DEEP_SUPERVISED, ModelError, build_model, canonical_arch,  # noqa: F401 (used from here)
+                                 check_encoder, normalize)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -95,24 +62,13 @@ def load_encoder_weights(model: torch.nn.Module, path: str) -> None:
 
 def create_model(arch: str, encoder: str, in_channels: int, classes: int, weights: str = "none",
                  decoder_channels: str = "") -> torch.nn.Module:
-    """smp.create_model by name (unetpp_ds: src/deep_supervision.py); weights: 'imagenet', 'none' or a path to a
-    state dict."""
-    name = canonical_arch(arch)
-    smp_arch = "unetplusplus" if name == DEEP_SUPERVISED else ARCH_ALIASES.get(name, name)
-    check_encoder(encoder)
-    kwargs = _decoder_channels(smp_arch, decoder_channels) if decoder_channels else {}
+    """smp.create_model by name (src/portable/models.py); weights: 'imagenet', 'none' or a path to a state dict."""
     pretrained = None
     if weights == "imagenet":
         pretrained = True if encoder.startswith("tu-") else "imagenet"  # timm picks its default pretrained tag
 
     def build():
-        settings = dict(encoder_name=encoder, encoder_weights=pretrained, in_channels=in_channels, classes=classes)
-        try:
-            if name == DEEP_SUPERVISED:
-                return UnetPlusPlusDS(**settings, **kwargs)
-            return smp.create_model(smp_arch, **settings, **kwargs)
-        except ValueError as error:  # smp's refusals, such as Unet++ on the mit_b* encoders
-            raise ModelError(f"{name} cannot be built on encoder '{encoder}': {error}") from error
+        return build_model(arch, encoder, in_channels, classes, decoder_channels, pretrained)
 
     model = _with_pretrained_weights(build, encoder) if pretrained else build()
     if weights not in ("imagenet", "none"):
@@ -134,32 +90,3 @@ def head_weights(spec: str, arch: str) -> list | None:
         raise ModelError(f"--ds-weights {spec}: give {len(LEVELS)} non-negative numbers, one per head from "
                          f"{LEVELS[0]} to {LEVELS[-1]}, like 0.25,0.5,0.75,1")
     return weights
-
-
-def _decoder_channels(smp_arch: str, text: str) -> dict:
-    """--decoder-channels in the form the architecture takes: one width per stage (unet, unetpp, manet) or one
-    number (deeplabv3, deeplabv3plus, pan, upernet)."""
-    parameter = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[smp_arch]).parameters.get("decoder_channels")
-    if parameter is None:
-        raise ModelError(f"--decoder-channels {text}: {smp_arch} has no decoder width to set; drop it")
-    default = parameter.default
-    count = len(default) if isinstance(default, (list, tuple)) else 1
-    widths = text.split(",")
-    if len(widths) != count or not all(w.strip().isdigit() and int(w) > 0 for w in widths):
-        raise ModelError(f"--decoder-channels {text}: {smp_arch} takes {count} positive whole number(s), like its "
-                         f"default {','.join(map(str, default)) if count > 1 else default}")
-    return {"decoder_channels": [int(w) for w in widths] if count > 1 else int(widths[0])}
-
-
-@functools.cache
-def _statistics(channels: int, device: torch.device) -> tuple:
-    """ImageNet mean and std (their averages for grey images) as C x 1 x 1 tensors, made once per device."""
-    mean = IMAGENET_MEAN if channels == 3 else [sum(IMAGENET_MEAN) / 3] * channels
-    std = IMAGENET_STD if channels == 3 else [sum(IMAGENET_STD) / 3] * channels
-    return (torch.tensor(mean, device=device)[:, None, None] * 255, torch.tensor(std, device=device)[:, None, None] * 255)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W on the device -> float normalised with ImageNet statistics, channels-last like the model."""
-    mean, std = _statistics(images.shape[1], images.device)
-    return ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)

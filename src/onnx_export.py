@@ -29,7 +29,7 @@ def export_onnx(model: torch.nn.Module, task: str, channels: int, path, opset: i
     with warnings.catch_warnings():
         # normalize's ImageNet statistics depend only on the channel count, a constant of the model: the trace may
         # keep them as constants, which is what these warnings are about
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"src\.models")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"src\.(portable\.)?models")
         torch.onnx.export(wrapped, (example,), str(path), input_names=["images"], output_names=["probabilities"],
                           opset_version=opset, dynamic_axes={"images": DYNAMIC, "probabilities": DYNAMIC},
                           dynamo=False)

@@ -7,8 +7,8 @@ import pandas as pd
 
 from src import postprocess, runs as ledger
 from src.canonical import spacing_of
-from src.files import write_atomic
-from src.images import read_image
+from src.portable.files import write_atomic
+from src.portable.images import read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.parallel import thread_map
 from src.predict import load_pred, made_by, resize_prob

@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 
 from src.canonical import load_index, load_meta
-from src.files import write_atomic
+from src.portable.files import write_atomic
 from src.config import Config
 from src.folds import group_labels, load_folds
-from src.images import read_image
+from src.portable.images import read_image
 
 STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px

@@ -11,11 +11,13 @@ without it; and a minimum area may not lower its class's Dice pooled over the tu
 POOLED_TOLERANCE below its value without post-processing.
 """
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import cv2
 import numpy as np
-from scipy import ndimage
+
+from src.portable.postprocess import (PLAIN, BinarySettings, _binary_mask, _components, _kept,  # noqa: F401
+                                      apply, apply_binary, apply_multiclass)
 
 THRESHOLDS = [round(float(t), 2) for t in np.arange(0.3, 0.701, 0.05)]
 MIN_AREAS = [0.0, 0.0005, 0.002, 0.005, 0.01]  # fraction of the image's pixels; the first is no post-processing
@@ -24,56 +26,12 @@ KEEP_LARGEST = [0, 1, 2]  # 0: keep all
 FILL_HOLES = [False, True]
 
 
-@dataclass(frozen=True)
-class BinarySettings:
-    threshold: float = 0.5
-    fill_holes: bool = False
-    min_area: float = 0.0
-    keep_largest: int = 0
-
-
 def binary_candidates() -> list:
     return [BinarySettings(*c) for c in itertools.product(THRESHOLDS, FILL_HOLES, MIN_AREAS, KEEP_LARGEST)]
 
 
-def _components(mask: np.ndarray) -> tuple:
-    labels, n = ndimage.label(mask)
-    return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
-
-
-def _kept(sizes: np.ndarray, min_pixels: float, keep_largest: int = 0) -> np.ndarray:
-    keep = sizes >= min_pixels
-    if keep_largest and keep.sum() > keep_largest:
-        keep &= sizes >= np.sort(sizes[keep])[-keep_largest]
-    return keep
-
-
 def _dice(tp: int, predicted: int, truth: int) -> float:
     return 1.0 if predicted + truth == 0 else 2 * tp / (predicted + truth)
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """scipy's binary_fill_holes, from one labelling of the background: 3.5x faster on a 2000 px mask (23 vs 79 ms)."""
-    background, n = ndimage.label(~mask)  # 4-connected, as binary_fill_holes' default
-    filled = np.ones(n + 1, bool)
-    filled[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
-    filled[0] = True  # the mask itself
-    return filled[background]
-
-
-def _binary_mask(prob: np.ndarray, threshold: float, fill_holes: bool) -> np.ndarray:
-    mask = prob >= threshold
-    return _fill_holes(mask) if fill_holes else mask
-
-
-def apply_binary(prob: np.ndarray, settings: BinarySettings) -> np.ndarray:
-    """H x W probabilities in [0, 1] -> uint8 0/1 mask."""
-    mask = _binary_mask(prob, settings.threshold, settings.fill_holes)
-    if not settings.min_area and not settings.keep_largest:
-        return mask.astype(np.uint8)
-    labels, sizes = _components(mask)
-    keep = np.concatenate([[False], _kept(sizes, settings.min_area * mask.size, settings.keep_largest)])
-    return keep[labels].astype(np.uint8)
 
 
 def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list) -> np.ndarray:
@@ -89,17 +47,6 @@ def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list)
         keep = _kept(sizes, c.min_area * prob.size, c.keep_largest)
         scores.append(_dice(int(overlaps[keep].sum()), int(sizes[keep].sum()), truth_area))
     return np.array(scores)
-
-
-def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
-    """C x H x W probabilities -> class map; min_areas[c-1] is class c's minimum component area (fraction)."""
-    classes = probs.argmax(axis=0).astype(np.uint8)
-    for c, min_area in enumerate(min_areas, start=1):
-        if min_area > 0:
-            labels, sizes = _components(classes == c)
-            drop = np.concatenate([[False], ~_kept(sizes, min_area * classes.size)])
-            classes[drop[labels]] = 0
-    return classes
 
 
 def multiclass_candidate_counts(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -118,7 +65,7 @@ def multiclass_candidate_counts(probs: np.ndarray, truth: np.ndarray) -> np.ndar
 
 
 def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
-    """A mask (or image) scaled, nearest neighbour at pixel centres (as src.images.resize), so its longer side is at most max_side; as it is if smaller.
+    """A mask (or image) scaled, nearest neighbour at pixel centres (as src.portable.images.resize), so its longer side is at most max_side; as it is if smaller.
 
     Tuning resizes the probabilities to the shrunk truth's shape: areas are fractions of the image, so settings
     chosen on a 512 px copy of a 2000 px X-ray carry over, for a fraction of the labelling work.
@@ -161,12 +108,3 @@ def choose_by_fold(task: str, candidate_scores: np.ndarray, folds) -> dict:
     return {int(f): choose(task, candidate_scores[folds != f]) for f in np.unique(folds)}
 
 
-# No post-processing: threshold 0.5 (binary) or argmax (multiclass).
-PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []}}
-
-
-def apply(probs: np.ndarray, settings: dict) -> np.ndarray:
-    """Probabilities (C x H x W, floats in [0, 1]) -> final class map with the chosen settings."""
-    if settings["task"] == "binary":
-        return apply_binary(probs[0], BinarySettings(**{k: v for k, v in settings.items() if k != "task"}))
-    return apply_multiclass(probs, settings["min_areas"])

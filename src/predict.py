@@ -20,46 +20,22 @@ predicting with.
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
-import ttach as tta
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from src.config import load_run_config
-from src.data import channels_first, make_loader
-from src.files import atomic_path
+from src.data import make_loader
 from src.folds import load_folds
-from src.images import read_image, resize, to_channels
-from src.models import ModelError, create_model, normalize
+from src.models import ModelError, create_model
+from src.portable.files import atomic_path
+from src.portable.images import read_as
+from src.portable.maps import final_mask, mean_at, mean_maps, model_input, resize_prob  # noqa: F401 (imported from here)
+from src.portable.models import ready
+from src.portable.torch_model import TTA_MODES, Probabilities, predict_uint8, to_uint8, with_tta  # noqa: F401
 from src.runs import file_sha256, is_finished
-
-TTA_MODES = {"none": None, "flip": lambda: tta.Compose([tta.HorizontalFlip()]), "d4": tta.aliases.d4_transform}
-
-
-class Probabilities(torch.nn.Module):
-    """Logits -> probabilities (sigmoid or softmax), so that TTA averages probabilities, not logits."""
-
-    def __init__(self, model: torch.nn.Module, task: str):
-        super().__init__()
-        self.model, self.task = model, task
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(normalize(images)).float()
-        return logits.sigmoid() if self.task == "binary" else logits.softmax(dim=1)
-
-
-def with_tta(model: torch.nn.Module, task: str, mode: str) -> torch.nn.Module:
-    """uint8 images -> mean probabilities over the TTA transforms (ttach undoes each on the mask)."""
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown --tta '{mode}'; choose none, flip or d4")
-    probabilities = Probabilities(model, task)
-    if mode == "none":
-        return probabilities
-    return tta.SegmentationTTAWrapper(probabilities, TTA_MODES[mode](), merge_mode="mean")
-
 
 class UnfinishedRun(FileNotFoundError):
     """A run folder whose training has not yet written the weights asked for: infer.py skips it."""
@@ -94,8 +70,7 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tu
                              len(meta["classes"]), "none", cfg.decoder_channels)
     except ModelError as error:
         raise ModelError(f"{Path(run_dir) / 'config.json'}: {error}") from error
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.to(device).eval().to(memory_format=torch.channels_last), cfg, meta
+    return ready(model, torch.load(weights, map_location="cpu", weights_only=True), device), cfg, meta
 
 
 class SplitChanged(ValueError):
@@ -112,23 +87,6 @@ def read_split(recorded: dict, made: str, index: pd.DataFrame) -> pd.DataFrame:
     if file_sha256(path) != recorded["sha256"]:
         raise SplitChanged(f"{path} changed since {made} (re-prepared?); retrain the run or restore the file")
     return folds
-
-
-def to_uint8(probs: torch.Tensor) -> np.ndarray:
-    """N x C x S x S probabilities -> uint8 maps (probability * 255) on the host, as the files store them."""
-    return (probs * 255).round().to(torch.uint8).cpu().numpy()
-
-
-def resize_prob(prob: np.ndarray, size: tuple) -> np.ndarray:
-    """uint8 C x S x S map -> float32 C x H x W probabilities at size (H, W), bilinear.
-
-    cv2's INTER_LINEAR samples at pixel centres like torch's bilinear with align_corners=False (equal to 1e-5), is
-    ~10x faster than torch on the host (0.3 vs 2.8 ms, 128 -> 2000 px) and releases the GIL, so threads scale.
-    """
-    height, width = (int(n) for n in size)
-    channels_last = np.ascontiguousarray(prob.transpose(1, 2, 0), dtype=np.float32) / 255
-    resized = cv2.resize(channels_last, (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(height, width, -1).transpose(2, 0, 1)  # cv2 drops a single channel's axis
 
 
 class OldPredictionFormat(ValueError):
@@ -167,7 +125,7 @@ def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
 class FolderImages(Dataset):
     """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position).
 
-    The same rules as prepare (src/images.py): any colour mode, 16-bit or DICOM becomes the run's channel count."""
+    The same rules as prepare (src/portable/images.py): any colour mode, 16-bit or DICOM becomes the run's channel count."""
 
     def __init__(self, paths: list, size: int, channels: int):
         self.paths, self.size, self.channels = paths, size, channels
@@ -176,8 +134,8 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        original = to_channels(read_image(self.paths[i]), self.channels, str(self.paths[i]))
-        return channels_first(resize(original, self.size, is_mask=False)), torch.tensor(original.shape[:2]), i
+        original = read_as(self.paths[i], self.channels)
+        return torch.from_numpy(model_input(original, self.size)), torch.tensor(original.shape[:2]), i
 
 
 @torch.no_grad()
@@ -189,15 +147,12 @@ def write_predictions(model, dataset: Dataset, ids: dict, sizes: dict | None, ou
     Each file records model_id: the model's fold, weights, split and TTA.
     """
     loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     writing = []
     with ThreadPoolExecutor(2) as writer:  # compressing and writing a batch overlaps the model's next one
         for batch in tqdm(loader, desc=desc, unit="batch"):
             images, keys = batch[0], batch[-1].tolist()
             originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
-            with autocast:
-                probs = model(images.to(device, non_blocking=True)).float()
-            maps = to_uint8(probs)
+            maps = predict_uint8(model, images, device)
             for done in writing:  # at most one batch waits to be written; a failed write raises here
                 done.result()
             writing = [writer.submit(save_pred, out_dir / f"{ids[key]}.npz", prob, original, **model_id)
@@ -206,24 +161,20 @@ def write_predictions(model, dataset: Dataset, ids: dict, sizes: dict | None, ou
             done.result()
 
 
-def read_mean(paths: list, weights: list) -> tuple:
-    """Weighted mean of prediction files of one image, kept at the models' resolution: ([(map, weight)], (H, W)).
-
-    One uint8 mean map per model size, with the summed weight of its files: runs trained at different sizes are
-    combined by mean_at() after resizing, which equals resizing every file first (bilinear resizing is linear).
-    """
-    sums, size = {}, None
+def read_weighted(paths: list, weights: list) -> tuple:
+    """Prediction files of one image with their weights: ([(uint8 map, weight)], original (H, W))."""
+    weighted, size = [], None
     for path, weight in zip(paths, weights):
         prob, size = load_pred(path)
-        total, total_weight = sums.get(prob.shape, (0.0, 0.0))
-        sums[prob.shape] = (total + weight * prob.astype(np.float32), total_weight + weight)
-    return [((total / w).round().astype(np.uint8), w) for total, w in sums.values()], size
+        weighted.append((prob, weight))
+    return weighted, size
 
 
-def mean_at(maps: list, size: tuple) -> np.ndarray:
-    """read_mean()'s maps -> float32 C x H x W mean probabilities at size (H, W)."""
-    total = sum(w for _, w in maps)
-    return sum(w / total * resize_prob(prob, size) for prob, w in maps)
+def read_mean(paths: list, weights: list) -> tuple:
+    """Weighted mean of prediction files of one image, kept at the models' resolution: ([(map, weight)], (H, W)),
+    rounded by src/portable/maps.py's mean_maps() (mean_at() then resizes it)."""
+    weighted, size = read_weighted(paths, weights)
+    return mean_maps(weighted), size
 
 
 def check_set_name(name: str) -> None:

@@ -9,7 +9,7 @@
   python -m src.prepare rle --images DIR --csv train.csv [--rle-order row] [--rle-relative]   # Kaggle RLE masks
   any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv
 
-Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-bit: see src/images.py.
+Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-bit: see src/portable/images.py.
 Last, the dataset's training recipe is planned from its fingerprint into data/<name>/plan.json (src/plan.py), each
 value printed with its rule.
 """

@@ -4,30 +4,11 @@ A thousand masks with the same fault make one line, not a thousand; the full lis
 names (prepare writes it), so that nothing is lost.
 """
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
+from src.portable.problems import InputError, Problem  # noqa: F401 (InputError: imported from here too)
+
 EXAMPLES = 3
-
-
-@dataclass(frozen=True)
-class Problem:
-    where: str  # a file, an id, or 'train.csv line 4'
-    what: str  # the same words for every input with this problem: problems are grouped by what and fix
-    detail: str = ""  # this input's particulars (its values, its size)
-    fix: str = ""  # what to do: the flag or step that fixes it
-
-    def __str__(self) -> str:
-        return ((f"{self.where}: " if self.where else "") + self.what + (f" ({self.detail})" if self.detail else "")
-                + (f"; {self.fix}" if self.fix else ""))
-
-
-class InputError(ValueError):
-    """A file that cannot be used as it is; carries its Problem so that identical ones are grouped."""
-
-    def __init__(self, where, what: str, detail: str = "", fix: str = ""):
-        self.problem = Problem(str(where), what, detail, fix)
-        super().__init__(str(self.problem))
 
 
 def as_problem(item) -> Problem:

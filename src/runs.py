@@ -24,7 +24,7 @@ import pandas as pd
 
 from src.checkpoint import last_state, settings_changed
 from src.config import Config, load_run_config, settled_lr
-from src.files import write_atomic
+from src.portable.files import write_atomic
 from src.folds import fingerprint
 
 

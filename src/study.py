@@ -107,6 +107,13 @@ def script(name: str) -> str:
     return os.path.relpath(ROOT / name)
 
 
+def export_arguments(args, cfg) -> list:
+    """export.py's arguments for the study's ensemble: ensemble/<dataset>/<name>/ -> export/<dataset>/<name>/, export/
+    beside the ensemble folder (--out-dir)."""
+    return ["--dataset", cfg.dataset, "--name", args.name, "--format", args.export, "--ensemble-dir", args.out_dir,
+            "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--out-dir", str(Path(args.out_dir).parent / "export")]
+
+
 def canonical_archs(archs: list) -> list:
     from src.models import canonical_arch  # run folders use the canonical name: 'Unet++' trains unetpp-<encoder>
     return list(dict.fromkeys(canonical_arch(a) for a in archs))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from src import postprocess
-from src.images import read_image
+from src.portable.images import read_image
 from src.metrics import image_scores, per_image, pooled_by_class
 from src.parallel import thread_map
 from src.predict import TTA_MODES as PREDICTORS

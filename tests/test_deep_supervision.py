@@ -10,7 +10,7 @@ import torch
 import train
 from conftest import TINY, paths
 from src.config import Config
-from src.deep_supervision import level_model, level_sizes
+from src.portable.deep_supervision import level_model, level_sizes
 from src.losses import SegmentationLoss
 from src.models import ModelError, create_model
 

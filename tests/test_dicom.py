@@ -4,8 +4,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from src.dicom import pixel_spacing
-from src.images import IMAGE_SUFFIXES, read_image
+from src.portable.dicom import pixel_spacing
+from src.portable.images import IMAGE_SUFFIXES, read_image
 
 
 def test_ct_is_windowed_to_8_bits_with_its_contrast():

@@ -15,12 +15,13 @@ README_MAX_LINES = 250
 
 # The project's commands a page can name, each with the module whose main(argv) parses its flags.
 COMMANDS = {"train.py": "train", "infer.py": "infer", "ensemble.py": "ensemble", "study.py": "study",
-            "src.prepare": "src.prepare", "src.split": "src.split", "src.plan": "src.plan", "src.bench": "src.bench"}
+            "src.prepare": "src.prepare", "src.split": "src.split", "src.plan": "src.plan", "src.bench": "src.bench",
+            "export.py": "export", "predict.py": "src.portable.package"}  # predict.py: an exported package's
 # study.py gives every flag that is not its own to each train.py run, except these, which it sets for each run.
 STUDY_SETS = {"--arch", "--encoder", "--fold", "--resume", "--overwrite"}
 # A stage page documents these commands: a flag it names outside another command's line is one of theirs.
 STAGES = {"prepare.md": ["src.prepare", "src.split", "src.plan"], "train.md": ["train.py"], "infer.md": ["infer.py"],
-          "ensemble.md": ["ensemble.py"], "study.md": ["study.py"]}
+          "ensemble.md": ["ensemble.py"], "study.md": ["study.py"], "export.md": ["export.py", "predict.py"]}
 # Other tools' command lines (their flags are theirs to check), and the few of their flags the pages name in prose.
 FOREIGN_COMMANDS = (r"accelerate launch|ray start|sbatch|#SBATCH|srun|wandb sync|pip install|pytest|python -X"
                     r"|docs/results/\w+\.py")  # the results pages' own scripts: their flags are in their docstrings

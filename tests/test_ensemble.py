@@ -15,10 +15,10 @@ import ensemble
 import infer
 from conftest import infer_args, paths
 from src import postprocess, predict, report, runs as ledger
-from src.images import read_image, write_png
+from src.portable.images import read_image, write_png
 from src.metrics import per_image
 from src.predict import file_sha256, load_pred, mean_at, read_mean, resize_prob, save_pred
-from src.rle import rle_decode
+from src.portable.rle import rle_decode
 from src.stats import paired_comparison
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.images import bit_depth, looks_grey, read_image, to_channels
+from src.portable.images import bit_depth, looks_grey, read_image, to_channels
 
 
 def gradient(h=30, w=40):

@@ -49,18 +49,22 @@ def test_the_scripts_load_no_plotting_optional_image_library_or_splitter_until_u
 
 
 def src_imports() -> dict:
-    """Each src/ module's project imports, at any depth (a function's import closes a circle as surely)."""
+    """Each src/ and src/portable/ module's project imports, at any depth (a function's import closes a circle as
+    surely); src/portable's relative imports (from .images import ...) as src.portable.images."""
     graph = {}
-    for path in (ROOT / "src").glob("*.py"):
-        found = set()
+    for path in [*(ROOT / "src").glob("*.py"), *(ROOT / "src" / "portable").glob("*.py")]:
+        found, package = set(), ".".join(path.relative_to(ROOT).parent.parts)
+        name = f"{package}.{path.stem}"
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "src":
+            if isinstance(node, ast.ImportFrom) and node.level:
+                found.update(f"{package}.{node.module}" if node.module else f"{package}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module == "src":
                 found.update(f"src.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src."):
                 found.add(node.module)
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names if alias.name.startswith("src."))
-        graph[f"src.{path.stem}"] = found - {f"src.{path.stem}"}
+        graph[name] = found - {name}
     return graph
 
 
@@ -91,7 +95,7 @@ def test_src_modules_import_no_circle():
 
 
 def test_atomic_writing_imports_nothing_of_the_project():
-    assert src_imports()["src.files"] == set()
+    assert src_imports()["src.portable.files"] == set()
 
 
 def test_top_level_scripts_stay_short():

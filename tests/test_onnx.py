@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from src.deep_supervision import level_model
+from src.portable.deep_supervision import level_model
 from src.models import create_model
 from src.onnx_export import check_onnx, export_onnx
 from src.portable.onnx_model import OnnxModel

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import prepare
 from src.canonical import load_index, load_meta
-from src.images import read_image
+from src.portable.images import read_image
 from src.sources import pannuke_class_map
 
 

@@ -14,7 +14,7 @@ import train
 from src import folds, plan, split, study
 from src import runs as ledger
 from src.config import RULE_DEFAULTS, Config, add_config_arguments, config_from_args
-from src.images import read_image, write_png
+from src.portable.images import read_image, write_png
 
 
 def planned_copy(workdir, tmp_path, dataset):

@@ -14,7 +14,7 @@ import infer
 from conftest import infer_args, paths
 from src.canonical import load_index
 from src.folds import load_folds
-from src.images import write_png
+from src.portable.images import write_png
 from src.models import create_model
 from src.predict import file_sha256, load_pred, made_by, resize_prob, save_pred, to_uint8, with_tta
 

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import SHARED_DATA, prepare
 from src.cache import open_cache
 from src.canonical import load_index, load_meta
-from src.images import read_image, write_png
+from src.portable.images import read_image, write_png
 
 
 def lungs(h=40, w=30):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from src.rle import rle_decode, rle_encode
+from src.portable.rle import rle_decode, rle_encode
 
 
 def test_hand_made_example_with_known_pixels():

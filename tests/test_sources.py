@@ -7,8 +7,8 @@ from pydicom.data import get_testdata_file
 
 from conftest import prepare
 from src.canonical import load_index, load_meta, spacing_of
-from src.images import read_image, write_png
-from src.rle import rle_encode
+from src.portable.images import read_image, write_png
+from src.portable.rle import rle_encode
 
 
 def images_folder(tmp_path, names, shape=(12, 10)):

@@ -133,7 +133,7 @@ def finished_study(demo_dir, tmp_path_factory):
         patch.setattr(estimate, "POLL_SECONDS", 0.05)
         try:  # W&B offline: the W&B test reads what every stage logged
             study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
-                                  "--parallel", "2", "--tta", "none,flip", "--tracker", "wandb"))
+                                  "--parallel", "2", "--tta", "none,flip", "--tracker", "wandb", "--export"))
         except SystemExit as stop:
             print(stop.code)
             code = exit_status(stop)
@@ -172,6 +172,15 @@ def test_every_wandb_run_of_a_study_carries_its_tag_and_model_keys_where_the_syn
         "unet-tu-resnet10t": ("unet", "tu-resnet10t", [0, 1]), "unetpp-tu-resnet10t": ("unetpp", "tu-resnet10t", [0, 1])}
     [ensembled] = [config for (job, _, _), (_, _, config) in found.items() if job == "ensemble"]
     assert (ensembled["arch"], ensembled["encoder"], ensembled["fold"]) == (["unet", "unetpp"], ["tu-resnet10t"], [0, 1])
+
+
+def test_the_study_packages_its_ensemble_at_the_end_with_export(finished_study):
+    workdir, output, code = finished_study
+    package = workdir / "export" / "demo" / "demo-unet+unetpp-tu-resnet10t"
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert code == 0 and manifest["format"] == "torch" and {m["fold"] for m in manifest["models"]} == {0, 1}
+    assert f"parity: 4 of 4 test masks identical to {workdir / 'ensemble' / 'demo' / package.name / 'submission.csv'}" \
+        in output
 
 
 def test_the_study_says_how_long_its_runs_will_take_once_one_has_timed_an_epoch(finished_study):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from src import tuning
-from src.images import write_png
+from src.portable.images import write_png
 from src.predict import save_pred
 from src.runs import PROVENANCE, PredictionSet
 

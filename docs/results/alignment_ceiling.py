@@ -13,7 +13,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src import postprocess  # noqa: E402
 from src.canonical import load_index  # noqa: E402
-from src.images import read_image, resize  # noqa: E402
+from src.portable.images import read_image, resize  # noqa: E402
 from src.metrics import image_scores  # noqa: E402
 from src.parallel import thread_map  # noqa: E402
 from src.predict import resize_prob  # noqa: E402

@@ -17,7 +17,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src import postprocess  # noqa: E402
 from src.folds import load_folds  # noqa: E402
-from src.images import read_image  # noqa: E402
+from src.portable.images import read_image  # noqa: E402
 from src.metrics import _CROSS, hd95, per_image  # noqa: E402
 from src.parallel import thread_map  # noqa: E402
 from src.predict import load_pred, resize_prob  # noqa: E402

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src.folds import load_folds  # noqa: E402
-from src.images import read_image  # noqa: E402
+from src.portable.images import read_image  # noqa: E402
 from src.predict import load_pred  # noqa: E402
 from src.runs import level_sets  # noqa: E402
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from src.images import IMAGE_SUFFIXES, read_image
+from src.portable.images import IMAGE_SUFFIXES, read_image
 from src.masks import read_mask
 from src.problems import InputError, Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files

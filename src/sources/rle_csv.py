@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.images import read_image
-from src.rle import rle_decode, rle_runs
+from src.portable.images import read_image
+from src.portable.rle import rle_decode, rle_runs
 from src.sources.folder import test_samples
 from src.problems import Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files, unsafe_id

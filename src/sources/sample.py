@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from src.images import IMAGE_SUFFIXES
+from src.portable.images import IMAGE_SUFFIXES
 from src.problems import Problem
 
 

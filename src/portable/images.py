@@ -1,7 +1,7 @@
 """Reading and writing image files, and the rules that bring any image to the dataset's form.
 
 cv2 decodes PNG/JPEG/TIFF/BMP (fast, releases the GIL, so threads scale), tifffile the TIFFs cv2 cannot (odd tags,
-planar samples); pydicom decodes DICOM (src/dicom.py). Masks have their own rules (src/masks.py).
+planar samples); pydicom decodes DICOM (src/portable/dicom.py). Masks have their own rules (src/masks.py).
 Rules, the same in prepare and infer: 8-bit files are used as they are; 16-bit files (12-bit X-rays included) and
 DICOM are windowed to 8 bits between their own 0.5th and 99.5th percentiles (a 0-4095 X-ray keeps its contrast,
 and a few hot or dead pixels do not set the scale); the channel count is then converted (to_channels).
@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from src.dicom import read_dicom
-from src.files import atomic_path
-from src.problems import InputError
+from .dicom import read_dicom
+from .files import atomic_path
+from .problems import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -146,6 +146,11 @@ def to_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     if have == 1:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     return image[..., :3] if have == 4 else image
+
+
+def read_as(path: Path, channels: int) -> np.ndarray:
+    """An image file in the dataset's form: read_image's rules, then to_channels."""
+    return to_channels(read_image(path), channels, str(path))
 
 
 def looks_grey(image: np.ndarray) -> bool:

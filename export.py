@@ -1,0 +1,188 @@
+"""Package an ensemble into one folder that writes its submission offline, on a machine that has never seen this repo.
+
+  python export.py --dataset demo                      # ensemble/demo/ -> export/demo/
+  python export.py --dataset cxr --name unets --zip    # ensemble/cxr/unets/ -> export/cxr/unets/ and its .zip
+  python export.py --dataset cxr --set new_xrays       # parity on the prediction set ensemble.py --set made
+
+Reads the ensemble folder ensemble.py wrote (selection.json, scores.json: runs, TTA, levels, weights and the test
+masks' post-processing), the prediction sets it read (their provenance in preds/) and each run's weights. Writes
+export/<dataset>/[<name>/]:
+  predict.py      python -I predict.py --images DIR --out submission.csv [--masks-dir DIR] [--device cpu|cuda]
+  portable/       the project's own src/portable/ modules (image rules, resizing, TTA, post-processing, RLE)
+  weights/        one safetensors state dict per run and fold (or one .onnx each with --format onnx)
+  manifest.json   models, TTA, levels, blend weights, post-processing, input rules, versions, SHA-256s, parity, speed
+  requirements.txt (exact versions) and README.md (the Kaggle notebook cell)
+Parity: the package runs with python -I from another folder on the images whose masks the ensemble wrote (the test
+split, or --set); its submission must equal ensemble.py's row for row (--half, onnx: masks that agree on 99.9% of
+each image's pixels). A package that fails is not written; one that passes replaces the folder's old one whole.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from src import packaging
+from src.canonical import image_file, load_index
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="demo")
+    parser.add_argument("--name", help="the ensemble of ensemble.py --name NAME (ensemble/<dataset>/NAME/)")
+    parser.add_argument("--format", choices=["torch", "onnx"], default="torch",
+                        help="torch: safetensors state dicts run by PyTorch; onnx: .onnx files run by onnxruntime")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--zip", action="store_true", help="also write export/<dataset>[/<name>].zip")
+    parser.add_argument("--set", help="check parity on this prediction set of the ensemble (ensemble.py --set NAME) "
+                                      "instead of the dataset's test split")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="where the parity run predicts (default: cuda where "
+                                                                  "a GPU is found, as infer.py)")
+    parser.add_argument("--ensemble-dir", default="ensemble", help="where ensemble.py wrote (its --out-dir)")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--folds-dir", default="folds")
+    parser.add_argument("--out-dir", default="export")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    try:
+        run(parse_args(argv))
+    except packaging.ExportError as error:
+        sys.exit(f"export: {error}")
+
+
+def run(args):
+    """The story: the ensemble and its models, checked; the package written aside; its parity; then put in place."""
+    if args.half and args.format == "onnx":
+        raise packaging.ExportError("--half stores safetensors weights as float16: use it with --format torch")
+    source = Path(args.ensemble_dir) / args.dataset / (args.name or "")
+    selection, scores = read_ensemble(source)
+    part, written = masks_of(source, args)
+    dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": selection["preds_dir"]}
+    models = packaging.models_of(scores, selection, args.dataset, part, dirs)
+    meta = models[0]["meta"]
+    target = Path(args.out_dir) / args.dataset / (args.name or "")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files = images_of(written, part, selection, args)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.tmp-", dir=target.parent) as work:
+        package = Path(work) / target.name
+        write_package(package, models, scores, meta, args, source, list(files.values()))
+        manifest = json.loads((package / "manifest.json").read_text())
+        images = packaging.image_folder(Path(work) / "images", files)
+        run_dir = Path(work) / "run"
+        run_dir.mkdir()
+        csv, masks, speed = packaging.run_package(package, images, run_dir, args.device)
+        exact = args.format == "torch" and not args.half
+        passed, line = packaging.parity(written / "submission.csv", written / "masks", csv, masks, exact,
+                                        f"set '{args.set}'" if args.set else "test")
+        if args.format == "onnx":  # write_onnx stopped on any model outside the tolerance
+            line += (f"; onnxruntime's maps within rtol 1e-3, atol 1e-5 of PyTorch's for all {len(models)} models "
+                     f"(largest difference {max(m['onnx_check']['max_abs'] for m in models):.1e})")
+        print(f"parity: {line}")
+        if not passed:
+            raise packaging.ExportError(f"parity failed ({line}); the package was not written")
+        manifest.update(parity=line, images_per_s=speed)
+        (package / "manifest.json").write_text(packaging.manifest_text(manifest))
+        put_in_place(package, target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) / 2 ** 20
+    print(f"export: wrote {target}/ ({len(models)} models, {size:.1f} MiB, {speed:.2f} images/s); run it with "
+          f"`python -I {target / 'predict.py'} --images DIR --out submission.csv`")
+    if args.zip:
+        print(f"export: wrote {write_zip(target)}")
+
+
+def read_ensemble(source: Path) -> tuple:
+    """(selection.json, scores.json) of an ensemble folder that has test-mask settings."""
+    if not (source / "selection.json").exists():
+        raise packaging.ExportError(f"{source / 'selection.json'} not found: no ensemble there; run ensemble.py "
+                                    f"(with --name for a named one) first")
+    if not (source / "scores.json").exists():
+        raise packaging.ExportError(f"{source / 'scores.json'} not found: the ensemble in {source} never finished; "
+                                    f"run ensemble.py again")
+    selection, scores = (json.loads((source / f).read_text()) for f in ("selection.json", "scores.json"))
+    if not scores.get("postprocess") or not scores.get("weights"):
+        raise packaging.ExportError(f"{source / 'scores.json'} records no test-mask settings (post-processing, run "
+                                    f"weights): it was written by an older ensemble.py; run ensemble.py again")
+    return selection, scores
+
+
+def masks_of(source: Path, args) -> tuple:
+    """(the prediction part, the folder of its masks and submission.csv): the test split's, or those of --set."""
+    part, written = ("test", source) if not args.set else (f"sets/{args.set}", source / "sets" / args.set)
+    if not (written / "submission.csv").exists():
+        there = sorted(p.name for p in (source / "sets").glob("*") if (p / "submission.csv").exists())
+        hint = f"; its prediction sets: --set {', --set '.join(there)}" if there else ""
+        raise packaging.ExportError(f"{written / 'submission.csv'} not found: ensemble.py wrote no masks of "
+                                    f"{args.set or 'the test split'} there{hint}")
+    return part, written
+
+
+def images_of(written: Path, part: str, selection: dict, args) -> dict:
+    """{id: image file} of the images whose masks the ensemble wrote: the test split's canonical images, or the files
+    of the folder infer.py --images predicted for the set (prediction.json records it)."""
+    ids = sorted({line.split(",", 1)[0] for line in (written / "submission.csv").read_text().splitlines()[1:]})
+    if part == "test":
+        dataset_dir = Path(args.data_dir) / args.dataset
+        index = load_index(dataset_dir).set_index("id", drop=False)
+        return {i: image_file(dataset_dir, index.loc[i]) for i in ids}
+    folder = next((Path(json.loads(p.read_text())["sets"][args.set]["images"])
+                   for p in sorted(Path(selection["preds_dir"], args.dataset).rglob("prediction.json"))
+                   if args.set in json.loads(p.read_text()).get("sets", {})), None)
+    if folder is None or not folder.is_dir():
+        raise packaging.ExportError(f"the images of set '{args.set}' ({folder or 'not recorded in prediction.json'}) "
+                                    f"are gone, so parity cannot be checked; restore them")
+    files = {p.stem: p for p in folder.iterdir() if p.stem in ids}
+    missing = sorted(set(ids) - set(files))
+    if missing:
+        raise packaging.ExportError(f"{folder}: {len(missing)} of the set's images are gone (e.g. {missing[0]}), so "
+                                    f"parity cannot be checked; restore them")
+    return files
+
+
+def write_package(package: Path, models: list, scores: dict, meta: dict, args, source: Path, images: list) -> None:
+    """Code, weights (each ONNX model checked against PyTorch on the images), README and requirements, then
+    manifest.json with every file's SHA-256."""
+    packaging.copy_code(package)
+    if args.format == "onnx":
+        packaging.write_onnx(package, models, images)
+    else:
+        packaging.write_weights(package, models, args.half)
+    (package / "requirements.txt").write_text("\n".join(packaging.requirements(args.format)) + "\n")
+    manifest = packaging.manifest_of(package, models, scores, meta, args, source)
+    packaging.write_readme(package, manifest)
+    manifest = packaging.manifest_of(package, models, scores, meta, args, source)  # the README's hash too
+    (package / "manifest.json").write_text(packaging.manifest_text(manifest))
+
+
+def put_in_place(package: Path, target: Path) -> None:
+    """The new package in target's place in one rename; an old one is moved aside first and then removed, so a
+    failure leaves the old package or the new one, never half of either."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        nested = [p.name for p in target.iterdir() if p.is_dir() and (p / "manifest.json").exists()]
+        if nested:  # export/<dataset>/ also holds export/<dataset>/<name>/ packages: keep them
+            for name in nested:
+                os.replace(target / name, package / name)
+        os.replace(target, old)
+    os.replace(package, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_zip(target: Path) -> Path:
+    """export/<dataset>[/<name>].zip, written aside and renamed; its files sit in a folder named like the package,
+    nested packages of other names left out."""
+    zip_path = target.with_suffix(".zip")
+    nested = {p for p in target.iterdir() if p.is_dir() and (p / "manifest.json").exists()}
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        staged = Path(work) / target.name
+        shutil.copytree(target, staged, ignore=lambda folder, names: [n for n in names if Path(folder, n) in nested])
+        archive = shutil.make_archive(str(Path(work) / "package"), "zip", root_dir=work, base_dir=target.name)
+        os.replace(archive, zip_path)
+    return zip_path
+
+
+if __name__ == "__main__":
+    main()

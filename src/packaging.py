@@ -1,0 +1,215 @@
+"""The pieces of an exported package (export.py tells the story): which models an ensemble's test masks used, their
+weights as safetensors, the copied code (src/portable/), manifest.json, requirements.txt and README.md, and the
+parity of the package's submission with ensemble.py's."""
+import json
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from src import runs as ledger
+from src.config import load_run_config
+from src.portable.images import read_image
+from src.portable.package import file_sha256
+
+PORTABLE = Path(__file__).resolve().parent / "portable"
+TEMPLATE = "predict_main.py"  # copied as the package's predict.py, not into portable/
+ROOT = PORTABLE.parents[1]
+# What a package needs installed, by format (names as pip knows them); OpenCV is whichever wheel is installed here.
+NEEDS = {"torch": ["torch", "segmentation-models-pytorch", "timm", "ttach", "safetensors"],
+         "onnx": ["onnxruntime"]}
+COMMON = ["numpy", "scipy", "pillow", "tqdm", "pydicom"]
+OPENCV = ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python")
+PIXEL_AGREEMENT = 0.999  # --half and onnx: the least share of each image's pixels on which the masks agree
+
+
+class ExportError(ValueError):
+    """An ensemble that cannot be packaged as it is; one sentence with the fix."""
+
+
+def version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def requirements(kind: str) -> list:
+    """Exact versions of what the package imports, as installed here (where its parity was checked)."""
+    opencv = next((name for name in OPENCV if version(name)), OPENCV[0])
+    return [f"{name}=={version(name)}" for name in [*NEEDS[kind], *COMMON, opencv] if version(name)]
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return (done.stdout.strip() + ("+uncommitted changes" if dirty else "")) if done.returncode == 0 else "unknown"
+
+
+def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags: dict) -> list:
+    """Every model whose predictions made the masks of `part` (test, or sets/<name>), in ensemble.py's order: each run
+    of scores.json at its TTA and level, each fold of its split, with its weights file and blend weight. Refused, with
+    the infer.py command that renews them, where a run's weights changed since they predicted."""
+    models = []
+    for run, summary in scores["runs"].items():
+        level = summary.get("level")
+        predictions = ledger.PredictionSet(run, selection["checkpoint"], summary["tta"], level, ledger.set_folder(
+            selection["preds_dir"], dataset, run, summary["tta"], selection["checkpoint"], level))
+        record = predictions.provenance
+        if not record:
+            raise ExportError(f"{predictions.folder / ledger.PROVENANCE} not found: the predictions ensemble.py read "
+                              f"for {run} are gone; run infer.py and ensemble.py again")
+        name = part.split("/", 1)[1] if part.startswith("sets/") else None
+        folds = [f for f in sorted(predictions.weights(part)) if f < record["split"]["k"]
+                 and (predictions.part(name) / f"fold{f}").is_dir()]
+        stale = predictions.stale_folds(part, folds)
+        if stale or not folds:
+            images = record.get("sets", {}).get(name, {}).get("images") if name else None
+            renew = predictions.renew_command(dataset, stale or [0], dir_flags, images, name)
+            raise ExportError(f"{predictions.folder} ({run}, fold {(stale or ['?'])[0]}): its {part} predictions were "
+                              f"not made by the run's current weights, so the ensemble's masks are stale; renew them "
+                              f"(`{renew}`), run ensemble.py again, then export")
+        run_dir = Path(record["run_dir"])
+        for fold in folds:
+            cfg, meta = load_run_config(run_dir / f"fold{fold}")
+            models.append({"run": run, "fold": fold, "arch": cfg.arch, "encoder": cfg.encoder,
+                           "decoder_channels": cfg.decoder_channels, "size": cfg.size, "tta": summary["tta"],
+                           "level": level, "weight": scores["weights"][run], "meta": meta,
+                           "weights_file": ledger.weights_file(run_dir, fold, selection["checkpoint"])})
+    return models
+
+
+def copy_code(package: Path) -> None:
+    """src/portable/ as the package's portable/, its template as predict.py: the project's own code, byte for byte."""
+    (package / "portable").mkdir(parents=True)
+    for path in sorted(PORTABLE.glob("*.py")):
+        shutil.copyfile(path, package / ("predict.py" if path.name == TEMPLATE else f"portable/{path.name}"))
+
+
+def write_weights(package: Path, models: list, half: bool) -> None:
+    """Each model's state dict as weights/<run>-fold<k>.safetensors (no pickle: loading runs no code); --half
+    stores floats as float16 (the model computes in float32 as trained)."""
+    (package / "weights").mkdir(parents=True, exist_ok=True)
+    for model in models:
+        state = torch.load(model["weights_file"], map_location="cpu", weights_only=True)
+        state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+        model["file"] = f"weights/{model['run']}-fold{model['fold']}.safetensors"
+        save_file(state, package / model["file"])
+
+
+def write_onnx(package: Path, models: list, images: list) -> None:
+    """Each model (at its level) with its sigmoid or softmax as weights/<run>-fold<k>.onnx (opset 17, dynamic batch,
+    height and width: src/onnx_export.py), checked against PyTorch on the parity images at the model's size within
+    rtol 1e-3 / atol 1e-5 (smp's example); the check goes into the manifest, and a model outside it stops the export."""
+    from src.onnx_export import check_onnx, export_onnx
+    from src.portable.images import read_as
+    from src.portable.maps import model_input
+    from src.portable.models import at_level
+    from src.predict import load_trained_model
+
+    (package / "weights").mkdir(parents=True, exist_ok=True)
+    for model in models:
+        run_dir = model["weights_file"].parent
+        net = at_level(load_trained_model(run_dir, model["weights_file"], torch.device("cpu"))[0], model["level"])
+        model["file"] = f"weights/{model['run']}-fold{model['fold']}.onnx"
+        export_onnx(net, model["meta"]["task"], model["meta"]["channels"], package / model["file"])
+        batch = np.stack([model_input(read_as(p, model["meta"]["channels"]), model["size"]) for p in images])
+        model["onnx_check"] = check_onnx(net, model["meta"]["task"], package / model["file"], [batch])
+        if not model["onnx_check"]["ok"]:
+            raise ExportError(f"{model['run']} fold {model['fold']}: onnxruntime differs from PyTorch by up to "
+                              f"{model['onnx_check']['max_abs']:.2e} (rtol 1e-3, atol 1e-5 allowed); export "
+                              f"--format torch")
+
+
+def manifest_of(package: Path, models: list, scores: dict, meta: dict, args, source: Path) -> dict:
+    """manifest.json: the ensemble's models, TTA, levels, weights and post-processing, the input rules, the versions,
+    and each file's SHA-256 (predict.py refuses a file that differs)."""
+    kind = args.format
+    versions = {name: version(name.replace("_", "-")) for name in
+                ("torch", "segmentation_models_pytorch", "timm", "ttach", "onnxruntime", "numpy", "opencv-python-headless")}
+    return {"format": kind, "half": args.half, "dataset": args.dataset, "ensemble": str(source),
+            "commit": commit(), "task": meta["task"], "classes": meta["classes"], "channels": meta["channels"],
+            "input": {"channels": meta["channels"], "colour_rule": "8-bit files as they are; 16-bit and DICOM windowed "
+                      "to 8 bits between their 0.5th and 99.5th percentiles; RGB to grey by luminance, alpha dropped, "
+                      "grey replicated to RGB (portable/images.py)",
+                      "resize": "cv2 INTER_AREA to each model's size; maps back to the image's size bilinear",
+                      "normalisation": "ImageNet mean and std on 0-255 (their averages for grey)"},
+            "postprocess": scores["postprocess"],
+            "models": [{k: v for k, v in m.items() if k not in ("meta", "weights_file")} for m in models],
+            "versions": {k: v for k, v in versions.items() if v}, "python": sys.version.split()[0],
+            "files": {str(p.relative_to(package)): file_sha256(p) for p in sorted(package.rglob("*"))
+                      if p.is_file() and p.name != "manifest.json"}}
+
+
+def write_readme(package: Path, manifest: dict) -> None:
+    models = manifest["models"]
+    runs = sorted({m["run"] for m in models})
+    (package / "README.md").write_text(f"""# {manifest['dataset']} ensemble: {len(models)} models ({', '.join(runs)})
+
+Writes `submission.csv` for a folder of images, offline, with the models, test-time augmentation and post-processing
+that ensemble.py chose (all listed in `manifest.json`; format {manifest['format']}).
+
+    pip install -r requirements.txt   # exact versions; a differing torch/smp is warned about, then used
+    python -I predict.py --images path/to/test_images --out submission.csv [--masks-dir masks] [--device cpu|cuda]
+
+On Kaggle with internet off: upload this folder (or its zip) as a dataset, add it to the notebook (Add Input), then
+
+    !python -I /kaggle/input/<this-dataset>/predict.py --images /kaggle/input/<competition>/test \\
+        --out /kaggle/working/submission.csv
+
+The notebook's preinstalled torch, segmentation-models-pytorch and timm are used; predict.py warns where their
+versions differ from those the package was checked with. manifest.json records the parity with ensemble.py's
+submission checked at export, and the images/s measured then.
+""")
+
+
+def image_folder(folder: Path, files: dict) -> Path:
+    """A folder of links named <id><suffix> to the images whose masks the ensemble wrote (files: {id: path})."""
+    folder.mkdir(parents=True)
+    for image_id, path in files.items():
+        (folder / f"{image_id}{Path(path).suffix}").symlink_to(Path(path).resolve())
+    return folder
+
+
+def run_package(package: Path, images: Path, work: Path, device: str | None) -> tuple:
+    """Run the package as a new user would, from another folder with `python -I` (-B: no __pycache__ left in it):
+    (its submission, masks folder, the images/s it printed). A failed run is an ExportError with its last line."""
+    command = [sys.executable, "-I", "-B", str(package / "predict.py"), "--images", str(images), "--out",
+               str(work / "submission.csv"), "--masks-dir", str(work / "masks"), *(["--device", device] if device else [])]
+    done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+    if done.returncode != 0:
+        raise ExportError(f"the package failed on the ensemble's images ({last[0]}); nothing was written")
+    speed = next((float(w) for line in done.stdout.splitlines() if line.startswith("predict: ")
+                  for w, unit in zip(line.split(), line.split()[1:]) if unit.startswith("images/s")), None)
+    return work / "submission.csv", work / "masks", speed
+
+
+def parity(ensemble_csv: Path, ensemble_masks: Path, package_csv: Path, package_masks: Path, exact: bool,
+           what: str = "test") -> tuple:
+    """(passed, the line to print): identical submission rows per image (exact), else masks that agree on at least
+    PIXEL_AGREEMENT of each image's pixels."""
+    theirs, ours = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (ensemble_csv, package_csv))
+    ids = sorted(set(theirs["id"]))
+    if exact:
+        by_id = {i: rows.drop(columns="id").to_numpy().tolist() for i, rows in theirs.groupby("id")}
+        same = [i for i, rows in ours.groupby("id") if by_id.get(i) == rows.drop(columns="id").to_numpy().tolist()]
+        return len(same) == len(ids) and set(ours["id"]) == set(ids), \
+            f"{len(same)} of {len(ids)} {what} masks identical to {ensemble_csv}"
+    agreement = {i: float(np.mean(read_image(ensemble_masks / f"{i}.png") == read_image(package_masks / f"{i}.png")))
+                 for i in ids}
+    close = [i for i, share in agreement.items() if share >= PIXEL_AGREEMENT]
+    worst = min(agreement.values())
+    return len(close) == len(ids), (f"{len(close)} of {len(ids)} {what} masks agree with {ensemble_masks} on >= "
+                                    f"{PIXEL_AGREEMENT:.1%} of their pixels (the least: {worst:.4%})")
+
+
+def manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, default=str) + "\n"

@@ -1,0 +1,207 @@
+"""An exported ensemble's predictor: a folder of images -> submission.csv (and masks), with the models, TTA and
+post-processing that manifest.json lists, averaged in memory; no file per model.
+
+Runs inside an exported package (its predict.py calls main) as portable/package.py, with only the packages of its
+requirements.txt: the project's own modules, copied at export, so the masks are those ensemble.py writes.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .files import write_atomic
+from .images import IMAGE_SUFFIXES, read_as, write_png
+from .maps import final_mask, model_input, uint8_maps
+from .rle import submission_columns, submission_rows
+
+CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
+
+
+class PackageError(ValueError):
+    """A package or an input that cannot be used; one sentence naming the file and what to do."""
+
+
+@dataclass
+class Model:
+    name: str  # run and fold
+    size: int  # the side the model reads
+    weight: float  # its run's blend weight
+    predict: object  # uint8 N x C x S x S images -> uint8 N x C' x S x S probability maps (* 255)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Write submission.csv for a folder of images with the ensemble "
+                                                 "this folder holds (manifest.json): python -I predict.py --images "
+                                                 "DIR --out submission.csv")
+    parser.add_argument("--images", type=Path, required=True, help="the folder of images to segment")
+    parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="the submission file to write")
+    parser.add_argument("--masks-dir", type=Path, help="also write each mask as <image>.png here (0/255 for binary, "
+                                                       "the class index for multiclass)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda where a GPU is found, else cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    return parser.parse_args(argv)
+
+
+def main(argv=None, folder: Path | None = None) -> None:
+    """predict.py's command line; folder: the package's (predict.py's own)."""
+    try:
+        run(Path(folder or Path(__file__).resolve().parents[1]), parse_args(argv))
+    except (PackageError, ValueError, OSError) as error:  # image files name themselves (images.InputError)
+        lines = str(error).strip().splitlines()
+        sys.exit(f"predict: {lines[-1] if lines else repr(error)}")
+
+
+def run(folder: Path, args) -> None:
+    manifest = check_package(folder)
+    warn_versions(manifest)
+    paths = image_paths(args.images)
+    device = choose_device(manifest["format"], args.device)
+    models = load_models(manifest, folder, device)
+    started = time.perf_counter()
+    rows, masks = predict_all(models, manifest, paths, args.batch_size, args.masks_dir)
+    seconds = time.perf_counter() - started
+    write_atomic(args.out, rows_csv(rows, submission_columns(manifest["task"])))
+    if masks is not None:
+        place(masks, args.masks_dir)
+    speed = len(paths) / seconds
+    print(f"predict: {len(paths)} images in {seconds:.1f} s on {device}: {speed:.2f} images/s (10,000 images: about "
+          f"{10_000 / speed / 60:.0f} min); wrote {args.out}" + (f" and {args.masks_dir}/" if masks else ""))
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_package(folder: Path) -> dict:
+    """The manifest, once every file it lists is there with the SHA-256 it records."""
+    path = folder / "manifest.json"
+    if not path.exists():
+        raise PackageError(f"{path} not found: this folder is not a complete package; copy or unzip it again")
+    manifest = json.loads(path.read_text())
+    for name, sha256 in manifest["files"].items():
+        if not (folder / name).exists():
+            raise PackageError(f"{folder / name} is missing from the package (manifest.json lists it); copy or "
+                               f"unzip the package again")
+        if file_sha256(folder / name) != sha256:
+            raise PackageError(f"{folder / name} differs from the file exported (its SHA-256 is not manifest.json's);"
+                               f" copy or unzip the package again")
+    return manifest
+
+
+def warn_versions(manifest: dict) -> None:
+    """A warning naming both versions where an installed library is not the one the package was checked with."""
+    for name in CHECKED_VERSIONS[manifest["format"]]:
+        wanted = manifest["versions"].get(name)
+        try:
+            installed = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != wanted:
+            print(f"predict: warning: {name} {installed or 'not installed'} here, {wanted} when exported (parity was "
+                  f"checked with {wanted}); masks may differ slightly: pip install -r requirements.txt")
+
+
+def image_paths(images: Path) -> list:
+    if not images.is_dir():
+        raise PackageError(f"--images {images}: no such folder")
+    paths = sorted((p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: p.stem)  # ensemble.py orders its rows by id
+    if not paths:
+        raise PackageError(f"--images {images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    stems = {}
+    for path in paths:
+        stems.setdefault(path.stem, []).append(path.name)
+    twins = next((names for names in stems.values() if len(names) > 1), None)
+    if twins:
+        raise PackageError(f"--images {images} holds {' and '.join(twins)}, which would share one id; rename one")
+    return paths
+
+
+def choose_device(kind: str, asked: str | None) -> str:
+    if kind == "onnx":
+        import onnxruntime
+        gpu = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    else:
+        import torch
+        gpu = torch.cuda.is_available()
+    if asked == "cuda" and not gpu:
+        raise PackageError("--device cuda: no GPU found here (or no CUDA build installed); use --device cpu")
+    return asked or ("cuda" if gpu else "cpu")
+
+
+def load_models(manifest: dict, folder: Path, device: str) -> list:
+    """Every model of the ensemble, in the manifest's order (that of ensemble.py's mean), ready to predict."""
+    if manifest["format"] == "onnx":
+        from .onnx_model import OnnxModel
+        return [Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"],
+                      lambda batch, model=OnnxModel(folder / spec["file"], device), tta=spec["tta"]:
+                      uint8_maps(model.predict(batch, tta)))
+                for spec in manifest["models"]]
+    import torch
+    from safetensors.torch import load_file
+
+    from .models import at_level, build_model, ready
+    from .torch_model import predict_uint8, with_tta
+
+    torch_device, models = torch.device(device), []
+    outputs = 1 if manifest["task"] == "binary" else len(manifest["classes"])
+    for spec in manifest["models"]:
+        built = build_model(spec["arch"], spec["encoder"], manifest["channels"], outputs, spec["decoder_channels"])
+        net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
+        net = with_tta(net, manifest["task"], spec["tta"])
+        models.append(Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"],
+                            lambda batch, net=net: predict_uint8(net, torch.from_numpy(batch), torch_device)))
+    return models
+
+
+def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None) -> tuple:
+    """(submission rows, the folder the masks were written to or None): each batch read once, through every model,
+    its maps averaged and post-processed as ensemble.py does (maps.final_mask). Masks go to a temporary folder first:
+    a failure leaves no half set."""
+    masks = masks_dir.with_name(f".{masks_dir.name}.tmp-{os.getpid()}") if masks_dir else None
+    if masks:
+        masks.mkdir(parents=True, exist_ok=True)
+    rows, binary = [], manifest["task"] == "binary"
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        try:
+            for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
+                batch = paths[start:start + batch_size]
+                originals = list(pool.map(lambda p: read_as(p, manifest["channels"]), batch))
+                weighted = [[] for _ in batch]
+                for model in models:
+                    maps = model.predict(np.stack([model_input(o, model.size) for o in originals]))
+                    for image_maps, prob in zip(weighted, maps):
+                        image_maps.append((prob, model.weight))
+                for path, original, image_maps in zip(batch, originals, weighted):
+                    final = final_mask(image_maps, original.shape[:2], manifest["postprocess"])
+                    rows += submission_rows(path.stem, final, manifest["task"], manifest["classes"])
+                    if masks:
+                        write_png(masks / f"{path.stem}.png", final * 255 if binary else final)
+        except BaseException:
+            if masks:
+                shutil.rmtree(masks, ignore_errors=True)
+            raise
+    return rows, masks
+
+
+def rows_csv(rows: list, columns: list) -> str:
+    """submission.csv as pandas writes it (ensemble.py's): a header, then one line per row; no field needs quotes."""
+    return "\n".join([",".join(columns), *(",".join(str(row[c]) for c in columns) for row in rows)]) + "\n"
+
+
+def place(masks: Path, masks_dir: Path) -> None:
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    for path in masks.iterdir():
+        os.replace(path, masks_dir / path.name)
+    masks.rmdir()

@@ -181,6 +181,7 @@ def image_folder(folder: Path, files: dict) -> Path:
 def run_package(package: Path, images: Path, work: Path, device: str | None) -> tuple:
     """Run the package as a new user would, from another folder with `python -I` (-B: no __pycache__ left in it):
     (its submission, masks folder, the images/s it printed). A failed run is an ExportError with its last line."""
+    package, images, work = (Path(p).resolve() for p in (package, images, work))  # the run's cwd is work
     command = [sys.executable, "-I", "-B", str(package / "predict.py"), "--images", str(images), "--out",
                str(work / "submission.csv"), "--masks-dir", str(work / "masks"), *(["--device", device] if device else [])]
     done = subprocess.run(command, cwd=work, capture_output=True, text=True)

@@ -256,3 +256,19 @@ def test_the_benchmark_measures_a_package_as_a_user_runs_it(exported, tmp_path):
                 "--json", str(tmp_path / "bench.json")])
     measured = json.loads((tmp_path / "bench.json").read_text())
     assert measured["package_images_per_s"] > 0 and measured["package_images"] == 40
+
+
+def test_the_parity_run_gets_absolute_paths_from_a_relative_package(tmp_path, monkeypatch):
+    """export.py is run with relative folders (export/<dataset>/...), but the package runs from another folder."""
+    import subprocess
+    from src import packaging
+    seen = {}
+
+    def fake_run(command, cwd, **kwargs):
+        seen["command"] = command
+        return subprocess.CompletedProcess(command, 0, "predict: 1.0 images/s\n", "")
+    monkeypatch.setattr(packaging.subprocess, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    packaging.run_package(Path("export/demo"), Path("images"), Path("work"), None)
+    paths = [Path(a) for a in seen["command"][3:] if "/" in a or a in ("images", "work")]
+    assert paths and all(p.is_absolute() for p in paths), seen["command"]

@@ -64,6 +64,11 @@ def run(args):
     dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": selection["preds_dir"]}
     models = packaging.models_of(scores, selection, args.dataset, part, dirs)
     meta = models[0]["meta"]
+    windowed = [m for m in models if m["window"]]
+    if windowed and args.format == "onnx":  # MONAI's window is torch code; an ONNX package runs without torch
+        raise packaging.ExportError(f"{windowed[0]['run']} predicts by sliding window (trained on patches), which the "
+                                    f"torch-free ONNX package cannot run (MONAI's window is torch code); export "
+                                    f"--format torch")
     target = Path(args.out_dir) / args.dataset / (args.name or "")
     target.parent.mkdir(parents=True, exist_ok=True)
     files = images_of(written, part, selection, args)
@@ -150,7 +155,8 @@ def write_package(package: Path, models: list, scores: dict, meta: dict, args, s
         packaging.write_onnx(package, models, images)
     else:
         packaging.write_weights(package, models, args.half)
-    (package / "requirements.txt").write_text("\n".join(packaging.requirements(args.format)) + "\n")
+    window = any(m["window"] for m in models)  # MONAI too, for a run trained on patches
+    (package / "requirements.txt").write_text("\n".join(packaging.requirements(args.format, window)) + "\n")
     manifest = packaging.manifest_of(package, models, scores, meta, args, source)
     packaging.write_readme(package, manifest)
     manifest = packaging.manifest_of(package, models, scores, meta, args, source)  # the README's hash too

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,16 +27,16 @@ import torch
 from src import runs as ledger, tracking
 from src.cache import open_cache
 from src.canonical import load_index
-from src.config import Config
+from src.config import Config, overlap_share, positive
 from src.data import CachedSegmentation, default_workers
 from src.portable.files import write_atomic
 from src.folds import FoldFileError, fingerprint, load_folds
-from src.portable.images import IMAGE_SUFFIXES
 from src.portable.models import at_level
+from src.sliding import describe, window, windowed
 from src.models import DEEP_SUPERVISED, ModelError
 from src.oof_scores import dir_flags, fold_table, print_summary, score_oof, training_summary
-from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_name, checkpoint_file, file_sha256,
-                         load_trained_model, needs_prediction, read_split, with_tta, write_predictions)
+from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_source, checkpoint_file, file_sha256,
+                         image_set, load_trained_model, needs_prediction, read_split, with_tta, write_predictions)
 
 
 def parse_args(argv=None):
@@ -58,6 +59,11 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
     parser.add_argument("--name", help="the prediction set's name for --images (default: the folder's name)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overlap", type=overlap_share, help="runs trained on patches (--patch): the sliding window's overlap "
+                        "of neighbouring windows, in [0, 1) (default: the run's own, 0.5); another overlap is another "
+                        "prediction, which the ensemble reads only if every part of the set has it")
+    parser.add_argument("--sw-batch-size", type=positive, help="runs trained on patches: windows per forward pass "
+                        "(default: the run's own); bounds the memory, changes nothing but speed")
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--overwrite", action="store_true", help="predict again images that already have a file")
     parser.add_argument("--tracker", choices=["wandb", "none"], help="log OOF scores (default: as the run was trained)")
@@ -138,40 +144,6 @@ def level_text(level: str | None) -> str:
     return f" {level}" if level else ""
 
 
-def image_set(args) -> tuple:
-    """(name, image paths) of the prediction set --images DIR, or (None, None) for the dataset's test split."""
-    if args.images is None:
-        if args.name:
-            sys.exit("infer: --name names the prediction set of --images DIR; pass --images too")
-        return None, None
-    if not args.images.is_dir():
-        sys.exit(f"infer: --images {args.images}: no such folder")
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        sys.exit(f"infer: --images {args.images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    by_stem = {}
-    for path in paths:
-        by_stem.setdefault(path.stem, []).append(path.name)
-    twins = next((names for names in by_stem.values() if len(names) > 1), None)
-    if twins:  # caught before any prediction: one would silently replace the other's
-        sys.exit(f"infer: --images {args.images} holds {' and '.join(twins)}, whose predictions would share one "
-                 f"file name; rename one of them")
-    name = args.name or args.images.resolve().name
-    try:
-        check_set_name(name)
-    except ValueError as error:
-        sys.exit(f"infer: --name: {error}")
-    return name, paths
-
-
-def check_set_source(predictions: ledger.PredictionSet, name: str, images_dir: str) -> None:
-    """A prediction set holds one folder's images: another folder of the same name is refused, not mixed in."""
-    recorded = predictions.provenance.get("sets", {}).get(name, {}).get("images")
-    if recorded not in (None, images_dir):
-        sys.exit(f"infer: prediction set '{name}' of {predictions.run} in {predictions.part(name)} holds the images "
-                 f"of {recorded}, not {images_dir}; name this one with --name NAME, or pass --overwrite to replace it")
-
-
 def trained_split(run_dir: Path, args, index: pd.DataFrame) -> tuple:
     """(fold file record, folds) of the split run_dir was trained on, refused if the file changed since."""
     recorded = ledger.run_config(run_dir).get("folds")
@@ -212,6 +184,7 @@ def main(argv=None):
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
         split, folds = trained_split(run_dir, args, index)
+        cfg = replace(cfg, **{k: v for k, v in (("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)) if v is not None})
         foreign = ledger.foreign_predictions(args.preds_dir, args.dataset, cfg.run_name, args.runs_dir)
         if foreign:
             sys.exit(f"infer: {foreign}")
@@ -228,10 +201,12 @@ def main(argv=None):
                 check_set_source(predictions, set_name, images_dir)
             size = {"level": level, "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
                     "encoder_fallback": getattr(net, "encoder_fallback", False)}
-            net = with_tta(net, meta["task"], args.tta)
-            model_id = {"fold": cfg.fold, "weights": file_sha256(weights), "split": split["sha256"], "tta": args.tta}
+            size["window"] = describe(cfg) or None  # a patched run's window: "sliding window 128 px, overlap 0.5, ..."
+            net = windowed(with_tta(net, meta["task"], args.tta), cfg)  # TTA on each batch of windows
+            model_id = {"fold": cfg.fold, "weights": file_sha256(weights), "split": split["sha256"], "tta": args.tta,
+                        **({"window": f"{cfg.patch}:{cfg.overlap:g}"} if cfg.tiles else {})}
             record = {"fold": cfg.fold, "weights": model_id["weights"], "run_dir": run_dir.parent.resolve(),
-                      "split": split, "k": folds["fold"].nunique(), "level": level}
+                      "split": split, "k": folds["fold"].nunique(), "level": level, "window": window(cfg)}
             jobs = [("oof", index[index["id"].isin(folds.loc[folds["fold"] == cfg.fold, "id"])], out_dir / "oof")]
             if set_name is None:
                 jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
@@ -273,7 +248,8 @@ def main(argv=None):
         scores = score_oof(predictions, folds, dataset_dir, meta, index, args)
         table = fold_table(scores, folds["fold"].unique().tolist())
         weights = cfg.selected_checkpoint if args.checkpoint == "selected" else args.checkpoint
-        print_summary(f"{cfg.run_name}{level_text(size['level'])} (tta {args.tta}, {weights}.pt)", scores, table)
+        print_summary(f"{cfg.run_name}{level_text(size['level'])} (tta {args.tta}, {weights}.pt"
+                      f"{', ' + size['window'] if size['window'] else ''})", scores, table)
         if (args.tracker or cfg.tracker) == "wandb":
             name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}") + \
                 (f"-{size['level']}" if size["level"] else "")

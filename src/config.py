@@ -24,6 +24,25 @@ def learning_rate(text: str):
         raise argparse.ArgumentTypeError(f"{text!r}: give a number (1e-3) or auto") from None
 
 
+def overlap_share(text: str) -> float:
+    """--overlap: the share of a window its neighbour covers, in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside [0, 1): give the share of a window its neighbour "
+                                         f"covers, e.g. 0.5")
+    return value
+
+
+def positive(text: str) -> int:
+    """A count of at least 1 (--sw-batch-size)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
 def knob(default, help, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
 

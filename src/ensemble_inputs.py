@@ -94,6 +94,10 @@ def renew_command(predictions: ledger.PredictionSet, folds: list, args, images: 
 def refuse_stale(predictions: ledger.PredictionSet, part: str, files: dict, args, images: str | None = None) -> None:
     """Stop at the first fold of a part whose files its run's current weights did not make. files: {fold: a file}."""
     stale = predictions.stale_folds(part, sorted(files))
+    mismatch = predictions.window_mismatch(part, stale[0]) if stale else ""
+    if mismatch:  # tuned on the OOF files, so the masks must come from the same predictor
+        sys.exit(f"ensemble: {files[stale[0]]} ({predictions.run}, fold {stale[0]}) was {mismatch}; predict it "
+                 f"again with theirs: `{renew_command(predictions, stale, args, images)}`")
     if stale:
         weights = ledger.weights_file(Path(predictions.provenance["run_dir"]), stale[0], predictions.checkpoint)
         sys.exit(f"ensemble: {files[stale[0]]} ({predictions.run}, fold {stale[0]}) was not made by the current "

@@ -40,10 +40,12 @@ def version(name: str) -> str | None:
         return None
 
 
-def requirements(kind: str) -> list:
-    """Exact versions of what the package imports, as installed here (where its parity was checked)."""
+def requirements(kind: str, window: bool = False) -> list:
+    """Exact versions of what the package imports, as installed here (where its parity was checked); MONAI where a
+    model predicts by sliding window (portable/sliding.py)."""
     opencv = next((name for name in OPENCV if version(name)), OPENCV[0])
-    return [f"{name}=={version(name)}" for name in [*NEEDS[kind], *COMMON, opencv] if version(name)]
+    return [f"{name}=={version(name)}" for name in [*NEEDS[kind], *(["monai"] if window else []), *COMMON, opencv]
+            if version(name)]
 
 
 def commit() -> str:
@@ -82,6 +84,7 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
             models.append({"run": run, "fold": fold, "arch": cfg.arch, "encoder": cfg.encoder,
                            "decoder_channels": cfg.decoder_channels, "size": cfg.size, "tta": summary["tta"],
                            "level": level, "weight": scores["weights"][run], "meta": meta,
+                           "window": predictions.windows(part).get(fold), "sw_batch_size": cfg.sw_batch_size,
                            "weights_file": ledger.weights_file(run_dir, fold, selection["checkpoint"])})
     return models
 
@@ -133,7 +136,8 @@ def manifest_of(package: Path, models: list, scores: dict, meta: dict, args, sou
     and each file's SHA-256 (predict.py refuses a file that differs)."""
     kind = args.format
     versions = {name: version(name.replace("_", "-")) for name in
-                ("torch", "segmentation_models_pytorch", "timm", "ttach", "onnxruntime", "numpy", "opencv-python-headless")}
+                ("torch", "segmentation_models_pytorch", "timm", "ttach", "onnxruntime", "numpy", "opencv-python-headless",
+                 *(["monai"] if any(m["window"] for m in models) else []))}
     return {"format": kind, "half": args.half, "dataset": args.dataset, "ensemble": str(source),
             "commit": commit(), "task": meta["task"], "classes": meta["classes"], "channels": meta["channels"],
             "input": {"channels": meta["channels"], "colour_rule": "8-bit files as they are; 16-bit and DICOM windowed "

@@ -12,11 +12,13 @@ preds/<dataset>/<arch>-<encoder>/ (found through src/runs.py, the one reader of 
   last/                                  the same for last.pt (the final epoch; infer.py --checkpoint last)
 Each .npz holds `prob`: uint8 C x S x S, probability * 255 at the run's training size S (C = 1 for binary, one
 channel per class otherwise), `size`: the image's original (height, width), and the model that made it: `fold`,
-`weights` (sha256 of its checkpoint file), `split` (sha256 of its fold file) and `tta`. Maps go to that size once,
+`weights` (sha256 of its checkpoint file), `split` (sha256 of its fold file), `tta` and, for a run trained on
+patches, `window` ("<patch>:<overlap>" of its sliding window). Maps go to that size once,
 where a step needs it (scoring, final masks), through resize_prob(). Files of the older format (`prob` at full size,
 no `size`) are refused with OldPredictionFormat; infer.py predicts again every file not made by the model it is
 predicting with.
 """
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from src.data import make_loader
 from src.folds import load_folds
 from src.models import ModelError, create_model
 from src.portable.files import atomic_path
-from src.portable.images import read_as
+from src.portable.images import IMAGE_SUFFIXES, read_as
 from src.portable.maps import final_mask, mean_at, mean_maps, model_input, resize_prob  # noqa: F401 (imported from here)
 from src.portable.models import ready
 from src.portable.torch_model import TTA_MODES, Probabilities, predict_uint8, to_uint8, with_tta  # noqa: F401
@@ -111,10 +113,10 @@ def load_pred(path: Path) -> tuple:
 
 
 def made_by(path: Path) -> dict:
-    """The fold, weights, split and TTA of the model that wrote the file (those recorded when it was written); reads
+    """The fold, weights, split, TTA and window of the model that wrote the file (those recorded when it was written); reads
     only these small entries, not the map."""
     with np.load(path) as data:
-        return {key: data[key].item() for key in ("fold", "weights", "split", "tta") if key in data.files}
+        return {key: data[key].item() for key in ("fold", "weights", "split", "tta", "window") if key in data.files}
 
 
 def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
@@ -181,3 +183,38 @@ def check_set_name(name: str) -> None:
     """A prediction set is one folder under sets/: its name cannot hold a path."""
     if not name or name in (".", "..") or Path(name).name != name:
         raise ValueError(f"'{name}' cannot name a prediction set: use a plain folder name such as new_xrays")
+
+
+def image_set(args) -> tuple:
+    """infer.py's (name, image paths) of the prediction set --images DIR, or (None, None) for the dataset's test
+    split; a folder that cannot be one stops infer.py with one line."""
+    if args.images is None:
+        if args.name:
+            sys.exit("infer: --name names the prediction set of --images DIR; pass --images too")
+        return None, None
+    if not args.images.is_dir():
+        sys.exit(f"infer: --images {args.images}: no such folder")
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        sys.exit(f"infer: --images {args.images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    by_stem = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, []).append(path.name)
+    twins = next((names for names in by_stem.values() if len(names) > 1), None)
+    if twins:  # caught before any prediction: one would silently replace the other's
+        sys.exit(f"infer: --images {args.images} holds {' and '.join(twins)}, whose predictions would share one "
+                 f"file name; rename one of them")
+    name = args.name or args.images.resolve().name
+    try:
+        check_set_name(name)
+    except ValueError as error:
+        sys.exit(f"infer: --name: {error}")
+    return name, paths
+
+
+def check_set_source(predictions, name: str, images_dir: str) -> None:
+    """infer.py: a prediction set (src/runs.py's PredictionSet) holds one folder's images: another folder of the same name is refused, not mixed in."""
+    recorded = predictions.provenance.get("sets", {}).get(name, {}).get("images")
+    if recorded not in (None, images_dir):
+        sys.exit(f"infer: prediction set '{name}' of {predictions.run} in {predictions.part(name)} holds the images "
+                 f"of {recorded}, not {images_dir}; name this one with --name NAME, or pass --overwrite to replace it")

@@ -34,7 +34,7 @@ def leaderboard_markdown(scores: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs:
         p = r["postprocessed"]
-        lines.append(f"| {name}{level_note(r)}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
+        lines.append(f"| {name}{level_note(r)}{window_note(r)}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
                      f"{dice_cells(p)} | {hd95_cell(p)} | {p['dice_raw']:.4f} | {training_cell(r.get('training'))} |")
     optimistic = [n for n, r in runs if r["epoch_rule"]["optimistic"]]
     lines.append(f"| **ensemble** ({len(scores['runs'])} runs, post-processing tuned on the other folds) | | "
@@ -183,6 +183,13 @@ def made_from(scores: dict) -> list:
 
 ARCHS = {"unet": "Unet", "unetpp": "Unet++", "unetpp_ds": "Unet++ DS"}  # the per-encoder table's, DS: deep supervision
 COMPARED = [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]  # (baseline, challenger)
+
+
+def window_note(r: dict) -> str:
+    """' (sliding window 128 px, overlap 0.5, 9 windows an image)' for a run trained on patches (infer.py's record
+    in inference.json), '' for a run predicting the whole image."""
+    window = (r.get("inference") or {}).get("window")
+    return f" ({window})" if window else ""
 
 
 def level_note(r: dict) -> str:

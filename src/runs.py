@@ -402,21 +402,40 @@ class PredictionSet:
             record = record.get(key, {})
         return {int(f): sha for f, sha in record.get("weights", {}).items()}
 
+    def windows(self, part: str) -> dict:
+        """{fold: {"patch", "overlap"}} of the sliding window that made the part's files of that fold (a run trained
+        on patches); folds predicted on the whole image are absent."""
+        record = self.provenance
+        for key in part.split("/"):
+            record = record.get(key, {})
+        return {int(f): w for f, w in record.get("windows", {}).items()}
+
+    def window_mismatch(self, part: str, fold: int) -> str:
+        """Why fold's files of this part do not go with its OOF files, which the ensemble tunes on: another sliding
+        window (overlap) made them ('' when both share one)."""
+        theirs, oof = self.windows(part).get(fold), self.windows("oof").get(fold)
+        if theirs == oof:
+            return ""
+        text = lambda w: f"overlap {w['overlap']:g}" if w else "no sliding window"  # noqa: E731
+        return f"predicted with {text(theirs)}, its OOF files with {text(oof)}"
+
     def stale_folds(self, part: str, folds) -> list:
         """The folds among `folds` whose files of this part were not made by the run's current weights (retrained,
-        deleted, never recorded)."""
+        deleted, never recorded) or by the sliding window of its OOF files (another --overlap)."""
         run_dir, recorded = self.provenance.get("run_dir"), self.weights(part)
         return [f for f in folds if run_dir is None or recorded.get(f) is None
-                or recorded[f] != weights_sha256(Path(run_dir), f, self.checkpoint)]
+                or recorded[f] != weights_sha256(Path(run_dir), f, self.checkpoint) or self.window_mismatch(part, f)]
 
     def renew_command(self, dataset: str, folds, dirs: dict, images: str | None = None, name: str | None = None) -> str:
         """The infer.py command that predicts the given folds of this set again with the run's current weights (of
         prediction set `name` from the folder `images`)."""
         run_dir = self.provenance.get("run_dir")
         dirs = {**dirs, "--runs-dir": Path(run_dir).parent.parent} if run_dir else dirs
+        overlap = {w["overlap"] for w in self.windows("oof").values()}  # the OOF files' window, which tuning read
         return command("infer.py", dataset, dirs, "--runs", self.run, "--folds", ",".join(map(str, folds)),
                        "--tta", self.tta, "--checkpoint", self.checkpoint,
                        *(["--level", self.level] if self.level else []),
+                       *(["--overlap", f"{overlap.pop():g}"] if len(overlap) == 1 else []),
                        *(["--images", images, "--name", name] if images else []))
 
 
@@ -454,10 +473,12 @@ def unmatched(names, patterns: str | None) -> list:
 
 
 def record_prediction(folder: Path, part: str, fold: int, weights: str, run_dir: Path, split: dict, k: int,
-                      images: str | None = None, ids: list | None = None, level: str | None = None) -> None:
+                      images: str | None = None, ids: list | None = None, level: str | None = None,
+                      window: dict | None = None) -> None:
     """Note in folder/prediction.json that every file of one fold of a part (oof, test or sets/<name>) was made by
-    these weights (at this level of a unetpp_ds run: L1 ... L4, mean; None for any other run). A record of another
-    split starts afresh: none of its folds can be trusted on this one."""
+    these weights (at this level of a unetpp_ds run: L1 ... L4, mean; None for any other run), by this sliding window
+    ({"patch", "overlap"} of a run trained on patches; None for the whole image). A record of another split starts
+    afresh: none of its folds can be trusted on this one."""
     path = folder / PROVENANCE
     record = json.loads(path.read_text()) if path.exists() else {}
     if record.get("split", {}).get("sha256") != split["sha256"]:
@@ -472,6 +493,10 @@ def record_prediction(folder: Path, part: str, fold: int, weights: str, run_dir:
             entry.clear()
         entry.update({"images": images, "ids": ids})
     entry.setdefault("weights", {})[str(fold)] = weights
+    if window:
+        entry.setdefault("windows", {})[str(fold)] = window
+    else:
+        entry.get("windows", {}).pop(str(fold), None)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=2) + "\n")
 

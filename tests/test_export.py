@@ -21,7 +21,7 @@ from src import packaging
 PORTABLE = ROOT / "src" / "portable"
 # What a package may import: its own portable/ (relatively), the standard library, and its requirements.txt.
 ALLOWED = {"cv2", "numpy", "PIL", "scipy", "torch", "ttach", "segmentation_models_pytorch", "timm", "safetensors",
-           "tqdm", "pydicom", "tifffile", "onnxruntime"}
+           "tqdm", "pydicom", "tifffile", "onnxruntime", "monai"}
 
 
 def run_package(package: Path, cwd: Path, *flags) -> subprocess.CompletedProcess:

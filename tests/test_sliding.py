@@ -113,3 +113,82 @@ def with_tta_of(predictor, mode):
     import ttach
     from src.predict import TTA_MODES
     return ttach.SegmentationTTAWrapper(predictor, TTA_MODES[mode](), merge_mode="mean")
+
+
+def test_a_patched_run_is_predicted_recorded_ensembled_and_exported_by_its_window(demo_dir, tmp_path, capsys):
+    """infer.py slides the run's window (its OOF Dice at the working size is the validation Dice train.py logged),
+    records it in every file and in prediction.json, names it in its summary and the leaderboard, a set predicted with
+    another --overlap is stale for the ensemble, and the package slides the same window (identical masks)."""
+    import json
+
+    import numpy as np
+
+    import ensemble
+    import export
+    import infer
+    import train
+    from conftest import TINY, infer_args, paths
+    from src.cache import open_cache
+    from src.canonical import load_index
+    from src.folds import fold_rows, load_folds
+    from src.metrics import confusion, summarize
+    from src.runs import PredictionSet, set_folder
+    for fold in (0, 1):
+        train.main([*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--fold", str(fold), "--epochs", "1",
+                    "--patch", "32"])
+    flags = infer_args(tmp_path)[:2] + paths(demo_dir) + ["--runs-dir", str(tmp_path / "runs"), "--preds-dir",
+                                                          str(tmp_path / "preds"), "--workers", "0"]
+    capsys.readouterr()
+    infer.main(flags)
+    assert "unet-tu-resnet10t (tta none, last.pt, sliding window 32 px, overlap 0.5, 9 windows an image)" in \
+        " ".join(capsys.readouterr().out.split())
+    folder = set_folder(tmp_path / "preds", "demo", "unet-tu-resnet10t", "none")
+    predictions = PredictionSet("unet-tu-resnet10t", "selected", "none", None, folder)
+    assert predictions.windows("oof") == predictions.windows("test") == {f: {"patch": 32, "overlap": 0.5} for f in (0, 1)}
+    assert json.loads((folder / "inference.json").read_text())["window"] == \
+        "sliding window 32 px, overlap 0.5, 9 windows an image"
+    # Fold 0's OOF maps at the working size score what train.py logged for those weights (TTA none).
+    data = demo_dir / "data" / "demo"
+    index = load_index(data)
+    valid = fold_rows(index, load_folds(demo_dir / "folds", "demo", index), 0)[1]
+    masks = open_cache(data, 64)[1]
+    counts = []
+    for row in valid:
+        with np.load(folder / "oof" / f"{index['id'][row]}.npz") as saved:
+            assert saved["window"].item() == "32:0.5"
+            pred = torch.from_numpy(saved["prob"][0] >= 128).long()[None]  # probability >= 0.5, as stored (* 255)
+        counts.append(confusion(pred, torch.from_numpy(np.array(masks[row]))[None], 2))
+    oof = summarize(*(torch.cat(c) for c in zip(*counts)), ["background", "lung"])["dice"]
+    logged = json.loads((tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "metrics.json").read_text())["dice"]
+    assert abs(oof - logged) < 1e-6, (oof, logged)
+    # The ensemble's leaderboard names the window; the package slides it, with MONAI in its requirements.
+    out = [*paths(demo_dir), "--preds-dir", str(tmp_path / "preds"), "--out-dir", str(tmp_path / "ensemble")]
+    ensemble.main(["--dataset", "demo", *out, "--figures", "0"])
+    board = (tmp_path / "ensemble" / "demo" / "leaderboard.md").read_text()
+    assert "| unet-tu-resnet10t (sliding window 32 px, overlap 0.5, 9 windows an image) |" in board
+    exported = ["--dataset", "demo", *paths(demo_dir), "--ensemble-dir", str(tmp_path / "ensemble")]
+    export.main([*exported, "--out-dir", str(tmp_path / "export")])
+    manifest = json.loads((tmp_path / "export" / "demo" / "manifest.json").read_text())
+    assert [m["window"] for m in manifest["models"]] == [{"patch": 32, "overlap": 0.5}] * 2
+    assert manifest["parity"].startswith("4 of 4 test masks identical to")
+    assert "monai==" in (tmp_path / "export" / "demo" / "requirements.txt").read_text()
+    with pytest.raises(SystemExit, match=r"^export: unet-tu-resnet10t predicts by sliding window .*; export "
+                                         r"--format torch$"):
+        export.main([*exported, "--out-dir", str(tmp_path / "export-onnx"), "--format", "onnx"])
+    # Another --overlap predicts the set's OOF files again with it (tuning reads them), so the test files made with
+    # the former one no longer go with them: the ensemble refuses them with the command that predicts them again.
+    images = tmp_path / "new"
+    images.mkdir()
+    for path in sorted((data / "images").iterdir())[:2]:
+        (images / path.name).write_bytes(path.read_bytes())
+    infer.main([*flags, "--images", str(images), "--overlap", "0.25"])
+    assert predictions.windows("sets/new") == predictions.windows("oof") == {f: {"patch": 32, "overlap": 0.25}
+                                                                             for f in (0, 1)}
+    assert predictions.stale_folds("test", [0, 1]) == [0, 1] and predictions.stale_folds("sets/new", [0, 1]) == []
+    with pytest.raises(SystemExit, match=r"^ensemble: .* \(unet-tu-resnet10t, fold 0\) was predicted with overlap "
+                                         r"0.5, its OOF files with overlap 0.25; predict it again with theirs: `python "
+                                         r"infer.py .*--overlap 0.25"):
+        ensemble.main(["--dataset", "demo", *out[:-1], str(tmp_path / "ensemble-new"), "--figures", "0"])
+    ensemble.main(["--dataset", "demo", *out[:-1], str(tmp_path / "ensemble-new"), "--set", "new", "--figures", "0"])
+    with pytest.raises(SystemExit):
+        infer.parse_args(["--overlap", "1"])

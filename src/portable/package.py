@@ -152,6 +152,7 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     from safetensors.torch import load_file
 
     from .models import at_level, build_model, ready
+    from .sliding import maybe_windowed
     from .torch_model import predict_uint8, with_tta
 
     torch_device, models = torch.device(device), []
@@ -159,7 +160,8 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     for spec in manifest["models"]:
         built = build_model(spec["arch"], spec["encoder"], manifest["channels"], outputs, spec["decoder_channels"])
         net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
-        net = with_tta(net, manifest["task"], spec["tta"])
+        net = maybe_windowed(with_tta(net, manifest["task"], spec["tta"]), spec.get("window"),
+                             spec.get("sw_batch_size", 16))  # a run trained on patches: TTA on each batch of windows
         models.append(Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"],
                             lambda batch, net=net: predict_uint8(net, torch.from_numpy(batch), torch_device)))
     return models

@@ -81,15 +81,19 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
         fold_of = rows["id"].map(dict(zip(split["id"], split["fold"]))).to_numpy()
         # Per fold, the masks of its training folds only: the class-weight rule never reads a fold it scores.
         fold_shares = [[round(float(s), 5) for s in image_shares[fold_of != f].mean(axis=0)] for f in range(folds)]
+        # Fold 0's training images: those of every fold of a k-fold split, and the 80% of a hold-out split
+        # (src.split --holdout), whose fold 1 is the rest and is never scored.
+        train_images = len(labelled) - int((split["fold"] == 0).sum())
     except FileNotFoundError:
         folds, fold_shares = None, None
+        train_images = round(len(labelled) * (1 - 1 / FOLDS_ASSUMED))
     groups = group_labels(labelled["group"], labelled["id"])  # as the split counts them: a blank group is its own
     pooled = np.concatenate(diameters)
     return {
         "task": meta["task"], "classes": classes, "channels": meta["channels"],
         "labelled_images": len(labelled), "test_images": int((index["split"] == "test").sum()),
         "groups": int(groups.nunique()), "folds": folds,
-        "train_images": round(len(labelled) * (1 - 1 / (folds or FOLDS_ASSUMED))),
+        "train_images": train_images,
         "median_height": int(labelled["height"].median()), "median_width": int(labelled["width"].median()),
         "median_short_side": int(np.minimum(labelled["height"], labelled["width"]).median()),
         "foreground": round(float(1 - shares[0]), 4),

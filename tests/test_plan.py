@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import ROOT, TINY, paths, prepare
 
@@ -189,8 +190,13 @@ def test_a_new_split_replans(demo_dir, tmp_path, capsys):
     split.main(["demo", "--k", "2", "--overwrite", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")])
     replanned = plan.load_plan(tmp_path / "data" / "demo")
     assert (first["fingerprint"]["folds"], replanned["fingerprint"]["folds"]) == (3, 2)
-    assert replanned["fingerprint"]["train_images"] == 18 and replanned["values"]["batch_size"] == 4
-    assert "batch_size: 4 (" in capsys.readouterr().out
+    folds = pd.read_csv(tmp_path / "folds" / "demo.csv")
+    assert replanned["fingerprint"]["train_images"] == int((folds["fold"] != 0).sum())  # fold 0's: 16 of 36 here
+    assert replanned["values"]["batch_size"] == 4 and "batch_size: 4 (" in capsys.readouterr().out
+    # A hold-out split (fold 0 the 20%, fold 1 the rest, never scored): fold 0's 80% train, not a mean over folds.
+    folds["fold"] = (folds.index >= 7).astype(int)  # as src.split --holdout 0.2 writes it (the demo has groups)
+    folds.to_csv(tmp_path / "folds" / "demo.csv", index=False)
+    assert plan.fingerprint(tmp_path / "data" / "demo", tmp_path / "folds")["train_images"] == 36 - 7
 
 
 def test_a_size_given_to_prepare_is_the_plans_and_a_train_flag_still_overrides_it(tmp_path, capsys):

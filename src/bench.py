@@ -11,9 +11,9 @@ train_images_per_s on a demo dataset); (4) inference with TTA none / flip / d4; 
 ratio of their wall times, which is what study.py --runs-per-gpu K gains; (8) with --patch P below --size: sliding-
 window inference (--overlap, --sw-batch-size) against a plain forward of the whole --size image, in images/s. (3) also gives an epoch's fixed cost: the
 seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
-(8) --package DIR --package-images DIR: an exported package (export.py) run as a user runs it, python -I predict.py
+(9) --package DIR --package-images DIR: an exported package (export.py) run as a user runs it, python -I predict.py
 from another folder, and the images/s it reports (reading, every model with its TTA, averaging, post-processing,
-RLE; not the interpreter's start); only (8) is measured then.
+RLE; not the interpreter's start); only (9) is measured then.
 
   python -m src.bench --newcomer    # the README's two commands on a fresh clone, against their limits (src/limits.py)
 
@@ -242,11 +242,12 @@ def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, co
             "oof_images": oof, "test_images": test}
 
 
-def package_speed(package: Path, images: Path, device: str | None = None) -> dict:
-    """(8) An exported package on a folder of images, in images/s, the fastest of two runs (each a fresh process)."""
+def package_speed(package: Path, images: Path, device: str | None = None, repeats: int = 2) -> dict:
+    """(9) An exported package on a folder of images, in images/s, the fastest of `repeats` runs (each a fresh
+    process)."""
     from src import packaging
     speeds = []
-    for _ in range(2):
+    for _ in range(repeats):
         with tempfile.TemporaryDirectory() as work:
             speeds.append(packaging.run_package(Path(package), Path(images), Path(work), device)[2])
     return {"package": str(package), "package_images": sum(1 for _ in Path(images).iterdir()),
@@ -267,8 +268,8 @@ def main(argv=None):
     parser.add_argument("--packed-runs", type=int, default=2,
                         help="(7): runs trained side by side, then one after another; 0 skips (7)")
     parser.add_argument("--packed-epochs", type=int, default=3, help="(7): epochs of each of those runs")
-    parser.add_argument("--package", type=Path, help="(8) alone: an exported package's images/s (export.py)")
-    parser.add_argument("--package-images", type=Path, help="(8): the folder of images it predicts")
+    parser.add_argument("--package", type=Path, help="(9) alone: an exported package's images/s (export.py)")
+    parser.add_argument("--package-images", type=Path, help="(9): the folder of images it predicts")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--newcomer", action="store_true",
                         help="instead: time `python -m pytest -q` (limit 300 s) and ./demo.sh (limit 120 s) on a fresh "

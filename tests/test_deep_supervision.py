@@ -175,8 +175,10 @@ def levelled(demo_dir, tmp_path_factory):
     return workdir
 
 
-def test_infer_predicts_every_level_as_its_own_set_and_ensemble_chooses_one_per_fold(levelled, tmp_path):
+def test_infer_predicts_every_level_as_its_own_set_ensemble_chooses_one_per_fold_and_export_packs_it(levelled,
+                                                                                                     tmp_path):
     import ensemble
+    import export
     from src import runs as ledger
     from src.metrics import per_image
     preds = levelled / "preds" / "demo" / "unetpp_ds-tu-resnet10t"
@@ -204,3 +206,9 @@ def test_infer_predicts_every_level_as_its_own_set_and_ensemble_chooses_one_per_
     assert run["levels"]["L1"]["parameters_m"] == inference["L1"]["parameters_m"]
     board = (tmp_path / "demo" / "leaderboard.md").read_text()
     assert f"| unetpp_ds-tu-resnet10t (level" in board and len(list((tmp_path / "demo" / "masks").glob("*.png"))) == 4
+    # The package holds each fold at the level the test masks used, and writes the same masks.
+    export.main(["--dataset", "demo", *paths(levelled), "--ensemble-dir", str(tmp_path), "--out-dir",
+                 str(tmp_path / "export")])
+    manifest = json.loads((tmp_path / "export" / "demo" / "manifest.json").read_text())
+    assert [(m["fold"], m["level"]) for m in manifest["models"]] == [(f, run["level"]) for f in range(3)]
+    assert manifest["parity"].startswith("4 of 4 test masks identical to")

@@ -230,25 +230,6 @@ def test_export_refuses_stale_predictions_missing_settings_and_a_failed_parity(e
         export.main(args)
 
 
-def test_a_unetpp_ds_ensemble_exports_the_level_it_chose(demo_dir, tmp_path, capsys):
-    import train
-    from conftest import TINY
-    runs = tmp_path / "runs"
-    for fold in (0, 1):
-        train.main([*TINY, *paths(demo_dir), "--runs-dir", str(runs), "--arch", "unetpp_ds", "--fold", str(fold),
-                    "--epochs", "1", "--aug", "none"])
-    flags = ["--dataset", "demo", *paths(demo_dir), "--preds-dir", str(tmp_path / "preds")]
-    infer.main([*flags, "--runs-dir", str(runs), "--workers", "0", "--level", "all"])
-    ensemble.main([*flags, "--out-dir", str(tmp_path / "ensemble"), "--figures", "0"])
-    export.main(["--dataset", "demo", *paths(demo_dir), "--ensemble-dir", str(tmp_path / "ensemble"),
-                 "--out-dir", str(tmp_path / "export")])
-    level = json.loads((tmp_path / "ensemble" / "demo" / "scores.json").read_text())["runs"][
-        "unetpp_ds-tu-resnet10t"]["level"]
-    manifest = json.loads((tmp_path / "export" / "demo" / "manifest.json").read_text())
-    assert [(m["fold"], m["level"]) for m in manifest["models"]] == [(0, level), (1, level)]
-    assert manifest["parity"].startswith("4 of 4 test masks identical to")
-
-
 def test_the_benchmark_measures_a_package_as_a_user_runs_it(exported, tmp_path):
     from src import bench
     workdir, work, package = exported

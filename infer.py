@@ -59,9 +59,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=Path, help="predict this folder of images instead of the dataset's test split")
     parser.add_argument("--name", help="the prediction set's name for --images (default: the folder's name)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--overlap", type=overlap_share, help="runs trained on patches (--patch): the sliding window's overlap "
-                        "of neighbouring windows, in [0, 1) (default: the run's own, 0.5); another overlap is another "
-                        "prediction, which the ensemble reads only if every part of the set has it")
+    parser.add_argument("--overlap", type=overlap_share, help="runs trained on patches (--patch): the sliding window's "
+                        "overlap of neighbouring windows, in [0, 1) (default: the run's own, 0.5); another overlap "
+                        "is another prediction, which the ensemble reads only if every part of the set has it")
     parser.add_argument("--sw-batch-size", type=positive, help="runs trained on patches: windows per forward pass "
                         "(default: the run's own); bounds the memory, changes nothing but speed")
     parser.add_argument("--workers", type=int, default=-1)
@@ -184,7 +184,8 @@ def main(argv=None):
         except (FileNotFoundError, ModelError) as error:
             sys.exit(f"infer: {error}")
         split, folds = trained_split(run_dir, args, index)
-        cfg = replace(cfg, **{k: v for k, v in (("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)) if v is not None})
+        window_flags = {"overlap": args.overlap, "sw_batch_size": args.sw_batch_size}  # the prediction's, not the run's
+        cfg = replace(cfg, **{k: v for k, v in window_flags.items() if v is not None})
         foreign = ledger.foreign_predictions(args.preds_dir, args.dataset, cfg.run_name, args.runs_dir)
         if foreign:
             sys.exit(f"infer: {foreign}")

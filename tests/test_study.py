@@ -384,11 +384,10 @@ def epochs_in(run_dir) -> int:
 
 def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(demo_dir, tmp_path):
     workdir = with_data(demo_dir, tmp_path)
-    args = study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1", "--parallel",
-                      "2")
+    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0,1,2", "--parallel", "2")
     args[args.index("--epochs") + 1] = "8"
-    first = [workdir / "runs" / "demo" / f"{arch}-tu-resnet10t" / "fold0" for arch in ("unet", "unetpp")]
-    later = [workdir / "runs" / "demo" / f"{arch}-tu-resnet10t" / "fold1" for arch in ("unet", "unetpp")]
+    first = [workdir / "runs" / "demo" / "unet-tu-resnet10t" / f"fold{k}" for k in (0, 1)]  # two side by side
+    later = [workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold2"]  # waiting for a free place
 
     def stop_when(process, ready, send, signum):
         while not ready():
@@ -404,7 +403,7 @@ def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(d
     process = start_study(args)
     out = stop_when(process, lambda: all(epochs_in(run) >= 1 for run in first), lambda s: os.kill(process.pid, s),
                     signal.SIGTERM)
-    assert "unet-tu-resnet10t fold0: stopped (resumable)" in out and "unetpp-tu-resnet10t fold0: stopped (resumable)" in out
+    assert "unet-tu-resnet10t fold0: stopped (resumable)" in out and "unet-tu-resnet10t fold1: stopped (resumable)" in out
     assert "study: stopped by SIGTERM; the same command continues: python study.py" in out
     assert not any((run / "train.log").exists() for run in later)  # no run started after the signal
     saved = {run: epochs_in(run) for run in first}
@@ -416,7 +415,7 @@ def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(d
                     lambda s: os.killpg(process.pid, s), signal.SIGINT)
     for run in first:
         assert f"resuming {run} after epoch {saved[run]}" in (run / "train.log").read_text()
-    assert "stopped by SIGINT" in out and "fold0: stopped (resumable)" in out
+    assert "stopped by SIGINT" in out and "fold0: stopped (resumable)" in out and "fold1: stopped (resumable)" in out
     assert not any((run / "train.log").exists() for run in later)
 
 

@@ -113,8 +113,8 @@ def load_pred(path: Path) -> tuple:
 
 
 def made_by(path: Path) -> dict:
-    """The fold, weights, split, TTA and window of the model that wrote the file (those recorded when it was written); reads
-    only these small entries, not the map."""
+    """The fold, weights, split, TTA and window of the model that wrote the file (those recorded when it was
+    written); reads only these small entries, not the map."""
     with np.load(path) as data:
         return {key: data[key].item() for key in ("fold", "weights", "split", "tta", "window") if key in data.files}
 
@@ -213,7 +213,8 @@ def image_set(args) -> tuple:
 
 
 def check_set_source(predictions, name: str, images_dir: str) -> None:
-    """infer.py: a prediction set (src/runs.py's PredictionSet) holds one folder's images: another folder of the same name is refused, not mixed in."""
+    """infer.py: a prediction set (src/runs.py's PredictionSet) holds one folder's images: another folder of the same
+    name is refused, not mixed in."""
     recorded = predictions.provenance.get("sets", {}).get(name, {}).get("images")
     if recorded not in (None, images_dir):
         sys.exit(f"infer: prediction set '{name}' of {predictions.run} in {predictions.part(name)} holds the images "

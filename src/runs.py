@@ -394,21 +394,22 @@ class PredictionSet:
         """The folder of a part: test/, or sets/<name>/."""
         return self.folder / ("test" if name is None else Path("sets") / name)
 
-    def weights(self, part: str) -> dict:
-        """{fold: sha256 of the weights that made the part's files of that fold}, as recorded; part: oof, test or
-        sets/<name>."""
+    def recorded_by_fold(self, part: str, kind: str) -> dict:
+        """{fold: what prediction.json records of that fold's files of a part} (part: oof, test or sets/<name>; kind:
+        weights, the sha256 of the weights that made them, or windows, the sliding window that did)."""
         record = self.provenance
         for key in part.split("/"):
             record = record.get(key, {})
-        return {int(f): sha for f, sha in record.get("weights", {}).items()}
+        return {int(f): value for f, value in record.get(kind, {}).items()}
+
+    def weights(self, part: str) -> dict:
+        """{fold: sha256 of the weights that made the part's files of that fold}, as recorded."""
+        return self.recorded_by_fold(part, "weights")
 
     def windows(self, part: str) -> dict:
         """{fold: {"patch", "overlap"}} of the sliding window that made the part's files of that fold (a run trained
         on patches); folds predicted on the whole image are absent."""
-        record = self.provenance
-        for key in part.split("/"):
-            record = record.get(key, {})
-        return {int(f): w for f, w in record.get("windows", {}).items()}
+        return self.recorded_by_fold(part, "windows")
 
     def window_mismatch(self, part: str, fold: int) -> str:
         """Why fold's files of this part do not go with its OOF files, which the ensemble tunes on: another sliding
@@ -423,8 +424,10 @@ class PredictionSet:
         """The folds among `folds` whose files of this part were not made by the run's current weights (retrained,
         deleted, never recorded) or by the sliding window of its OOF files (another --overlap)."""
         run_dir, recorded = self.provenance.get("run_dir"), self.weights(part)
+        windows, oof_windows = self.windows(part), self.windows("oof")  # read once, not per fold
         return [f for f in folds if run_dir is None or recorded.get(f) is None
-                or recorded[f] != weights_sha256(Path(run_dir), f, self.checkpoint) or self.window_mismatch(part, f)]
+                or recorded[f] != weights_sha256(Path(run_dir), f, self.checkpoint)
+                or windows.get(f) != oof_windows.get(f)]
 
     def renew_command(self, dataset: str, folds, dirs: dict, images: str | None = None, name: str | None = None) -> str:
         """The infer.py command that predicts the given folds of this set again with the run's current weights (of

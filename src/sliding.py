@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from src.portable.sliding import SlidingWindow, sliding_window, window_of  # noqa: F401 (imported from here)
+from src.portable.sliding import maybe_windowed, sliding_window, window_of  # noqa: F401 (sliding_window re-exported)
 
 STRIDE_DEPTH = 5  # smp's encoders at their default depth: the input must divide by their output stride
 
@@ -22,7 +22,7 @@ def windowed(predictor: torch.nn.Module, cfg) -> torch.nn.Module:
     """What a run predicts with: its predictor (src/predict.py's with_tta: uint8 images -> probabilities) on the whole
     --size image, or, for a run trained on patches, the same predictor by sliding window. cfg: the run's Config,
     with --overlap and --sw-batch-size as the prediction asks (they change predictions, not weights)."""
-    return SlidingWindow(predictor, cfg.patch, cfg.overlap, cfg.sw_batch_size) if cfg.tiles else predictor
+    return maybe_windowed(predictor, window(cfg), cfg.sw_batch_size)
 
 
 def window(cfg) -> dict | None:

@@ -8,6 +8,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One torch thread in every test process and the processes they start: the tiny models gain nothing from more, and
+# the suite's workers (pytest.ini: -n auto) and their child processes already share the cores; two threads each made
+# the suite 10% slower on one worker and 1.8x slower on two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Tiny and fast: trains in seconds on one CPU core at 64 px; the full state saved after every epoch.

@@ -1,12 +1,8 @@
 """The engines start commands where there is room, keep each one's output in its log, and report each failure."""
 import os
-import subprocess
 import sys
 
-import pytest
-
-from conftest import ROOT, TINY, paths
-from src import engine, study
+from src import engine
 
 # A command that says where it ran and when; it sleeps long enough for runs started together to overlap.
 WHERE = "import os, sys, time; a = time.time(); time.sleep(1.5); print(os.environ['CUDA_VISIBLE_DEVICES'], a, time.time())"
@@ -35,20 +31,6 @@ def test_each_run_starts_on_the_least_loaded_gpu_and_knows_how_many_share_it(tmp
     assert placed == [("0", "1"), ("1", "1"), ("2", "1"), ("3", "1")]  # not 0,0,1,1: four GPUs, each run alone
 
 
-def test_a_wrong_ray_address_ends_within_a_minute_with_one_line(demo_dir, tmp_path):
-    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt installs it)")
-    i = TINY.index("--encoder")
-    flags = [*paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), *TINY[:i], *TINY[i + 2:], "--epochs", "1"]
-    for address, said in (("127.0.0.1:9", "no Ray cluster answers at --address 127.0.0.1:9: start one there with "
-                                           "`ray start --head`"),
-                          ("auto", "no Ray cluster found for --address auto: start one with `ray start --head`")):
-        done = subprocess.run([sys.executable, "study.py", *flags, "--archs", "unet", "--encoders", "tu-resnet10t",
-                               "--folds", "0", "--engine", "ray", "--address", address], cwd=ROOT, timeout=60,
-                              capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
-        assert done.returncode == 1 and done.stderr.startswith(f"study: {said}"), done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr + done.stdout
-
-
 def test_slots_follow_visible_gpus_and_share_cpu_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert engine.slots("all", 2, 1) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("3", "3", "5", "5")]
@@ -73,19 +55,3 @@ def test_a_commands_output_goes_to_its_log_without_the_engine(tmp_path):
     code, _ = engine.run_command(["python", "-c", "import os; print(os.getsid(0) == os.getpid(), flush=True)"],
                                  str(log), ".", {}, started=seen.append)
     assert code == 0 and log.read_text().splitlines()[-1] == "True" and seen[0].stdout is None
-
-
-def test_ray_engine_runs_two_tiny_trainings_on_a_local_ray(demo_dir, tmp_path):
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt installs it)")
-    i = TINY.index("--encoder")  # the plan names the encoder
-    flags = [*paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), *TINY[:i], *TINY[i + 2:], "--epochs", "1"]
-    runs = study.plan(study.train_config(flags), ["unet"], ["tu-resnet10t"], [0, 1], flags)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        results = engine.run_on_ray([engine.Job(r.name, r.command, r.log) for r in runs], None, runs_per_gpu=1)
-    finally:
-        ray.shutdown()
-    assert [r.ok for r in results] == [True, True], [r.tail() for r in results]
-    again = study.plan(study.train_config(flags), ["unet"], ["tu-resnet10t"], [0, 1], flags)
-    assert [r.state for r in again] == ["done", "done"]
-    assert all("last.pt (epoch 1, --select-on final)" in r.log.read_text() for r in again)

@@ -419,26 +419,6 @@ def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(d
     assert not any((run / "train.log").exists() for run in later)
 
 
-def test_under_ray_a_signal_stops_the_study_its_runs_save_and_a_rerun_resumes_them(demo_dir, tmp_path):
-    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt installs it)")
-    workdir = with_data(demo_dir, tmp_path)
-    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0,1", "--engine", "ray")
-    args[args.index("--epochs") + 1] = "8"
-    runs = [workdir / "runs" / "demo" / "unet-tu-resnet10t" / f"fold{k}" for k in (0, 1)]
-    process = start_study(args)  # a local Ray of 2 CPUs: both runs at once
-    while not all(epochs_in(run) >= 1 for run in runs):
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.2)
-    os.kill(process.pid, signal.SIGINT)  # Ctrl-C to the driver
-    out, err = process.communicate(timeout=180)
-    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in out + err, out + err
-    assert "unet-tu-resnet10t fold0: stopped (resumable)" in out and "study: stopped by SIGINT" in out
-    for run in runs:  # each finished its epoch, saved it, and is planned to go on from there
-        assert json.loads((run / "state" / "trainer.json").read_text())["epoch"] == epochs_in(run) < 8
-        assert "train: stopped by SIGINT after epoch" in (run / "train.log").read_text()
-    assert set(states(workdir, ["unet"], ["tu-resnet10t"], [0, 1]).values()) == {"resumable"}
-
-
 def test_the_dry_run_of_a_one_fold_study_says_it_writes_no_ensemble(demo_dir, tmp_path, capsys, encoders_known):
     workdir = with_data(demo_dir, tmp_path)
     study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0", "--dry-run"))

@@ -84,22 +84,23 @@ def fold_numbers(cfg: Config, folds: str) -> list:
 CHECK_ENCODERS = """
 import sys
 from src.models import ModelError, create_model
-for encoder in sys.argv[3:]:
-    try:
-        create_model(sys.argv[1], encoder, 3, 1, sys.argv[2])
-    except ModelError as error:
-        print(error)
+for arch in sys.argv[2].split(","):
+    for encoder in sys.argv[3:]:
+        try:
+            create_model(arch, encoder, 3, 1, sys.argv[1])
+        except ModelError as error:
+            print(error)
 """
 
 
-def encoder_problems(arch: str, encoders: list, weights: str) -> list:
-    """What stops any encoder from training (a misspelt name; weights that cannot be had), one line each, found
-    by building each model once in a child process: planning itself never loads torch."""
-    done = subprocess.run([sys.executable, "-c", CHECK_ENCODERS, arch, weights, *encoders], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def encoder_problems(archs: list, encoders: list, weights: str) -> list:
+    """What stops any encoder from training under any of the architectures (a misspelt name; weights that cannot be
+    had), one line each, found by building each model once in one child process: planning itself never loads torch."""
+    done = subprocess.run([sys.executable, "-c", CHECK_ENCODERS, weights, ",".join(archs), *encoders],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode != 0:
         return [(done.stderr.strip().splitlines() or ["the encoder check failed"])[-1]]
-    return done.stdout.splitlines()
+    return list(dict.fromkeys(done.stdout.splitlines()))
 
 
 def script(name: str) -> str:

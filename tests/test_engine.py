@@ -24,7 +24,8 @@ def test_local_engine_packs_k_runs_on_each_gpu(tmp_path):
 
 
 def test_each_run_starts_on_the_least_loaded_gpu_and_knows_how_many_share_it(tmp_path):
-    say = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['RUNS_SHARING_DEVICE'])"
+    # Each run lasts long enough for the next to start beside it: a run that has ended leaves its GPU the least loaded.
+    say = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['RUNS_SHARING_DEVICE']); time.sleep(1)"
     jobs = [engine.Job(f"job{i}", ["python", "-c", say], tmp_path / f"job{i}.log") for i in range(4)]
     results = engine.run_local(jobs, engine.slots("0,1,2,3", runs_per_gpu=2, parallel=1))
     placed = sorted(tuple(r.tail(1)[0].split()) for r in results)

@@ -222,6 +222,8 @@ def test_wandb_is_offline_unless_logged_in_and_names_the_run_by_dataset_model_an
     monkeypatch.delenv("WANDB_API_KEY")
     run_train(demo_dir, tmp_path, "--epochs", "1", "--fold", "2", "--tracker", "wandb", "--tags", "encoders-v1",
               "--select-on", "fold")
+    import wandb
+    wandb.teardown()  # the .wandb file is written by wandb's own process: wait for it, as a user's process exit does
     assert os.environ["WANDB_MODE"] == "offline"
     run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold2"
     offline = list((run / "wandb").glob("offline-run-*"))

@@ -16,7 +16,6 @@ The plan knows nothing about GPUs or where commands run: src/engine.py does.
 import argparse
 import dataclasses
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,26 +80,21 @@ def fold_numbers(cfg: Config, folds: str) -> list:
     return wanted
 
 
-CHECK_ENCODERS = """
-import sys
-from src.models import ModelError, create_model
-for arch in sys.argv[2].split(","):
-    for encoder in sys.argv[3:]:
-        try:
-            create_model(arch, encoder, 3, 1, sys.argv[1])
-        except ModelError as error:
-            print(error)
-"""
-
-
 def encoder_problems(archs: list, encoders: list, weights: str) -> list:
     """What stops any encoder from training under any of the architectures (a misspelt name; weights that cannot be
-    had), one line each, found by building each model once in one child process: planning itself never loads torch."""
-    done = subprocess.run([sys.executable, "-c", CHECK_ENCODERS, weights, ",".join(archs), *encoders],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if done.returncode != 0:
-        return [(done.stderr.strip().splitlines() or ["the encoder check failed"])[-1]]
-    return list(dict.fromkeys(done.stdout.splitlines()))
+    had), one line each, found by building each model once in this process: the study loads torch for its infer.py
+    after the training anyway, and a child process to check would cost one more interpreter and torch start."""
+    from src.models import ModelError, create_model
+    problems = []
+    for arch in archs:
+        for encoder in encoders:
+            try:
+                create_model(arch, encoder, 3, 1, weights)
+            except ModelError as error:
+                problems.append(str(error))
+            except Exception as error:  # not a name or weights problem: its type says so, in the same one line
+                problems.append(f"{type(error).__name__}: {error}")
+    return list(dict.fromkeys(problems))
 
 
 def script(name: str) -> str:

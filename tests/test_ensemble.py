@@ -72,7 +72,7 @@ def test_runs_trained_at_different_sizes_ensemble_at_the_original_size(tmp_path)
 @pytest.fixture(scope="module")
 def predicted(trained_dir):
     infer.main([*infer_args(trained_dir), "--tta", "none"])
-    infer.main([*infer_args(trained_dir), "--tta", "d4"])
+    infer.main([*infer_args(trained_dir), "--tta", "flip"])
     return trained_dir
 
 
@@ -101,7 +101,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     folds = pd.read_csv(predicted / "folds" / "demo.csv", dtype={"id": str, "group": str}).set_index("id")
     assert scores["images"] == {"scored": 36, "left_out": 0}
     for name, run in scores["runs"].items():
-        dice = pd.DataFrame({m: oof_dice(predicted, name, m) for m in ("none", "d4")})
+        dice = pd.DataFrame({m: oof_dice(predicted, name, m) for m in ("none", "flip")})
         fold = folds["fold"].reindex(dice.index)
         # Test masks take the TTA of higher OOF Dice on all images; each fold, the TTA of higher Dice on the others,
         # and the run's score takes each image at its fold's TTA.
@@ -110,15 +110,15 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         per_fold = pd.Series([dice.loc[i, run["tta_by_fold"][str(fold[i])]] for i in dice.index])
         assert run["dice"] == pytest.approx(per_fold.mean()) and run["dice_image_std"] == pytest.approx(per_fold.std())
         gain = scores["tta_gain"][name]  # every mode predicted, each against none on the same images
-        assert gain["images"] == 36 and gain["modes"]["d4"]["dice"] == pytest.approx(dice["d4"].mean())
-        assert gain["modes"]["d4"]["gain"] == pytest.approx(dice["d4"].mean() - dice["none"].mean())
+        assert gain["images"] == 36 and gain["modes"]["flip"]["dice"] == pytest.approx(dice["flip"].mean())
+        assert gain["modes"]["flip"]["gain"] == pytest.approx(dice["flip"].mean() - dice["none"].mean())
     assert len(scores["runs"]["unet-tu-resnet10t"]["folds"]) == 3
     ensemble_dice = per_image(pd.read_csv(out / "oof_scores.csv", dtype={"id": str}))
     assert scores["ensemble"]["dice"] == pytest.approx(ensemble_dice["dice"].mean()) and len(ensemble_dice) == 36
     assert set(scores["tuning_by_fold"]) == {"0", "1", "2"} and "dice_optimistic" in scores["ensemble"]
     # Unet++ vs Unet at the most augmented TTA both have, over the patients (the demo's folds are grouped).
     comparison = scores["comparisons"][0]
-    assert comparison["tta"] == "d4" and comparison["verdict"] in ("better", "no significant difference", "worse")
+    assert comparison["tta"] == "flip" and comparison["verdict"] in ("better", "no significant difference", "worse")
     # Unet++ vs Unet, then the ensemble vs the best run: both over the patients.
     assert [list(g) for g in compared] == [list(folds.loc[ensemble_dice["id"], "group"])] * 2 and comparison[
         "p_holm"] >= comparison["wilcoxon_p"]
@@ -146,8 +146,8 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     answers = board.splitlines()[1:5]
     assert printed[-4:] == answers == report.headline(scores)
     assert answers[0].startswith(f"- Best model: {scores['best_single']}, Dice {best['dice']:.4f} per image")
-    assert answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ") and "(TTA d4, " in answers[2]
-    assert "(TTA d4, " in board and "Cross-validated" in board
+    assert answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ") and "(TTA flip, " in answers[2]
+    assert "(TTA flip, " in board and "Cross-validated" in board
     assert ("Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
             f"{scores['ensemble']['dice_optimistic']:.4f}") in board
     for name, run in scores["runs"].items():  # training cost beside the scores, from the runs' history.csv
@@ -164,28 +164,28 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
 
 
 def test_fixed_tta_and_compare_tta(predicted, tmp_path):
-    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "d4", "--compare-tta", "none"])
+    ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "flip", "--compare-tta", "none"])
     scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
     for name, run in scores["runs"].items():
-        assert run["tta"] == "d4" and set(run["tta_by_fold"].values()) == {"d4"}
-        assert run["dice"] == pytest.approx(oof_dice(predicted, name, "d4").mean())
-        assert set(scores["tta_gain"][name]["modes"]) == {"none", "d4"}  # still every mode predicted
+        assert run["tta"] == "flip" and set(run["tta_by_fold"].values()) == {"flip"}
+        assert run["dice"] == pytest.approx(oof_dice(predicted, name, "flip").mean())
+        assert set(scores["tta_gain"][name]["modes"]) == {"none", "flip"}  # still every mode predicted
     assert scores["comparisons"][0]["tta"] == "none"
     unet, unetpp = (oof_dice(predicted, f"{arch}-tu-resnet10t", "none") for arch in ("unet", "unetpp"))
     assert scores["comparisons"][0]["mean_difference"] == pytest.approx((unetpp - unet).mean())
 
 
-def doctored_copy(predicted, tmp_path, d4_dice: dict, fold0_masks_inverted=False):
-    """The demo's data, folds and predictions, with the unet run's OOF Dice set per fold (none 0.5, d4 from d4_dice)
+def doctored_copy(predicted, tmp_path, flip_dice: dict, fold0_masks_inverted=False):
+    """The demo's data, folds and predictions, with the unet run's OOF Dice set per fold (none 0.5, flip from flip_dice)
     and one image's none scores removed; optionally fold 0's masks inverted and its OOF scores scrambled."""
     workdir = tmp_path / "work"
     for part in ("data", "folds", "preds"):
         shutil.copytree(predicted / part, workdir / part)
     folds = pd.read_csv(workdir / "folds" / "demo.csv", dtype={"id": str}).set_index("id")["fold"]
-    for mode in ("none", "d4"):
+    for mode in ("none", "flip"):
         path = workdir / "preds" / "demo" / "unet-tu-resnet10t" / f"tta-{mode}" / "oof_scores.csv"
         table = pd.read_csv(path, dtype={"id": str})
-        table["dice"] = 0.5 if mode == "none" else table["id"].map(folds).map(d4_dice)
+        table["dice"] = 0.5 if mode == "none" else table["id"].map(folds).map(flip_dice)
         if fold0_masks_inverted:
             in_fold0 = table["id"].map(folds) == 0
             table.loc[in_fold0, "dice"] = np.random.default_rng(1).random(in_fold0.sum())
@@ -198,13 +198,13 @@ def doctored_copy(predicted, tmp_path, d4_dice: dict, fold0_masks_inverted=False
 
 
 def test_each_fold_is_tuned_on_the_other_folds_only(predicted, tmp_path):
-    d4_dice = {0: 1.0, 1: 0.1, 2: 0.3}  # unet with d4: great on fold 0, poor elsewhere; 0.5 everywhere without
-    workdir = doctored_copy(predicted, tmp_path / "a", d4_dice)
+    flip_dice = {0: 1.0, 1: 0.1, 2: 0.3}  # unet with flip: great on fold 0, poor elsewhere; 0.5 everywhere without
+    workdir = doctored_copy(predicted, tmp_path / "a", flip_dice)
     ensemble.main(ensemble_args(workdir, tmp_path / "a"))
     scores = json.loads((tmp_path / "a" / "demo" / "scores.json").read_text())
     unet = scores["runs"]["unet-tu-resnet10t"]
-    # Fold 0 never sees its own d4 scores: folds 1 and 2 favour none; folds 1 and 2 see fold 0's and take d4.
-    assert unet["tta_by_fold"] == {"0": "none", "1": "d4", "2": "d4"} and unet["tta"] == "none"
+    # Fold 0 never sees its own flip scores: folds 1 and 2 favour none; folds 1 and 2 see fold 0's and take flip.
+    assert unet["tta_by_fold"] == {"0": "none", "1": "flip", "2": "flip"} and unet["tta"] == "none"
     assert {f: t["tta"]["unet-tu-resnet10t"] for f, t in scores["tuning_by_fold"].items()} == unet["tta_by_fold"]
     # One image lacks a prediction from one run: every model is scored on the other 35, and the leaderboard says so.
     assert scores["images"] == {"scored": 35, "left_out": 1}
@@ -212,7 +212,7 @@ def test_each_fold_is_tuned_on_the_other_folds_only(predicted, tmp_path):
     assert len(pd.read_csv(tmp_path / "a" / "demo" / "oof_scores.csv")) == 35
     assert "(1 more lack an OOF prediction" in (tmp_path / "a" / "demo" / "leaderboard.md").read_text()
     # Fold 0's truth changed (masks inverted, its OOF scores scrambled): its scores change, never its choices.
-    workdir = doctored_copy(predicted, tmp_path / "b", d4_dice, fold0_masks_inverted=True)
+    workdir = doctored_copy(predicted, tmp_path / "b", flip_dice, fold0_masks_inverted=True)
     ensemble.main(ensemble_args(workdir, tmp_path / "b"))
     changed = json.loads((tmp_path / "b" / "demo" / "scores.json").read_text())
     assert changed["tuning_by_fold"]["0"] == scores["tuning_by_fold"]["0"]

@@ -51,9 +51,38 @@ def paths(workdir: Path) -> list:
 
 
 @pytest.fixture(scope="session")
-def trained_dir(demo_dir, multiclass_dir) -> Path:
+def trained_dir(demo_dir, multiclass_dir, tmp_path_factory) -> Path:
     """Tiny Unet and Unet++ on every fold of the demo (2 epochs each, best.pt chosen on the fold: the tests read both
-    checkpoints), plus one multiclass Unet fold set (the default --select-on final)."""
+    checkpoints), plus one multiclass Unet fold set (the default --select-on final).
+
+    Under pytest-xdist the first worker to ask trains them and the others copy its run folders into their own demo
+    folders, which hold the same bytes (prepare is seeded), the paths the runs record made theirs: 19 s of CPU once a
+    suite, not once a worker."""
+    import fcntl
+    import shutil
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        train_demo_runs(demo_dir, multiclass_dir)
+        return demo_dir
+    shared = tmp_path_factory.getbasetemp().parent / "trained"  # the workers' base folders share this parent
+    trained = [demo_dir / "runs" / "demo" / f"{arch}-tu-resnet10t" for arch in ("unet", "unetpp")] + \
+        [multiclass_dir / "runs" / "demo-multiclass" / "unet-tu-resnet10t"]  # only these: not what a test added
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
+        if (shared / "done").exists():
+            here, there = str(tmp_path_factory.getbasetemp()), (shared / "done").read_text()
+            for k, run in enumerate(trained):
+                shutil.copytree(shared / str(k), run)
+                for record in run.rglob("*.json"):  # as if trained here: its folds file, data and runs folders
+                    record.write_text(record.read_text().replace(there, here))
+        else:
+            train_demo_runs(demo_dir, multiclass_dir)
+            for k, run in enumerate(trained):
+                shutil.copytree(run, shared / str(k))
+            (shared / "done").write_text(str(tmp_path_factory.getbasetemp()))
+    return demo_dir
+
+
+def train_demo_runs(demo_dir: Path, multiclass_dir: Path) -> None:
     import train
     for arch in ("unet", "unetpp"):
         for fold in range(3):
@@ -62,7 +91,6 @@ def trained_dir(demo_dir, multiclass_dir) -> Path:
     for fold in range(3):
         train.main([*TINY, *paths(multiclass_dir), "--runs-dir", str(multiclass_dir / "runs"), "--dataset",
                     "demo-multiclass", "--fold", str(fold), "--epochs", "1"])
-    return demo_dir
 
 
 def infer_args(workdir: Path, dataset: str = "demo") -> list:

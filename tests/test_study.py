@@ -357,7 +357,8 @@ def test_a_misspelt_encoder_and_one_only_unetpp_ds_refuses_stop_the_study_before
                                                                                               monkeypatch):
     workdir = with_data(demo_dir, tmp_path)  # one study, one check of both architectures, both problems in one line
     children, popen = [], subprocess.Popen.__init__
-    monkeypatch.setattr(subprocess.Popen, "__init__", lambda self, args, *a, **k: children.append(args[0]) or popen(self, args, *a, **k))
+    monkeypatch.setattr(subprocess.Popen, "__init__",
+                        lambda self, args, *a, **k: children.append(args[0]) or popen(self, args, *a, **k))
     with pytest.raises(SystemExit, match="^study: unknown timm encoder 'tu-resnet10x'.*; unetpp_ds cannot be built on "
                                          "encoder 'tu-convnext_atto'.*checked before any run"):
         study.main(study_args(workdir, "--archs", "unet,unetpp_ds", "--encoders",

@@ -24,7 +24,7 @@ ROOT = PORTABLE.parents[1]
 # What a package needs installed, by format (names as pip knows them); OpenCV is whichever wheel is installed here.
 NEEDS = {"torch": ["torch", "segmentation-models-pytorch", "timm", "ttach", "safetensors"],
          "onnx": ["onnxruntime"]}
-COMMON = ["numpy", "scipy", "pillow", "tqdm", "pydicom"]
+COMMON = ["numpy", "pillow", "tqdm", "pydicom"]
 OPENCV = ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python")
 PIXEL_AGREEMENT = 0.999  # --half and onnx: the least share of each image's pixels on which the masks agree
 

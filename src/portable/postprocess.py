@@ -6,8 +6,8 @@ Multiclass: argmax -> per class, drop components below a minimum area (they beco
 """
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,19 @@ class BinarySettings:
     keep_largest: int = 0
 
 
+def _labelled(mask: np.ndarray) -> tuple:
+    """4-connected components of a boolean mask (scipy.ndimage.label's default structure): (labels, stats), cv2's
+    connectedComponentsWithStats, which gives each component's area and box in the same pass: ndimage.label and a
+    bincount of its labels took 1.5-3x as long (270 px to 2000 px masks)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, dtype=bool).view(np.uint8),
+                                                           connectivity=4, ltype=cv2.CV_32S)
+    return labels, stats
+
+
 def _components(mask: np.ndarray) -> tuple:
-    labels, n = ndimage.label(mask)
-    return labels, np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    """(labels, the pixel count of components 1..n): label 0 is the background."""
+    labels, stats = _labelled(mask)
+    return labels, stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
 
 
 def _kept(sizes: np.ndarray, min_pixels: float, keep_largest: int = 0) -> np.ndarray:
@@ -31,11 +41,14 @@ def _kept(sizes: np.ndarray, min_pixels: float, keep_largest: int = 0) -> np.nda
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """scipy's binary_fill_holes, from one labelling of the background: 3.5x faster on a 2000 px mask (23 vs 79 ms)."""
-    background, n = ndimage.label(~mask)  # 4-connected, as binary_fill_holes' default
-    filled = np.ones(n + 1, bool)
-    filled[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
-    filled[0] = True  # the mask itself
+    """scipy's binary_fill_holes, from one labelling of the background (4-connected, as its default): a hole is a
+    background component whose box does not reach the image's edge. 2.7x faster than binary_fill_holes on a
+    2000 px mask (28 vs 77 ms)."""
+    background, stats = _labelled(~mask)
+    left, top, width, height = (stats[:, k] for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                      cv2.CC_STAT_HEIGHT))
+    filled = (left > 0) & (top > 0) & (left + width < mask.shape[1]) & (top + height < mask.shape[0])
+    filled[0] = True  # label 0 of the background's labelling: the mask itself
     return filled[background]
 
 

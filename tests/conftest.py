@@ -14,8 +14,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-# Tiny and fast: trains in seconds on one CPU core at 64 px; the full state saved after every epoch.
-TINY = ["--size", "64", "--encoder", "tu-resnet10t", "--encoder-weights", "none", "--decoder-channels", "32,16,16,8,8",
+# Tiny and fast: trains in seconds on one CPU core at 64 px; the full state saved after every epoch. The encoder is
+# timm's test_resnet (a ResNet of one block a stage, 0.5 M parameters with this decoder): an epoch of the demo's 24
+# training images takes 0.3 s, and a run's files 12 MB. tu-resnet10t (5.2 M) took 1.1 s and 120 MB; the suite took
+# 380-393 s with it, 283 s with test_resnet (2 cores, the same day). It learns the demo's lungs in 10 epochs,
+# test_resnet in 14 (Dice 0.94).
+TINY = ["--size", "64", "--encoder", "tu-test_resnet", "--encoder-weights", "none", "--decoder-channels", "32,16,16,8,8",
         "--batch-size", "4", "--lr", "1e-2", "--aug", "light", "--tracker", "none", "--workers", "0",
         "--save-minutes", "0"]
 

@@ -15,7 +15,7 @@ from src.losses import SegmentationLoss
 from src.models import ModelError, create_model
 
 
-def tiny(encoder="tu-resnet10t", classes=1):
+def tiny(encoder="tu-test_resnet", classes=1):
     torch.manual_seed(0)
     return create_model("unetpp_ds", encoder, 1, classes, "none", "16,16,8,8,8")
 
@@ -71,7 +71,7 @@ def test_pruned_levels_are_smaller_run_less_and_predict_as_their_heads():
 def test_l4_is_the_models_eval_forward_which_is_smps_own():
     model = tiny().eval()
     images = torch.rand(2, 1, 32, 32)
-    plain = smp.UnetPlusPlus("tu-resnet10t", encoder_weights=None, in_channels=1, classes=1,
+    plain = smp.UnetPlusPlus("tu-test_resnet", encoder_weights=None, in_channels=1, classes=1,
                              decoder_channels=(16, 16, 8, 8, 8)).eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("deep_heads.")})
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_l4_is_the_models_eval_forward_which_is_smps_own():
         torch.testing.assert_close(model(images), plain(images), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("encoder", ["mobilenet_v2", "efficientnet-b0", "resnet18", "tu-resnet10t"])
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "efficientnet-b0", "resnet18", "tu-test_resnet"])
 def test_every_level_is_cut_and_predicts_as_the_full_models_head(encoder):
     """smp's sequential encoders (mobilenet_v2, efficientnet-b*) are cut too, with their output unchanged."""
     model = tiny(encoder).eval()
@@ -130,7 +130,7 @@ def test_encoders_unetpp_cannot_supervise_are_refused_in_one_sentence(encoder, m
 def run_train(workdir, tmp_path, *args):
     train.main([*TINY, *paths(workdir), "--runs-dir", str(tmp_path / "runs"), "--arch", "unetpp_ds",
                 "--aug", "none", *args])
-    return tmp_path / "runs" / "demo" / "unetpp_ds-tu-resnet10t" / "fold0"
+    return tmp_path / "runs" / "demo" / "unetpp_ds-tu-test_resnet" / "fold0"
 
 
 def test_train_logs_each_head_resumes_and_rebuilds_offline(demo_dir, tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_infer_predicts_every_level_as_its_own_set_ensemble_chooses_one_per_fold
     import export
     from src import runs as ledger
     from src.metrics import per_image
-    preds = levelled / "preds" / "demo" / "unetpp_ds-tu-resnet10t"
+    preds = levelled / "preds" / "demo" / "unetpp_ds-tu-test_resnet"
     folders = {level: preds / f"tta-none{'' if level == 'L4' else '-' + level}" for level in ledger.LEVELS}
     inference = {level: json.loads((folder / "inference.json").read_text()) for level, folder in folders.items()}
     for level, folder in folders.items():  # the level is recorded, not read from the folder's name
@@ -194,7 +194,7 @@ def test_infer_predicts_every_level_as_its_own_set_ensemble_chooses_one_per_fold
     ensemble.main(["--dataset", "demo", *paths(levelled), "--preds-dir", str(levelled / "preds"), "--out-dir",
                    str(tmp_path)])
     scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
-    run = scores["runs"]["unetpp_ds-tu-resnet10t"]
+    run = scores["runs"]["unetpp_ds-tu-test_resnet"]
     dice = pd.DataFrame({level: per_image(pd.read_csv(folder / "oof_scores.csv", dtype={"id": str})).set_index("id")[
         "dice"] for level, folder in folders.items()})
     fold = pd.read_csv(levelled / "folds" / "demo.csv", dtype={"id": str}).set_index("id")["fold"].reindex(dice.index)
@@ -205,7 +205,7 @@ def test_infer_predicts_every_level_as_its_own_set_ensemble_chooses_one_per_fold
     assert run["dice"] == pytest.approx(per_fold.mean())
     assert run["levels"]["L1"]["parameters_m"] == inference["L1"]["parameters_m"]
     board = (tmp_path / "demo" / "leaderboard.md").read_text()
-    assert f"| unetpp_ds-tu-resnet10t (level" in board and len(list((tmp_path / "demo" / "masks").glob("*.png"))) == 4
+    assert f"| unetpp_ds-tu-test_resnet (level" in board and len(list((tmp_path / "demo" / "masks").glob("*.png"))) == 4
     # The package holds each fold at the level the test masks used, and writes the same masks.
     export.main(["--dataset", "demo", *paths(levelled), "--ensemble-dir", str(tmp_path), "--out-dir",
                  str(tmp_path / "export")])

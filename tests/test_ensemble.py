@@ -97,7 +97,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     printed = capsys.readouterr().out.splitlines()
     out = tmp_path / "demo"
     scores = json.loads((out / "scores.json").read_text())
-    assert set(scores["runs"]) == {"unet-tu-resnet10t", "unetpp-tu-resnet10t"}
+    assert set(scores["runs"]) == {"unet-tu-test_resnet", "unetpp-tu-test_resnet"}
     folds = pd.read_csv(predicted / "folds" / "demo.csv", dtype={"id": str, "group": str}).set_index("id")
     assert scores["images"] == {"scored": 36, "left_out": 0}
     for name, run in scores["runs"].items():
@@ -112,7 +112,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
         gain = scores["tta_gain"][name]  # every mode predicted, each against none on the same images
         assert gain["images"] == 36 and gain["modes"]["flip"]["dice"] == pytest.approx(dice["flip"].mean())
         assert gain["modes"]["flip"]["gain"] == pytest.approx(dice["flip"].mean() - dice["none"].mean())
-    assert len(scores["runs"]["unet-tu-resnet10t"]["folds"]) == 3
+    assert len(scores["runs"]["unet-tu-test_resnet"]["folds"]) == 3
     ensemble_dice = per_image(pd.read_csv(out / "oof_scores.csv", dtype={"id": str}))
     assert scores["ensemble"]["dice"] == pytest.approx(ensemble_dice["dice"].mean()) and len(ensemble_dice) == 36
     assert set(scores["tuning_by_fold"]) == {"0", "1", "2"} and "dice_optimistic" in scores["ensemble"]
@@ -146,7 +146,7 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     answers = board.splitlines()[1:5]
     assert printed[-4:] == answers == report.headline(scores)
     assert answers[0].startswith(f"- Best model: {scores['best_single']}, Dice {best['dice']:.4f} per image")
-    assert answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ") and "(TTA flip, " in answers[2]
+    assert answers[2].startswith("- Unet++ vs Unet, tu-test_resnet: ") and "(TTA flip, " in answers[2]
     assert "(TTA flip, " in board and "Cross-validated" in board
     assert ("Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
             f"{scores['ensemble']['dice_optimistic']:.4f}") in board
@@ -157,10 +157,10 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     assert (out / "scores.png").stat().st_size > 0
     # The study's table: one encoder, both architectures, their size, training and prediction speed, the difference.
     row, = scores["by_encoder"]
-    assert row["encoder"] == "tu-resnet10t" and row["unetpp-unet_difference"] == comparison["mean_difference"]
+    assert row["encoder"] == "tu-test_resnet" and row["unetpp-unet_difference"] == comparison["mean_difference"]
     assert 0 < row["unet_parameters_m"] < row["unetpp_parameters_m"]  # Unet++'s nested decoder
     assert row["unet_seconds_per_epoch"] > 0 and row["unetpp_images_per_s"] > 0
-    assert "| tu-resnet10t | " in board and (out / "study.png").stat().st_size > 0
+    assert "| tu-test_resnet | " in board and (out / "study.png").stat().st_size > 0
 
 
 def test_fixed_tta_and_compare_tta(predicted, tmp_path):
@@ -171,7 +171,7 @@ def test_fixed_tta_and_compare_tta(predicted, tmp_path):
         assert run["dice"] == pytest.approx(oof_dice(predicted, name, "flip").mean())
         assert set(scores["tta_gain"][name]["modes"]) == {"none", "flip"}  # still every mode predicted
     assert scores["comparisons"][0]["tta"] == "none"
-    unet, unetpp = (oof_dice(predicted, f"{arch}-tu-resnet10t", "none") for arch in ("unet", "unetpp"))
+    unet, unetpp = (oof_dice(predicted, f"{arch}-tu-test_resnet", "none") for arch in ("unet", "unetpp"))
     assert scores["comparisons"][0]["mean_difference"] == pytest.approx((unetpp - unet).mean())
 
 
@@ -183,7 +183,7 @@ def doctored_copy(predicted, tmp_path, flip_dice: dict, fold0_masks_inverted=Fal
         shutil.copytree(predicted / part, workdir / part)
     folds = pd.read_csv(workdir / "folds" / "demo.csv", dtype={"id": str}).set_index("id")["fold"]
     for mode in ("none", "flip"):
-        path = workdir / "preds" / "demo" / "unet-tu-resnet10t" / f"tta-{mode}" / "oof_scores.csv"
+        path = workdir / "preds" / "demo" / "unet-tu-test_resnet" / f"tta-{mode}" / "oof_scores.csv"
         table = pd.read_csv(path, dtype={"id": str})
         table["dice"] = 0.5 if mode == "none" else table["id"].map(folds).map(flip_dice)
         if fold0_masks_inverted:
@@ -202,13 +202,13 @@ def test_each_fold_is_tuned_on_the_other_folds_only(predicted, tmp_path):
     workdir = doctored_copy(predicted, tmp_path / "a", flip_dice)
     ensemble.main(ensemble_args(workdir, tmp_path / "a"))
     scores = json.loads((tmp_path / "a" / "demo" / "scores.json").read_text())
-    unet = scores["runs"]["unet-tu-resnet10t"]
+    unet = scores["runs"]["unet-tu-test_resnet"]
     # Fold 0 never sees its own flip scores: folds 1 and 2 favour none; folds 1 and 2 see fold 0's and take flip.
     assert unet["tta_by_fold"] == {"0": "none", "1": "flip", "2": "flip"} and unet["tta"] == "none"
-    assert {f: t["tta"]["unet-tu-resnet10t"] for f, t in scores["tuning_by_fold"].items()} == unet["tta_by_fold"]
+    assert {f: t["tta"]["unet-tu-test_resnet"] for f, t in scores["tuning_by_fold"].items()} == unet["tta_by_fold"]
     # One image lacks a prediction from one run: every model is scored on the other 35, and the leaderboard says so.
     assert scores["images"] == {"scored": 35, "left_out": 1}
-    assert scores["tta_gain"]["unetpp-tu-resnet10t"]["images"] == 35
+    assert scores["tta_gain"]["unetpp-tu-test_resnet"]["images"] == 35
     assert len(pd.read_csv(tmp_path / "a" / "demo" / "oof_scores.csv")) == 35
     assert "(1 more lack an OOF prediction" in (tmp_path / "a" / "demo" / "leaderboard.md").read_text()
     # Fold 0's truth changed (masks inverted, its OOF scores scrambled): its scores change, never its choices.
@@ -272,7 +272,7 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
     write_png(tmp_path / "ward" / "scan_001.png", np.full((70, 45), 120, np.uint8))
     infer.main([*infer_args(predicted), "--tta", "none", "--images", str(tmp_path / "ward")])
     said = capsys.readouterr().out  # where the predictions went, and the command that makes them masks
-    for run in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
+    for run in ("unet-tu-test_resnet", "unetpp-tu-test_resnet"):
         assert str(predicted / "preds" / "demo" / run / "tta-none" / "sets" / "ward") in said
     hint = shlex.split(re.search(r"its masks: `(.*)`", said)[1])
     assert hint[:2] == ["python", "ensemble.py"]
@@ -291,7 +291,7 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
     with pytest.raises(SystemExit) as stop:  # one run lacks the set: the hint predicts it, as it stands
         ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
     hint = shlex.split(str(stop.value.code).split("`")[1])
-    assert hint[:2] == ["python", "infer.py"] and "unetpp-tu-resnet10t" in hint
+    assert hint[:2] == ["python", "infer.py"] and "unetpp-tu-test_resnet" in hint
     infer.main([*hint[2:], "--workers", "0"])
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
     assert (tmp_path / "demo" / "sets" / "ward2" / "masks" / "scan_001.png").exists()
@@ -356,16 +356,16 @@ def test_runs_predicted_on_different_splits_are_not_ensembled(demo_dir, tmp_path
 
 
 def test_weights_must_be_positive_numbers_naming_runs(predicted, tmp_path, capsys):
-    for weights, error in (("unet-tu-resnet10t=0,unetpp-tu-resnet10t=0", "unet-tu-resnet10t=0: a weight must be a "
+    for weights, error in (("unet-tu-test_resnet=0,unetpp-tu-test_resnet=0", "unet-tu-test_resnet=0: a weight must be a "
                                                                           "positive number; leave a run out with --runs"),
-                           ("unet-tu-resnet10t=-1", "unet-tu-resnet10t=-1: a weight must be a positive number"),
+                           ("unet-tu-test_resnet=-1", "unet-tu-test_resnet=-1: a weight must be a positive number"),
                            ("fpn-x=2", "names 'fpn-x', which has no predictions")):
         with pytest.raises(SystemExit, match=f"^ensemble: (--weights )?{re.escape(error)}"):
             ensemble.main([*ensemble_args(predicted, tmp_path), "--weights", weights])
     assert not (tmp_path / "demo" / "scores.json").exists()
 
 
-RUN = "unet-tu-resnet10t"
+RUN = "unet-tu-test_resnet"
 
 
 def renewable_copy(predicted, tmp_path):
@@ -483,7 +483,7 @@ def test_a_multiclass_leaderboard_leads_with_pooled_per_class_dice(trained_dir, 
     out = tmp_path / "demo-multiclass"
     scores = json.loads((out / "scores.json").read_text())
     classes = ["neoplastic", "inflammatory", "connective", "dead", "epithelial"]
-    models = ["unet-tu-resnet10t", "ensemble"]
+    models = ["unet-tu-test_resnet", "ensemble"]
     for model in models:
         assert scores["macro"][model]["postprocessed"] == pytest.approx(
             np.mean([scores["per_class"][c][model] for c in classes]))
@@ -496,11 +496,11 @@ def test_a_multiclass_leaderboard_leads_with_pooled_per_class_dice(trained_dir, 
     first_table = next(line for line in board if line.startswith("|"))
     assert first_table == "| model | macro mean | " + " | ".join(classes) + " | Dice per image |"
     assert board[board.index(first_table) + 2].startswith(
-        f"| unet-tu-resnet10t | {scores['macro']['unet-tu-resnet10t']['postprocessed']:.4f} (")
-    rule = scores["runs"]["unet-tu-resnet10t"]["epoch_rule"]  # the default rule: the final weights, not optimistic
+        f"| unet-tu-test_resnet | {scores['macro']['unet-tu-test_resnet']['postprocessed']:.4f} (")
+    rule = scores["runs"]["unet-tu-test_resnet"]["epoch_rule"]  # the default rule: the final weights, not optimistic
     assert rule["select_on"] == "final" and rule["epochs"] == {"0": 1, "1": 1, "2": 1} and not rule["optimistic"]
     assert any("| final, epoch 1 |" in line for line in board) and "optimistic" not in " ".join(
-        line for line in board if line.startswith("| unet-tu-resnet10t"))
+        line for line in board if line.startswith("| unet-tu-test_resnet"))
 
 
 def test_a_run_kept_stale_is_marked_in_the_leaderboard(predicted, tmp_path):

@@ -11,7 +11,7 @@ from src import estimate
 def test_train_says_how_long_the_run_will_take_after_its_first_epoch(demo_dir, tmp_path, capsys):
     train.main([*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--epochs", "3"])
     printed = capsys.readouterr().out
-    first = pd.read_csv(tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "history.csv")["seconds"][0]
+    first = pd.read_csv(tmp_path / "runs" / "demo" / "unet-tu-test_resnet" / "fold0" / "history.csv")["seconds"][0]
     said = re.search(r"~ (\d+) s for 3 epochs on this CPU \(epoch 1 took (\d+) s\); --epochs to shorten", printed)
     assert said and int(said[2]) == round(first) and abs(int(said[1]) - 3 * first) <= 1
     assert printed.index("epoch 1:") < said.start() < printed.index("epoch 2:")  # once, as soon as it is known

@@ -20,7 +20,7 @@ from src import packaging
 
 PORTABLE = ROOT / "src" / "portable"
 # What a package may import: its own portable/ (relatively), the standard library, and its requirements.txt.
-ALLOWED = {"cv2", "numpy", "PIL", "scipy", "torch", "ttach", "segmentation_models_pytorch", "timm", "safetensors",
+ALLOWED = {"cv2", "numpy", "PIL", "torch", "ttach", "segmentation_models_pytorch", "timm", "safetensors",
            "tqdm", "pydicom", "tifffile", "onnxruntime", "monai"}
 
 
@@ -56,7 +56,7 @@ def test_the_package_writes_ensemble_pys_submission_from_any_folder(exported, tm
     workdir, work, package = exported
     manifest = json.loads((package / "manifest.json").read_text())
     models = manifest["models"]
-    assert [(m["run"], m["fold"]) for m in models] == [(r, f) for r in ("unet-tu-resnet10t", "unetpp-tu-resnet10t")
+    assert [(m["run"], m["fold"]) for m in models] == [(r, f) for r in ("unet-tu-test_resnet", "unetpp-tu-test_resnet")
                                                       for f in range(3)]
     assert {m["tta"] for m in models} == {"flip"} and {m["weight"] for m in models} == {1.0}
     scores = json.loads((work / "ensemble" / "demo" / "scores.json").read_text())
@@ -215,14 +215,14 @@ def test_export_refuses_stale_predictions_missing_settings_and_a_failed_parity(e
         export.main(args)
     assert not (tmp_path / "export" / "demo").exists() and list((tmp_path / "export").iterdir()) == []
     # Retrained weights since the predictions: stale, refused before anything is built.
-    record_path = copy / "preds" / "demo" / "unetpp-tu-resnet10t" / "tta-flip" / "prediction.json"
+    record_path = copy / "preds" / "demo" / "unetpp-tu-test_resnet" / "tta-flip" / "prediction.json"
     record = json.loads(record_path.read_text())
     record["test"]["weights"]["1"] = "0" * 64
     record_path.write_text(json.dumps(record))
-    with pytest.raises(SystemExit, match=r"^export: .*unetpp-tu-resnet10t/tta-flip \(unetpp-tu-resnet10t, fold 1\): "
+    with pytest.raises(SystemExit, match=r"^export: .*unetpp-tu-test_resnet/tta-flip \(unetpp-tu-test_resnet, fold 1\): "
                                          r"its test predictions were not made by the run's current weights, so the "
                                          r"ensemble's masks are stale; renew them \(`python infer.py --dataset demo "
-                                         r".*--runs unetpp-tu-resnet10t --folds 1 --tta flip"):
+                                         r".*--runs unetpp-tu-test_resnet --folds 1 --tta flip"):
         export.main(args)
     scores = json.loads((source / "scores.json").read_text())
     (source / "scores.json").write_text(json.dumps({k: v for k, v in scores.items() if k != "postprocess"}))

@@ -156,8 +156,8 @@ def test_a_hand_edited_fold_file_is_refused_by_every_stage_in_one_grouped_report
                     "--runs-dir", str(tmp_path / "runs"), "--fold", "0"])
     assert str(stop.value) == f"train: {report}"
 
-    run = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"  # a run trained on that file (as it was)
-    shutil.copytree(trained_dir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0", run)
+    run = tmp_path / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"  # a run trained on that file (as it was)
+    shutil.copytree(trained_dir / "runs" / "demo" / "unet-tu-test_resnet" / "fold0", run)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "folds": split}))
     with pytest.raises(SystemExit) as stop:

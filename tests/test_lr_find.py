@@ -20,7 +20,7 @@ STEPS = 12  # a sweep of a few steps: the tests check the machinery, not the cur
 
 
 def tiny_config(data_dir, fold=0) -> Config:
-    return Config(dataset="demo", fold=fold, size=64, encoder="tu-resnet10t", encoder_weights="none",
+    return Config(dataset="demo", fold=fold, size=64, encoder="tu-test_resnet", encoder_weights="none",
                   decoder_channels="32,16,16,8,8", batch_size=4, aug="light", workers=0, data_dir=str(data_dir))
 
 
@@ -46,7 +46,7 @@ def test_lr_auto_chooses_a_rate_in_its_sweep_draws_it_and_reuses_it(demo_arrays,
     assert lr == max(lr_find.START, record["min_loss_lr"] / 10) and record["train_images"] == 24
     assert (tmp_path / "run" / "lr_find.png").stat().st_size > 10_000
     cached = tmp_path / "demo" / "lr" / f"{record['key']}.json"
-    assert cached.exists() and record["key"].startswith("unet-tu-resnet10t-fold0-64px-b4-")
+    assert cached.exists() and record["key"].startswith("unet-tu-test_resnet-fold0-64px-b4-")
 
     def no_sweep(*args):
         raise AssertionError("the cached rate should have been reused")
@@ -73,7 +73,7 @@ def test_train_lr_auto_trains_at_the_chosen_rate_reuses_it_and_resumes_at_it(dem
     monkeypatch.setattr(lr_find, "STEPS", STEPS)
     flags = [*TINY[:TINY.index("--lr")], "--lr", "auto", *TINY[TINY.index("--lr") + 2:], *paths(tmp_path),
              "--runs-dir", str(tmp_path / "runs"), "--epochs", "1"]
-    run_dir = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    run_dir = tmp_path / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"
     train.main(flags)
     saved = json.loads((run_dir / "config.json").read_text())
     found = saved["lr_find"]
@@ -93,7 +93,7 @@ def test_train_lr_auto_trains_at_the_chosen_rate_reuses_it_and_resumes_at_it(dem
     assert (resumed["lr"], resumed["epochs"], resumed["lr_find"]["key"]) == (saved["lr"], 2, found["key"])
     study_flags = [*flags[:flags.index("--encoder")], *flags[flags.index("--encoder") + 2:flags.index("--epochs")],
                    "--epochs", "2"]  # a study asking --lr auto of the finished run: the rate it chose, not stale
-    [run] = study.plan(study.train_config(study_flags), ["unet"], ["tu-resnet10t"], [0], study_flags)
+    [run] = study.plan(study.train_config(study_flags), ["unet"], ["tu-test_resnet"], [0], study_flags)
     assert (run.run_dir, run.state) == (run_dir, "done")
 
 

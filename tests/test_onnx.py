@@ -16,7 +16,7 @@ from src.portable.onnx_model import OnnxModel
 from src.predict import with_tta
 
 DECODER = "32,16,16,8,8"
-MODELS = {"unet": lambda classes: create_model("unet", "tu-resnet10t", 3, classes, "none", DECODER),
+MODELS = {"unet": lambda classes: create_model("unet", "tu-test_resnet", 3, classes, "none", DECODER),
           "unetpp": lambda classes: create_model("unetpp", "mobilenet_v2", 3, classes, "none", DECODER),
           "unetpp_ds-L2": lambda classes: level_model(create_model("unetpp_ds", "resnet18", 3, classes, "none",
                                                                    DECODER), "L2")}

@@ -170,7 +170,7 @@ def test_train_takes_the_plan_a_flag_overrides_it_and_a_study_rerun_is_not_stale
     flags = [*TINY[:TINY.index("--aug")], *TINY[TINY.index("--aug") + 2:], *paths(workdir),
              "--runs-dir", str(tmp_path / "runs"), "--epochs", "1"]  # TINY without --aug: the plan's heavy
     train.main(flags)
-    run_dir = tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    run_dir = tmp_path / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"
     saved = json.loads((run_dir / "config.json").read_text())
     assert (saved["aug"], saved["epochs"], saved["size"], saved["class_weights"]) == ("heavy", 1, 64, "none")
     assert saved["sources"]["aug"] == saved["sources"]["class_weights"] == saved["sources"]["warmup_epochs"] == "plan"
@@ -179,9 +179,9 @@ def test_train_takes_the_plan_a_flag_overrides_it_and_a_study_rerun_is_not_stale
     assert "planned (" in capsys.readouterr().out
     study_flags = flags[:flags.index("--encoder")] + flags[flags.index("--encoder") + 2:]  # --encoders is the study's
     requested = study.train_config(study_flags)
-    [run] = study.plan(requested, ["unet"], ["tu-resnet10t"], [0], study_flags)
+    [run] = study.plan(requested, ["unet"], ["tu-test_resnet"], [0], study_flags)
     assert (run.run_dir, run.state) == (run_dir, "done")
-    unplanned = replace(requested, encoder="tu-resnet10t", aug=Config.aug)  # what the study asked before it planned
+    unplanned = replace(requested, encoder="tu-test_resnet", aug=Config.aug)  # what the study asked before it planned
     assert "aug heavy -> medium" in ledger.stale_settings(run_dir, unplanned)
 
 

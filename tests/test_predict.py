@@ -18,7 +18,7 @@ from src.portable.images import write_png
 from src.models import create_model
 from src.predict import file_sha256, load_pred, made_by, resize_prob, save_pred, to_uint8, with_tta
 
-RUN = "unet-tu-resnet10t"
+RUN = "unet-tu-test_resnet"
 
 
 def uint8_images(n=2, channels=1, size=32, seed=0):
@@ -50,7 +50,7 @@ def test_tta_of_a_flip_and_rotation_invariant_model_is_the_plain_prediction(mode
 
 
 def test_flip_tta_equals_the_mean_of_manually_flipped_predictions():
-    model = create_model("unet", "tu-resnet10t", 1, 1, "none", "16,16,8,8,8").eval()
+    model = create_model("unet", "tu-test_resnet", 1, 1, "none", "16,16,8,8,8").eval()
     x = uint8_images()
     with torch.no_grad():
         plain = with_tta(model, "binary", "none")
@@ -59,7 +59,7 @@ def test_flip_tta_equals_the_mean_of_manually_flipped_predictions():
 
 
 def test_multiclass_probabilities_sum_to_one_before_and_after_resizing():
-    model = create_model("unet", "tu-resnet10t", 3, 6, "none", "16,16,8,8,8").eval()
+    model = create_model("unet", "tu-test_resnet", 3, 6, "none", "16,16,8,8,8").eval()
     with torch.no_grad():
         probs = with_tta(model, "multiclass", "d4")(uint8_images(channels=3))
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 32, 32))
@@ -80,7 +80,7 @@ def test_oof_and_test_predictions_cover_every_image_once_at_original_size(traine
     infer.main([*infer_args(trained_dir), "--tta", "flip"])
     index = load_index(trained_dir / "data" / "demo").set_index("id")
     folds = load_folds(trained_dir / "folds", "demo")
-    for run in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
+    for run in ("unet-tu-test_resnet", "unetpp-tu-test_resnet"):
         out = trained_dir / "preds" / "demo" / run / "tta-flip"
         assert sorted(p.stem for p in (out / "oof").glob("*.npz")) == sorted(folds["id"])
         for image_id in folds["id"][:5]:  # maps at the 64 px training size, with the image's original size
@@ -275,7 +275,7 @@ def test_filters_say_what_exists_and_each_folder_left_out(trained_dir, tmp_path,
     args = tmp_args(trained_dir, tmp_path, runs)
     for flags, error in ((["--folds", "5"], "--folds 5: no fold 5 among the runs asked in .* \\(folds there: 0, 1\\)"),
                          (["--arch", "unett"], "--arch unett: no such run in .* \\(there are: unet\\)"),
-                         (["--encoder", "resnet"], "--encoder resnet: no such run in .* \\(there are: tu-resnet10t\\)"),
+                         (["--encoder", "resnet"], "--encoder resnet: no such run in .* \\(there are: tu-test_resnet\\)"),
                          (["--runs", "fpn-*"], f"--runs fpn-\\* matches no run in .* \\(there are: {RUN}\\)")):
         with pytest.raises(SystemExit, match=f"^infer: {error}$"):
             infer.main([*args, *flags])

@@ -41,7 +41,7 @@ def test_real_chest_x_rays_through_prepare_train_infer_ensemble(tmp_path):
     test_ids = sorted(chosen["id"].iloc[:4])
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == test_ids
     assert sorted(pd.read_csv(out / "submission.csv", dtype=str)["id"]) == test_ids
-    for name in ("unet-tu-resnet10t", "unetpp-tu-resnet10t", "ensemble"):
+    for name in ("unet-tu-test_resnet", "unetpp-tu-test_resnet", "ensemble"):
         result = scores["runs"].get(name, scores["ensemble"])
         assert np.isfinite([result["dice"], result["iou"], result["hd95"]]).all()
         assert result["dice"] > 0.2  # an empty mask scores 0 on every one of these lungs

@@ -30,7 +30,7 @@ def workdir_with_data(demo_dir, tmp_path):
 def plan_of(workdir, *flags) -> dict:
     flags = [*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), *flags]
     cfg = plan_module.train_config(flags)
-    return {(r.name, r.fold): r for r in plan_module.plan(cfg, ["unet"], ["tu-resnet10t"], [0], flags)}
+    return {(r.name, r.fold): r for r in plan_module.plan(cfg, ["unet"], ["tu-test_resnet"], [0], flags)}
 
 
 def snapshot(folder) -> dict:
@@ -39,7 +39,7 @@ def snapshot(folder) -> dict:
 
 def test_a_second_planner_leaves_a_run_that_trains_before_its_first_save_alone(demo_dir, tmp_path):
     workdir = workdir_with_data(demo_dir, tmp_path)
-    run_dir = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    run_dir = workdir / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"
     flags = [*TINY, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--fold", "0"]
     live = subprocess.Popen([sys.executable, "train.py", *flags, "--epochs", "200", "--save-minutes", "10"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -47,7 +47,7 @@ def test_a_second_planner_leaves_a_run_that_trains_before_its_first_save_alone(d
         while not (run_dir / "config.json").exists():
             assert live.poll() is None, "train.py ended before it started training"
             time.sleep(0.1)
-        run = plan_of(workdir)[("unet-tu-resnet10t", 0)]
+        run = plan_of(workdir)[("unet-tu-test_resnet", 0)]
         assert run.state == "running" and f"pid {live.pid}" in run.why  # not 'failed' with --overwrite
         before = snapshot(run_dir)
         for extra in ([], ["--resume"], ["--overwrite"]):  # a second train.py is refused, whatever it asks
@@ -55,9 +55,9 @@ def test_a_second_planner_leaves_a_run_that_trains_before_its_first_save_alone(d
                 train.main([*flags, *extra])
         with pytest.raises(SystemExit, match="being trained by another process"):  # a second study starts nothing
             study.main([*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--archs", "unet", "--encoders",
-                        "tu-resnet10t", "--folds", "0", "--preds-dir", str(workdir / "preds"), "--out-dir",
+                        "tu-test_resnet", "--folds", "0", "--preds-dir", str(workdir / "preds"), "--out-dir",
                         str(workdir / "ensemble")])
-        assert not (workdir / "runs" / "demo" / "unet-tu-resnet10t" / "replaced").exists()
+        assert not (workdir / "runs" / "demo" / "unet-tu-test_resnet" / "replaced").exists()
         assert {p: t for p, t in snapshot(run_dir).items() if p.name not in ("history.csv", "metrics.json", "best.pt")
                 } == {p: t for p, t in before.items() if p.name not in ("history.csv", "metrics.json", "best.pt")}
         assert live.poll() is None  # the live run goes on
@@ -65,7 +65,7 @@ def test_a_second_planner_leaves_a_run_that_trains_before_its_first_save_alone(d
         live.send_signal(signal.SIGTERM)
         live.wait(timeout=120)
     assert live.returncode == 128 + signal.SIGTERM  # it saved its epoch and stopped as asked: nothing broke it
-    assert plan_of(workdir)[("unet-tu-resnet10t", 0)].state == "resumable"
+    assert plan_of(workdir)[("unet-tu-test_resnet", 0)].state == "resumable"
 
 
 def fake_lock(run_dir, host: str, pid: int, age: float) -> None:
@@ -94,7 +94,7 @@ def test_a_lock_whose_owner_died_lets_the_run_resume(tmp_path):
 def finished_run(workdir, *flags):
     """A finished run's files as train.py leaves them, trained with FLAGS plus flags."""
     cfg = replace(plan_module.train_config([*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), *flags]),
-                  arch="unet", encoder="tu-resnet10t", fold=0)
+                  arch="unet", encoder="tu-test_resnet", fold=0)
     cfg.run_dir.mkdir(parents=True)
     cfg.save(cfg.run_dir / "config.json", folds=fingerprint(cfg.folds_dir, cfg.dataset))
     (cfg.run_dir / "metrics.json").write_text(json.dumps({"dice": 0.5, "epochs_run": 1}))
@@ -106,15 +106,15 @@ def finished_run(workdir, *flags):
 def test_a_done_run_asked_with_other_settings_is_stale_and_the_plan_names_them(demo_dir, tmp_path, capsys):
     workdir = workdir_with_data(demo_dir, tmp_path)
     run_dir = finished_run(workdir)
-    assert plan_of(workdir)[("unet-tu-resnet10t", 0)].state == "done"
-    assert plan_of(workdir, "--workers", "2", "--save-minutes", "5")[("unet-tu-resnet10t", 0)].state == "done"
-    stale = plan_of(workdir, "--size", "96")[("unet-tu-resnet10t", 0)]
+    assert plan_of(workdir)[("unet-tu-test_resnet", 0)].state == "done"
+    assert plan_of(workdir, "--workers", "2", "--save-minutes", "5")[("unet-tu-test_resnet", 0)].state == "done"
+    stale = plan_of(workdir, "--size", "96")[("unet-tu-test_resnet", 0)]
     assert stale.state == "stale" and stale.why == "size 64 -> 96"
-    assert "epochs 1 -> 3" in plan_of(workdir, "--epochs", "3")[("unet-tu-resnet10t", 0)].why
-    assert plan_of(workdir, "--loss", "lovasz")[("unet-tu-resnet10t", 0)].why == "loss auto -> lovasz"
+    assert "epochs 1 -> 3" in plan_of(workdir, "--epochs", "3")[("unet-tu-test_resnet", 0)].why
+    assert plan_of(workdir, "--loss", "lovasz")[("unet-tu-test_resnet", 0)].why == "loss auto -> lovasz"
 
     args = [*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), "--archs", "unet", "--encoders",
-            "tu-resnet10t", "--folds", "0", "--size", "96"]
+            "tu-test_resnet", "--folds", "0", "--size", "96"]
     study.main([*args, "--dry-run"])
     assert f"# stale (size 64 -> 96): {run_dir}; --retrain-stale" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="size 64 -> 96.*--retrain-stale.*--accept-stale"):
@@ -203,7 +203,7 @@ def test_a_finished_run_asked_with_another_patch_is_stale_but_not_for_another_wi
     import shutil
     workdir = workdir_with_data(demo_dir, tmp_path)
     run_dir = finished_run(workdir)  # the whole 64 px image
-    state = lambda *flags: plan_of(workdir, *flags)[("unet-tu-resnet10t", 0)]  # noqa: E731
+    state = lambda *flags: plan_of(workdir, *flags)[("unet-tu-test_resnet", 0)]  # noqa: E731
     assert state("--patch", "32").why == "patch 0 -> 32"
     assert state("--patch", "64").state == "done"  # a patch the size of the image is the whole image
     shutil.rmtree(run_dir)

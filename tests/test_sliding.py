@@ -13,7 +13,7 @@ from src.sliding import describe, encoder_stride, sliding_window, windowed, wind
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    return create_model("unet", "tu-resnet10t", 1, 1, "none", "32,16,16,8,8").eval()
+    return create_model("unet", "tu-test_resnet", 1, 1, "none", "32,16,16,8,8").eval()
 
 
 class Constant(torch.nn.Module):
@@ -90,7 +90,7 @@ def test_bad_patch_settings_are_refused_in_one_line(settings, message):
 
 
 def test_good_patch_settings_pass_and_the_stride_is_smps():
-    assert encoder_stride("resnet34") == encoder_stride("tu-resnet10t") == 32
+    assert encoder_stride("resnet34") == encoder_stride("tu-test_resnet") == 32
     for settings in ({"size": 64}, {"size": 64, "patch": 64}, {"size": 256, "patch": 128, "overlap": 0.0}):
         assert patch_problem(Config(**settings), 32) is None
 
@@ -140,10 +140,10 @@ def test_a_patched_run_is_predicted_recorded_ensembled_and_exported_by_its_windo
                                                           str(tmp_path / "preds"), "--workers", "0"]
     capsys.readouterr()
     infer.main(flags)
-    assert "unet-tu-resnet10t (tta none, last.pt, sliding window 32 px, overlap 0.5, 9 windows an image)" in \
+    assert "unet-tu-test_resnet (tta none, last.pt, sliding window 32 px, overlap 0.5, 9 windows an image)" in \
         " ".join(capsys.readouterr().out.split())
-    folder = set_folder(tmp_path / "preds", "demo", "unet-tu-resnet10t", "none")
-    predictions = PredictionSet("unet-tu-resnet10t", "selected", "none", None, folder)
+    folder = set_folder(tmp_path / "preds", "demo", "unet-tu-test_resnet", "none")
+    predictions = PredictionSet("unet-tu-test_resnet", "selected", "none", None, folder)
     assert predictions.windows("oof") == predictions.windows("test") == {f: {"patch": 32, "overlap": 0.5} for f in (0, 1)}
     assert json.loads((folder / "inference.json").read_text())["window"] == \
         "sliding window 32 px, overlap 0.5, 9 windows an image"
@@ -159,20 +159,20 @@ def test_a_patched_run_is_predicted_recorded_ensembled_and_exported_by_its_windo
             pred = torch.from_numpy(saved["prob"][0] >= 128).long()[None]  # probability >= 0.5, as stored (* 255)
         counts.append(confusion(pred, torch.from_numpy(np.array(masks[row]))[None], 2))
     oof = summarize(*(torch.cat(c) for c in zip(*counts)), ["background", "lung"])["dice"]
-    logged = json.loads((tmp_path / "runs" / "demo" / "unet-tu-resnet10t" / "fold0" / "metrics.json").read_text())["dice"]
+    logged = json.loads((tmp_path / "runs" / "demo" / "unet-tu-test_resnet" / "fold0" / "metrics.json").read_text())["dice"]
     assert abs(oof - logged) < 1e-6, (oof, logged)
     # The ensemble's leaderboard names the window; the package slides it, with MONAI in its requirements.
     out = [*paths(demo_dir), "--preds-dir", str(tmp_path / "preds"), "--out-dir", str(tmp_path / "ensemble")]
     ensemble.main(["--dataset", "demo", *out, "--figures", "0"])
     board = (tmp_path / "ensemble" / "demo" / "leaderboard.md").read_text()
-    assert "| unet-tu-resnet10t (sliding window 32 px, overlap 0.5, 9 windows an image) |" in board
+    assert "| unet-tu-test_resnet (sliding window 32 px, overlap 0.5, 9 windows an image) |" in board
     exported = ["--dataset", "demo", *paths(demo_dir), "--ensemble-dir", str(tmp_path / "ensemble")]
     export.main([*exported, "--out-dir", str(tmp_path / "export")])
     manifest = json.loads((tmp_path / "export" / "demo" / "manifest.json").read_text())
     assert [m["window"] for m in manifest["models"]] == [{"patch": 32, "overlap": 0.5}] * 2
     assert manifest["parity"].startswith("4 of 4 test masks identical to")
     assert "monai==" in (tmp_path / "export" / "demo" / "requirements.txt").read_text()
-    with pytest.raises(SystemExit, match=r"^export: unet-tu-resnet10t predicts by sliding window .*; export "
+    with pytest.raises(SystemExit, match=r"^export: unet-tu-test_resnet predicts by sliding window .*; export "
                                          r"--format torch$"):
         export.main([*exported, "--out-dir", str(tmp_path / "export-onnx"), "--format", "onnx"])
     # Another --overlap predicts the set's OOF files again with it (tuning reads them), so the test files made with
@@ -185,7 +185,7 @@ def test_a_patched_run_is_predicted_recorded_ensembled_and_exported_by_its_windo
     assert predictions.windows("sets/new") == predictions.windows("oof") == {f: {"patch": 32, "overlap": 0.25}
                                                                              for f in (0, 1)}
     assert predictions.stale_folds("test", [0, 1]) == [0, 1] and predictions.stale_folds("sets/new", [0, 1]) == []
-    with pytest.raises(SystemExit, match=r"^ensemble: .* \(unet-tu-resnet10t, fold 0\) was predicted with overlap "
+    with pytest.raises(SystemExit, match=r"^ensemble: .* \(unet-tu-test_resnet, fold 0\) was predicted with overlap "
                                          r"0.5, its OOF files with overlap 0.25; predict it again with theirs: `python "
                                          r"infer.py .*--overlap 0.25"):
         ensemble.main(["--dataset", "demo", *out[:-1], str(tmp_path / "ensemble-new"), "--figures", "0"])

@@ -50,7 +50,7 @@ def encoders_known(monkeypatch):
 def test_dry_run_prints_each_runs_state_and_the_command_that_moves_it_on(demo_dir, tmp_path, capsys, encoders_known):
     workdir = with_data(demo_dir, tmp_path)
     runs = workdir / "runs" / "demo"
-    a, b = "tu-resnet10t", "tu-resnet14t"
+    a, b = "tu-test_resnet", "tu-resnet14t"
     done, resumable, failed, died = (runs / f"unet-{a}" / "fold0", runs / f"unet-{a}" / "fold1",
                                      runs / f"unet-{a}" / "fold2", runs / f"unet-{b}" / "fold0")
     for folder in (resumable / "state", failed, died):
@@ -83,7 +83,7 @@ def test_dry_run_prints_each_runs_state_and_the_command_that_moves_it_on(demo_di
 def test_several_tta_modes_are_each_inferred_and_the_ensemble_chooses_among_them(demo_dir, tmp_path, capsys,
                                                                                  encoders_known):
     workdir = with_data(demo_dir, tmp_path)
-    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "all", "--dry-run",
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "all", "--dry-run",
                           "--tta", "none,flip"))
     then = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# then:")]
     assert [re.search(r"--tta (\S+)", line)[1] for line in then] == ["none", "flip", "best"]
@@ -101,13 +101,13 @@ def test_both_architectures_of_an_encoder_and_fold_are_planned_side_by_side(demo
 
 def test_with_wandb_every_run_is_tagged_with_the_studys_name(demo_dir, tmp_path, capsys, encoders_known):
     workdir = with_data(demo_dir, tmp_path)
-    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0", "--dry-run",
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0", "--dry-run",
                           "--tracker", "wandb", "--name", "encoders-v1"))
-    assert "--tracker wandb --tags encoders-v1 --arch unet --encoder tu-resnet10t --fold 0  # new" in \
+    assert "--tracker wandb --tags encoders-v1 --arch unet --encoder tu-test_resnet --fold 0  # new" in \
         capsys.readouterr().out
-    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0", "--dry-run",
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0", "--dry-run",
                           "--tracker", "wandb", "--tags", "mine"))
-    assert "--tags mine,demo-unet-tu-resnet10t --arch unet" in capsys.readouterr().out  # each study its own name
+    assert "--tags mine,demo-unet-tu-test_resnet --arch unet" in capsys.readouterr().out  # each study its own name
 
 
 def test_train_flags_the_study_sets_itself_are_refused(demo_dir, tmp_path, capsys):
@@ -132,7 +132,7 @@ def finished_study(demo_dir, tmp_path_factory):
         patch.setattr(plan_module, "encoder_problems", lambda *args: [])  # as encoders_known, for the module
         patch.setattr(estimate, "POLL_SECONDS", 0.05)
         try:  # W&B offline: the W&B test reads what every stage logged
-            study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1",
+            study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-test_resnet", "--folds", "0,1",
                                   "--parallel", "2", "--tta", "none,flip", "--tracker", "wandb", "--export"))
         except SystemExit as stop:
             print(stop.code)
@@ -154,7 +154,7 @@ def started_and_ended(log) -> tuple:
 def test_every_wandb_run_of_a_study_carries_its_tag_and_model_keys_where_the_sync_paths_find_it(finished_study):
     """What the docs' W&B example relies on: the `wandb sync` paths it gives find every offline run of the study, and
     each run (train, infer, ensemble) is in project = dataset with the study's tag and arch, encoder and fold keys."""
-    workdir, tag = finished_study[0], "demo-unet+unetpp-tu-resnet10t"  # the study's default name is its tag
+    workdir, tag = finished_study[0], "demo-unet+unetpp-tu-test_resnet"  # the study's default name is its tag
     sync_paths = ["runs/demo/*/fold*/wandb", "preds/demo/*/tta-*/wandb", f"ensemble/demo/{tag}/wandb"]
     offline = [run for path in sync_paths for run in sorted(workdir.glob(f"{path}/offline-run-*"))]
     assert len(offline) == len(list(workdir.rglob("offline-run-*"))) == 4 + 4 + 1  # 4 folds trained, x 2 TTA, 1
@@ -169,14 +169,14 @@ def test_every_wandb_run_of_a_study_carries_its_tag_and_model_keys_where_the_syn
         assert project == "demo" and tag in tags and {"arch", "encoder", "fold"} <= set(config), (job, name)
     inferred = {group: config for (job, group, _), (_, _, config) in found.items() if job == "infer"}
     assert {g: (c["arch"], c["encoder"], c["fold"]) for g, c in inferred.items()} == {
-        "unet-tu-resnet10t": ("unet", "tu-resnet10t", [0, 1]), "unetpp-tu-resnet10t": ("unetpp", "tu-resnet10t", [0, 1])}
+        "unet-tu-test_resnet": ("unet", "tu-test_resnet", [0, 1]), "unetpp-tu-test_resnet": ("unetpp", "tu-test_resnet", [0, 1])}
     [ensembled] = [config for (job, _, _), (_, _, config) in found.items() if job == "ensemble"]
-    assert (ensembled["arch"], ensembled["encoder"], ensembled["fold"]) == (["unet", "unetpp"], ["tu-resnet10t"], [0, 1])
+    assert (ensembled["arch"], ensembled["encoder"], ensembled["fold"]) == (["unet", "unetpp"], ["tu-test_resnet"], [0, 1])
 
 
 def test_the_study_packages_its_ensemble_at_the_end_with_export(finished_study):
     workdir, output, code = finished_study
-    package = workdir / "export" / "demo" / "demo-unet+unetpp-tu-resnet10t"
+    package = workdir / "export" / "demo" / "demo-unet+unetpp-tu-test_resnet"
     manifest = json.loads((package / "manifest.json").read_text())
     assert code == 0 and manifest["format"] == "torch" and {m["fold"] for m in manifest["models"]} == {0, 1}
     assert f"parity: 4 of 4 test masks identical to {workdir / 'ensemble' / 'demo' / package.name / 'submission.csv'}" \
@@ -194,23 +194,23 @@ def test_a_study_trains_infers_and_ensembles_its_runs_into_a_leaderboard_of_its_
     workdir, output, code = finished_study
     assert code == 0, output
     assert "trained 4 of 4 runs in" in output and "training images/s over all runs" in output
-    for name in ("unet-tu-resnet10t", "unetpp-tu-resnet10t"):
+    for name in ("unet-tu-test_resnet", "unetpp-tu-test_resnet"):
         for tta in ("none", "flip"):
             assert (workdir / "preds" / "demo" / name / f"tta-{tta}" / "oof_scores.csv").exists()
         assert json.loads((workdir / "runs" / "demo" / name / "fold0" / "config.json").read_text()
                           )["runs_sharing_device"] in (1, 2)
-    leaderboard = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
-    assert "unet-tu-resnet10t" in leaderboard.read_text() and "unetpp-tu-resnet10t" in leaderboard.read_text()
+    leaderboard = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-test_resnet" / "leaderboard.md"
+    assert "unet-tu-test_resnet" in leaderboard.read_text() and "unetpp-tu-test_resnet" in leaderboard.read_text()
     assert "| model | images | none | flip |" in leaderboard.read_text()  # the TTA comparison of --tta none,flip
     # The leaderboard's answers, printed last where the terminal shows them (ensemble.py printed them before).
     answers = leaderboard.read_text().splitlines()[1:5]
     assert output.splitlines()[-5:] == [f"leaderboard: {leaderboard}", *answers]
-    assert answers[0].startswith("- Best model: ") and answers[2].startswith("- Unet++ vs Unet, tu-resnet10t: ")
+    assert answers[0].startswith("- Best model: ") and answers[2].startswith("- Unet++ vs Unet, tu-test_resnet: ")
 
 
 def test_parallel_2_trains_two_runs_side_by_side(finished_study):
     workdir = finished_study[0]
-    spans = [started_and_ended(log) for log in sorted(workdir.glob("runs/demo/*-tu-resnet10t/fold*/train.log"))]
+    spans = [started_and_ended(log) for log in sorted(workdir.glob("runs/demo/*-tu-test_resnet/fold*/train.log"))]
     assert len(spans) == 4
     overlapping = [(a, b) for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1]]
     assert overlapping, spans  # one after another, no run would start before the one before it ended
@@ -229,14 +229,14 @@ def test_a_failed_run_is_trained_again_with_overwrite_and_its_old_log_goes_aside
     attempt that died left, its train.log with the rest, is in replaced/, and the new train.log holds the new one.
     The study of that one fold trains and infers it, and says why there is no ensemble (one study: one training)."""
     workdir = with_data(demo_dir, tmp_path)
-    run = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
+    run = workdir / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (run / "leftover.txt").write_text("from the attempt that died")
     (run / "train.log").write_text("\n== 2026-01-01 00:00:00 python train.py\nKilled\n")
-    assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "failed"}
-    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0"))  # exits 0
-    assert states(workdir, ["unet"], ["tu-resnet10t"], [0]) == {("unet-tu-resnet10t", 0): "done"}
+    assert states(workdir, ["unet"], ["tu-test_resnet"], [0]) == {("unet-tu-test_resnet", 0): "failed"}
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0"))  # exits 0
+    assert states(workdir, ["unet"], ["tu-test_resnet"], [0]) == {("unet-tu-test_resnet", 0): "done"}
     log = (run / "train.log").read_text()
     assert re.match(r"\n== .* --overwrite\n", log) and "Killed" not in log
     aside, = run.parent.glob("replaced/fold0-*")
@@ -245,7 +245,7 @@ def test_a_failed_run_is_trained_again_with_overwrite_and_its_old_log_goes_aside
     output = capsys.readouterr().out
     assert "ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more" in output
     assert "leaderboard" not in output and not (workdir / "ensemble").exists()
-    assert (workdir / "preds" / "demo" / "unet-tu-resnet10t" / "tta-none" / "oof_scores.csv").exists()
+    assert (workdir / "preds" / "demo" / "unet-tu-test_resnet" / "tta-none" / "oof_scores.csv").exists()
 
 
 HOLD = """import sys, time
@@ -261,9 +261,9 @@ def test_a_study_that_planned_a_run_failed_leaves_it_alone_once_another_process_
     """The plan can be seconds old: a run planned failed may meanwhile be trained by a second study. Only train.py
     --overwrite, under the run's lock, moves a run aside; here it is refused and the live run keeps every file."""
     workdir = with_data(demo_dir, tmp_path)
-    run_dir = workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold0"
-    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0")
-    planned, = plan_module.plan(study.parse_args(args)[2], ["unet"], ["tu-resnet10t"], [0], study.parse_args(args)[1])
+    run_dir = workdir / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"
+    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0")
+    planned, = plan_module.plan(study.parse_args(args)[2], ["unet"], ["tu-test_resnet"], [0], study.parse_args(args)[1])
     live = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -281,7 +281,7 @@ def test_a_rerun_of_a_finished_study_trains_nothing_and_reaches_the_table(finish
     workdir = finished_study[0]
     watched = [*workdir.glob("runs/demo/*/fold0/*"), *workdir.glob("preds/demo/*/tta-none/oof/*.npz")]
     before = {path: path.stat().st_mtime_ns for path in watched if path.name != "train.lock"}
-    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1", "--tta",
+    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-test_resnet", "--folds", "0,1", "--tta",
                           "none,flip"))
     output = capsys.readouterr().out
     assert output.startswith("# demo: 2 archs x 1 encoders x 2 folds = 4 runs, 4 done\n")
@@ -297,20 +297,20 @@ def test_a_study_on_another_runs_dir_never_predicts_over_the_first_studys_predic
     import infer
     workdir = finished_study[0]
     shutil.copytree(workdir / "runs", workdir / "runs-b")
-    args = study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1")
+    args = study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-test_resnet", "--folds", "0,1")
     args[args.index("--runs-dir") + 1] = str(workdir / "runs-b")
     preds = workdir / "preds"
     before = {p: p.stat().st_mtime_ns for p in preds.rglob("*")}
-    first = (workdir / "runs" / "demo" / "unet-tu-resnet10t").resolve()
-    with pytest.raises(SystemExit, match=rf"^study: {preds}/demo/unet-tu-resnet10t holds the predictions of {first}, "
-                                         rf"not of .*runs-b/demo/unet-tu-resnet10t: give the runs of .*runs-b a "
+    first = (workdir / "runs" / "demo" / "unet-tu-test_resnet").resolve()
+    with pytest.raises(SystemExit, match=rf"^study: {preds}/demo/unet-tu-test_resnet holds the predictions of {first}, "
+                                         rf"not of .*runs-b/demo/unet-tu-test_resnet: give the runs of .*runs-b a "
                                          rf"--preds-dir \(and an ensemble --out-dir\) of their own$"):
         study.main(args)
-    with pytest.raises(SystemExit, match=rf"^infer: {preds}/demo/unet-tu-resnet10t holds the predictions of {first}"):
+    with pytest.raises(SystemExit, match=rf"^infer: {preds}/demo/unet-tu-test_resnet holds the predictions of {first}"):
         infer.main(["--dataset", "demo", "--runs-dir", str(workdir / "runs-b"), *paths(workdir), "--preds-dir",
                     str(preds), "--workers", "0"])
     assert {p: p.stat().st_mtime_ns for p in preds.rglob("*")} == before
-    board = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-resnet10t" / "leaderboard.md"
+    board = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-test_resnet" / "leaderboard.md"
     text = board.read_text()
     args[args.index("--preds-dir") + 1] = str(workdir / "preds-b")
     with pytest.raises(SystemExit, match=r"ensemble\.py failed: ensemble: .* holds the ensemble of .* from "
@@ -321,14 +321,14 @@ def test_a_study_on_another_runs_dir_never_predicts_over_the_first_studys_predic
 
 def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_encoder(finished_study, capsys):
     workdir = finished_study[0]  # its Unet and Unet++ runs are done: only the two unetpp_ds runs train, side by side
-    study.main(study_args(workdir, "--archs", "unet,unetpp,unetpp_ds", "--encoders", "tu-resnet10t", "--folds", "0,1",
+    study.main(study_args(workdir, "--archs", "unet,unetpp,unetpp_ds", "--encoders", "tu-test_resnet", "--folds", "0,1",
                           "--parallel", "2"))
     output = capsys.readouterr().out
     assert output.startswith("# demo: 3 archs x 1 encoders x 2 folds = 6 runs, 4 done, 2 new\n")
     preds = workdir / "preds" / "demo"
-    assert (preds / "unetpp_ds-tu-resnet10t" / "tta-none-L1" / "oof_scores.csv").exists()  # --level all for it only
+    assert (preds / "unetpp_ds-tu-test_resnet" / "tta-none-L1" / "oof_scores.csv").exists()  # --level all for it only
     assert not list(preds.glob("unet-*/tta-none-*")) and not list(preds.glob("unetpp-*/tta-none-*"))
-    out = workdir / "ensemble" / "demo" / "demo-unet+unetpp+unetpp_ds-tu-resnet10t"
+    out = workdir / "ensemble" / "demo" / "demo-unet+unetpp+unetpp_ds-tu-test_resnet"
     scores = json.loads((out / "scores.json").read_text())
     pairs = [(c["baseline"], c["challenger"]) for c in scores["comparisons"]]
     assert pairs == [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]
@@ -344,13 +344,13 @@ def test_a_study_with_unetpp_ds_infers_its_levels_and_compares_all_three_per_enc
             "Unet++ raw IoU | Unet++ DS raw Dice | Unet++ DS raw IoU | Unet++ - Unet [95% CI] | Wilcoxon p (Holm) | "
             "Unet++ DS - Unet [95% CI] | Wilcoxon p (Holm) | Unet++ DS - Unet++ [95% CI] | Wilcoxon p (Holm) |"
             ) in board
-    assert "| tu-resnet10t | L1 | " in board and (out / "study.png").stat().st_size > 0
+    assert "| tu-test_resnet | L1 | " in board and (out / "study.png").stat().st_size > 0
     # The first study again, beside the unetpp_ds runs and their predictions: it ensembles its own grid's runs only.
-    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-resnet10t", "--folds", "0,1", "--tta",
+    study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-test_resnet", "--folds", "0,1", "--tta",
                           "none,flip"))
-    first = out.parent / "demo-unet+unetpp-tu-resnet10t"
-    assert json.loads((first / "selection.json").read_text())["found"] == ["unet-tu-resnet10t", "unetpp-tu-resnet10t"]
-    assert list(json.loads((first / "scores.json").read_text())["runs"]) == ["unet-tu-resnet10t", "unetpp-tu-resnet10t"]
+    first = out.parent / "demo-unet+unetpp-tu-test_resnet"
+    assert json.loads((first / "selection.json").read_text())["found"] == ["unet-tu-test_resnet", "unetpp-tu-test_resnet"]
+    assert list(json.loads((first / "scores.json").read_text())["runs"]) == ["unet-tu-test_resnet", "unetpp-tu-test_resnet"]
 
 
 def test_a_misspelt_encoder_and_one_only_unetpp_ds_refuses_stop_the_study_before_any_run_starts(demo_dir, tmp_path,
@@ -362,7 +362,7 @@ def test_a_misspelt_encoder_and_one_only_unetpp_ds_refuses_stop_the_study_before
     with pytest.raises(SystemExit, match="^study: unknown timm encoder 'tu-resnet10x'.*; unetpp_ds cannot be built on "
                                          "encoder 'tu-convnext_atto'.*checked before any run"):
         study.main(study_args(workdir, "--archs", "unet,unetpp_ds", "--encoders",
-                              "tu-resnet10t,tu-resnet10x,tu-convnext_atto", "--folds", "0"))
+                              "tu-test_resnet,tu-resnet10x,tu-convnext_atto", "--folds", "0"))
     assert not (workdir / "runs").exists() and sys.executable not in children  # checked in the study's own process
 
 
@@ -388,10 +388,10 @@ def epochs_in(run_dir) -> int:
 
 def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(demo_dir, tmp_path):
     workdir = with_data(demo_dir, tmp_path)
-    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0,1,2", "--parallel", "2")
+    args = study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0,1,2", "--parallel", "2")
     args[args.index("--epochs") + 1] = "8"
-    first = [workdir / "runs" / "demo" / "unet-tu-resnet10t" / f"fold{k}" for k in (0, 1)]  # two side by side
-    later = [workdir / "runs" / "demo" / "unet-tu-resnet10t" / "fold2"]  # waiting for a free place
+    first = [workdir / "runs" / "demo" / "unet-tu-test_resnet" / f"fold{k}" for k in (0, 1)]  # two side by side
+    later = [workdir / "runs" / "demo" / "unet-tu-test_resnet" / "fold2"]  # waiting for a free place
 
     def stop_when(process, ready, send, signum):
         while not ready():
@@ -407,7 +407,7 @@ def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(d
     process = start_study(args)
     out = stop_when(process, lambda: all(epochs_in(run) >= 1 for run in first), lambda s: os.kill(process.pid, s),
                     signal.SIGTERM)
-    assert "unet-tu-resnet10t fold0: stopped (resumable)" in out and "unet-tu-resnet10t fold1: stopped (resumable)" in out
+    assert "unet-tu-test_resnet fold0: stopped (resumable)" in out and "unet-tu-test_resnet fold1: stopped (resumable)" in out
     assert "study: stopped by SIGTERM; the same command continues: python study.py" in out
     assert not any((run / "train.log").exists() for run in later)  # no run started after the signal
     saved = {run: epochs_in(run) for run in first}
@@ -425,7 +425,7 @@ def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(d
 
 def test_the_dry_run_of_a_one_fold_study_says_it_writes_no_ensemble(demo_dir, tmp_path, capsys, encoders_known):
     workdir = with_data(demo_dir, tmp_path)
-    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-resnet10t", "--folds", "0", "--dry-run"))
+    study.main(study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0", "--dry-run"))
     output = capsys.readouterr().out
     assert "# then: ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this " \
            "study has fold 0" in output and "python ensemble.py" not in output

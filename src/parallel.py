@@ -1,6 +1,6 @@
 """Per-image work on the host (decoding, resizing, thresholding, scoring, writing masks) spread over threads.
 
-Threads, not processes: the heavy calls (cv2, numpy, scipy.ndimage's label and morphology) release the GIL, and
+Threads, not processes: the heavy calls (cv2's labelling and resizing, numpy, scipy.ndimage) release the GIL, and
 threads share the low-resolution maps without pickling them.
 """
 import os

@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm.contrib.concurrent import thread_map
 
-from src import postprocess, report, tracking, tuning
+from src import report, tracking, tuning
+from src.portable import postprocess
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.ensemble_inputs import (check_oof, choose_levels, fill_selection, output_folder, recorded_split,
                                  select_runs, selection_of, test_predictions)
@@ -32,9 +34,8 @@ from src.ensemble_scores import (ensemble_gain, name_levels, per_class, postproc
                                  score_ensemble, score_runs, tune)
 from src.portable.files import write_atomic
 from src.folds import group_labels
-from src.portable.images import read_image, write_png
+from src.portable.images import HOST_THREADS, read_image, write_png
 from src.metrics import dice_by_group, image_scores, per_image
-from src.parallel import thread_map
 from src.predict import OldPredictionFormat, final_mask, mean_at, read_mean, read_weighted
 from src.portable.rle import submission_columns, submission_rows
 from src.stats import holm, mean_interval, paired_comparison
@@ -186,7 +187,8 @@ def write_test_masks(written: Path, fold_dirs: list, test_ids: list, weight_of: 
         write_png(masks / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
         return submission_rows(image_id, final, meta["task"], meta["classes"])
 
-    test_rows = [r for rows in thread_map(test_mask, test_ids, "test masks") for r in rows]
+    test_rows = [r for rows in thread_map(test_mask, test_ids, max_workers=HOST_THREADS, desc="test masks", unit="img")
+                 for r in rows]
     for old in set(p.stem for p in masks.glob("*.png")) - set(test_ids):
         (masks / f"{old}.png").unlink()
     columns = submission_columns(meta["task"])

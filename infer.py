@@ -33,7 +33,7 @@ from src.portable.files import write_atomic
 from src.folds import FoldFileError, fingerprint, load_folds
 from src.portable.models import at_level
 from src.sliding import describe, window, windowed
-from src.models import DEEP_SUPERVISED, ModelError
+from src.portable.models import DEEP_SUPERVISED, ModelError
 from src.oof_scores import dir_flags, fold_table, print_summary, score_oof, training_summary
 from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_source, checkpoint_file, file_sha256,
                          image_set, load_trained_model, needs_prediction, read_split, with_tta, write_predictions)

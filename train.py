@@ -38,7 +38,7 @@ from src.fit import Parts, mixed_precision, open_arrays, set_up, train_one_epoch
 from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import loss_name
 from src.lr_find import run_rate
-from src.models import ModelError, canonical_arch, check_encoder
+from src.portable.models import ModelError, canonical_arch, check_encoder
 from src.plan import apply_plan, given_flags, planned_line
 from src.runs import RunLock, log_start, move_aside
 from src.selection import carve_inner, end_epoch, judged_scores, selected_epoch, stops_early

@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.contrib.concurrent import thread_map
 import torch
 
 from src.augment import build_augmentation
@@ -41,11 +42,11 @@ from src.canonical import load_index
 from src.config import Config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
-from src.portable.images import read_image, write_png
+from src.portable.images import HOST_THREADS, read_image, write_png
 from src.losses import SegmentationLoss
-from src.models import create_model, normalize
+from src.models import create_model
+from src.portable.models import normalize
 from src.optim import build_optimizer
-from src.parallel import thread_map
 from src.predict import with_tta
 from src.runs import prediction_sets
 
@@ -206,7 +207,8 @@ def large_originals(workdir: Path, side: int, count: int, size: int) -> Path:
             large = cv2.resize(read_image(path).astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
             write_png(path, (large >= 0.5 if folder == "masks" else large.round()).astype(np.uint8))
 
-    thread_map(enlarge, list(index.itertuples()), f"originals to {side} px")
+    thread_map(enlarge, list(index.itertuples()), max_workers=HOST_THREADS, desc=f"originals to {side} px",
+               unit="img")
     index["height"], index["width"] = side, side
     index.to_csv(dataset_dir / "index.csv", index=False)
     shutil.rmtree(cache_dir(dataset_dir, size))

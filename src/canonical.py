@@ -26,7 +26,8 @@ from src.portable.dicom import pixel_spacing
 from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize,
                                  to_channels, write_png)
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
-from src.problems import InputError, Problem, as_problem, report
+from src.portable.problems import InputError, Problem
+from src.problems import as_problem, report
 from src.sources import Sample, Source
 
 

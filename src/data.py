@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.problems import InputError
+from src.portable.problems import InputError
 
 
 class CachedSegmentation(Dataset):

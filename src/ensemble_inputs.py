@@ -10,7 +10,7 @@ from src import runs as ledger, tuning
 from src.portable.files import write_atomic
 from src.folds import FoldFileError
 from src.metrics import per_image
-from src.models import DEEP_SUPERVISED
+from src.portable.models import DEEP_SUPERVISED
 from src.predict import SplitChanged, check_set_name, read_split
 from src.tuning import TTA_MODES
 

@@ -12,7 +12,8 @@ from src.cache import open_cache
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
-from src.models import ModelError, create_model, head_weights, normalize
+from src.models import create_model, head_weights
+from src.portable.models import ModelError, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
 from src.predict import Probabilities
 from src.sliding import windowed

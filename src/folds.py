@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from src.canonical import load_index, load_meta
-from src.problems import Problem, grouped
+from src.portable.problems import Problem
+from src.problems import grouped
 
 STRATEGIES = ["auto", "kfold", "stratified", "group", "official", "tissue"]
 NO_GROUP = "<no group>:"  # an image without a group label is its own group, NO_GROUP + its id; no real label may start so

@@ -29,7 +29,8 @@ from src.augment import training_augmentation
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.portable.files import atomic_path, write_atomic
 from src.losses import SegmentationLoss, class_weights
-from src.models import create_model, head_weights, normalize
+from src.models import create_model, head_weights
+from src.portable.models import normalize
 from src.optim import build_optimizer
 from src.plotting import pyplot
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from src.portable.images import apply_orientation, decode, exif_orientation
-from src.problems import InputError
+from src.portable.problems import InputError
 
 HALF = 128
 MID_GREY = (32, 224)  # values in [32, 224) are neither noise near 0 nor near 255

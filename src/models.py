@@ -7,8 +7,7 @@ from urllib.parse import urlparse
 import torch
 
 from src.portable.deep_supervision import LEVELS
-from src.portable.models import (DEEP_SUPERVISED, ModelError, build_model, canonical_arch,  # noqa: F401 (used from here)
-                                 check_encoder, normalize)
+from src.portable.models import DEEP_SUPERVISED, ModelError, build_model, canonical_arch
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -4,13 +4,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm.contrib.concurrent import thread_map
 
-from src import postprocess, runs as ledger
+from src import runs as ledger
+from src.portable import postprocess
 from src.canonical import spacing_of
 from src.portable.files import write_atomic
-from src.portable.images import read_image
+from src.portable.images import HOST_THREADS, read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
-from src.parallel import thread_map
 from src.predict import load_pred, made_by, resize_prob
 
 
@@ -51,7 +52,8 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
         keys = {k: v for k, v in row._asdict().items() if k not in spacing}
         return [{**keys, **r} for r in image_scores(pred, mask, meta["classes"], spacing=spacing_of(row))]
 
-    rows = thread_map(score, list(info.itertuples(index=False)), "score OOF")
+    rows = thread_map(score, list(info.itertuples(index=False)), max_workers=HOST_THREADS, desc="score OOF",
+                      unit="img")
     scores = pd.DataFrame([r for image_rows in rows for r in image_rows])
     write_atomic(saved, scores.to_csv(index=False))
     ledger.record_scores(out_dir, made_with)

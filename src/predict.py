@@ -31,7 +31,8 @@ from tqdm import tqdm
 from src.config import load_run_config
 from src.data import make_loader
 from src.folds import load_folds
-from src.models import ModelError, create_model
+from src.models import create_model
+from src.portable.models import ModelError
 from src.portable.files import atomic_path
 from src.portable.images import IMAGE_SUFFIXES, read_as
 from src.portable.maps import final_mask, mean_at, mean_maps, model_input, resize_prob  # noqa: F401 (imported from here)

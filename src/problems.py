@@ -6,7 +6,7 @@ names (prepare writes it), so that nothing is lost.
 from collections import defaultdict
 from pathlib import Path
 
-from src.portable.problems import InputError, Problem  # noqa: F401 (InputError: imported from here too)
+from src.portable.problems import InputError, Problem
 
 EXAMPLES = 3
 

@@ -6,7 +6,7 @@ import pandas as pd
 from scipy import stats
 
 from src.plotting import pyplot
-from src.postprocess import shrink
+from src.portable.postprocess import shrink
 from src.predict import TTA_MODES
 
 # Fixed class colours (RGB), background black: the same class always looks the same.

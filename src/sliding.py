@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from src.portable.sliding import maybe_windowed, sliding_window, window_of  # noqa: F401 (sliding_window re-exported)
+from src.portable.sliding import maybe_windowed, window_of
 
 STRIDE_DEPTH = 5  # smp's encoders at their default depth: the input must divide by their output stride
 

@@ -84,7 +84,8 @@ def encoder_problems(archs: list, encoders: list, weights: str) -> list:
     """What stops any encoder from training under any of the architectures (a misspelt name; weights that cannot be
     had), one line each, found by building each model once in this process: the study loads torch for its infer.py
     after the training anyway, and a child process to check would cost one more interpreter and torch start."""
-    from src.models import ModelError, create_model
+    from src.models import create_model
+    from src.portable.models import ModelError
     problems = []
     for arch in archs:
         for encoder in encoders:
@@ -110,7 +111,7 @@ def export_arguments(args, cfg) -> list:
 
 
 def canonical_archs(archs: list) -> list:
-    from src.models import canonical_arch  # run folders use the canonical name: 'Unet++' trains unetpp-<encoder>
+    from src.portable.models import canonical_arch  # run folders use the canonical name: 'Unet++' trains unetpp-<encoder>
     return list(dict.fromkeys(canonical_arch(a) for a in archs))
 
 

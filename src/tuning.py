@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.contrib.concurrent import thread_map
 
-from src import postprocess
-from src.portable.images import read_image
+from src.portable import postprocess
+from src.portable.images import HOST_THREADS, read_image
 from src.metrics import image_scores, per_image, pooled_by_class
-from src.parallel import thread_map
 from src.predict import TTA_MODES as PREDICTORS
 from src.predict import mean_at, read_mean
 from src.runs import LEVELS, PredictionSet
@@ -152,7 +152,8 @@ def tune_postprocessing(sets: dict, weights: dict, masks_dir: Path, task: str, i
     # One pass per way of reading (TTA modes, unetpp_ds levels), usually one: folds at other levels add passes.
     for read in dict.fromkeys([*reads_of_fold.values(), reads_all]):
         names = ", ".join(s.tta + (f" {s.level}" if s.level else "") for s in read)
-        tuned = thread_map(lambda i: read_and_tune(i, read), image_ids, f"tune post-processing (OOF, TTA {names})")
+        tuned = thread_map(lambda i: read_and_tune(i, read), image_ids, max_workers=HOST_THREADS,
+                           desc=f"tune post-processing (OOF, TTA {names})", unit="img")
         for image_id, fold, (mean, _) in zip(image_ids, image_folds, tuned):
             if read == reads_of_fold[fold]:
                 means[image_id, fold] = mean
@@ -187,7 +188,8 @@ def score_ensemble(means: dict, masks_dir: Path, classes: list, image_ids: list,
         probs = probs if means[image_id, None] is mean else mean_at(*means[image_id, None])
         return rows, raw, image_scores(postprocess.apply(probs, for_test), target, classes, with_hd95=False)
 
-    scored = dict(zip(image_ids, thread_map(score, image_ids, "score ensemble (OOF)")))
+    scored = dict(zip(image_ids, thread_map(score, image_ids, max_workers=HOST_THREADS, desc="score ensemble (OOF)",
+                                            unit="img")))
     table = scores_table({i: rows for i, (rows, _, _) in scored.items()}, fold_of)
     raw, optimistic = (scores_table({i: r[k] for i, r in scored.items()}, fold_of, table) for k in (1, 2))
     return table, raw, optimistic

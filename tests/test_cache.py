@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from src import postprocess
+from src.portable import postprocess
 from src.portable.images import resize
 from src.metrics import image_scores
 from src.predict import resize_prob

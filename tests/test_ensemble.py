@@ -14,7 +14,8 @@ import pytest
 import ensemble
 import infer
 from conftest import infer_args, paths
-from src import postprocess, predict, report, runs as ledger
+from src import predict, report, runs as ledger
+from src.portable import postprocess
 from src.portable.images import read_image, write_png
 from src.metrics import per_image
 from src.predict import file_sha256, load_pred, mean_at, read_mean, resize_prob, save_pred

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from src import postprocess
+from src.portable import postprocess
 from src.predict import resize_prob
 
 

@@ -8,7 +8,8 @@ import torch
 from src.config import Config, patch_problem
 from src.models import create_model
 from src.predict import with_tta
-from src.sliding import describe, encoder_stride, sliding_window, windowed, windows_per_image
+from src.portable.sliding import sliding_window
+from src.sliding import describe, encoder_stride, windowed, windows_per_image
 
 
 def tiny_model(seed=0):

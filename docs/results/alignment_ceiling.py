@@ -9,13 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.contrib.concurrent import thread_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from src import postprocess  # noqa: E402
+from src.portable import postprocess  # noqa: E402
 from src.canonical import load_index  # noqa: E402
-from src.portable.images import read_image, resize  # noqa: E402
+from src.portable.images import HOST_THREADS, read_image, resize  # noqa: E402
 from src.metrics import image_scores  # noqa: E402
-from src.parallel import thread_map  # noqa: E402
 from src.predict import resize_prob  # noqa: E402
 
 SAMPLING = {"INTER_NEAREST (before)": lambda m, s: cv2.resize(m, (s, s), interpolation=cv2.INTER_NEAREST),
@@ -36,7 +36,7 @@ def main(dataset_dir: str, *sizes: str):
                 rows.append({"size": size, "sampling": name, **image_scores(pred, truth, ["bg", "fg"])[0]})
         return rows
 
-    table = pd.DataFrame([r for rows in thread_map(score, ids, "ceiling") for r in rows])
+    table = pd.DataFrame([r for rows in thread_map(score, ids, max_workers=HOST_THREADS, desc="ceiling") for r in rows])
     print(table.groupby(["size", "sampling"])[["dice", "hd95", "hd95_pct"]].mean().round(4).to_string())
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.contrib.concurrent import thread_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from src import postprocess  # noqa: E402
+from src.portable import postprocess  # noqa: E402
 from src.folds import load_folds  # noqa: E402
-from src.portable.images import read_image  # noqa: E402
+from src.portable.images import HOST_THREADS, read_image  # noqa: E402
 from src.metrics import _CROSS, hd95, per_image  # noqa: E402
-from src.parallel import thread_map  # noqa: E402
 from src.predict import load_pred, resize_prob  # noqa: E402
 from src.stats import paired_comparison  # noqa: E402
 
@@ -49,7 +49,7 @@ def main(dataset: str, tta: str):
             pred = postprocess.apply(resize_prob(*load_pred(oof / f"{image_id}.npz")), postprocess.PLAIN["binary"]) > 0
             return pooled_hd95(pred, truth), hd95(pred, truth), 100 / np.hypot(*truth.shape)
 
-        values = np.array(thread_map(both, list(folds["id"]), f"HD95 {run}"))
+        values = np.array(thread_map(both, list(folds["id"]), max_workers=HOST_THREADS, desc=f"HD95 {run}"))
         print(f"{run} (tta {tta}), mean over {len(values)} images: HD95 pooled {values[:, 0].mean():.1f} px "
               f"({(values[:, 0] * values[:, 2]).mean():.2f}% of the diagonal), max of directed "
               f"{values[:, 1].mean():.1f} px ({(values[:, 1] * values[:, 2]).mean():.2f}%)")

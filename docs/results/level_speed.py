@@ -23,7 +23,8 @@ from src.cache import open_cache  # noqa: E402
 from infer import level_models  # noqa: E402
 from src.config import Config  # noqa: E402
 from src.portable.deep_supervision import UnetPlusPlusDS, level_sizes  # noqa: E402
-from src.models import create_model, normalize  # noqa: E402
+from src.models import create_model  # noqa: E402
+from src.portable.models import normalize  # noqa: E402
 from src.predict import checkpoint_file, load_trained_model  # noqa: E402
 from src.runs import LEVELS  # noqa: E402
 

@@ -6,6 +6,7 @@ Rules, the same in prepare and infer: 8-bit files are used as they are; 16-bit f
 DICOM are windowed to 8 bits between their own 0.5th and 99.5th percentiles (a 0-4095 X-ray keeps its contrast,
 and a few hot or dead pixels do not set the scale); the channel count is then converted (to_channels).
 """
+import os
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,9 @@ from .dicom import read_dicom
 from .files import atomic_path
 from .problems import InputError
 
+# Threads for per-image work on the host (decoding, resizing, labelling, scoring): cv2 and numpy release the GIL, and
+# threads share the maps without pickling them.
+HOST_THREADS = min(32, os.cpu_count() or 1)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 WINDOW_PERCENTILES = (0.5, 99.5)

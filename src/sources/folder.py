@@ -15,7 +15,7 @@ import numpy as np
 
 from src.portable.images import IMAGE_SUFFIXES, read_image
 from src.masks import read_mask
-from src.problems import InputError, Problem
+from src.portable.problems import InputError, Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files
 
 MASK_SUFFIX = re.compile(r"[_-](mask|masks|segmentation|seg|label|labels|gt|groundtruth|annotation)([_-]?\d+)?$",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.problems import Problem
+from src.portable.problems import Problem
 from src.sources.sample import Source
 
 # Columns index.csv computes itself; a metadata column of the same name is not carried over.

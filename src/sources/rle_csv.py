@@ -12,7 +12,7 @@ import pandas as pd
 from src.portable.images import read_image
 from src.portable.rle import rle_decode, rle_runs
 from src.sources.folder import test_samples
-from src.problems import Problem
+from src.portable.problems import Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files, unsafe_id
 
 SPELLINGS = {

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Callable
 
 from src.portable.images import IMAGE_SUFFIXES
-from src.problems import Problem
+from src.portable.problems import Problem
 
 
 @dataclass

@@ -34,10 +34,11 @@ from src.ensemble_scores import (ensemble_gain, name_levels, per_class, postproc
                                  score_ensemble, score_runs, tune)
 from src.portable.files import write_atomic
 from src.folds import group_labels
-from src.portable.images import HOST_THREADS, read_image, write_png
+from src.portable.images import HOST_THREADS, read_image
 from src.metrics import dice_by_group, image_scores, per_image
-from src.predict import OldPredictionFormat, final_mask, mean_at, read_mean, read_weighted
-from src.portable.rle import submission_columns, submission_rows
+from src.portable.maps import final_mask, mean_at
+from src.predict import read_mean, read_weighted
+from src.portable.submission import csv_text, mask_rows, staged
 from src.stats import holm, mean_interval, paired_comparison
 from src.tuning import TTA_MODES, scores_table
 
@@ -80,10 +81,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except OldPredictionFormat as error:
-        sys.exit(f"ensemble: {error}")
+    run(parse_args(argv))
 
 
 def run(args):
@@ -178,21 +176,17 @@ def write_test_masks(written: Path, fold_dirs: list, test_ids: list, weight_of: 
                      meta: dict) -> None:
     """Test images (or the prediction set --set NAME): weighted mean over every run and fold, post-processed, as PNG
     and RLE; masks of images no longer predicted are removed."""
-    masks = written / "masks"
-    masks.mkdir(parents=True, exist_ok=True)
-
-    def test_mask(image_id):
+    def test_mask(image_id, masks):
         files = [(d / f"{image_id}.npz", weight_of[name]) for name, d in fold_dirs if (d / f"{image_id}.npz").exists()]
         final = final_mask(*read_weighted(*zip(*files)), settings)  # as an exported package computes it
-        write_png(masks / f"{image_id}.png", final * 255 if meta["task"] == "binary" else final)
-        return submission_rows(image_id, final, meta["task"], meta["classes"])
+        return mask_rows(image_id, final, meta["task"], meta["classes"], masks)
 
-    test_rows = [r for rows in thread_map(test_mask, test_ids, max_workers=HOST_THREADS, desc="test masks", unit="img")
-                 for r in rows]
-    for old in set(p.stem for p in masks.glob("*.png")) - set(test_ids):
-        (masks / f"{old}.png").unlink()
-    columns = submission_columns(meta["task"])
-    write_atomic(written / "submission.csv", pd.DataFrame(test_rows, columns=columns).to_csv(index=False))
+    with staged(written / "masks") as masks:
+        test_rows = [r for rows in thread_map(lambda i: test_mask(i, masks), test_ids, max_workers=HOST_THREADS,
+                                              desc="test masks", unit="img") for r in rows]
+    for old in set(p.stem for p in (written / "masks").glob("*.png")) - set(test_ids):
+        (written / "masks" / f"{old}.png").unlink()
+    write_atomic(written / "submission.csv", csv_text(test_rows, meta["task"]))
 
 
 def write_reports(out: Path, args, runs: dict, tuned: dict, ensemble: dict, ensemble_scores: pd.DataFrame,

@@ -27,16 +27,17 @@ import torch
 from src import runs as ledger, tracking
 from src.cache import open_cache
 from src.canonical import load_index
-from src.config import Config, overlap_share, positive
-from src.data import CachedSegmentation, default_workers
-from src.portable.files import write_atomic
-from src.folds import FoldFileError, fingerprint, load_folds
-from src.portable.models import at_level
-from src.sliding import describe, window, windowed
-from src.portable.models import DEEP_SUPERVISED, ModelError
+from src.config import Config, OldRunFormat, overlap_share, positive
+from src.folds import FoldFileError, SplitChanged, read_split
 from src.oof_scores import dir_flags, fold_table, print_summary, score_oof, training_summary
-from src.predict import (FolderImages, SplitChanged, UnfinishedRun, check_set_source, checkpoint_file, file_sha256,
-                         image_set, load_trained_model, needs_prediction, read_split, with_tta, write_predictions)
+from src.portable.files import write_atomic
+from src.portable.models import DEEP_SUPERVISED, ModelError, at_level
+from src.portable.predictor import Model, file_batches
+from src.portable.torch_model import torch_predictor
+from src.predict import (UnfinishedRun, cache_batches, check_set_source, checkpoint_file, image_set,
+                         load_trained_model, needs_prediction, write_predictions)
+from src.runs import file_sha256
+from src.sliding import describe, window
 
 
 def parse_args(argv=None):
@@ -64,7 +65,6 @@ def parse_args(argv=None):
                         "is another prediction, which the ensemble reads only if every part of the set has it")
     parser.add_argument("--sw-batch-size", type=positive, help="runs trained on patches: windows per forward pass "
                         "(default: the run's own); bounds the memory, changes nothing but speed")
-    parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--overwrite", action="store_true", help="predict again images that already have a file")
     parser.add_argument("--tracker", choices=["wandb", "none"], help="log OOF scores (default: as the run was trained)")
     parser.add_argument("--runs-dir", default=defaults.runs_dir)
@@ -144,16 +144,10 @@ def level_text(level: str | None) -> str:
     return f" {level}" if level else ""
 
 
-def trained_split(run_dir: Path, args, index: pd.DataFrame) -> tuple:
+def trained_split(run_dir: Path, index: pd.DataFrame) -> tuple:
     """(fold file record, folds) of the split run_dir was trained on, refused if the file changed since."""
-    recorded = ledger.run_config(run_dir).get("folds")
+    recorded = ledger.run_config(run_dir)["folds"]
     try:
-        if recorded is None:  # trained before runs recorded their fold file
-            folds = load_folds(args.folds_dir, args.dataset, index)
-            recorded = fingerprint(args.folds_dir, args.dataset)
-            print(f"infer: warning: {run_dir} does not record its fold file (trained before runs did); assuming "
-                  f"{recorded['file']} (--folds-dir) is the split it was trained on")
-            return recorded, folds
         return recorded, read_split(recorded, f"{run_dir} was trained", index)
     except (FileNotFoundError, SplitChanged, FoldFileError) as error:
         sys.exit(f"infer: {error}")
@@ -162,14 +156,13 @@ def trained_split(run_dir: Path, args, index: pd.DataFrame) -> tuple:
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    workers = default_workers(args.workers)
     runs = find_runs(args)
     dataset_dir = Path(args.data_dir) / args.dataset
     try:
         index = load_index(dataset_dir)
     except FileNotFoundError as error:
         sys.exit(f"infer: {error}")
-    set_name, set_paths = image_set(args)
+    set_name, set_paths = image_set(args.images, args.name)
     images_dir = str(args.images.resolve()) if set_name else None
     levels, told = levels_asked(args.level), set()
     scored, skipped, speed = {}, [], {}
@@ -181,16 +174,16 @@ def main(argv=None):
             print(f"infer: skipping {error}")
             skipped.append(run_dir)
             continue
-        except (FileNotFoundError, ModelError) as error:
+        except (FileNotFoundError, ModelError, OldRunFormat) as error:
             sys.exit(f"infer: {error}")
-        split, folds = trained_split(run_dir, args, index)
+        split, folds = trained_split(run_dir, index)
         window_flags = {"overlap": args.overlap, "sw_batch_size": args.sw_batch_size}  # the prediction's, not the run's
         cfg = replace(cfg, **{k: v for k, v in window_flags.items() if v is not None})
         foreign = ledger.foreign_predictions(args.preds_dir, args.dataset, cfg.run_name, args.runs_dir)
         if foreign:
             sys.exit(f"infer: {foreign}")
         parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
-        images, masks = open_cache(dataset_dir, cfg.size)
+        images, _ = open_cache(dataset_dir, cfg.size)
         for level, net in level_models(model, cfg, levels, told):
             predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, level, ledger.set_folder(
                 args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint, level))
@@ -203,7 +196,8 @@ def main(argv=None):
             size = {"level": level, "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
                     "encoder_fallback": getattr(net, "encoder_fallback", False)}
             size["window"] = describe(cfg) or None  # a patched run's window: "sliding window 128 px, overlap 0.5, ..."
-            net = windowed(with_tta(net, meta["task"], args.tta), cfg)  # TTA on each batch of windows
+            predictor = Model(f"{cfg.run_name}{level_text(level)} fold{cfg.fold}", cfg.size, 1.0, torch_predictor(
+                net, meta["task"], args.tta, window(cfg), cfg.sw_batch_size, device))  # TTA on each batch of windows
             model_id = {"fold": cfg.fold, "weights": file_sha256(weights), "split": split["sha256"], "tta": args.tta,
                         **({"window": f"{cfg.patch}:{cfg.overlap:g}"} if cfg.tiles else {})}
             record = {"fold": cfg.fold, "weights": model_id["weights"], "run_dir": run_dir.parent.resolve(),
@@ -213,13 +207,10 @@ def main(argv=None):
                 jobs.append(("test", index[index["split"] == "test"], out_dir / "test" / f"fold{cfg.fold}"))
             for kind, rows, target in jobs:
                 todo = rows[[needs_prediction(target / f"{i}.npz", model_id, args.overwrite) for i in rows["id"]]]
-                if len(todo):  # index labels are cache rows, which CachedSegmentation hands back as keys
-                    sizes = dict(zip(todo.index, zip(todo["height"], todo["width"])))
-                    ids = dict(zip(todo.index, todo["id"]))
+                if len(todo):  # index labels are cache rows
                     started = time.perf_counter()
-                    write_predictions(net, CachedSegmentation(images, masks, todo.index), ids, sizes, target,
-                                      model_id, args.batch_size, workers, device,
-                                      f"{cfg.run_name}{level_text(level)} fold{cfg.fold} {kind}")
+                    write_predictions(predictor, cache_batches(images, todo, cfg.size, args.batch_size), target,
+                                      model_id, f"{predictor.name} {kind}")
                     if kind == "oof":  # the run's prediction speed, for the leaderboard
                         speed.setdefault(out_dir, []).append((len(todo), time.perf_counter() - started))
                 ledger.record_prediction(out_dir, kind, **record)
@@ -227,11 +218,10 @@ def main(argv=None):
                 target = predictions.part(set_name) / f"fold{cfg.fold}"
                 todo = [p for p in set_paths if needs_prediction(target / f"{p.stem}.npz", model_id, args.overwrite)]
                 try:
-                    write_predictions(net, FolderImages(todo, cfg.size, meta["channels"]),
-                                      {i: p.stem for i, p in enumerate(todo)}, None, target, model_id, args.batch_size,
-                                      workers, device, f"{cfg.run_name}{level_text(level)} fold{cfg.fold} {set_name}")
-                except ValueError as error:  # from a loader worker the file's own message is the last line
-                    sys.exit(f"infer: {str(error).strip().splitlines()[-1]}")
+                    write_predictions(predictor, file_batches(todo, meta["channels"], [cfg.size], args.batch_size),
+                                      target, model_id, f"{predictor.name} {set_name}")
+                except ValueError as error:  # an image that cannot be read names itself (images.InputError)
+                    sys.exit(f"infer: {error}")
                 ledger.record_prediction(out_dir, f"sets/{set_name}", **record, images=images_dir,
                                          ids=[p.stem for p in set_paths])
             # What ensemble.py needs to know about the run, with the split its OOF predictions follow.

@@ -85,7 +85,7 @@ def infer_arguments(args, cfg, runs: list) -> dict:
         folds[run.name].append(str(run.fold))
     return {(name, tta): ["--dataset", cfg.dataset, "--runs", name, "--folds", ",".join(f), "--tta", tta,
                           "--checkpoint", args.checkpoint, *(["--level", "all"] if name.startswith("unetpp_ds-") else []),
-                          "--workers", str(cfg.workers), "--runs-dir", cfg.runs_dir, "--data-dir", cfg.data_dir,
+                          "--runs-dir", cfg.runs_dir, "--data-dir", cfg.data_dir,
                           "--folds-dir", cfg.folds_dir, "--preds-dir", args.preds_dir]
             for name, f in folds.items() for tta in args.tta}
 

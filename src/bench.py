@@ -47,7 +47,7 @@ from src.losses import SegmentationLoss
 from src.models import create_model
 from src.portable.models import normalize
 from src.optim import build_optimizer
-from src.predict import with_tta
+from src.portable.torch_model import with_tta
 from src.runs import prediction_sets
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from src.config import Config, load_run_config
+from src.config import Config, OldRunFormat, load_run_config
 from src.folds import fingerprint
 
 RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker", "--tags", "--save-minutes")
@@ -29,12 +29,16 @@ def run_folder_problem(cfg: Config, resume: bool, overwrite: bool, validate_only
     if resume and last_state(run_dir) is None:
         return f"nothing to resume in {run_dir} (no state/ folder); drop --resume"
     if resume or validate_only:
-        saved_folds = json.loads((run_dir / "config.json").read_text()).get("folds")
-        if saved_folds and saved_folds != fingerprint(cfg.folds_dir, cfg.dataset):
+        try:
+            saved = load_run_config(run_dir)[0]
+        except OldRunFormat as error:
+            return str(error)
+        saved_folds = json.loads((run_dir / "config.json").read_text())["folds"]
+        if saved_folds != fingerprint(cfg.folds_dir, cfg.dataset):
             return (f"{saved_folds['file']} changed since {run_dir} started; the run cannot be continued or scored on "
                     f"another split: pass --overwrite to start again on the new one")
     if resume:
-        changed = settings_changed(load_run_config(run_dir)[0], cfg)
+        changed = settings_changed(saved, cfg)
         if changed:
             return (f"{run_dir} was trained with other settings ({changed}); resume with the same command, changing "
                     f"only {', '.join(RESUMABLE)}, or pass --overwrite to start again")

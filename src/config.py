@@ -4,6 +4,7 @@ train.py saves a run's full Config as runs/<dataset>/<arch>-<encoder>/fold<k>/co
 """
 import argparse
 import json
+import shlex
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -153,15 +154,38 @@ class Config:
         Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2) + "\n")
 
 
+RECORDED = ("meta", "folds")  # what train.py saves beside the settings: the dataset's meta and the fold file's record
+
+
+class OldRunFormat(ValueError):
+    """A config.json that lacks a setting or record this train.py saves: its run is trained again, never read with
+    a default put in the gap."""
+
+
 def load_run_config(run_dir: Path) -> tuple:
-    """(Config, dataset meta) saved by train.py in run_dir/config.json."""
+    """(Config, dataset meta) saved by train.py in run_dir/config.json (also infer.py's copy in preds/); one written
+    by an older train.py, which lacks a setting, is refused (OldRunFormat) with the command that trains it again."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not a training run folder")
     saved = json.loads(path.read_text())
-    known = {f.name for f in fields(Config)}
-    saved.setdefault("select_on", "fold")  # runs trained before the rule existed chose best.pt on their fold
-    return Config(**{k: v for k, v in saved.items() if k in known}), saved.get("meta", {})
+    missing = [name for name in (*(f.name for f in fields(Config)), *RECORDED) if name not in saved]
+    if missing:
+        raise OldRunFormat(f"{path} was written by an older train.py (it has no {', '.join(missing)}); train the run "
+                           f"again: `{train_command(saved)}`")
+    return Config(**{f.name: saved[f.name] for f in fields(Config)}), saved["meta"]
+
+
+def train_command(saved: dict) -> str:
+    """The command that trains a run again with the settings its config.json records (each one it has that is not
+    the default), replacing it."""
+    flags = []
+    for f in fields(Config):
+        value = saved.get(f.name, f.default)
+        if value is not None and value != f.default:
+            flag = "--" + f.name.replace("_", "-")
+            flags += [flag] if f.type is bool else [flag, str(value)]
+    return shlex.join(["accelerate", "launch", "train.py", *flags, "--overwrite"])
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,10 +8,10 @@ import pandas as pd
 
 from src import runs as ledger, tuning
 from src.portable.files import write_atomic
-from src.folds import FoldFileError
 from src.metrics import per_image
 from src.portable.models import DEEP_SUPERVISED
-from src.predict import SplitChanged, check_set_name, read_split
+from src.folds import FoldFileError, SplitChanged, read_split
+from src.predict import check_set_name
 from src.tuning import TTA_MODES
 
 
@@ -24,7 +24,10 @@ def select_runs(args) -> dict:
     """{run: {(TTA mode, level): its scored PredictionSet}} of the runs asked (--runs) with scored predictions of the
     checkpoint asked at the TTA asked (any under --tta best), every mode and level each has (level None but for
     unetpp_ds's other levels)."""
-    found = ledger.level_sets(args.preds_dir, args.dataset, args.checkpoint)
+    try:
+        found = ledger.level_sets(args.preds_dir, args.dataset, args.checkpoint)
+    except ledger.OldPredictions as error:
+        sys.exit(f"ensemble: {error}")
     root = Path(args.preds_dir) / args.dataset
     if found and ledger.unmatched(found, args.runs):
         sys.exit(f"ensemble: --runs {','.join(ledger.unmatched(found, args.runs))} matches no run with predictions of "
@@ -62,11 +65,7 @@ def choose_levels(found: dict, fold_of: dict, args) -> tuple:
 def recorded_split(sets: dict, args, index: pd.DataFrame) -> pd.DataFrame:
     """The folds that every set read was predicted on (infer.py records the fold file in prediction.json): one split
     for all, unchanged since."""
-    recorded = {s: s.provenance.get("split") for modes in sets.values() for s in modes.values()}
-    lacking = next((s for s, split in recorded.items() if split is None), None)
-    if lacking:  # predicted before infer.py recorded provenance
-        sys.exit(f"ensemble: {lacking.folder} does not record which weights and split made it (predicted by an older "
-                 f"infer.py); renew it: `{renew_command(lacking, lacking_folds(lacking), args)}`")
+    recorded = {s: s.provenance["split"] for modes in sets.values() for s in modes.values()}
     first, split = next(iter(recorded.items()))
     other = next((s for s, o in recorded.items() if o["sha256"] != split["sha256"]), None)
     if other:

@@ -15,7 +15,7 @@ from src.metrics import confusion, predicted_classes, summarize
 from src.models import create_model, head_weights
 from src.portable.models import ModelError, normalize
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
-from src.predict import Probabilities
+from src.portable.torch_model import Probabilities
 from src.sliding import windowed
 
 

@@ -154,6 +154,22 @@ def fingerprint(folds_dir: Path, dataset: str) -> dict:
     return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+class SplitChanged(ValueError):
+    """The fold file that a run was trained on is gone or holds another split now."""
+
+
+def read_split(recorded: dict, made: str, index: pd.DataFrame) -> pd.DataFrame:
+    """The folds of the file a run recorded ({"file", "sha256"} from train.py), refused if it changed since `made`
+    or does not describe the dataset's index (FoldFileError, what a hand edit broke comes first)."""
+    path = Path(recorded["file"])
+    if not path.exists():
+        raise SplitChanged(f"{path} not found, but {made} on it; restore the file or retrain the run")
+    folds = load_folds(path.parent, path.stem, index)
+    if hashlib.sha256(path.read_bytes()).hexdigest() != recorded["sha256"]:
+        raise SplitChanged(f"{path} changed since {made} (re-prepared?); retrain the run or restore the file")
+    return folds
+
+
 class FoldFileError(ValueError):
     """A fold file that does not describe the dataset's labelled images: every problem, grouped, with its fix."""
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from src.portable.onnx_model import OnnxModel
-from src.predict import Probabilities
+from src.portable.torch_model import Probabilities
 
 EXAMPLE_SIZE = 64  # the traced example's height and width; check_onnx() proves other sizes
 DYNAMIC = {0: "batch", 2: "height", 3: "width"}

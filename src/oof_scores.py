@@ -12,7 +12,8 @@ from src.canonical import spacing_of
 from src.portable.files import write_atomic
 from src.portable.images import HOST_THREADS, read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
-from src.predict import load_pred, made_by, resize_prob
+from src.portable.maps import resize_prob
+from src.predict import load_pred, made_by
 
 
 def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
@@ -40,7 +41,7 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
     saved, made_with = out_dir / "oof_scores.csv", predictions.weights("oof")
     if saved.exists() and predictions.provenance.get("scored") == {str(f): w for f, w in made_with.items()}:
         scores = pd.read_csv(saved, dtype={"id": str})
-        if set(scores["id"]) == set(files) and "hd95_pct" in scores:  # else scored by the older HD95 definition
+        if set(scores["id"]) == set(files):
             return scores
     extra = [c for c in ("tissue",) if c in index]
     spacing = [c for c in ("spacing_row_mm", "spacing_col_mm") if c in index]  # DICOM: HD95 in mm too

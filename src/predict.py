@@ -14,31 +14,30 @@ Each .npz holds `prob`: uint8 C x S x S, probability * 255 at the run's training
 channel per class otherwise), `size`: the image's original (height, width), and the model that made it: `fold`,
 `weights` (sha256 of its checkpoint file), `split` (sha256 of its fold file), `tta` and, for a run trained on
 patches, `window` ("<patch>:<overlap>" of its sliding window). Maps go to that size once,
-where a step needs it (scoring, final masks), through resize_prob(). Files of the older format (`prob` at full size,
-no `size`) are refused with OldPredictionFormat; infer.py predicts again every file not made by the model it is
-predicting with.
+where a step needs it (scoring, final masks), through resize_prob(); infer.py predicts again every file not made by
+the model it is predicting with. The images go through the models by src/portable/predictor.py's loop, the one an
+exported package runs.
 """
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from src.config import load_run_config
-from src.data import make_loader
-from src.folds import load_folds
 from src.models import create_model
-from src.portable.models import ModelError
 from src.portable.files import atomic_path
-from src.portable.images import IMAGE_SUFFIXES, read_as
-from src.portable.maps import final_mask, mean_at, mean_maps, model_input, resize_prob  # noqa: F401 (imported from here)
-from src.portable.models import ready
-from src.portable.torch_model import TTA_MODES, Probabilities, predict_uint8, to_uint8, with_tta  # noqa: F401
-from src.runs import file_sha256, is_finished
+from src.portable.images import IMAGE_SUFFIXES
+from src.portable.maps import mean_maps
+from src.portable.models import ModelError, ready
+from src.portable.predictor import Batch, predict
+from src.runs import is_finished
+
+WRITE_AHEAD = 64  # maps being compressed and written while the model predicts the next images
+
 
 class UnfinishedRun(FileNotFoundError):
     """A run folder whose training has not yet written the weights asked for: infer.py skips it."""
@@ -61,8 +60,8 @@ def checkpoint_file(run_dir: Path, checkpoint: str) -> Path:
         return weights
     if not is_finished(run_dir):  # train.py adds epochs_run to metrics.json when training ends, with last.pt
         raise UnfinishedRun(f"{run_dir}: training not finished (no {weights.name} yet)")
-    raise FileNotFoundError(f"{weights} not found: the run was trained before runs saved their final epoch; "
-                            f"retrain it or use --checkpoint best")
+    raise FileNotFoundError(f"{weights} not found, though the run finished (deleted?); train it again with "
+                            f"train.py --overwrite")
 
 
 def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tuple:
@@ -76,26 +75,6 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tu
     return ready(model, torch.load(weights, map_location="cpu", weights_only=True), device), cfg, meta
 
 
-class SplitChanged(ValueError):
-    """The fold file that a run was trained on is gone or holds another split now."""
-
-
-def read_split(recorded: dict, made: str, index: pd.DataFrame) -> pd.DataFrame:
-    """The folds of the file a run recorded ({"file", "sha256"} from train.py), refused if it changed since `made`
-    or does not describe the dataset's index (FoldFileError, what a hand edit broke comes first)."""
-    path = Path(recorded["file"])
-    if not path.exists():
-        raise SplitChanged(f"{path} not found, but {made} on it; restore the file or retrain the run")
-    folds = load_folds(path.parent, path.stem, index)
-    if file_sha256(path) != recorded["sha256"]:
-        raise SplitChanged(f"{path} changed since {made} (re-prepared?); retrain the run or restore the file")
-    return folds
-
-
-class OldPredictionFormat(ValueError):
-    """A prediction file written before maps were kept at the model's resolution."""
-
-
 def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
     """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold, weights, split and TTA that made
     it. Written as name.npz.tmp, then renamed: a kill leaves no half file, and no *.npz that is not a prediction."""
@@ -107,9 +86,6 @@ def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
 def load_pred(path: Path) -> tuple:
     """(uint8 C x S x S map, original (H, W)); divide the map by 255 for probabilities, or use resize_prob()."""
     with np.load(path) as data:
-        if "size" not in data.files:
-            raise OldPredictionFormat(f"{path}: prediction in the old full-size format; predict again with "
-                                      f"`python infer.py --tta <mode> --overwrite` (and your --dataset, --runs)")
         return data["prob"], tuple(int(n) for n in data["size"])
 
 
@@ -125,41 +101,27 @@ def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
     return overwrite or not path.exists() or made_by(path) != model_id
 
 
-class FolderImages(Dataset):
-    """Images from any folder, decoded and resized on the fly: (uint8 C x S x S, original (H, W), position).
-
-    The same rules as prepare (src/portable/images.py): any colour mode, 16-bit or DICOM becomes the run's channel count."""
-
-    def __init__(self, paths: list, size: int, channels: int):
-        self.paths, self.size, self.channels = paths, size, channels
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        original = read_as(self.paths[i], self.channels)
-        return torch.from_numpy(model_input(original, self.size)), torch.tensor(original.shape[:2]), i
+def cache_batches(images: np.ndarray, todo: pd.DataFrame, size: int, batch_size: int):
+    """Batches of the cached images (uint8, at the run's size) of index rows `todo` (their labels are cache rows):
+    keys their ids, sizes their originals' (index.csv's height and width)."""
+    for start in range(0, len(todo), batch_size):
+        part = todo.iloc[start:start + batch_size]
+        array = images[part.index.to_numpy()]
+        inputs = array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
+        yield Batch(part["id"].tolist(), list(zip(part["height"], part["width"])),
+                    {size: np.ascontiguousarray(inputs)})
 
 
-@torch.no_grad()
-def write_predictions(model, dataset: Dataset, ids: dict, sizes: dict | None, out_dir: Path, model_id: dict,
-                      batch_size: int, workers: int, device, desc: str) -> None:
-    """Stream batches through the model and write one file per image at the model's size; memory stays flat.
-
-    The dataset's last item is a key into ids (and sizes; without sizes its second item is the original size).
-    Each file records model_id: the model's fold, weights, split and TTA.
-    """
-    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers)
-    writing = []
-    with ThreadPoolExecutor(2) as writer:  # compressing and writing a batch overlaps the model's next one
-        for batch in tqdm(loader, desc=desc, unit="batch"):
-            images, keys = batch[0], batch[-1].tolist()
-            originals = [sizes[k] for k in keys] if sizes is not None else batch[1].tolist()
-            maps = predict_uint8(model, images, device)
-            for done in writing:  # at most one batch waits to be written; a failed write raises here
-                done.result()
-            writing = [writer.submit(save_pred, out_dir / f"{ids[key]}.npz", prob, original, **model_id)
-                       for key, prob, original in zip(keys, maps, originals)]
+def write_predictions(model, batches, out_dir: Path, model_id: dict, desc: str) -> None:
+    """Each image's map through one model (src/portable/predictor.py's Model), written as out_dir/<key>.npz with
+    model_id (the fold, weights, split and TTA that made it). Compressing and writing overlap the model's next
+    images; memory stays flat."""
+    with ThreadPoolExecutor(2) as writer:
+        writing = deque()
+        for key, size, (prob,) in predict([model], batches, desc):
+            writing.append(writer.submit(save_pred, out_dir / f"{key}.npz", prob, size, **model_id))
+            if len(writing) > WRITE_AHEAD:
+                writing.popleft().result()  # a failed write raises here
         for done in writing:
             done.result()
 
@@ -186,26 +148,26 @@ def check_set_name(name: str) -> None:
         raise ValueError(f"'{name}' cannot name a prediction set: use a plain folder name such as new_xrays")
 
 
-def image_set(args) -> tuple:
-    """infer.py's (name, image paths) of the prediction set --images DIR, or (None, None) for the dataset's test
-    split; a folder that cannot be one stops infer.py with one line."""
-    if args.images is None:
-        if args.name:
+def image_set(images: Path | None, name: str | None) -> tuple:
+    """infer.py's (name, image paths) of the prediction set --images DIR [--name NAME], or (None, None) for the
+    dataset's test split; a folder that cannot be one stops infer.py with one line."""
+    if images is None:
+        if name:
             sys.exit("infer: --name names the prediction set of --images DIR; pass --images too")
         return None, None
-    if not args.images.is_dir():
-        sys.exit(f"infer: --images {args.images}: no such folder")
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images.is_dir():
+        sys.exit(f"infer: --images {images}: no such folder")
+    paths = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        sys.exit(f"infer: --images {args.images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        sys.exit(f"infer: --images {images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     by_stem = {}
     for path in paths:
         by_stem.setdefault(path.stem, []).append(path.name)
     twins = next((names for names in by_stem.values() if len(names) > 1), None)
     if twins:  # caught before any prediction: one would silently replace the other's
-        sys.exit(f"infer: --images {args.images} holds {' and '.join(twins)}, whose predictions would share one "
+        sys.exit(f"infer: --images {images} holds {' and '.join(twins)}, whose predictions would share one "
                  f"file name; rename one of them")
-    name = args.name or args.images.resolve().name
+    name = name or images.resolve().name
     try:
         check_set_name(name)
     except ValueError as error:

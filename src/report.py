@@ -7,7 +7,7 @@ from scipy import stats
 
 from src.plotting import pyplot
 from src.portable.postprocess import shrink
-from src.predict import TTA_MODES
+from src.runs import TTA_MODES
 
 # Fixed class colours (RGB), background black: the same class always looks the same.
 PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

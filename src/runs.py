@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.checkpoint import last_state, settings_changed
-from src.config import Config, load_run_config, settled_lr
+from src.config import Config, OldRunFormat, load_run_config, settled_lr
 from src.portable.files import write_atomic
 from src.folds import fingerprint
 
@@ -181,10 +181,13 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def stale_settings(run_dir: Path, cfg: Config) -> str:
-    """What of the model a finished run differs in from cfg ('size 64 -> 96, fold file'), or ''."""
-    changed = settings_changed(load_run_config(run_dir)[0], settled_lr(cfg, run_dir)[0], NOT_THE_MODEL)
-    saved_folds = run_config(run_dir).get("folds") or {}
-    if saved_folds.get("sha256") != fingerprint(cfg.folds_dir, cfg.dataset)["sha256"]:
+    """What of the model a finished run differs in from cfg ('size 64 -> 96, fold file'), or '': a run of an older
+    train.py (config.json lacks a setting) differs in that."""
+    try:
+        changed = settings_changed(load_run_config(run_dir)[0], settled_lr(cfg, run_dir)[0], NOT_THE_MODEL)
+    except OldRunFormat:
+        return "written by an older train.py, whose config.json lacks settings"
+    if run_config(run_dir)["folds"]["sha256"] != fingerprint(cfg.folds_dir, cfg.dataset)["sha256"]:
         changed = ", ".join(filter(None, [changed, f"fold file {Path(cfg.folds_dir) / cfg.dataset}.csv changed"]))
     return changed
 
@@ -270,12 +273,12 @@ def clear_accepted_stale(run_dir: Path) -> None:
 
 def epoch_of(run_dir: Path, checkpoint: str) -> tuple:
     """(the --select-on rule the run trained under, the epoch whose weights a checkpoint holds): selected and best
-    from metrics.json's selected_epoch and best_epoch (runs from before the rule: its epoch), last its epochs_run."""
-    rule = run_config(run_dir).get("select_on", "fold")  # runs from before the rule chose best.pt on their fold
+    from a finished run's metrics.json (selected_epoch, best_epoch), last its epochs_run; an unfinished run's best.pt
+    is the epoch its metrics.json holds so far."""
     path = Path(run_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = json.loads(path.read_text())
     key = {"selected": "selected_epoch", "best": "best_epoch", "last": "epochs_run"}[checkpoint]
-    return rule, metrics.get(key, metrics.get("epoch"))
+    return load_run_config(run_dir)[0].select_on, metrics[key] if key in metrics else metrics["epoch"]
 
 
 def run_folders(runs_dir, dataset: str) -> dict:
@@ -291,12 +294,14 @@ def weights_file(run_dir: Path, fold: int, checkpoint: str) -> Path:
     scores (last.pt under final, best.pt under inner and fold)."""
     folder = Path(run_dir) / f"fold{fold}"
     if checkpoint == "selected":
-        checkpoint = load_run_config(folder)[0].selected_checkpoint if (folder / "config.json").exists() else "last"
+        checkpoint = load_run_config(folder)[0].selected_checkpoint
     return folder / f"{checkpoint}.pt"
 
 
 def weights_sha256(run_dir: Path, fold: int, checkpoint: str) -> str | None:
-    """The sha256 of a fold's weights file now, or None if it is gone."""
+    """The sha256 of a fold's weights file now, or None if it is gone (its fold folder too)."""
+    if not (Path(run_dir) / f"fold{fold}" / "config.json").exists():
+        return None
     path = weights_file(run_dir, fold, checkpoint)
     return file_sha256(path) if path.exists() else None
 
@@ -317,9 +322,11 @@ def file_sha256(path: Path) -> str:
 # Predictions: by checkpoint and TTA mode, each file with its provenance (weights hash, fold hash, number of folds).
 # ---------------------------------------------------------------------------------------------------------------------
 PROVENANCE = "prediction.json"  # beside oof/, test/ and sets/ in each set's folder; written by infer.py
+RECORDED = ("run_dir", "split", "level")  # what every prediction.json of this infer.py holds
 # infer.py --level of a unetpp_ds run, cheapest first. L4 is the model's own forward, so its set is level None, in
 # tta-<mode>/ beside every other run's; the others are in tta-<mode>-<level>/. prediction.json records the level.
 LEVELS = ("L1", "L2", "L3", "L4", "mean")
+TTA_MODES = ("none", "flip", "d4")  # infer.py --tta, cheapest first: a tie keeps the cheaper mode
 DIRS = {"--runs-dir": "runs", "--data-dir": "data", "--folds-dir": "folds", "--preds-dir": "preds"}  # the defaults
 
 
@@ -442,14 +449,28 @@ class PredictionSet:
                        *(["--images", images, "--name", name] if images else []))
 
 
+class OldPredictions(ValueError):
+    """A prediction set whose prediction.json is missing or lacks a record this infer.py writes: predicted again,
+    never read with a default in the gap."""
+
+
 def prediction_sets(preds_dir, dataset: str, checkpoint: str = "selected", level: str | None = None) -> dict:
-    """{run: {TTA mode: PredictionSet}} of every run with predictions of this checkpoint, scored or not."""
+    """{run: {TTA mode: PredictionSet}} of every run with predictions of this checkpoint, scored or not; a set folder
+    without a whole prediction.json (an older infer.py's, or one killed before its first record) is refused
+    (OldPredictions) with the command that predicts it again."""
     root, found = Path(preds_dir) / dataset, {}
     for run in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        for tta in ("none", "flip", "d4"):
+        for tta in TTA_MODES:
             folder = set_folder(preds_dir, dataset, run, tta, checkpoint, level)
-            if folder.is_dir():
-                found.setdefault(run, {})[tta] = PredictionSet(run, checkpoint, tta, level, folder)
+            if not folder.is_dir():
+                continue
+            found.setdefault(run, {})[tta] = predictions = PredictionSet(run, checkpoint, tta, level, folder)
+            missing = [key for key in RECORDED if key not in predictions.provenance]
+            if missing:
+                again = command("infer.py", dataset, {"--preds-dir": preds_dir}, "--runs", run, "--tta", tta,
+                                "--checkpoint", checkpoint, *(["--level", level] if level else []), "--overwrite")
+                raise OldPredictions(f"{folder / PROVENANCE} " + (f"lacks {', '.join(missing)} (an older infer.py's)"
+                                     if predictions.provenance else "is missing") + f"; predict the set again: `{again}`")
     return found
 
 

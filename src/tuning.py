@@ -17,11 +17,9 @@ from tqdm.contrib.concurrent import thread_map
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
 from src.metrics import image_scores, per_image, pooled_by_class
-from src.predict import TTA_MODES as PREDICTORS
-from src.predict import mean_at, read_mean
-from src.runs import LEVELS, PredictionSet
-
-TTA_MODES = list(PREDICTORS)  # cheapest first: a tie keeps the cheaper mode
+from src.portable.maps import mean_at
+from src.predict import read_mean
+from src.runs import LEVELS, TTA_MODES, PredictionSet
 
 
 def read_oof_scores(sets: dict) -> dict:
@@ -91,8 +89,8 @@ def read_as(predictions: PredictionSet, fold: int | None) -> PredictionSet:
 
 
 def level_of(predictions: PredictionSet) -> str:
-    """The level prediction.json records (L4, the model's own forward, where infer.py recorded none)."""
-    return predictions.provenance.get("level") or "L4"
+    """The level prediction.json records."""
+    return predictions.provenance["level"]
 
 
 def choose_levels(sets: list, fold_of: dict) -> ChosenLevels:

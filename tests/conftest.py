@@ -98,7 +98,7 @@ def train_demo_runs(demo_dir: Path, multiclass_dir: Path) -> None:
 
 def infer_args(workdir: Path, dataset: str = "demo") -> list:
     return ["--dataset", dataset, "--runs-dir", str(workdir / "runs"), *paths(workdir),
-            "--preds-dir", str(workdir / "preds"), "--workers", "0"]
+            "--preds-dir", str(workdir / "preds")]
 
 
 def wandb_records(path):

@@ -5,7 +5,7 @@ import numpy as np
 from src.portable import postprocess
 from src.portable.images import resize
 from src.metrics import image_scores
-from src.predict import resize_prob
+from src.portable.maps import resize_prob
 
 
 def centroid(mask: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ def corrupt_copy(source: Path, target: Path) -> Path:
 def test_infer_ends_in_seconds_with_one_line_naming_a_corrupt_image(trained_dir, tmp_path):
     bad = corrupt_copy(trained_dir / "data" / "demo" / "images", tmp_path / "new")
     command = [sys.executable, "infer.py", "--tta", "--images", str(tmp_path / "new"), "--runs", "unet-*",
-               "--folds", "0", *infer_args(trained_dir), "--preds-dir", str(tmp_path / "preds"), "--workers", "1"]
+               "--folds", "0", *infer_args(trained_dir), "--preds-dir", str(tmp_path / "preds")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (f"infer: {bad}: cannot be read as an image by OpenCV (corrupt "

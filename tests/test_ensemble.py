@@ -18,7 +18,9 @@ from src import predict, report, runs as ledger
 from src.portable import postprocess
 from src.portable.images import read_image, write_png
 from src.metrics import per_image
-from src.predict import file_sha256, load_pred, mean_at, read_mean, resize_prob, save_pred
+from src.portable.maps import mean_at, resize_prob
+from src.predict import load_pred, read_mean, save_pred
+from src.runs import file_sha256
 from src.portable.rle import rle_decode
 from src.stats import paired_comparison
 
@@ -293,7 +295,7 @@ def test_ensemble_of_a_prediction_set_writes_only_that_sets_masks(predicted, tmp
         ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
     hint = shlex.split(str(stop.value.code).split("`")[1])
     assert hint[:2] == ["python", "infer.py"] and "unetpp-tu-test_resnet" in hint
-    infer.main([*hint[2:], "--workers", "0"])
+    infer.main(hint[2:])
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--set", "ward2"])
     assert (tmp_path / "demo" / "sets" / "ward2" / "masks" / "scan_001.png").exists()
     # a named ensemble (a study's) writes a set's masks with its own runs and TTA when the flags are left out
@@ -322,8 +324,8 @@ def scored_predictions(folder, dice, split=None):
     pd.DataFrame({"id": ["a"], "fold": [0], "class": ["lung"], "tp": [1], "fp": [0], "fn": [0], "dice": [dice],
                   "iou": [dice], "hd95": [0.0]}).to_csv(
         folder / "oof_scores.csv", index=False)
-    if split:
-        (folder / "prediction.json").write_text(json.dumps({"split": split}))
+    split = split or {"file": "folds/demo.csv", "sha256": "0" * 64, "k": 1}
+    (folder / "prediction.json").write_text(json.dumps({"run_dir": "runs/demo/x", "split": split, "level": None}))
 
 
 def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
@@ -393,8 +395,8 @@ def test_predictions_of_older_weights_never_enter_a_leaderboard(predicted, tmp_p
     assert not (tmp_path / "ensemble").exists()  # no leaderboard, no masks
     with pytest.raises(SystemExit, match=rf"^infer: the OOF predictions of fold 1 .* not made by the current weights "
                                          rf"of {RUN}; renew them: `python infer.py .* --folds 1 "):
-        infer.main(shlex.split(message.split("`")[1])[2:] + ["--folds", "0", "--workers", "0"])  # fold 0 alone
-    infer.main(shlex.split(message.split("`")[1])[2:] + ["--workers", "0"])  # the command it names, as it stands
+        infer.main(shlex.split(message.split("`")[1])[2:] + ["--folds", "0"])  # fold 0 alone
+    infer.main(shlex.split(message.split("`")[1])[2:])  # the command it names, as it stands
     ensemble.main(args)
     scores = json.loads((tmp_path / "ensemble" / "demo" / "scores.json").read_text())
     assert set(scores["runs"]) == {RUN} and scores["checkpoint"] == "selected"

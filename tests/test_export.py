@@ -105,12 +105,15 @@ def test_the_portable_modules_import_only_each_other_and_the_packages_requiremen
 
 
 def test_the_project_runs_the_portable_functions():
-    """ensemble.py's masks and infer.py's maps come from the very functions a package runs."""
+    """ensemble.py's masks and infer.py's maps come from the very functions a package runs: one prediction loop, one
+    model wrapper, one averaging, one submission writer."""
     from src import predict
-    from src.portable import maps, models, torch_model
-    assert ensemble.final_mask is maps.final_mask and predict.read_mean.__globals__["mean_maps"] is maps.mean_maps
-    assert predict.with_tta is torch_model.with_tta and predict.predict_uint8 is torch_model.predict_uint8
-    assert predict.ready is models.ready and infer.at_level is models.at_level
+    from src.portable import maps, models, package, predictor, submission, torch_model
+    assert predict.predict is predictor.predict is package.predict
+    assert infer.torch_predictor is torch_model.torch_predictor and infer.at_level is models.at_level
+    assert predict.ready is models.ready and package.final_mask is maps.final_mask is ensemble.final_mask
+    assert predict.read_mean.__globals__["mean_maps"] is maps.mean_maps
+    assert ensemble.mask_rows is submission.mask_rows is package.mask_rows
 
 
 def test_the_zip_holds_the_package_as_it_is(exported, tmp_path):

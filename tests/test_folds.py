@@ -15,7 +15,7 @@ from conftest import TINY, infer_args, paths
 from src.config import Config
 from src.folds import FoldFileError, load_folds, make_folds
 from src.split import main
-from src.predict import file_sha256
+from src.runs import file_sha256
 from src.study import fold_numbers
 from test_ensemble import scored_predictions
 

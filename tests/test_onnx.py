@@ -13,7 +13,7 @@ from src.portable.deep_supervision import level_model
 from src.models import create_model
 from src.onnx_export import check_onnx, export_onnx
 from src.portable.onnx_model import OnnxModel
-from src.predict import with_tta
+from src.portable.torch_model import with_tta
 
 DECODER = "32,16,16,8,8"
 MODELS = {"unet": lambda classes: create_model("unet", "tu-test_resnet", 3, classes, "none", DECODER),

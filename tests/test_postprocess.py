@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from src.portable import postprocess
-from src.predict import resize_prob
+from src.portable.maps import resize_prob
 
 
 def test_postprocessing_removes_a_small_blob_and_fills_a_hole():

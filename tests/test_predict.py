@@ -2,7 +2,9 @@
 the run's own fold file, each file's model, prediction sets, best or last checkpoint, unfinished runs skipped."""
 import json
 import re
+import shlex
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,12 +13,17 @@ import torch.nn.functional as F
 
 import ensemble
 import infer
+import train
 from conftest import infer_args, paths
 from src.canonical import load_index
+from src.config import Config, config_from_args
 from src.folds import load_folds
 from src.portable.images import write_png
 from src.models import create_model
-from src.predict import file_sha256, load_pred, made_by, resize_prob, save_pred, to_uint8, with_tta
+from src.portable.maps import resize_prob
+from src.portable.torch_model import to_uint8, with_tta
+from src.predict import load_pred, made_by, save_pred
+from src.runs import file_sha256
 
 RUN = "unet-tu-test_resnet"
 
@@ -157,11 +164,15 @@ def test_a_run_reads_the_fold_file_it_was_trained_on_and_refuses_a_changed_one(t
     with pytest.raises(SystemExit, match="^ensemble: " + re.escape(f"{split} changed since {preds / 'tta-none'}")):
         ensemble.main(["--dataset", "demo", *paths(trained_dir), "--preds-dir", str(tmp_path / "preds"),
                        "--out-dir", str(tmp_path / "ensemble")])
-    del config["folds"]  # a run trained before runs recorded their fold file: --folds-dir, with a warning
+    del config["folds"]  # a run of a train.py that recorded no fold file: refused, with the command that retrains it
     (run / "config.json").write_text(json.dumps(config))
-    infer.main(tmp_args(trained_dir, tmp_path, tmp_path / "runs"))
-    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and f"assuming {trained_dir / 'folds' / 'demo.csv'} (--folds-dir)" in warnings[0]
+    with pytest.raises(SystemExit) as stop:
+        infer.main(tmp_args(trained_dir, tmp_path, tmp_path / "runs"))
+    message = str(stop.value.code)
+    assert re.match(rf"^infer: {re.escape(str(run / 'config.json'))} was written by an older train.py \(it has no "
+                    rf"folds\); train the run again: `accelerate launch train.py .* --overwrite`$", message)
+    retrain = train.parse_args(shlex.split(message.split("`")[1])[3:])  # every setting it recorded, as it was
+    assert asdict(config_from_args(retrain)) == {k: v for k, v in config.items() if k in asdict(Config())}
 
 
 def test_folders_of_new_images_are_prediction_sets_of_their_own(trained_dir, tmp_path):
@@ -233,9 +244,9 @@ def test_last_and_best_checkpoints_predict_into_their_own_folders(trained_dir, t
         assert {made_by(f)["weights"] for f in files} == {file_sha256(trained / weights)}
         assert sorted((out / "test" / "fold0").glob("*.npz")) and (out.parent / "config.json").exists()
     old = copy_run(trained_dir, tmp_path / "runs")
-    (old / "last.pt").unlink()  # trained before runs saved their final epoch
-    with pytest.raises(SystemExit, match=r"^infer: .*last.pt not found: the run was trained before runs saved their "
-                                         r"final epoch; retrain it or use --checkpoint best$"):
+    (old / "last.pt").unlink()  # deleted since the run finished
+    with pytest.raises(SystemExit, match=r"^infer: .*last.pt not found, though the run finished \(deleted\?\); train "
+                                         r"it again with train.py --overwrite$"):
         infer.main([*tmp_args(trained_dir, tmp_path, tmp_path / "runs"), "--checkpoint", "last"])
 
 

@@ -33,7 +33,7 @@ def test_real_chest_x_rays_through_prepare_train_infer_ensemble(tmp_path):
             train.main([*TINY, *where, "--dataset", "cxr", "--runs-dir", str(tmp_path / "runs"), "--arch", arch,
                         "--fold", str(fold), "--epochs", "2"])
     infer.main(["--dataset", "cxr", "--runs-dir", str(tmp_path / "runs"), *where, "--preds-dir",
-                str(tmp_path / "preds"), "--workers", "0", "--tta", "flip"])
+                str(tmp_path / "preds"), "--tta", "flip"])
     ensemble.main(["--dataset", "cxr", *where, "--preds-dir", str(tmp_path / "preds"), "--out-dir",
                    str(tmp_path / "ensemble"), "--by", "view", "--tracker", "none"])
     out = tmp_path / "ensemble" / "cxr"

@@ -15,6 +15,7 @@ import study
 import train
 from conftest import ROOT, TINY, paths
 from src import runs, study as plan_module
+from src.canonical import load_meta
 from src.folds import fingerprint
 
 _i = TINY.index("--encoder")
@@ -96,7 +97,8 @@ def finished_run(workdir, *flags):
     cfg = replace(plan_module.train_config([*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs"), *flags]),
                   arch="unet", encoder="tu-test_resnet", fold=0)
     cfg.run_dir.mkdir(parents=True)
-    cfg.save(cfg.run_dir / "config.json", folds=fingerprint(cfg.folds_dir, cfg.dataset))
+    cfg.save(cfg.run_dir / "config.json", meta=load_meta(cfg.dataset_dir),
+             folds=fingerprint(cfg.folds_dir, cfg.dataset))
     (cfg.run_dir / "metrics.json").write_text(json.dumps({"dice": 0.5, "epochs_run": 1}))
     (cfg.run_dir / "best.pt").write_bytes(b"weights")
     (cfg.run_dir / "history.csv").write_text("epoch\n1\n")
@@ -120,6 +122,11 @@ def test_a_done_run_asked_with_other_settings_is_stale_and_the_plan_names_them(d
     with pytest.raises(SystemExit, match="size 64 -> 96.*--retrain-stale.*--accept-stale"):
         study.main(args)  # neither reused nor retrained silently
     assert (run_dir / "best.pt").exists()
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["select_on"]  # an older train.py's: no setting is filled in with a default
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert plan_of(workdir)[("unet-tu-test_resnet", 0)].why == "written by an older train.py, whose config.json " \
+                                                                "lacks settings"
 
 
 def test_overwrite_moves_a_trained_run_and_the_old_part_of_its_log_aside(demo_dir, tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from src.config import Config, patch_problem
 from src.models import create_model
-from src.predict import with_tta
+from src.portable.torch_model import with_tta
 from src.portable.sliding import sliding_window
 from src.sliding import describe, encoder_stride, windowed, windows_per_image
 
@@ -110,9 +110,9 @@ def test_tta_runs_inside_each_window_batch_on_square_windows_of_any_image(tta):
 
 
 def with_tta_of(predictor, mode):
-    """predict.with_tta's ttach wrapper around a predictor that returns probabilities already."""
+    """torch_model.with_tta's ttach wrapper around a predictor that returns probabilities already."""
     import ttach
-    from src.predict import TTA_MODES
+    from src.portable.torch_model import TTA_MODES
     return ttach.SegmentationTTAWrapper(predictor, TTA_MODES[mode](), merge_mode="mean")
 
 
@@ -138,7 +138,7 @@ def test_a_patched_run_is_predicted_recorded_ensembled_and_exported_by_its_windo
         train.main([*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "runs"), "--fold", str(fold), "--epochs", "1",
                     "--patch", "32"])
     flags = infer_args(tmp_path)[:2] + paths(demo_dir) + ["--runs-dir", str(tmp_path / "runs"), "--preds-dir",
-                                                          str(tmp_path / "preds"), "--workers", "0"]
+                                                          str(tmp_path / "preds")]
     capsys.readouterr()
     infer.main(flags)
     assert "unet-tu-test_resnet (tta none, last.pt, sliding window 32 px, overlap 0.5, 9 windows an image)" in \

@@ -17,6 +17,7 @@ import study
 from conftest import ROOT, TINY, paths, wandb_records
 from src import estimate
 from src import study as plan_module
+from src.canonical import load_meta
 from src.folds import fingerprint
 
 _i = TINY.index("--encoder")  # the study names the encoders
@@ -58,7 +59,7 @@ def test_dry_run_prints_each_runs_state_and_the_command_that_moves_it_on(demo_di
     cfg = dataclasses.replace(plan_module.train_config([*FLAGS, *paths(workdir), "--runs-dir", str(workdir / "runs")]),
                               arch="unet", encoder=a, fold=0)
     done.mkdir(parents=True)
-    cfg.save(done / "config.json", folds=fingerprint(cfg.folds_dir, cfg.dataset))
+    cfg.save(done / "config.json", meta=load_meta(cfg.dataset_dir), folds=fingerprint(cfg.folds_dir, cfg.dataset))
     (done / "metrics.json").write_text(json.dumps({"dice": 0.9, "epochs_run": 3}))
     (resumable / "config.json").write_text("{}")
     (resumable / "state" / "trainer.json").write_text(json.dumps({"epoch": 2}))
@@ -308,7 +309,7 @@ def test_a_study_on_another_runs_dir_never_predicts_over_the_first_studys_predic
         study.main(args)
     with pytest.raises(SystemExit, match=rf"^infer: {preds}/demo/unet-tu-test_resnet holds the predictions of {first}"):
         infer.main(["--dataset", "demo", "--runs-dir", str(workdir / "runs-b"), *paths(workdir), "--preds-dir",
-                    str(preds), "--workers", "0"])
+                    str(preds)])
     assert {p: p.stat().st_mtime_ns for p in preds.rglob("*")} == before
     board = workdir / "ensemble" / "demo" / "demo-unet+unetpp-tu-test_resnet" / "leaderboard.md"
     text = board.read_text()

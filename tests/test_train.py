@@ -120,7 +120,8 @@ def test_a_patched_run_trains_on_patches_and_its_val_dice_is_the_sliding_windows
     from src.data import CachedSegmentation, make_loader
     from src.folds import fold_rows, load_folds
     from src.metrics import confusion, predicted_classes, summarize
-    from src.predict import load_trained_model, with_tta
+    from src.portable.torch_model import with_tta
+    from src.predict import load_trained_model
     from src.sliding import windowed
     run = run_train(demo_dir, tmp_path, "--epochs", "1", "--patch", "32", "--patches-per-image", "2") / \
         "unet-tu-test_resnet" / "fold0"

@@ -16,7 +16,7 @@ from src.portable import postprocess  # noqa: E402
 from src.canonical import load_index  # noqa: E402
 from src.portable.images import HOST_THREADS, read_image, resize  # noqa: E402
 from src.metrics import image_scores  # noqa: E402
-from src.predict import resize_prob  # noqa: E402
+from src.portable.maps import resize_prob  # noqa: E402
 
 SAMPLING = {"INTER_NEAREST (before)": lambda m, s: cv2.resize(m, (s, s), interpolation=cv2.INTER_NEAREST),
             "INTER_NEAREST_EXACT (now)": lambda m, s: resize(m, s, is_mask=True)}

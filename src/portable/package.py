@@ -7,36 +7,22 @@ requirements.txt: the project's own modules, copied at export, so the masks are 
 import argparse
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from .files import write_atomic
-from .images import IMAGE_SUFFIXES, read_as, write_png
-from .maps import final_mask, model_input, uint8_maps
-from .rle import submission_columns, submission_rows
+from .images import IMAGE_SUFFIXES
+from .maps import final_mask, uint8_maps
+from .predictor import Model, file_batches, predict
+from .submission import csv_text, mask_rows, staged
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
 
 
 class PackageError(ValueError):
     """A package or an input that cannot be used; one sentence naming the file and what to do."""
-
-
-@dataclass
-class Model:
-    name: str  # run and fold
-    size: int  # the side the model reads
-    weight: float  # its run's blend weight
-    predict: object  # uint8 N x C x S x S images -> uint8 N x C' x S x S probability maps (* 255)
 
 
 def parse_args(argv=None):
@@ -68,14 +54,12 @@ def run(folder: Path, args) -> None:
     device = choose_device(manifest["format"], args.device)
     models = load_models(manifest, folder, device)
     started = time.perf_counter()
-    rows, masks = predict_all(models, manifest, paths, args.batch_size, args.masks_dir)
+    rows = predict_all(models, manifest, paths, args.batch_size, args.masks_dir)
     seconds = time.perf_counter() - started
-    write_atomic(args.out, rows_csv(rows, submission_columns(manifest["task"])))
-    if masks is not None:
-        place(masks, args.masks_dir)
+    write_atomic(args.out, csv_text(rows, manifest["task"]))
     speed = len(paths) / seconds
     print(f"predict: {len(paths)} images in {seconds:.1f} s on {device}: {speed:.2f} images/s (10,000 images: about "
-          f"{10_000 / speed / 60:.0f} min); wrote {args.out}" + (f" and {args.masks_dir}/" if masks else ""))
+          f"{10_000 / speed / 60:.0f} min); wrote {args.out}" + (f" and {args.masks_dir}/" if args.masks_dir else ""))
 
 
 def file_sha256(path: Path) -> str:
@@ -152,58 +136,26 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     from safetensors.torch import load_file
 
     from .models import at_level, build_model, ready
-    from .sliding import maybe_windowed
-    from .torch_model import predict_uint8, with_tta
+    from .torch_model import torch_predictor
 
     torch_device, models = torch.device(device), []
     outputs = 1 if manifest["task"] == "binary" else len(manifest["classes"])
     for spec in manifest["models"]:
         built = build_model(spec["arch"], spec["encoder"], manifest["channels"], outputs, spec["decoder_channels"])
         net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
-        net = maybe_windowed(with_tta(net, manifest["task"], spec["tta"]), spec.get("window"),
-                             spec.get("sw_batch_size", 16))  # a run trained on patches: TTA on each batch of windows
-        models.append(Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"],
-                            lambda batch, net=net: predict_uint8(net, torch.from_numpy(batch), torch_device)))
+        models.append(Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"], torch_predictor(
+            net, manifest["task"], spec["tta"], spec["window"], spec["sw_batch_size"], torch_device)))
     return models
 
 
-def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None) -> tuple:
-    """(submission rows, the folder the masks were written to or None): each batch read once, through every model,
-    its maps averaged and post-processed as ensemble.py does (maps.final_mask). Masks go to a temporary folder first:
-    a failure leaves no half set."""
-    masks = masks_dir.with_name(f".{masks_dir.name}.tmp-{os.getpid()}") if masks_dir else None
-    if masks:
-        masks.mkdir(parents=True, exist_ok=True)
-    rows, binary = [], manifest["task"] == "binary"
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        try:
-            for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
-                batch = paths[start:start + batch_size]
-                originals = list(pool.map(lambda p: read_as(p, manifest["channels"]), batch))
-                weighted = [[] for _ in batch]
-                for model in models:
-                    maps = model.predict(np.stack([model_input(o, model.size) for o in originals]))
-                    for image_maps, prob in zip(weighted, maps):
-                        image_maps.append((prob, model.weight))
-                for path, original, image_maps in zip(batch, originals, weighted):
-                    final = final_mask(image_maps, original.shape[:2], manifest["postprocess"])
-                    rows += submission_rows(path.stem, final, manifest["task"], manifest["classes"])
-                    if masks:
-                        write_png(masks / f"{path.stem}.png", final * 255 if binary else final)
-        except BaseException:
-            if masks:
-                shutil.rmtree(masks, ignore_errors=True)
-            raise
-    return rows, masks
-
-
-def rows_csv(rows: list, columns: list) -> str:
-    """submission.csv as pandas writes it (ensemble.py's): a header, then one line per row; no field needs quotes."""
-    return "\n".join([",".join(columns), *(",".join(str(row[c]) for c in columns) for row in rows)]) + "\n"
-
-
-def place(masks: Path, masks_dir: Path) -> None:
-    masks_dir.mkdir(parents=True, exist_ok=True)
-    for path in masks.iterdir():
-        os.replace(path, masks_dir / path.name)
-    masks.rmdir()
+def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None) -> list:
+    """submission.csv's rows, each mask written to masks_dir where given: every image through every model
+    (predictor.predict), its maps averaged and post-processed as ensemble.py does (maps.final_mask)."""
+    task, rows = manifest["task"], []
+    batches = file_batches(paths, manifest["channels"], [model.size for model in models], batch_size)
+    with staged(masks_dir) as masks:
+        for image_id, size, maps in predict(models, batches, "predict"):
+            final = final_mask([(prob, model.weight) for prob, model in zip(maps, models)], size,
+                               manifest["postprocess"])
+            rows += mask_rows(image_id, final, task, manifest["classes"], masks)
+    return rows

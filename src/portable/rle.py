@@ -47,15 +47,3 @@ def rle_decode(rle: str, shape: tuple, order: str = "column", relative: bool = F
     for start, length in rle_runs(rle, height * width, relative):
         flat[start:start + length] = 1
     return flat.reshape(width, height).T if order == "column" else flat.reshape(height, width)
-
-
-def submission_rows(image_id: str, final: np.ndarray, task: str, classes: list) -> list:
-    """The rows of submission.csv for one image's class map: one (id, rle) for a binary task, else one (id, class, rle)
-    per foreground class."""
-    if task == "binary":
-        return [{"id": image_id, "rle": rle_encode(final)}]
-    return [{"id": image_id, "class": c, "rle": rle_encode(final == k)} for k, c in enumerate(classes) if k]
-
-
-def submission_columns(task: str) -> list:
-    return ["id", "rle"] if task == "binary" else ["id", "class", "rle"]

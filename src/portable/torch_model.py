@@ -1,11 +1,12 @@
 """A torch model's probabilities: test-time augmentation with ttach (averaged over flipped and rotated copies), and
-the uint8 maps infer.py stores and a package averages."""
+the uint8 maps infer.py stores and a package averages (torch_predictor: a model as predictor.py runs it)."""
 import numpy as np
 import torch
 import ttach as tta
 
 from .maps import uint8_maps
 from .models import normalize
+from .sliding import maybe_windowed
 
 TTA_MODES = {"none": None, "flip": lambda: tta.Compose([tta.HorizontalFlip()]), "d4": tta.aliases.d4_transform}
 
@@ -45,3 +46,11 @@ def predict_uint8(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     with autocast:
         probs = model(images.to(device, non_blocking=True)).float()
     return to_uint8(probs)
+
+
+def torch_predictor(net: torch.nn.Module, task: str, tta: str, window: dict | None, sw_batch_size: int,
+                    device: torch.device):
+    """A trained model (at its level) as predictor.Model's predict: uint8 N x C x S x S arrays -> uint8 maps, through
+    its TTA, by sliding window where it was trained on patches (window: sliding.window_of's record, or None)."""
+    predictor = maybe_windowed(with_tta(net, task, tta), window, sw_batch_size)
+    return lambda batch: predict_uint8(predictor, torch.from_numpy(batch), device)

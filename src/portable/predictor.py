@@ -1,0 +1,57 @@
+"""The one loop that takes images through models, for infer.py and an exported package alike (as nnU-Net's predictor
+runs trained folders and exported models): batches of images in; out, each image's uint8 maps at each model's size,
+with the image's original size. infer.py writes what it yields, a file per image and model; a package averages the
+maps, brings them to the original size and post-processes them (maps.final_mask). Each model's TTA, level and
+sliding window are inside its predict (torch_model.torch_predictor, onnx_model.OnnxModel).
+"""
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from .images import HOST_THREADS, read_as
+from .maps import model_input
+
+
+@dataclass
+class Model:
+    name: str  # run and fold
+    size: int  # the side the model reads
+    weight: float  # its run's blend weight
+    predict: Callable  # uint8 N x C x S x S images -> uint8 N x C' x S x S probability maps (* 255)
+
+
+@dataclass
+class Batch:
+    keys: list  # what the caller calls each image (an id, a path)
+    sizes: list  # each image's original (height, width)
+    inputs: dict  # {side: uint8 N x C x S x S}: the images at each side a model reads
+
+
+def predict(models: list, batches, desc: str) -> Iterator[tuple]:
+    """(key, original (H, W), [each model's uint8 C' x S x S map]) of every image, in order; memory holds one batch."""
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        maps = [model.predict(batch.inputs[model.size]) for model in models]
+        for k, (key, size) in enumerate(zip(batch.keys, batch.sizes)):
+            yield key, size, [m[k] for m in maps]
+
+
+def file_batches(paths: list, channels: int, sides, batch_size: int) -> Iterator[Batch]:
+    """Batches of image files, each read by the dataset's rules (images.read_as) and resized to every side a model
+    reads, on HOST_THREADS threads; the next batch is read while the models predict this one. Keys: the file names
+    without their suffix, the images' ids."""
+    sides = sorted(set(sides))
+
+    def load(path):
+        original = read_as(path, channels)
+        return original.shape[:2], [model_input(original, side) for side in sides]
+
+    with ThreadPoolExecutor(HOST_THREADS) as pool:
+        reading = [pool.submit(load, p) for p in paths[:batch_size]]
+        for start in range(0, len(paths), batch_size):
+            loaded = [r.result() for r in reading]
+            reading = [pool.submit(load, p) for p in paths[start + batch_size:start + 2 * batch_size]]
+            yield Batch([p.stem for p in paths[start:start + batch_size]], [size for size, _ in loaded],
+                        {side: np.stack([inputs[k] for _, inputs in loaded]) for k, side in enumerate(sides)})

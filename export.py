@@ -100,18 +100,14 @@ def run(args):
 
 
 def read_ensemble(source: Path) -> tuple:
-    """(selection.json, scores.json) of an ensemble folder that has test-mask settings."""
+    """(selection.json, scores.json) of an ensemble folder."""
     if not (source / "selection.json").exists():
         raise packaging.ExportError(f"{source / 'selection.json'} not found: no ensemble there; run ensemble.py "
                                     f"(with --name for a named one) first")
     if not (source / "scores.json").exists():
         raise packaging.ExportError(f"{source / 'scores.json'} not found: the ensemble in {source} never finished; "
                                     f"run ensemble.py again")
-    selection, scores = (json.loads((source / f).read_text()) for f in ("selection.json", "scores.json"))
-    if not scores.get("postprocess") or not scores.get("weights"):
-        raise packaging.ExportError(f"{source / 'scores.json'} records no test-mask settings (post-processing, run "
-                                    f"weights): it was written by an older ensemble.py; run ensemble.py again")
-    return selection, scores
+    return tuple(json.loads((source / f).read_text()) for f in ("selection.json", "scores.json"))
 
 
 def masks_of(source: Path, args) -> tuple:
@@ -157,9 +153,9 @@ def write_package(package: Path, models: list, scores: dict, meta: dict, args, s
         packaging.write_weights(package, models, args.half)
     window = any(m["window"] for m in models)  # MONAI too, for a run trained on patches
     (package / "requirements.txt").write_text("\n".join(packaging.requirements(args.format, window)) + "\n")
-    manifest = packaging.manifest_of(package, models, scores, meta, args, source)
+    manifest = packaging.manifest_of(package, models, scores, meta, args.format, args.half, source)
     packaging.write_readme(package, manifest)
-    manifest = packaging.manifest_of(package, models, scores, meta, args, source)  # the README's hash too
+    manifest = packaging.manifest_of(package, models, scores, meta, args.format, args.half, source)  # README's hash
     (package / "manifest.json").write_text(packaging.manifest_text(manifest))
 
 

@@ -29,14 +29,14 @@ from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config, OldRunFormat, overlap_share, positive
 from src.folds import FoldFileError, SplitChanged, read_split
-from src.oof_scores import dir_flags, fold_table, print_summary, score_oof, training_summary
+from src.oof_scores import fold_table, print_summary, score_oof, training_summary
 from src.portable.files import write_atomic
 from src.portable.models import DEEP_SUPERVISED, ModelError, at_level
 from src.portable.predictor import Model, file_batches
 from src.portable.torch_model import torch_predictor
 from src.predict import (UnfinishedRun, cache_batches, check_set_source, checkpoint_file, image_set,
-                         load_trained_model, needs_prediction, write_predictions)
-from src.runs import file_sha256
+                         load_trained_model, write_predictions)
+from src.runs import file_sha256, needs_prediction
 from src.sliding import describe, window
 
 
@@ -156,6 +156,8 @@ def trained_split(run_dir: Path, index: pd.DataFrame) -> tuple:
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dirs = {"--runs-dir": args.runs_dir, "--data-dir": args.data_dir, "--folds-dir": args.folds_dir,
+            "--preds-dir": args.preds_dir}  # what a hint's command repeats
     runs = find_runs(args)
     dataset_dir = Path(args.data_dir) / args.dataset
     try:
@@ -236,7 +238,7 @@ def main(argv=None):
                 "images": predicted, "seconds": seconds, "images_per_s": predicted / seconds,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", **size},
                 indent=2) + "\n")
-        scores = score_oof(predictions, folds, dataset_dir, meta, index, args)
+        scores = score_oof(predictions, folds, dataset_dir, meta, index, dirs)
         table = fold_table(scores, folds["fold"].unique().tolist())
         weights = cfg.selected_checkpoint if args.checkpoint == "selected" else args.checkpoint
         print_summary(f"{cfg.run_name}{level_text(size['level'])} (tta {args.tta}, {weights}.pt"
@@ -251,8 +253,8 @@ def main(argv=None):
     if set_name is not None and scored:
         predicted = sorted({p.run for *_, p, _ in scored.values()})
         runs = args.runs or (",".join(predicted) if args.arch or args.encoder else None)  # the ensemble of these alone
-        dirs = {flag: folder for flag, folder in dir_flags(args).items() if flag != "--runs-dir"}  # ensemble has none
-        masks = ledger.command("ensemble.py", args.dataset, dirs, "--set", set_name, "--tta", args.tta,
+        ensemble_dirs = {flag: folder for flag, folder in dirs.items() if flag != "--runs-dir"}  # ensemble.py: no runs
+        masks = ledger.command("ensemble.py", args.dataset, ensemble_dirs, "--set", set_name, "--tta", args.tta,
                                *(["--checkpoint", args.checkpoint] if args.checkpoint != "selected" else []),
                                *(["--runs", runs] if runs else []))
         print(f"infer: set '{set_name}' ({len(set_paths)} images of {images_dir}) predicted into "

@@ -248,7 +248,7 @@ def main(argv=None):
     if cost:
         print(f"\n{cost}")
     if leaderboard:
-        from src import report  # here, not at the top: matplotlib, which ensemble.py has loaded by now
+        from src.ensembling import report  # here, not at the top: matplotlib, which ensemble.py has loaded by now
         print(f"leaderboard: {leaderboard}")
         print("\n".join(report.headline(json.loads((leaderboard.parent / "scores.json").read_text()))))
     for result in failed:

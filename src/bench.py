@@ -227,7 +227,7 @@ def infer_and_ensemble(cfg: Config, runs_dir: Path, workdir: Path, side: int, co
     paths = ["--dataset", "demo", "--data-dir", str(workdir / "data"), "--folds-dir", str(workdir / "folds"),
              "--preds-dir", str(workdir / "preds"), "--tracker", "none"]
     infer_args = [*paths, "--runs-dir", str(runs_dir), "--folds", "0", "--tta", "none",
-                  "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers)]
+                  "--batch-size", str(cfg.batch_size)]
     folds, index = load_folds(workdir / "folds", "demo"), load_index(dataset_dir)
     oof, test = int((folds["fold"] == 0).sum()), int((index["split"] == "test").sum())
     predict_and_score = timed(lambda: infer.main([*infer_args, "--overwrite"]), 1, device, repeats=2)

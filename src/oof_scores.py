@@ -7,23 +7,24 @@ import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger
+from src.runs import load_pred, made_by
 from src.portable import postprocess
 from src.canonical import spacing_of
 from src.portable.files import write_atomic
 from src.portable.images import HOST_THREADS, read_image
 from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
 from src.portable.maps import resize_prob
-from src.predict import load_pred, made_by
 
 
 def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_dir: Path, meta: dict,
-              index: pd.DataFrame, args) -> pd.DataFrame:
+              index: pd.DataFrame, dirs: dict) -> pd.DataFrame:
     """Dice, IoU and HD95 of every OOF prediction at its original size against its mask, kept in oof_scores.csv.
 
     The saved scores are reused while they were made from the weights the OOF files record and the same images are
     covered. Every file must come from the current weights of its image's fold: one left from another split, model
-    or earlier weights is refused with the command that predicts it again.
+    or earlier weights is refused with the command that predicts it again (dirs: its folder flags).
     """
+    dataset = Path(dataset_dir).name
     out_dir = predictions.folder
     on_disk = ledger.prediction_files(out_dir / "oof")
     files = {i: on_disk[i] for i in folds["id"] if i in on_disk}
@@ -32,12 +33,12 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
     if stale is not None:  # a fold this call did not predict
         sys.exit(f"infer: {files[stale]} was not made by the model of fold {fold_of[stale]}, which holds {stale} in "
                  f"the run's fold file; predict that fold again: "
-                 f"`{predictions.renew_command(args.dataset, [fold_of[stale]], dir_flags(args))}`")
+                 f"`{predictions.renew_command(dataset, [fold_of[stale]], dirs)}`")
     renew = predictions.stale_folds("oof", sorted({fold_of[i] for i in files}))
     if renew:
         sys.exit(f"infer: the OOF predictions of fold {', '.join(map(str, renew))} in {out_dir / 'oof'} were not made "
                  f"by the current weights of {predictions.run}; renew them: `"
-                 f"{predictions.renew_command(args.dataset, renew, dir_flags(args))}`")
+                 f"{predictions.renew_command(dataset, renew, dirs)}`")
     saved, made_with = out_dir / "oof_scores.csv", predictions.weights("oof")
     if saved.exists() and predictions.provenance.get("scored") == {str(f): w for f, w in made_with.items()}:
         scores = pd.read_csv(saved, dtype={"id": str})
@@ -59,11 +60,6 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
     write_atomic(saved, scores.to_csv(index=False))
     ledger.record_scores(out_dir, made_with)
     return scores
-
-
-def dir_flags(args) -> dict:
-    return {"--runs-dir": args.runs_dir, "--data-dir": args.data_dir, "--folds-dir": args.folds_dir,
-            "--preds-dir": args.preds_dir}
 
 
 def fold_table(scores: pd.DataFrame, all_folds: list) -> pd.DataFrame:

@@ -131,14 +131,13 @@ def write_onnx(package: Path, models: list, images: list) -> None:
                               f"--format torch")
 
 
-def manifest_of(package: Path, models: list, scores: dict, meta: dict, args, source: Path) -> dict:
+def manifest_of(package: Path, models: list, scores: dict, meta: dict, kind: str, half: bool, source: Path) -> dict:
     """manifest.json: the ensemble's models, TTA, levels, weights and post-processing, the input rules, the versions,
-    and each file's SHA-256 (predict.py refuses a file that differs)."""
-    kind = args.format
+    and each file's SHA-256 (predict.py refuses a file that differs). kind: torch or onnx; half: float16 weights."""
     versions = {name: version(name.replace("_", "-")) for name in
                 ("torch", "segmentation_models_pytorch", "timm", "ttach", "onnxruntime", "numpy", "opencv-python-headless",
                  *(["monai"] if any(m["window"] for m in models) else []))}
-    return {"format": kind, "half": args.half, "dataset": args.dataset, "ensemble": str(source),
+    return {"format": kind, "half": half, "dataset": scores["dataset"], "ensemble": str(source),
             "commit": commit(), "task": meta["task"], "classes": meta["classes"], "channels": meta["channels"],
             "input": {"channels": meta["channels"], "colour_rule": "8-bit files as they are; 16-bit and DICOM windowed "
                       "to 8 bits between their 0.5th and 99.5th percentiles; RGB to grey by luminance, alpha dropped, "

@@ -29,12 +29,10 @@ import torch
 
 from src.config import load_run_config
 from src.models import create_model
-from src.portable.files import atomic_path
 from src.portable.images import IMAGE_SUFFIXES
-from src.portable.maps import mean_maps
 from src.portable.models import ModelError, ready
 from src.portable.predictor import Batch, predict
-from src.runs import is_finished
+from src.runs import check_set_name, is_finished, save_pred
 
 WRITE_AHEAD = 64  # maps being compressed and written while the model predicts the next images
 
@@ -75,32 +73,6 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tu
     return ready(model, torch.load(weights, map_location="cpu", weights_only=True), device), cfg, meta
 
 
-def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
-    """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold, weights, split and TTA that made
-    it. Written as name.npz.tmp, then renamed: a kill leaves no half file, and no *.npz that is not a prediction."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-        np.savez_compressed(f, prob=prob, size=np.asarray(size, dtype=np.int64), **model_id)
-
-
-def load_pred(path: Path) -> tuple:
-    """(uint8 C x S x S map, original (H, W)); divide the map by 255 for probabilities, or use resize_prob()."""
-    with np.load(path) as data:
-        return data["prob"], tuple(int(n) for n in data["size"])
-
-
-def made_by(path: Path) -> dict:
-    """The fold, weights, split, TTA and window of the model that wrote the file (those recorded when it was
-    written); reads only these small entries, not the map."""
-    with np.load(path) as data:
-        return {key: data[key].item() for key in ("fold", "weights", "split", "tta", "window") if key in data.files}
-
-
-def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
-    """Missing, made by another model (another fold, retrained weights, an older format) or --overwrite."""
-    return overwrite or not path.exists() or made_by(path) != model_id
-
-
 def cache_batches(images: np.ndarray, todo: pd.DataFrame, size: int, batch_size: int):
     """Batches of the cached images (uint8, at the run's size) of index rows `todo` (their labels are cache rows):
     keys their ids, sizes their originals' (index.csv's height and width)."""
@@ -124,28 +96,6 @@ def write_predictions(model, batches, out_dir: Path, model_id: dict, desc: str) 
                 writing.popleft().result()  # a failed write raises here
         for done in writing:
             done.result()
-
-
-def read_weighted(paths: list, weights: list) -> tuple:
-    """Prediction files of one image with their weights: ([(uint8 map, weight)], original (H, W))."""
-    weighted, size = [], None
-    for path, weight in zip(paths, weights):
-        prob, size = load_pred(path)
-        weighted.append((prob, weight))
-    return weighted, size
-
-
-def read_mean(paths: list, weights: list) -> tuple:
-    """Weighted mean of prediction files of one image, kept at the models' resolution: ([(map, weight)], (H, W)),
-    rounded by src/portable/maps.py's mean_maps() (mean_at() then resizes it)."""
-    weighted, size = read_weighted(paths, weights)
-    return mean_maps(weighted), size
-
-
-def check_set_name(name: str) -> None:
-    """A prediction set is one folder under sets/: its name cannot hold a path."""
-    if not name or name in (".", "..") or Path(name).name != name:
-        raise ValueError(f"'{name}' cannot name a prediction set: use a plain folder name such as new_xrays")
 
 
 def image_set(images: Path | None, name: str | None) -> tuple:

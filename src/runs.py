@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from src.checkpoint import last_state, settings_changed
 from src.config import Config, OldRunFormat, load_run_config, settled_lr
-from src.portable.files import write_atomic
+from src.portable.files import atomic_path, write_atomic
 from src.folds import fingerprint
 
 
@@ -342,6 +343,48 @@ def is_temporary(path: Path) -> bool:
     return path.name.endswith((".tmp", ".tmp.npz"))
 
 
+def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
+    """prob: uint8 C x S x S; size: the image's original (H, W); model_id: the fold, weights, split and TTA that made
+    it. Written as name.npz.tmp, then renamed: a kill leaves no half file, and no *.npz that is not a prediction."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez_compressed(f, prob=prob, size=np.asarray(size, dtype=np.int64), **model_id)
+
+
+def load_pred(path: Path) -> tuple:
+    """(uint8 C x S x S map, original (H, W)); divide the map by 255 for probabilities, or use resize_prob()."""
+    with np.load(path) as data:
+        return data["prob"], tuple(int(n) for n in data["size"])
+
+
+def made_by(path: Path) -> dict:
+    """The fold, weights, split, TTA and window of the model that wrote the file (those recorded when it was
+    written); reads only these small entries, not the map."""
+    with np.load(path) as data:
+        return {key: data[key].item() for key in ("fold", "weights", "split", "tta", "window") if key in data.files}
+
+
+def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
+    """Missing, made by another model (another fold, retrained weights, an older format) or --overwrite."""
+    return overwrite or not path.exists() or made_by(path) != model_id
+
+
+def read_maps(paths: list, weights: list) -> tuple:
+    """Prediction files of one image with their weights: ([(uint8 map, weight)], original (H, W)); maps.mean_maps
+    averages them, maps.final_mask makes them a mask."""
+    weighted, size = [], None
+    for path, weight in zip(paths, weights):
+        prob, size = load_pred(path)
+        weighted.append((prob, weight))
+    return weighted, size
+
+
+def check_set_name(name: str) -> None:
+    """A prediction set is one folder under sets/: its name cannot hold a path."""
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise ValueError(f"'{name}' cannot name a prediction set: use a plain folder name such as new_xrays")
+
+
 def prediction_files(folder: Path) -> dict:
     """{image id: its .npz} in one folder of predictions, temporary files left out."""
     return {p.stem: p for p in sorted(Path(folder).glob("*.npz")) if not is_temporary(p)}
@@ -400,6 +443,12 @@ class PredictionSet:
     def part(self, name: str | None) -> Path:
         """The folder of a part: test/, or sets/<name>/."""
         return self.folder / ("test" if name is None else Path("sets") / name)
+
+    def fold_folders(self, part: str, folds) -> dict:
+        """{fold: its folder} of a part's fold<k>/ folders (test, sets/<name>), of the given folds only (never one left
+        from a split of another k)."""
+        found = sorted((self.folder / part).glob("fold*"))
+        return {int(d.name[4:]): d for d in found if d.name[4:].isdigit() and int(d.name[4:]) in folds}
 
     def recorded_by_fold(self, part: str, kind: str) -> dict:
         """{fold: what prediction.json records of that fold's files of a part} (part: oof, test or sets/<name>; kind:

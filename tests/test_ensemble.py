@@ -14,13 +14,13 @@ import pytest
 import ensemble
 import infer
 from conftest import infer_args, paths
-from src import predict, report, runs as ledger
+from src import runs as ledger
+from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable import postprocess
 from src.portable.images import read_image, write_png
 from src.metrics import per_image
-from src.portable.maps import mean_at, resize_prob
-from src.predict import load_pred, read_mean, save_pred
-from src.runs import file_sha256
+from src.portable.maps import mean_at, mean_maps, resize_prob
+from src.runs import file_sha256, load_pred, read_maps, save_pred
 from src.portable.rle import rle_decode
 from src.stats import paired_comparison
 
@@ -40,8 +40,8 @@ def test_averaging_identical_predictions_changes_nothing(tmp_path):
     prob = np.random.default_rng(0).integers(0, 256, (2, 9, 7), dtype=np.uint8)
     save_pred(tmp_path / "a.npz", prob, (9, 7))
     save_pred(tmp_path / "b.npz", prob, (9, 7))
-    np.testing.assert_allclose(mean_at(*read_mean([tmp_path / "a.npz", tmp_path / "b.npz"], [1.0, 1.0])), prob / 255,
-                               rtol=1e-6)
+    weighted, size = read_maps([tmp_path / "a.npz", tmp_path / "b.npz"], [1.0, 1.0])
+    np.testing.assert_allclose(mean_at(mean_maps(weighted), size), prob / 255, rtol=1e-6)
 
 
 def smooth_prob(side: int, channels: int = 2, seed: int = 0) -> np.ndarray:
@@ -57,7 +57,8 @@ def test_averaging_at_the_models_size_then_resizing_equals_resizing_each_then_av
     for k, path in enumerate(paths):
         save_pred(path, smooth_prob(48, seed=k), size)
     each_first = sum(w * resize_prob(load_pred(p)[0], size) for p, w in zip(paths, weights)) / sum(weights)
-    maps, original = read_mean(paths, weights)
+    weighted, original = read_maps(paths, weights)
+    maps = mean_maps(weighted)
     assert original == size and len(maps) == 1 and maps[0][0].shape == (2, 48, 48)  # kept at the models' size
     assert np.abs(mean_at(maps, size) - each_first).max() <= 1 / 255
 
@@ -66,8 +67,8 @@ def test_runs_trained_at_different_sizes_ensemble_at_the_original_size(tmp_path)
     size = (150, 110)
     save_pred(tmp_path / "small.npz", smooth_prob(32), size)  # one image, predicted by a 32 px and a 64 px run
     save_pred(tmp_path / "large.npz", smooth_prob(64), size)
-    maps, original = read_mean([tmp_path / "small.npz", tmp_path / "large.npz"], [1.0, 3.0])
-    probs = mean_at(maps, original)
+    weighted, original = read_maps([tmp_path / "small.npz", tmp_path / "large.npz"], [1.0, 3.0])
+    probs = mean_at(mean_maps(weighted), original)
     expected = (resize_prob(smooth_prob(32), size) + 3 * resize_prob(smooth_prob(64), size)) / 4
     assert probs.shape == (2, 150, 110) and np.abs(probs - expected).max() <= 1 / 255
 
@@ -93,8 +94,8 @@ def oof_dice(workdir, name: str, mode: str) -> pd.Series:
 def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_path, monkeypatch, capsys):
     drawn, compared = [], []
     monkeypatch.setattr(report, "comparison_grid", lambda path, rows, classes: drawn.extend(rows))
-    real_comparison = ensemble.paired_comparison
-    monkeypatch.setattr(ensemble, "paired_comparison",
+    real_comparison = scoring.paired_comparison
+    monkeypatch.setattr(scoring, "paired_comparison",
                         lambda a, b, groups, alpha: compared.append(groups) or real_comparison(a, b, groups=groups))
     ensemble.main(ensemble_args(predicted, tmp_path, figures=4))
     printed = capsys.readouterr().out.splitlines()
@@ -238,8 +239,8 @@ def test_scores_by_any_index_column(predicted, tmp_path):
 
 def test_tuning_never_reads_test_predictions(predicted, tmp_path, monkeypatch):
     events = []
-    real_load, real_choose = predict.load_pred, postprocess.choose
-    monkeypatch.setattr(predict, "load_pred", lambda path: events.append(("read", str(path))) or real_load(path))
+    real_load, real_choose = ledger.load_pred, postprocess.choose
+    monkeypatch.setattr(ledger, "load_pred", lambda path: events.append(("read", str(path))) or real_load(path))
     monkeypatch.setattr(postprocess, "choose", lambda *a: events.append(("tuned", "")) or real_choose(*a))
     ensemble.main(ensemble_args(predicted, tmp_path / "a"))
     tuned_at = events.index(("tuned", ""))
@@ -319,12 +320,12 @@ def test_the_hint_to_predict_first_is_a_command_to_copy_as_is(multiclass_dir, tm
 
 
 def scored_predictions(folder, dice, split=None):
-    """A tta-* folder as infer.py leaves it, as far as choosing predictions and checking their split read it."""
+    """A tta-* folder as infer.py leaves it, as far as finding predictions, choosing them and checking their split
+    read it: two images, of folds 0 and 1."""
     folder.mkdir(parents=True)
-    pd.DataFrame({"id": ["a"], "fold": [0], "class": ["lung"], "tp": [1], "fp": [0], "fn": [0], "dice": [dice],
-                  "iou": [dice], "hd95": [0.0]}).to_csv(
-        folder / "oof_scores.csv", index=False)
-    split = split or {"file": "folds/demo.csv", "sha256": "0" * 64, "k": 1}
+    pd.DataFrame({"id": ["a", "b"], "fold": [0, 1], "class": ["lung"] * 2, "tp": [1] * 2, "fp": [0] * 2, "fn": [0] * 2,
+                  "dice": [dice] * 2, "iou": [dice] * 2, "hd95": [0.0] * 2}).to_csv(folder / "oof_scores.csv", index=False)
+    split = split or {"file": "folds/demo.csv", "sha256": "0" * 64, "k": 2}
     (folder / "prediction.json").write_text(json.dumps({"run_dir": "runs/demo/x", "split": split, "level": None}))
 
 
@@ -336,13 +337,16 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
     scored_predictions(run / "last" / "tta-none", 0.85)
 
     def chosen(tta, checkpoint):
-        args = argparse.Namespace(preds_dir=tmp_path, dataset="demo", tta=tta, runs=None, checkpoint=checkpoint,
-                                  runs_dir="runs", data_dir="data", folds_dir="folds")
-        picked = ensemble.choose_levels(ensemble.select_runs(args), {"a": 0}, args)[1]
-        return {name: s.folder for name, s in picked.items()}
-    assert chosen("best", "selected") == {"unet-r34": run / "tta-flip"}
-    assert chosen("best", "best") == {"unet-r34": run / "best" / "tta-none"}
-    assert chosen("best", "last") == {"unet-r34": run / "last" / "tta-none"}
+        """The set the test masks read: found for the checkpoint, the TTA of highest OOF Dice under best."""
+        found = inputs.find(inputs.Selection("demo", None, checkpoint, tta, str(tmp_path), None, {}))
+        options = {mode: choices.Choice({0: s, 1: s}, s) for mode, levels in found["unet-r34"].items()
+                   for s in levels.values() if tta in ("best", mode)}
+        dice = lambda s: choices.image_dice(s.oof_scores()).reindex(["a", "b"])  # noqa: E731
+        return choices.best_by_fold(options, dice, np.array([0, 1])).for_test.folder
+    assert chosen("best", "selected") == run / "tta-flip"
+    assert chosen("none", "selected") == run / "tta-none"
+    assert chosen("best", "best") == run / "best" / "tta-none"
+    assert chosen("best", "last") == run / "last" / "tta-none"
     with pytest.raises(SystemExit, match="no scored predictions of last.pt"):
         chosen("flip", "last")
 
@@ -448,9 +452,9 @@ def test_an_ensemble_of_one_run_gains_exactly_nothing(predicted, tmp_path):
 
 
 def test_single_runs_are_post_processed_fold_by_fold_and_the_gain_is_like_with_like(predicted, tmp_path, monkeypatch):
-    tuned_for, real_tune = [], ensemble.tuning.tune_postprocessing
-    monkeypatch.setattr(ensemble.tuning, "tune_postprocessing",
-                        lambda sets, *a: tuned_for.append(list(sets)) or real_tune(sets, *a))
+    tuned_for, real_tune = [], choices.tune_postprocessing
+    monkeypatch.setattr(choices, "tune_postprocessing",
+                        lambda runs, *a: tuned_for.append(list(runs)) or real_tune(runs, *a))
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none"])
     scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
     runs = scores["runs"]
@@ -521,7 +525,7 @@ def test_a_run_kept_stale_is_marked_in_the_leaderboard(predicted, tmp_path):
 def test_the_trackers_leaderboard_table_is_post_processed_beside_raw_as_the_markdown_one(predicted, tmp_path,
                                                                                           monkeypatch):
     logged = {}
-    monkeypatch.setattr(ensemble.tracking, "log_tables", lambda *args, **kwargs: logged.update(args[5]))
+    monkeypatch.setattr(report.tracking, "log_tables", lambda *args, **kwargs: logged.update(args[5]))
     ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--tracker", "wandb"])
     scores = json.loads((tmp_path / "demo" / "scores.json").read_text())
     table = logged["leaderboard"].set_index("model")

@@ -22,8 +22,7 @@ from src.portable.images import write_png
 from src.models import create_model
 from src.portable.maps import resize_prob
 from src.portable.torch_model import to_uint8, with_tta
-from src.predict import load_pred, made_by, save_pred
-from src.runs import file_sha256
+from src.runs import file_sha256, load_pred, made_by, save_pred
 
 RUN = "unet-tu-test_resnet"
 

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src import report
+from src.ensembling import report
+from src.ensembling.scores import by_encoder
 from src.metrics import dice_by_group
 
 
@@ -55,11 +56,14 @@ def board_scores() -> dict:
         return {"dice": dice, "dice_image_std": 0.05, "dice_fold_mean": dice, "dice_fold_std": 0.01, "iou": dice - 0.1,
                 "hd95": 40.0, "hd95_pct": 1.25, "per_class": {}, **extra}
     def run(dice, tta_by_fold):  # raw scores, and post-processed as the ensemble is
-        return summary(dice, tta="flip", tta_by_fold=tta_by_fold, training=None, postprocessed=summary(
-            dice + 0.002, dice_raw=dice, dice_optimistic=dice + 0.003), epoch_rule=rule)
+        return summary(dice, tta="flip", tta_by_fold=tta_by_fold, training=None, inference=None, accepted_stale={},
+                       postprocessed=summary(dice + 0.002, dice_raw=dice, dice_optimistic=dice + 0.003),
+                       epoch_rule=rule)
     binary = {"task": "binary", "threshold": 0.5, "fill_holes": False, "min_area": 0.0, "keep_largest": 0}
     rule = {"select_on": "final", "checkpoint": "selected", "epochs": {0: 12, 1: 12}, "optimistic": False}
-    return {"dataset": "cxr", "images": {"scored": 341, "left_out": 3},
+    return {"dataset": "cxr", "selection": {"runs": "*", "checkpoint": "selected", "tta": "best",
+                                           "found": ["unet-r18", "unetpp-r18"], "preds_dir": "/x/preds"},
+            "checkpoint": "selected", "images": {"scored": 341, "left_out": 3},
             "runs": {"unet-r18": run(0.90, {0: "flip", 1: "none"}), "unetpp-r18": run(0.92, {0: "flip", 1: "flip"})},
             "ensemble": summary(0.925, dice_raw=0.918, dice_optimistic=0.931), "best_single": "unetpp-r18",
             "ensemble_gain": 0.003, "best_single_raw": "unetpp-r18", "ensemble_gain_raw": -0.002, "per_class": {},
@@ -77,7 +81,8 @@ def board_scores() -> dict:
                                    "postprocess": {**binary, "threshold": 0.6, "fill_holes": True, "keep_largest": 2}},
                                1: {"images": 171, "tta": {"unet-r18": "none", "unetpp-r18": "flip"},
                                    "postprocess": binary}},
-            "postprocess": {**binary, "threshold": 0.55}}
+            "postprocess": {**binary, "threshold": 0.55}, "weights": {"unet-r18": 1.0, "unetpp-r18": 1.0},
+            "test_images": 12, "by_encoder": []}
 
 
 def test_leaderboard_heads_with_cross_validated_scores_and_labels_the_optimistic_one():
@@ -121,7 +126,7 @@ def encoder_scores() -> dict:
                       "fpn-r34": run(0.99, 23.2, 10, 900.0), "unet-b0": run(0.97, 6.3, 10, 800.0)}
     scores["comparisons"].append({**scores["comparisons"][0], "encoder": "r34", "mean_difference": -0.02,
                                   "ci95": [-0.03, -0.01], "wilcoxon_p": 0.01, "p_holm": 0.01, "verdict": "worse"})
-    scores["by_encoder"] = report.by_encoder(scores)
+    scores["by_encoder"] = by_encoder(scores)
     return scores
 
 

@@ -70,10 +70,10 @@ def test_the_architecture_comparison_counts_an_unlabelled_image_apart_from_a_pat
     """An image without a patient label is its own unit; its id may equal a real patient label (here 'b') without
     joining that patient (an old fold file's blanks, or one written before blank groups had their own names)."""
     import pandas as pd
-    from ensemble import compare_architectures
+    from src.ensembling.scores import compare_architectures
     ids = ["a", "b", "c", "d", "e", "f"]
     dice = {"unet-r18": {"none": pd.Series([0.5, 0.6, 0.7, 0.8, 0.6, 0.7], index=ids)},
             "unetpp-r18": {"none": pd.Series([0.6, 0.6, 0.9, 0.7, 0.8, 0.9], index=ids)}}
-    group_of = {"a": "b", "c": "b", "d": "p2", "e": "p3", "f": "p3"}  # image b has no label
-    [comparison] = compare_architectures(ids, dice, group_of, "none")
+    groups = ["b", "", "b", "p2", "p3", "p3"]  # image b has no label
+    [comparison] = compare_architectures(ids, dice, groups, "none")
     assert (comparison["unit"], comparison["units"]) == ("patient", 4)

@@ -21,7 +21,7 @@ from src.folds import load_folds  # noqa: E402
 from src.portable.images import HOST_THREADS, read_image  # noqa: E402
 from src.metrics import _CROSS, hd95, per_image  # noqa: E402
 from src.portable.maps import resize_prob  # noqa: E402
-from src.predict import load_pred  # noqa: E402
+from src.runs import load_pred  # noqa: E402
 from src.stats import paired_comparison  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from src.folds import load_folds  # noqa: E402
 from src.portable.images import read_image  # noqa: E402
-from src.predict import load_pred  # noqa: E402
+from src.runs import load_pred  # noqa: E402
 from src.runs import level_sets  # noqa: E402
 
 BATCH, SMOOTH = 16, 1e-5

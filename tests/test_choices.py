@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import tuning
+from src.ensembling import choices, scores
 from src.portable.images import write_png
-from src.predict import save_pred
-from src.runs import PROVENANCE, PredictionSet
+from src.runs import PROVENANCE, PredictionSet, save_pred
 
 FOLDS = np.array([0, 0, 1, 1, 2, 2])
 IDS = [f"i{k}" for k in range(6)]
+FOLD_OF = dict(zip(IDS, FOLDS))
 
 
 def oof_scores(dice_by_fold: dict) -> pd.DataFrame:
@@ -36,24 +36,33 @@ def scored_set(folder, dice_by_fold: dict, tta="none", level=None, probs: dict |
     return PredictionSet("unetpp_ds-x", "last", tta, level, folder)
 
 
+def dice(predictions: PredictionSet) -> pd.Series:
+    return choices.image_dice(predictions.oof_scores()).reindex(IDS)
+
+
+def best(options: dict) -> choices.Choice:
+    """The choice among options ({key: PredictionSet or Choice}, the cheapest first), as choices.choose makes it."""
+    options = {k: o if isinstance(o, choices.Choice) else choices.Choice(dict.fromkeys(range(3), o), o)
+               for k, o in options.items()}
+    return choices.best_by_fold(options, dice, FOLDS)
+
+
 def test_each_fold_takes_the_tta_the_other_folds_favour_and_is_scored_at_it(tmp_path):
     none, d4 = (scored_set(tmp_path / name, dice, name) for name, dice in
                 (("none", {0: 0.5, 1: 0.5, 2: 0.5}), ("d4", {0: 1.0, 1: 0.1, 2: 0.3})))
-    by_fold, chosen = tuning.choose_by_fold({"none": none, "d4": d4}, IDS, FOLDS)
+    chosen = best({"none": none, "d4": d4})
     # Fold 0 sees only folds 1 and 2, where d4 is poor; folds 1 and 2 see fold 0's 1.0 and take d4.
-    assert by_fold == {0: "none", 1: "d4", 2: "d4"}
-    assert tuning.image_dice(chosen).loc[IDS].tolist() == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
+    assert {f: s.tta for f, s in chosen.by_fold.items()} == {0: "none", 1: "d4", 2: "d4"}
+    assert choices.image_dice(chosen.scores(IDS, FOLD_OF)).loc[IDS].tolist() == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
+    assert chosen.for_test.tta == "none"  # on all images none's 0.5 beats d4's 0.467
     flip = scored_set(tmp_path / "flip", {0: 0.5, 1: 0.5, 2: 0.5}, "flip")  # a tie keeps the cheaper mode
-    assert set(tuning.choose_by_fold({"none": none, "flip": flip}, IDS, FOLDS)[0].values()) == {"none"}
+    assert {s.tta for s in best({"none": none, "flip": flip}).by_fold.values()} == {"none"}
 
 
-FOLD_OF = dict(zip(IDS, FOLDS))
-
-
-def levels_of_one_mode(folder, dice_of_level: dict, probs_of_level: dict | None = None) -> tuning.ChosenLevels:
-    """A unetpp_ds run at one TTA mode, its levels chosen per fold (tuning.choose_levels)."""
-    return tuning.choose_levels([scored_set(folder / level, dice, folder.name, level, (probs_of_level or {}).get(level))
-                                 for level, dice in dice_of_level.items()], FOLD_OF)
+def levels_of_one_mode(folder, dice_of_level: dict, probs_of_level: dict | None = None) -> choices.Choice:
+    """A unetpp_ds run at one TTA mode, its level chosen for each fold on the other folds."""
+    return best({level: scored_set(folder / level, dice, folder.name, level, (probs_of_level or {}).get(level))
+                 for level, dice in dice_of_level.items()})
 
 
 @pytest.mark.parametrize("fold0", [{"L1": 1.0, "L4": 0.0}, {"L1": 0.0, "L4": 1.0}])
@@ -64,10 +73,10 @@ def test_a_folds_tta_never_reads_its_own_images_through_another_folds_level(tmp_
     none = levels_of_one_mode(tmp_path / "none", {level: {0: 0.5, 1: 0.5, 2: 0.5} for level in ("L1", "L4")})
     flip = levels_of_one_mode(tmp_path / "flip", {"L1": {0: fold0["L1"], 1: 0.6, 2: 0.6},
                                                   "L4": {0: fold0["L4"], 1: 0.4, 2: 0.4}})
-    assert flip.by_fold[0] == "L1"
-    by_fold, chosen = tuning.choose_by_fold({"none": none, "flip": flip}, IDS, FOLDS)
-    assert by_fold[0] == "flip"
-    assert tuning.image_dice(chosen).loc[["i0", "i1"]].tolist() == [fold0["L1"]] * 2  # scored at flip, L1
+    assert flip.by_fold[0].level == "L1"
+    chosen = best({"none": none, "flip": flip})
+    assert chosen.by_fold[0].tta == "flip"
+    assert choices.image_dice(chosen.scores(IDS, FOLD_OF)).loc[["i0", "i1"]].tolist() == [fold0["L1"]] * 2  # flip, L1
 
 
 @pytest.mark.parametrize("fold0", [{"L1": 1.0, "L4": 0.0}, {"L1": 0.0, "L4": 1.0}])
@@ -85,15 +94,13 @@ def test_a_folds_post_processing_never_reads_its_own_images_through_another_fold
     run = levels_of_one_mode(tmp_path / "none", {"L1": {0: fold0["L1"], 1: 0.6, 2: 0.6},
                                                  "L4": {0: fold0["L4"], 1: 0.4, 2: 0.4}},
                              {"L1": {0: 0.8, 1: 0.8, 2: 0.8}, "L4": {0: 0.45, 1: 0.45, 2: 0.45}})
-    settings_of_fold, _, _ = tuning.tune_postprocessing({"unetpp_ds-x": {"none": run}}, {"unetpp_ds-x": 1.0}, masks,
-                                                        "binary", IDS, FOLDS, {f: ("none",) for f in range(3)},
-                                                        ("none",), 512)
-    assert run.by_fold[0] == "L1" and settings_of_fold[0]["threshold"] > 0.5
+    tuned = choices.tune_postprocessing({"unetpp_ds-x": run}, {"unetpp_ds-x": 1.0}, masks, "binary", IDS, FOLDS, 512)
+    assert run.by_fold[0].level == "L1" and tuned.by_fold[0]["threshold"] > 0.5
 
 
 def test_tta_gain_compares_every_mode_with_none_on_the_same_images():
-    dice_of = {"none": tuning.image_dice(oof_scores({0: 0.5, 1: 0.5, 2: 0.5})),
-               "d4": tuning.image_dice(oof_scores({0: 1.0, 1: 0.1, 2: 0.3})).drop("i0")}
-    gain = tuning.tta_gain(dice_of, IDS)
+    dice_of = {"none": choices.image_dice(oof_scores({0: 0.5, 1: 0.5, 2: 0.5})),
+               "d4": choices.image_dice(oof_scores({0: 1.0, 1: 0.1, 2: 0.3})).drop("i0")}
+    gain = scores.tta_gain(dice_of, IDS)
     assert gain["images"] == 5 and gain["modes"]["d4"]["gain"] == pytest.approx((1.0 + 0.2 + 0.6) / 5 - 0.5)
-    assert tuning.tta_gain({"d4": dice_of["d4"]}, IDS)["modes"]["d4"]["gain"] is None
+    assert scores.tta_gain({"d4": dice_of["d4"]}, IDS)["modes"]["d4"]["gain"] is None

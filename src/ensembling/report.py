@@ -1,17 +1,84 @@
-"""The ensemble's leaderboard (Markdown) and figures (PNG)."""
+"""Step 5 of an ensemble: what its folder holds besides the masks: scores.json and oof_scores.csv (step 4's), the
+selection it was made from (selection.json), the leaderboard (Markdown, its answers first) and figures (PNG), and
+the tracker's tables."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from src import runs as ledger, tracking
+from src.canonical import read_dataset_image
+from src.config import load_run_config
+from src.metrics import image_scores, per_image
 from src.plotting import pyplot
+from src.portable import postprocess
+from src.portable.files import write_atomic
+from src.portable.images import read_image
+from src.portable.maps import mean_at, mean_maps
 from src.portable.postprocess import shrink
 from src.runs import TTA_MODES
 
 # Fixed class colours (RGB), background black: the same class always looks the same.
 PALETTE = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
                     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)], np.uint8)
+
+
+def write(out: Path, scores: dict, tables: dict, inputs, choices, figures: int, tracker: str | None) -> None:
+    """Step 5: scores.png, study.png (where two architectures share an encoder), comparison.png (figures OOF images:
+    where the first two runs disagree most, and the worst one), the tracker's tables where asked or the runs were
+    trained so; then scores.json, oof_scores.csv (the ensemble's post-processed OOF scores), selection.json and
+    leaderboard.md. tables, choices, inputs: steps 4, 3 and 2's."""
+    out.mkdir(parents=True, exist_ok=True)
+    score_bars(out / "scores.png", scores)
+    if scores["by_encoder"]:
+        study_figure(out / "study.png", scores["by_encoder"])
+    shown = pick_examples({run: per_image(tables[run]).set_index("id")["dice"] for run in choices.runs}, figures)
+    if shown:
+        comparison_grid(out / "comparison.png", [panels(i, choices, scores, inputs) for i in shown],
+                        inputs.meta["classes"])
+    log_to_tracker(out, scores, choices, tracker)
+    write_atomic(out / "oof_scores.csv", tables["ensemble"].to_csv(index=False))
+    write_atomic(out / "selection.json", json.dumps(scores["selection"], indent=2) + "\n")
+    write_atomic(out / "scores.json", json.dumps(scores, indent=2, default=float) + "\n")
+    write_atomic(out / "leaderboard.md", leaderboard_markdown(scores))
+
+
+def panels(image_id: str, choices, scores: dict, inputs) -> tuple:
+    """One comparison.png row: the image, its truth, and each run's OOF mask as its test masks would be made (its
+    test set, post-processed with its settings chosen on all OOF images) with that mask's Dice."""
+    dataset_dir, meta = inputs.dataset_dir, inputs.meta
+    target = read_image(dataset_dir / "masks" / f"{image_id}.png")
+    masks = {}
+    for run, choice in choices.runs.items():
+        weighted, size = ledger.read_maps([choice.for_test.oof(image_id)], [1.0])
+        masks[run] = postprocess.apply(mean_at(mean_maps(weighted), size),
+                                       scores["runs"][run]["postprocessed"]["postprocess"])
+    dice = {run: per_image(pd.DataFrame([{"id": image_id, **row} for row in image_scores(
+        mask, target, meta["classes"], with_hd95=False)]))["dice"].iloc[0] for run, mask in masks.items()}
+    return image_id, read_dataset_image(dataset_dir, inputs.index.loc[image_id], meta["channels"]), target, masks, dice
+
+
+def log_to_tracker(out: Path, scores: dict, choices, tracker: str | None) -> None:
+    """The leaderboard and the per-encoder table as W&B tables (tracker: --tracker; None: wandb where a run was
+    trained with it), every row post-processed with its dice_raw beside it, as the Markdown's."""
+    configs = [load_run_config(c.for_test.folder.parent)[0] for c in choices.runs.values()]
+    if (tracker or ("wandb" if any(c.tracker == "wandb" for c in configs) else "none")) != "wandb":
+        return
+    models = {**{n: {**r, **r["postprocessed"]} for n, r in scores["runs"].items()}, "ensemble": scores["ensemble"]}
+    table = pd.DataFrame([{"model": n, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
+                          for n, r in models.items()])
+    by_encoder = {"by_encoder": pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+                                              for r in scores["by_encoder"]])} if scores["by_encoder"] else {}
+    selection = scores["selection"]
+    tracking.log_tables(scores["dataset"], "ensemble", "ensemble", "ensemble", out, {"leaderboard": table, **by_encoder},
+                        {"ensemble_dice": scores["ensemble"]["dice"], "ensemble_gain": scores["ensemble_gain"],
+                         "ensemble_gain_raw": scores["ensemble_gain_raw"]},
+                        tags=",".join(sorted({t for c in configs for t in c.tags.split(",") if t})),
+                        config={"arch": sorted({c.arch for c in configs}), "encoder": sorted({c.encoder for c in configs}),
+                                "fold": sorted(int(f) for f in scores["tuning_by_fold"]), "runs": sorted(choices.runs),
+                                "tta": selection["tta"], "checkpoint": selection["checkpoint"]})
 
 
 def leaderboard_markdown(scores: dict) -> str:
@@ -35,7 +102,7 @@ def leaderboard_markdown(scores: dict) -> str:
     for name, r in runs:
         p = r["postprocessed"]
         lines.append(f"| {name}{level_note(r)}{window_note(r)}{stale_mark(r)} | {tta_cell(r['tta_by_fold'])} | {rule_cell(r['epoch_rule'])} | "
-                     f"{dice_cells(p)} | {hd95_cell(p)} | {p['dice_raw']:.4f} | {training_cell(r.get('training'))} |")
+                     f"{dice_cells(p)} | {hd95_cell(p)} | {p['dice_raw']:.4f} | {training_cell(r['training'])} |")
     optimistic = [n for n, r in runs if r["epoch_rule"]["optimistic"]]
     lines.append(f"| **ensemble** ({len(scores['runs'])} runs, post-processing tuned on the other folds) | | "
                  f"{'optimistic' if optimistic else ''} | {dice_cells(e)} | {hd95_cell(e)} | {e['dice_raw']:.4f} | |")
@@ -49,7 +116,7 @@ def leaderboard_markdown(scores: dict) -> str:
     for name, r in runs:
         lines += [f"\nStale, kept: {name} fold {fold} was kept by study {record['study']} with `--accept-stale`, "
                   f"though it asked other settings ({record['differs']})."
-                  for fold, record in r.get("accepted_stale", {}).items()]
+                  for fold, record in r["accepted_stale"].items()]
     lines += ["", f"Optimistic (tuned and scored on the same images): the ensemble's post-processed Dice "
               f"{e['dice_optimistic']:.4f}, with the TTA and post-processing chosen on all OOF images, as the test "
               "masks use them."]
@@ -62,9 +129,9 @@ def leaderboard_markdown(scores: dict) -> str:
         lines.append(f"| {name} | {tta['images']} | " + " | ".join(cells) + " |")
     if scores["comparisons"]:
         lines += ["", comparison_markdown(scores["comparisons"])]
-    if scores.get("by_encoder"):
+    if scores["by_encoder"]:
         lines += ["", by_encoder_markdown(scores["by_encoder"])]
-    if scores.get("by"):
+    if scores["by"]:
         by = pd.DataFrame(scores["by"]["table"])
         models = [c for c in by.columns if c not in ("group", "images")]
         lines += ["", f"Mean post-processed Dice per image by `{scores['by']['column']}`:", "",
@@ -76,7 +143,7 @@ def leaderboard_markdown(scores: dict) -> str:
     lines += [f"| {f} | {t['images']} | {', '.join(f'{n} {m}' for n, m in t['tta'].items())} | "
               f"{settings_text(t['postprocess'])} |" for f, t in scores["tuning_by_fold"].items()]
     test_tta = ", ".join(f"{n} {r['tta']}" for n, r in scores["runs"].items())
-    weights = ", ".join(f"{n} {w:g}" for n, w in scores.get("weights", {}).items())
+    weights = ", ".join(f"{n} {w:g}" for n, w in scores["weights"].items())
     lines += ["", f"Test masks: chosen on all OOF images: TTA {test_tta}; {settings_text(scores['postprocess'])}."
               + (f" Weighted mean over the runs: {weights}." if weights else "")]
     return "\n".join(lines) + "\n"
@@ -111,7 +178,7 @@ def headline(scores: dict) -> list:
         lines.append("- Unet++ vs Unet: not compared (no encoder has both, scored at one TTA mode).")
     rules = sorted({rule for r in runs.values() for rule in r["epoch_rule"]["select_on"].split("/")})
     optimistic = [n for n, r in runs.items() if r["epoch_rule"]["optimistic"]]
-    selection = scores.get("selection") or {"tta": "best", "checkpoint": "selected"}
+    selection = scores["selection"]
     weights = "" if selection["checkpoint"] == "selected" else f", scored with {selection['checkpoint']}.pt"
     tta = (f"TTA {selection['tta']}" if selection["tta"] != "best" else "TTA chosen for each fold on the other folds: "
            + ", ".join(f"{n} {tta_cell(r['tta_by_fold'])}" for n, r in runs.items()))
@@ -161,7 +228,7 @@ def rule_cell(rule: dict) -> str:
 
 def stale_mark(run: dict) -> str:
     """' (stale, kept)' for a run a study kept with --accept-stale though it asked other settings."""
-    return " (stale, kept)" if run.get("accepted_stale") else ""
+    return " (stale, kept)" if run["accepted_stale"] else ""
 
 
 CHECKPOINTS = {"selected": "the weights each run's --select-on rule scores", "best": "best.pt, the best validation epoch",
@@ -170,9 +237,7 @@ CHECKPOINTS = {"selected": "the weights each run's --select-on rule scores", "be
 
 def made_from(scores: dict) -> list:
     """The leaderboard's first line: which checkpoint's predictions of which runs, and the TTA rule, made it."""
-    selection = scores.get("selection")
-    if not selection:
-        return []
+    selection = scores["selection"]
     checkpoint = selection["checkpoint"]
     asked = "" if selection["runs"] == "*" else f" (--runs {selection['runs']})"
     rules = sorted({rule for r in scores["runs"].values() for rule in r["epoch_rule"]["select_on"].split("/")})
@@ -181,8 +246,7 @@ def made_from(scores: dict) -> list:
             f"{', '.join(f'--select-on {r}' for r in rules)}.", ""]
 
 
-ARCHS = {"unet": "Unet", "unetpp": "Unet++", "unetpp_ds": "Unet++ DS"}  # the per-encoder table's, DS: deep supervision
-COMPARED = [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]  # (baseline, challenger)
+ARCHS = {"unet": "Unet", "unetpp": "Unet++", "unetpp_ds": "Unet++ DS"}  # names as printed; DS: deep supervision
 
 
 def window_note(r: dict) -> str:
@@ -201,7 +265,7 @@ def level_note(r: dict) -> str:
 
 
 def comparison_markdown(comparisons: list) -> str:
-    """ensemble.compare_architectures()'s comparisons, one line each under the rule they share."""
+    """scores.compare_architectures()'s comparisons, one line each under the rule they share."""
     pairs = ", ".join(dict.fromkeys(f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}" for c in comparisons))
     lines = [f"{pairs}, both on the same images, on raw masks (the models' own: threshold 0.5 or argmax, no "
              "post-processing) at one TTA fixed in advance (Wilcoxon signed-rank and a bootstrap 95% interval "
@@ -217,45 +281,11 @@ def comparison_markdown(comparisons: list) -> str:
     return "\n".join(lines)
 
 
-def by_encoder(scores: dict) -> list:
-    """One row per encoder that two or more of ARCHS ran with (the study's table): each one's parameters (M),
-    cross-validated raw Dice and IoU (mean and std over folds), training seconds per epoch and OOF prediction images/s
-    (None where not recorded or not run), for Unet++ DS at its test masks' level, with its chosen levels and every
-    level's parameters, images/s and Dice; and each comparison of scores["comparisons"] as <challenger>-<baseline>_
-    difference, _ci95_low, _ci95_high, _wilcoxon_p, _p_holm, _tta (None where not compared). Best Dice first."""
-    runs, rows = scores["runs"], []
-    compared = {(c["encoder"], c["baseline"], c["challenger"]): c for c in scores["comparisons"]}
-    for encoder in dict.fromkeys(name.split("-", 1)[1] for name in runs):  # run folders: <arch>-<encoder>
-        present = [arch for arch in ARCHS if f"{arch}-{encoder}" in runs]
-        if len(present) < 2:
-            continue
-        row = {"encoder": encoder, "folds": len(runs[f"{present[0]}-{encoder}"]["folds"]), "archs": present}
-        for arch in ARCHS:
-            r = runs.get(f"{arch}-{encoder}", {})
-            training, inference = r.get("training"), r.get("inference")
-            parameters = (r.get("levels") or {}).get(r.get("level"), {}).get("parameters_m") or r.get("parameters_m")
-            row.update({f"{arch}_parameters_m": parameters, f"{arch}_dice": r.get("dice_fold_mean"),
-                        f"{arch}_dice_std": r.get("dice_fold_std"), f"{arch}_iou": r.get("iou_fold_mean"),
-                        f"{arch}_iou_std": r.get("iou_fold_std"), f"{arch}_tta": r.get("tta"),
-                        f"{arch}_seconds_per_epoch": 60 * training["minutes"] / (
-                            training["folds"] * training["epochs_per_fold"]) if training else None,
-                        f"{arch}_images_per_s": inference["images_per_s"] if inference else None})
-        r = runs.get(f"unetpp_ds-{encoder}", {})
-        row.update({"unetpp_ds_level": r.get("level"), "unetpp_ds_level_by_fold": r.get("level_by_fold"),
-                    "unetpp_ds_levels": r.get("levels")})
-        for baseline, challenger in COMPARED:
-            c = compared.get((encoder, baseline, challenger), {"ci95": [None, None]})  # not both, or no common TTA
-            row.update({f"{challenger}-{baseline}_{key}": value for key, value in (
-                ("difference", c.get("mean_difference")), ("ci95_low", c["ci95"][0]), ("ci95_high", c["ci95"][1]),
-                ("wilcoxon_p", c.get("wilcoxon_p")), ("p_holm", c.get("p_holm")), ("tta", c.get("tta")))})
-        rows.append(row)
-    return sorted(rows, key=lambda row: -max(row[f"{a}_dice"] for a in row["archs"]))
-
-
 def by_encoder_markdown(rows: list) -> str:
-    """by_encoder()'s rows as the leaderboard's per-encoder table, and the levels of Unet++ DS where it ran."""
+    """scores.by_encoder()'s rows as the leaderboard's per-encoder table, and the levels of Unet++ DS where it ran."""
     archs = [a for a in ARCHS if any(a in r["archs"] for r in rows)]
-    pairs = [(a, b) for a, b in COMPARED if a in archs and b in archs]
+    pairs = [(a, b) for a, b in (("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds"))
+             if a in archs and b in archs]
     names = " / ".join(ARCHS[a] for a in archs)
 
     def each(row, key, spec):

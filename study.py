@@ -64,7 +64,7 @@ def parse_args(argv=None) -> tuple:
     if args.address and args.engine != "ray":
         parser.error("--address is for --engine ray")
     args.tta = list(dict.fromkeys(args.tta.split(",")))
-    if not set(args.tta) <= {"none", "flip", "d4"}:  # infer.py's modes; src.predict has them but loads torch
+    if not set(args.tta) <= set(ledger.TTA_MODES):
         parser.error(f"--tta {','.join(args.tta)}: give none, flip or d4, or several comma-separated, e.g. none,flip")
     try:
         cfg = study.train_config(train_flags)

@@ -135,6 +135,11 @@ def per_image(scores: pd.DataFrame) -> pd.DataFrame:
     return counted.groupby(keys, sort=False, dropna=False)[[c for c in SCORES if c in scores]].mean().reset_index()
 
 
+def image_dice(scores: pd.DataFrame) -> pd.Series:
+    """A scores table's Dice per image, indexed by image id."""
+    return per_image(scores).set_index("id")["dice"]
+
+
 def pooled_by_class(scores) -> dict:
     """Dice of each class with its pixels pooled over all images (rare classes are not drowned by empty images)."""
     sums = scores.groupby("class", sort=False)[["tp", "fp", "fn"]].sum()

@@ -1,22 +1,7 @@
-"""Trained runs -> probability maps at the model's resolution, with ttach test-time augmentation.
-
-preds/<dataset>/<arch>-<encoder>/ (found through src/runs.py, the one reader of preds/)
-  config.json, training.json             the run's config, dataset meta and fold file; its training time and speed
-  tta-<mode>/                            predictions of the selected weights (last.pt under --select-on final, else best.pt)
-    prediction.json                      provenance: the run folder, fold file (sha256, k), and per part and fold
-                                         the sha256 of the weights its files were made with
-    oof/<id>.npz                         one per training image, by the model of its fold
-    oof_scores.csv                       their Dice, IoU and HD95 at original size
-    test/fold<k>/<id>.npz                every fold's model on every image of the dataset's test split
-    sets/<name>/fold<k>/<stem>.npz       every fold's model on a folder of images (infer.py --images DIR [--name])
-  last/                                  the same for last.pt (the final epoch; infer.py --checkpoint last)
-Each .npz holds `prob`: uint8 C x S x S, probability * 255 at the run's training size S (C = 1 for binary, one
-channel per class otherwise), `size`: the image's original (height, width), and the model that made it: `fold`,
-`weights` (sha256 of its checkpoint file), `split` (sha256 of its fold file), `tta` and, for a run trained on
-patches, `window` ("<patch>:<overlap>" of its sliding window). Maps go to that size once,
-where a step needs it (scoring, final masks), through resize_prob(); infer.py predicts again every file not made by
-the model it is predicting with. The images go through the models by src/portable/predictor.py's loop, the one an
-exported package runs.
+"""infer.py's model side: a run's weights (best.pt or last.pt, as its --select-on rule scores), its model rebuilt from
+config.json with no network, and images taken through it by src/portable/predictor.py's loop (the one an exported
+package runs) into one file per image at the model's size (src/runs.py reads and writes them; the layout of preds/
+is in docs/infer.md). infer.py predicts again every file not made by the model it is predicting with.
 """
 import sys
 from collections import deque
@@ -29,9 +14,8 @@ import torch
 
 from src.config import load_run_config
 from src.models import create_model
-from src.portable.images import IMAGE_SUFFIXES
 from src.portable.models import ModelError, ready
-from src.portable.predictor import Batch, predict
+from src.portable.predictor import Batch, image_files, predict
 from src.runs import check_set_name, is_finished, save_pred
 
 WRITE_AHEAD = 64  # maps being compressed and written while the model predicts the next images
@@ -105,18 +89,10 @@ def image_set(images: Path | None, name: str | None) -> tuple:
         if name:
             sys.exit("infer: --name names the prediction set of --images DIR; pass --images too")
         return None, None
-    if not images.is_dir():
-        sys.exit(f"infer: --images {images}: no such folder")
-    paths = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        sys.exit(f"infer: --images {images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    by_stem = {}
-    for path in paths:
-        by_stem.setdefault(path.stem, []).append(path.name)
-    twins = next((names for names in by_stem.values() if len(names) > 1), None)
-    if twins:  # caught before any prediction: one would silently replace the other's
-        sys.exit(f"infer: --images {images} holds {' and '.join(twins)}, whose predictions would share one "
-                 f"file name; rename one of them")
+    try:
+        paths = image_files(images)
+    except ValueError as error:
+        sys.exit(f"infer: {error}")
     name = name or images.resolve().name
     try:
         check_set_name(name)

@@ -321,6 +321,9 @@ def file_sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Predictions: by checkpoint and TTA mode, each file with its provenance (weights hash, fold hash, number of folds).
+# An .npz holds `prob` (uint8 C x S x S: probability * 255 at the run's size S), `size` (the image's original height
+# and width) and the model that made it: `fold`, `weights` (its checkpoint's sha256), `split` (its fold file's), `tta`
+# and, for a run trained on patches, `window` ("<patch>:<overlap>"). The layout of preds/: docs/infer.md.
 # ---------------------------------------------------------------------------------------------------------------------
 PROVENANCE = "prediction.json"  # beside oof/, test/ and sets/ in each set's folder; written by infer.py
 RECORDED = ("run_dir", "split", "level")  # what every prediction.json of this infer.py holds
@@ -336,11 +339,6 @@ def command(script: str, dataset: str, dirs: dict, *flags) -> str:
     for the shell (a --runs 'unet*' glob)."""
     folders = [str(part) for flag, value in dirs.items() if str(value) != DIRS[flag] for part in (flag, value)]
     return shlex.join(["python", script, "--dataset", dataset, *map(str, flags), *folders])
-
-
-def is_temporary(path: Path) -> bool:
-    """A file being written (name.tmp), or one a killed writer left: never data. x.tmp.npz: older np.savez names."""
-    return path.name.endswith((".tmp", ".tmp.npz"))
 
 
 def save_pred(path: Path, prob: np.ndarray, size: tuple, **model_id) -> None:
@@ -386,8 +384,8 @@ def check_set_name(name: str) -> None:
 
 
 def prediction_files(folder: Path) -> dict:
-    """{image id: its .npz} in one folder of predictions, temporary files left out."""
-    return {p.stem: p for p in sorted(Path(folder).glob("*.npz")) if not is_temporary(p)}
+    """{image id: its .npz} in one folder of predictions (a file being written, <id>.npz.tmp, is none)."""
+    return {p.stem: p for p in sorted(Path(folder).glob("*.npz"))}
 
 
 def set_folder(preds_dir, dataset: str, run: str, tta: str, checkpoint: str = "selected",

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from src.ensembling import choices, scores
+from src.metrics import image_dice
 from src.portable.images import write_png
 from src.runs import PROVENANCE, PredictionSet, save_pred
 
@@ -37,7 +38,7 @@ def scored_set(folder, dice_by_fold: dict, tta="none", level=None, probs: dict |
 
 
 def dice(predictions: PredictionSet) -> pd.Series:
-    return choices.image_dice(predictions.oof_scores()).reindex(IDS)
+    return image_dice(predictions.oof_scores()).reindex(IDS)
 
 
 def best(options: dict) -> choices.Choice:
@@ -53,7 +54,7 @@ def test_each_fold_takes_the_tta_the_other_folds_favour_and_is_scored_at_it(tmp_
     chosen = best({"none": none, "d4": d4})
     # Fold 0 sees only folds 1 and 2, where d4 is poor; folds 1 and 2 see fold 0's 1.0 and take d4.
     assert {f: s.tta for f, s in chosen.by_fold.items()} == {0: "none", 1: "d4", 2: "d4"}
-    assert choices.image_dice(chosen.scores(IDS, FOLD_OF)).loc[IDS].tolist() == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
+    assert image_dice(chosen.scores(IDS, FOLD_OF)).loc[IDS].tolist() == [0.5, 0.5, 0.1, 0.1, 0.3, 0.3]
     assert chosen.for_test.tta == "none"  # on all images none's 0.5 beats d4's 0.467
     flip = scored_set(tmp_path / "flip", {0: 0.5, 1: 0.5, 2: 0.5}, "flip")  # a tie keeps the cheaper mode
     assert {s.tta for s in best({"none": none, "flip": flip}).by_fold.values()} == {"none"}
@@ -76,7 +77,7 @@ def test_a_folds_tta_never_reads_its_own_images_through_another_folds_level(tmp_
     assert flip.by_fold[0].level == "L1"
     chosen = best({"none": none, "flip": flip})
     assert chosen.by_fold[0].tta == "flip"
-    assert choices.image_dice(chosen.scores(IDS, FOLD_OF)).loc[["i0", "i1"]].tolist() == [fold0["L1"]] * 2  # flip, L1
+    assert image_dice(chosen.scores(IDS, FOLD_OF)).loc[["i0", "i1"]].tolist() == [fold0["L1"]] * 2  # flip, L1
 
 
 @pytest.mark.parametrize("fold0", [{"L1": 1.0, "L4": 0.0}, {"L1": 0.0, "L4": 1.0}])
@@ -99,8 +100,8 @@ def test_a_folds_post_processing_never_reads_its_own_images_through_another_fold
 
 
 def test_tta_gain_compares_every_mode_with_none_on_the_same_images():
-    dice_of = {"none": choices.image_dice(oof_scores({0: 0.5, 1: 0.5, 2: 0.5})),
-               "d4": choices.image_dice(oof_scores({0: 1.0, 1: 0.1, 2: 0.3})).drop("i0")}
+    dice_of = {"none": image_dice(oof_scores({0: 0.5, 1: 0.5, 2: 0.5})),
+               "d4": image_dice(oof_scores({0: 1.0, 1: 0.1, 2: 0.3})).drop("i0")}
     gain = scores.tta_gain(dice_of, IDS)
     assert gain["images"] == 5 and gain["modes"]["d4"]["gain"] == pytest.approx((1.0 + 0.2 + 0.6) / 5 - 0.5)
     assert scores.tta_gain({"d4": dice_of["d4"]}, IDS)["modes"]["d4"]["gain"] is None

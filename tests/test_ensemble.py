@@ -18,7 +18,7 @@ from src import runs as ledger
 from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable import postprocess
 from src.portable.images import read_image, write_png
-from src.metrics import per_image
+from src.metrics import image_dice, per_image
 from src.portable.maps import mean_at, mean_maps, resize_prob
 from src.runs import file_sha256, load_pred, read_maps, save_pred
 from src.portable.rle import rle_decode
@@ -341,7 +341,7 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
         found = inputs.find(inputs.Selection("demo", None, checkpoint, tta, str(tmp_path), None, {}))
         options = {mode: choices.Choice({0: s, 1: s}, s) for mode, levels in found["unet-r34"].items()
                    for s in levels.values() if tta in ("best", mode)}
-        dice = lambda s: choices.image_dice(s.oof_scores()).reindex(["a", "b"])  # noqa: E731
+        dice = lambda s: image_dice(s.oof_scores()).reindex(["a", "b"])  # noqa: E731
         return choices.best_by_fold(options, dice, np.array([0, 1])).for_test.folder
     assert chosen("best", "selected") == run / "tta-flip"
     assert chosen("none", "selected") == run / "tta-none"
@@ -349,6 +349,19 @@ def test_the_checkpoint_picks_the_predictions_of_best_or_last(tmp_path):
     assert chosen("best", "last") == run / "last" / "tta-none"
     with pytest.raises(SystemExit, match="no scored predictions of last.pt"):
         chosen("flip", "last")
+
+
+def test_a_prediction_set_of_an_older_infer_is_refused_with_the_command_that_predicts_it_again(demo_dir, tmp_path):
+    scored_predictions(tmp_path / "preds" / "demo" / "unet-r34" / "tta-none", 0.8)
+    record = tmp_path / "preds" / "demo" / "unet-r34" / "tta-none" / "prediction.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "level"}))
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(["--dataset", "demo", *paths(demo_dir), "--preds-dir", str(tmp_path / "preds"), "--out-dir",
+                       str(tmp_path / "out")])
+    assert re.match(rf"^ensemble: {re.escape(str(record))} lacks level \(an older infer.py's\); predict the set "
+                    rf"again: `python infer.py --dataset demo --runs unet-r34 --tta none --checkpoint selected "
+                    rf"--overwrite --preds-dir {re.escape(str(tmp_path / 'preds'))}`$", str(stop.value.code))
+    assert not (tmp_path / "out").exists()
 
 
 def test_runs_predicted_on_different_splits_are_not_ensembled(demo_dir, tmp_path):
@@ -410,8 +423,7 @@ def test_a_leftover_temporary_file_never_becomes_an_image(predicted, tmp_path):
     args = renewable_copy(predicted, tmp_path)
     test_fold = tmp_path / "preds" / "demo" / RUN / "tta-none" / "test" / "fold0"
     real = next(test_fold.glob("*.npz"))
-    shutil.copy(real, test_fold / f"{real.stem}.tmp.npz")  # what np.savez's temporary name left
-    shutil.copy(real, test_fold / f"{real.name}.tmp")  # what save_pred's leaves
+    shutil.copy(real, test_fold / f"{real.name}.tmp")  # what a killed save_pred leaves
     (tmp_path / "ensemble" / "demo" / "masks").mkdir(parents=True)
     write_png(tmp_path / "ensemble" / "demo" / "masks" / "gone.png", np.zeros((4, 4), np.uint8))  # no longer a test id
     ensemble.main(args)
@@ -439,6 +451,9 @@ def test_another_checkpoint_or_a_subset_never_replaces_the_default_leaderboard(p
     assert last["checkpoint"] == "last" and json.loads((out / "scores.json").read_text())["checkpoint"] == "selected"
     assert "Made from the predictions of last.pt, the final epoch" in (out / "last" / "leaderboard.md").read_text()
     assert (out / "leaderboard.md").read_text() == board
+    (out / "last" / "selection.json").unlink()  # a folder that does not say what made it is not taken either
+    with pytest.raises(SystemExit, match=r"holds an ensemble without a selection.json .* --overwrite to replace it$"):
+        ensemble.main([*ensemble_args(predicted, tmp_path), "--tta", "none", "--checkpoint", "last", "--name", "last"])
 
 
 def test_an_ensemble_of_one_run_gains_exactly_nothing(predicted, tmp_path):

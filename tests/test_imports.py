@@ -49,10 +49,10 @@ def test_the_scripts_load_no_plotting_optional_image_library_or_splitter_until_u
 
 
 def src_imports() -> dict:
-    """Each src/ and src/portable/ module's project imports, at any depth (a function's import closes a circle as
-    surely); src/portable's relative imports (from .images import ...) as src.portable.images."""
+    """Each module's project imports under src/ (its subpackages too), at any depth (a function's import closes a
+    circle as surely); src/portable's relative imports (from .images import ...) as src.portable.images."""
     graph = {}
-    for path in [*(ROOT / "src").glob("*.py"), *(ROOT / "src" / "portable").glob("*.py")]:
+    for path in (ROOT / "src").rglob("*.py"):
         found, package = set(), ".".join(path.relative_to(ROOT).parent.parts)
         name = f"{package}.{path.stem}"
         for node in ast.walk(ast.parse(path.read_text())):

@@ -208,7 +208,7 @@ def test_two_images_of_one_name_in_a_folder_are_refused_before_predicting(traine
     (tmp_path / "new").mkdir()
     write_png(tmp_path / "new" / "x.png", np.full((30, 40), 90, np.uint8))
     shutil.copy(tmp_path / "new" / "x.png", tmp_path / "new" / "x.tif")
-    with pytest.raises(SystemExit, match=r"^infer: --images .*new holds x.png and x.tif, whose predictions would share"):
+    with pytest.raises(SystemExit, match=r"^infer: --images .*new holds x.png and x.tif, which would share one id; rename one$"):
         infer.main([*tmp_args(trained_dir, tmp_path), "--images", str(tmp_path / "new")])
     assert not (tmp_path / "preds").exists()
 

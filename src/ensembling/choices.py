@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger
-from src.metrics import per_image
+from src.metrics import image_dice
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
 from src.portable.maps import mean_at, mean_maps
@@ -54,11 +54,6 @@ class Choices:
     postprocess: dict  # {run: PostProcessing} of each run alone, and {"ensemble": PostProcessing} of them all
     weights: dict  # {run: its weight in the ensemble's mean}
     test: dict  # {image id: [(file, its run's weight)]}: what the test masks (or --set's) average
-
-
-def image_dice(scores: pd.DataFrame) -> pd.Series:
-    """A scores table's Dice per image, indexed by image id."""
-    return per_image(scores).set_index("id")["dice"]
 
 
 def choose(inputs, tune_size: int) -> Choices:

@@ -39,9 +39,6 @@ class Selection:
         return {"runs": self.runs or "*", "checkpoint": self.checkpoint, "tta": self.tta, "found": found,
                 "preds_dir": str(Path(self.preds_dir).resolve())}
 
-    def weights_text(self) -> str:
-        return "the selected weights" if self.checkpoint == "selected" else f"{self.checkpoint}.pt"
-
 
 @dataclass(frozen=True)
 class Inputs:
@@ -65,10 +62,7 @@ def selection(dataset: str, runs: str | None, checkpoint: str | None, tta: str |
     selection.json (a study's ensemble writes a new set's masks with its own runs), else every run, the selected
     weights, the best TTA. saved: that selection.json (None: --overwrite, which reads none)."""
     if set_name:
-        try:
-            ledger.check_set_name(set_name)
-        except ValueError as error:
-            sys.exit(f"ensemble: --set: {error}")
+        folder_name("--set", set_name)
     before = json.loads(saved.read_text()) if set_name and saved and saved.exists() else \
         {"runs": "*", "checkpoint": "selected", "tta": "best"}
     return Selection(dataset, runs or (None if before["runs"] == "*" else before["runs"]),
@@ -99,7 +93,8 @@ def find(selection: Selection) -> dict:
                                  *(["--runs", selection.runs] if selection.runs else []),
                                  "--tta", "flip" if selection.tta == "best" else selection.tta,
                                  "--checkpoint", selection.checkpoint)
-        sys.exit(f"ensemble: no scored predictions of {selection.weights_text()} in {root} (run `{predict}` first)")
+        sys.exit(f"ensemble: no scored predictions of {weights_text(selection.checkpoint)} in {root} (run `{predict}` "
+                 f"first)")
     return sets
 
 
@@ -114,10 +109,7 @@ def output_folder(out_dir: str, dataset: str, name: str | None) -> Path:
     """ensemble/<dataset>/, or ensemble/<dataset>/<NAME>/ for --name NAME (a folder's name, not one of the default
     folder's own)."""
     if name:
-        try:
-            ledger.check_set_name(name)
-        except ValueError as error:
-            sys.exit(f"ensemble: --name: {error}")
+        folder_name("--name", name)
         if name in ("masks", "sets"):
             sys.exit(f"ensemble: --name {name}: the default output folder uses that name; choose another")
     return Path(out_dir) / dataset / (name or "")
@@ -234,9 +226,19 @@ def scored_images(sets: dict, modes: dict, folds: pd.DataFrame) -> list:
     return image_ids
 
 
+def folder_name(flag: str, name: str) -> None:
+    try:
+        ledger.check_set_name(name)
+    except ValueError as error:
+        sys.exit(f"ensemble: {flag}: {error}")
+
+
+def weights_text(checkpoint: str) -> str:
+    return "the selected weights" if checkpoint == "selected" else f"{checkpoint}.pt"
+
+
 def describe(record: dict) -> str:
-    weights = "the selected weights" if record["checkpoint"] == "selected" else f"{record['checkpoint']}.pt"
-    return f"runs {record['runs']}, {weights}, TTA {record['tta']}, from {record['preds_dir']}"
+    return f"runs {record['runs']}, {weights_text(record['checkpoint'])}, TTA {record['tta']}, from {record['preds_dir']}"
 
 
 def check_output(out: Path, selection: Selection, found: list, overwrite: bool) -> None:

@@ -11,7 +11,7 @@ from scipy import stats
 from src import runs as ledger, tracking
 from src.canonical import read_dataset_image
 from src.config import load_run_config
-from src.metrics import image_scores, per_image
+from src.metrics import image_dice, image_scores, per_image
 from src.plotting import pyplot
 from src.portable import postprocess
 from src.portable.files import write_atomic
@@ -34,7 +34,7 @@ def write(out: Path, scores: dict, tables: dict, inputs, choices, figures: int, 
     score_bars(out / "scores.png", scores)
     if scores["by_encoder"]:
         study_figure(out / "study.png", scores["by_encoder"])
-    shown = pick_examples({run: per_image(tables[run]).set_index("id")["dice"] for run in choices.runs}, figures)
+    shown = pick_examples({run: image_dice(tables[run]) for run in choices.runs}, figures)
     if shown:
         comparison_grid(out / "comparison.png", [panels(i, choices, scores, inputs) for i in shown],
                         inputs.meta["classes"])

@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger
-from src.metrics import dice_by_group, image_scores, per_image, pooled_by_class
+from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
 from src.portable.maps import mean_at, mean_maps
@@ -21,11 +21,6 @@ from src.stats import holm, mean_interval, paired_comparison
 ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons (after Holm's adjustment) and of ensemble vs best
 ARCHS = ("unet", "unetpp", "unetpp_ds")  # the architectures the study's table sets side by side, by encoder
 COMPARED = [("unet", "unetpp"), ("unet", "unetpp_ds"), ("unetpp", "unetpp_ds")]  # (baseline, challenger)
-
-
-def image_dice(scores: pd.DataFrame) -> pd.Series:
-    """A scores table's Dice per image, indexed by image id."""
-    return per_image(scores).set_index("id")["dice"]
 
 
 def score(inputs, choices, compare_tta: str | None) -> tuple:

@@ -13,9 +13,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .files import write_atomic
-from .images import IMAGE_SUFFIXES
 from .maps import final_mask, uint8_maps
-from .predictor import Model, file_batches, predict
+from .predictor import Model, file_batches, image_files, predict
 from .submission import csv_text, mask_rows, staged
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
@@ -50,7 +49,7 @@ def main(argv=None, folder: Path | None = None) -> None:
 def run(folder: Path, args) -> None:
     manifest = check_package(folder)
     warn_versions(manifest)
-    paths = image_paths(args.images)
+    paths = image_files(args.images)
     device = choose_device(manifest["format"], args.device)
     models = load_models(manifest, folder, device)
     started = time.perf_counter()
@@ -94,22 +93,6 @@ def warn_versions(manifest: dict) -> None:
         if installed != wanted:
             print(f"predict: warning: {name} {installed or 'not installed'} here, {wanted} when exported (parity was "
                   f"checked with {wanted}); masks may differ slightly: pip install -r requirements.txt")
-
-
-def image_paths(images: Path) -> list:
-    if not images.is_dir():
-        raise PackageError(f"--images {images}: no such folder")
-    paths = sorted((p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: p.stem)  # ensemble.py orders its rows by id
-    if not paths:
-        raise PackageError(f"--images {images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    stems = {}
-    for path in paths:
-        stems.setdefault(path.stem, []).append(path.name)
-    twins = next((names for names in stems.values() if len(names) > 1), None)
-    if twins:
-        raise PackageError(f"--images {images} holds {' and '.join(twins)}, which would share one id; rename one")
-    return paths
 
 
 def choose_device(kind: str, asked: str | None) -> str:

@@ -6,12 +6,13 @@ sliding window are inside its predict (torch_model.torch_predictor, onnx_model.O
 """
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from .images import HOST_THREADS, read_as
+from .images import HOST_THREADS, IMAGE_SUFFIXES, read_as
 from .maps import model_input
 
 
@@ -55,3 +56,21 @@ def file_batches(paths: list, channels: int, sides, batch_size: int) -> Iterator
             reading = [pool.submit(load, p) for p in paths[start + batch_size:start + 2 * batch_size]]
             yield Batch([p.stem for p in paths[start:start + batch_size]], [size for size, _ in loaded],
                         {side: np.stack([inputs[k] for _, inputs in loaded]) for k, side in enumerate(sides)})
+
+
+def image_files(folder: Path) -> list:
+    """The image files of a folder (images.IMAGE_SUFFIXES), ordered by id (the name without its suffix, as the rows
+    of submission.csv); a ValueError naming --images for a folder that is none, holds none, or two of one id."""
+    if not folder.is_dir():
+        raise ValueError(f"--images {folder}: no such folder")
+    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: (p.stem, p.name))
+    if not paths:
+        raise ValueError(f"--images {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    names = {}
+    for path in paths:
+        names.setdefault(path.stem, []).append(path.name)
+    twins = next((found for found in names.values() if len(found) > 1), None)
+    if twins:  # said before any prediction: one would silently replace the other's
+        raise ValueError(f"--images {folder} holds {' and '.join(twins)}, which would share one id; rename one")
+    return paths

@@ -108,42 +108,39 @@ def data_pipeline(cfg: Config, dataset_dir: Path, workers: int, batches: int) ->
     return seen / (time.perf_counter() - start)
 
 
-def inference(cfg: Config, channels: int, device, steps: int) -> dict:
+def forward_speed(cfg: Config, channels: int, device, steps: int, predictors: dict) -> dict:
+    """{name: images/s} of each predictor (made from one --arch/--encoder model: {name: model -> predictor}) on a
+    random uint8 batch at --size, in bfloat16 on a GPU, as infer.py runs it."""
     model = create_model(cfg.arch, cfg.encoder, channels, 1, "none", cfg.decoder_channels).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
     x = torch.randint(0, 256, (cfg.batch_size, channels, cfg.size, cfg.size), dtype=torch.uint8, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    result = {}
-    for mode in ("none", "flip", "d4"):
-        wrapped = with_tta(model, "binary", mode)
 
-        def step(wrapped=wrapped):
+    def speed(predictor) -> float:
+        def step():
             with torch.no_grad(), autocast:
-                wrapped(x)
+                predictor(x)
+        return cfg.batch_size / timed(step, steps, device)
+    return {name: speed(make(model)) for name, make in predictors.items()}
 
-        result[mode] = cfg.batch_size / timed(step, steps, device)
-    return result
+
+def inference(cfg: Config, channels: int, device, steps: int) -> dict:
+    """(4) the model with each TTA mode, in images/s."""
+    return forward_speed(cfg, channels, device, steps, {mode: lambda model, mode=mode: with_tta(model, "binary", mode)
+                                                        for mode in ("none", "flip", "d4")})
 
 
 def sliding_inference(cfg: Config, channels: int, device, steps: int) -> dict:
     """(8) a --patch run's prediction: the sliding window over --size images (no TTA), against a plain forward of the
     whole --size image by the same model, in images/s."""
     from src.sliding import windowed, windows_per_image
-    model = create_model(cfg.arch, cfg.encoder, channels, 1, "none", cfg.decoder_channels).to(device).eval()
-    model = model.to(memory_format=torch.channels_last)
-    x = torch.randint(0, 256, (cfg.batch_size, channels, cfg.size, cfg.size), dtype=torch.uint8, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    result = {"patch": cfg.patch, "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size,
-              "windows_per_image": windows_per_image(cfg.size, cfg.patch, cfg.overlap)}
-    for name, predictor in (("plain", with_tta(model, "binary", "none")),
-                            ("sliding", windowed(with_tta(model, "binary", "none"), cfg))):
-        def step(predictor=predictor):
-            with torch.no_grad(), autocast:
-                predictor(x)
-
-        result[f"{name}_images_per_s"] = cfg.batch_size / timed(step, steps, device)
-    result["sliding_fraction_of_plain"] = result["sliding_images_per_s"] / result["plain_images_per_s"]
-    return result
+    speed = forward_speed(cfg, channels, device, steps, {
+        "plain": lambda model: with_tta(model, "binary", "none"),
+        "sliding": lambda model: windowed(with_tta(model, "binary", "none"), cfg)})
+    return {"patch": cfg.patch, "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size,
+            "windows_per_image": windows_per_image(cfg.size, cfg.patch, cfg.overlap),
+            "plain_images_per_s": speed["plain"], "sliding_images_per_s": speed["sliding"],
+            "sliding_fraction_of_plain": speed["sliding"] / speed["plain"]}
 
 
 def train_command(cfg: Config, workdir: Path, dataset_dir: Path, runs_dir: Path, epochs: int, fold: int = 0) -> list:

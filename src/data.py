@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.portable.problems import InputError
 
 
 class CachedSegmentation(Dataset):
@@ -82,35 +81,9 @@ def _end_on_sigterm_from(parent: int) -> None:
     os._exit(0)
 
 
-class UnreadableSample(ValueError):
-    """A sample a loader could not read, in one line that names the file. torch re-raises a worker's error in the
-    main process as its type built from the worker's whole traceback: the last line is kept, without the type."""
-
-    def __init__(self, message: str):
-        super().__init__(message.rstrip().splitlines()[-1].removeprefix(f"{__name__}.{type(self).__name__}: "))
-
-
-class OneLineErrors(Dataset):
-    """The dataset, its InputErrors (an unreadable file) raised as UnreadableSample: torch cannot rebuild an
-    InputError in the main process and would raise a RuntimeError holding the worker's traceback instead."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        try:
-            return self.dataset[i]
-        except InputError as error:
-            raise UnreadableSample(str(error)) from None
-
-
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0) -> DataLoader:
-    """Persistent, pinned-memory workers: no process start per epoch, asynchronous copies to the GPU. A file that
-    cannot be read raises UnreadableSample, one line naming it, from any worker."""
-    return DataLoader(OneLineErrors(dataset), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+    """Persistent, pinned-memory workers: no process start per epoch, asynchronous copies to the GPU."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                       worker_init_fn=leave_signals_to_the_main_process,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)

@@ -370,11 +370,8 @@ def needs_prediction(path: Path, model_id: dict, overwrite: bool) -> bool:
 def read_maps(paths: list, weights: list) -> tuple:
     """Prediction files of one image with their weights: ([(uint8 map, weight)], original (H, W)); maps.mean_maps
     averages them, maps.final_mask makes them a mask."""
-    weighted, size = [], None
-    for path, weight in zip(paths, weights):
-        prob, size = load_pred(path)
-        weighted.append((prob, weight))
-    return weighted, size
+    loaded = [load_pred(path) for path in paths]
+    return [(prob, weight) for (prob, _), weight in zip(loaded, weights)], loaded[-1][1]
 
 
 def check_set_name(name: str) -> None:

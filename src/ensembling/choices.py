@@ -96,22 +96,23 @@ def best_by_fold(options: dict, dice, image_folds: np.ndarray) -> Choice:
 
 
 def test_inputs(runs: dict, weights: dict, selection, folds: set, test_ids: list) -> dict:
-    """{image id: [(file, weight)]} of the test split's images (test_ids) or --set's (its record's): the files of
-    each run's test set, of the split's folds only. A run whose chosen set did not predict --set stops the ensemble with the infer.py command that
+    """{image id: [(file, weight)]}: the test split's images (test_ids) or --set's, in the folders of the split's
+    folds of each run's test set. A run whose set did not predict --set stops the ensemble with the command that
     does; an image some fold models did not predict is said, and averaged over those that did."""
     part, files = selection.part, {}
-    lacking = [run for run, c in runs.items() if selection.set and not (c.for_test.folder / part).is_dir()]
+    predicted = {run: c.for_test for run, c in runs.items() if (c.for_test.folder / part).is_dir()}
+    lacking = [run for run in runs if run not in predicted] if selection.set else []
     if lacking:  # found before tuning, not after
-        images = next((c.for_test.provenance.get("sets", {}).get(selection.set, {}).get("images")
-                       for c in runs.values() if (c.for_test.folder / part).is_dir()), None)  # others' folder
-        first = runs[lacking[0]].for_test
-        hint = first.renew_command(selection.dataset, sorted(folds), selection.dirs, images or "DIR", selection.set)
-        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{selection.set}' ({first.folder / part} "
-                         f"missing); run `{hint}`" + ("" if images else " (DIR: the folder of the set's images)")
-                         + (" and the same for each run named" if len(lacking) > 1 else ""))
-    wanted = {i for c in runs.values() for i in c.for_test.provenance["sets"][selection.set]["ids"]} \
+        images = next((s.provenance["sets"][selection.set]["images"] for s in predicted.values()), None)
+        hint = runs[lacking[0]].for_test.renew_command(selection.dataset, sorted(folds), selection.dirs,
+                                                       images or "DIR", selection.set)
+        sys.exit(f"ensemble: {', '.join(lacking)} did not predict set '{selection.set}' "
+                 f"({runs[lacking[0]].for_test.folder / part} missing); run `{hint}`"
+                 + ("" if images else " (DIR: the folder of the set's images)")
+                 + (" and the same for each run named" if len(lacking) > 1 else ""))
+    wanted = {i for s in predicted.values() for i in s.provenance["sets"][selection.set]["ids"]} \
         if selection.set else set(test_ids)
-    models = [(d, weights[run]) for run, c in runs.items() for d in c.for_test.fold_folders(part, folds).values()]
+    models = [(d, weights[run]) for run, s in predicted.items() for d in s.fold_folders(part, folds).values()]
     for folder, weight in models:
         for image_id, path in ledger.prediction_files(folder).items():
             if image_id in wanted:

@@ -2,7 +2,7 @@
 image (binary: id, rle) or per image and foreground class (multiclass: id, class, rle), each mask as <id>.png (0/255
 for binary, the class index for multiclass)."""
 import os
-import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,10 +10,6 @@ import numpy as np
 
 from .images import write_png
 from .rle import rle_encode
-
-
-def submission_columns(task: str) -> list:
-    return ["id", "rle"] if task == "binary" else ["id", "class", "rle"]
 
 
 def submission_rows(image_id: str, final: np.ndarray, task: str, classes: list) -> list:
@@ -33,7 +29,7 @@ def mask_rows(image_id: str, final: np.ndarray, task: str, classes: list, masks:
 def csv_text(rows: list, task: str) -> str:
     """submission.csv: a header, then one line per row, as pandas writes it (no field needs quotes); by hand, as a
     package runs without pandas."""
-    columns = submission_columns(task)
+    columns = ["id", "rle"] if task == "binary" else ["id", "class", "rle"]
     return "\n".join([",".join(columns), *(",".join(str(row[c]) for c in columns) for row in rows)]) + "\n"
 
 
@@ -44,15 +40,9 @@ def staged(folder: Path | None):
     if folder is None:
         yield None
         return
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in tmp.iterdir():
-        os.replace(path, folder / path.name)
-    tmp.rmdir()
+    Path(folder).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(folder).name}.tmp-", dir=Path(folder).parent) as tmp:
+        yield Path(tmp)
+        Path(folder).mkdir(exist_ok=True)
+        for path in Path(tmp).iterdir():
+            os.replace(path, Path(folder) / path.name)

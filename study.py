@@ -290,7 +290,7 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
     wrote = leaderboard.exists() and leaderboard.stat().st_mtime_ns != before
     if args.export and wrote and not problem:
         import export
-        failure = call(export.main, study.export_arguments(args, cfg))
+        failure = call(export.main, study.export_arguments(args.name, args.export, args.out_dir, cfg))
         problems += [f"export.py failed: {failure}"] if failure else []
     return problems, leaderboard if wrote and not problem else None
 

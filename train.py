@@ -217,7 +217,7 @@ def run(args):
                       f"{', from scratch' if cfg.encoder_weights == 'none' else ''})")
     if cfg.tiles:
         accelerator.print(training_line(cfg))
-    parts = set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows)
+    parts = set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretrained=not args.validate_only)
 
     if args.validate_only:
         parts.bare_model.load_state_dict(torch.load(cfg.run_dir / f"{cfg.selected_checkpoint}.pt", map_location="cpu"))

@@ -77,7 +77,9 @@ def open_arrays(cfg, accelerator) -> tuple:
             sys.exit(f"train: {error}; prepare the dataset again (python -m src.prepare ... --overwrite)")
 
 
-def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> Parts:
+def set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretrained: bool = True) -> Parts:
+    """The run's loaders, model, loss, optimiser and schedule, prepared by Accelerate; pretrained: False builds the
+    encoder without its --encoder-weights (--validate-only loads the trained weights over it)."""
     # Data: uint8 arrays from the memory-mapped cache; augmentation on the CPU workers, normalisation on the device.
     images, masks = open_arrays(cfg, accelerator)
     workers = default_workers(cfg.workers, accelerator.num_processes)
@@ -93,7 +95,7 @@ def set_up(cfg, args, meta, accelerator, train_rows, valid_rows, inner_rows) -> 
     try:
         with accelerator.main_process_first():  # one download into the cache, which the other processes then read
             model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else n_classes,
-                                 "none" if args.validate_only else cfg.encoder_weights, cfg.decoder_channels)
+                                 cfg.encoder_weights if pretrained else "none", cfg.decoder_channels)
         ds_weights = head_weights(cfg.ds_weights, cfg.arch)
     except ModelError as error:
         sys.exit(f"train: {error}")

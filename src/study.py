@@ -103,11 +103,11 @@ def script(name: str) -> str:
     return os.path.relpath(ROOT / name)
 
 
-def export_arguments(args, cfg) -> list:
-    """export.py's arguments for the study's ensemble: ensemble/<dataset>/<name>/ -> export/<dataset>/<name>/, export/
-    beside the ensemble folder (--out-dir)."""
-    return ["--dataset", cfg.dataset, "--name", args.name, "--format", args.export, "--ensemble-dir", args.out_dir,
-            "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--out-dir", str(Path(args.out_dir).parent / "export")]
+def export_arguments(name: str, kind: str, out_dir: str, cfg) -> list:
+    """export.py's arguments for the study's ensemble (format kind): ensemble/<dataset>/<name>/ ->
+    export/<dataset>/<name>/, export/ beside the ensemble folder (out_dir)."""
+    return ["--dataset", cfg.dataset, "--name", name, "--format", kind, "--ensemble-dir", out_dir,
+            "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--out-dir", str(Path(out_dir).parent / "export")]
 
 
 def canonical_archs(archs: list) -> list:

@@ -1,7 +1,7 @@
 """Step 3 of an ensemble: every choice made on OOF data, for each fold on the images of the other folds and applied
 to that fold (no image is scored with a setting chosen on it), and once on all of them for the test masks:
 
-- a run's prediction set: its TTA mode and, for a unetpp_ds run, its level (run.Choice: the set each fold reads);
+- a run's prediction set: its TTA mode and, for a unetpp_ds run, its level (Choice: the set each fold reads);
 - the post-processing of each run alone (an ensemble of one) and of the ensemble (PostProcessing);
 - the test masks' inputs: each image's files of the sets chosen for them, with their run's weight.
 
@@ -49,6 +49,7 @@ class PostProcessing:
 
 @dataclass(frozen=True)
 class Choices:
+    """Step 3's result: what every fold and the test masks read, and how each model is post-processed."""
     at_mode: dict  # {run: {TTA mode: Choice}}: every mode predicted, a unetpp_ds run's level chosen by fold
     runs: dict  # {run: Choice}: each fold's TTA (and level), and the test masks'
     postprocess: dict  # {run: PostProcessing} of each run alone, and {"ensemble": PostProcessing} of them all

@@ -158,6 +158,26 @@ def test_offline_imagenet_request_fails_fast_with_one_sentence(demo_dir, tmp_pat
     assert not (tmp_path / "runs").exists()  # the failed start leaves no run folder holding only its train.lock
 
 
+def test_the_hub_check_goes_through_the_proxy_the_environment_names(monkeypatch):
+    """Behind a proxy, the hub is asked through it (HTTPS_PROXY), not by a raw connection that never gets out."""
+    import socket
+    import threading
+    from src import models
+    server, asked = socket.create_server(("127.0.0.1", 0)), []
+
+    def proxy():  # answers the tunnel request it is sent with a refusal
+        connection, _ = server.accept()
+        asked.append(connection.recv(1024).decode(errors="replace"))
+        connection.sendall(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+        connection.close()
+    threading.Thread(target=proxy, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "https_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert models._hub_reachable(timeout=10) is False  # the proxy would not connect
+    assert asked and asked[0].startswith("CONNECT huggingface.co:443 ")
+
+
 def encoder_file(tmp_path, kind: str):
     """A tiny Unet and its weights saved as a user would bring them: (the model, the file)."""
     from safetensors.torch import save_file
@@ -184,17 +204,51 @@ def test_local_encoder_weights_file_is_loaded(tmp_path, kind):
 
 
 @pytest.mark.parametrize("state, problem", [
-    ("resnet18", r"\d+ tensors of another shape, e.g. size mismatch for model.bn1.weight"),
-    ({"head.weight": torch.zeros(1)}, r"missing \d+ keys e.g. \['model.conv1.0.weight'.*unexpected 1 e.g. \['head.weight'\]\)$"),
+    ("resnet18", r"key model.conv1.weight is none of its own"),  # another encoder's own form
+    ({"head.weight": torch.zeros(1)}, r"key head.weight is none of timm's test_resnet"),  # no timm model's either
+    ("shapes", r"\d+ tensors of another shape, e.g. model.bn1.weight: \(16,\) in the file, \(32,\) here"),
 ])
 def test_encoder_weights_that_do_not_fit_are_refused_in_one_line(tmp_path, state, problem):
     from src.models import ModelError, create_model
     if state == "resnet18":
         state = create_model("unet", "tu-resnet18", 1, 1, "none").encoder.state_dict()
+    elif state == "shapes":  # every key of the encoder, some of another width
+        state = {k: torch.zeros(16) if k == "model.bn1.weight" else v
+                 for k, v in create_model("unet", "tu-test_resnet", 1, 1, "none").encoder.state_dict().items()}
     torch.save(state, tmp_path / "weights.pt")
-    with pytest.raises(ModelError, match=f"weights.pt: does not fit encoder \\({problem}") as error:
+    with pytest.raises(ModelError, match=f"weights.pt: does not fit encoder 'tu-test_resnet' \\({problem}\\)") as error:
         create_model("unet", "tu-test_resnet", 1, 1, str(tmp_path / "weights.pt"))
     assert "\n" not in str(error.value)
+
+
+def test_published_weights_load_as_torchvision_and_timm_ship_them(tmp_path, capsys):
+    """A torchvision resnet34 state dict (its fc head included) into smp's resnet34 encoder, and a timm resnet18
+    checkpoint (model.safetensors, head included) into tu-resnet18: the encoder's deepest features are the source
+    model's; the heads are dropped and said; a grey model takes the first convolution summed over RGB, as smp adapts
+    the hub's weights."""
+    import timm
+    import torchvision
+    from safetensors.torch import save_file
+    from src.models import create_model
+    x = torch.randn(2, 3, 64, 64)
+    source = torchvision.models.resnet34().eval()
+    torch.save(source.state_dict(), tmp_path / "resnet34.pth")
+    with torch.no_grad():
+        deepest = torch.nn.Sequential(*list(source.children())[:-2])(x)
+        assert torch.allclose(create_model("unet", "resnet34", 3, 1, str(tmp_path / "resnet34.pth")).eval().encoder(x)[-1],
+                              deepest, atol=1e-6)
+    grey = create_model("unet", "resnet34", 1, 1, str(tmp_path / "resnet34.pth")).encoder.conv1.weight
+    assert torch.allclose(grey, source.conv1.weight.sum(1, keepdim=True))
+    source = timm.create_model("resnet18").eval()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors")
+    with torch.no_grad():
+        model = create_model("unet", "tu-resnet18", 3, 1, str(tmp_path / "model.safetensors")).eval()
+        assert torch.allclose(model.encoder(x)[-1], source.forward_features(x), atol=1e-6)
+    grey = create_model("unet", "tu-resnet18", 1, 1, str(tmp_path / "model.safetensors")).encoder.model.conv1.weight
+    assert torch.allclose(grey, source.conv1.weight.sum(1, keepdim=True))
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"encoder weights {tmp_path / 'resnet34.pth'}: dropped 2 keys the encoder does not use: " \
+                      "fc.weight, fc.bias" and len(said) == 4
 
 
 def test_train_starts_from_an_encoder_weights_file(demo_dir, tmp_path):

@@ -42,13 +42,13 @@ def check_encoder(encoder: str) -> None:
 
 
 def build_model(arch: str, encoder: str, in_channels: int, classes: int, decoder_channels: str = "",
-                pretrained=None) -> torch.nn.Module:
+                pretrained=None, **encoder_kwargs) -> torch.nn.Module:
     """smp.create_model by name (unetpp_ds: deep_supervision.py); pretrained: smp's encoder_weights (None: random
-    weights, which a state dict then replaces)."""
+    weights, which a state dict then replaces); encoder_kwargs: to timm.create_model, for tu- encoders."""
     name = canonical_arch(arch)
     smp_arch = "unetplusplus" if name == DEEP_SUPERVISED else ARCH_ALIASES.get(name, name)
     check_encoder(encoder)
-    kwargs = _decoder_channels(smp_arch, decoder_channels) if decoder_channels else {}
+    kwargs = {**(_decoder_channels(smp_arch, decoder_channels) if decoder_channels else {}), **encoder_kwargs}
     settings = dict(encoder_name=encoder, encoder_weights=pretrained, in_channels=in_channels, classes=classes)
     try:
         if name == DEEP_SUPERVISED:

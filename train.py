@@ -34,7 +34,7 @@ from src.canonical import load_index, load_meta
 from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due
 from src.config import add_config_arguments, config_from_args, load_run_config, patch_problem, settled_lr
 from src.portable.files import atomic_path, write_atomic
-from src.fit import Parts, mixed_precision, open_arrays, set_up, train_one_epoch, validate
+from src.fit import Parts, ema_line, mixed_precision, open_arrays, set_up, train_one_epoch, validate
 from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import loss_name
 from src.lr_find import run_rate
@@ -120,7 +120,7 @@ def start_accelerator(cfg, args) -> Accelerator:
 def start_or_resume(cfg, args, meta, accelerator, inner: dict | None, provenance: dict) -> tuple:
     """(trainer counters, history rows): fresh, or from the run's last saved state; config.json written either way."""
     run_dir = cfg.run_dir
-    trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    trainer = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "steps": 0}
     history = []
     if args.resume:
         state = last_state(run_dir)
@@ -152,7 +152,7 @@ def save_epoch(cfg, accelerator, parts: Parts, trainer: dict, scores: dict, impr
     --resume when asked."""
     if improved and accelerator.is_main_process:
         with atomic_path(cfg.run_dir / "best.pt") as tmp:
-            accelerator.save(parts.bare_model.state_dict(), tmp)
+            accelerator.save(parts.kept.state_dict(), tmp)
     if improved or cfg.select_on == "final":
         if accelerator.is_main_process:
             write_atomic(cfg.run_dir / "metrics.json", json.dumps({"epoch": trainer["epoch"], **scores}, indent=2) + "\n")
@@ -183,7 +183,7 @@ def finish(cfg, accelerator, parts: Parts, trainer: dict) -> None:
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
         with atomic_path(run_dir / "last.pt") as tmp:  # the final epoch's: infer --checkpoint last
-            accelerator.save(parts.bare_model.state_dict(), tmp)
+            accelerator.save(parts.kept.state_dict(), tmp)
         final = dict(zip(FINISHED, (cfg.select_on, selected_epoch(cfg, trainer), trainer["best_epoch"],
                                     trainer["epoch"], str(run_dir))))
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -218,6 +218,8 @@ def run(args):
     if cfg.tiles:
         accelerator.print(training_line(cfg))
     parts = set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretrained=not args.validate_only)
+    if cfg.ema and not args.validate_only:
+        accelerator.print(ema_line(cfg, len(parts.train_loader) // cfg.grad_accum))
 
     if args.validate_only:
         parts.bare_model.load_state_dict(torch.load(cfg.run_dir / f"{cfg.selected_checkpoint}.pt", map_location="cpu"))
@@ -234,10 +236,11 @@ def run(args):
             if stops_early(cfg, trainer):
                 break
             lr = parts.optimizer.param_groups[-1]["lr"]
-            trained = train_one_epoch(parts, accelerator, epoch, cfg, len(train_rows))
+            trained = train_one_epoch(parts, accelerator, epoch, cfg, len(train_rows), trainer["steps"])
+            trainer["steps"] = trained.pop("steps")
             started = time.time()
-            scores, example = validate(parts.model, parts.valid_loader, accelerator, meta, tissue_of_row, cfg)
-            inner_scores = validate(parts.model, parts.inner_loader, accelerator, meta, cfg=cfg)[0] if inner else None
+            scores, example = validate(parts.scored, parts.valid_loader, accelerator, meta, tissue_of_row, cfg)
+            inner_scores = validate(parts.scored, parts.inner_loader, accelerator, meta, cfg=cfg)[0] if inner else None
             val_seconds = time.time() - started
             improved = end_epoch(cfg, trainer, parts.scheduler, judged_scores(cfg, scores, inner_scores))
             final = epoch + 1 == cfg.epochs or stops_early(cfg, trainer)

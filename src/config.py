@@ -73,6 +73,9 @@ class Config:
                                      "for deeplabv3(plus)/pan/upernet", shown="smp's, 256,128,64,32,16 for unet")
     ds_weights: str = knob("", "unetpp_ds: each head's loss weight, L1 to L4 (e.g. 0.25,0.5,0.75,1)",
                            shown="equal: the heads' mean")
+    ema: float = knob(0.0, "an exponential moving average of the weights (timm's ModelEmaV3) with this largest decay, "
+                           "warmed up by timm's rule (1 - (1 + step)^-2/3), validated, saved, scored and exported in "
+                           "place of the trained weights; 0: none", shown="0: none")
     # optimisation
     epochs: int = knob(40, "maximum number of epochs")
     batch_size: int = knob(16, "images per step per process")

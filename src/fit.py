@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from src.augment import training_augmentation
@@ -65,6 +66,17 @@ class Parts:
     loss_fn: torch.nn.Module
     optimizer: object
     scheduler: object
+    ema: object = None  # timm's ModelEmaV3 of bare_model under --ema, else None
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights validated and saved: their moving average under --ema, else the model's own."""
+        return self.model if self.ema is None else self.ema.module
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """scored, unwrapped: plain key names for best.pt and last.pt."""
+        return self.bare_model if self.ema is None else self.ema.module
 
 
 def open_arrays(cfg, accelerator) -> tuple:
@@ -110,12 +122,26 @@ def set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretraine
         model, optimizer, train_loader, valid_loader, inner_loader)
     loss_fn = loss_fn.to(accelerator.device)  # not prepared: a module without parameters cannot be wrapped in DDP
     accelerator.register_for_checkpointing(scheduler)
-    return Parts(len(images), train_set, train_loader, valid_loader, inner_loader, model,
-                 accelerator.unwrap_model(model, keep_torch_compile=False), loss_fn, optimizer, scheduler)
+    bare = accelerator.unwrap_model(model, keep_torch_compile=False)
+    ema = ModelEmaV3(bare, decay=cfg.ema, use_warmup=True) if cfg.ema else None  # on the model's device
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # --resume restores the average too
+    return Parts(len(images), train_set, train_loader, valid_loader, inner_loader, model, bare, loss_fn, optimizer,
+                 scheduler, ema)
 
 
-def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) -> dict:
-    """One pass over the fold's training images, each drawn once over all processes."""
+def ema_line(cfg, steps_per_epoch: int) -> str:
+    """train.py's announcement of --ema's rule, with the decay it reaches at the run's last step."""
+    last = cfg.epochs * steps_per_epoch
+    decay = min(cfg.ema, 1 - (1 + last) ** (-2 / 3))
+    return (f"EMA: the weights' moving average (timm's ModelEmaV3) is validated, saved and scored in their place; "
+            f"decay min({cfg.ema:g}, 1 - (1 + step)^-2/3) (timm's warm-up): {decay:.4f} at step {last}, the run's "
+            f"last, an average over about its last {1 / (1 - decay):.0f} steps")
+
+
+def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int, steps: int) -> dict:
+    """One pass over the fold's training images, each drawn once over all processes; steps: the optimiser steps
+    before it (--ema's warm-up counts them), returned with the epoch's added."""
     model, optimizer = parts.model, parts.optimizer
     model.train()
     parts.train_set.epoch = epoch
@@ -134,6 +160,10 @@ def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) ->
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:  # an optimiser step was taken
+            steps += 1
+            if parts.ema is not None:
+                parts.ema.update(parts.bare_model, step=steps)
         loss_sum += loss.detach() * len(images_batch)  # no .item() here: no host sync per step
         head_sum = head_sum + parts.loss_fn.head_losses * len(images_batch)
         draws.index_add_(0, rows_batch, torch.ones_like(rows_batch, dtype=draws.dtype))
@@ -149,4 +179,4 @@ def train_one_epoch(parts: Parts, accelerator, epoch: int, cfg, n_train: int) ->
     # Accelerate pads the last batches with repeats so that every process steps together.
     return {"train_loss": train_loss, **heads, "train_images": train_images,
             "train_repeats": images_seen - train_images,
-            "train_images_per_s": images_seen / seconds, "train_seconds": seconds}
+            "train_images_per_s": images_seen / seconds, "train_seconds": seconds, "steps": steps}

@@ -10,6 +10,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import train
 from conftest import ROOT, TINY, paths, wandb_records
@@ -367,9 +368,10 @@ def history_rows(path) -> int:
 def test_a_killed_run_resumes_from_its_last_finished_epoch_to_the_weights_of_straight_training(demo_dir, tmp_path,
                                                                                                 capsys):
     """SIGKILL mid-training loses at most the epoch in progress; --resume trains only the epochs after the last
-    finished one and ends with last.pt and history.csv exactly those of a run never interrupted."""
+    finished one and ends with last.pt and history.csv exactly those of a run never interrupted, the weights' moving
+    average (--ema) restored with the rest: last.pt holds the average, not the trained weights."""
     common = ["--aug", "medium", "--fold", "1", "--epochs", "4", "--select-on", "fold", "--scheduler", "plateau",
-              "--patience", "10"]
+              "--patience", "10", "--ema", "0.9"]
     train.main([*TINY, *paths(demo_dir), "--runs-dir", str(tmp_path / "straight"), *common])
     straight = tmp_path / "straight" / "demo" / "unet-tu-test_resnet" / "fold1"
     run = tmp_path / "killed" / "demo" / "unet-tu-test_resnet" / "fold1"
@@ -394,6 +396,9 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch_to_the_weights_of_str
                                   check_exact=True)
     a, b = torch.load(straight / "last.pt"), torch.load(run / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    own = load_file(run / "state" / "model.safetensors")  # the model's own weights, in the state --resume reads
+    assert own.keys() == b.keys() and not torch.equal(own["encoder.model.conv1.0.weight"],
+                                                       b["encoder.model.conv1.0.weight"])
 
 
 def test_a_second_ctrl_c_stops_at_once(demo_dir, tmp_path):

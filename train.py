@@ -38,6 +38,7 @@ from src.fit import Parts, ema_line, mixed_precision, open_arrays, set_up, train
 from src.folds import fingerprint, fold_rows, load_folds
 from src.losses import loss_name
 from src.lr_find import run_rate
+from src.models import size_problem
 from src.portable.models import ModelError, canonical_arch, check_encoder
 from src.plan import apply_plan, given_flags, planned_line
 from src.runs import RunLock, log_start, move_aside
@@ -75,8 +76,9 @@ def check_run(args) -> tuple:
             cfg, provenance["sources"] = apply_plan(cfg, args.given)
             cfg, provenance["lr_find"] = settled_lr(cfg, cfg.run_dir) if args.resume else (cfg, None)
         check_encoder(cfg.encoder)
-        problem = patch_problem(cfg, encoder_stride(cfg.encoder) if cfg.tiles else None)
-        if problem:  # a --patch, --overlap or window batch that cannot work, before any data is read
+        problem = patch_problem(cfg, encoder_stride(cfg.encoder) if cfg.tiles else None) or \
+            (None if cfg.tiles else size_problem(cfg.arch, cfg.encoder, cfg.size))
+        if problem:  # a --patch, --overlap, window batch or size the model cannot take, before any data is read
             raise ValueError(problem)
         meta = load_meta(cfg.dataset_dir)
         loss_name(cfg.loss, meta["task"])  # a loss of the other task, said before anything starts

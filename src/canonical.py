@@ -162,7 +162,9 @@ def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: 
         where = _mask_where(sample)
         if mask.shape[:2] != image.shape[:2]:
             raise InputError(where, "mask size does not match its image",
-                             f"mask {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")
+                             f"mask {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}",
+                             "give each image the mask drawn on it, at its size (prepare does not guess how a mask of "
+                             "another size lines up; resize it yourself, nearest neighbour, where it only was scaled)")
         jpeg = any(Path(f).suffix.lower() in JPEG_SUFFIXES for f in sample.mask_files)
         return class_indices(mask, source.task, source.classes, where, source.class_colors, source.mask_threshold,
                              jpeg)

@@ -7,6 +7,7 @@ import torch
 
 from src.portable.deep_supervision import LEVELS
 from src.portable.models import DEEP_SUPERVISED, ModelError, build_model, canonical_arch
+from src.sliding import encoder_stride
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -139,6 +140,20 @@ def create_model(arch: str, encoder: str, in_channels: int, classes: int, weight
         print(f"encoder weights {weights}: dropped {len(dropped)} keys the encoder does not use: "
               f"{', '.join(dropped[:4])}" + (", ..." if len(dropped) > 4 else ""))
     return model
+
+
+def size_problem(arch: str, encoder: str, side: int) -> str | None:
+    """Why arch on encoder cannot take side x side inputs (one sentence with the fix), or None: smp pads them to its
+    encoder's stride for Unet alone; every other architecture needs a multiple of it."""
+    import segmentation_models_pytorch as smp
+    name = canonical_arch(arch)
+    smp_class = smp.MODEL_ARCHITECTURES_MAPPING["unetplusplus" if name in ("unetpp", DEEP_SUPERVISED) else name]
+    stride = encoder_stride(encoder)
+    if not smp_class.requires_divisible_input_shape or side % stride == 0:
+        return None
+    below, above = side // stride * stride, (side // stride + 1) * stride
+    return (f"--size {side}: {name} takes sides that are multiples of {stride}, the factor encoder {encoder} reduces "
+            f"its input by (smp pads other sides for unet alone); use {f'{below} or ' if below else ''}{above}")
 
 
 def head_weights(spec: str, arch: str) -> list | None:

@@ -57,7 +57,8 @@ def commit() -> str:
 
 def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags: dict) -> list:
     """Every model whose predictions made the masks of `part` (test, or sets/<name>), in ensemble.py's order: each run
-    of scores.json at its TTA and level, each fold of its split, with its weights file and blend weight. Refused, with
+    of scores.json at its TTA and level, each fold of its split, with its weights file and blend weight (its run's,
+    shared out among the run's folds, as ensemble.py weighs them). Refused, with
     the infer.py command that renews them, where a run's weights changed since they predicted."""
     models = []
     for run, summary in scores["runs"].items():
@@ -83,7 +84,7 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
             cfg, meta = load_run_config(run_dir / f"fold{fold}")
             models.append({"run": run, "fold": fold, "arch": cfg.arch, "encoder": cfg.encoder,
                            "decoder_channels": cfg.decoder_channels, "size": cfg.size, "tta": summary["tta"],
-                           "level": level, "weight": scores["weights"][run], "meta": meta,
+                           "level": level, "weight": scores["weights"][run] / len(folds), "meta": meta,
                            "window": predictions.windows(part).get(fold), "sw_batch_size": cfg.sw_batch_size,
                            "weights_file": ledger.weights_file(run_dir, fold, selection["checkpoint"])})
     return models

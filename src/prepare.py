@@ -4,7 +4,7 @@
   python -m src.prepare demo --multiclass          # generated nuclei (5 classes + background)
   python -m src.prepare chest-xray --src DIR       # Montgomery / Shenzhen / Kaggle masks-and-labels
   python -m src.prepare pannuke --src DIR          # the official PanNuke fold files
-  python -m src.prepare folder --images DIR --masks DIR [--test DIR] [--task multiclass --classes a,b]
+  python -m src.prepare folder --images DIR --masks DIR [--test DIR] [--task multiclass --classes background,a,b]
                                                    # layouts and mask rules: README, src/sources/folder.py, src/masks.py
   python -m src.prepare rle --images DIR --csv train.csv [--rle-order row] [--rle-relative]   # Kaggle RLE masks
   any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv

@@ -98,6 +98,13 @@ def encoder_problems(archs: list, encoders: list, weights: str) -> list:
     return list(dict.fromkeys(problems))
 
 
+def size_problems(archs: list, encoders: list, cfg: Config) -> list:
+    """The architectures that cannot take the study's --size on an encoder (smp pads for Unet alone), one line each;
+    a patched study's models see --patch, which train.py checks."""
+    from src.models import size_problem
+    return [] if cfg.tiles else list(filter(None, (size_problem(a, e, cfg.size) for a in archs for e in encoders)))
+
+
 def script(name: str) -> str:
     """A stage's path as a command names it, relative to where the study runs (its paths are relative to it too)."""
     return os.path.relpath(ROOT / name)

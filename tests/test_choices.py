@@ -105,3 +105,19 @@ def test_tta_gain_compares_every_mode_with_none_on_the_same_images():
     gain = scores.tta_gain(dice_of, IDS)
     assert gain["images"] == 5 and gain["modes"]["d4"]["gain"] == pytest.approx((1.0 + 0.2 + 0.6) / 5 - 0.5)
     assert scores.tta_gain({"d4": dice_of["d4"]}, IDS)["modes"]["d4"]["gain"] is None
+
+
+def test_the_test_masks_weigh_each_run_as_the_oof_mean_does_whatever_its_number_of_folds(tmp_path):
+    """A 3-fold run and a 1-fold run of weights 1 and 2: the first's three fold files weigh 1/3 each, the second's one
+    file 2, as the OOF mean weighs the runs 1:2 (before, each fold file weighed its run's weight: 3:2)."""
+    from src.ensembling import inputs
+    runs = {}
+    for run, folds in (("unet-x", (0, 1, 2)), ("unetpp-x", (0,))):
+        folder = tmp_path / run / "tta-none"
+        for fold in folds:
+            save_pred(folder / "test" / f"fold{fold}" / "t1.npz", np.zeros((1, 4, 4), np.uint8), (4, 4))
+        predictions = PredictionSet(run, "selected", "none", None, folder)
+        runs[run] = choices.Choice({0: predictions}, predictions)
+    selection = inputs.Selection("demo", None, "selected", "best", str(tmp_path), None, {})
+    files = choices.test_inputs(runs, {"unet-x": 1.0, "unetpp-x": 2.0}, selection, {0, 1, 2}, ["t1"])
+    assert sorted(w for _, w in files["t1"]) == pytest.approx([1 / 3] * 3 + [2.0])

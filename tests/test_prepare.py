@@ -92,7 +92,7 @@ def test_every_bad_input_is_reported_in_one_error_and_nothing_is_written(tmp_pat
     message = str(error.value)
     for expected in ["corrupt.png: cannot be read as an image by OpenCV", "lonely_image.png: image has no mask",
                      "lonely_mask.png: mask has no image", "wrong_size.png: mask size does not match its image (mask "
-                     "20x20, image 30x40)", "bad_values.png: mask is mostly mid-grey away from edges, like a probability map",
+                     "20x20, image 30x40); give each image the mask drawn on it, at its size", "bad_values.png: mask is mostly mid-grey away from edges, like a probability map",
                      "colourful.png: mask is colour-coded (its channels differ); pass --class-colors",
                      "dup.png: duplicate id"]:
         assert expected in message

@@ -1,4 +1,6 @@
 """Kaggle RLE CSVs and metadata CSVs through `python -m src.prepare`: merged rows, classes, bad rows, groups."""
+import re
+
 import numpy as np
 import pandas as pd
 import pydicom
@@ -149,3 +151,25 @@ def test_metadata_csv_problems_name_the_file_and_the_flag(tmp_path):
             prepare(tmp_path, *args, *groups)
     with pytest.raises(SystemExit, match="no column 'subject' .columns: id, patient.; choose one with --group-column"):
         prepare(tmp_path, *args, "--group-column", "subject")
+
+
+def test_a_csv_of_the_other_pixel_order_is_named_with_the_flag_that_reads_it(tmp_path, capsys):
+    """Discs run-length encoded row by row, read in the default column order, shred into strips: prepare says so."""
+    import cv2
+    names = [f"i{k}" for k in range(4)]
+    images = images_folder(tmp_path, names, shape=(40, 48))
+    rows = []
+    for k, name in enumerate(names):
+        mask = np.zeros((40, 48), np.uint8)
+        cv2.circle(mask, (12 + 4 * k, 14), 7, 1, -1)
+        cv2.circle(mask, (38, 30 - 2 * k), 5, 1, -1)
+        rows.append((name, rle_encode(mask, "row")))
+    csv = write_csv(tmp_path / "train.csv", rows)
+    prepare(tmp_path / "column", "rle", "--images", str(images), "--csv", str(csv), "--size", "16", "--k", "2")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rle: ")]
+    assert len(said) == 1 and re.fullmatch(r"rle: the first 4 images' masks decode into \d+ pieces in column order "
+                                           r"and 8 in row order: if the CSV lists pixels row by row, pass --rle-order "
+                                           r"row", said[0])
+    prepare(tmp_path / "row", "rle", "--images", str(images), "--csv", str(csv), "--size", "16", "--k", "2",
+            "--rle-order", "row")
+    assert not any(line.startswith("rle: ") for line in capsys.readouterr().out.splitlines())

@@ -97,6 +97,8 @@ def test_existing_run_is_not_overwritten_by_accident(demo_dir, tmp_path, capsys)
     (["--patch", "48"], "--patch 48 is not a multiple of 32, the factor encoder tu-test_resnet reduces its input by"),
     (["--patch", "32", "--overlap", "1"], r"--overlap 1 is outside \[0, 1\)"),
     (["--patches-per-image", "2"], "only a --patch below --size draws"),
+    (["--arch", "unetpp", "--size", "50"], "--size 50: unetpp takes sides that are multiples of 32, the factor encoder "
+                                           "tu-test_resnet reduces its input by .*; use 32 or 64$"),  # unet pads them
 ])
 def test_clear_errors(demo_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):

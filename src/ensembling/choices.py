@@ -98,8 +98,10 @@ def best_by_fold(options: dict, dice, image_folds: np.ndarray) -> Choice:
 
 def test_inputs(runs: dict, weights: dict, selection, folds: set, test_ids: list) -> dict:
     """{image id: [(file, weight)]}: the test split's images (test_ids) or --set's, in the folders of the split's
-    folds of each run's test set. A run whose set did not predict --set stops the ensemble with the command that
-    does; an image some fold models did not predict is said, and averaged over those that did."""
+    folds of each run's test set, each file weighing its run's weight shared out among the run's folds (as the OOF
+    mean weighs each run: a 5-fold run weighs no more than a 2-fold one). A run whose set did not predict --set stops
+    the ensemble with the command that does; an image some fold models did not predict is said, and averaged over
+    those that did."""
     part, files = selection.part, {}
     predicted = {run: c.for_test for run, c in runs.items() if (c.for_test.folder / part).is_dir()}
     lacking = [run for run in runs if run not in predicted] if selection.set else []
@@ -113,7 +115,8 @@ def test_inputs(runs: dict, weights: dict, selection, folds: set, test_ids: list
                  + (" and the same for each run named" if len(lacking) > 1 else ""))
     wanted = {i for s in predicted.values() for i in s.provenance["sets"][selection.set]["ids"]} \
         if selection.set else set(test_ids)
-    models = [(d, weights[run]) for run, s in predicted.items() for d in s.fold_folders(part, folds).values()]
+    folders = {run: list(s.fold_folders(part, folds).values()) for run, s in predicted.items()}
+    models = [(d, weights[run] / len(found)) for run, found in folders.items() for d in found]
     for folder, weight in models:
         for image_id, path in ledger.prediction_files(folder).items():
             if image_id in wanted:

@@ -6,6 +6,7 @@ Every bad row is reported with its CSV line number.
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -56,6 +57,28 @@ def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: b
     if errors:
         raise ValueError("\n  ".join(errors))
     return mask
+
+
+def order_hint(rows_of: dict, order: str, relative: bool, images: int = 20) -> str:
+    """'' or a line naming the other --rle-order where the first images' masks decode into far fewer pieces in it: a
+    CSV of the other pixel order, read in this one, shreds each object into strips (4,060 pieces instead of 893)."""
+    other, pieces = "row" if order == "column" else "column", {}
+    for each in (order, other):
+        pieces[each] = 0
+        for path, rows in list(rows_of.items())[:images]:
+            shape, mask = read_image(path).shape[:2], None
+            for _, _, rle, _ in rows:
+                try:
+                    decoded = rle_decode(rle, shape, each, relative)
+                except ValueError:  # reported with its line when the masks are decoded
+                    continue
+                mask = decoded if mask is None else mask | decoded
+            pieces[each] += cv2.connectedComponents(mask, connectivity=8)[0] - 1 if mask is not None else 0
+    if pieces[order] >= 10 and pieces[other] * 2 <= pieces[order]:
+        return (f"rle: the first {min(images, len(rows_of))} images' masks decode into {pieces[order]} pieces in "
+                f"{order} order and {pieces[other]} in {other} order: if the CSV lists pixels {other} by {other}, "
+                f"pass --rle-order {other}")
+    return ""
 
 
 def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: str | None = None,
@@ -117,4 +140,7 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
                                     fix="--absent-empty: an empty mask; --allow-unmasked: a test image"))
     if test is not None:
         samples += test_samples(test, seen, problems)
+    hint = order_hint(rows_of, order, relative) if not problems else ""
+    if hint:
+        print(hint)
     return Source(task, classes, channels, samples, problems)

@@ -92,6 +92,9 @@ def write_masks(folder: Path, test: dict, settings: dict, meta: dict) -> None:
         final = final_mask(*ledger.read_maps(*zip(*test[image_id])), settings)
         return mask_rows(image_id, final, meta["task"], meta["classes"], masks)
 
+    if not test:
+        print("ensemble: no test images, so submission.csv holds its header alone (prepare --test DIR adds them to the "
+              "dataset; infer.py --images DIR and ensemble.py --set NAME write the masks of any folder)")
     with staged(folder / "masks") as masks:
         rows = [row for rows in thread_map(lambda i: mask(i, masks), list(test), max_workers=HOST_THREADS,
                                            desc="test masks", unit="img") for row in rows]

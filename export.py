@@ -71,7 +71,11 @@ def run(args):
                                     f"--format torch")
     target = Path(args.out_dir) / args.dataset / (args.name or "")
     target.parent.mkdir(parents=True, exist_ok=True)
-    files = images_of(written, part, selection, args)
+    files, what, here = images_of(written, part, selection, args), f"set '{args.set}'" if args.set else "test", False
+    if not files:  # no test images: the package is held to this project's own prediction of training images
+        files, what, here = training_images(Path(args.data_dir) / args.dataset), "training images'", True
+        print(f"export: the ensemble holds no test masks; parity on {len(files)} training images, predicted here "
+              f"with the runs' weights: {', '.join(files)}")
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.tmp-", dir=target.parent) as work:
         package = Path(work) / target.name
         write_package(package, models, scores, meta, args, source, list(files.values()))
@@ -80,9 +84,11 @@ def run(args):
         run_dir = Path(work) / "run"
         run_dir.mkdir()
         csv, masks, speed = packaging.run_package(package, images, run_dir, args.device)
+        reference = packaging.predict_here(models, scores, images, Path(work) / "here", args.device) if here else \
+            (written / "submission.csv", written / "masks")
         exact = args.format == "torch" and not args.half
-        passed, line = packaging.parity(written / "submission.csv", written / "masks", csv, masks, exact,
-                                        f"set '{args.set}'" if args.set else "test")
+        passed, line = packaging.parity(*reference, csv, masks, exact, what,
+                                        "this project's own prediction of them" if here else None)
         if args.format == "onnx":  # write_onnx stopped on any model outside the tolerance
             line += (f"; onnxruntime's maps within rtol 1e-3, atol 1e-5 of PyTorch's for all {len(models)} models "
                      f"(largest difference {max(m['onnx_check']['max_abs'] for m in models):.1e})")
@@ -141,6 +147,14 @@ def images_of(written: Path, part: str, selection: dict, args) -> dict:
         raise packaging.ExportError(f"{folder}: {len(missing)} of the set's images are gone (e.g. {missing[0]}), so "
                                     f"parity cannot be checked; restore them")
     return files
+
+
+def training_images(dataset_dir: Path, count: int = 8) -> dict:
+    """{id: image file} of the dataset's first training images by id, for the parity check of an ensemble that
+    wrote no test masks."""
+    index = load_index(dataset_dir)
+    rows = index[index["split"] == "train"].sort_values("id").head(count)
+    return {row.id: image_file(dataset_dir, row) for row in rows.itertuples()}
 
 
 def write_package(package: Path, models: list, scores: dict, meta: dict, args, source: Path, images: list) -> None:

@@ -201,6 +201,9 @@ def main(argv=None):
                            if any(r.state == s for r in runs))
         print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders x {len(folds)} folds = {len(runs)} "
               f"runs, {states}")
+        settings = study.settings_line(cfg, train_flags)
+        if settings:  # prepare printed the plan as planned; the study's flags may override it
+            print(settings)
         check_before_training(args, cfg, archs, encoders, runs)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"study: {error}")

@@ -260,9 +260,9 @@ def run(args):
             clock = now
             record_epoch(cfg, accelerator, meta, history, row, example, improved)
             if epoch == first_epoch and cfg.epochs - first_epoch > 1:  # timed by the epoch itself, no extra step
-                accelerator.print(estimate.line(f"{cfg.epochs - first_epoch} epochs", row["seconds"] * (
+                accelerator.print(estimate.line(f"{cfg.epochs - first_epoch} epochs", estimate.epoch_seconds(row) * (
                     cfg.epochs - first_epoch), estimate.where(accelerator.device.type, accelerator.num_processes),
-                    f"epoch {epoch + 1} took {row['seconds']:.0f} s"))
+                    f"epoch {epoch + 1} took {estimate.epoch_seconds(row):.0f} s besides its start-up"))
             if stopping and not final:
                 accelerator.end_training()
                 accelerator.print(f"train: stopped by {stop.signal or 'a signal'} after epoch {epoch + 1}, its state "

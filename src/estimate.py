@@ -2,7 +2,8 @@
 
 train.py says it after its first epoch; study.py once the first of its runs has written an epoch to history.csv.
 Each epoch of a run costs about the same (a fixed schedule, the same images), so the first one's seconds times the
-epochs is the estimate; other architectures and encoders of a study take their own time, which the line says.
+epochs is the estimate, less what only the first one pays (starting the loader's workers, the first logging: its
+other_seconds); other architectures and encoders of a study take their own time, which the line says.
 """
 import threading
 from pathlib import Path
@@ -22,7 +23,7 @@ def duration(seconds: float) -> str:
 
 
 def line(what: str, seconds: float, where: str, basis: str) -> str:
-    """'~ 53 min for 56 epochs on this CPU (epoch 1 took 57 s); --epochs to shorten'."""
+    """'~ 53 min for 56 epochs on this CPU (epoch 1 took 57 s besides its start-up); --epochs to shorten'."""
     return f"~ {duration(seconds)} for {what} {where} ({basis}); --epochs to shorten"
 
 
@@ -32,14 +33,20 @@ def where(device_type: str, processes: int = 1) -> str:
     return f"on this {'CPU' if device_type == 'cpu' else 'GPU'}"
 
 
+def epoch_seconds(row) -> float:
+    """An epoch's training, validation and saving seconds (history.csv's row): its own time without the start-up."""
+    return float(row["seconds"] - row["other_seconds"])
+
+
 def first_epoch(run_dirs: list) -> tuple | None:
-    """(the run folder, its first epoch's seconds) of the first folder whose history.csv holds an epoch, else None."""
+    """(the run folder, its first epoch's seconds, start-up left out) of the first folder whose history.csv holds an
+    epoch, else None."""
     for run_dir in run_dirs:
         history = Path(run_dir) / "history.csv"
         if history.exists():
             epochs = pd.read_csv(history)
             if len(epochs):
-                return Path(run_dir), float(epochs["seconds"].iloc[0])
+                return Path(run_dir), epoch_seconds(epochs.iloc[0])
     return None
 
 

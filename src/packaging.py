@@ -70,8 +70,7 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
             raise ExportError(f"{predictions.folder / ledger.PROVENANCE} not found: the predictions ensemble.py read "
                               f"for {run} are gone; run infer.py and ensemble.py again")
         name = part.split("/", 1)[1] if part.startswith("sets/") else None
-        folds = [f for f in sorted(predictions.weights(part)) if f < record["split"]["k"]
-                 and (predictions.part(name) / f"fold{f}").is_dir()]
+        folds = [f for f in sorted(predictions.weights(part)) if f < record["split"]["k"]]  # infer.py recorded them
         stale = predictions.stale_folds(part, folds)
         if stale or not folds:
             images = record.get("sets", {}).get(name, {}).get("images") if name else None
@@ -174,6 +173,25 @@ submission checked at export, and the images/s measured then.
 """)
 
 
+def predict_here(models: list, scores: dict, images: Path, work: Path, device: str | None) -> tuple:
+    """(submission.csv, masks folder) of a folder of images predicted in this process by the ensemble's models from
+    their runs' own .pt files (not the package's copies), through the prediction loop and averaging a package runs:
+    what the package's masks are held to where the ensemble wrote none to compare them with."""
+    from src.portable.models import at_level
+    from src.portable.package import choose_device, predict_all
+    from src.portable.predictor import Model, image_files
+    from src.portable.submission import csv_text
+    from src.portable.torch_model import torch_predictor
+    from src.predict import load_trained_model
+    meta, device = models[0]["meta"], torch.device(choose_device("torch", device))
+    built = [Model(f"{m['run']} fold{m['fold']}", m["size"], m["weight"], torch_predictor(
+        at_level(load_trained_model(m["weights_file"].parent, m["weights_file"], device)[0], m["level"]),
+        meta["task"], m["tta"], m["window"], m["sw_batch_size"], device)) for m in models]
+    rows = predict_all(built, {**meta, "postprocess": scores["postprocess"]}, image_files(images), 32, work / "masks")
+    (work / "submission.csv").write_text(csv_text(rows, meta["task"]))
+    return work / "submission.csv", work / "masks"
+
+
 def image_folder(folder: Path, files: dict) -> Path:
     """A folder of links named <id><suffix> to the images whose masks the ensemble wrote (files: {id: path})."""
     folder.mkdir(parents=True)
@@ -198,21 +216,21 @@ def run_package(package: Path, images: Path, work: Path, device: str | None) -> 
 
 
 def parity(ensemble_csv: Path, ensemble_masks: Path, package_csv: Path, package_masks: Path, exact: bool,
-           what: str = "test") -> tuple:
+           what: str = "test", against: str | None = None) -> tuple:
     """(passed, the line to print): identical submission rows per image (exact), else masks that agree on at least
-    PIXEL_AGREEMENT of each image's pixels."""
+    PIXEL_AGREEMENT of each image's pixels. against: what the line calls the reference (its files by default)."""
     theirs, ours = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (ensemble_csv, package_csv))
     ids = sorted(set(theirs["id"]))
     if exact:
         by_id = {i: rows.drop(columns="id").to_numpy().tolist() for i, rows in theirs.groupby("id")}
         same = [i for i, rows in ours.groupby("id") if by_id.get(i) == rows.drop(columns="id").to_numpy().tolist()]
         return len(same) == len(ids) and set(ours["id"]) == set(ids), \
-            f"{len(same)} of {len(ids)} {what} masks identical to {ensemble_csv}"
+            f"{len(same)} of {len(ids)} {what} masks identical to {against or ensemble_csv}"
     agreement = {i: float(np.mean(read_image(ensemble_masks / f"{i}.png") == read_image(package_masks / f"{i}.png")))
                  for i in ids}
     close = [i for i, share in agreement.items() if share >= PIXEL_AGREEMENT]
     worst = min(agreement.values())
-    return len(close) == len(ids), (f"{len(close)} of {len(ids)} {what} masks agree with {ensemble_masks} on >= "
+    return len(close) == len(ids), (f"{len(close)} of {len(ids)} {what} masks agree with {against or ensemble_masks} on >= "
                                     f"{PIXEL_AGREEMENT:.1%} of their pixels (the least: {worst:.4%})")
 
 

@@ -26,7 +26,7 @@ from src import runs as ledger
 from src.config import Config, add_config_arguments, config_from_args, patch_problem
 from src.canonical import load_index
 from src.folds import load_folds
-from src.plan import apply_plan, given_flags
+from src.plan import apply_plan, given_flags, load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 STATES = ledger.PLAN_STATES
@@ -66,6 +66,19 @@ def train_config(train_flags: list) -> Config:
     if patch_problem(cfg):  # without the encoder's stride, which train.py checks for each run's encoder
         raise ValueError(patch_problem(cfg))
     return cfg
+
+
+def settings_line(cfg: Config, train_flags: list) -> str:
+    """What every run of the study trains with, each of the plan's settings as a flag or the plan set it (prepare
+    printed the plan alone, which the study's flags may override); '' without a plan."""
+    plan = load_plan(cfg.dataset_dir)
+    if not plan:
+        return ""
+    parser = argparse.ArgumentParser(prog="study.py (train.py flags)", allow_abbrev=False)
+    add_config_arguments(parser)
+    given = given_flags(parser, train_flags)
+    return "# every run trains with " + ", ".join(
+        f"{name} {getattr(cfg, name)} ({'flag' if name in given else 'plan'})" for name in plan["values"])
 
 
 def fold_numbers(cfg: Config, folds: str) -> list:

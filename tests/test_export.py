@@ -58,7 +58,7 @@ def test_the_package_writes_ensemble_pys_submission_from_any_folder(exported, tm
     models = manifest["models"]
     assert [(m["run"], m["fold"]) for m in models] == [(r, f) for r in ("unet-tu-test_resnet", "unetpp-tu-test_resnet")
                                                       for f in range(3)]
-    assert {m["tta"] for m in models} == {"flip"} and {m["weight"] for m in models} == {1.0}
+    assert {m["tta"] for m in models} == {"flip"} and {m["weight"] for m in models} == {1 / 3}  # each run's, by fold
     scores = json.loads((work / "ensemble" / "demo" / "scores.json").read_text())
     assert manifest["postprocess"] == scores["postprocess"] and manifest["task"] == "binary"
     assert manifest["parity"] == f"4 of 4 test masks identical to {work / 'ensemble' / 'demo' / 'submission.csv'}"
@@ -80,6 +80,27 @@ def test_the_package_writes_ensemble_pys_submission_from_any_folder(exported, tm
     assert "images/s" in done.stdout and "10,000 images: about" in done.stdout
     assert (tmp_path / "cwd" / "sub.csv").read_text() == (work / "ensemble" / "demo" / "submission.csv").read_text()
     assert not (tmp_path / "cwd" / "masks").exists() and sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["sub.csv"]
+
+
+def test_a_dataset_without_test_images_is_said_and_exported_with_parity_on_training_images(ensembled, tmp_path,
+                                                                                            capsys):
+    """prepare without --test: ensemble.py says its submission.csv holds its header alone, and export.py holds the
+    package to the runs' own prediction of training images, made in its process, naming them."""
+    workdir, work = ensembled
+    shutil.copytree(workdir / "data", tmp_path / "data", ignore=shutil.ignore_patterns("cache"))
+    index = pd.read_csv(tmp_path / "data" / "demo" / "index.csv", dtype=str, keep_default_na=False)
+    index[index["split"] != "test"].to_csv(tmp_path / "data" / "demo" / "index.csv", index=False)
+    where = ["--data-dir", str(tmp_path / "data"), "--folds-dir", str(workdir / "folds")]
+    ensemble.main(["--dataset", "demo", *where, "--preds-dir", str(work / "preds"), "--out-dir",
+                   str(tmp_path / "ensemble"), "--tta", "flip", "--figures", "0"])
+    assert "ensemble: no test images, so submission.csv holds its header alone" in capsys.readouterr().out
+    export.main(["--dataset", "demo", *where, "--ensemble-dir", str(tmp_path / "ensemble"), "--out-dir",
+                 str(tmp_path / "export")])
+    said = capsys.readouterr().out
+    first = sorted(index.loc[index["split"] == "train", "id"])[:8]
+    assert f"parity on 8 training images, predicted here with the runs' weights: {', '.join(first)}" in said
+    assert "parity: 8 of 8 training images' masks identical to this project's own prediction of them" in said
+    assert (tmp_path / "export" / "demo" / "manifest.json").exists()
 
 
 def test_the_package_holds_the_projects_own_modules_byte_for_byte(exported):

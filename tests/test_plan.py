@@ -181,6 +181,9 @@ def test_train_takes_the_plan_a_flag_overrides_it_and_a_study_rerun_is_not_stale
     requested = study.train_config(study_flags)
     [run] = study.plan(requested, ["unet"], ["tu-test_resnet"], [0], study_flags)
     assert (run.run_dir, run.state) == (run_dir, "done")
+    said = study.settings_line(requested, study_flags)  # what the study prints its runs train with, plan or flag
+    assert said.startswith("# every run trains with size 64 (flag), ") and "epochs 1 (flag)" in said \
+        and "aug heavy (plan)" in said
     unplanned = replace(requested, encoder="tu-test_resnet", aug=Config.aug)  # what the study asked before it planned
     assert "aug heavy -> medium" in ledger.stale_settings(run_dir, unplanned)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from src import packaging
 from src.canonical import image_file, load_index
+from src.portable.predictor import image_files
 
 
 def parse_args(argv=None):
@@ -71,7 +72,7 @@ def run(args):
                                     f"--format torch")
     target = Path(args.out_dir) / args.dataset / (args.name or "")
     target.parent.mkdir(parents=True, exist_ok=True)
-    files, what, here = images_of(written, part, selection, args), f"set '{args.set}'" if args.set else "test", False
+    files, what, here = images_of(written, part, selection, scores, args), f"set '{args.set}'" if args.set else "test", False
     if not files:  # no test images: the package is held to this project's own prediction of training images
         files, what, here = training_images(Path(args.data_dir) / args.dataset), "training images'", True
         print(f"export: the ensemble holds no test masks; parity on {len(files)} training images, predicted here "
@@ -127,7 +128,7 @@ def masks_of(source: Path, args) -> tuple:
     return part, written
 
 
-def images_of(written: Path, part: str, selection: dict, args) -> dict:
+def images_of(written: Path, part: str, selection: dict, scores: dict, args) -> dict:
     """{id: image file} of the images whose masks the ensemble wrote: the test split's canonical images, or the files
     of the folder infer.py --images predicted for the set (prediction.json records it)."""
     ids = sorted({line.split(",", 1)[0] for line in (written / "submission.csv").read_text().splitlines()[1:]})
@@ -135,13 +136,12 @@ def images_of(written: Path, part: str, selection: dict, args) -> dict:
         dataset_dir = Path(args.data_dir) / args.dataset
         index = load_index(dataset_dir).set_index("id", drop=False)
         return {i: image_file(dataset_dir, index.loc[i]) for i in ids}
-    folder = next((Path(json.loads(p.read_text())["sets"][args.set]["images"])
-                   for p in sorted(Path(selection["preds_dir"], args.dataset).rglob("prediction.json"))
-                   if args.set in json.loads(p.read_text()).get("sets", {})), None)
-    if folder is None or not folder.is_dir():
-        raise packaging.ExportError(f"the images of set '{args.set}' ({folder or 'not recorded in prediction.json'}) "
-                                    f"are gone, so parity cannot be checked; restore them")
-    files = {p.stem: p for p in folder.iterdir() if p.stem in ids}
+    run, summary = next(iter(scores["runs"].items()))
+    folder = Path(packaging.test_set(run, summary, selection, args.dataset).provenance["sets"][args.set]["images"])
+    try:
+        files = {p.stem: p for p in image_files(folder) if p.stem in ids}
+    except ValueError:  # the folder, or every image of it, is gone
+        files = {}
     missing = sorted(set(ids) - set(files))
     if missing:
         raise packaging.ExportError(f"{folder}: {len(missing)} of the set's images are gone (e.g. {missing[0]}), so "

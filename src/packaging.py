@@ -62,9 +62,7 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
     the infer.py command that renews them, where a run's weights changed since they predicted."""
     models = []
     for run, summary in scores["runs"].items():
-        level = summary.get("level")
-        predictions = ledger.PredictionSet(run, selection["checkpoint"], summary["tta"], level, ledger.set_folder(
-            selection["preds_dir"], dataset, run, summary["tta"], selection["checkpoint"], level))
+        predictions, level = test_set(run, summary, selection, dataset), summary.get("level")
         record = predictions.provenance
         if not record:
             raise ExportError(f"{predictions.folder / ledger.PROVENANCE} not found: the predictions ensemble.py read "
@@ -87,6 +85,14 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
                            "window": predictions.windows(part).get(fold), "sw_batch_size": cfg.sw_batch_size,
                            "weights_file": ledger.weights_file(run_dir, fold, selection["checkpoint"])})
     return models
+
+
+def test_set(run: str, summary: dict, selection: dict, dataset: str) -> ledger.PredictionSet:
+    """The prediction set of a run (scores.json's summary of it) whose test or --set masks the ensemble wrote: its TTA
+    and, for unetpp_ds, its level chosen for them (other runs have none)."""
+    level = summary.get("level")
+    return ledger.PredictionSet(run, selection["checkpoint"], summary["tta"], level, ledger.set_folder(
+        selection["preds_dir"], dataset, run, summary["tta"], selection["checkpoint"], level))
 
 
 def copy_code(package: Path) -> None:

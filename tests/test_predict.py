@@ -205,10 +205,12 @@ def test_folders_of_new_images_are_prediction_sets_of_their_own(trained_dir, tmp
 
 
 def test_two_images_of_one_name_in_a_folder_are_refused_before_predicting(trained_dir, tmp_path):
-    (tmp_path / "new").mkdir()
+    """A folder is walked at any depth, as downloaded; two images of one name, wherever they lie, would share an id."""
+    (tmp_path / "new" / "deep").mkdir(parents=True)
     write_png(tmp_path / "new" / "x.png", np.full((30, 40), 90, np.uint8))
-    shutil.copy(tmp_path / "new" / "x.png", tmp_path / "new" / "x.tif")
-    with pytest.raises(SystemExit, match=r"^infer: --images .*new holds x.png and x.tif, which would share one id; rename one$"):
+    shutil.copy(tmp_path / "new" / "x.png", tmp_path / "new" / "deep" / "x.tif")
+    with pytest.raises(SystemExit, match=r"^infer: --images .*new holds deep/x.tif and x.png, which would share one id; "
+                                         r"rename one$"):
         infer.main([*tmp_args(trained_dir, tmp_path), "--images", str(tmp_path / "new")])
     assert not (tmp_path / "preds").exists()
 

@@ -69,11 +69,11 @@ def test_class_names_from_the_csv_or_from_classes(tmp_path):
 
 
 def test_siim_relative_rle_with_dicom_images(tmp_path):
-    folder = tmp_path / "dicom"
-    folder.mkdir()
+    folder = tmp_path / "dicom-images-train"
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    for name in ("1.2.3.4", "1.2.3.5"):  # SIIM's ids are DICOM UIDs: stems with dots
-        ds.save_as(folder / f"{name}.dcm")
+    for study, name in (("1.2.3.1", "1.2.3.4"), ("1.2.3.2", "1.2.3.5")):  # SIIM's ids are DICOM UIDs: stems with dots
+        (folder / study / f"{study}.9").mkdir(parents=True)  # as downloaded: <study>/<series>/<uid>.dcm
+        ds.save_as(folder / study / f"{study}.9" / f"{name}.dcm")
     csv = write_csv(tmp_path / "train-rle.csv", [("1.2.3.4", " -1"), ("1.2.3.5", "5 3 120 2")],
                     ("ImageId", " EncodedPixels"))  # SIIM's header has that leading space
     prepare(tmp_path, "rle", "--images", str(folder), "--csv", str(csv), "--rle-column", " EncodedPixels",

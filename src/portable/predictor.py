@@ -59,17 +59,19 @@ def file_batches(paths: list, channels: int, sides, batch_size: int) -> Iterator
 
 
 def image_files(folder: Path) -> list:
-    """The image files of a folder (images.IMAGE_SUFFIXES), ordered by id (the name without its suffix, as the rows
-    of submission.csv); a ValueError naming --images for a folder that is none, holds none, or two of one id."""
+    """The image files under a folder at any depth, as downloaded (SIIM-ACR's <study>/<series>/<uid>.dcm; hidden
+    folders left out), ordered by id: the file name without its suffix, as the rows of submission.csv. A ValueError
+    naming --images for a folder that is none, holds none, or two images of one id."""
     if not folder.is_dir():
         raise ValueError(f"--images {folder}: no such folder")
-    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: (p.stem, p.name))
+    paths = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1])),
+                   key=lambda p: (p.stem, str(p)))
     if not paths:
         raise ValueError(f"--images {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     names = {}
     for path in paths:
-        names.setdefault(path.stem, []).append(path.name)
+        names.setdefault(path.stem, []).append(str(path.relative_to(folder)))
     twins = next((found for found in names.values() if len(found) > 1), None)
     if twins:  # said before any prediction: one would silently replace the other's
         raise ValueError(f"--images {folder} holds {' and '.join(twins)}, which would share one id; rename one")

@@ -1,6 +1,8 @@
 """A directory of images plus a directory of masks matched by rule; chest X-ray layouts built on it.
 
-Images: `images/<id>.png`, or `images/<id>/images/<id>.png` (the Data Science Bowl's layout); a file named like
+Images: every image file under the images folder at any depth (`images/<id>.png`, SIIM-ACR's
+`<study>/<series>/<uid>.dcm`), but those under a folder named `masks` (the Data Science Bowl's `<id>/images/<id>.png`
+beside `<id>/masks/*.png`) or under the masks folder; the id is the file's stem, one image each. A file named like
 another image plus a mask suffix is that image's mask, so images and masks may share a folder (BUSI).
 Masks, searched recursively, belong to the image whose id is their stem less a usual suffix (`x.png`, `x_mask.png`,
 `x_mask_1.png`, `x_segmentation.png`, `x-seg.png`, `x_gt.png`, `leftMask/x.png`), else to the nearest folder named
@@ -53,10 +55,12 @@ def merged_mask(paths: list) -> np.ndarray:
     return np.maximum.reduce(masks)
 
 
-def nested_images(folder: Path) -> list:
-    """Image files directly in folder, and those of the Data Science Bowl's `<id>/images/<id>.png`."""
-    nested = [p for d in sorted(folder.iterdir()) if (d / "images").is_dir() for p in image_files(d / "images")]
-    return image_files(folder) + nested
+def nested_images(folder: Path, masks: Path | None = None) -> list:
+    """The image files under folder at any depth but those under a `masks` folder (the Data Science Bowl's
+    `<id>/masks/`) or under masks (a masks folder inside the images folder)."""
+    found = image_files(folder, leave_out=("masks",))
+    inside = masks is not None and masks != folder and folder in masks.parents
+    return [p for p in found if not (inside and masks in p.parents)]
 
 
 def test_samples(folder_path: Path, seen: dict, problems: list) -> list:
@@ -78,7 +82,7 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
     problems = [f"{p}: folder does not exist" for p in [images, masks] + ([test] if test else []) if not p.is_dir()]
     if problems:
         return Source(task, classes or [], channels, [], problems)
-    files = nested_images(images)
+    files = nested_images(images, masks)
     stems = {p.stem for p in files}
     files = [p for p in files if mask_key(p) == p.stem or mask_key(p) not in stems]  # BUSI: x_mask.png beside x.png
     if not files:

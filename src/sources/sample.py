@@ -31,8 +31,11 @@ class Source:
     mask_threshold: int | None = None  # binarise every non-binary mask at this value (src/masks.py)
 
 
-def image_files(folder: Path) -> list:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(folder: Path, leave_out: tuple = ()) -> list:
+    """The image files under folder at any depth, as data sets are downloaded (SIIM-ACR's
+    <study>/<series>/<uid>.dcm), by path; hidden folders' and those under a folder named in leave_out left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") or part in leave_out for part in p.relative_to(folder).parts[:-1]))
 
 
 def unsafe_id(image_id: str) -> bool:

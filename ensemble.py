@@ -6,8 +6,9 @@
 
 Reads preds/<dataset>/ (infer.py, through src/runs.py) and data/<dataset>/masks; writes ensemble/<dataset>/ (or
 ensemble/<dataset>/<NAME>/ with --name): masks/<id>.png (final masks at original size: 0/255 for binary, class index
-for multiclass), submission.csv (Kaggle RLE), scores.json, leaderboard.md, comparison.png, scores.png and, where Unet
-and Unet++ share encoders, study.png; with --set NAME the masks and submission.csv of that prediction set go to
+for multiclass), submission.csv (Kaggle RLE in the format of the train CSV that prepare read, or row for row as
+--sample-submission lists them), scores.json, leaderboard.md, comparison.png, scores.png and, where Unet and Unet++
+share encoders, study.png; with --set NAME the masks and submission.csv of that prediction set go to
 sets/NAME/ inside it instead. The folder records its selection (runs, checkpoint, TTA) in selection.json and is not
 replaced by another selection without --overwrite. Only predictions made by each run's current weights on the split
 it was trained on are used; any other stops the ensemble with the infer.py command that renews it. The scores are
@@ -26,7 +27,7 @@ from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable.files import write_atomic
 from src.portable.images import HOST_THREADS
 from src.portable.maps import final_mask
-from src.portable.submission import csv_text, mask_rows, staged
+from src.portable.submission import mask_codes, staged, submission_text
 
 
 def parse_args(argv=None):
@@ -50,6 +51,9 @@ def parse_args(argv=None):
                                       "and TTA where --runs, --checkpoint, --tta are not given")
     parser.add_argument("--weights", help="test-time run weights, positive numbers, e.g. "
                                           "unet-resnet34=1,unetpp-resnet34=2 (default 1)")
+    parser.add_argument("--sample-submission", type=Path,
+                        help="the competition's sample_submission.csv: submission.csv follows its rows and columns "
+                             "exactly (default: the format of the train CSV prepare read, else id,rle / id,class,rle)")
     parser.add_argument("--figures", type=int, default=4,
                         help="OOF images in comparison.png: where the first two runs disagree most, and the worst one")
     parser.add_argument("--by", help="also score subgroups: any index.csv column, e.g. view, sex (default: tissue "
@@ -74,33 +78,38 @@ def main(argv=None):
                                  None if args.overwrite else out / "selection.json", dirs)
     found = inputs.find(selection)
     checked = inputs.check(found, selection, Path(args.data_dir) / args.dataset, args.by, args.weights, out,
-                           args.overwrite)
+                           args.overwrite, args.sample_submission)
     chosen = choices.choose(checked, args.tune_size)
     scores, tables = scoring.score(checked, chosen, args.compare_tta)
     report.write(out, scores, tables, checked, chosen, args.figures, args.tracker)
     written = out / "sets" / args.set if args.set else out
-    write_masks(written, chosen.test, chosen.postprocess["ensemble"].for_test, checked.meta)
+    write_masks(written, chosen.test, chosen.postprocess["ensemble"].for_test, checked.meta,
+                args.sample_submission)
     print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(chosen.test)} masks, submission.csv")
     print("\n".join(report.headline(scores)))
 
 
-def write_masks(folder: Path, test: dict, settings: dict, meta: dict) -> None:
+def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Path | None) -> None:
     """Each test image's (or --set image's) weighted mean over every run and fold, post-processed with the settings
     chosen on all OOF images, as an exported package computes it: masks/<id>.png (0/255 for binary, the class index
-    for multiclass) and submission.csv's rows. Masks of images no longer predicted are removed."""
-    def mask(image_id: str, masks: Path) -> list:
+    for multiclass) and submission.csv in the dataset's format, or row for row as the sample submission lists them.
+    Masks of images no longer predicted are removed."""
+    def codes(image_id: str, masks: Path) -> dict:
         final = final_mask(*ledger.read_maps(*zip(*test[image_id])), settings)
-        return mask_rows(image_id, final, meta["task"], meta["classes"], masks)
+        return mask_codes(image_id, final, meta["classes"], meta["submission"], masks)
 
     if not test:
         print("ensemble: no test images, so submission.csv holds its header alone (prepare --test DIR adds them to the "
               "dataset; infer.py --images DIR and ensemble.py --set NAME write the masks of any folder)")
     with staged(folder / "masks") as masks:
-        rows = [row for rows in thread_map(lambda i: mask(i, masks), list(test), max_workers=HOST_THREADS,
-                                           desc="test masks", unit="img") for row in rows]
+        found = thread_map(lambda i: codes(i, masks), list(test), max_workers=HOST_THREADS, desc="test masks",
+                           unit="img")
     for old in {p.stem for p in (folder / "masks").glob("*.png")} - set(test):
         (folder / "masks" / f"{old}.png").unlink()
-    write_atomic(folder / "submission.csv", csv_text(rows, meta["task"]))
+    text, said = submission_text(dict(zip(test, found)), meta["classes"], meta["submission"], sample)
+    if said:
+        print(f"ensemble: {said}")
+    write_atomic(folder / "submission.csv", text)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ export/<dataset>/[<name>/]:
   manifest.json   models, TTA, levels, blend weights, post-processing, input rules, versions, SHA-256s, parity, speed
   requirements.txt (exact versions) and README.md (the Kaggle notebook cell)
 Parity: the package runs with python -I from another folder on the images whose masks the ensemble wrote (the test
-split, or --set); its submission must equal ensemble.py's row for row (--half, onnx: masks that agree on 99.9% of
-each image's pixels). A package that fails is not written; one that passes replaces the folder's old one whole.
+split, or --set); its masks must equal ensemble.py's pixel for pixel, so its submission equals it row for row in
+the dataset's format (--half, onnx: masks that agree on 99.9% of each image's pixels). A package that fails is not written; one that passes replaces the folder's old one whole.
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from src import packaging
-from src.canonical import image_file, load_index
+from src.canonical import image_file, load_index, load_meta
 from src.portable.predictor import image_files
 
 
@@ -64,7 +64,7 @@ def run(args):
     part, written = masks_of(source, args)
     dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": selection["preds_dir"]}
     models = packaging.models_of(scores, selection, args.dataset, part, dirs)
-    meta = models[0]["meta"]
+    meta = {**models[0]["meta"], "submission": dataset_format(Path(args.data_dir) / args.dataset)}
     windowed = [m for m in models if m["window"]]
     if windowed and args.format == "onnx":  # MONAI's window is torch code; an ONNX package runs without torch
         raise packaging.ExportError(f"{windowed[0]['run']} predicts by sliding window (trained on patches), which the "
@@ -84,11 +84,11 @@ def run(args):
         images = packaging.image_folder(Path(work) / "images", files)
         run_dir = Path(work) / "run"
         run_dir.mkdir()
-        csv, masks, speed = packaging.run_package(package, images, run_dir, args.device)
-        reference = packaging.predict_here(models, scores, images, Path(work) / "here", args.device) if here else \
-            (written / "submission.csv", written / "masks")
+        masks, speed = packaging.run_package(package, images, run_dir, args.device)
+        reference = packaging.predict_here(models, scores, meta, images, Path(work) / "here", args.device) if here else \
+            written / "masks"
         exact = args.format == "torch" and not args.half
-        passed, line = packaging.parity(*reference, csv, masks, exact, what,
+        passed, line = packaging.parity(reference, masks, exact, what,
                                         "this project's own prediction of them" if here else None)
         if args.format == "onnx":  # write_onnx stopped on any model outside the tolerance
             line += (f"; onnxruntime's maps within rtol 1e-3, atol 1e-5 of PyTorch's for all {len(models)} models "
@@ -104,6 +104,14 @@ def run(args):
           f"`python -I {target / 'predict.py'} --images DIR --out submission.csv`")
     if args.zip:
         print(f"export: wrote {write_zip(target)}")
+
+
+def dataset_format(dataset_dir: Path) -> dict:
+    """The submission format of the dataset (meta.json), which the ensemble's submission.csv was written in."""
+    try:
+        return load_meta(dataset_dir)["submission"]
+    except (FileNotFoundError, ValueError) as error:
+        raise packaging.ExportError(str(error)) from None
 
 
 def read_ensemble(source: Path) -> tuple:
@@ -131,7 +139,7 @@ def masks_of(source: Path, args) -> tuple:
 def images_of(written: Path, part: str, selection: dict, scores: dict, args) -> dict:
     """{id: image file} of the images whose masks the ensemble wrote: the test split's canonical images, or the files
     of the folder infer.py --images predicted for the set (prediction.json records it)."""
-    ids = sorted({line.split(",", 1)[0] for line in (written / "submission.csv").read_text().splitlines()[1:]})
+    ids = sorted(p.stem for p in (written / "masks").glob("*.png"))
     if part == "test":
         dataset_dir = Path(args.data_dir) / args.dataset
         index = load_index(dataset_dir).set_index("id", drop=False)

@@ -248,7 +248,7 @@ def package_speed(package: Path, images: Path, device: str | None = None, repeat
     speeds = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as work:
-            speeds.append(packaging.run_package(Path(package), Path(images), Path(work), device)[2])
+            speeds.append(packaging.run_package(Path(package), Path(images), Path(work), device)[1])
     return {"package": str(package), "package_images": sum(1 for _ in Path(images).iterdir()),
             "package_images_per_s": max(speeds)}
 

@@ -1,7 +1,7 @@
 """The canonical dataset layout every stage reads.
 
 data/<name>/
-  meta.json            task, class names, channels, source, cache sizes
+  meta.json            task, class names, channels, source, the submission format (src/portable/submission.py)
   index.csv            one row per image: id, file, split (train/test), height, width, group, foreground,
                        dominant_class, and the source's or metadata CSV's own columns; DICOM images with a pixel
                        spacing add spacing_row_mm, spacing_col_mm (mm between rows, between columns; read with
@@ -27,6 +27,7 @@ from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, 
                                  to_channels, write_png)
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.portable.problems import InputError, Problem
+from src.portable.submission import default_format
 from src.problems import as_problem, report
 from src.sources import Sample, Source
 
@@ -43,7 +44,12 @@ def load_meta(dataset_dir: Path) -> dict:
     path = Path(dataset_dir) / "meta.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: prepare the dataset first (python -m src.prepare ...)")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if "submission" not in meta:
+        raise ValueError(f"{path} was written by an older prepare, without the submission format the masks are "
+                         f"written in: prepare the dataset again as before (python -m src.prepare ... --out "
+                         f"{Path(dataset_dir)}); the fold file and the runs stay valid")
+    return meta
 
 
 def load_index(dataset_dir: Path) -> pd.DataFrame:
@@ -137,7 +143,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
         index.to_csv(tmp / "index.csv", index=False)
         meta = {"name": out_dir.name, "task": source.task, "classes": source.classes, "channels": source.channels,
                 "source": source_name, "official_folds": source.official_folds,
-                "rotation_invariant": source.rotation_invariant}
+                "rotation_invariant": source.rotation_invariant,
+                "submission": source.submission or default_format(source.task)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

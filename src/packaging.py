@@ -9,7 +9,6 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from safetensors.torch import save_file
 
@@ -145,6 +144,7 @@ def manifest_of(package: Path, models: list, scores: dict, meta: dict, kind: str
                  *(["monai"] if any(m["window"] for m in models) else []))}
     return {"format": kind, "half": half, "dataset": scores["dataset"], "ensemble": str(source),
             "commit": commit(), "task": meta["task"], "classes": meta["classes"], "channels": meta["channels"],
+            "submission": meta["submission"],
             "input": {"channels": meta["channels"], "colour_rule": "8-bit files as they are; 16-bit and DICOM windowed "
                       "to 8 bits between their 0.5th and 99.5th percentiles; RGB to grey by luminance, alpha dropped, "
                       "grey replicated to RGB (portable/images.py)",
@@ -168,10 +168,13 @@ that ensemble.py chose (all listed in `manifest.json`; format {manifest['format'
     pip install -r requirements.txt   # exact versions; a differing torch/smp is warned about, then used
     python -I predict.py --images path/to/test_images --out submission.csv [--masks-dir masks] [--device cpu|cuda]
 
+The rows are in the competition's format as the train CSV gave the labels (manifest.json's "submission"); with
+`--sample-submission sample_submission.csv` they follow its rows and columns exactly.
+
 On Kaggle with internet off: upload this folder (or its zip) as a dataset, add it to the notebook (Add Input), then
 
     !python -I /kaggle/input/<this-dataset>/predict.py --images /kaggle/input/<competition>/test \\
-        --out /kaggle/working/submission.csv
+        --sample-submission /kaggle/input/<competition>/sample_submission.csv --out /kaggle/working/submission.csv
 
 The notebook's preinstalled torch, segmentation-models-pytorch and timm are used; predict.py warns where their
 versions differ from those the package was checked with. manifest.json records the parity with ensemble.py's
@@ -179,23 +182,21 @@ submission checked at export, and the images/s measured then.
 """)
 
 
-def predict_here(models: list, scores: dict, images: Path, work: Path, device: str | None) -> tuple:
-    """(submission.csv, masks folder) of a folder of images predicted in this process by the ensemble's models from
+def predict_here(models: list, scores: dict, meta: dict, images: Path, work: Path, device: str | None) -> tuple:
+    """The masks folder of a folder of images predicted in this process by the ensemble's models from
     their runs' own .pt files (not the package's copies), through the prediction loop and averaging a package runs:
     what the package's masks are held to where the ensemble wrote none to compare them with."""
     from src.portable.models import at_level
     from src.portable.package import choose_device, predict_all
     from src.portable.predictor import Model, image_files
-    from src.portable.submission import csv_text
     from src.portable.torch_model import torch_predictor
     from src.predict import load_trained_model
-    meta, device = models[0]["meta"], torch.device(choose_device("torch", device))
+    device = torch.device(choose_device("torch", device))
     built = [Model(f"{m['run']} fold{m['fold']}", m["size"], m["weight"], torch_predictor(
         at_level(load_trained_model(m["weights_file"].parent, m["weights_file"], device)[0], m["level"]),
         meta["task"], m["tta"], m["window"], m["sw_batch_size"], device)) for m in models]
-    rows = predict_all(built, {**meta, "postprocess": scores["postprocess"]}, image_files(images), 32, work / "masks")
-    (work / "submission.csv").write_text(csv_text(rows, meta["task"]))
-    return work / "submission.csv", work / "masks"
+    predict_all(built, {**meta, "postprocess": scores["postprocess"]}, image_files(images), 32, work / "masks")
+    return work / "masks"
 
 
 def image_folder(folder: Path, files: dict) -> Path:
@@ -208,7 +209,7 @@ def image_folder(folder: Path, files: dict) -> Path:
 
 def run_package(package: Path, images: Path, work: Path, device: str | None) -> tuple:
     """Run the package as a new user would, from another folder with `python -I` (-B: no __pycache__ left in it):
-    (its submission, masks folder, the images/s it printed). A failed run is an ExportError with its last line."""
+    (its masks folder, the images/s it printed). A failed run is an ExportError with its last line."""
     package, images, work = (Path(p).resolve() for p in (package, images, work))  # the run's cwd is work
     command = [sys.executable, "-I", "-B", str(package / "predict.py"), "--images", str(images), "--out",
                str(work / "submission.csv"), "--masks-dir", str(work / "masks"), *(["--device", device] if device else [])]
@@ -218,22 +219,20 @@ def run_package(package: Path, images: Path, work: Path, device: str | None) -> 
         raise ExportError(f"the package failed on the ensemble's images ({last[0]}); nothing was written")
     speed = next((float(w) for line in done.stdout.splitlines() if line.startswith("predict: ")
                   for w, unit in zip(line.split(), line.split()[1:]) if unit.startswith("images/s")), None)
-    return work / "submission.csv", work / "masks", speed
+    return work / "masks", speed
 
 
-def parity(ensemble_csv: Path, ensemble_masks: Path, package_csv: Path, package_masks: Path, exact: bool,
-           what: str = "test", against: str | None = None) -> tuple:
-    """(passed, the line to print): identical submission rows per image (exact), else masks that agree on at least
-    PIXEL_AGREEMENT of each image's pixels. against: what the line calls the reference (its files by default)."""
-    theirs, ours = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (ensemble_csv, package_csv))
-    ids = sorted(set(theirs["id"]))
-    if exact:
-        by_id = {i: rows.drop(columns="id").to_numpy().tolist() for i, rows in theirs.groupby("id")}
-        same = [i for i, rows in ours.groupby("id") if by_id.get(i) == rows.drop(columns="id").to_numpy().tolist()]
-        return len(same) == len(ids) and set(ours["id"]) == set(ids), \
-            f"{len(same)} of {len(ids)} {what} masks identical to {against or ensemble_csv}"
+def parity(ensemble_masks: Path, package_masks: Path, exact: bool, what: str = "test",
+           against: str | None = None) -> tuple:
+    """(passed, the line to print): masks identical to the reference's (exact), else masks that agree on at least
+    PIXEL_AGREEMENT of each image's pixels; the submission rows are written from them by the same code in any
+    format. against: what the line calls the reference (its folder by default)."""
+    ids = sorted(p.stem for p in Path(ensemble_masks).glob("*.png"))
     agreement = {i: float(np.mean(read_image(ensemble_masks / f"{i}.png") == read_image(package_masks / f"{i}.png")))
-                 for i in ids}
+                 if (package_masks / f"{i}.png").exists() else 0.0 for i in ids}
+    if exact:
+        same = [i for i, share in agreement.items() if share == 1]
+        return len(same) == len(ids), f"{len(same)} of {len(ids)} {what} masks identical to {against or ensemble_masks}"
     close = [i for i, share in agreement.items() if share >= PIXEL_AGREEMENT]
     worst = min(agreement.values())
     return len(close) == len(ids), (f"{len(close)} of {len(ids)} {what} masks agree with {against or ensemble_masks} on >= "

@@ -97,7 +97,11 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     real_comparison = scoring.paired_comparison
     monkeypatch.setattr(scoring, "paired_comparison",
                         lambda a, b, groups, alpha: compared.append(groups) or real_comparison(a, b, groups=groups))
-    ensemble.main(ensemble_args(predicted, tmp_path, figures=4))
+    index = pd.read_csv(predicted / "data" / "demo" / "index.csv").set_index("id")
+    listed = [f"{i}.png" for i in sorted(index.index[index["split"] == "test"], reverse=True)] + ["ghost.png"]
+    sample = tmp_path / "sample_submission.csv"  # another order, another spelling of the columns, an id unknown here
+    sample.write_text("ImageId,EncodedPixels\n" + "".join(f"{i},1 1\n" for i in listed))
+    ensemble.main(ensemble_args(predicted, tmp_path, figures=4) + ["--sample-submission", str(sample)])
     printed = capsys.readouterr().out.splitlines()
     out = tmp_path / "demo"
     scores = json.loads((out / "scores.json").read_text())
@@ -137,13 +141,15 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
             expected = 1.0 if not (mask.any() or truth.any()) else 2 * (mask & (truth > 0)).sum() / (
                 mask.sum() + (truth > 0).sum())
             assert dice[name] == pytest.approx(expected)
-    index = pd.read_csv(predicted / "data" / "demo" / "index.csv").set_index("id")
+    # The sample submission's rows and columns exactly; its unknown id named and written empty.
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
-    assert sorted(submission["id"]) == sorted(index.index[index["split"] == "test"])
-    for row in submission.itertuples():
-        mask = read_image(out / "masks" / f"{row.id}.png")
-        assert mask.shape == tuple(index.loc[row.id, ["height", "width"]])
-        np.testing.assert_array_equal(rle_decode(row.rle, mask.shape), mask // 255)
+    assert list(submission.columns) == ["ImageId", "EncodedPixels"] and list(submission["ImageId"]) == listed
+    assert submission["EncodedPixels"].iloc[-1] == "" and f"ensemble: 1 of the {len(listed)} images " \
+        "sample_submission.csv lists have no image here, their rows written empty: ghost" in printed
+    for row in submission.iloc[:-1].itertuples():
+        mask = read_image(out / "masks" / row.ImageId)
+        assert mask.shape == tuple(index.loc[row.ImageId[:-4], ["height", "width"]])
+        np.testing.assert_array_equal(rle_decode(row.EncodedPixels, mask.shape), mask // 255)
     board = (out / "leaderboard.md").read_text()
     assert "Unet++ vs Unet, both on the same images, on raw masks" in board
     # The answers first, and printed last: the best run and its interval, the ensemble, Unet++ vs Unet, the rules.

@@ -17,6 +17,7 @@ import export
 import infer
 from conftest import ROOT, infer_args, paths
 from src import packaging
+from src.portable.images import read_image, write_png
 
 PORTABLE = ROOT / "src" / "portable"
 # What a package may import: its own portable/ (relatively), the standard library, and its requirements.txt.
@@ -61,7 +62,7 @@ def test_the_package_writes_ensemble_pys_submission_from_any_folder(exported, tm
     assert {m["tta"] for m in models} == {"flip"} and {m["weight"] for m in models} == {1 / 3}  # each run's, by fold
     scores = json.loads((work / "ensemble" / "demo" / "scores.json").read_text())
     assert manifest["postprocess"] == scores["postprocess"] and manifest["task"] == "binary"
-    assert manifest["parity"] == f"4 of 4 test masks identical to {work / 'ensemble' / 'demo' / 'submission.csv'}"
+    assert manifest["parity"] == f"4 of 4 test masks identical to {work / 'ensemble' / 'demo' / 'masks'}"
     assert manifest["images_per_s"] > 0 and manifest["versions"]["torch"] and len(manifest["commit"]) >= 40
     assert sorted(p.name for p in (package / "weights").iterdir()) == sorted(
         f"{m['run']}-fold{m['fold']}.safetensors" for m in models)
@@ -75,10 +76,15 @@ def test_the_package_writes_ensemble_pys_submission_from_any_folder(exported, tm
     images.mkdir()
     for row in index[index["split"] == "test"].itertuples():
         shutil.copy(workdir / "data" / "demo" / row.file, images / Path(row.file).name)
-    done = run_package(copy, tmp_path / "cwd", "--images", images, "--out", tmp_path / "cwd" / "sub.csv")
+    ours = dict(line.split(",") for line in (work / "ensemble" / "demo" / "submission.csv").read_text().splitlines()[1:])
+    sample = tmp_path / "sample_submission.csv"  # the competition's rows: another order, ids with their extension
+    sample.write_text("id,rle\n" + "".join(f"{i}.png,1 1\n" for i in sorted(ours, reverse=True)))
+    done = run_package(copy, tmp_path / "cwd", "--images", images, "--out", tmp_path / "cwd" / "sub.csv",
+                       "--sample-submission", sample)
     assert done.returncode == 0, done.stderr
     assert "images/s" in done.stdout and "10,000 images: about" in done.stdout
-    assert (tmp_path / "cwd" / "sub.csv").read_text() == (work / "ensemble" / "demo" / "submission.csv").read_text()
+    assert (tmp_path / "cwd" / "sub.csv").read_text() == "id,rle\n" + "".join(
+        f"{i}.png,{ours[i]}\n" for i in sorted(ours, reverse=True))
     assert not (tmp_path / "cwd" / "masks").exists() and sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["sub.csv"]
 
 
@@ -133,7 +139,8 @@ def test_the_project_runs_the_portable_functions():
     assert predict.predict is predictor.predict is package.predict
     assert infer.torch_predictor is torch_model.torch_predictor and infer.at_level is models.at_level
     assert predict.ready is models.ready and package.final_mask is maps.final_mask is ensemble.final_mask
-    assert ensemble.mask_rows is submission.mask_rows is package.mask_rows
+    assert ensemble.mask_codes is submission.mask_codes is package.mask_codes
+    assert ensemble.submission_text is submission.submission_text is package.submission_text
 
 
 def test_the_zip_holds_the_package_as_it_is(exported, tmp_path):
@@ -229,10 +236,10 @@ def test_export_refuses_stale_predictions_and_a_failed_parity(ensembled, tmp_pat
     (source / "selection.json").write_text(json.dumps({**selection, "preds_dir": str(copy / "preds")}))
     args = ["--dataset", "demo", *paths(workdir), "--ensemble-dir", str(copy / "ensemble"),
             "--out-dir", str(tmp_path / "export")]
-    # The ensemble's submission changed by hand: the package's masks differ, and nothing is written.
-    submission = (source / "submission.csv").read_text().splitlines()
-    first = submission[1].split(",")
-    (source / "submission.csv").write_text("\n".join([submission[0], f"{first[0]},1 5", *submission[2:]]) + "\n")
+    # One of the ensemble's masks changed by hand: the package's differs, and nothing is written.
+    first = sorted((source / "masks").glob("*.png"))[0]
+    mask = read_image(first)
+    write_png(first, 255 - mask)
     with pytest.raises(SystemExit, match=r"^export: parity failed \(3 of 4 test masks identical to .*\); the package "
                                          r"was not written$"):
         export.main(args)

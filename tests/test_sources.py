@@ -173,3 +173,81 @@ def test_a_csv_of_the_other_pixel_order_is_named_with_the_flag_that_reads_it(tmp
     prepare(tmp_path / "row", "rle", "--images", str(images), "--csv", str(csv), "--size", "16", "--k", "2",
             "--rle-order", "row")
     assert not any(line.startswith("rle: ") for line in capsys.readouterr().out.splitlines())
+
+
+def class_maps(names, classes: int, shape=(12, 10)) -> dict:
+    """A class map per image: 0 background, a few random blobs of classes 1..classes, and one image left empty."""
+    rng, maps = np.random.default_rng(5), {}
+    for n, name in enumerate(names):
+        labels = np.zeros(shape, np.uint8)
+        for _ in range(0 if n == 1 else 3):
+            top, left = rng.integers(0, 8), rng.integers(0, 6)
+            labels[top:top + 4, left:left + 4] = rng.integers(1, classes + 1)
+        maps[name] = labels
+    return maps
+
+
+FORMS = {  # name: (columns, rows of an image: (id, class index, mask) -> row, flags, classes)
+    "row order": (["ImageId", "EncodedPixels"], lambda i, k, m: [i, rle_encode(m, "row")], ["--rle-order", "row"], 1),
+    "relative runs, -1": (["ImageId", " EncodedPixels"],
+                          lambda i, k, m: [f"{i}.png", rle_encode(m, relative=True) or "-1"], ["--rle-relative"], 1),
+    "Image_Label": (["Image_Label", "EncodedPixels"], lambda i, k, m: [f"{i}.png_{['Fish', 'Flower'][k - 1]}",
+                                                                       rle_encode(m)], [], 2),
+    "ClassId, -1": (["ImageId", "ClassId", "EncodedPixels"], lambda i, k, m: [i, str(k), rle_encode(m) or "-1"], [], 3),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_submission_gives_the_train_csvs_rows_back_in_its_own_form(tmp_path, form):
+    """A train CSV through prepare, its masks re-encoded by the submission writer: the same file, in each form."""
+    from src.portable.submission import mask_codes, submission_text
+    columns, row_of, flags, classes = FORMS[form]
+    names = ["a", "b", "c", "d"]
+    maps = class_maps(names, classes)
+    rows = [row_of(name, k, labels == k) for name, labels in maps.items() for k in range(1, classes + 1)]
+    csv = write_csv(tmp_path / "train.csv", rows, columns)
+    prepare(tmp_path, "rle", "--images", str(images_folder(tmp_path, names)), "--csv", str(csv), *flags, "--size", "8",
+            "--k", "2", "--strategy", "kfold")
+    data = tmp_path / "data" / "rle"
+    meta = load_meta(data)
+    codes = {name: mask_codes(name, read_image(data / "masks" / f"{name}.png"), meta["classes"], meta["submission"],
+                              None) for name in names}
+    assert submission_text(codes, meta["classes"], meta["submission"])[0] == csv.read_text()
+
+
+def test_a_sample_submission_is_followed_row_for_row(tmp_path):
+    """Its rows in its order and its columns, a class by name or number, the extension of its ids taken off; a class
+    it names that the dataset lacks, or a missing column, is one line naming the file."""
+    from src.portable.submission import default_format, submission_text
+    classes, fmt = ["background", "Fish", "Flower"], default_format("multiclass")
+    codes = {"a": {1: "1 2", 2: ""}, "b": {1: "", 2: "3 4"}, "c": {1: "5 1", 2: ""}}
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("Image_Label,EncodedPixels,extra\nb.jpg_Flower,1 1,x\na.jpg_Fish,1 1,y\nz.jpg_2,1 1,z\n")
+    text, said = submission_text(codes, classes, fmt, sample)
+    assert text == "Image_Label,EncodedPixels,extra\nb.jpg_Flower,3 4,x\na.jpg_Fish,1 2,y\nz.jpg_2,,z\n"
+    assert said == ("1 of the 3 images sample_submission.csv lists have no image here, their rows written empty: z; "
+                    "1 images predicted here are not in sample_submission.csv, so not in the submission: c")
+    sample.write_text("Image_Label,EncodedPixels\na.jpg_Shark,1 1\n")
+    with pytest.raises(ValueError, match=r"sample_submission.csv line 2: class 'Shark' is neither a class of this "
+                                         r"dataset \(Fish, Flower\) nor its number"):
+        submission_text(codes, classes, fmt, sample)
+    sample.write_text("ImageId,Prediction\na,1 1\n")
+    with pytest.raises(ValueError, match=r"sample_submission.csv: no run-length column among ImageId, Prediction"):
+        submission_text(codes, classes, fmt, sample)
+
+
+def test_a_dataset_prepared_before_the_submission_format_is_refused_in_one_line(tmp_path):
+    import json
+    csv = write_csv(tmp_path / "train.csv", [("a", "1 3"), ("b", "")])
+    prepare(tmp_path, "rle", "--images", str(images_folder(tmp_path, ["a", "b"])), "--csv", str(csv), "--size", "8",
+            "--k", "2", "--strategy", "kfold")
+    data = tmp_path / "data" / "rle"
+    meta = load_meta(data)
+    assert meta["submission"] == {"columns": ["ImageId", "EncodedPixels"], "id": "ImageId", "rle": "EncodedPixels",
+                                  "class": None, "joined": None, "class_as": "name", "suffix": "", "order": "column",
+                                  "relative": False, "empty": ""}
+    del meta["submission"]
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"^\S+meta.json was written by an older prepare, without the submission "
+                                         r"format the masks are written in: prepare the dataset again"):
+        load_meta(data)

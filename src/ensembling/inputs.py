@@ -15,6 +15,7 @@ import pandas as pd
 from src import runs as ledger
 from src.canonical import load_index, load_meta
 from src.folds import FoldFileError, SplitChanged, read_split
+from src.portable.submission import read_sample
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,16 @@ def output_folder(out_dir: str, dataset: str, name: str | None) -> Path:
 
 
 def check(sets: dict, selection: Selection, dataset_dir: Path, by: str | None, weights: str | None, out: Path,
-          overwrite: bool) -> Inputs:
+          overwrite: bool, sample: Path | None = None) -> Inputs:
     """Step 2: the dataset, the split every set was predicted on, every file each may read made by its run's
-    current weights (OOF, test, and --set), the OOF images they all predicted, the runs' weights (--weights), and an
-    output folder free for this selection."""
+    current weights (OOF, test, and --set), the OOF images they all predicted, the runs' weights (--weights), a
+    sample submission that can be followed, and an output folder free for this selection."""
     meta, index, subgroups = read_dataset(dataset_dir, by)
+    try:
+        if sample:
+            read_sample(sample, meta["classes"], meta["submission"])
+    except ValueError as error:
+        sys.exit(f"ensemble: --sample-submission {error}")
     weight_of = run_weights(weights, sets)
     folds = recorded_split(sets, selection, index)
     fold_of = dict(zip(folds["id"], folds["fold"]))
@@ -147,7 +153,7 @@ def read_dataset(dataset_dir: Path, by: str | None) -> tuple:
     """(meta, index.csv by id, the column to score subgroups by: --by, else tissue where the dataset has one)."""
     try:
         meta, index = load_meta(dataset_dir), load_index(dataset_dir).set_index("id", drop=False)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         sys.exit(f"ensemble: {error}")
     if by and by not in index:
         sys.exit(f"ensemble: --by {by}: no such column in {dataset_dir / 'index.csv'} (have: {', '.join(index.columns)})")

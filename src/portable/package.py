@@ -15,7 +15,7 @@ from pathlib import Path
 from .files import write_atomic
 from .maps import final_mask, uint8_maps
 from .predictor import Model, file_batches, image_files, predict
-from .submission import csv_text, mask_rows, staged
+from .submission import mask_codes, read_sample, staged, submission_text
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
 
@@ -32,6 +32,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="the submission file to write")
     parser.add_argument("--masks-dir", type=Path, help="also write each mask as <image>.png here (0/255 for binary, "
                                                        "the class index for multiclass)")
+    parser.add_argument("--sample-submission", type=Path,
+                        help="the competition's sample_submission.csv: follow its rows and columns exactly (default: "
+                             "the format manifest.json records, that of the train CSV)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda where a GPU is found, else cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     return parser.parse_args(argv)
@@ -50,12 +53,17 @@ def run(folder: Path, args) -> None:
     manifest = check_package(folder)
     warn_versions(manifest)
     paths = image_files(args.images)
+    if args.sample_submission:  # its problems before the work
+        read_sample(args.sample_submission, manifest["classes"], manifest["submission"])
     device = choose_device(manifest["format"], args.device)
     models = load_models(manifest, folder, device)
     started = time.perf_counter()
-    rows = predict_all(models, manifest, paths, args.batch_size, args.masks_dir)
+    codes = predict_all(models, manifest, paths, args.batch_size, args.masks_dir)
     seconds = time.perf_counter() - started
-    write_atomic(args.out, csv_text(rows, manifest["task"]))
+    text, said = submission_text(codes, manifest["classes"], manifest["submission"], args.sample_submission)
+    if said:
+        print(f"predict: {said}")
+    write_atomic(args.out, text)
     speed = len(paths) / seconds
     print(f"predict: {len(paths)} images in {seconds:.1f} s on {device}: {speed:.2f} images/s (10,000 images: about "
           f"{10_000 / speed / 60:.0f} min); wrote {args.out}" + (f" and {args.masks_dir}/" if args.masks_dir else ""))
@@ -131,14 +139,15 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     return models
 
 
-def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None) -> list:
-    """submission.csv's rows, each mask written to masks_dir where given: every image through every model
-    (predictor.predict), its maps averaged and post-processed as ensemble.py does (maps.final_mask)."""
-    task, rows = manifest["task"], []
+def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None) -> dict:
+    """{image id: its masks' run-length encodings (submission.mask_codes)}, each mask written to masks_dir where
+    given: every image through every model (predictor.predict), its maps averaged and post-processed as ensemble.py
+    does (maps.final_mask)."""
+    codes = {}
     batches = file_batches(paths, manifest["channels"], [model.size for model in models], batch_size)
     with staged(masks_dir) as masks:
         for image_id, size, maps in predict(models, batches, "predict"):
             final = final_mask([(prob, model.weight) for prob, model in zip(maps, models)], size,
                                manifest["postprocess"])
-            rows += mask_rows(image_id, final, task, manifest["classes"], masks)
-    return rows
+            codes[image_id] = mask_codes(image_id, final, manifest["classes"], manifest["submission"], masks)
+    return codes

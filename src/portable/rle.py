@@ -7,11 +7,16 @@ from the end of the previous run.
 import numpy as np
 
 
-def rle_encode(mask: np.ndarray, order: str = "column") -> str:
+def rle_encode(mask: np.ndarray, order: str = "column", relative: bool = False) -> str:
+    """'start length' pairs of a mask's nonzero pixels; '' for an empty mask. relative: each start 0-indexed and
+    counted from the end of the previous run (the inverse of rle_runs's)."""
     mask = np.asarray(mask) > 0
     pixels = np.concatenate([[0], (mask.T if order == "column" else mask).ravel().astype(np.int8), [0]])
     runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
     runs[1::2] -= runs[::2]
+    if relative and len(runs):
+        ends = runs[::2] + runs[1::2] - 1  # 0-indexed end (exclusive) of each run
+        runs[::2] -= 1 + np.concatenate([[0], ends[:-1]])
     return " ".join(map(str, runs))
 
 

@@ -1,6 +1,13 @@
-"""submission.csv and the masks beside it, written the same way by ensemble.py and by an exported package: one row per
-image (binary: id, rle) or per image and foreground class (multiclass: id, class, rle), each mask as <id>.png (0/255
-for binary, the class index for multiclass)."""
+"""submission.csv and the masks beside it, written the same way by ensemble.py and by an exported package.
+
+The rows follow the competition's format as prepare recorded it from the train CSV (meta.json's "submission": its
+column names, one row per image or per image and class, the class by name or by number or joined to the id as in
+`Image_Label`, ids with or without their extension, the pixel order, relative runs, the empty token); other sources
+get DEFAULT's id,rle (binary) or id,class,rle. With a sample_submission.csv, its rows and columns exactly. Each mask
+is also written as <id>.png (0/255 for binary, the class index for multiclass).
+"""
+import csv
+import io
 import os
 import tempfile
 from contextlib import contextmanager
@@ -8,29 +15,119 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import write_png
+from .images import IMAGE_SUFFIXES, write_png
 from .rle import rle_encode
 
+SPELLINGS = {
+    "id": ["ImageId", "image_id", "id", "Image", "image", "filename", "file_name", "file"],
+    "rle": ["EncodedPixels", "encoded_pixels", "rle", "annotation", "segmentation", "mask_rle", "rle_mask"],
+    "class": ["ClassId", "class_id", "class", "label", "category"],
+    "joined": ["Image_Label", "ImageId_ClassId"],  # '<image>_<class>': Understanding Clouds, Severstal's first CSV
+}
 
-def submission_rows(image_id: str, final: np.ndarray, task: str, classes: list) -> list:
-    """The rows of submission.csv for one image's class map."""
-    if task == "binary":
-        return [{"id": image_id, "rle": rle_encode(final)}]
-    return [{"id": image_id, "class": c, "rle": rle_encode(final == k)} for k, c in enumerate(classes) if k]
+
+def find_column(columns, kind: str, given: str | None = None) -> str | None:
+    """The column of a kind (SPELLINGS) in a CSV's header, as the header spells it (SIIM's ' EncodedPixels');
+    given: that name or nothing."""
+    if given:
+        return given if given in columns else None
+    plain = {str(c).strip().lower(): c for c in columns}
+    return next((plain[s.lower()] for s in SPELLINGS[kind] if s.lower() in plain), None)
 
 
-def mask_rows(image_id: str, final: np.ndarray, task: str, classes: list, masks: Path | None) -> list:
-    """One image's rows of submission.csv, its mask written to masks/<id>.png first where masks is a folder."""
+def default_format(task: str) -> dict:
+    """The format of a dataset that came without a train CSV."""
+    return {"columns": ["id", "rle"] if task == "binary" else ["id", "class", "rle"], "id": "id", "rle": "rle",
+            "class": None if task == "binary" else "class", "joined": None, "class_as": "name", "suffix": "",
+            "order": "column", "relative": False, "empty": ""}
+
+
+def mask_codes(image_id: str, final: np.ndarray, classes: list, fmt: dict, masks: Path | None) -> dict:
+    """{class index: run-length encoding} of one image's class map ({1: ...} for binary) in the format's pixel order,
+    its mask written to masks/<id>.png first where masks is a folder."""
+    binary = len(classes) == 2
     if masks is not None:
-        write_png(masks / f"{image_id}.png", final * 255 if task == "binary" else final)
-    return submission_rows(image_id, final, task, classes)
+        write_png(masks / f"{image_id}.png", final * 255 if binary else final)
+    return {k: rle_encode(final == k, fmt["order"], fmt["relative"]) for k in range(1, len(classes))}
 
 
-def csv_text(rows: list, task: str) -> str:
-    """submission.csv: a header, then one line per row, as pandas writes it (no field needs quotes); by hand, as a
-    package runs without pandas."""
-    columns = ["id", "rle"] if task == "binary" else ["id", "class", "rle"]
-    return "\n".join([",".join(columns), *(",".join(str(row[c]) for c in columns) for row in rows)]) + "\n"
+def submission_text(codes: dict, classes: list, fmt: dict, sample: Path | None = None) -> tuple:
+    """(submission.csv's text, '' or a line to print). codes: {image id: mask_codes} in the order to write; sample:
+    a sample_submission.csv whose rows and columns are followed exactly, the line naming the ids it lists that have
+    no image here (their rows written empty) and the images it leaves out."""
+    if sample is None:
+        rows = [format_row(image_id, k, rle, classes, fmt) for image_id, each in codes.items() for k, rle in each.items()]
+        return table(fmt["columns"], rows), ""
+    header, rows, keys = read_sample(Path(sample), classes, fmt)
+    for row, (image_id, k, rle_column) in zip(rows, keys):
+        row[rle_column] = codes.get(image_id, {}).get(k) or fmt["empty"]
+    listed = {image_id for image_id, _, _ in keys}
+    missing, unlisted = [i for i in dict.fromkeys(listed) if i not in codes], [i for i in codes if i not in listed]
+    said = []
+    if missing:
+        said.append(f"{len(missing)} of the {len(listed)} images {Path(sample).name} lists have no image here, their "
+                    f"rows written empty: {', '.join(missing[:5])}")
+    if unlisted:
+        said.append(f"{len(unlisted)} images predicted here are not in {Path(sample).name}, so not in the submission: "
+                    f"{', '.join(unlisted[:5])}")
+    return table(header, rows), "; ".join(said)
+
+
+def format_row(image_id: str, k: int, rle: str, classes: list, fmt: dict) -> dict:
+    name, label = image_id + fmt["suffix"], str(k) if fmt["class_as"] == "index" else classes[k]
+    row = {fmt["rle"]: rle or fmt["empty"], fmt["id"]: f"{name}{fmt['joined']}{label}" if fmt["joined"] else name}
+    if fmt["class"]:
+        row[fmt["class"]] = label
+    return row
+
+
+def read_sample(sample: Path, classes: list, fmt: dict) -> tuple:
+    """(header, rows as dicts, (image id, class index, rle column) per row) of a sample_submission.csv; ValueError
+    naming the file where a column or a class cannot be told."""
+    if not sample.exists():
+        raise ValueError(f"{sample}: no such sample submission")
+    with open(sample, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+    binary = len(classes) == 2
+    rle_column = fmt["rle"] if fmt["rle"] in header else find_column(header, "rle")
+    id_column = fmt["id"] if fmt["id"] in header else find_column(header, "id") or find_column(header, "joined")
+    class_column = None if binary else fmt["class"] if fmt["class"] in header else find_column(header, "class")
+    if rle_column is None or id_column is None:
+        raise ValueError(f"{sample}: no {'run-length' if rle_column is None else 'image id'} column among "
+                         f"{', '.join(header)}")
+    keys = []
+    for line, row in enumerate(rows, start=2):
+        name, label = row[id_column], row[class_column] if class_column else None
+        if not binary and class_column is None:
+            name, _, label = name.rpartition(fmt["joined"] or "_")
+        keys.append((image_stem(name, fmt["suffix"]), 1 if binary else class_index(label, classes, sample, line),
+                     rle_column))
+    return header, rows, keys
+
+
+def image_stem(name: str, suffix: str) -> str:
+    """An id as the images' file names give it: the recorded extension, or an image file's, taken off."""
+    stem, ext = os.path.splitext(name)
+    return name[:-len(suffix)] if suffix and name.endswith(suffix) else stem if ext.lower() in IMAGE_SUFFIXES else name
+
+
+def class_index(label: str, classes: list, sample: Path, line: int) -> int:
+    if label in classes[1:]:
+        return classes.index(label)
+    if label.isdigit() and 0 < int(label) < len(classes):
+        return int(label)
+    raise ValueError(f"{sample} line {line}: class '{label}' is neither a class of this dataset "
+                     f"({', '.join(classes[1:])}) nor its number")
+
+
+def table(columns: list, rows: list) -> str:
+    """A CSV of rows (dicts) under columns, as pandas writes it; by hand, as a package runs without pandas."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 @contextmanager

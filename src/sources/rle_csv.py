@@ -1,7 +1,8 @@
 """Kaggle-style masks: a folder of images and a CSV of run-length encodings (SIIM-ACR, Severstal, Airbus, HuBMAP...).
 
-One or several rows per image (merged), an optional class column for multiclass, '' or -1 for an empty mask.
-Every bad row is reported with its CSV line number.
+One or several rows per image (merged), an optional class column for multiclass or the class joined to the id
+(`Image_Label`: '<image>_<class>'), '' or -1 for an empty mask. Every bad row is reported with its CSV line number.
+How the labels came is recorded as the dataset's submission format (src/portable/submission.py).
 """
 from collections import defaultdict
 from pathlib import Path
@@ -12,23 +13,10 @@ import pandas as pd
 
 from src.portable.images import read_image
 from src.portable.rle import rle_decode, rle_runs
+from src.portable.submission import find_column
 from src.sources.folder import test_samples
 from src.portable.problems import Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files, unsafe_id
-
-SPELLINGS = {
-    "id": ["ImageId", "image_id", "id", "Image", "image", "filename", "file_name", "file"],
-    "rle": ["EncodedPixels", "encoded_pixels", "rle", "annotation", "segmentation", "mask_rle", "rle_mask"],
-    "class": ["ClassId", "class_id", "class", "label", "category"],
-}
-
-
-def find_column(columns, kind: str, given: str | None) -> str | None:
-    if given:
-        return given if given in columns else None
-    lower = {c.lower(): c for c in columns}
-    return next((lower[s.lower()] for s in SPELLINGS[kind] if s.lower() in lower), None)
-
 
 def class_indices(values: pd.Series, classes: list | None) -> tuple:
     """Class column -> (index per row, class names with background first). Whole numbers are class ids as they are
@@ -91,6 +79,13 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     columns = {kind: find_column(table.columns, kind, given)
                for kind, given in (("id", id_column), ("rle", rle_column), ("class", class_column))}
+    joined = find_column(table.columns, "joined") if columns["id"] is None and not class_column else None
+    if joined:  # '<image>_<class>' in one column
+        image, _, label = table[joined].str.rpartition("_").T.to_numpy()
+        table = table.assign(**{" image": image, " class": label})
+        columns.update(id=" image", **{"class": " class"})
+        problems += [Problem(f"{csv.name} line {row + 2}", f"'{joined}' is not '<image>_<class>'", f"'{value}'")
+                     for row, value in enumerate(table[joined]) if not image[row]]
     for kind, flag in (("id", "--id-column"), ("rle", "--rle-column")):
         if columns[kind] is None:
             problems.append(f"{csv}: no {kind} column found (columns: {', '.join(table.columns)}); name it with {flag}")
@@ -143,4 +138,20 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
     hint = order_hint(rows_of, order, relative) if not problems else ""
     if hint:
         print(hint)
-    return Source(task, classes, channels, samples, problems)
+    return Source(task, classes, channels, samples, problems,
+                  submission=labels_format(table, columns, joined, order, relative, rows_of))
+
+
+def labels_format(table: pd.DataFrame, columns: dict, joined: str | None, order: str, relative: bool,
+                  rows_of: dict) -> dict:
+    """How the train CSV gave the labels, for the submission to give them back the same way: its columns (the
+    class by number where the CSV numbers them), ids with the extension where the CSV's carry it, the empty token."""
+    kinds = {joined or columns["id"], columns["rle"], *([] if joined else [columns["class"]])}
+    named = [(path, rows[0][1].strip()) for path, rows in rows_of.items()]
+    labels = table[columns["class"]].str.strip() if columns["class"] else pd.Series(dtype=str)
+    return {"columns": [c for c in table.columns if c in kinds], "id": joined or columns["id"], "rle": columns["rle"],
+            "class": None if joined else columns["class"], "joined": "_" if joined else None,
+            "class_as": "index" if len(labels) and labels.str.fullmatch(r"\d+").all() else "name",
+            "suffix": next((path.suffix for path, name in named if name == path.name), ""),
+            "order": order, "relative": relative,
+            "empty": "-1" if table[columns["rle"]].str.strip().eq("-1").any() else ""}

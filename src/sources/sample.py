@@ -29,6 +29,7 @@ class Source:
     rotation_invariant: bool = False  # no up or down (histology): augmentation adds vertical flips and 90° turns
     class_colors: list | None = None  # colour-coded masks: one RGB colour per class (src/masks.py)
     mask_threshold: int | None = None  # binarise every non-binary mask at this value (src/masks.py)
+    submission: dict | None = None  # how the labels came (src/portable/submission.py); None: its default format
 
 
 def image_files(folder: Path, leave_out: tuple = ()) -> list:

@@ -115,8 +115,9 @@ def check_before_training(args, cfg, archs, encoders, runs) -> None:
     started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
     todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
     checked = dict.fromkeys([archs[0], *(a for a in archs if a == "unetpp_ds")])  # it refuses encoders others take
-    problems = study.encoder_problems(list(checked), [e for e in encoders if e in todo], cfg.encoder_weights) + \
-        study.size_problems(archs, [e for e in encoders if e in todo], cfg) if todo else []
+    problems = study.encoder_problems(list(checked), [e for e in encoders if e in todo], cfg.encoder_weights) \
+        if todo else []
+    problems = problems or (study.size_problems(archs, [e for e in encoders if e in todo], cfg) if todo else [])
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
     foreign = list(filter(None, (ledger.foreign_predictions(args.preds_dir, cfg.dataset, name, cfg.runs_dir)

@@ -19,17 +19,19 @@ def patch_crop(patch: int, foreground: float) -> A.OneOf:
 
 
 def build_augmentation(preset: str, rotation_invariant: bool = False, patch: int = 0,
-                       foreground: float = 0.33) -> A.Compose | None:
+                       foreground: float = 0.33, square: bool = True) -> A.Compose | None:
     """none / light (flip, shift-scale-rotate) / medium (+ contrast, coarse dropout) / heavy (+ distortion, noise).
 
-    rotation_invariant (histology): vertical flips and 90-degree turns too, which d4 test-time augmentation needs.
+    rotation_invariant (histology): vertical flips and 90-degree turns too, which d4 test-time augmentation needs;
+    the turns only where the model's input is square (a turned strip is another shape, which no batch can hold).
     patch: crop a patch first (patch_crop), which the preset then augments; 0 builds no crop at all, so that the
     preset's random draws are those of a run without patches.
     """
     crop = [patch_crop(patch, foreground)] if patch else []
     if preset == "none":
         return A.Compose(crop) if crop else None
-    flips = [A.HorizontalFlip(p=0.5)] + ([A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)] if rotation_invariant else [])
+    turns = [A.RandomRotate90(p=0.5)] if square else []
+    flips = [A.HorizontalFlip(p=0.5)] + ([A.VerticalFlip(p=0.5), *turns] if rotation_invariant else [])
     light = [*flips, _geometry(0.1, 0.0625, 10, 0.5)]
     medium = [*flips, _geometry(0.15, 0.0625, 15, 0.7),
               A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
@@ -45,4 +47,4 @@ def build_augmentation(preset: str, rotation_invariant: bool = False, patch: int
 def training_augmentation(cfg, meta: dict) -> A.Compose | None:
     """The run's augmentation of its training samples: patches first for a run that tiles (cfg.tiles)."""
     return build_augmentation(cfg.aug, meta.get("rotation_invariant", False), cfg.patch if cfg.tiles else 0,
-                              cfg.foreground_patches)
+                              cfg.foreground_patches, square=cfg.tiles or isinstance(cfg.size, int))

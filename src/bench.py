@@ -42,7 +42,7 @@ from src.canonical import load_index
 from src.config import Config
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.folds import load_folds
-from src.portable.images import HOST_THREADS, read_image, write_png
+from src.portable.images import HOST_THREADS, read_image, sides, size_text, write_png
 from src.losses import SegmentationLoss
 from src.models import create_model
 from src.portable.models import normalize
@@ -80,8 +80,8 @@ def model_ceiling(cfg: Config, channels: int, device, steps: int) -> float:
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg)
-    x = torch.randint(0, 256, (cfg.batch_size, channels, cfg.size, cfg.size), dtype=torch.uint8, device=device)
-    y = torch.randint(0, 2, (cfg.batch_size, cfg.size, cfg.size), dtype=torch.uint8, device=device)
+    x = torch.randint(0, 256, (cfg.batch_size, channels, *sides(cfg.size)), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 2, (cfg.batch_size, *sides(cfg.size)), dtype=torch.uint8, device=device)
     loss_fn = SegmentationLoss("binary")  # the step train.py takes, less the data loading
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -113,7 +113,7 @@ def forward_speed(cfg: Config, channels: int, device, steps: int, predictors: di
     random uint8 batch at --size, in bfloat16 on a GPU, as infer.py runs it."""
     model = create_model(cfg.arch, cfg.encoder, channels, 1, "none", cfg.decoder_channels).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
-    x = torch.randint(0, 256, (cfg.batch_size, channels, cfg.size, cfg.size), dtype=torch.uint8, device=device)
+    x = torch.randint(0, 256, (cfg.batch_size, channels, *sides(cfg.size)), dtype=torch.uint8, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def speed(predictor) -> float:
@@ -145,7 +145,7 @@ def sliding_inference(cfg: Config, channels: int, device, steps: int) -> dict:
 
 def train_command(cfg: Config, workdir: Path, dataset_dir: Path, runs_dir: Path, epochs: int, fold: int = 0) -> list:
     return ["--dataset", dataset_dir.name, "--data-dir", str(dataset_dir.parent), "--folds-dir", str(workdir / "folds"),
-            "--runs-dir", str(runs_dir), "--size", str(cfg.size), "--arch", cfg.arch, "--encoder", cfg.encoder,
+            "--runs-dir", str(runs_dir), "--size", size_text(cfg.size), "--arch", cfg.arch, "--encoder", cfg.encoder,
             "--encoder-weights", "none", "--batch-size", str(cfg.batch_size), "--epochs", str(epochs), "--aug", cfg.aug,
             "--tracker", "none", "--workers", str(cfg.workers), "--fold", str(fold), "--save-minutes", "0",
             *(["--decoder-channels", cfg.decoder_channels] if cfg.decoder_channels else []),

@@ -7,14 +7,15 @@ import numpy as np
 from tqdm import tqdm
 
 from src.canonical import load_index, load_meta, read_dataset_image
-from src.portable.images import read_image, resize
+from src.portable.images import read_image, resize, sides, size_text
 
 
-def cache_dir(dataset_dir: Path, size: int) -> Path:
-    return Path(dataset_dir) / "cache" / str(size)
+def cache_dir(dataset_dir: Path, size) -> Path:
+    """data/<name>/cache/<N or HxW>/ of a working size (images.as_size's)."""
+    return Path(dataset_dir) / "cache" / size_text(size)
 
 
-def open_cache(dataset_dir: Path, size: int) -> tuple:
+def open_cache(dataset_dir: Path, size) -> tuple:
     """(images, masks) as read-only memory maps, rows in index.csv order; builds the cache first if absent."""
     folder = cache_dir(dataset_dir, size)
     if not (folder / "masks.npy").exists():
@@ -22,18 +23,19 @@ def open_cache(dataset_dir: Path, size: int) -> tuple:
     return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
 
 
-def build_cache(dataset_dir: Path, size: int) -> None:
-    """Resize every canonical image and mask to size x size (written to a temporary folder, then renamed)."""
+def build_cache(dataset_dir: Path, size) -> None:
+    """Resize every canonical image and mask to the working size, N x N or H x W (written to a temporary folder,
+    then renamed)."""
     dataset_dir = Path(dataset_dir)
     meta, index = load_meta(dataset_dir), load_index(dataset_dir)
     folder = cache_dir(dataset_dir, size)
-    tmp = folder.with_name(f".{size}.tmp-{os.getpid()}")
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    shape = (size, size) if meta["channels"] == 1 else (size, size, meta["channels"])
+    shape = sides(size) if meta["channels"] == 1 else (*sides(size), meta["channels"])
     images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(index), *shape))
-    masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(index), size, size))
+    masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(index), *sides(size)))
     try:
-        for position, row in enumerate(tqdm(index.itertuples(), total=len(index), desc=f"cache {size}px", unit="img")):
+        for position, row in enumerate(tqdm(index.itertuples(), total=len(index), desc=f"cache {folder.name}px", unit="img")):
             images[position] = resize(read_dataset_image(dataset_dir, row, meta["channels"]), size, is_mask=False)
             if row.split == "train":
                 masks[position] = resize(read_image(dataset_dir / "masks" / f"{row.id}.png"), size, is_mask=True)

@@ -9,7 +9,7 @@ data/<name>/
   images/<id>.<ext>    original size: the source file as it is where it is 8-bit PNG/JPEG/TIFF/BMP (read_image then
                        to_channels give the dataset's form), else (DICOM, 16-bit, arrays) the converted PNG
   masks/<id>.png       one class index per pixel (0 background), train rows only
-  cache/<size>/images.npy, masks.npy   uint8 arrays resized to size x size, rows in index.csv order
+  cache/<size>/images.npy, masks.npy   uint8 arrays resized to the working size (N, or HxW), rows in index.csv order
 """
 import json
 import os
@@ -23,8 +23,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.portable.dicom import pixel_spacing
-from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize,
-                                 to_channels, write_png)
+from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize, sides,
+                                 size_text, to_channels, write_png)
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.portable.problems import InputError, Problem
 from src.portable.submission import default_format
@@ -111,7 +111,7 @@ def _as_problem(error: ValueError | OSError, sample: Sample) -> Problem:
     return as_problem(error)
 
 
-def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: str,
+def write_dataset(source: Source, out_dir: Path, cache_size, source_name: str,
                   overwrite: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Check and convert every sample into a temporary folder, then rename it into place; all problems at once."""
     out_dir = Path(out_dir)
@@ -154,14 +154,15 @@ def write_dataset(source: Source, out_dir: Path, cache_size: int, source_name: s
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _convert_all(source: Source, tmp: Path, size: int, problems: list, workers: int) -> tuple:
+def _convert_all(source: Source, tmp: Path, size, problems: list, workers: int) -> tuple:
     """Rows of index.csv, a count of each conversion made (colour mode, bit depth, 'kept as is'), and how the
     binarised masks were binarised."""
-    for sub in ("images", "masks", f"cache/{size}"):
+    cache = Path("cache") / size_text(size)
+    for sub in ("images", "masks", cache):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
-    n, shape = len(source.samples), (size, size) if source.channels == 1 else (size, size, source.channels)
-    cache_images = np.lib.format.open_memmap(tmp / f"cache/{size}/images.npy", "w+", np.uint8, (n, *shape))
-    cache_masks = np.lib.format.open_memmap(tmp / f"cache/{size}/masks.npy", "w+", np.uint8, (n, size, size))
+    n, shape = len(source.samples), sides(size) if source.channels == 1 else (*sides(size), source.channels)
+    cache_images = np.lib.format.open_memmap(tmp / cache / "images.npy", "w+", np.uint8, (n, *shape))
+    cache_masks = np.lib.format.open_memmap(tmp / cache / "masks.npy", "w+", np.uint8, (n, *sides(size)))
     n_classes = len(source.classes)
     target = "grey" if source.channels == 1 else "RGB"
 

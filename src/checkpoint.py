@@ -7,7 +7,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from src.config import Config, OldRunFormat, load_run_config
+from src.config import Config, OldRunFormat, flag_value, load_run_config
 from src.folds import fingerprint
 
 RESUMABLE = ("--epochs", "--patience", "--workers", "--tracker", "--tags", "--save-minutes")
@@ -17,7 +17,8 @@ FREE_ON_RESUME = tuple(flag[2:].replace("-", "_") for flag in RESUMABLE)
 def settings_changed(saved: Config, requested: Config, free=FREE_ON_RESUME) -> str:
     """What requested changes about the saved run, e.g. 'lr 0.001 -> 0.01', leaving out the fields in free (by
     default what a resume may change)."""
-    return ", ".join(f"{f.name} {getattr(saved, f.name)} -> {getattr(requested, f.name)}" for f in fields(Config)
+    return ", ".join(f"{f.name} {flag_value(f.name, getattr(saved, f.name))} -> "
+                     f"{flag_value(f.name, getattr(requested, f.name))}" for f in fields(Config)
                      if f.name not in free and getattr(saved, f.name) != getattr(requested, f.name))
 
 

@@ -8,6 +8,8 @@ import shlex
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from src.portable.images import as_size, sides, size_text
+
 # The --select-on rules' own learning rate and schedule, used where --lr or --scheduler is not given: the fixed
 # schedule is the one of the project's real-data runs (docs/results.md); fold keeps the settings it always had.
 RULE_DEFAULTS = {"final": {"lr": 1e-3, "scheduler": "cosine"}, "inner": {"lr": 3e-4, "scheduler": "plateau"},
@@ -23,6 +25,14 @@ def learning_rate(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number (1e-3) or auto") from None
+
+
+def working_size(text: str):
+    """--size: N (a square) or HxW (height x width), as images.as_size keeps it."""
+    try:
+        return as_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def overlap_share(text: str) -> float:
@@ -53,10 +63,12 @@ class Config:
     # data
     dataset: str = knob("demo", "dataset name under data/ (prepared with python -m src.prepare)")
     fold: int = knob(0, "the fold held out for validation")
-    size: int = knob(256, "training side in pixels; read from data/<dataset>/cache/<size> (built if missing)")
-    patch: int = knob(0, "model input side in pixels, below --size: training draws random patches of this side from "
-                         "the --size images, validation and prediction slide a window of it over them (MONAI, "
-                         "Gaussian weights); 0 or --size: the whole image, as without it")
+    size: int | tuple = knob(256, "working size in pixels: N (a square) or HxW (height x width, both multiples of the "
+                                  "encoder's stride: a 256 x 1600 strip keeps its aspect as 256x1600); read from "
+                                  "data/<dataset>/cache/<size> (built if missing)", parse=working_size)
+    patch: int = knob(0, "model input side in pixels, at most --size's shorter side: training draws random square "
+                         "patches of this side from the --size images, validation and prediction slide a window of "
+                         "it over them (MONAI, Gaussian weights); 0 or a square --size: the whole image, as without it")
     foreground_patches: float = knob(0.33, "--patch: the share of patches drawn around a foreground pixel (albumentations' "
                                            "CropNonEmptyMaskIfExists), the rest anywhere (nnU-Net's 1/3)")
     patches_per_image: int = knob(1, "--patch: patches drawn from each training image an epoch")
@@ -122,6 +134,7 @@ class Config:
     runs_dir: str = knob("runs", "where training runs are written")
 
     def __post_init__(self):
+        self.size = as_size(self.size)  # N or (H, W), however given (JSON gives a rectangle back as a list)
         if self.encoder_lr_mult is None:  # a lower encoder rate protects pretrained features; from scratch there are none
             self.encoder_lr_mult = 1.0 if self.encoder_weights == "none" else 0.1
         for name, default in RULE_DEFAULTS[self.select_on].items():  # saved resolved, so --resume compares values
@@ -138,8 +151,8 @@ class Config:
 
     @property
     def tiles(self) -> bool:
-        """Patches in training and a sliding window in prediction: a --patch below --size."""
-        return 0 < self.patch < self.size
+        """Patches in training and a sliding window in prediction: a --patch below a side of --size."""
+        return 0 < self.patch < max(sides(self.size))
 
     @property
     def run_name(self) -> str:
@@ -187,8 +200,13 @@ def train_command(saved: dict) -> str:
         value = saved.get(f.name, f.default)
         if value is not None and value != f.default:
             flag = "--" + f.name.replace("_", "-")
-            flags += [flag] if f.type is bool else [flag, str(value)]
+            flags += [flag] if f.type is bool else [flag, flag_value(f.name, value)]
     return shlex.join(["accelerate", "launch", "train.py", *flags, "--overwrite"])
+
+
+def flag_value(name: str, value) -> str:
+    """A setting's value as its flag takes it: --size 256x1600, not a list."""
+    return size_text(as_size(value)) if name == "size" else str(value)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,9 +228,10 @@ def patch_problem(cfg: Config, stride: int | None = None) -> str | None:
     """What is wrong with the run's --patch, --overlap or window settings (one sentence with the fix), or None.
     stride: the encoder's (src/sliding.py's encoder_stride), which a patch must be a multiple of; None leaves it to
     train.py (study.py plans without torch)."""
-    if cfg.patch < 0 or cfg.patch > cfg.size:
-        return (f"--patch {cfg.patch} is not between 0 and --size {cfg.size}: a patch is cut from the --size image; "
-                f"raise --size or lower --patch")
+    if cfg.patch < 0 or cfg.patch > min(sides(cfg.size)):
+        bound = f"--size {cfg.size}" if isinstance(cfg.size, int) else f"--size {size_text(cfg.size)}'s shorter side"
+        return (f"--patch {cfg.patch} is not between 0 and {bound}: a patch is cut from the --size image; raise --size "
+                f"or lower --patch")
     if not 0 <= cfg.overlap < 1:
         return f"--overlap {cfg.overlap:g} is outside [0, 1): give the share of a window its neighbour covers, e.g. 0.5"
     if cfg.sw_batch_size < 1:

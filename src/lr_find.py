@@ -28,6 +28,7 @@ import torch
 from src.augment import training_augmentation
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.portable.files import atomic_path, write_atomic
+from src.portable.images import size_text
 from src.losses import SegmentationLoss, class_weights
 from src.models import create_model, head_weights
 from src.portable.models import normalize
@@ -59,7 +60,7 @@ def cache_key(cfg, train_rows, steps: int, start: float, end: float, processes: 
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     per_step = processes * cfg.grad_accum
     batch = f"b{cfg.batch_size}" + (f"x{per_step}" if per_step > 1 else "")
-    return f"{cfg.arch}-{cfg.encoder}-fold{cfg.fold}-{cfg.size}px-{batch}-{digest}".replace("/", "_")
+    return f"{cfg.arch}-{cfg.encoder}-fold{cfg.fold}-{size_text(cfg.size)}px-{batch}-{digest}".replace("/", "_")
 
 
 def endless(loader, dataset):

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from src.portable.deep_supervision import LEVELS
+from src.portable.images import sides, size_text
 from src.portable.models import DEEP_SUPERVISED, ModelError, build_model, canonical_arch
 from src.sliding import encoder_stride
 
@@ -142,18 +143,24 @@ def create_model(arch: str, encoder: str, in_channels: int, classes: int, weight
     return model
 
 
-def size_problem(arch: str, encoder: str, side: int) -> str | None:
-    """Why arch on encoder cannot take side x side inputs (one sentence with the fix), or None: smp pads them to its
-    encoder's stride for Unet alone; every other architecture needs a multiple of it."""
+def size_problem(arch: str, encoder: str, size) -> str | None:
+    """Why arch on encoder cannot take inputs of the working size, N x N or H x W (one sentence with the fix), or
+    None: a rectangle's sides must both be multiples of the encoder's stride; a square's too, except for Unet, which
+    smp pads."""
     import segmentation_models_pytorch as smp
     name = canonical_arch(arch)
     smp_class = smp.MODEL_ARCHITECTURES_MAPPING["unetplusplus" if name in ("unetpp", DEEP_SUPERVISED) else name]
-    stride = encoder_stride(encoder)
-    if not smp_class.requires_divisible_input_shape or side % stride == 0:
+    stride, shape = encoder_stride(encoder), sides(size)
+    if (isinstance(size, int) and not smp_class.requires_divisible_input_shape) or all(s % stride == 0 for s in shape):
         return None
-    below, above = side // stride * stride, (side // stride + 1) * stride
-    return (f"--size {side}: {name} takes sides that are multiples of {stride}, the factor encoder {encoder} reduces "
-            f"its input by (smp pads other sides for unet alone); use {f'{below} or ' if below else ''}{above}")
+    if isinstance(size, int):
+        below, above = size // stride * stride, (size // stride + 1) * stride
+        return (f"--size {size}: {name} takes sides that are multiples of {stride}, the factor encoder {encoder} "
+                f"reduces its input by (smp pads other sides for unet alone); use {f'{below} or ' if below else ''}"
+                f"{above}")
+    fixed = "x".join(str(max(stride, round(side / stride) * stride)) for side in shape)
+    return (f"--size {size_text(size)}: a rectangle's sides must both be multiples of {stride}, the factor encoder "
+            f"{encoder} reduces its input by; use {fixed}")
 
 
 def head_weights(spec: str, arch: str) -> list | None:

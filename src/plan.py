@@ -26,13 +26,14 @@ import numpy as np
 
 from src.canonical import load_index, load_meta
 from src.portable.files import write_atomic
-from src.config import Config
+from src.config import Config, flag_value
 from src.folds import group_labels, load_folds
-from src.portable.images import read_image
+from src.portable.images import as_size, read_image, sides, size_text
 
 STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
 SIZE_STEP, MIN_SIZE = 32, 64  # smp encoders halve the input five times
+ASPECT_KEPT = 1.5  # a median image further from square than this gets a rectangular working size of its aspect
 CACHE_BYTES = 8 * 2 ** 30  # the working size's bound: the uint8 cache of every image and mask at it, on disk and mapped
 PIXELS_PER_STEP, MAX_BATCH = 256 * 256 * 16, 16  # 16 images of 256 px: the batch the planned lr was measured at
 MIN_FITTED_BATCH = 4  # the smallest batch a shortened --epochs gets to keep the step budget: batch norm needs a few
@@ -107,9 +108,32 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
 
 def plan_size(fp: dict) -> tuple:
     """The working size the images are cached at: the object rule, capped by the median image and the cache's bytes
-    (the model's input is the patch, planned next: a step's compute no longer caps the size)."""
+    (the model's input is the patch, planned next: a step's compute no longer caps the size). A median image further
+    from square than ASPECT_KEPT:1 (Severstal's 256 x 1600 strips) gets a rectangle of its aspect: the rule gives the
+    shorter side, the longer follows it, capped by the median image's longer side and the cache."""
     images = fp["labelled_images"] + fp["test_images"]
-    by_cache = int(math.sqrt(CACHE_BYTES / (images * (fp["channels"] + 1)))) // SIZE_STEP * SIZE_STEP
+    height, width = fp["median_height"], fp["median_width"]
+    ratio = max(height, width) / min(height, width)
+    kept = ratio > ASPECT_KEPT
+    pixels = CACHE_BYTES / (images * (fp["channels"] + 1))  # the most a working size may hold for the cache's bytes
+    short, rule = short_side(fp, int(math.sqrt(pixels / (ratio if kept else 1))) // SIZE_STEP * SIZE_STEP, images)
+    if not kept:
+        return short, rule
+    caps = {"the median image's aspect": round(short * ratio / SIZE_STEP) * SIZE_STEP,
+            f"the median image's longer side ({max(height, width)} px)": max(height, width) // SIZE_STEP * SIZE_STEP,
+            f"the cache of {images} images and masks, at most {CACHE_BYTES / 2 ** 30:g} GiB":
+                int(pixels / short) // SIZE_STEP * SIZE_STEP}
+    limit, long = min(caps.items(), key=lambda item: item[1])
+    long = max(short, long)
+    size = (short, long) if width > height else (long, short)
+    return size, (f"{rule}; the median image, {height} x {width} px, is {ratio:.2f}:1, beyond {ASPECT_KEPT:g}:1, so "
+                  f"the size keeps its aspect: {size_text(size)}, the longer side the shorter x {ratio:.2f} to a "
+                  f"multiple of {SIZE_STEP}" + ("" if limit.endswith("aspect") else f", capped by {limit}"))
+
+
+def short_side(fp: dict, by_cache: int, images: int) -> tuple:
+    """(the working size's side, or a rectangle's shorter side; its rule): the smallest multiple of 32 at which the
+    median object spans MIN_OBJECT_PX, capped by the median image's shorter side and by_cache."""
     by_image = max(SIZE_STEP, fp["median_short_side"] // SIZE_STEP * SIZE_STEP)
     cap = min(by_image, by_cache)
     limit = (f"the median image's shorter side ({fp['median_short_side']} px)" if by_image <= by_cache else
@@ -125,14 +149,17 @@ def plan_size(fp: dict) -> tuple:
     return cap, f"{rule} would be {needed}; capped by {limit}, where it spans {relative * cap:.0f} px"
 
 
-def by_pixels(side: int) -> int:
-    """The batch a step's pixels allow at this side: 16 images up to 256 px, halved for each doubling of pixels."""
-    return 2 ** int(math.log2(PIXELS_PER_STEP / side ** 2))
+def by_pixels(size) -> int:
+    """The batch a step's pixels allow at this working size (N or (H, W)): 16 images up to 256 x 256 px, halved for
+    each doubling of pixels."""
+    height, width = sides(size)
+    return 2 ** int(math.log2(PIXELS_PER_STEP / (height * width)))
 
 
-def plan_patch(fp: dict, size: int, size_given: bool, per_step: int = 1) -> tuple:
+def plan_patch(fp: dict, size, size_given: bool, per_step: int = 1) -> tuple:
     """The model's input: the largest multiple of 32 at which the batch the training images call for fits a step's
-    pixels; 0 (the whole image) where the working size fits, or where a flag chose the size."""
+    pixels, at most the working size's shorter side; 0 (the whole image) where the working size fits, or where a
+    flag chose the size."""
     if size_given:
         return 0, "--size set by a flag or by prepare: the whole image, resized to it (give --patch to tile)"
     wanted = max(2, min(MAX_BATCH, fp["train_images"] // (4 * per_step)))
@@ -142,10 +169,12 @@ def plan_patch(fp: dict, size: int, size_given: bool, per_step: int = 1) -> tupl
     rule = (f"the largest multiple of {SIZE_STEP} at which a batch of {wanted} ({MAX_BATCH} at most, at least 4 "
             f"optimiser steps an epoch of a fold's {fp['train_images']} training images, at least 2) fits "
             f"{MAX_BATCH} images of 256 px of pixels a step: {patch} px")
-    if size <= patch:
-        return 0, f"{rule}; the working size {size} px fits: the whole image, no patch"
-    return patch, (f"{rule}, below the working size {size} px: random patches in training, a sliding window in "
-                   f"prediction (docs/train.md)")
+    if max(sides(size)) <= patch:
+        return 0, f"{rule}; the working size {size_text(size)} px fits: the whole image, no patch"
+    if patch > min(sides(size)):
+        patch, rule = min(sides(size)), f"{rule}, lowered to the working size's shorter side"
+    return patch, (f"{rule}, below the working size {size_text(size)} px: random patches in training, a sliding window "
+                   f"in prediction (docs/train.md)")
 
 
 def steps_per_epoch(fp: dict, batch: int, per_step: int) -> int:
@@ -211,7 +240,7 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
     `given` (set by a flag) is kept, and the values planned after it follow from it (the batch from the size and
     given epochs, the epochs from the batch, the warm-up from the epochs). `steps` counts optimiser steps, each of
     `processes` x `grad_accum` batches. `fold`: the run's, whose masks the class-weight rule does not read."""
-    given = given or {}
+    given = {**(given or {}), **({"size": as_size(given["size"])} if given and "size" in given else {})}
     values, rules = {}, {}
     steps_in_order = {
         "size": lambda: plan_size(fp),
@@ -241,7 +270,8 @@ def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS, given: di
     if given is None:
         given = (load_plan(dataset_dir) or {}).get("given", {})
     values, rules = plan_from(fp, steps, given)
-    rules |= {name: f"given to prepare: --{name.replace('_', '-')} {value}" for name, value in given.items()}
+    rules |= {name: f"given to prepare: --{name.replace('_', '-')} {flag_value(name, value)}"
+              for name, value in given.items()}
     plan = {"values": values, "rules": rules, "steps": steps, "given": given, "fingerprint": fp}
     write_atomic(plan_path(dataset_dir), json.dumps(plan, indent=2) + "\n")
     return plan
@@ -255,7 +285,7 @@ def describe(plan: dict, dataset_dir: Path) -> list:
     lines = [f"fingerprint: {fp['labelled_images']} labelled + {fp['test_images']} test images, {fp['groups']} groups, "
              f"{fp['channels']} channel(s), median {fp['median_height']} x {fp['median_width']} px, foreground "
              f"{100 * fp['foreground']:.1f}%; objects in {fp['masks_read']} masks: {objects or 'none'}"]
-    lines += [f"{name}: {value} ({plan['rules'][name]})" for name, value in plan["values"].items()]
+    lines += [f"{name}: {flag_value(name, value)} ({plan['rules'][name]})" for name, value in plan["values"].items()]
     return lines + [f"planned {plan_path(dataset_dir)}: train.py takes these as defaults; any flag overrides them"]
 
 
@@ -295,7 +325,7 @@ def apply_plan(cfg: Config, given: set) -> tuple:
 
 def planned_line(cfg: Config, sources: dict) -> str:
     """train.py's line naming the values it took from the plan."""
-    planned = [f"{name} {getattr(cfg, name)}" for name, source in sources.items() if source == "plan"]
+    planned = [f"{name} {flag_value(name, getattr(cfg, name))}" for name, source in sources.items() if source == "plan"]
     if planned:
         return f"planned ({plan_path(cfg.dataset_dir)}; a flag overrides any): {', '.join(planned)}"
     if load_plan(cfg.dataset_dir):

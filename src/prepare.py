@@ -21,8 +21,10 @@ from pathlib import Path
 
 from src import sources
 from src.canonical import PrepareError, write_dataset
+from src.config import working_size
 from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, load_folds, write_folds
 from src.masks import parse_colors
+from src.portable.images import size_text
 from src.plan import describe, given_flags, write_plan
 from src.problems import report
 
@@ -64,8 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--multiclass", action="store_true", help="demo: generated nuclei instead of lungs")
     parser.add_argument("--count", type=int, default=240, help="demo: number of labelled images")
     parser.add_argument("--test-count", type=int, default=24, help="demo: number of unlabelled test images")
-    parser.add_argument("--size", type=int, default=256, help="side of the resized cache in pixels; when given, also "
-                        "the training size the plan records (else its rule chooses one)")
+    parser.add_argument("--size", type=working_size, default=256, help="the resized cache's size in pixels: N (a square) "
+                        "or HxW (height x width: 256x1600 for strips); when given, also the training size the plan "
+                        "records (else its rule chooses one)")
     parser.add_argument("--k", type=int, default=5, help="number of folds")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="auto: official folds if any, else grouped by patient if known, else stratified")
@@ -178,7 +181,7 @@ def main(argv=None):
            for sub in ("images", "masks", "cache")}
     folds = load_folds(folds_path.parent, name)  # group labels as text: patient ids are often numbers
     print(f"prepared {args.data_dir / name}: {counts.get('train', 0)} labelled + {counts.get('test', 0)} test images "
-          f"(images {mib['images']:.1f} MiB, masks {mib['masks']:.1f} MiB, {args.size}px cache {mib['cache']:.1f} MiB); "
+          f"(images {mib['images']:.1f} MiB, masks {mib['masks']:.1f} MiB, {size_text(args.size)}px cache {mib['cache']:.1f} MiB); "
           f"{folds['fold'].nunique()} folds in {folds_path}"
           + (f" grouped by {folds['group'].nunique()} groups ({folds['group'].str.startswith(NO_GROUP).sum()} of them "
              f"an image without a group label)" if "group" in folds else "")

@@ -6,6 +6,7 @@ import functools
 
 import torch
 
+from src.portable.images import sides, size_text
 from src.portable.sliding import maybe_windowed, window_of
 
 STRIDE_DEPTH = 5  # smp's encoders at their default depth: the input must divide by their output stride
@@ -30,11 +31,13 @@ def window(cfg) -> dict | None:
     return window_of(cfg.size, cfg.patch, cfg.overlap)
 
 
-def windows_per_image(size: int, patch: int, overlap: float) -> int:
-    """How many windows cover a size x size image (MONAI's own scan): for infer's summary line."""
+def windows_per_image(size, patch: int, overlap: float) -> int:
+    """How many windows cover an image of the working size, N x N or H x W (MONAI's own scan): for infer's summary
+    line."""
     from monai.data.utils import dense_patch_slices
-    step = patch if patch >= size else max(1, int(patch * (1 - overlap)))
-    return len(dense_patch_slices((size, size), (min(patch, size),) * 2, (step, step)))
+    shape = sides(size)
+    steps = [patch if patch >= side else max(1, int(patch * (1 - overlap))) for side in shape]
+    return len(dense_patch_slices(shape, [min(patch, side) for side in shape], steps))
 
 
 def describe(cfg) -> str:
@@ -47,6 +50,6 @@ def describe(cfg) -> str:
 
 def training_line(cfg) -> str:
     """train.py's announcement of a patched run's rule."""
-    return (f"patches: {cfg.patch} px of the {cfg.size} px images (each resized square to --size), "
+    return (f"patches: {cfg.patch} px of the {size_text(cfg.size)} px images (each resized to --size), "
             f"{cfg.foreground_patches:.0%} drawn around a foreground pixel and the rest anywhere, "
             f"{cfg.patches_per_image} per image an epoch; validated by {describe(cfg)}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import runs as ledger
-from src.config import Config, add_config_arguments, config_from_args, patch_problem
+from src.config import Config, add_config_arguments, config_from_args, flag_value, patch_problem
 from src.canonical import load_index
 from src.folds import load_folds
 from src.plan import apply_plan, given_flags, load_plan
@@ -78,7 +78,7 @@ def settings_line(cfg: Config, train_flags: list) -> str:
     add_config_arguments(parser)
     given = given_flags(parser, train_flags)
     return "# every run trains with " + ", ".join(
-        f"{name} {getattr(cfg, name)} ({'flag' if name in given else 'plan'})" for name in plan["values"])
+        f"{name} {flag_value(name, getattr(cfg, name))} ({'flag' if name in given else 'plan'})" for name in plan["values"])
 
 
 def fold_numbers(cfg: Config, folds: str) -> list:

@@ -26,6 +26,8 @@ def test_rotation_invariant_datasets_get_the_d4_group():
     assert {A.VerticalFlip, A.RandomRotate90} <= kinds(build_augmentation("medium", rotation_invariant=True))
     assert not {A.VerticalFlip, A.RandomRotate90} & kinds(build_augmentation("medium"))  # chest X-rays stay upright
     assert build_augmentation("none") is None
+    strips = kinds(build_augmentation("medium", rotation_invariant=True, square=False))  # a turned strip: no batch
+    assert A.VerticalFlip in strips and A.RandomRotate90 not in strips
 
 
 @pytest.mark.parametrize("share", [0.0, 0.33, 1.0])

@@ -201,7 +201,7 @@ def test_folders_of_new_images_are_prediction_sets_of_their_own(trained_dir, tmp
     with pytest.raises(SystemExit, match="empty holds no images"):
         infer.main([*args, "--images", str(tmp_path / "empty")])
     with pytest.raises(SystemExit, match="'../up' cannot name a prediction set"):
-        infer.main([*args, "--images", str(tmp_path / "a"), "--name", "../up"])
+        infer.main([*args, "--images", str(tmp_path / "a" / "imgs"), "--name", "../up"])
 
 
 def test_two_images_of_one_name_in_a_folder_are_refused_before_predicting(trained_dir, tmp_path):

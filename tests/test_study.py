@@ -180,7 +180,7 @@ def test_the_study_packages_its_ensemble_at_the_end_with_export(finished_study):
     package = workdir / "export" / "demo" / "demo-unet+unetpp-tu-test_resnet"
     manifest = json.loads((package / "manifest.json").read_text())
     assert code == 0 and manifest["format"] == "torch" and {m["fold"] for m in manifest["models"]} == {0, 1}
-    assert f"parity: 4 of 4 test masks identical to {workdir / 'ensemble' / 'demo' / package.name / 'submission.csv'}" \
+    assert f"parity: 4 of 4 test masks identical to {workdir / 'ensemble' / 'demo' / package.name / 'masks'}" \
         in output
 
 

@@ -166,9 +166,37 @@ def looks_grey(image: np.ndarray) -> bool:
     return float(((rgb.max(axis=2) - rgb.min(axis=2)) > 24).mean()) < 0.01
 
 
-def resize(array: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
-    """Both sample at pixel centres, so a mask stays aligned with its image: INTER_AREA averages each cell,
-    INTER_NEAREST_EXACT takes the pixel under its centre (plain INTER_NEAREST takes floor(i * scale), the cell's
-    top-left corner: half a cell up and left, 15 px of a 2000 px X-ray cached at 64 px)."""
+def as_size(value) -> int | tuple:
+    """A working size as every stage keeps it: N for a square of N x N, (H, W) for a rectangle (a Severstal strip:
+    (256, 1600)); from N, 'N', 'HxW', [H, W] (as JSON gives it back). ValueError for anything else."""
+    given = value
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        if not all(part.strip().isdigit() for part in parts) or len(parts) > 2:
+            raise ValueError(f"size {value!r}: give N (a square) or HxW (height x width), e.g. 256 or 256x1600")
+        value = [int(part) for part in parts]
+    height, width = (value, value) if isinstance(value, int) else (value * 2 if len(value) == 1 else value)
+    if min(height, width) < 1:
+        raise ValueError(f"size {given!r}: sides must be at least 1 px")
+    return int(height) if height == width else (int(height), int(width))
+
+
+def sides(size) -> tuple:
+    """(height, width) of a working size (as_size's)."""
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def size_text(size) -> str:
+    """'256' for a square, '256x1600' (height x width) for a rectangle: as --size takes it and folders are named."""
+    height, width = sides(size)
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def resize(array: np.ndarray, size, is_mask: bool) -> np.ndarray:
+    """To a working size (as_size's: N or (H, W)). Both sample at pixel centres, so a mask stays aligned with its
+    image: INTER_AREA averages each cell, INTER_NEAREST_EXACT takes the pixel under its centre (plain INTER_NEAREST
+    takes floor(i * scale), the cell's top-left corner: half a cell up and left, 15 px of a 2000 px X-ray cached at
+    64 px)."""
     interpolation = cv2.INTER_NEAREST_EXACT if is_mask else cv2.INTER_AREA
-    return cv2.resize(array, (size, size), interpolation=interpolation)
+    height, width = sides(size)
+    return cv2.resize(array, (width, height), interpolation=interpolation)

@@ -14,8 +14,9 @@ from .images import resize
 from .postprocess import apply
 
 
-def model_input(original: np.ndarray, size: int) -> np.ndarray:
-    """An image in the dataset's form (images.read_as) as the model reads it: uint8 C x S x S."""
+def model_input(original: np.ndarray, size) -> np.ndarray:
+    """An image in the dataset's form (images.read_as) as the model reads it, at its working size (N or (H, W)):
+    uint8 C x H x W."""
     resized = resize(original, size, is_mask=False)
     return np.ascontiguousarray(resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1))
 
@@ -26,7 +27,7 @@ def uint8_maps(probs: np.ndarray) -> np.ndarray:
 
 
 def resize_prob(prob: np.ndarray, size: tuple) -> np.ndarray:
-    """uint8 C x S x S map -> float32 C x H x W probabilities at size (H, W), bilinear.
+    """uint8 C x h x w map (a model's working size) -> float32 C x H x W probabilities at size (H, W), bilinear.
 
     cv2's INTER_LINEAR samples at pixel centres like torch's bilinear with align_corners=False (equal to 1e-5), is
     ~10x faster than torch on the host (0.3 vs 2.8 ms, 128 -> 2000 px) and releases the GIL, so threads scale.

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .files import write_atomic
+from .images import as_size
 from .maps import final_mask, uint8_maps
 from .predictor import Model, file_batches, image_files, predict
 from .submission import mask_codes, read_sample, staged, submission_text
@@ -119,7 +120,7 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     """Every model of the ensemble, in the manifest's order (that of ensemble.py's mean), ready to predict."""
     if manifest["format"] == "onnx":
         from .onnx_model import OnnxModel
-        return [Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"],
+        return [Model(f"{spec['run']} fold{spec['fold']}", as_size(spec["size"]), spec["weight"],
                       lambda batch, model=OnnxModel(folder / spec["file"], device), tta=spec["tta"]:
                       uint8_maps(model.predict(batch, tta)))
                 for spec in manifest["models"]]
@@ -134,7 +135,7 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     for spec in manifest["models"]:
         built = build_model(spec["arch"], spec["encoder"], manifest["channels"], outputs, spec["decoder_channels"])
         net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
-        models.append(Model(f"{spec['run']} fold{spec['fold']}", spec["size"], spec["weight"], torch_predictor(
+        models.append(Model(f"{spec['run']} fold{spec['fold']}", as_size(spec["size"]), spec["weight"], torch_predictor(
             net, manifest["task"], spec["tta"], spec["window"], spec["sw_batch_size"], torch_device)))
     return models
 

@@ -19,35 +19,36 @@ from .maps import model_input
 @dataclass
 class Model:
     name: str  # run and fold
-    size: int  # the side the model reads
+    size: int | tuple  # the working size the model reads: N (N x N) or (H, W) (images.as_size)
     weight: float  # its run's blend weight
-    predict: Callable  # uint8 N x C x S x S images -> uint8 N x C' x S x S probability maps (* 255)
+    predict: Callable  # uint8 N x C x H x W images -> uint8 N x C' x H x W probability maps (* 255)
 
 
 @dataclass
 class Batch:
     keys: list  # what the caller calls each image (an id, a path)
     sizes: list  # each image's original (height, width)
-    inputs: dict  # {side: uint8 N x C x S x S}: the images at each side a model reads
+    inputs: dict  # {size: uint8 N x C x H x W}: the images at each working size a model reads
 
 
 def predict(models: list, batches, desc: str) -> Iterator[tuple]:
-    """(key, original (H, W), [each model's uint8 C' x S x S map]) of every image, in order; memory holds one batch."""
+    """(key, original (H, W), [each model's uint8 C' x H x W map at its size]) of every image, in order; memory holds
+    one batch."""
     for batch in tqdm(batches, desc=desc, unit="batch"):
         maps = [model.predict(batch.inputs[model.size]) for model in models]
         for k, (key, size) in enumerate(zip(batch.keys, batch.sizes)):
             yield key, size, [m[k] for m in maps]
 
 
-def file_batches(paths: list, channels: int, sides, batch_size: int) -> Iterator[Batch]:
-    """Batches of image files, each read by the dataset's rules (images.read_as) and resized to every side a model
-    reads, on HOST_THREADS threads; the next batch is read while the models predict this one. Keys: the file names
-    without their suffix, the images' ids."""
-    sides = sorted(set(sides))
+def file_batches(paths: list, channels: int, sizes, batch_size: int) -> Iterator[Batch]:
+    """Batches of image files, each read by the dataset's rules (images.read_as) and resized to every working size a
+    model reads, on HOST_THREADS threads; the next batch is read while the models predict this one. Keys: the file
+    names without their suffix, the images' ids."""
+    sizes = list(dict.fromkeys(sizes))
 
     def load(path):
         original = read_as(path, channels)
-        return original.shape[:2], [model_input(original, side) for side in sides]
+        return original.shape[:2], [model_input(original, size) for size in sizes]
 
     with ThreadPoolExecutor(HOST_THREADS) as pool:
         reading = [pool.submit(load, p) for p in paths[:batch_size]]
@@ -55,7 +56,7 @@ def file_batches(paths: list, channels: int, sides, batch_size: int) -> Iterator
             loaded = [r.result() for r in reading]
             reading = [pool.submit(load, p) for p in paths[start + batch_size:start + 2 * batch_size]]
             yield Batch([p.stem for p in paths[start:start + batch_size]], [size for size, _ in loaded],
-                        {side: np.stack([inputs[k] for _, inputs in loaded]) for k, side in enumerate(sides)})
+                        {size: np.stack([inputs[k] for _, inputs in loaded]) for k, size in enumerate(sizes)})
 
 
 def image_files(folder: Path) -> list:

@@ -11,6 +11,8 @@ MONAI's window is torch code, so an ONNX package cannot hold a patched run).
 """
 import torch
 
+from .images import sides
+
 
 def sliding_window(predictor, images: torch.Tensor, patch: int, overlap: float, sw_batch_size: int) -> torch.Tensor:
     """N x C x H x W images (any size, uint8 or float) -> N x K x H x W float32 probabilities: predictor (images ->
@@ -34,10 +36,10 @@ class SlidingWindow(torch.nn.Module):
         return sliding_window(self.predictor, images, self.patch, self.overlap, self.sw_batch_size)
 
 
-def window_of(size: int, patch: int, overlap: float) -> dict | None:
+def window_of(size, patch: int, overlap: float) -> dict | None:
     """The record of a prediction's window ({"patch", "overlap"}), or None for a run that predicts the whole image:
-    what a prediction file, prediction.json and a package's manifest say of it."""
-    return {"patch": int(patch), "overlap": float(overlap)} if 0 < patch < size else None
+    what a prediction file, prediction.json and a package's manifest say of it. size: N or (H, W)."""
+    return {"patch": int(patch), "overlap": float(overlap)} if 0 < patch < max(sides(size)) else None
 
 
 def maybe_windowed(predictor: torch.nn.Module, window: dict | None, sw_batch_size: int) -> torch.nn.Module:

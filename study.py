@@ -55,6 +55,7 @@ def parse_args(argv=None) -> tuple:
                         help="the weights inferred and ensembled (selected: what each run's --select-on rule scores)")
     parser.add_argument("--preds-dir", default="preds", help="where infer.py writes")
     parser.add_argument("--out-dir", default="ensemble", help="where ensemble.py writes")
+    parser.add_argument("--sample-submission", help="the competition's sample_submission.csv (ensemble.py's flag)")
     parser.add_argument("--export", nargs="?", const="torch", choices=["torch", "onnx"], help="package the study's "
                         "ensemble at the end (export.py --format) into export/<dataset>/<name>/ beside --out-dir; "
                         "alone: torch")
@@ -94,7 +95,8 @@ def ensemble_arguments(args, cfg, names: list) -> list:
     tta = args.tta[0] if len(args.tta) == 1 else "best"  # several: chosen for each fold on the others' OOF Dice
     return ["--dataset", cfg.dataset, "--runs", ",".join(names), "--tta", tta, "--checkpoint", args.checkpoint,
             "--name", args.name, "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir",
-            args.preds_dir, "--out-dir", args.out_dir]
+            args.preds_dir, "--out-dir", args.out_dir,
+            *(["--sample-submission", args.sample_submission] if args.sample_submission else [])]
 
 
 def call(stage, argv: list) -> str:
@@ -115,9 +117,9 @@ def check_before_training(args, cfg, archs, encoders, runs) -> None:
     started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
     todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
     checked = dict.fromkeys([archs[0], *(a for a in archs if a == "unetpp_ds")])  # it refuses encoders others take
-    problems = study.encoder_problems(list(checked), [e for e in encoders if e in todo], cfg.encoder_weights) \
-        if todo else []
-    problems = problems or (study.size_problems(archs, [e for e in encoders if e in todo], cfg) if todo else [])
+    wanted = [e for e in encoders if e in todo]  # sizes once the encoders are known to exist
+    problems = study.encoder_problems(list(checked), wanted, cfg.encoder_weights) or \
+        study.size_problems(archs, wanted, cfg)
     if problems:
         sys.exit("study: " + "; ".join(problems) + " (checked before any run; fix --encoders or --encoder-weights)")
     foreign = list(filter(None, (ledger.foreign_predictions(args.preds_dir, cfg.dataset, name, cfg.runs_dir)
@@ -145,13 +147,8 @@ def print_plan(args, cfg, runs: list) -> None:
     for argv in infer_arguments(args, cfg, runs).values():
         print(f"# then: python {study.script('infer.py')} {shlex.join(argv)}")
     names, folds = list(dict.fromkeys(run.name for run in runs)), sorted({run.fold for run in runs})
-    print(f"# then: {ensemble_skipped(folds)}" if len(folds) < 2 else
+    print(f"# then: {study.ensemble_skipped(folds)}" if len(folds) < 2 else
           f"# then: python {study.script('ensemble.py')} {shlex.join(ensemble_arguments(args, cfg, names))}")
-
-
-def ensemble_skipped(folds: list) -> str:
-    return (f"ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this study "
-            f"has fold {folds[0]} (--folds all trains every fold)")
 
 
 def train(args, todo: list, epochs: int | None = None, epochs_left: int = 0) -> tuple:
@@ -284,7 +281,7 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
     if not inferred:
         return problems, None
     if len(folds) < 2:
-        print(ensemble_skipped(folds))
+        print(study.ensemble_skipped(folds))
         return problems, None
     leaderboard = Path(args.out_dir) / cfg.dataset / args.name / "leaderboard.md"
     before = leaderboard.stat().st_mtime_ns if leaderboard.exists() else None

@@ -118,6 +118,11 @@ def size_problems(archs: list, encoders: list, cfg: Config) -> list:
     return [] if cfg.tiles else list(filter(None, (size_problem(a, e, cfg.size) for a in archs for e in encoders)))
 
 
+def ensemble_skipped(folds: list) -> str:
+    return (f"ensemble skipped: ensemble.py tunes each fold on the others and needs two folds or more; this study "
+            f"has fold {folds[0]} (--folds all trains every fold)")
+
+
 def script(name: str) -> str:
     """A stage's path as a command names it, relative to where the study runs (its paths are relative to it too)."""
     return os.path.relpath(ROOT / name)

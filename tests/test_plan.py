@@ -53,6 +53,8 @@ def test_demo_plan_gives_the_values_its_rules_state(planned_demo):
     assert (values["lr"], values["scheduler"]) == (1e-3, "cosine")
     assert values["warmup_epochs"] == round(0.05 * values["epochs"])
     assert values["aug"] == "heavy" and values["class_weights"] == "none"  # 36 images; binary
+    assert values["ema"] == 0.9999 and "reaches 0.9900 by the 1000 optimiser steps, an average over about the last " \
+        "100" in demo_plan["rules"]["ema"]  # the figures of docs/results.md: EMA of the weights never lost
     assert set(demo_plan["rules"]) == set(values) and all(demo_plan["rules"].values())
     printed = plan.describe(json.loads((data_dir / "demo" / "plan.json").read_text()), data_dir / "demo")
     assert f"size: {size} (the smallest multiple of 32, at least 64, at which the median object" in printed[1]

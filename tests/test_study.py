@@ -128,13 +128,17 @@ def finished_study(demo_dir, tmp_path_factory):
     """Unet and Unet++ on folds 0 and 1 (ensemble.py tunes each fold on the others, so it needs two), two runs side
     by side: (workdir, output, exit code)."""
     workdir = with_data(demo_dir, tmp_path_factory.mktemp("study"))
+    index = pd.read_csv(workdir / "data" / "demo" / "index.csv", dtype={"id": str})
+    (workdir / "sample_submission.csv").write_text("ImageId,EncodedPixels\n" + "".join(
+        f"{i},\n" for i in sorted(index.loc[index["split"] == "test", "id"], reverse=True)))
     output, code = io.StringIO(), 0
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), pytest.MonkeyPatch.context() as patch:
         patch.setattr(plan_module, "encoder_problems", lambda *args: [])  # as encoders_known, for the module
         patch.setattr(estimate, "POLL_SECONDS", 0.05)
         try:  # W&B offline: the W&B test reads what every stage logged
             study.main(study_args(workdir, "--archs", "unet,unetpp", "--encoders", "tu-test_resnet", "--folds", "0,1",
-                                  "--parallel", "2", "--tta", "none,flip", "--tracker", "wandb", "--export"))
+                                  "--parallel", "2", "--tta", "none,flip", "--tracker", "wandb", "--export",
+                                  "--sample-submission", str(workdir / "sample_submission.csv")))
         except SystemExit as stop:
             print(stop.code)
             code = exit_status(stop)
@@ -182,6 +186,10 @@ def test_the_study_packages_its_ensemble_at_the_end_with_export(finished_study):
     assert code == 0 and manifest["format"] == "torch" and {m["fold"] for m in manifest["models"]} == {0, 1}
     assert f"parity: 4 of 4 test masks identical to {workdir / 'ensemble' / 'demo' / package.name / 'masks'}" \
         in output
+    submission = (workdir / "ensemble" / "demo" / package.name / "submission.csv").read_text().splitlines()
+    sample = (workdir / "sample_submission.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in submission] == [row.split(",")[0] for row in sample]  # its rows and columns,
+    assert submission[0] == "ImageId,EncodedPixels"  # given on by the study
 
 
 def test_the_study_says_how_long_its_runs_will_take_once_one_has_timed_an_epoch(finished_study):

@@ -129,7 +129,7 @@ def test_a_patched_run_trains_on_patches_and_its_val_dice_is_the_sliding_windows
     run = run_train(demo_dir, tmp_path, "--epochs", "1", "--patch", "32", "--patches-per-image", "2") / \
         "unet-tu-test_resnet" / "fold0"
     out = " ".join(capsys.readouterr().out.split())
-    assert ("patches: 32 px of the 64 px images (each resized square to --size), 33% drawn around a foreground pixel "
+    assert ("patches: 32 px of the 64 px images (each resized to --size), 33% drawn around a foreground pixel "
             "and the rest anywhere, 2 per image an epoch; validated by sliding window 32 px, overlap 0.5, 9 windows "
             "an image") in out
     config = json.loads((run / "config.json").read_text())

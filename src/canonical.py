@@ -46,9 +46,10 @@ def load_meta(dataset_dir: Path) -> dict:
         raise FileNotFoundError(f"{path} not found: prepare the dataset first (python -m src.prepare ...)")
     meta = json.loads(path.read_text())
     if "submission" not in meta:
+        where = "" if Path(dataset_dir).parent == Path("data") else f" --data-dir {Path(dataset_dir).parent}"
         raise ValueError(f"{path} was written by an older prepare, without the submission format the masks are "
-                         f"written in: prepare the dataset again as before (python -m src.prepare ... --out "
-                         f"{Path(dataset_dir)}); the fold file and the runs stay valid")
+                         f"written in: prepare the dataset again as before (python -m src.prepare SOURCE ... --name "
+                         f"{Path(dataset_dir).name}{where}); the fold file and the runs stay valid")
     return meta
 
 

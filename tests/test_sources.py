@@ -218,7 +218,7 @@ def test_the_submission_gives_the_train_csvs_rows_back_in_its_own_form(tmp_path,
 def test_a_sample_submission_is_followed_row_for_row(tmp_path):
     """Its rows in its order and its columns, a class by name or number, the extension of its ids taken off; a class
     it names that the dataset lacks, or a missing column, is one line naming the file."""
-    from src.portable.submission import default_format, submission_text
+    from src.portable.submission import default_format, mask_codes, submission_text
     classes, fmt = ["background", "Fish", "Flower"], default_format("multiclass")
     codes = {"a": {1: "1 2", 2: ""}, "b": {1: "", 2: "3 4"}, "c": {1: "5 1", 2: ""}}
     sample = tmp_path / "sample_submission.csv"
@@ -234,6 +234,9 @@ def test_a_sample_submission_is_followed_row_for_row(tmp_path):
     sample.write_text("ImageId,Prediction\na,1 1\n")
     with pytest.raises(ValueError, match=r"sample_submission.csv: no run-length column among ImageId, Prediction"):
         submission_text(codes, classes, fmt, sample)
+    final = np.array([[0, 1], [1, 0]], np.uint8)  # one foreground class, yet multiclass: its mask holds class indices
+    assert mask_codes("one", final, ["background", "Fish"], fmt, tmp_path) == {1: "2 2"}
+    assert read_image(tmp_path / "one.png").tolist() == final.tolist()
 
 
 def test_a_dataset_prepared_before_the_submission_format_is_refused_in_one_line(tmp_path):

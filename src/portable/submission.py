@@ -2,9 +2,9 @@
 
 The rows follow the competition's format as prepare recorded it from the train CSV (meta.json's "submission": its
 column names, one row per image or per image and class, the class by name or by number or joined to the id as in
-`Image_Label`, ids with or without their extension, the pixel order, relative runs, the empty token); other sources
-get DEFAULT's id,rle (binary) or id,class,rle. With a sample_submission.csv, its rows and columns exactly. Each mask
-is also written as <id>.png (0/255 for binary, the class index for multiclass).
+`Image_Label`, ids with or without their extension, the pixel order, relative runs, the empty token); other
+sources get default_format's id,rle (binary) or id,class,rle. With a sample_submission.csv, its rows and columns
+exactly. Each mask is also written as <id>.png (0/255 for binary, the class index for multiclass).
 """
 import csv
 import io
@@ -45,10 +45,15 @@ def default_format(task: str) -> dict:
 def mask_codes(image_id: str, final: np.ndarray, classes: list, fmt: dict, masks: Path | None) -> dict:
     """{class index: run-length encoding} of one image's class map ({1: ...} for binary) in the format's pixel order,
     its mask written to masks/<id>.png first where masks is a folder."""
-    binary = len(classes) == 2
     if masks is not None:
-        write_png(masks / f"{image_id}.png", final * 255 if binary else final)
+        write_png(masks / f"{image_id}.png", final * 255 if binary(fmt) else final)
     return {k: rle_encode(final == k, fmt["order"], fmt["relative"]) for k in range(1, len(classes))}
+
+
+def binary(fmt: dict) -> bool:
+    """A binary dataset's format: no class column, no class joined to the id (a multiclass one has either, even with
+    one foreground class)."""
+    return not (fmt["class"] or fmt["joined"])
 
 
 def submission_text(codes: dict, classes: list, fmt: dict, sample: Path | None = None) -> tuple:
@@ -56,7 +61,8 @@ def submission_text(codes: dict, classes: list, fmt: dict, sample: Path | None =
     a sample_submission.csv whose rows and columns are followed exactly, the line naming the ids it lists that have
     no image here (their rows written empty) and the images it leaves out."""
     if sample is None:
-        rows = [format_row(image_id, k, rle, classes, fmt) for image_id, each in codes.items() for k, rle in each.items()]
+        rows = [format_row(image_id, k, rle, classes, fmt)
+                for image_id, each in codes.items() for k, rle in each.items()]
         return table(fmt["columns"], rows), ""
     header, rows, keys = read_sample(Path(sample), classes, fmt)
     for row, (image_id, k, rle_column) in zip(rows, keys):
@@ -89,19 +95,18 @@ def read_sample(sample: Path, classes: list, fmt: dict) -> tuple:
     with open(sample, newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames or [], list(reader)
-    binary = len(classes) == 2
     rle_column = fmt["rle"] if fmt["rle"] in header else find_column(header, "rle")
     id_column = fmt["id"] if fmt["id"] in header else find_column(header, "id") or find_column(header, "joined")
-    class_column = None if binary else fmt["class"] if fmt["class"] in header else find_column(header, "class")
+    class_column = None if binary(fmt) else fmt["class"] if fmt["class"] in header else find_column(header, "class")
     if rle_column is None or id_column is None:
         raise ValueError(f"{sample}: no {'run-length' if rle_column is None else 'image id'} column among "
                          f"{', '.join(header)}")
     keys = []
     for line, row in enumerate(rows, start=2):
         name, label = row[id_column], row[class_column] if class_column else None
-        if not binary and class_column is None:
+        if not binary(fmt) and class_column is None:
             name, _, label = name.rpartition(fmt["joined"] or "_")
-        keys.append((image_stem(name, fmt["suffix"]), 1 if binary else class_index(label, classes, sample, line),
+        keys.append((image_stem(name, fmt["suffix"]), 1 if binary(fmt) else class_index(label, classes, sample, line),
                      rle_column))
     return header, rows, keys
 

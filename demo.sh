@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded demo data (generated, offline) as one study: prepare, then Unet and Unet++ on
 # 3 folds, two runs side by side, inferred without and with flip TTA, ensembled and ranked in ensemble/demo/demo/.
-# About a minute on 2 CPU cores (71 s on 2026-12-07); the same study command scales to real data. Knobs: EPOCHS
+# About a minute on 2 CPU cores (60 s on 2026-12-07); the same study command scales to real data. Knobs: EPOCHS
 # (default 10), ENCODER (default tu-mobilenetv3_small_050), TRACKER (none or wandb). Run again, it trains only what
 # changed: --retrain-stale trains again the runs another EPOCHS or ENCODER made; runs outside the study's grid are
 # never read.

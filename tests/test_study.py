@@ -398,7 +398,7 @@ def epochs_in(run_dir) -> int:
 def test_a_signal_stops_the_study_its_runs_save_and_the_same_command_continues(demo_dir, tmp_path):
     workdir = with_data(demo_dir, tmp_path)
     args = study_args(workdir, "--archs", "unet", "--encoders", "tu-test_resnet", "--folds", "0,1,2", "--parallel", "2")
-    args[args.index("--epochs") + 1] = "8"
+    args[args.index("--epochs") + 1] = "1000"  # no run may reach its last epoch (which finishes it) while the test waits
     first = [workdir / "runs" / "demo" / "unet-tu-test_resnet" / f"fold{k}" for k in (0, 1)]  # two side by side
     later = [workdir / "runs" / "demo" / "unet-tu-test_resnet" / "fold2"]  # waiting for a free place
 

@@ -8,7 +8,8 @@ Reads preds/<dataset>/ (infer.py, through src/runs.py) and data/<dataset>/masks;
 ensemble/<dataset>/<NAME>/ with --name): masks/<id>.png (final masks at original size: 0/255 for binary, class index
 for multiclass), submission.csv (Kaggle RLE in the format of the train CSV that prepare read, or row for row as
 --sample-submission lists them), scores.json, leaderboard.md, comparison.png, scores.png and, where Unet and Unet++
-share encoders, study.png; with --set NAME the masks and submission.csv of that prediction set go to
+share encoders, study.png; for a dataset of volumes, also volumes/<case>.nii.gz (the test cases' masks in their
+source's grid and header) and 3D scores per case; with --set NAME the masks and submission.csv of that prediction set go to
 sets/NAME/ inside it instead. The folder records its selection (runs, checkpoint, TTA) in selection.json and is not
 replaced by another selection without --overwrite. Only predictions made by each run's current weights on the split
 it was trained on are used; any other stops the ensemble with the infer.py command that renews it. The scores are
@@ -20,12 +21,15 @@ epoch rule (--select-on) and labels `fold` optimistic.
 import argparse
 from pathlib import Path
 
+from tqdm import tqdm
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger
+from src import runs as ledger, volume_scores
+from src.canonical import load_index
 from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable.files import write_atomic
-from src.portable.images import HOST_THREADS
+from src.portable import volumes
+from src.portable.images import HOST_THREADS, read_image
 from src.portable.maps import final_mask
 from src.portable.submission import mask_codes, staged, submission_text
 
@@ -85,7 +89,9 @@ def main(argv=None):
     written = out / "sets" / args.set if args.set else out
     write_masks(written, chosen.test, chosen.postprocess["ensemble"].for_test, checked.meta,
                 args.sample_submission)
-    print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(chosen.test)} masks, submission.csv")
+    cases = write_volumes(written, chosen.test, checked.dataset_dir, checked.meta) if "volumes" in checked.meta else 0
+    print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(chosen.test)} masks, submission.csv"
+          + (f", {cases} NIfTI volumes in volumes/" if "volumes" in checked.meta else ""))
     print("\n".join(report.headline(scores)))
 
 
@@ -110,6 +116,18 @@ def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Pa
     if said:
         print(f"ensemble: {said}")
     write_atomic(folder / "submission.csv", text)
+
+
+def write_volumes(folder: Path, test: dict, dataset_dir: Path, meta: dict) -> int:
+    """A volume dataset's test masks stacked back into their cases: volumes/<case>.nii.gz with the source's header
+    (so its affine), class indices (binary: 0 and 1). Returns the number of cases written."""
+    cases = {case: ids for case, ids in volume_scores.case_slices(load_index(dataset_dir)).items() if set(ids) <= set(test)}
+    records, axis = volume_scores.read_records(dataset_dir), meta["volumes"]["axis"]
+    for case, ids in tqdm(cases.items(), desc="test volumes", unit="case"):
+        labels = volumes.stack([read_image(folder / "masks" / f"{i}.png") for i in ids], axis, records[case]["shape"])
+        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", labels // 255 if len(meta["classes"]) == 2 else labels,
+                           records[case]["header"])
+    return len(cases)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@
   python -m src.prepare folder --images DIR --masks DIR [--test DIR] [--task multiclass --classes background,a,b]
                                                    # layouts and mask rules: README, src/sources/folder.py, src/masks.py
   python -m src.prepare rle --images DIR --csv train.csv [--rle-order row] [--rle-relative]   # Kaggle RLE masks
+  python -m src.prepare decathlon --src Task04_Hippocampus   # NIfTI volumes through dataset.json (Decathlon, nnU-Net v2)
+  python -m src.prepare folder --images imagesTr --masks labelsTr --test imagesTs --modality CT   # NIfTI volumes
   any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv
 
 Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-bit: see src/portable/images.py.
+Volumes (.nii, .nii.gz) become slices, their case the fold group: see src/portable/volumes.py for the rules.
 Last, the dataset's training recipe is planned from its fingerprint into data/<name>/plan.json (src/plan.py), each
 value printed with its rule.
 """
@@ -31,10 +34,10 @@ from src.problems import report
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", choices=["demo", "chest-xray", "pannuke", "folder", "rle"])
+    parser.add_argument("source", choices=["demo", "chest-xray", "pannuke", "folder", "rle", "decathlon"])
     parser.add_argument("--name", help="dataset name (default: the source's: demo, demo-multiclass, chest-xray, ...; "
                         "folder: the images folder's parent, dsb for dsb/images)")
-    parser.add_argument("--src", type=Path, help="the downloaded dataset's folder (chest-xray, pannuke)")
+    parser.add_argument("--src", type=Path, help="the downloaded dataset's folder (chest-xray, pannuke, decathlon)")
     parser.add_argument("--images", type=Path, help="folder, rle: the images")
     parser.add_argument("--masks", type=Path, help="folder: the masks, matched by file stem (x.png, x_mask.png, "
                         "x_mask_1.png, x_segmentation.png) or by folder (masks/<id>/*.png); may be --images itself")
@@ -46,6 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--mask-threshold", type=int,
                         help="binary: binarise every non-binary mask at this value (>= T is foreground); by default "
                              "only almost-binary masks are, at 128")
+    parser.add_argument("--modality", default="MRI", help="folder of volumes: CT is normalised by the dataset's "
+                        "foreground statistics, anything else z-scored per volume (nnU-Net's rules)")
     parser.add_argument("--channels", type=int, choices=[1, 3], default=0,
                         help="1 grey, 3 RGB; every image is converted (default: the source's, else the majority's)")
     parser.add_argument("--csv", type=Path, help="rle: the CSV of run-length encoded masks")
@@ -96,6 +101,16 @@ def build_source(args) -> tuple:
         if args.src is None:
             raise PrepareError(["pannuke needs --src pointing at the folder holding 'Fold 1', 'Fold 2', 'Fold 3'"])
         return "pannuke", sources.pannuke(args.src)
+    if args.source == "decathlon":
+        if args.src is None or not (args.src / "dataset.json").exists():
+            raise PrepareError([f"decathlon needs --src pointing at a folder holding dataset.json (given: {args.src})"])
+        try:
+            cases, classes, modality, problems = sources.decathlon_cases(args.src)
+        except (ValueError, KeyError) as error:
+            raise PrepareError([str(error)]) from None
+        source = sources.volume_source(cases, "binary" if len(classes) == 2 else "multiclass", classes, modality)
+        source.problems += problems
+        return args.src.resolve().name, source
     classes = args.classes.split(",") if args.classes else None
     if args.source == "rle":
         if args.images is None or args.csv is None:
@@ -108,6 +123,11 @@ def build_source(args) -> tuple:
     if args.task == "multiclass" and not classes:
         raise PrepareError(["--task multiclass needs --classes background,class1,class2,..."])
     name = folder_name(args.images, args.name)
+    if sources.volume_files(args.images):
+        cases, problems = sources.folder_cases(args.images, args.masks, args.test, args.allow_unmasked)
+        source = sources.volume_source(cases, args.task, classes or ["background", "foreground"], args.modality)
+        source.problems += problems
+        return name, source
     source = sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes, args.channels)
     source.rotation_invariant = args.rotation_invariant
     return name, source
@@ -149,6 +169,9 @@ def main(argv=None):
         default_name, source = build_source(args)
         name = args.name or default_name
         mask_rules(args, source)
+        if source.volumes and "size" not in args.given:  # the cache at the padded slices' own size: nothing resized
+            height, width = source.volumes["slice_size"]
+            args.size = height if height == width else (height, width)
         if args.channels and args.source in ("demo", "pannuke") and args.channels != source.channels:
             raise PrepareError([f"--channels {args.channels}: the {args.source} source is {source.channels}-channel"])
         if args.group_column and not args.meta:

@@ -176,6 +176,8 @@ def headline(scores: dict) -> list:
             f"Holm-adjusted p {c['p_holm']:.3g})" for c in scores["comparisons"]) + ".")
     else:
         lines.append("- Unet++ vs Unet: not compared (no encoder has both, scored at one TTA mode).")
+    if scores.get("volumes"):
+        lines.append(volume_line(scores["volumes"]))
     rules = sorted({rule for r in runs.values() for rule in r["epoch_rule"]["select_on"].split("/")})
     optimistic = [n for n, r in runs.items() if r["epoch_rule"]["optimistic"]]
     selection = scores["selection"]
@@ -186,6 +188,16 @@ def headline(scores: dict) -> list:
                  + (f" (optimistic for {', '.join(optimistic)}: epoch chosen on the scored fold)" if optimistic else "")
                  + f"; {tta}.")
     return lines
+
+
+def volume_line(volumes: dict) -> str:
+    """The cases in 3D, as nnU-Net reports them: per-label Dice and HD95 (mm) averaged over cases, each model."""
+    def model(name: str, v: dict) -> str:
+        labels = ", ".join(f"{label} {c['dice']:.4f} ({c['hd95_mm']:.2f} mm)" for label, c in v["per_class"].items())
+        return f"{name} {v['dice']:.4f} {span(v['dice_interval']['ci95'])}: {labels}"
+    cases = next(iter(volumes.values()))["cases"]
+    return (f"- In 3D over {cases} cases, Dice per case [95% CI over cases] and per label (HD95): "
+            + "; ".join(model(name, v) for name, v in volumes.items()) + ".")
 
 
 def span(ci95: list, spec: str = ".4f") -> str:

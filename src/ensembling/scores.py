@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger
+from src import runs as ledger, volume_scores as volume_scores_module
+from src.canonical import load_index
 from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
@@ -59,6 +60,8 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
                                  for f, settings in choices.postprocess["ensemble"].by_fold.items()},
               "postprocess": choices.postprocess["ensemble"].for_test, "weights": choices.weights,
               "test_images": len(choices.test)}
+    if "volumes" in inputs.meta:
+        scores["volumes"] = volume_scores(inputs, models, choices.postprocess, ids, fold_of)
     scores["by_encoder"] = by_encoder(scores)
     best = dice[scores["best_single"]].to_numpy()
     scores["best_interval"] = mean_interval(best, groups)
@@ -119,9 +122,7 @@ def postprocessed(runs: dict, weights: dict, tuned, image_ids: list, fold_of: di
     weight_list = [weights[run] for run in runs]
     for_test = tuple(c.for_test for c in runs.values())
 
-    def probabilities(image_id: str, read: tuple) -> np.ndarray:
-        weighted, size = ledger.read_maps([s.oof(image_id) for s in read], weight_list)
-        return mean_at(mean_maps(weighted), size)
+    probabilities = mean_probabilities(weight_list)
 
     def one(image_id: str) -> tuple:
         target, fold = read_image(masks_dir / f"{image_id}.png"), fold_of[image_id]
@@ -141,6 +142,39 @@ def postprocessed(runs: dict, weights: dict, tuned, image_ids: list, fold_of: di
     raw, optimistic = (scores_table({i: r[k] for i, r in scored.items()}, fold_of, table) for k in (1, 2))
     return {**summarize_scores(table), "dice_raw": per_image(raw)["dice"].mean(), "per_class_raw": pooled_by_class(raw),
             "dice_optimistic": per_image(optimistic)["dice"].mean()}, table
+
+
+def mean_probabilities(weight_list: list):
+    """(image id, the runs' prediction sets) -> their weighted mean OOF probabilities at the image's size."""
+    def probabilities(image_id: str, read: tuple) -> np.ndarray:
+        weighted, size = ledger.read_maps([s.oof(image_id) for s in read], weight_list)
+        return mean_at(mean_maps(weighted), size)
+    return probabilities
+
+
+def volume_scores(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> dict:
+    """A volume dataset's 3D scores of each model ({model: (runs, weights)}), its slices' OOF masks made as
+    postprocessed() makes them (each fold with its own choices) and stacked back into their cases."""
+    volumes_meta, classes = inputs.meta["volumes"], inputs.meta["classes"]
+    scored = set(image_ids)
+    cases = {c: ids for c, ids in volume_scores_module.case_slices(load_index(inputs.dataset_dir)).items()
+             if set(ids) <= scored}
+    records = volume_scores_module.read_records(inputs.dataset_dir)
+
+    def target(image_id: str) -> np.ndarray:
+        return read_image(inputs.dataset_dir / "masks" / f"{image_id}.png")
+
+    out = {}
+    for model, (runs, weights) in models.items():
+        probabilities = mean_probabilities([weights[run] for run in runs])
+
+        def mask(image_id: str) -> np.ndarray:
+            fold = fold_of[image_id]
+            read = tuple(c.by_fold[fold] for c in runs.values())
+            return postprocess.apply(probabilities(image_id, read), tuned[model].by_fold[fold])
+        table = volume_scores_module.volume_table(mask, target, cases, records, volumes_meta["axis"], classes)
+        out[model] = volume_scores_module.summary(table)
+    return out
 
 
 def scores_table(rows_of: dict, fold_of: dict, like: pd.DataFrame | None = None) -> pd.DataFrame:

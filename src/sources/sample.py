@@ -30,6 +30,7 @@ class Source:
     class_colors: list | None = None  # colour-coded masks: one RGB colour per class (src/masks.py)
     mask_threshold: int | None = None  # binarise every non-binary mask at this value (src/masks.py)
     submission: dict | None = None  # how the labels came (src/portable/submission.py); None: its default format
+    volumes: dict | None = None  # slices of NIfTI volumes: the rules and each case's geometry (src/sources/volumes.py)
 
 
 def image_files(folder: Path, leave_out: tuple = ()) -> list:

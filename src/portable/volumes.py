@@ -1,0 +1,141 @@
+"""Volumes (NIfTI, through nibabel) as 2D models see them: normalised by nnU-Net's rules, stored as uint8, cut into
+slices across one axis, padded to one slice size, and stacked back into the source's grid and header.
+
+Rules, each printed by prepare where it applies:
+- the axis: nnU-Net's 2D configuration cuts across the lowest-resolution axis (the largest spacing); where spacings
+  tie (isotropic data), the last stored axis, which is the first of SimpleITK's z, y, x that nnU-Net cuts along;
+- intensities: CT clipped to the 0.5 and 99.5 percentiles of the training cases' foreground voxels, then z-scored
+  with their mean and standard deviation; any other modality z-scored per volume (nnU-Net's ZScoreNormalization);
+- storage: uint8 = Z_ZERO + LEVELS_PER_SD * z, rounded and clipped, so the uint8 cache, the augmentations and the
+  models' ImageNet normalisation stay as they are for 2D images (a fixed affine map of z for the model);
+- slices are padded, never resized, to the dataset's slice size (images with z = 0, as nnU-Net pads, labels with 0),
+  the slice centred; predictions are cropped back before stacking.
+"""
+import io
+from pathlib import Path
+
+import numpy as np
+
+SUFFIXES = (".nii.gz", ".nii")
+Z_ZERO, LEVELS_PER_SD = 64, 24  # z from -2.67 to +7.96 in 1/24 of a standard deviation: MRI's bright tail fits
+CT_PERCENTILES = (0.5, 99.5)
+FOREGROUND_SAMPLES = 10_000  # foreground voxels drawn per training case for the CT statistics, as nnU-Net draws
+
+
+def is_volume(path: Path) -> bool:
+    return Path(path).name.lower().endswith(SUFFIXES)
+
+
+def volume_id(path: Path) -> str:
+    """The case id: the file name less its whole suffix (hippocampus_003 for hippocampus_003.nii.gz)."""
+    name = Path(path).name
+    return next(name[:-len(s)] for s in SUFFIXES if name.lower().endswith(s))
+
+
+def volume_files(folder: Path) -> list:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_volume(p) and not p.name.startswith("."))
+
+
+def load(path: Path):
+    """The nibabel image of a NIfTI file (data read lazily), or ValueError naming the file."""
+    import nibabel  # here: 2D datasets never need it
+    try:
+        return nibabel.load(str(path))
+    except Exception as error:  # nibabel raises its own ImageFileError, OSError, EOFError, gzip errors
+        raise ValueError(f"{path}: not a readable NIfTI file ({type(error).__name__}: {error})") from None
+
+
+def data(image) -> np.ndarray:
+    return np.asanyarray(image.dataobj)
+
+
+def spacing(image) -> tuple:
+    return tuple(float(s) for s in image.header.get_zooms()[:3])
+
+
+def slice_axis(spacings: list) -> tuple:
+    """(axis, rule) for a dataset: across the largest median spacing; ties (isotropic data): the last axis."""
+    median = np.median(np.asarray(spacings, dtype=float), axis=0)
+    largest = np.flatnonzero(np.isclose(median, median.max()))
+    axis = int(largest[-1])
+    spacing_text = " x ".join(f"{s:g}" for s in median)
+    if len(largest) == 3:
+        return axis, (f"axis {axis}: the median spacing {spacing_text} mm is isotropic, so the last stored axis, "
+                      f"the first of SimpleITK's z, y, x that nnU-Net's 2D configuration cuts along")
+    return axis, (f"axis {axis}: across the lowest resolution of the median spacing {spacing_text} mm, as nnU-Net's 2D "
+                  f"configuration cuts")
+
+
+def ct_statistics(foreground: list) -> dict:
+    """nnU-Net's CT statistics from the training cases' sampled foreground intensities."""
+    values = np.concatenate(foreground).astype(np.float64)
+    low, high = np.percentile(values, CT_PERCENTILES)
+    return {"low": float(low), "high": float(high), "mean": float(values.mean()), "std": float(values.std())}
+
+
+def foreground_sample(volume: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    values = volume[labels > 0]
+    if len(values) > FOREGROUND_SAMPLES:
+        values = np.random.default_rng(seed).choice(values, FOREGROUND_SAMPLES, replace=False)
+    return values
+
+
+def normalise(volume: np.ndarray, ct: dict | None = None) -> np.ndarray:
+    """z-scores: CT by the dataset's statistics (clipped first), anything else by the volume's own."""
+    volume = volume.astype(np.float64)
+    if ct is not None:
+        return (np.clip(volume, ct["low"], ct["high"]) - ct["mean"]) / max(ct["std"], 1e-8)
+    return (volume - volume.mean()) / max(volume.std(), 1e-8)
+
+
+def to_uint8(z: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(Z_ZERO + LEVELS_PER_SD * z), 0, 255).astype(np.uint8)
+
+
+def normalisation_rule(ct: dict | None) -> str:
+    stored = (f"stored as uint8 = {Z_ZERO} + {LEVELS_PER_SD} z (z from {-Z_ZERO / LEVELS_PER_SD:.2f} to "
+              f"{(255 - Z_ZERO) / LEVELS_PER_SD:.2f})")
+    if ct is None:
+        return f"intensities z-scored per volume (nnU-Net's rule for MRI and any modality but CT), {stored}"
+    return (f"CT intensities clipped to the training foreground's {CT_PERCENTILES[0]:g} and {CT_PERCENTILES[1]:g} "
+            f"percentiles ({ct['low']:.1f}, {ct['high']:.1f}), z-scored with its mean {ct['mean']:.1f} and standard "
+            f"deviation {ct['std']:.1f} (nnU-Net's CT rule), {stored}")
+
+
+def padding(shape: tuple, size: tuple) -> tuple:
+    """(top, left) of a slice of shape (h, w) centred in size (H, W)."""
+    return (size[0] - shape[0]) // 2, (size[1] - shape[1]) // 2
+
+
+def slices(volume: np.ndarray, axis: int, size: tuple, fill: int) -> np.ndarray:
+    """(n, H, W) slices across axis, each centred in size and padded with fill."""
+    moved = np.moveaxis(volume, axis, 0)
+    top, left = padding(moved.shape[1:], size)
+    out = np.full((moved.shape[0], *size), fill, dtype=volume.dtype)
+    out[:, top:top + moved.shape[1], left:left + moved.shape[2]] = moved
+    return out
+
+
+def stack(slice_maps: list, axis: int, shape: tuple) -> np.ndarray:
+    """The inverse of slices(): padded slice maps (their leading axes kept, e.g. classes) cropped and stacked into a
+    volume of the source's shape."""
+    in_plane = tuple(s for a, s in enumerate(shape) if a != axis)
+    top, left = padding(in_plane, slice_maps[0].shape[-2:])
+    cropped = [m[..., top:top + in_plane[0], left:left + in_plane[1]] for m in slice_maps]
+    return np.stack(cropped, axis=axis + cropped[0].ndim - 2)
+
+
+def header_text(image) -> str:
+    """The source's NIfTI header as hex: written back with the predicted mask, byte for byte but its data type."""
+    return image.header.binaryblock.hex()
+
+
+def write_mask(path: Path, labels: np.ndarray, header_hex: str) -> None:
+    """A label volume as NIfTI with the source's header (so its affine, qform and sform), uint8."""
+    import nibabel
+    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(bytes.fromhex(header_hex)))
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1, 0)
+    image = nibabel.Nifti1Image(labels.astype(np.uint8), None, header=header)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(image, str(path))

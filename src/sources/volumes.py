@@ -1,0 +1,162 @@
+"""NIfTI volumes (MRI, CT) as slices: a folder of volumes and one of label volumes, or a Decathlon / nnU-Net v2
+dataset folder read through its dataset.json. Each case becomes its slices across the dataset's axis, every slice
+an image of the canonical layout (`<case>_<slice>`), the case its fold group; data/<name>/volumes.json keeps each
+case's shape, spacing and header, which infer.py's volumes and ensemble.py's NIfTI masks are rebuilt with.
+The rules (axis, intensities, padding) are src/portable/volumes.py's, each printed.
+"""
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from src.portable import volumes
+from src.portable.problems import Problem
+from src.sources.sample import Sample, Source
+
+SIZE_STEP = 32  # smp encoders halve the input five times: slices are padded to a multiple of it
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path
+    label: Path | None
+    split: str
+
+
+def folder_cases(images: Path, masks: Path | None, test: Path | None, allow_unmasked: bool) -> tuple:
+    """(cases, problems) of image volumes matched to label volumes by case id."""
+    problems, labels = [], {volumes.volume_id(p): p for p in volumes.volume_files(masks)} if masks else {}
+    cases = []
+    for path in volumes.volume_files(images):
+        case = volumes.volume_id(path)
+        if case in labels:
+            cases.append(Case(case, path, labels[case], "train"))
+        elif allow_unmasked:
+            cases.append(Case(case, path, None, "test"))
+        else:
+            problems.append(Problem(str(path), "volume without a label volume", f"looked for {case}.nii(.gz) in {masks}",
+                                    "pass --allow-unmasked to make it a test case"))
+    cases += [Case(volumes.volume_id(p), p, None, "test") for p in volumes.volume_files(test)] if test else []
+    return cases, problems
+
+
+def decathlon_cases(root: Path) -> tuple:
+    """(cases, classes, modality, problems) of a Decathlon or nnU-Net v2 folder, read through its dataset.json."""
+    description = json.loads((root / "dataset.json").read_text())
+    if "channel_names" in description:  # nnU-Net v2: labels {name: value}, a list of values is a region
+        modalities = list(description["channel_names"].values())
+        labels = description["labels"]
+        regions = [name for name, value in labels.items() if isinstance(value, list)]
+        if regions:
+            raise ValueError(f"{root / 'dataset.json'}: labels {', '.join(regions)} are regions (lists of values), "
+                             f"which overlap; prepare reads one label per voxel")
+        classes = [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
+        values = sorted(int(v) for v in labels.values())
+        ending = description.get("file_ending", ".nii.gz")
+        cases = [Case(p.name[:-len(ending)], root / "imagesTr" / f"{p.name[:-len(ending)]}_0000{ending}", p, "train")
+                 for p in sorted((root / "labelsTr").glob(f"*{ending}"))]
+        cases += [Case(p.name[:-len(f"_0000{ending}")], p, None, "test")
+                  for p in sorted((root / "imagesTs").glob(f"*_0000{ending}"))]
+    else:  # the Decathlon's: modality and labels as {value: name}, the pairs listed
+        modalities = [description["modality"][k] for k in sorted(description["modality"], key=int)]
+        classes = [description["labels"][k] for k in sorted(description["labels"], key=int)]
+        values = sorted(int(k) for k in description["labels"])
+        cases = [Case(volumes.volume_id(Path(pair["image"])), root / pair["image"], root / pair["label"], "train")
+                 for pair in description["training"]]
+        cases += [Case(volumes.volume_id(Path(path)), root / path, None, "test") for path in description.get("test", [])]
+    if values != list(range(len(values))):
+        raise ValueError(f"{root / 'dataset.json'}: label values {values} are not 0..{len(values) - 1}")
+    if len(modalities) > 1:
+        raise ValueError(f"{root / 'dataset.json'}: {len(modalities)} modalities ({', '.join(modalities)}); prepare "
+                         f"reads single-modality volumes so far")
+    problems = [Problem(str(p), "file listed in dataset.json not found") for c in cases
+                for p in (c.image, c.label) if p is not None and not p.exists()]
+    return [c for c in cases if c.image.exists() and (c.label is None or c.label.exists())], classes, modalities[0], problems
+
+
+def volume_source(cases: list, task: str, classes: list, modality: str) -> Source:
+    """The slices of every readable case, with a problem for each case that cannot be used (nothing is written
+    while any is found: src/canonical.py)."""
+    problems, records, foreground = [], {}, []
+    for case in tqdm(cases, desc="read volumes", unit="case"):
+        try:
+            records[case.id], sample = read_case(case, len(classes))
+        except ValueError as error:
+            problems.append(Problem(*str(error).split(": ", 1)) if ": " in str(error) else Problem(case.id, str(error)))
+            continue
+        if sample is not None and modality.upper() == "CT":
+            foreground.append(sample)
+    if not records:
+        return Source(task, classes, 1, [], problems or ["no NIfTI volumes found"])
+    axis, axis_rule = volumes.slice_axis([r["spacing"] for r in records.values()])
+    in_plane = np.array([[s for a, s in enumerate(r["shape"]) if a != axis] for r in records.values()])
+    size = tuple(int(math.ceil(n / SIZE_STEP) * SIZE_STEP) for n in in_plane.max(axis=0))
+    ct = volumes.ct_statistics(foreground) if foreground else None
+    description = {"axis": axis, "axis_rule": axis_rule, "normalisation": volumes.normalisation_rule(ct), "ct": ct,
+                   "modality": modality, "slice_size": list(size),
+                   "size_rule": f"slices padded, not resized, to {size[0]} x {size[1]}: the largest slice "
+                                f"({in_plane[:, 0].max()} x {in_plane[:, 1].max()}) to a multiple of {SIZE_STEP}, "
+                                f"centred, images with z = 0 and labels with 0 (as nnU-Net pads)"}
+    for key in ("axis_rule", "size_rule", "normalisation"):
+        print(f"volumes: {description[key]}")
+
+    @lru_cache(maxsize=16)  # slices of one case are converted one after another
+    def case_slices(case: Case) -> tuple:
+        image = volumes.data(volumes.load(case.image))
+        z = volumes.to_uint8(volumes.normalise(image, ct))
+        cut = volumes.slices(z, axis, size, volumes.Z_ZERO)
+        labels = None if case.label is None else volumes.slices(label_values(case), axis, size, 0)
+        return cut, labels
+
+    samples = []
+    for case in cases:
+        if case.id not in records:
+            continue
+        record = records[case.id]
+        row_mm, col_mm = (s for a, s in enumerate(record["spacing"]) if a != axis)
+        for k in range(record["shape"][axis]):
+            samples.append(Sample(f"{case.id}_{k:04d}", lambda c=case, k=k: tuple(
+                None if part is None else part[k] for part in case_slices(c)), split=case.split, group=case.id,
+                extra={"case": case.id, "slice": k, "spacing_row_mm": row_mm, "spacing_col_mm": col_mm}))
+    source = Source(task, classes, 1, samples, problems)
+    source.volumes = {**description, "cases": records}
+    return source
+
+
+def label_values(case: Case) -> np.ndarray:
+    return np.rint(volumes.data(volumes.load(case.label))).astype(np.uint8)
+
+
+def read_case(case: Case, n_classes: int) -> tuple:
+    """(the case's record for volumes.json, a sample of its foreground intensities or None), or ValueError naming
+    the file and what is wrong with it."""
+    image = volumes.load(case.image)
+    if len(image.shape) != 3:
+        raise ValueError(f"{case.image}: a {len(image.shape)}D image; prepare reads 3D volumes of one modality")
+    record = {"shape": list(image.shape), "spacing": list(volumes.spacing(image)), "header": volumes.header_text(image),
+              "split": case.split}
+    if case.label is None:
+        return record, None
+    label = volumes.load(case.label)
+    if len(label.shape) != 3:
+        raise ValueError(f"{case.label}: a {len(label.shape)}D label file; labels are one 3D volume of values")
+    if label.shape != image.shape:
+        raise ValueError(f"{case.label}: label shape {label.shape} differs from its image's {image.shape} "
+                         f"({case.image.name})")
+    if not np.allclose(label.affine, image.affine, atol=1e-3):
+        raise ValueError(f"{case.label}: its affine differs from its image's ({case.image.name}), so the voxels do "
+                         f"not line up")
+    values = volumes.data(label)
+    whole = np.rint(values)
+    if not np.array_equal(whole, values):
+        raise ValueError(f"{case.label}: labels are not whole numbers (e.g. {values[whole != values].flat[0]:g})")
+    if whole.min() < 0 or whole.max() >= n_classes:
+        raise ValueError(f"{case.label}: label value {int(whole.max() if whole.max() >= n_classes else whole.min())} "
+                         f"is not one of the {n_classes} classes named (0..{n_classes - 1})")
+    return record, volumes.foreground_sample(volumes.data(image), whole, seed=zlib.crc32(case.id.encode()))

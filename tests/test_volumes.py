@@ -1,0 +1,184 @@
+"""NIfTI volumes: read with nibabel, cut into slices that the 2D models train on, stacked back into each case's grid,
+scored in 3D with the voxel spacing and written as NIfTI masks with the source's header. Tiny volumes throughout."""
+import json
+
+import nibabel
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+
+import ensemble
+import infer
+import train
+from conftest import TINY, infer_args, paths, prepare
+from src.portable import volumes
+from src.volume_scores import case_scores, case_slices, read_records, volume_table
+
+SPACING = (0.8, 0.7, 3.0)  # anisotropic: slices are cut across axis 2, the lowest resolution
+
+
+def affine(spacing=SPACING, shift=(10.0, -5.0, 2.0)) -> np.ndarray:
+    return np.diag([*spacing, 1.0]) + np.pad(np.array(shift)[:, None], ((0, 1), (3, 0)))
+
+
+def write(path, array, spacing=SPACING, shift=(10.0, -5.0, 2.0)):
+    image = nibabel.Nifti1Image(array, affine(spacing, shift))
+    image.header.set_zooms((*spacing, 1.0)[:array.ndim])
+    nibabel.save(image, str(path))
+    return path
+
+
+def case(rng, shape=(20, 14, 5)) -> tuple:
+    """An MRI-like volume and its labels: an ellipsoid blob (label 1) with a smaller one inside (label 2)."""
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    centre = rng.uniform(6, 9), rng.uniform(5, 8), 2
+    r = ((x - centre[0]) / 5) ** 2 + ((y - centre[1]) / 4) ** 2 + ((z - centre[2]) / 2.5) ** 2
+    labels = np.where(r < 0.3, 2, np.where(r < 1, 1, 0)).astype(np.uint8)
+    image = (rng.normal(300, 20, shape) + 200 * labels).astype(np.float32)
+    return image, labels
+
+
+def volume_set(root, cases=6, tests=2) -> dict:
+    rng = np.random.default_rng(0)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (root / sub).mkdir(parents=True)
+    for k in range(cases + tests):
+        image, labels = case(rng, (20 + k % 3, 14, 5))
+        split = "Tr" if k < cases else "Ts"
+        write(root / f"images{split}" / f"vol_{k:03d}.nii.gz", image)
+        if k < cases:
+            write(root / "labelsTr" / f"vol_{k:03d}.nii.gz", labels)
+    description = {"name": "tiny", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "outer", "2": "inner"},
+                   "training": [{"image": f"./imagesTr/vol_{k:03d}.nii.gz", "label": f"./labelsTr/vol_{k:03d}.nii.gz"}
+                                for k in range(cases)],
+                   "test": [f"./imagesTs/vol_{k:03d}.nii.gz" for k in range(cases, cases + tests)]}
+    (root / "dataset.json").write_text(json.dumps(description))
+    return description
+
+
+def test_slices_padded_and_stacked_back_are_the_identity_and_the_axis_is_the_lowest_resolution():
+    volume = np.random.default_rng(1).integers(0, 255, (21, 14, 5)).astype(np.uint8)
+    axis, rule = volumes.slice_axis([SPACING, (0.8, 0.8, 2.5)])
+    assert axis == 2 and "across the lowest resolution" in rule
+    assert volumes.slice_axis([(1, 1, 1)])[0] == 2  # isotropic: the last stored axis, nnU-Net's SimpleITK z
+    assert volumes.slice_axis([(3.0, 0.9, 0.9)])[0] == 0
+    for axis in range(3):
+        cut = volumes.slices(volume, axis, (32, 32), fill=7)
+        assert cut.shape == (volume.shape[axis], 32, 32) and (cut == 7).any()
+        assert np.array_equal(volumes.stack(list(cut), axis, volume.shape), volume)
+        maps = np.stack([cut, cut // 2], axis=1)  # class maps: the leading axis kept
+        assert np.array_equal(volumes.stack(list(maps), axis, volume.shape)[1], volume // 2)
+
+
+def test_a_written_mask_has_the_source_affine_and_header(tmp_path):
+    source = nibabel.load(str(write(tmp_path / "ct.nii.gz", np.zeros((6, 5, 4), np.float32))))
+    labels = np.random.default_rng(0).integers(0, 3, (6, 5, 4)).astype(np.uint8)
+    volumes.write_mask(tmp_path / "out" / "ct.nii.gz", labels, volumes.header_text(source))
+    written = nibabel.load(str(tmp_path / "out" / "ct.nii.gz"))
+    assert np.array_equal(written.affine, source.affine) and written.header.get_zooms() == source.header.get_zooms()
+    assert written.get_data_dtype() == np.uint8 and np.array_equal(np.asanyarray(written.dataobj), labels)
+
+
+def test_3d_dice_and_hd95_in_mm_of_stacked_slices_agree_with_monai_on_anisotropic_volumes():
+    rng = np.random.default_rng(3)
+    _, target = case(rng, (20, 14, 5))
+    pred = np.roll(target, 2, axis=0)
+    pred[3:5, 2:4, 4] = 1  # a stray blob on another slice
+    cut = {f"c_{k}": s for k, s in enumerate(volumes.slices(pred, 2, (32, 32), 0))}
+    truth = {f"c_{k}": s for k, s in enumerate(volumes.slices(target, 2, (32, 32), 0))}
+    record = {"c": {"shape": [20, 14, 5], "spacing": list(SPACING)}}
+    table = volume_table(cut.__getitem__, truth.__getitem__, {"c": list(cut)}, record, 2, ["bg", "outer", "inner"])
+    onehot = [torch.from_numpy(np.stack([v == c for c in range(3)])[None]) for v in (pred, target)]
+    dice = compute_dice(*onehot, include_background=False)[0]
+    hd95 = compute_hausdorff_distance(*onehot, include_background=False, percentile=95, spacing=list(SPACING))[0]
+    assert np.allclose(table["dice"], dice.numpy()) and np.allclose(table["hd95_mm"], hd95.numpy())
+    assert hd95[0] != compute_hausdorff_distance(*onehot, include_background=False, percentile=95)[0, 0]  # mm, not voxels
+    empty = case_scores(np.zeros_like(target), target, ["bg", "outer", "inner"], SPACING)
+    assert empty[0]["dice"] == 0 and empty[0]["hd95_mm"] == pytest.approx(np.sqrt(16 ** 2 + 9.8 ** 2 + 15 ** 2))
+
+
+def test_a_decathlon_set_is_prepared_as_slices_grouped_by_case(tmp_path):
+    volume_set(tmp_path / "Task99_Tiny")
+    prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "3")
+    data = tmp_path / "data" / "tiny"
+    meta, index = json.loads((data / "meta.json").read_text()), pd.read_csv(data / "index.csv")
+    assert meta["task"] == "multiclass" and meta["classes"] == ["background", "outer", "inner"]
+    assert meta["volumes"]["axis"] == 2 and meta["volumes"]["slice_size"] == [32, 32]
+    assert len(index) == 8 * 5 and set(index[index.split == "test"]["case"]) == {"vol_006", "vol_007"}
+    assert np.allclose(index["spacing_row_mm"], 0.8) and np.allclose(index["spacing_col_mm"], 0.7)
+    folds = pd.read_csv(tmp_path / "folds" / "tiny.csv")
+    assert folds.merge(index, on="id").groupby("case")["fold"].nunique().max() == 1  # no case split across folds
+    assert np.load(data / "cache" / "32" / "images.npy").shape == (40, 32, 32)  # padded, never resized
+    records = read_records(data)
+    source = nibabel.load(str(tmp_path / "Task99_Tiny" / "labelsTr" / "vol_001.nii.gz"))
+    ids = case_slices(index)["vol_001"]
+    masks = [np.array(__import__("PIL.Image").Image.open(data / "masks" / f"{i}.png")) for i in ids]
+    assert np.array_equal(volumes.stack(masks, 2, records["vol_001"]["shape"]), np.asanyarray(source.dataobj))
+    image = np.asanyarray(nibabel.load(str(tmp_path / "Task99_Tiny" / "imagesTr" / "vol_001.nii.gz")).dataobj)
+    z = (image - image.mean()) / image.std()
+    slices = [np.array(__import__("PIL.Image").Image.open(data / "images" / f"{i}.png")) for i in ids]
+    stored = volumes.stack(slices, 2, image.shape).astype(float)
+    assert np.abs((stored - volumes.Z_ZERO) / volumes.LEVELS_PER_SD - np.clip(z, -2.6, 7.9)).max() <= 0.5 / 24 + 1e-9
+
+
+@pytest.mark.parametrize("defect, words", [
+    ("shape", "label shape (21, 14, 4) differs from its image's (21, 14, 5)"),
+    ("affine", "its affine differs from its image's"),
+    ("fraction", "labels are not whole numbers (e.g. 1.5)"),
+    ("4d", "a 4D label file"),
+    ("unnamed", "label value 3 is not one of the 3 classes named (0..2)"),
+    ("missing", "file listed in dataset.json not found"),
+])
+def test_a_bad_volume_stops_prepare_in_one_line_and_writes_nothing(tmp_path, capsys, defect, words):
+    root = tmp_path / "Task99_Tiny"
+    volume_set(root, cases=3, tests=0)
+    label = root / "labelsTr" / "vol_001.nii.gz"
+    labels = np.asanyarray(nibabel.load(str(label)).dataobj).copy()
+    if defect == "shape":
+        write(label, labels[..., :4])
+    elif defect == "affine":
+        write(label, labels, shift=(0.0, 0.0, 0.0))
+    elif defect == "fraction":
+        write(label, labels.astype(np.float32) + np.float32(0.5) * (labels == 1))
+    elif defect == "4d":
+        write(label, labels[..., None].repeat(2, axis=3))
+    elif defect == "unnamed":
+        write(label, np.where(labels == 2, 3, labels).astype(np.uint8))
+    else:
+        label.unlink()
+    with pytest.raises(SystemExit) as stop:
+        prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2")
+    assert words in str(stop.value) and "vol_001" in str(stop.value)
+    assert not (tmp_path / "data" / "tiny").exists()
+
+
+def test_nnunet_v2_regions_are_refused_until_overlapping_labels_are_read(tmp_path):
+    root = tmp_path / "Dataset001_Tiny"
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz",
+                                                   "labels": {"background": 0, "whole": [1, 2], "core": 2}}))
+    with pytest.raises(SystemExit, match="labels whole are regions"):
+        prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny")
+
+
+def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path):
+    volume_set(tmp_path / "Task99_Tiny")
+    prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "2")
+    tiny = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "1"]
+    for fold in (0, 1):
+        train.main([*tiny, "--dataset", "tiny", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold",
+                    str(fold)])
+    infer.main([*infer_args(tmp_path, "tiny"), "--tta", "none"])
+    out = tmp_path / "ensemble"
+    ensemble.main(["--dataset", "tiny", *paths(tmp_path), "--preds-dir", str(tmp_path / "preds"), "--out-dir",
+                   str(out), "--figures", "0"])
+    scores = json.loads((out / "tiny" / "scores.json").read_text())
+    assert scores["volumes"]["ensemble"]["cases"] == 6 and set(scores["volumes"]["ensemble"]["per_class"]) == {
+        "outer", "inner"}
+    for k in (6, 7):
+        source = nibabel.load(str(tmp_path / "Task99_Tiny" / "imagesTs" / f"vol_{k:03d}.nii.gz"))
+        written = nibabel.load(str(out / "tiny" / "volumes" / f"vol_{k:03d}.nii.gz"))
+        assert written.shape == source.shape and np.array_equal(written.affine, source.affine)
+        assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2}

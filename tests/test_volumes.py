@@ -182,3 +182,19 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
         written = nibabel.load(str(out / "tiny" / "volumes" / f"vol_{k:03d}.nii.gz"))
         assert written.shape == source.shape and np.array_equal(written.affine, source.affine)
         assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2}
+
+
+def test_a_folder_of_volumes_with_ct_intensities_is_normalised_by_the_training_foreground(tmp_path, capsys):
+    root = tmp_path / "ct"
+    volume_set(root, cases=4, tests=1)
+    for path in (root / "labelsTr").glob("*.nii.gz"):  # binary: the two labels as one
+        write(path, (np.asanyarray(nibabel.load(str(path)).dataobj) > 0).astype(np.uint8))
+    prepare(tmp_path, "folder", "--images", str(root / "imagesTr"), "--masks", str(root / "labelsTr"), "--test",
+            str(root / "imagesTs"), "--modality", "CT", "--name", "ct", "--k", "2")
+    meta = json.loads((tmp_path / "data" / "ct" / "meta.json").read_text())
+    assert meta["task"] == "binary" and meta["volumes"]["modality"] == "CT"
+    assert "CT intensities clipped to the training foreground's 0.5 and 99.5 percentiles" in capsys.readouterr().out
+    ct = meta["volumes"]["ct"]
+    assert 500 < ct["mean"] < 700 and ct["low"] < ct["mean"] < ct["high"]  # the foreground: 500 outer, 700 inner
+    index = pd.read_csv(tmp_path / "data" / "ct" / "index.csv")
+    assert set(index[index.split == "test"]["case"]) == {"vol_004"}

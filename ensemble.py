@@ -24,11 +24,10 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger, volume_scores
+from src import runs as ledger, volume_scores, volumes
 from src.canonical import load_index
 from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable.files import write_atomic
-from src.portable import volumes
 from src.portable.images import HOST_THREADS, read_image
 from src.portable.maps import final_mask
 from src.portable.submission import mask_codes, staged, submission_text

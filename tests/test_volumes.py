@@ -13,7 +13,7 @@ import ensemble
 import infer
 import train
 from conftest import TINY, infer_args, paths, prepare
-from src.portable import volumes
+from src import volumes
 from src.volume_scores import case_scores, case_slices, read_records, volume_table
 
 SPACING = (0.8, 0.7, 3.0)  # anisotropic: slices are cut across axis 2, the lowest resolution
@@ -36,7 +36,7 @@ def case(rng, shape=(20, 14, 5)) -> tuple:
     centre = rng.uniform(6, 9), rng.uniform(5, 8), 2
     r = ((x - centre[0]) / 5) ** 2 + ((y - centre[1]) / 4) ** 2 + ((z - centre[2]) / 2.5) ** 2
     labels = np.where(r < 0.3, 2, np.where(r < 1, 1, 0)).astype(np.uint8)
-    image = (rng.normal(300, 20, shape) + 200 * labels).astype(np.float32)
+    image = (rng.normal(300, 20, shape) + 200.0 * labels).astype(np.float32)
     return image, labels
 
 

@@ -185,7 +185,7 @@ def main(argv=None):
         if foreign:
             sys.exit(f"infer: {foreign}")
         parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
-        images, _ = open_cache(dataset_dir, cfg.size)
+        images, _ = open_cache(dataset_dir, cfg.size, cfg.context)
         for level, net in level_models(model, cfg, levels, told):
             predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, level, ledger.set_folder(
                 args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint, level))

@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from src import estimate, tracking
+from src.cache import context_problem
 from src.canonical import load_index, load_meta
 from src.checkpoint import StopRequest, last_state, run_folder_problem, save_state, state_due
 from src.config import add_config_arguments, config_from_args, load_run_config, patch_problem, settled_lr
@@ -82,6 +83,9 @@ def check_run(args) -> tuple:
             raise ValueError(problem)
         meta = load_meta(cfg.dataset_dir)
         loss_name(cfg.loss, meta["task"])  # a loss of the other task, said before anything starts
+        problem = context_problem(meta, cfg.context)
+        if problem:
+            raise ValueError(problem)
         index = load_index(cfg.dataset_dir)
         folds = load_folds(cfg.folds_dir, cfg.dataset, index)
     except (ModelError, FileNotFoundError, ValueError) as error:

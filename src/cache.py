@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from src import volumes
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.portable.images import read_image, resize, sides, size_text
 
@@ -15,12 +16,31 @@ def cache_dir(dataset_dir: Path, size) -> Path:
     return Path(dataset_dir) / "cache" / size_text(size)
 
 
-def open_cache(dataset_dir: Path, size) -> tuple:
-    """(images, masks) as read-only memory maps, rows in index.csv order; builds the cache first if absent."""
+def open_cache(dataset_dir: Path, size, context: int = 1) -> tuple:
+    """(images, masks) as read-only memory maps, rows in index.csv order; builds the cache first if absent. context
+    > 1: a volume dataset's images with each slice's neighbours as channels (src/volumes.py's ContextImages)."""
     folder = cache_dir(dataset_dir, size)
     if not (folder / "masks.npy").exists():
         build_cache(dataset_dir, size)
-    return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+    images, masks = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+    if context > 1:
+        images = volumes.ContextImages(images, volumes.neighbour_rows(load_index(dataset_dir), context))
+    return images, masks
+
+
+def input_channels(meta: dict, context: int) -> int:
+    """The model's input channels: the dataset's, times the slices stacked (--context)."""
+    return meta["channels"] * context
+
+
+def context_problem(meta: dict, context: int) -> str | None:
+    """Why --context cannot be used on this dataset, or None."""
+    if context < 1 or context % 2 == 0:
+        return f"--context {context}: choose an odd number (1: 2D slices; 3: a slice and one neighbour each side)"
+    if context > 1 and "volumes" not in meta:
+        return (f"--context {context}: {meta['name']} holds 2D images, not slices of volumes; drop it (prepare NIfTI "
+                f"volumes to stack neighbouring slices)")
+    return None
 
 
 def build_cache(dataset_dir: Path, size) -> None:

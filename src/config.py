@@ -77,6 +77,8 @@ class Config:
     sw_batch_size: int = knob(16, "--patch: windows per forward pass of the sliding window, which bounds its memory; "
                                   "changes nothing but speed and memory")
     aug: str = knob("medium", "albumentations preset", choices=["none", "light", "medium", "heavy"])
+    context: int = knob(1, "volumes: an odd number of neighbouring slices of the case stacked as input channels "
+                           "(2.5D: 3 is the slice and one on each side; edge slices repeated); 1: the slice alone (2D)")
     # model
     arch: str = knob("unet", "any segmentation-models-pytorch architecture: unet, unetpp, fpn, deeplabv3plus, ...")
     encoder: str = knob("resnet34", "any smp encoder, or a timm one as tu-<name>")

@@ -9,7 +9,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from src.augment import training_augmentation
-from src.cache import open_cache
+from src.cache import input_channels, open_cache
 from src.data import CachedSegmentation, default_workers, make_loader
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
@@ -84,7 +84,7 @@ def open_arrays(cfg, accelerator) -> tuple:
     a missing one first)."""
     with accelerator.main_process_first():
         try:
-            return open_cache(cfg.dataset_dir, cfg.size)
+            return open_cache(cfg.dataset_dir, cfg.size, cfg.context)
         except ValueError as error:  # a prepared file damaged since: the cache at a new size reads every one
             sys.exit(f"train: {error}; prepare the dataset again (python -m src.prepare ... --overwrite)")
 
@@ -106,7 +106,8 @@ def set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretraine
     n_classes = len(meta["classes"])
     try:
         with accelerator.main_process_first():  # one download into the cache, which the other processes then read
-            model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if meta["task"] == "binary" else n_classes,
+            model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context),
+                                 1 if meta["task"] == "binary" else n_classes,
                                  cfg.encoder_weights if pretrained else "none", cfg.decoder_channels)
         ds_weights = head_weights(cfg.ds_weights, cfg.arch)
     except ModelError as error:

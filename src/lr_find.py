@@ -30,6 +30,7 @@ from src.data import CachedSegmentation, default_workers, make_loader
 from src.portable.files import atomic_path, write_atomic
 from src.portable.images import size_text
 from src.losses import SegmentationLoss, class_weights
+from src.cache import input_channels
 from src.models import create_model, head_weights
 from src.portable.models import normalize
 from src.optim import build_optimizer
@@ -79,7 +80,7 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
         torch.manual_seed(cfg.seed)
         n_classes = len(meta["classes"])
         binary = meta["task"] == "binary"
-        model = create_model(cfg.arch, cfg.encoder, meta["channels"], 1 if binary else n_classes,
+        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), 1 if binary else n_classes,
                              cfg.encoder_weights, cfg.decoder_channels)
         model = model.to(device, memory_format=torch.channels_last).train()
         weights = None if binary else class_weights(cfg.class_weights, masks[train_rows], n_classes)

@@ -78,6 +78,9 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
         run_dir = Path(record["run_dir"])
         for fold in folds:
             cfg, meta = load_run_config(run_dir / f"fold{fold}")
+            if "volumes" in meta:  # said before anything is written: predict.py reads 2D image files
+                raise ExportError(f"{run}: trained on slices of volumes, which the package cannot read yet (it takes "
+                                  f"2D image files); ensemble.py writes the test volumes as NIfTI")
             models.append({"run": run, "fold": fold, "arch": cfg.arch, "encoder": cfg.encoder,
                            "decoder_channels": cfg.decoder_channels, "size": cfg.size, "tta": summary["tta"],
                            "level": level, "weight": scores["weights"][run] / len(folds), "meta": meta,

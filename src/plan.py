@@ -104,6 +104,8 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
         "median_object": [round(float(np.median(d)), 4) if len(d) else None for d in diameters],
         "median_object_all": round(float(np.median(pooled)), 4) if len(pooled) else None,
         "masks_read": len(rows),
+        **({"slice_size": meta["volumes"]["slice_size"], "slice_rule": meta["volumes"]["size_rule"]}
+           if "volumes" in meta else {}),
     }
 
 
@@ -253,7 +255,8 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
     given = {**(given or {}), **({"size": as_size(given["size"])} if given and "size" in given else {})}
     values, rules = {}, {}
     steps_in_order = {
-        "size": lambda: plan_size(fp),
+        "size": lambda: plan_size(fp) if "slice_size" not in fp else (
+            as_size(fp["slice_size"]), f"the volumes' slices at their own voxels: {fp['slice_rule']}"),
         "patch": lambda: plan_patch(fp, values["size"], "size" in given, processes * grad_accum),
         "batch_size": lambda: plan_batch(fp, values["patch"] or values["size"], steps, given.get("epochs"),
                                          processes * grad_accum),
@@ -268,6 +271,8 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
                         f"heavy under {HEAVY_AUG_BELOW} labelled images, else medium ({fp['labelled_images']} here)"),
         "class_weights": lambda: plan_class_weights(fp, fold),
         "ema": lambda: plan_ema(steps),
+        **({"context": lambda: (1, "each slice alone, as nnU-Net's 2D configuration; --context 3 stacks a neighbouring "
+                                   "slice on each side as channels (2.5D)")} if "slice_size" in fp else {}),
     }
     for name, rule in steps_in_order.items():
         values[name], rules[name] = (given[name], "set by a flag") if name in given else rule()

@@ -15,6 +15,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 SUFFIXES = (".nii.gz", ".nii")
 Z_ZERO, LEVELS_PER_SD = 64, 24  # z from -2.67 to +7.96 in 1/24 of a standard deviation: MRI's bright tail fits
@@ -139,3 +140,29 @@ def write_mask(path: Path, labels: np.ndarray, header_hex: str) -> None:
     image = nibabel.Nifti1Image(labels.astype(np.uint8), None, header=header)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nibabel.save(image, str(path))
+
+
+def neighbour_rows(index: pd.DataFrame, context: int) -> np.ndarray:
+    """(N, context) cache rows of each index row's slice and its neighbours in its case, in slice order; past the
+    case's first or last slice the edge slice is repeated (2.5D input, as the UW-Madison GI tract solutions stack it)."""
+    half = context // 2
+    position = {(case, s): k for k, (case, s) in enumerate(zip(index["case"], index["slice"]))}
+    last = index.groupby("case")["slice"].transform("max").to_numpy()
+    offsets = np.arange(-half, half + 1)
+    return np.array([[position[(case, min(max(s + o, 0), top))] for o in offsets]
+                     for case, s, top in zip(index["case"], index["slice"], last)])
+
+
+class ContextImages:
+    """The cache's images seen with context: indexing rows gives each row's neighbouring slices as channels
+    (H x W x context, channels last as the cache's colour images), so datasets and batches read it as the cache."""
+
+    def __init__(self, images: np.ndarray, neighbours: np.ndarray):
+        self.images, self.neighbours = images, neighbours
+        self.ndim, self.shape = 4, (len(images), *images.shape[1:3], neighbours.shape[1])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.moveaxis(self.images[self.neighbours[rows]], -3, -1)

@@ -10,10 +10,12 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
 import ensemble
+import export
 import infer
 import train
 from conftest import TINY, infer_args, paths, prepare
 from src import volumes
+from src.cache import context_problem, open_cache
 from src.volume_scores import case_scores, case_slices, read_records, volume_table
 
 SPACING = (0.8, 0.7, 3.0)  # anisotropic: slices are cut across axis 2, the lowest resolution
@@ -166,7 +168,8 @@ def test_nnunet_v2_regions_are_refused_until_overlapping_labels_are_read(tmp_pat
 def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path):
     volume_set(tmp_path / "Task99_Tiny")
     prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "2")
-    tiny = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "1"]
+    tiny = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "1",
+            "--context", "3"]  # 2.5D: a slice and its two neighbours as channels, through training, infer, ensemble
     for fold in (0, 1):
         train.main([*tiny, "--dataset", "tiny", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold",
                     str(fold)])
@@ -177,6 +180,11 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     scores = json.loads((out / "tiny" / "scores.json").read_text())
     assert scores["volumes"]["ensemble"]["cases"] == 6 and set(scores["volumes"]["ensemble"]["per_class"]) == {
         "outer", "inner"}
+    assert json.loads((tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0" / "config.json").read_text())[
+        "context"] == 3
+    with pytest.raises(SystemExit, match="trained on slices of volumes, which the package cannot read yet"):
+        export.main(["--dataset", "tiny", *paths(tmp_path), "--ensemble-dir",
+                     str(out), "--out-dir", str(tmp_path / "export")])
     for k in (6, 7):
         source = nibabel.load(str(tmp_path / "Task99_Tiny" / "imagesTs" / f"vol_{k:03d}.nii.gz"))
         written = nibabel.load(str(out / "tiny" / "volumes" / f"vol_{k:03d}.nii.gz"))
@@ -198,3 +206,16 @@ def test_a_folder_of_volumes_with_ct_intensities_is_normalised_by_the_training_f
     assert 500 < ct["mean"] < 700 and ct["low"] < ct["mean"] < ct["high"]  # the foreground: 500 outer, 700 inner
     index = pd.read_csv(tmp_path / "data" / "ct" / "index.csv")
     assert set(index[index.split == "test"]["case"]) == {"vol_004"}
+
+
+def test_context_gives_each_slice_its_neighbours_in_its_case_with_the_edges_repeated(tmp_path):
+    index = pd.DataFrame({"case": ["a"] * 4 + ["b"] * 3, "slice": [0, 1, 2, 3, 0, 1, 2]})
+    assert volumes.neighbour_rows(index, 3).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3], [4, 4, 5],
+                                                         [4, 5, 6], [5, 6, 6]]
+    assert volumes.neighbour_rows(index, 5)[4].tolist() == [4, 4, 4, 5, 6]  # never a slice of another case
+    images = np.arange(7)[:, None, None] * np.ones((7, 2, 2), np.uint8)
+    seen = volumes.ContextImages(images, volumes.neighbour_rows(index, 3))
+    assert seen[3].shape == (2, 2, 3) and seen[3][0, 0].tolist() == [2, 3, 3]
+    assert seen[np.array([0, 6])].shape == (2, 2, 2, 3) and seen.shape == (7, 2, 2, 3)
+    assert context_problem({"name": "demo", "channels": 1}, 3).startswith("--context 3: demo holds 2D images")
+    assert context_problem({"name": "v", "volumes": {}}, 2).startswith("--context 2: choose an odd number")

@@ -29,7 +29,7 @@ from src.cache import open_cache
 from src.canonical import load_index
 from src.config import Config, OldRunFormat, overlap_share, positive
 from src.folds import FoldFileError, SplitChanged, read_split
-from src.oof_scores import fold_table, print_summary, score_oof, training_summary
+from src.oof_scores import fold_table, print_summary, score_oof, training_summary, volume_line
 from src.portable.files import write_atomic
 from src.portable.models import DEEP_SUPERVISED, ModelError, at_level
 from src.portable.predictor import Model, file_batches
@@ -243,6 +243,8 @@ def main(argv=None):
         weights = cfg.selected_checkpoint if args.checkpoint == "selected" else args.checkpoint
         print_summary(f"{cfg.run_name}{level_text(size['level'])} (tta {args.tta}, {weights}.pt"
                       f"{', ' + size['window'] if size['window'] else ''})", scores, table)
+        if "volumes" in meta:  # slices stacked back into their cases, scored as nnU-Net scores them
+            print(volume_line(predictions, dataset_dir, meta, index, set(scores["id"])))
         if (args.tracker or cfg.tracker) == "wandb":
             name = f"oof-tta-{args.tta}" + ("" if args.checkpoint == "selected" else f"-{args.checkpoint}") + \
                 (f"-{size['level']}" if size["level"] else "")

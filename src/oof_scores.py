@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger
+from src import runs as ledger, volume_scores
 from src.runs import load_pred, made_by
 from src.portable import postprocess
 from src.canonical import spacing_of
@@ -88,6 +88,25 @@ def print_summary(name: str, scores: pd.DataFrame, table: pd.DataFrame) -> None:
     if "tissue" in images:
         tissues = dice_by_group({"dice": images["dice"]}, images["tissue"])["dice"].sort_values()
         print("  per tissue (mean Dice): " + ", ".join(f"{t} {d:.3f}" for t, d in tissues.items()))
+
+
+def volume_line(predictions: ledger.PredictionSet, dataset_dir: Path, meta: dict, index: pd.DataFrame,
+                scored: set) -> str:
+    """A volume dataset's OOF cases in 3D, raw (no post-processing): Dice and HD95 (mm) per label over the cases
+    whose every slice was scored."""
+    cases = {c: ids for c, ids in volume_scores.case_slices(index).items() if set(ids) <= scored}
+    files = ledger.prediction_files(predictions.folder / "oof")
+
+    def mask(image_id: str):
+        return postprocess.apply(resize_prob(*load_pred(files[image_id])), postprocess.PLAIN[meta["task"]])
+
+    table = volume_scores.volume_table(mask, lambda i: read_image(Path(dataset_dir) / "masks" / f"{i}.png"), cases,
+                                       volume_scores.read_records(dataset_dir), meta["volumes"]["axis"],
+                                       meta["classes"])
+    summary = volume_scores.summary(table)
+    labels = ", ".join(f"{name} {c['dice']:.4f} (HD95 {c['hd95_mm']:.2f} mm)" for name, c in summary["per_class"].items())
+    return (f"  in 3D over {summary['cases']} cases (slices stacked back, raw): Dice {summary['dice']:.4f} per case; "
+            f"{labels}")
 
 
 def training_summary(run_dir: Path) -> dict | None:

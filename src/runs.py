@@ -190,7 +190,19 @@ def stale_settings(run_dir: Path, cfg: Config) -> str:
         return "written by an older train.py, whose config.json lacks settings"
     if run_config(run_dir)["folds"]["sha256"] != fingerprint(cfg.folds_dir, cfg.dataset)["sha256"]:
         changed = ", ".join(filter(None, [changed, f"fold file {Path(cfg.folds_dir) / cfg.dataset}.csv changed"]))
+    rules = volume_rules(run_config(run_dir)["meta"]), volume_rules(json.loads((cfg.dataset_dir / "meta.json").read_text()))
+    if rules[0] != rules[1]:  # the same slices' ids, cut or normalised otherwise: prepare was run again
+        changed = ", ".join(filter(None, [changed, "the volumes' " + ", ".join(
+            k for k in VOLUME_RULES if rules[0].get(k) != rules[1].get(k)) + " (prepare's rules)"]))
     return changed
+
+
+VOLUME_RULES = ("axis", "normalisation", "slice_size", "modality")
+
+
+def volume_rules(meta: dict) -> dict:
+    """What of a volume dataset's preparation a model trained on it depends on ({} for 2D images)."""
+    return {k: v for k, v in meta.get("volumes", {}).items() if k in VOLUME_RULES}
 
 
 def run_state(run_dir: Path, cfg: Config) -> tuple:

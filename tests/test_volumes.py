@@ -165,7 +165,7 @@ def test_nnunet_v2_regions_are_refused_until_overlapping_labels_are_read(tmp_pat
         prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny")
 
 
-def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path):
+def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path, capsys):
     volume_set(tmp_path / "Task99_Tiny")
     prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "2")
     tiny = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "1",
@@ -174,12 +174,16 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
         train.main([*tiny, "--dataset", "tiny", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold",
                     str(fold)])
     infer.main([*infer_args(tmp_path, "tiny"), "--tta", "none"])
+    assert "in 3D over 6 cases (slices stacked back, raw): Dice" in capsys.readouterr().out
     out = tmp_path / "ensemble"
     ensemble.main(["--dataset", "tiny", *paths(tmp_path), "--preds-dir", str(tmp_path / "preds"), "--out-dir",
                    str(out), "--figures", "0"])
     scores = json.loads((out / "tiny" / "scores.json").read_text())
-    assert scores["volumes"]["ensemble"]["cases"] == 6 and set(scores["volumes"]["ensemble"]["per_class"]) == {
-        "outer", "inner"}
+    assert scores["volumes"]["models"]["ensemble"]["cases"] == 6 and set(
+        scores["volumes"]["models"]["ensemble"]["per_class"]) == {"outer", "inner"}
+    assert scores["volumes"]["rules"]["context"] == {"unet-tu-test_resnet": 3}
+    board = (out / "tiny" / "leaderboard.md").read_text()
+    assert "In 3D over 6 cases" in board and "across the lowest resolution" in board and "context 3." in board
     assert json.loads((tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0" / "config.json").read_text())[
         "context"] == 3
     with pytest.raises(SystemExit, match="trained on slices of volumes, which the package cannot read yet"):
@@ -219,3 +223,23 @@ def test_context_gives_each_slice_its_neighbours_in_its_case_with_the_edges_repe
     assert seen[np.array([0, 6])].shape == (2, 2, 2, 3) and seen.shape == (7, 2, 2, 3)
     assert context_problem({"name": "demo", "channels": 1}, 3).startswith("--context 3: demo holds 2D images")
     assert context_problem({"name": "v", "volumes": {}}, 2).startswith("--context 2: choose an odd number")
+
+
+def test_a_run_is_stale_once_the_volumes_are_prepared_by_other_rules(tmp_path):
+    from src.config import Config
+    from src.runs import stale_settings
+    volume_set(tmp_path / "Task99_Tiny", cases=4, tests=0)
+    prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "2")
+    flags = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "1"]
+    run = ["--dataset", "tiny", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold", "0"]
+    train.main([*flags, *run])
+    cfg = Config(dataset="tiny", data_dir=str(tmp_path / "data"), folds_dir=str(tmp_path / "folds"),
+                 runs_dir=str(tmp_path / "runs"), size=32, encoder="tu-test_resnet", encoder_weights="none",
+                 decoder_channels="32,16,16,8,8", batch_size=4, lr=1e-2, aug="light", epochs=1)
+    run_dir = tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0"
+    meta_path = tmp_path / "data" / "tiny" / "meta.json"
+    assert "volumes'" not in stale_settings(run_dir, cfg)
+    meta = json.loads(meta_path.read_text())
+    meta["volumes"]["normalisation"] = "CT intensities clipped ..."
+    meta_path.write_text(json.dumps(meta))
+    assert "the volumes' normalisation (prepare's rules)" in stale_settings(run_dir, cfg)

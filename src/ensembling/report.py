@@ -195,9 +195,12 @@ def volume_line(volumes: dict) -> str:
     def model(name: str, v: dict) -> str:
         labels = ", ".join(f"{label} {c['dice']:.4f} ({c['hd95_mm']:.2f} mm)" for label, c in v["per_class"].items())
         return f"{name} {v['dice']:.4f} {span(v['dice_interval']['ci95'])}: {labels}"
-    cases = next(iter(volumes.values()))["cases"]
-    return (f"- In 3D over {cases} cases, Dice per case [95% CI over cases] and per label (HD95): "
-            + "; ".join(model(name, v) for name, v in volumes.items()) + ".")
+    models, rules = volumes["models"], volumes["rules"]
+    contexts = sorted(set(rules["context"].values()))
+    return (f"- In 3D over {next(iter(models.values()))['cases']} cases, Dice per case [95% CI over cases] and per "
+            f"label (HD95): " + "; ".join(model(name, v) for name, v in models.items())
+            + f". Slices: {rules['axis']}; {rules['normalisation']}; context "
+            + ("/".join(map(str, contexts)) if len(contexts) > 1 else f"{contexts[0]}") + ".")
 
 
 def span(ci95: list, spec: str = ".4f") -> str:

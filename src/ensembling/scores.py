@@ -164,7 +164,10 @@ def volume_scores(inputs, models: dict, tuned: dict, image_ids: list, fold_of: d
     def target(image_id: str) -> np.ndarray:
         return read_image(inputs.dataset_dir / "masks" / f"{image_id}.png")
 
-    out = {}
+    contexts = {run: json.loads((c.for_test.folder.parent / "config.json").read_text())["context"]
+                for run, c in models["ensemble"][0].items()}
+    out = {"rules": {"axis": volumes_meta["axis_rule"], "normalisation": volumes_meta["normalisation"],
+                     "size": volumes_meta["size_rule"], "context": contexts}, "models": {}}
     for model, (runs, weights) in models.items():
         probabilities = mean_probabilities([weights[run] for run in runs])
 
@@ -173,7 +176,7 @@ def volume_scores(inputs, models: dict, tuned: dict, image_ids: list, fold_of: d
             read = tuple(c.by_fold[fold] for c in runs.values())
             return postprocess.apply(probabilities(image_id, read), tuned[model].by_fold[fold])
         table = volume_scores_module.volume_table(mask, target, cases, records, volumes_meta["axis"], classes)
-        out[model] = volume_scores_module.summary(table)
+        out["models"][model] = volume_scores_module.summary(table)
     return out
 
 

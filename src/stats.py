@@ -14,17 +14,18 @@ _DRAWS_PER_CHUNK = 2 ** 21  # bootstrap indices drawn at once (16 MB): memory st
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, resamples: int = 10000,
-                      alpha: float = 0.05) -> dict:
+                      alpha: float = 0.05, group_unit: str = "patient") -> dict:
     """a, b: per-image scores in the same image order; groups: the patient of each image, or None (each image its own
     unit; so is an image with an empty label, as in the split: src.folds.group_labels). Verdict says whether b beats a by more than chance.
 
     With groups, the Wilcoxon test takes each patient's mean difference and the bootstrap draws patients with
     replacement (a cluster bootstrap), its statistic the mean difference over the images of the drawn patients.
-    Returns images, mean_difference, ci95, wilcoxon_p, verdict, unit ("patient" or "image") and units (their number).
+    Returns images, mean_difference, ci95, wilcoxon_p, verdict, unit (group_unit, "case" for slices of volumes, or
+    "image") and units (their number).
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = b - a
-    unit, codes = _units(len(diff), groups)
+    unit, codes = _units(len(diff), groups, group_unit)
     sums, counts = np.bincount(codes, diff, minlength=codes.max(initial=-1) + 1), np.bincount(codes)
     mean = float(diff.mean()) if len(diff) else 0.0
     if len(counts) < 2 or not np.any(diff):
@@ -44,23 +45,23 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, groups=None, seed: int = 0, 
 
 
 def mean_interval(values: np.ndarray, groups=None, seed: int = 0, resamples: int = 10000,
-                  alpha: float = 0.05) -> dict:
+                  alpha: float = 0.05, group_unit: str = "patient") -> dict:
     """The mean of per-image scores and its bootstrap 95% interval, drawing patients where groups are given (the
     cluster bootstrap of paired_comparison). Returns mean, ci95, unit ("patient" or "image") and units."""
     values = np.asarray(values, float)
-    unit, codes = _units(len(values), groups)
+    unit, codes = _units(len(values), groups, group_unit)
     sums, counts = np.bincount(codes, values), np.bincount(codes)
     return {"mean": float(values.mean()), "ci95": list(_bootstrap_interval(sums, counts, seed, resamples, alpha)),
             "unit": unit, "units": int(len(counts))}
 
 
-def _units(images: int, groups) -> tuple:
-    """("image", each image its own unit) or ("patient", each image's patient code) for a bootstrap's draws."""
+def _units(images: int, groups, group_unit: str = "patient") -> tuple:
+    """("image", each image its own unit) or (group_unit, each image's group code) for a bootstrap's draws."""
     if groups is None:
         return "image", np.arange(images)
     if len(groups) != images:
         raise ValueError(f"groups has {len(groups)} labels for {images} images: give one patient per image")
-    return "patient", pd.factorize(group_labels(groups, [f"image {i}" for i in range(images)]))[0]
+    return group_unit, pd.factorize(group_labels(groups, [f"image {i}" for i in range(images)]))[0]
 
 
 def _bootstrap_interval(sums: np.ndarray, counts: np.ndarray, seed: int, resamples: int, alpha: float) -> tuple:

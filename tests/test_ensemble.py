@@ -96,7 +96,8 @@ def test_ensemble_writes_masks_submission_scores_and_leaderboard(predicted, tmp_
     monkeypatch.setattr(report, "comparison_grid", lambda path, rows, classes: drawn.extend(rows))
     real_comparison = scoring.paired_comparison
     monkeypatch.setattr(scoring, "paired_comparison",
-                        lambda a, b, groups, alpha: compared.append(groups) or real_comparison(a, b, groups=groups))
+                        lambda a, b, groups, alpha, group_unit: compared.append(groups) or real_comparison(
+                            a, b, groups=groups))
     index = pd.read_csv(predicted / "data" / "demo" / "index.csv").set_index("id")
     listed = [f"{i}.png" for i in sorted(index.index[index["split"] == "test"], reverse=True)] + ["ghost.png"]
     sample = tmp_path / "sample_submission.csv"  # another order, another spelling of the columns, an id unknown here

@@ -288,7 +288,7 @@ def comparison_markdown(comparisons: list) -> str:
              f"over the {len(comparisons)} comparison(s) together; Unet++ DS at the level chosen for each fold on the "
              "other folds):", ""]
     for c in comparisons:
-        units = (f"{c['units']} patients, " if c["unit"] == "patient" else "") + f"{c['images']} images"
+        units = (f"{c['units']} {c['unit']}s, " if c["unit"] != "image" else "") + f"{c['images']} images"
         lines.append(f"- {c['encoder']}, {ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]} (TTA {c['tta']}, "
                      f"{units}): {ARCHS[c['challenger']]} {c['verdict']} (mean raw Dice difference "
                      f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "

@@ -35,7 +35,8 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
                for run, modes in choices.at_mode.items()}  # every TTA mode predicted: the TTA gain, the comparisons
     summaries = {run: run_summary(choice, inputs.sets[run], summarize_scores(choice.scores(ids, fold_of)))
                   for run, choice in choices.runs.items()}
-    comparisons = compare_architectures(ids, dice_of, groups, compare_tta)
+    comparisons = compare_architectures(ids, dice_of, groups, compare_tta,
+                                        "case" if "volumes" in inputs.meta else "patient")
     models = {**{run: ({run: choice}, {run: 1.0}) for run, choice in choices.runs.items()},
               "ensemble": (choices.runs, choices.weights)}  # each run alone (an ensemble of one), then all of them
     post, tables = {}, {}
@@ -64,8 +65,10 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
         scores["volumes"] = volume_scores(inputs, models, choices.postprocess, ids, fold_of)
     scores["by_encoder"] = by_encoder(scores)
     best = dice[scores["best_single"]].to_numpy()
-    scores["best_interval"] = mean_interval(best, groups)
-    scores["ensemble_vs_best"] = paired_comparison(best, dice["ensemble"].to_numpy(), groups=groups, alpha=ALPHA)
+    unit = "case" if "volumes" in inputs.meta else "patient"  # what the split grouped a volume's slices by
+    scores["best_interval"] = mean_interval(best, groups, group_unit=unit)
+    scores["ensemble_vs_best"] = paired_comparison(best, dice["ensemble"].to_numpy(), groups=groups, alpha=ALPHA,
+                                                   group_unit=unit)
     return scores, tables
 
 
@@ -232,7 +235,8 @@ def per_class(summaries: dict, ensemble: dict) -> dict:
                                 for n in models for c in classes if pooled[c][n] < raw[c][n]]}
 
 
-def compare_architectures(image_ids: list, dice_of: dict, groups: list | None, tta: str | None) -> list:
+def compare_architectures(image_ids: list, dice_of: dict, groups: list | None, tta: str | None,
+                          group_unit: str = "patient") -> list:
     """For each encoder, each pair of COMPARED both ran with (Unet++ vs Unet; the deep-supervised Unet++ at its levels
     chosen by fold vs Unet and vs Unet++), on the same images, both at one TTA mode fixed in advance (tta, else the
     most augmented both have), over patients where groups (one per image of image_ids) are given; p Holm-adjusted
@@ -253,7 +257,7 @@ def compare_architectures(image_ids: list, dice_of: dict, groups: list | None, t
         comparisons.append({"encoder": encoder, "baseline": baseline, "challenger": challenger, "tta": mode,
                             **paired_comparison(a[common].to_numpy(), b[common].to_numpy(),
                                                 groups=[group_of[i] for i in common] if groups else None,
-                                                alpha=ALPHA)})
+                                                alpha=ALPHA, group_unit=group_unit)})
     for comparison, p_value in zip(comparisons, holm([c["wilcoxon_p"] for c in comparisons])):
         comparison["p_holm"] = p_value  # adjusting can only make a difference insignificant
         comparison["verdict"] = comparison["verdict"] if p_value < ALPHA else "no significant difference"

@@ -13,7 +13,9 @@ window inference (--overlap, --sw-batch-size) against a plain forward of the who
 seconds it spends saving (best.pt, metrics.json, the full state) and on the rest (loader start, logging).
 (9) --package DIR --package-images DIR: an exported package (export.py) run as a user runs it, python -I predict.py
 from another folder, and the images/s it reports (reading, every model with its TTA, averaging, post-processing,
-RLE; not the interpreter's start); only (9) is measured then.
+RLE; not the interpreter's start); only (9) is measured then. (10) --volume-context K: a volume set's prediction as
+infer.py runs it (slices from the cache with K neighbours as channels, maps stacked back into volumes) against a plain
+forward over the same slices, in slices/s.
 
   python -m src.bench --newcomer    # the README's two commands on a fresh clone, against their limits (src/limits.py)
 
@@ -143,6 +145,42 @@ def sliding_inference(cfg: Config, channels: int, device, steps: int) -> dict:
             "sliding_fraction_of_plain": speed["sliding"] / speed["plain"]}
 
 
+def volume_prediction(cfg: Config, device, context: int, cases: int = 8, depth: int = 40) -> dict:
+    """(10) a volume set's prediction as infer.py runs it: the slices of `cases` volumes read from the cache (with
+    `context` neighbours as channels), through the model with no TTA, their maps stacked back into volumes; against
+    a plain forward over the same slices already in memory, in slices/s."""
+    from src.portable.predictor import Model, predict
+    from src.portable.torch_model import torch_predictor
+    from src.predict import cache_batches
+    from src.volumes import ContextImages, neighbour_rows, stack
+    height, width = sides(cfg.size)
+    rng = np.random.default_rng(0)
+    cache = rng.integers(0, 255, (cases * depth, height, width), dtype=np.uint8)
+    index = pd.DataFrame({"id": [f"c{c}_{k:04d}" for c in range(cases) for k in range(depth)],
+                          "case": [f"c{c}" for c in range(cases) for _ in range(depth)],
+                          "slice": [k for _ in range(cases) for k in range(depth)], "height": height, "width": width})
+    images = ContextImages(cache, neighbour_rows(index, context)) if context > 1 else cache
+    model = create_model(cfg.arch, cfg.encoder, context, 1, "none", cfg.decoder_channels).to(device).eval()
+    model = model.to(memory_format=torch.channels_last)
+    forward = torch_predictor(model, "binary", "none", None, cfg.sw_batch_size, device)
+    inputs = np.ascontiguousarray(images[np.arange(len(index))].reshape(len(index), height, width, -1)
+                                  .transpose(0, 3, 1, 2))
+    forward(inputs[:cfg.batch_size])  # warm-up: the first call allocates
+    start = time.perf_counter()
+    for first in range(0, len(index), cfg.batch_size):
+        forward(inputs[first:first + cfg.batch_size])
+    synchronize(device)
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    maps = {key: m[0] for key, _, m in predict([Model("bench", cfg.size, 1.0, forward)], cache_batches(
+        images, index, cfg.size, cfg.batch_size), "volume slices")}
+    for c in range(cases):
+        stack([maps[f"c{c}_{k:04d}"] for k in range(depth)], 2, (height, width, depth))
+    whole = time.perf_counter() - start
+    return {"context": context, "slices": len(index), "plain_slices_per_s": len(index) / plain,
+            "volume_slices_per_s": len(index) / whole, "volume_fraction_of_plain": plain / whole}
+
+
 def train_command(cfg: Config, workdir: Path, dataset_dir: Path, runs_dir: Path, epochs: int, fold: int = 0) -> list:
     return ["--dataset", dataset_dir.name, "--data-dir", str(dataset_dir.parent), "--folds-dir", str(workdir / "folds"),
             "--runs-dir", str(runs_dir), "--size", size_text(cfg.size), "--arch", cfg.arch, "--encoder", cfg.encoder,
@@ -269,6 +307,9 @@ def main(argv=None):
     parser.add_argument("--packed-epochs", type=int, default=3, help="(7): epochs of each of those runs")
     parser.add_argument("--package", type=Path, help="(9) alone: an exported package's images/s (export.py)")
     parser.add_argument("--package-images", type=Path, help="(9): the folder of images it predicts")
+    parser.add_argument("--volume-context", type=int, default=0,
+                        help="(10): a volume set's prediction (slices read with this --context, maps stacked into "
+                             "volumes) against a plain forward over the same slices; 0 skips (10)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--newcomer", action="store_true",
                         help="instead: time `python -m pytest -q` (limit 300 s) and ./demo.sh (limit 120 s) on a fresh "
@@ -302,6 +343,8 @@ def main(argv=None):
         results["d4_fraction_of_ceiling_over_8"] = results["infer_d4_images_per_s"] / (results["infer_none_images_per_s"] / 8)
         if cfg.tiles:
             results.update({f"window_{k}": v for k, v in sliding_inference(cfg, 1, device, args.steps).items()})
+        if args.volume_context:
+            results.update({f"volume_{k}": v for k, v in volume_prediction(cfg, device, args.volume_context).items()})
         if args.packed_runs:
             results.update(packed_vs_sequential(cfg, workdir, dataset_dir, args.packed_runs, args.packed_epochs))
         if args.original_size:

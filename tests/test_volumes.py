@@ -243,3 +243,12 @@ def test_a_run_is_stale_once_the_volumes_are_prepared_by_other_rules(tmp_path):
     meta["volumes"]["normalisation"] = "CT intensities clipped ..."
     meta_path.write_text(json.dumps(meta))
     assert "the volumes' normalisation (prepare's rules)" in stale_settings(run_dir, cfg)
+
+
+def test_the_benchmark_times_a_volumes_prediction_against_a_plain_forward_of_its_slices():
+    from src.bench import volume_prediction
+    from src.config import Config
+    cfg = Config(arch="unet", encoder="tu-test_resnet", decoder_channels="32,16,16,8,8", size=32, batch_size=8)
+    measured = volume_prediction(cfg, torch.device("cpu"), context=3, cases=2, depth=6)
+    assert measured["slices"] == 12 and measured["context"] == 3
+    assert measured["volume_slices_per_s"] > 0 and measured["plain_slices_per_s"] > 0

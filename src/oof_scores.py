@@ -90,20 +90,24 @@ def print_summary(name: str, scores: pd.DataFrame, table: pd.DataFrame) -> None:
         print("  per tissue (mean Dice): " + ", ".join(f"{t} {d:.3f}" for t, d in tissues.items()))
 
 
-def volume_line(predictions: ledger.PredictionSet, dataset_dir: Path, meta: dict, index: pd.DataFrame,
-                scored: set) -> str:
-    """A volume dataset's OOF cases in 3D, raw (no post-processing): Dice and HD95 (mm) per label over the cases
-    whose every slice was scored."""
+def volume_table(oof_folder: Path, dataset_dir: Path, meta: dict, index: pd.DataFrame, scored: set) -> pd.DataFrame:
+    """A volume dataset's OOF cases in 3D, raw (no post-processing): one row per case and label (src.volume_scores)
+    over the cases whose every slice is in `scored`."""
     cases = {c: ids for c, ids in volume_scores.case_slices(index).items() if set(ids) <= scored}
-    files = ledger.prediction_files(predictions.folder / "oof")
+    files = ledger.prediction_files(oof_folder)
 
     def mask(image_id: str):
         return postprocess.apply(resize_prob(*load_pred(files[image_id])), postprocess.PLAIN[meta["task"]])
 
-    table = volume_scores.volume_table(mask, lambda i: read_image(Path(dataset_dir) / "masks" / f"{i}.png"), cases,
-                                       volume_scores.read_records(dataset_dir), meta["volumes"]["axis"],
-                                       meta["classes"])
-    summary = volume_scores.summary(table)
+    return volume_scores.volume_table(mask, lambda i: read_image(Path(dataset_dir) / "masks" / f"{i}.png"), cases,
+                                      volume_scores.read_records(dataset_dir), meta["volumes"]["axis"],
+                                      meta["classes"])
+
+
+def volume_line(predictions: ledger.PredictionSet, dataset_dir: Path, meta: dict, index: pd.DataFrame,
+                scored: set) -> str:
+    """What infer.py prints of a run's OOF cases in 3D: Dice per case and, per label, Dice and HD95 (mm)."""
+    summary = volume_scores.summary(volume_table(predictions.folder / "oof", dataset_dir, meta, index, scored))
     labels = ", ".join(f"{name} {c['dice']:.4f} (HD95 {c['hd95_mm']:.2f} mm)" for name, c in summary["per_class"].items())
     return (f"  in 3D over {summary['cases']} cases (slices stacked back, raw): Dice {summary['dice']:.4f} per case; "
             f"{labels}")

@@ -252,3 +252,19 @@ def test_the_benchmark_times_a_volumes_prediction_against_a_plain_forward_of_its
     measured = volume_prediction(cfg, torch.device("cpu"), context=3, cases=2, depth=6)
     assert measured["slices"] == 12 and measured["context"] == 3
     assert measured["volume_slices_per_s"] > 0 and measured["plain_slices_per_s"] > 0
+
+
+def test_an_nnunet_v2_dataset_is_read_through_its_channel_files(tmp_path):
+    root = tmp_path / "Dataset002_Tiny"
+    volume_set(root, cases=3, tests=1)
+    for path in [*(root / "imagesTr").glob("*.nii.gz"), *(root / "imagesTs").glob("*.nii.gz")]:
+        path.rename(path.with_name(path.name.replace(".nii.gz", "_0000.nii.gz")))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "file_ending": ".nii.gz",
+                                                   "labels": {"background": 0, "outer": 1, "inner": 2},
+                                                   "numTraining": 3}))
+    prepare(tmp_path, "decathlon", "--src", str(root), "--k", "3")
+    index = pd.read_csv(tmp_path / "data" / "Dataset002_Tiny" / "index.csv")
+    assert sorted(index["case"].unique()) == ["vol_000", "vol_001", "vol_002", "vol_003"]
+    assert set(index[index.split == "test"]["case"]) == {"vol_003"}
+    assert json.loads((tmp_path / "data" / "Dataset002_Tiny" / "meta.json").read_text())["classes"] == [
+        "background", "outer", "inner"]

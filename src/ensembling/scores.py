@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger, volume_scores as volume_scores_module
+from src import runs as ledger, volume_scores
 from src.canonical import load_index
 from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
@@ -62,7 +62,7 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
               "postprocess": choices.postprocess["ensemble"].for_test, "weights": choices.weights,
               "test_images": len(choices.test)}
     if "volumes" in inputs.meta:
-        scores["volumes"] = volume_scores(inputs, models, choices.postprocess, ids, fold_of)
+        scores["volumes"] = in_3d(inputs, models, choices.postprocess, ids, fold_of)
     scores["by_encoder"] = by_encoder(scores)
     best = dice[scores["best_single"]].to_numpy()
     unit = "case" if "volumes" in inputs.meta else "patient"  # what the split grouped a volume's slices by
@@ -155,14 +155,14 @@ def mean_probabilities(weight_list: list):
     return probabilities
 
 
-def volume_scores(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> dict:
+def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> dict:
     """A volume dataset's 3D scores of each model ({model: (runs, weights)}), its slices' OOF masks made as
     postprocessed() makes them (each fold with its own choices) and stacked back into their cases."""
     volumes_meta, classes = inputs.meta["volumes"], inputs.meta["classes"]
     scored = set(image_ids)
-    cases = {c: ids for c, ids in volume_scores_module.case_slices(load_index(inputs.dataset_dir)).items()
+    cases = {c: ids for c, ids in volume_scores.case_slices(load_index(inputs.dataset_dir)).items()
              if set(ids) <= scored}
-    records = volume_scores_module.read_records(inputs.dataset_dir)
+    records = volume_scores.read_records(inputs.dataset_dir)
 
     def target(image_id: str) -> np.ndarray:
         return read_image(inputs.dataset_dir / "masks" / f"{image_id}.png")
@@ -178,8 +178,8 @@ def volume_scores(inputs, models: dict, tuned: dict, image_ids: list, fold_of: d
             fold = fold_of[image_id]
             read = tuple(c.by_fold[fold] for c in runs.values())
             return postprocess.apply(probabilities(image_id, read), tuned[model].by_fold[fold])
-        table = volume_scores_module.volume_table(mask, target, cases, records, volumes_meta["axis"], classes)
-        out["models"][model] = volume_scores_module.summary(table)
+        table = volume_scores.volume_table(mask, target, cases, records, volumes_meta["axis"], classes)
+        out["models"][model] = volume_scores.summary(table)
     return out
 
 

@@ -94,6 +94,9 @@ def volume_source(cases: list, task: str, classes: list, modality: str) -> Sourc
             foreground.append(sample)
     if not records:
         return Source(task, classes, 1, [], problems or ["no NIfTI volumes found"])
+    if modality.upper() == "CT" and not foreground and not problems:
+        problems.append("CT is normalised by the training cases' foreground intensities, and no labelled case has "
+                        "any foreground; give labelled cases, or --modality MRI to z-score each volume")
     axis, axis_rule = volumes.slice_axis([r["spacing"] for r in records.values()])
     in_plane = np.array([[s for a, s in enumerate(r["shape"]) if a != axis] for r in records.values()])
     size = tuple(int(math.ceil(n / SIZE_STEP) * SIZE_STEP) for n in in_plane.max(axis=0))

@@ -24,7 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger, volume_scores, volumes
+from src import runs as ledger, volume_scores
+from src.portable import volumes
 from src.canonical import load_index
 from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable.files import write_atomic

@@ -152,14 +152,14 @@ def volume_prediction(cfg: Config, device, context: int, cases: int = 8, depth: 
     from src.portable.predictor import Model, predict
     from src.portable.torch_model import torch_predictor
     from src.predict import cache_batches
-    from src.volumes import ContextImages, neighbour_rows, stack
+    from src.portable.volumes import ContextImages, neighbour_rows, stack
     height, width = sides(cfg.size)
     rng = np.random.default_rng(0)
     cache = rng.integers(0, 255, (cases * depth, height, width), dtype=np.uint8)
     index = pd.DataFrame({"id": [f"c{c}_{k:04d}" for c in range(cases) for k in range(depth)],
                           "case": [f"c{c}" for c in range(cases) for _ in range(depth)],
                           "slice": [k for _ in range(cases) for k in range(depth)], "height": height, "width": width})
-    images = ContextImages(cache, neighbour_rows(index, context)) if context > 1 else cache
+    images = ContextImages(cache, neighbour_rows(index["case"], index["slice"], context)) if context > 1 else cache
     model = create_model(cfg.arch, cfg.encoder, context, 1, "none", cfg.decoder_channels).to(device).eval()
     model = model.to(memory_format=torch.channels_last)
     forward = torch_predictor(model, "binary", "none", None, cfg.sw_batch_size, device)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src import volumes
+from src.portable import volumes
 from src.canonical import load_index, load_meta, read_dataset_image
 from src.portable.images import read_image, resize, sides, size_text
 
@@ -18,13 +18,14 @@ def cache_dir(dataset_dir: Path, size) -> Path:
 
 def open_cache(dataset_dir: Path, size, context: int = 1) -> tuple:
     """(images, masks) as read-only memory maps, rows in index.csv order; builds the cache first if absent. context
-    > 1: a volume dataset's images with each slice's neighbours as channels (src/volumes.py's ContextImages)."""
+    > 1: a volume dataset's images with each slice's neighbours as channels (src/portable/volumes.py's ContextImages)."""
     folder = cache_dir(dataset_dir, size)
     if not (folder / "masks.npy").exists():
         build_cache(dataset_dir, size)
     images, masks = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
     if context > 1:
-        images = volumes.ContextImages(images, volumes.neighbour_rows(load_index(dataset_dir), context))
+        index = load_index(dataset_dir)
+        images = volumes.ContextImages(images, volumes.neighbour_rows(index["case"], index["slice"], context))
     return images, masks
 
 

@@ -11,7 +11,7 @@ data/<name>/
   masks/<id>.png       one class index per pixel (0 background), train rows only
   cache/<size>/images.npy, masks.npy   uint8 arrays resized to the working size (N, or HxW), rows in index.csv order
   volumes.json         volumes only: each case's shape, spacing, split and NIfTI header; its slices are the images
-                       (index.csv's case and slice columns; the rules in meta.json's volumes: src/volumes.py)
+                       (index.csv's case and slice columns; the rules in meta.json's volumes: src/portable/volumes.py)
 """
 import json
 import os

@@ -12,7 +12,7 @@
   any source: --meta metadata.csv --group-column patient    # patient groups for the folds, columns into index.csv
 
 Images may be PNG, JPEG, TIFF, BMP or DICOM, grey, RGB(A) or palette, 8- or 16-bit: see src/portable/images.py.
-Volumes (.nii, .nii.gz) become slices, their case the fold group: see src/volumes.py for the rules.
+Volumes (.nii, .nii.gz) become slices, their case the fold group: see src/portable/volumes.py for the rules.
 Last, the dataset's training recipe is planned from its fingerprint into data/<name>/plan.json (src/plan.py), each
 value printed with its rule.
 """

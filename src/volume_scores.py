@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from src.metrics import dice_iou
-from src import volumes
+from src.portable import volumes
 from src.stats import mean_interval
 
 

@@ -14,7 +14,7 @@ import export
 import infer
 import train
 from conftest import TINY, infer_args, paths, prepare
-from src import volumes
+from src.portable import volumes
 from src.cache import context_problem, open_cache
 from src.volume_scores import case_scores, case_slices, read_records, volume_table
 
@@ -214,11 +214,11 @@ def test_a_folder_of_volumes_with_ct_intensities_is_normalised_by_the_training_f
 
 def test_context_gives_each_slice_its_neighbours_in_its_case_with_the_edges_repeated(tmp_path):
     index = pd.DataFrame({"case": ["a"] * 4 + ["b"] * 3, "slice": [0, 1, 2, 3, 0, 1, 2]})
-    assert volumes.neighbour_rows(index, 3).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3], [4, 4, 5],
+    assert volumes.neighbour_rows(index["case"], index["slice"], 3).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3], [4, 4, 5],
                                                          [4, 5, 6], [5, 6, 6]]
-    assert volumes.neighbour_rows(index, 5)[4].tolist() == [4, 4, 4, 5, 6]  # never a slice of another case
+    assert volumes.neighbour_rows(index["case"], index["slice"], 5)[4].tolist() == [4, 4, 4, 5, 6]  # never a slice of another case
     images = np.arange(7)[:, None, None] * np.ones((7, 2, 2), np.uint8)
-    seen = volumes.ContextImages(images, volumes.neighbour_rows(index, 3))
+    seen = volumes.ContextImages(images, volumes.neighbour_rows(index["case"], index["slice"], 3))
     assert seen[3].shape == (2, 2, 3) and seen[3][0, 0].tolist() == [2, 3, 3]
     assert seen[np.array([0, 6])].shape == (2, 2, 2, 3) and seen.shape == (7, 2, 2, 3)
     assert context_problem({"name": "demo", "channels": 1}, 3).startswith("--context 3: demo holds 2D images")

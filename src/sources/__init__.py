@@ -10,7 +10,7 @@ from src.sources.pannuke import PANNUKE_CLASSES, pannuke, pannuke_class_map
 from src.sources.rle_csv import rle_csv
 from src.sources.sample import Sample, Source
 from src.sources.volumes import decathlon_cases, folder_cases, volume_source
-from src.volumes import volume_files
+from src.portable.volumes import volume_files
 
 __all__ = ["PANNUKE_CLASSES", "Sample", "Source", "attach_metadata", "chest_xray", "demo_source", "folder",
            "mask_key", "pannuke", "pannuke_class_map", "patient_of", "rle_csv",

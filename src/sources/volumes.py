@@ -2,7 +2,7 @@
 dataset folder read through its dataset.json. Each case becomes its slices across the dataset's axis, every slice
 an image of the canonical layout (`<case>_<slice>`), the case its fold group; data/<name>/volumes.json keeps each
 case's shape, spacing and header, which infer.py's volumes and ensemble.py's NIfTI masks are rebuilt with.
-The rules (axis, intensities, padding) are src/volumes.py's, each printed.
+The rules (axis, intensities, padding) are src/portable/volumes.py's, each printed.
 """
 import json
 import math
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src import volumes
+from src.portable import volumes
 from src.portable.problems import Problem
 from src.sources.sample import Sample, Source
 

@@ -13,9 +13,12 @@ Rules, each printed by prepare where it applies:
 """
 import io
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-import pandas as pd
+
+from .images import as_size
+from .predictor import Batch
 
 SUFFIXES = (".nii.gz", ".nii")
 Z_ZERO, LEVELS_PER_SD = 64, 24  # z from -2.67 to +7.96 in 1/24 of a standard deviation: MRI's bright tail fits
@@ -142,15 +145,18 @@ def write_mask(path: Path, labels: np.ndarray, header_hex: str) -> None:
     nibabel.save(image, str(path))
 
 
-def neighbour_rows(index: pd.DataFrame, context: int) -> np.ndarray:
-    """(N, context) cache rows of each index row's slice and its neighbours in its case, in slice order; past the
-    case's first or last slice the edge slice is repeated (2.5D input, as the UW-Madison GI tract solutions stack it)."""
+def neighbour_rows(cases, slice_numbers, context: int) -> np.ndarray:
+    """(N, context) rows of each row's slice and its neighbours in its case (rows given by their case and slice
+    number, as index.csv's columns), in slice order; past the case's first or last slice the edge slice is repeated
+    (2.5D input, as the UW-Madison GI tract solutions stack it)."""
     half = context // 2
-    position = {(case, s): k for k, (case, s) in enumerate(zip(index["case"], index["slice"]))}
-    last = index.groupby("case")["slice"].transform("max").to_numpy()
-    offsets = np.arange(-half, half + 1)
-    return np.array([[position[(case, min(max(s + o, 0), top))] for o in offsets]
-                     for case, s, top in zip(index["case"], index["slice"], last)])
+    cases, slice_numbers = list(cases), [int(k) for k in slice_numbers]
+    position = {(case, k): row for row, (case, k) in enumerate(zip(cases, slice_numbers))}
+    last = {}
+    for case, k in zip(cases, slice_numbers):
+        last[case] = max(last.get(case, 0), k)
+    return np.array([[position[(case, min(max(k + o, 0), last[case]))] for o in range(-half, half + 1)]
+                     for case, k in zip(cases, slice_numbers)], dtype=np.int64).reshape(len(cases), context)
 
 
 class ContextImages:
@@ -166,3 +172,23 @@ class ContextImages:
 
     def __getitem__(self, rows) -> np.ndarray:
         return np.moveaxis(self.images[self.neighbours[rows]], -3, -1)
+
+
+def volume_batches(paths: list, rules: dict, context: int, batch_size: int, geometry: dict) -> Iterator[Batch]:
+    """Batches of the slices of NIfTI files, each volume read, normalised, cut and padded by the rules prepare
+    recorded (meta.json's volumes) and seen with `context` slices as channels; keys <case>_<slice> as prepare names
+    them. geometry gets each case's (shape, header) as its volume is read, for write_mask."""
+    size, axis = tuple(rules["slice_size"]), rules["axis"]
+    for path in paths:
+        image = load(path)
+        if len(image.shape) != 3:
+            raise ValueError(f"{path}: a {len(image.shape)}D image; the models read 3D volumes of one modality")
+        case = volume_id(path)
+        geometry[case] = (image.shape, header_text(image))
+        cut = slices(to_uint8(normalise(data(image), rules["ct"])), axis, size, Z_ZERO)
+        view = ContextImages(cut, neighbour_rows([case] * len(cut), range(len(cut)), context))
+        for first in range(0, len(cut), batch_size):
+            rows = np.arange(first, min(first + batch_size, len(cut)))
+            yield Batch([f"{case}_{k:04d}" for k in rows], [size] * len(rows),
+                        {as_size(size): np.ascontiguousarray(view[rows].transpose(0, 3, 1, 2))})
+

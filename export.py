@@ -27,6 +27,7 @@ from pathlib import Path
 from src import packaging
 from src.canonical import image_file, load_index, load_meta
 from src.portable.predictor import image_files
+from src.volume_scores import read_records
 
 
 def parse_args(argv=None):
@@ -65,6 +66,9 @@ def run(args):
     dirs = {"--data-dir": args.data_dir, "--folds-dir": args.folds_dir, "--preds-dir": selection["preds_dir"]}
     models = packaging.models_of(scores, selection, args.dataset, part, dirs)
     meta = {**models[0]["meta"], "submission": dataset_format(Path(args.data_dir) / args.dataset)}
+    if "volumes" in meta and args.format == "onnx":  # its ONNX check reads 2D image files
+        raise packaging.ExportError("a volume ensemble is exported with --format torch (the ONNX check reads 2D image "
+                                    "files)")
     windowed = [m for m in models if m["window"]]
     if windowed and args.format == "onnx":  # MONAI's window is torch code; an ONNX package runs without torch
         raise packaging.ExportError(f"{windowed[0]['run']} predicts by sliding window (trained on patches), which the "
@@ -73,6 +77,9 @@ def run(args):
     target = Path(args.out_dir) / args.dataset / (args.name or "")
     target.parent.mkdir(parents=True, exist_ok=True)
     files, what, here = images_of(written, part, selection, scores, args), f"set '{args.set}'" if args.set else "test", False
+    if not files and "volumes" in meta:
+        raise packaging.ExportError("the ensemble holds no test cases, which the package's parity is checked on; "
+                                    "prepare the volumes with their test cases (imagesTs, --test DIR)")
     if not files:  # no test images: the package is held to this project's own prediction of training images
         files, what, here = training_images(Path(args.data_dir) / args.dataset), "training images'", True
         print(f"export: the ensemble holds no test masks; parity on {len(files)} training images, predicted here "
@@ -143,6 +150,9 @@ def images_of(written: Path, part: str, selection: dict, scores: dict, args) -> 
     if part == "test":
         dataset_dir = Path(args.data_dir) / args.dataset
         index = load_index(dataset_dir).set_index("id", drop=False)
+        if "case" in index:  # slices of volumes: the package reads the source volumes, as a user would
+            records = read_records(dataset_dir)
+            return {case: Path(records[case]["file"]) for case in sorted(set(index.loc[ids, "case"]))}
         return {i: image_file(dataset_dir, index.loc[i]) for i in ids}
     run, summary = next(iter(scores["runs"].items()))
     folder = Path(packaging.test_set(run, summary, selection, args.dataset).provenance["sets"][args.set]["images"])
@@ -174,7 +184,8 @@ def write_package(package: Path, models: list, scores: dict, meta: dict, args, s
     else:
         packaging.write_weights(package, models, args.half)
     window = any(m["window"] for m in models)  # MONAI too, for a run trained on patches
-    (package / "requirements.txt").write_text("\n".join(packaging.requirements(args.format, window)) + "\n")
+    (package / "requirements.txt").write_text("\n".join(packaging.requirements(args.format, window, "volumes" in meta))
+                                              + "\n")
     manifest = packaging.manifest_of(package, models, scores, meta, args.format, args.half, source)
     packaging.write_readme(package, manifest)
     manifest = packaging.manifest_of(package, models, scores, meta, args.format, args.half, source)  # README's hash

@@ -16,6 +16,7 @@ from src import runs as ledger
 from src.config import load_run_config
 from src.portable.images import read_image
 from src.portable.package import file_sha256
+from src.portable.volumes import SUFFIXES
 
 PORTABLE = Path(__file__).resolve().parent / "portable"
 TEMPLATE = "predict_main.py"  # copied as the package's predict.py, not into portable/
@@ -39,11 +40,12 @@ def version(name: str) -> str | None:
         return None
 
 
-def requirements(kind: str, window: bool = False) -> list:
+def requirements(kind: str, window: bool = False, volumes: bool = False) -> list:
     """Exact versions of what the package imports, as installed here (where its parity was checked); MONAI where a
-    model predicts by sliding window (portable/sliding.py)."""
+    model predicts by sliding window (portable/sliding.py), nibabel where it reads volumes (portable/volumes.py)."""
     opencv = next((name for name in OPENCV if version(name)), OPENCV[0])
-    return [f"{name}=={version(name)}" for name in [*NEEDS[kind], *(["monai"] if window else []), *COMMON, opencv]
+    return [f"{name}=={version(name)}" for name in [*NEEDS[kind], *(["monai"] if window else []),
+                                                     *(["nibabel"] if volumes else []), *COMMON, opencv]
             if version(name)]
 
 
@@ -78,14 +80,16 @@ def models_of(scores: dict, selection: dict, dataset: str, part: str, dir_flags:
         run_dir = Path(record["run_dir"])
         for fold in folds:
             cfg, meta = load_run_config(run_dir / f"fold{fold}")
-            if "volumes" in meta:  # said before anything is written: predict.py reads 2D image files
-                raise ExportError(f"{run}: trained on slices of volumes, which the package cannot read yet (it takes "
-                                  f"2D image files); ensemble.py writes the test volumes as NIfTI")
             models.append({"run": run, "fold": fold, "arch": cfg.arch, "encoder": cfg.encoder,
                            "decoder_channels": cfg.decoder_channels, "size": cfg.size, "tta": summary["tta"],
                            "level": level, "weight": scores["weights"][run] / len(folds), "meta": meta,
+                           "context": cfg.context,
                            "window": predictions.windows(part).get(fold), "sw_batch_size": cfg.sw_batch_size,
                            "weights_file": ledger.weights_file(run_dir, fold, selection["checkpoint"])})
+    contexts = sorted({m["context"] for m in models})
+    if len(contexts) > 1:  # the package reads each volume once, with one view of its slices
+        raise ExportError(f"the ensemble's runs read slices with --context {' and '.join(map(str, contexts))}; a "
+                          f"package takes one: ensemble runs of one context (ensemble.py --runs), then export")
     return models
 
 
@@ -154,6 +158,8 @@ def manifest_of(package: Path, models: list, scores: dict, meta: dict, kind: str
                       "resize": "cv2 INTER_AREA to each model's size; maps back to the image's size bilinear",
                       "normalisation": "ImageNet mean and std on 0-255 (their averages for grey)"},
             "postprocess": scores["postprocess"],
+            **({"volumes": {k: meta["volumes"][k] for k in ("axis", "ct", "slice_size", "modality", "normalisation",
+                                                            "axis_rule", "size_rule")}} if "volumes" in meta else {}),
             "models": [{k: v for k, v in m.items() if k not in ("meta", "weights_file")} for m in models],
             "versions": {k: v for k, v in versions.items() if v}, "python": sys.version.split()[0],
             "files": {str(p.relative_to(package)): file_sha256(p) for p in sorted(package.rglob("*"))
@@ -203,10 +209,12 @@ def predict_here(models: list, scores: dict, meta: dict, images: Path, work: Pat
 
 
 def image_folder(folder: Path, files: dict) -> Path:
-    """A folder of links named <id><suffix> to the images whose masks the ensemble wrote (files: {id: path})."""
+    """A folder of links named <id><suffix> to the images whose masks the ensemble wrote (files: {id: path}; a
+    volume's id is its case)."""
     folder.mkdir(parents=True)
     for image_id, path in files.items():
-        (folder / f"{image_id}{Path(path).suffix}").symlink_to(Path(path).resolve())
+        suffix = next((s for s in SUFFIXES if Path(path).name.lower().endswith(s)), Path(path).suffix)  # .nii.gz
+        (folder / f"{image_id}{suffix}").symlink_to(Path(path).resolve())
     return folder
 
 

@@ -1,6 +1,8 @@
 """NIfTI volumes: read with nibabel, cut into slices that the 2D models train on, stacked back into each case's grid,
 scored in 3D with the voxel spacing and written as NIfTI masks with the source's header. Tiny volumes throughout."""
 import json
+import subprocess
+import sys
 
 import nibabel
 import numpy as np
@@ -186,13 +188,25 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     assert "In 3D over 6 cases" in board and "across the lowest resolution" in board and "context 3." in board
     assert json.loads((tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0" / "config.json").read_text())[
         "context"] == 3
-    with pytest.raises(SystemExit, match="trained on slices of volumes, which the package cannot read yet"):
-        export.main(["--dataset", "tiny", *paths(tmp_path), "--ensemble-dir",
-                     str(out), "--out-dir", str(tmp_path / "export")])
+    export.main(["--dataset", "tiny", *paths(tmp_path), "--ensemble-dir", str(out), "--out-dir", str(tmp_path / "export")])
+    assert "parity: 10 of 10 test masks identical" in capsys.readouterr().out  # the 2 test cases' 10 slices
+    package = tmp_path / "export" / "tiny"
+    assert "nibabel==" in (package / "requirements.txt").read_text()
+    cases = tmp_path / "new-cases"
+    cases.mkdir()
+    for k in (6, 7):
+        (cases / f"vol_{k:03d}.nii.gz").symlink_to(tmp_path / "Task99_Tiny" / "imagesTs" / f"vol_{k:03d}.nii.gz")
+    done = subprocess.run([sys.executable, "-I", str(package / "predict.py"), "--images", str(cases), "--out",
+                           str(tmp_path / "run" / "submission.csv")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "submission.csv").read_text() == (out / "tiny" / "submission.csv").read_text()
     for k in (6, 7):
         source = nibabel.load(str(tmp_path / "Task99_Tiny" / "imagesTs" / f"vol_{k:03d}.nii.gz"))
         written = nibabel.load(str(out / "tiny" / "volumes" / f"vol_{k:03d}.nii.gz"))
         assert written.shape == source.shape and np.array_equal(written.affine, source.affine)
+        packaged = nibabel.load(str(tmp_path / "run" / "volumes" / f"vol_{k:03d}.nii.gz"))
+        assert np.array_equal(np.asanyarray(packaged.dataobj), np.asanyarray(written.dataobj))
+        assert np.array_equal(packaged.affine, source.affine)
         assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2}
 
 

@@ -17,6 +17,7 @@ from .images import as_size
 from .maps import final_mask, uint8_maps
 from .predictor import Model, file_batches, image_files, predict
 from .submission import mask_codes, read_sample, staged, submission_text
+from .volumes import stack, volume_batches, volume_files, write_mask
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
 
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--sample-submission", type=Path,
                         help="the competition's sample_submission.csv: follow its rows and columns exactly (default: "
                              "the format manifest.json records, that of the train CSV)")
+    parser.add_argument("--volumes-dir", type=Path, help="a package of volumes: where each case's mask is written as "
+                                                         "<case>.nii.gz (default: volumes/ beside --out)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda where a GPU is found, else cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     return parser.parse_args(argv)
@@ -53,21 +56,27 @@ def main(argv=None, folder: Path | None = None) -> None:
 def run(folder: Path, args) -> None:
     manifest = check_package(folder)
     warn_versions(manifest)
-    paths = image_files(args.images)
+    paths = volume_files(args.images) if "volumes" in manifest else image_files(args.images)
+    if not paths:
+        raise PackageError(f"--images {args.images} holds no NIfTI volumes (.nii, .nii.gz), which this package reads")
     if args.sample_submission:  # its problems before the work
         read_sample(args.sample_submission, manifest["classes"], manifest["submission"])
     device = choose_device(manifest["format"], args.device)
     models = load_models(manifest, folder, device)
     started = time.perf_counter()
-    codes = predict_all(models, manifest, paths, args.batch_size, args.masks_dir)
+    codes = predict_all(models, manifest, paths, args.batch_size, args.masks_dir,
+                        args.volumes_dir or args.out.parent / "volumes")
     seconds = time.perf_counter() - started
     text, said = submission_text(codes, manifest["classes"], manifest["submission"], args.sample_submission)
     if said:
         print(f"predict: {said}")
     write_atomic(args.out, text)
-    speed = len(paths) / seconds
-    print(f"predict: {len(paths)} images in {seconds:.1f} s on {device}: {speed:.2f} images/s (10,000 images: about "
-          f"{10_000 / speed / 60:.0f} min); wrote {args.out}" + (f" and {args.masks_dir}/" if args.masks_dir else ""))
+    speed = len(codes) / seconds
+    volumes_note = f" ({len(paths)} volumes, in {args.volumes_dir or args.out.parent / 'volumes'}/)" if (
+        "volumes" in manifest) else ""
+    print(f"predict: {len(codes)} images{volumes_note} in {seconds:.1f} s on {device}: {speed:.2f} images/s (10,000 "
+          f"images: about {10_000 / speed / 60:.0f} min); wrote {args.out}"
+          + (f" and {args.masks_dir}/" if args.masks_dir else ""))
 
 
 def file_sha256(path: Path) -> str:
@@ -133,22 +142,35 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     torch_device, models = torch.device(device), []
     outputs = 1 if manifest["task"] == "binary" else len(manifest["classes"])
     for spec in manifest["models"]:
-        built = build_model(spec["arch"], spec["encoder"], manifest["channels"], outputs, spec["decoder_channels"])
+        built = build_model(spec["arch"], spec["encoder"], manifest["channels"] * spec["context"], outputs,
+                            spec["decoder_channels"])
         net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
         models.append(Model(f"{spec['run']} fold{spec['fold']}", as_size(spec["size"]), spec["weight"], torch_predictor(
             net, manifest["task"], spec["tta"], spec["window"], spec["sw_batch_size"], torch_device)))
     return models
 
 
-def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None) -> dict:
+def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None,
+                volumes_dir: Path | None = None) -> dict:
     """{image id: its masks' run-length encodings (submission.mask_codes)}, each mask written to masks_dir where
     given: every image through every model (predictor.predict), its maps averaged and post-processed as ensemble.py
-    does (maps.final_mask)."""
-    codes = {}
-    batches = file_batches(paths, manifest["channels"], [model.size for model in models], batch_size)
+    does (maps.final_mask). A package of volumes reads NIfTI files as prepare cut them (volumes.volume_batches): its
+    images are their slices, and each case's slice masks are stacked into volumes_dir/<case>.nii.gz."""
+    codes, geometry, case_masks = {}, {}, {}
+    if "volumes" in manifest:
+        batches = volume_batches(paths, manifest["volumes"], manifest["models"][0]["context"], batch_size, geometry)
+    else:
+        batches = file_batches(paths, manifest["channels"], [model.size for model in models], batch_size)
     with staged(masks_dir) as masks:
         for image_id, size, maps in predict(models, batches, "predict"):
             final = final_mask([(prob, model.weight) for prob, model in zip(maps, models)], size,
                                manifest["postprocess"])
             codes[image_id] = mask_codes(image_id, final, manifest["classes"], manifest["submission"], masks)
+            if geometry:
+                case = image_id.rsplit("_", 1)[0]
+                case_masks.setdefault(case, []).append(final)
+                shape, header = geometry[case]
+                if len(case_masks[case]) == shape[manifest["volumes"]["axis"]]:  # its last slice: write, let go
+                    write_mask(volumes_dir / f"{case}.nii.gz", stack(case_masks.pop(case), manifest["volumes"]["axis"],
+                                                                      shape), header)
     return codes

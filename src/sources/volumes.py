@@ -143,7 +143,7 @@ def read_case(case: Case, n_classes: int) -> tuple:
     if len(image.shape) != 3:
         raise ValueError(f"{case.image}: a {len(image.shape)}D image; prepare reads 3D volumes of one modality")
     record = {"shape": list(image.shape), "spacing": list(volumes.spacing(image)), "header": volumes.header_text(image),
-              "split": case.split}
+              "split": case.split, "file": str(case.image.resolve())}
     if case.label is None:
         return record, None
     label = volumes.load(case.label)

@@ -76,12 +76,15 @@ def test_slices_padded_and_stacked_back_are_the_identity_and_the_axis_is_the_low
         assert np.array_equal(volumes.stack(list(maps), axis, volume.shape)[1], volume // 2)
 
 
-def test_a_written_mask_has_the_source_affine_and_header(tmp_path):
-    source = nibabel.load(str(write(tmp_path / "ct.nii.gz", np.zeros((6, 5, 4), np.float32))))
+@pytest.mark.parametrize("kind", [nibabel.Nifti1Image, nibabel.Nifti2Image])
+def test_a_written_mask_has_the_source_affine_and_header(tmp_path, kind):
+    nibabel.save(kind(np.zeros((6, 5, 4), np.float32), affine()), str(tmp_path / "ct.nii.gz"))
+    source = nibabel.load(str(tmp_path / "ct.nii.gz"))
     labels = np.random.default_rng(0).integers(0, 3, (6, 5, 4)).astype(np.uint8)
     volumes.write_mask(tmp_path / "out" / "ct.nii.gz", labels, volumes.header_text(source))
     written = nibabel.load(str(tmp_path / "out" / "ct.nii.gz"))
-    assert np.array_equal(written.affine, source.affine) and written.header.get_zooms() == source.header.get_zooms()
+    assert type(written) is kind and np.array_equal(written.affine, source.affine)
+    assert written.header.get_zooms() == source.header.get_zooms()
     assert written.get_data_dtype() == np.uint8 and np.array_equal(np.asanyarray(written.dataobj), labels)
 
 

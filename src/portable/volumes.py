@@ -137,10 +137,12 @@ def header_text(image) -> str:
 def write_mask(path: Path, labels: np.ndarray, header_hex: str) -> None:
     """A label volume as NIfTI with the source's header (so its affine, qform and sform), uint8."""
     import nibabel
-    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(bytes.fromhex(header_hex)))
+    block = bytes.fromhex(header_hex)
+    kind = nibabel.Nifti2Image if len(block) == nibabel.Nifti2Header.template_dtype.itemsize else nibabel.Nifti1Image
+    header = kind.header_class.from_fileobj(io.BytesIO(block))
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1, 0)
-    image = nibabel.Nifti1Image(labels.astype(np.uint8), None, header=header)
+    image = kind(labels.astype(np.uint8), None, header=header)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nibabel.save(image, str(path))
 

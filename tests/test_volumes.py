@@ -187,6 +187,7 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     assert scores["volumes"]["models"]["ensemble"]["cases"] == 6 and set(
         scores["volumes"]["models"]["ensemble"]["per_class"]) == {"outer", "inner"}
     assert scores["volumes"]["rules"]["context"] == {"unet-tu-test_resnet": 3}
+    assert scores["best_interval"]["unit"] == "case" and scores["best_interval"]["units"] == 6  # bootstrap over cases
     board = (out / "tiny" / "leaderboard.md").read_text()
     assert "In 3D over 6 cases" in board and "across the lowest resolution" in board and "context 3." in board
     assert json.loads((tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0" / "config.json").read_text())[
@@ -285,3 +286,15 @@ def test_an_nnunet_v2_dataset_is_read_through_its_channel_files(tmp_path):
     assert set(index[index.split == "test"]["case"]) == {"vol_003"}
     assert json.loads((tmp_path / "data" / "Dataset002_Tiny" / "meta.json").read_text())["classes"] == [
         "background", "outer", "inner"]
+
+
+def test_cases_of_one_patient_share_a_fold_through_the_metadata(tmp_path):
+    volume_set(tmp_path / "Task99_Tiny", cases=6, tests=0)
+    pd.DataFrame({"id": [f"vol_{k:03d}" for k in range(6)], "patient": ["p0", "p0", "p1", "p1", "p2", "p2"],
+                  "side": ["left", "right"] * 3}).to_csv(tmp_path / "metadata.csv", index=False)
+    prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "3", "--meta",
+            str(tmp_path / "metadata.csv"), "--group-column", "patient")
+    index = pd.read_csv(tmp_path / "data" / "tiny" / "index.csv")
+    folds = pd.read_csv(tmp_path / "folds" / "tiny.csv").merge(index[["id", "case", "side"]], on="id")
+    assert set(folds["group"]) == {"p0", "p1", "p2"} and set(folds["side"]) == {"left", "right"}
+    assert folds.groupby("group")["fold"].nunique().max() == 1  # both hemispheres of a patient in one fold

@@ -35,8 +35,8 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
                for run, modes in choices.at_mode.items()}  # every TTA mode predicted: the TTA gain, the comparisons
     summaries = {run: run_summary(choice, inputs.sets[run], summarize_scores(choice.scores(ids, fold_of)))
                   for run, choice in choices.runs.items()}
-    comparisons = compare_architectures(ids, dice_of, groups, compare_tta,
-                                        "case" if "volumes" in inputs.meta else "patient")
+    unit = group_unit(inputs)
+    comparisons = compare_architectures(ids, dice_of, groups, compare_tta, unit)
     models = {**{run: ({run: choice}, {run: 1.0}) for run, choice in choices.runs.items()},
               "ensemble": (choices.runs, choices.weights)}  # each run alone (an ensemble of one), then all of them
     post, tables = {}, {}
@@ -65,11 +65,18 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
         scores["volumes"] = in_3d(inputs, models, choices.postprocess, ids, fold_of)
     scores["by_encoder"] = by_encoder(scores)
     best = dice[scores["best_single"]].to_numpy()
-    unit = "case" if "volumes" in inputs.meta else "patient"  # what the split grouped a volume's slices by
     scores["best_interval"] = mean_interval(best, groups, group_unit=unit)
     scores["ensemble_vs_best"] = paired_comparison(best, dice["ensemble"].to_numpy(), groups=groups, alpha=ALPHA,
                                                    group_unit=unit)
     return scores, tables
+
+
+def group_unit(inputs) -> str:
+    """What the split's groups are called: cases where they are a volume dataset's cases, else patients."""
+    if "volumes" not in inputs.meta or "group" not in inputs.folds:
+        return "patient"
+    cases = inputs.index["case"].reindex(inputs.folds["id"]).to_numpy()
+    return "case" if (inputs.folds["group"].to_numpy() == cases).all() else "patient"
 
 
 def read_json(path: Path) -> dict | None:

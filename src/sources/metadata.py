@@ -1,6 +1,7 @@
 """A metadata CSV for any source: patient groups for the grouped splitters, other columns carried into index.csv.
 
 Every labelled image must have a row (a missing one is a problem: its patient, and so its fold, would be a guess);
+the slices of a volume take the row of their case (two hemispheres or two visits of one patient: one group);
 test images may lack one, their columns then stay empty. Rows that match no image are counted, not refused.
 """
 from pathlib import Path
@@ -11,7 +12,8 @@ from src.portable.problems import Problem
 from src.sources.sample import Source
 
 # Columns index.csv computes itself; a metadata column of the same name is not carried over.
-OWN_COLUMNS = {"id", "split", "height", "width", "group", "foreground", "dominant_class", "file", "official_fold"}
+OWN_COLUMNS = {"id", "split", "height", "width", "group", "foreground", "dominant_class", "file", "official_fold", "case",
+               "slice"}
 
 
 def attach_metadata(source: Source, csv: Path, id_column: str = "id", group_column: str | None = None) -> list:
@@ -36,7 +38,7 @@ def attach_metadata(source: Source, csv: Path, id_column: str = "id", group_colu
     carried = [c for c in table.columns if c not in OWN_COLUMNS and c not in (id_column, group_column)]
     matched = set()
     for sample in source.samples:
-        i = keys.get(sample.id)
+        i = keys.get(sample.extra.get("case", sample.id))  # a volume's slices take their case's row
         if i is None:
             if sample.split == "train":
                 source.problems.append(Problem(sample.id, f"labelled image has no row in {csv.name} (column "

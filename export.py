@@ -152,6 +152,11 @@ def images_of(written: Path, part: str, selection: dict, scores: dict, args) -> 
         index = load_index(dataset_dir).set_index("id", drop=False)
         if "case" in index:  # slices of volumes: the package reads the source volumes, as a user would
             records = read_records(dataset_dir)
+            if any("file" not in record for record in records.values()):
+                raise packaging.ExportError(f"{dataset_dir / 'volumes.json'} was written by an older prepare, without "
+                                            f"each case's source file that parity is checked on: prepare the dataset "
+                                            f"again (python -m src.prepare ... --overwrite; the same seed writes the same "
+                                            f"folds)")
             return {case: Path(records[case]["file"]) for case in sorted(set(index.loc[ids, "case"]))}
         return {i: image_file(dataset_dir, index.loc[i]) for i in ids}
     run, summary = next(iter(scores["runs"].items()))

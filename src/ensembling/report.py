@@ -196,6 +196,8 @@ def volume_line(volumes: dict) -> str:
         labels = ", ".join(f"{label} {c['dice']:.4f} ({c['hd95_mm']:.2f} mm)" for label, c in v["per_class"].items())
         return f"{name} {v['dice']:.4f} {span(v['dice_interval']['ci95'])}: {labels}"
     models, rules = volumes["models"], volumes["rules"]
+    if len(models) == 2:  # one run: the ensemble is that run
+        models = {name: v for name, v in models.items() if name != "ensemble"}
     contexts = sorted(set(rules["context"].values()))
     return (f"- In 3D over {next(iter(models.values()))['cases']} cases, Dice per case [95% CI over cases] and per "
             f"label (HD95): " + "; ".join(model(name, v) for name, v in models.items())

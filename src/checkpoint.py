@@ -61,6 +61,7 @@ def save_state(accelerator, run_dir: Path, trainer: dict) -> None:
     """Full state (model, optimiser, scheduler, RNGs, counters) into state/; a crash at any moment leaves one whole."""
     tmp, final, old = run_dir / "state.tmp", run_dir / "state", run_dir / "state.old"
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's random states are in tmp before it is renamed
     if accelerator.is_main_process:
         (tmp / "trainer.json").write_text(json.dumps(trainer))
         shutil.rmtree(old, ignore_errors=True)

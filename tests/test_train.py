@@ -334,9 +334,12 @@ def test_two_processes_give_the_single_process_metrics(demo_dir, tmp_path, capsy
                                "2", "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
                                "--dynamo_backend", "no", str(ROOT / "train.py"), *args],
                               env=env, capture_output=True, text=True, timeout=600)
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    failed = [line for line in launched.stderr.splitlines() if "[rank1]" in line] or [launched.stderr[-3000:]]
+    assert launched.returncode == 0, "\n".join(failed[-40:])  # the root cause, not only rank 0's broken pipe
     assert "2 process(es) on cpu" in launched.stdout, launched.stdout[-2000:]
     run = tmp_path / "runs" / "demo" / "unet-tu-test_resnet" / "fold0"
+    # Both processes' random states are in state/ before it is renamed: none is left behind in state.tmp.
+    assert sorted(p.name for p in run.glob("state*/random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
     folds = pd.read_csv(demo_dir / "folds" / "demo.csv")
     n_train, n_valid = (folds["fold"] != 0).sum(), (folds["fold"] == 0).sum()
     history = pd.read_csv(run / "history.csv")

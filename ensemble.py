@@ -21,7 +21,6 @@ epoch rule (--select-on) and labels `fold` optimistic.
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
 from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger, volume_scores
@@ -29,7 +28,7 @@ from src.portable import volumes
 from src.canonical import load_index
 from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable.files import write_atomic
-from src.portable.images import HOST_THREADS, read_image
+from src.portable.images import HOST_THREADS
 from src.portable.maps import final_mask
 from src.portable.submission import mask_codes, staged, submission_text
 
@@ -87,47 +86,58 @@ def main(argv=None):
     scores, tables = scoring.score(checked, chosen, args.compare_tta)
     report.write(out, scores, tables, checked, chosen, args.figures, args.tracker)
     written = out / "sets" / args.set if args.set else out
-    write_masks(written, chosen.test, chosen.postprocess["ensemble"].for_test, checked.meta,
-                args.sample_submission)
-    cases = write_volumes(written, chosen.test, checked.dataset_dir, checked.meta) if "volumes" in checked.meta else 0
+    cases = write_masks(written, chosen.test, chosen.postprocess["ensemble"].for_test, checked.meta,
+                        args.sample_submission, checked.dataset_dir)
     print(f"wrote {out}/: scores.json, leaderboard.md, figures; {written}/: {len(chosen.test)} masks, submission.csv"
           + (f", {cases} NIfTI volumes in volumes/" if "volumes" in checked.meta else ""))
     print("\n".join(report.headline(scores)))
 
 
-def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Path | None) -> None:
+def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Path | None, dataset_dir: Path) -> int:
     """Each test image's (or --set image's) weighted mean over every run and fold, post-processed with the settings
     chosen on all OOF images, as an exported package computes it: masks/<id>.png (0/255 for binary, the class index
     for multiclass) and submission.csv in the dataset's format, or row for row as the sample submission lists them.
-    Masks of images no longer predicted are removed."""
-    def codes(image_id: str, masks: Path) -> dict:
-        final = final_mask(*ledger.read_maps(*zip(*test[image_id])), settings)
-        return mask_codes(image_id, final, meta["classes"], meta["submission"], masks)
+    A volume dataset's test cases are stacked back and post-processed in 3D first (volumes.finish_case), and written
+    as volumes/<case>.nii.gz with the source's header (so its affine). Masks of images no longer predicted are
+    removed. Returns the number of volumes written."""
+    def final(image_id: str):
+        return final_mask(*ledger.read_maps(*zip(*test[image_id])), settings)
+
+    cases = test_cases(dataset_dir, meta, test)
+    records = volume_scores.read_records(dataset_dir) if cases else {}
+
+    def case_codes(case: str, masks: Path) -> dict:
+        ids, record = cases[case], records[case]
+        labels, slice_masks = volumes.finish_case([final(i) for i in ids], meta["volumes"]["axis"], record["shape"],
+                                                  settings.get("largest_3d", []))
+        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", labels, record["header"])
+        return {i: mask_codes(i, m, meta["classes"], meta["submission"], masks) for i, m in zip(ids, slice_masks)}
 
     if not test:
         print("ensemble: no test images, so submission.csv holds its header alone (prepare --test DIR adds them to the "
               "dataset; infer.py --images DIR and ensemble.py --set NAME write the masks of any folder)")
+    alone = [i for i in test if i not in {i for ids in cases.values() for i in ids}]  # images, or slices of no case
     with staged(folder / "masks") as masks:
-        found = thread_map(lambda i: codes(i, masks), list(test), max_workers=HOST_THREADS, desc="test masks",
-                           unit="img")
+        found = dict(zip(alone, thread_map(lambda i: mask_codes(i, final(i), meta["classes"], meta["submission"], masks),
+                                           alone, max_workers=HOST_THREADS, desc="test masks", unit="img"))) if alone else {}
+        for codes in thread_map(lambda c: case_codes(c, masks), list(cases), max_workers=HOST_THREADS,
+                                desc="test volumes", unit="case"):
+            found.update(codes)
     for old in {p.stem for p in (folder / "masks").glob("*.png")} - set(test):
         (folder / "masks" / f"{old}.png").unlink()
-    text, said = submission_text(dict(zip(test, found)), meta["classes"], meta["submission"], sample)
+    text, said = submission_text({i: found[i] for i in test}, meta["classes"], meta["submission"], sample)
     if said:
         print(f"ensemble: {said}")
     write_atomic(folder / "submission.csv", text)
-
-
-def write_volumes(folder: Path, test: dict, dataset_dir: Path, meta: dict) -> int:
-    """A volume dataset's test masks stacked back into their cases: volumes/<case>.nii.gz with the source's header
-    (so its affine), class indices (binary: 0 and 1). Returns the number of cases written."""
-    cases = {case: ids for case, ids in volume_scores.case_slices(load_index(dataset_dir)).items() if set(ids) <= set(test)}
-    records, axis = volume_scores.read_records(dataset_dir), meta["volumes"]["axis"]
-    for case, ids in tqdm(cases.items(), desc="test volumes", unit="case"):
-        labels = volumes.stack([read_image(folder / "masks" / f"{i}.png") for i in ids], axis, records[case]["shape"])
-        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", labels // 255 if len(meta["classes"]) == 2 else labels,
-                           records[case]["header"])
     return len(cases)
+
+
+def test_cases(dataset_dir: Path, meta: dict, test: dict) -> dict:
+    """{case: its slice ids in order} of a volume dataset's cases whose every slice is among the test images; {}
+    for images."""
+    if "volumes" not in meta:
+        return {}
+    return {case: ids for case, ids in volume_scores.case_slices(load_index(dataset_dir)).items() if set(ids) <= set(test)}
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ def version(name: str) -> str | None:
 
 def requirements(kind: str, window: bool = False, volumes: bool = False) -> list:
     """Exact versions of what the package imports, as installed here (where its parity was checked); MONAI where a
-    model predicts by sliding window (portable/sliding.py), nibabel where it reads volumes (portable/volumes.py)."""
+    model predicts by sliding window (portable/sliding.py), nibabel and scipy (its 3D post-processing) where it reads
+    volumes (portable/volumes.py)."""
     opencv = next((name for name in OPENCV if version(name)), OPENCV[0])
     return [f"{name}=={version(name)}" for name in [*NEEDS[kind], *(["monai"] if window else []),
-                                                     *(["nibabel"] if volumes else []), *COMMON, opencv]
+                                                     *(["nibabel", "scipy"] if volumes else []), *COMMON, opencv]
             if version(name)]
 
 

@@ -49,16 +49,37 @@ def case_scores(pred: np.ndarray, target: np.ndarray, classes: list, spacing: tu
     return rows
 
 
-def volume_table(mask_of, target_of, cases: dict, records: dict, axis: int, classes: list) -> pd.DataFrame:
+def volume_table(mask_of, target_of, cases: dict, records: dict, axis: int, classes: list,
+                 largest_of=lambda case: []) -> pd.DataFrame:
     """Scores of every case whose slices mask_of and target_of give (id -> class map at the slice's size): one row per
-    case and foreground label."""
+    case and foreground label. largest_of: the labels of a case whose largest 3D component alone is kept."""
     rows = []
     for case, ids in cases.items():
         shape, spacing = records[case]["shape"], records[case]["spacing"]
-        pred = volumes.stack([mask_of(i) for i in ids], axis, shape)
+        pred = volumes.keep_largest(volumes.stack([mask_of(i) for i in ids], axis, shape), largest_of(case))
         target = volumes.stack([target_of(i) for i in ids], axis, shape)
         rows += [{"case": case, **row} for row in case_scores(pred, target, classes, spacing)]
     return pd.DataFrame(rows)
+
+
+def largest_candidates(mask_of, target_of, cases: dict, records: dict, axis: int, classes: list) -> pd.DataFrame:
+    """What nnU-Net's 3D post-processing is chosen on: per case and foreground label, its 3D Dice as predicted
+    ("plain") and with only the label's largest component kept ("largest")."""
+    rows = []
+    for case, ids in cases.items():
+        shape = records[case]["shape"]
+        pred = volumes.stack([mask_of(i) for i in ids], axis, shape)
+        target = volumes.stack([target_of(i) for i in ids], axis, shape)
+        for label in range(1, len(classes)):
+            true = target == label
+            rows.append({"case": case, "label": label, "plain": volume_dice(pred == label, true),
+                         "largest": volume_dice(volumes.keep_largest(pred, [label]) == label, true)})
+    return pd.DataFrame(rows)
+
+
+def volume_dice(pred: np.ndarray, true: np.ndarray) -> float:
+    tp = int(np.count_nonzero(pred & true))
+    return dice_iou([tp], [int(np.count_nonzero(pred)) - tp], [int(np.count_nonzero(true)) - tp])[0].item()
 
 
 def summary(table: pd.DataFrame) -> dict:

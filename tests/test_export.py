@@ -22,7 +22,7 @@ from src.portable.images import read_image, write_png
 PORTABLE = ROOT / "src" / "portable"
 # What a package may import: its own portable/ (relatively), the standard library, and its requirements.txt.
 ALLOWED = {"cv2", "numpy", "PIL", "torch", "ttach", "segmentation_models_pytorch", "timm", "safetensors",
-           "tqdm", "pydicom", "tifffile", "onnxruntime", "monai", "nibabel"}
+           "tqdm", "pydicom", "tifffile", "onnxruntime", "monai", "nibabel", "scipy"}
 
 
 def run_package(package: Path, cwd: Path, *flags) -> subprocess.CompletedProcess:

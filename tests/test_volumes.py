@@ -18,7 +18,7 @@ import train
 from conftest import TINY, infer_args, paths, prepare
 from src.portable import volumes
 from src.cache import context_problem, open_cache
-from src.volume_scores import case_scores, case_slices, read_records, volume_table
+from src.volume_scores import case_scores, case_slices, largest_candidates, read_records, volume_table
 
 SPACING = (0.8, 0.7, 3.0)  # anisotropic: slices are cut across axis 2, the lowest resolution
 
@@ -74,6 +74,29 @@ def test_slices_padded_and_stacked_back_are_the_identity_and_the_axis_is_the_low
         assert np.array_equal(volumes.stack(list(cut), axis, volume.shape), volume)
         maps = np.stack([cut, cut // 2], axis=1)  # class maps: the leading axis kept
         assert np.array_equal(volumes.stack(list(maps), axis, volume.shape)[1], volume // 2)
+
+
+def test_the_3d_step_keeps_each_chosen_labels_largest_component_and_the_slices_follow_the_volume():
+    """nnU-Net's post-processing: a chosen label's components in 3D (6-connected), the largest kept; the slice masks
+    the submission encodes are cut back from that volume, so a stray blob on another slice goes from both."""
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[0:3, 0:3, 0:2] = 1  # 18 voxels across slices 0 and 1 of axis 2
+    labels[5, 4, 3] = 1  # a stray voxel of label 1 on slice 3: its own component
+    labels[4:6, 0:2, 2] = 2  # label 2: two components, of 4 and 1 voxels
+    labels[5, 4, 0] = 2
+    cut = list(volumes.slices(labels, 2, (8, 8), 0))  # as the models see the slices: padded to 8 x 8
+    cut[1][0, 0] = 1  # a prediction in the padding, outside the volume: cropped away
+    volume, masks = volumes.finish_case(cut, 2, labels.shape, [1])
+    expected = labels.copy()
+    expected[5, 4, 3] = 0
+    assert np.array_equal(volume, expected)  # label 2, not chosen, keeps both of its components
+    assert np.array_equal(np.stack(masks), volumes.slices(expected, 2, (8, 8), 0))
+    assert np.array_equal(volumes.finish_case(cut, 2, labels.shape, [])[0], labels)  # nothing chosen: as stacked
+    # What the ensemble chooses on: against a truth without the stray voxel, only label 1 gains from the step.
+    truth = list(volumes.slices(expected, 2, (8, 8), 0))
+    table = largest_candidates(cut.__getitem__, truth.__getitem__, {"c": [0, 1, 2, 3]}, {"c": {"shape": labels.shape}},
+                               2, ["bg", "one", "two"]).set_index("label")
+    assert table.loc[1, "largest"] == 1 > table.loc[1, "plain"] and table.loc[2, "largest"] < table.loc[2, "plain"] == 1
 
 
 @pytest.mark.parametrize("kind", [nibabel.Nifti1Image, nibabel.Nifti2Image])
@@ -188,7 +211,11 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
         scores["volumes"]["models"]["ensemble"]["per_class"]) == {"outer", "inner"}
     assert scores["volumes"]["rules"]["context"] == {"unet-tu-test_resnet": 3}
     assert scores["best_interval"]["unit"] == "case" and scores["best_interval"]["units"] == 6  # bootstrap over cases
+    # nnU-Net's 3D step chosen per fold on the other fold's cases, and on all of them for the test volumes
+    assert all(isinstance(t["postprocess"]["largest_3d"], list) for t in scores["tuning_by_fold"].values())
+    assert set(scores["postprocess"]["largest_3d"]) <= {1, 2}
     board = (out / "tiny" / "leaderboard.md").read_text()
+    assert "; in 3D, " in board
     assert "In 3D over 6 cases" in board and "across the lowest resolution" in board and "context 3." in board
     assert json.loads((tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0" / "config.json").read_text())[
         "context"] == 3

@@ -9,6 +9,7 @@ A fold's TTA and post-processing read the other folds' images at that fold's own
 fold's level, fold f's choices would take in fold g's level, which was chosen on fold f's images among others.
 """
 import functools
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
-from src import runs as ledger
+from src import runs as ledger, volume_scores
+from src.canonical import load_index
 from src.metrics import image_dice
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
@@ -80,8 +82,11 @@ def choose(inputs, tune_size: int) -> Choices:
     def tuned(chosen: dict, weight_of: dict) -> PostProcessing:
         return tune_postprocessing(chosen, weight_of, masks_dir, task, inputs.image_ids, image_folds, tune_size)
 
-    alone = {run: tuned({run: choice}, {run: 1.0}) for run, choice in runs.items()}
-    return Choices(at_mode, runs, {**alone, "ensemble": tuned(runs, weights)}, weights, test)
+    models = {**{run: ({run: choice}, {run: 1.0}) for run, choice in runs.items()}, "ensemble": (runs, weights)}
+    post = {model: tuned(*model_runs) for model, model_runs in models.items()}  # each run alone, then the ensemble
+    if "volumes" in inputs.meta:
+        post = {model: with_3d_step(post[model], *models[model], inputs, image_folds) for model in post}
+    return Choices(at_mode, runs, post, weights, test)
 
 
 def best_by_fold(options: dict, dice, image_folds: np.ndarray) -> Choice:
@@ -155,3 +160,35 @@ def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, i
         chosen[read] = (postprocess.choose_by_fold(task, scores, image_folds),
                         postprocess.choose(task, scores) if read == read_for_test else None)
     return PostProcessing({f: chosen[read][0][f] for f, read in reads_of_fold.items()}, chosen[read_for_test][1])
+
+
+def with_3d_step(tuned: PostProcessing, runs: dict, weights: dict, inputs, image_folds: np.ndarray) -> PostProcessing:
+    """A volume dataset's post-processing with nnU-Net's 3D step, chosen as nnU-Net chooses it: a label's largest
+    component alone is kept (settings' "largest_3d") where that raises the label's mean 3D Dice over cases; for each
+    fold on the other folds' cases, read and post-processed as that fold's choices say, and for the test masks on
+    all of them. Each case lies in one fold (folds group slices by case)."""
+    fold_of = dict(zip(inputs.image_ids, image_folds.tolist()))
+    cases = {c: ids for c, ids in volume_scores.case_slices(load_index(inputs.dataset_dir)).items()
+             if all(i in fold_of for i in ids)}
+    case_fold = pd.Series({c: fold_of[ids[0]] for c, ids in cases.items()})
+    records, axis = volume_scores.read_records(inputs.dataset_dir), inputs.meta["volumes"]["axis"]
+    weight_list = [weights[run] for run in runs]
+
+    def target(image_id: str) -> np.ndarray:
+        return read_image(inputs.dataset_dir / "masks" / f"{image_id}.png")
+
+    @functools.cache  # a (read, settings) pair several folds share is scored once
+    def candidates(read: tuple, settings: str) -> pd.DataFrame:
+        def mask(image_id: str) -> np.ndarray:
+            weighted, size = ledger.read_maps([s.oof(image_id) for s in read], weight_list)
+            return postprocess.apply(mean_at(mean_maps(weighted), size), json.loads(settings))
+        return volume_scores.largest_candidates(mask, target, cases, records, axis, inputs.meta["classes"])
+
+    def step(read: tuple, settings: dict, on_cases) -> dict:
+        table = candidates(read, json.dumps(settings, sort_keys=True))
+        means = table[table["case"].isin(on_cases)].groupby("label")[["plain", "largest"]].mean()
+        return {**settings, "largest_3d": [int(label) for label, row in means.iterrows() if row["largest"] > row["plain"]]}
+
+    by_fold = {f: step(tuple(c.by_fold[f] for c in runs.values()), settings, case_fold.index[case_fold != f])
+               for f, settings in tuned.by_fold.items()}
+    return PostProcessing(by_fold, step(tuple(c.for_test for c in runs.values()), tuned.for_test, case_fold.index))

@@ -369,7 +369,16 @@ def hd95_cell(r: dict) -> str:
 
 
 def settings_text(settings: dict) -> str:
-    """'threshold 0.55, fill holes, min area 0.002, keep 2 largest' or 'argmax, min area per class 0, 0.0005'."""
+    """'threshold 0.55, fill holes, min area 0.002, keep 2 largest' or 'argmax, min area per class 0, 0.0005', then a
+    volume's 3D step: '; in 3D, the largest component of labels 1, 2'."""
+    largest = settings.get("largest_3d")
+    in_3d = "" if largest is None else "; in 3D, " + (
+        f"the largest component of label{'s' * (len(largest) > 1)} {', '.join(map(str, largest))}" if largest
+        else "all components kept")
+    return slice_settings_text(settings) + in_3d
+
+
+def slice_settings_text(settings: dict) -> str:
     if settings["task"] != "binary":
         return "argmax" + (", min area per class " + ", ".join(f"{a:g}" for a in settings["min_areas"])
                            if any(settings["min_areas"]) else "")

@@ -164,7 +164,8 @@ def mean_probabilities(weight_list: list):
 
 def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> dict:
     """A volume dataset's 3D scores of each model ({model: (runs, weights)}), its slices' OOF masks made as
-    postprocessed() makes them (each fold with its own choices) and stacked back into their cases."""
+    postprocessed() makes them (each fold with its own choices), stacked back into their cases and post-processed in
+    3D with the choice of the case's fold."""
     volumes_meta, classes = inputs.meta["volumes"], inputs.meta["classes"]
     scored = set(image_ids)
     cases = {c: ids for c, ids in volume_scores.case_slices(load_index(inputs.dataset_dir)).items()
@@ -185,7 +186,9 @@ def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> 
             fold = fold_of[image_id]
             read = tuple(c.by_fold[fold] for c in runs.values())
             return postprocess.apply(probabilities(image_id, read), tuned[model].by_fold[fold])
-        table = volume_scores.volume_table(mask, target, cases, records, volumes_meta["axis"], classes)
+        def largest(case: str) -> list:  # the 3D step of the case's fold
+            return tuned[model].by_fold[fold_of[cases[case][0]]].get("largest_3d", [])
+        table = volume_scores.volume_table(mask, target, cases, records, volumes_meta["axis"], classes, largest)
         out["models"][model] = volume_scores.summary(table)
     return out
 

@@ -17,7 +17,7 @@ from .images import as_size
 from .maps import final_mask, uint8_maps
 from .predictor import Model, file_batches, image_files, predict
 from .submission import mask_codes, read_sample, staged, submission_text
-from .volumes import stack, volume_batches, volume_files, write_mask
+from .volumes import finish_case, volume_batches, volume_files, write_mask
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
 
@@ -155,7 +155,8 @@ def predict_all(models: list, manifest: dict, paths: list, batch_size: int, mask
     """{image id: its masks' run-length encodings (submission.mask_codes)}, each mask written to masks_dir where
     given: every image through every model (predictor.predict), its maps averaged and post-processed as ensemble.py
     does (maps.final_mask). A package of volumes reads NIfTI files as prepare cut them (volumes.volume_batches): its
-    images are their slices, and each case's slice masks are stacked into volumes_dir/<case>.nii.gz."""
+    images are their slices, and each case's slice masks are stacked into volumes_dir/<case>.nii.gz after the 3D step
+    (volumes.finish_case), which its slices' masks and codes then follow."""
     codes, geometry, case_masks = {}, {}, {}
     if "volumes" in manifest:
         batches = volume_batches(paths, manifest["volumes"], manifest["models"][0]["context"], batch_size, geometry)
@@ -165,12 +166,17 @@ def predict_all(models: list, manifest: dict, paths: list, batch_size: int, mask
         for image_id, size, maps in predict(models, batches, "predict"):
             final = final_mask([(prob, model.weight) for prob, model in zip(maps, models)], size,
                                manifest["postprocess"])
-            codes[image_id] = mask_codes(image_id, final, manifest["classes"], manifest["submission"], masks)
-            if geometry:
-                case = image_id.rsplit("_", 1)[0]
-                case_masks.setdefault(case, []).append(final)
-                shape, header = geometry[case]
-                if len(case_masks[case]) == shape[manifest["volumes"]["axis"]]:  # its last slice: write, let go
-                    write_mask(volumes_dir / f"{case}.nii.gz", stack(case_masks.pop(case), manifest["volumes"]["axis"],
-                                                                      shape), header)
+            if not geometry:
+                codes[image_id] = mask_codes(image_id, final, manifest["classes"], manifest["submission"], masks)
+                continue
+            case = image_id.rsplit("_", 1)[0]
+            case_masks.setdefault(case, []).append((image_id, final))
+            shape, header = geometry[case]
+            if len(case_masks[case]) == shape[manifest["volumes"]["axis"]]:  # its last slice: the 3D step, write
+                ids, finals = zip(*case_masks.pop(case))
+                labels, slice_masks = finish_case(list(finals), manifest["volumes"]["axis"], shape,
+                                                  manifest["postprocess"].get("largest_3d", []))
+                write_mask(volumes_dir / f"{case}.nii.gz", labels, header)
+                for i, mask in zip(ids, slice_masks):
+                    codes[i] = mask_codes(i, mask, manifest["classes"], manifest["submission"], masks)
     return codes

@@ -93,6 +93,8 @@ def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
     return classes
 
 
+SLICE_FREE = ("task", "largest_3d")  # settings that are not a slice's: largest_3d is a volume's (volumes.keep_largest)
+
 # No post-processing: threshold 0.5 (binary) or argmax (multiclass).
 PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []}}
 
@@ -100,7 +102,7 @@ PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass":
 def apply(probs: np.ndarray, settings: dict) -> np.ndarray:
     """Probabilities (C x H x W, floats in [0, 1]) -> final class map with the chosen settings."""
     if settings["task"] == "binary":
-        return apply_binary(probs[0], BinarySettings(**{k: v for k, v in settings.items() if k != "task"}))
+        return apply_binary(probs[0], BinarySettings(**{k: v for k, v in settings.items() if k not in SLICE_FREE}))
     return apply_multiclass(probs, settings["min_areas"])
 
 

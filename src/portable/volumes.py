@@ -9,7 +9,9 @@ Rules, each printed by prepare where it applies:
 - storage: uint8 = Z_ZERO + LEVELS_PER_SD * z, rounded and clipped, so the uint8 cache, the augmentations and the
   models' ImageNet normalisation stay as they are for 2D images (a fixed affine map of z for the model);
 - slices are padded, never resized, to the dataset's slice size (images with z = 0, as nnU-Net pads, labels with 0),
-  the slice centred; predictions are cropped back before stacking.
+  the slice centred; predictions are cropped back before stacking;
+- post-processing in 3D, as nnU-Net's: for each label the ensemble chose on OOF cases, only its largest connected
+  component in the case is kept (6-connected, scipy.ndimage.label's default, as nnU-Net labels).
 """
 import io
 from pathlib import Path
@@ -127,6 +129,27 @@ def stack(slice_maps: list, axis: int, shape: tuple) -> np.ndarray:
     top, left = padding(in_plane, slice_maps[0].shape[-2:])
     cropped = [m[..., top:top + in_plane[0], left:left + in_plane[1]] for m in slice_maps]
     return np.stack(cropped, axis=axis + cropped[0].ndim - 2)
+
+
+def keep_largest(labels: np.ndarray, which: list) -> np.ndarray:
+    """A label volume with only the largest 3D component of each label in which; the others become background."""
+    if not which:
+        return labels
+    from scipy import ndimage  # here: 2D datasets and packages never need it
+    kept = labels.copy()
+    for label in which:
+        components, count = ndimage.label(labels == label)
+        if count > 1:
+            largest = np.bincount(components.ravel())[1:].argmax() + 1
+            kept[(components > 0) & (components != largest)] = 0
+    return kept
+
+
+def finish_case(slice_masks: list, axis: int, shape: tuple, largest: list) -> tuple:
+    """A case's post-processed slice masks (class indices, at the padded slice size) -> (its label volume after the 3D
+    step, the slice masks cut back from that volume): the NIfTI mask and the submission's slices agree."""
+    labels = keep_largest(stack(slice_masks, axis, shape), largest)
+    return labels, list(slices(labels, axis, slice_masks[0].shape, 0))
 
 
 def header_text(image) -> str:

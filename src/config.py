@@ -70,7 +70,8 @@ class Config:
                          "patches of this side from the --size images, validation and prediction slide a window of "
                          "it over them (MONAI, Gaussian weights); 0 or a square --size: the whole image, as without it")
     foreground_patches: float = knob(0.33, "--patch: the share of patches drawn around a foreground pixel (albumentations' "
-                                           "CropNonEmptyMaskIfExists), the rest anywhere (nnU-Net's 1/3)")
+                                           "CropNonEmptyMaskIfExists), the rest anywhere (nnU-Net's 1/3); a volume "
+                                           "dataset's slices: the least share drawn that shows foreground")
     patches_per_image: int = knob(1, "--patch: patches drawn from each training image an epoch")
     overlap: float = knob(0.5, "--patch: sliding-window overlap of neighbouring windows, in [0, 1); changes predictions, "
                                "not weights")
@@ -238,17 +239,18 @@ def patch_problem(cfg: Config, stride: int | None = None) -> str | None:
         return f"--overlap {cfg.overlap:g} is outside [0, 1): give the share of a window its neighbour covers, e.g. 0.5"
     if cfg.sw_batch_size < 1:
         return f"--sw-batch-size {cfg.sw_batch_size}: give at least 1 window per forward pass"
+    if not 0 <= cfg.foreground_patches <= 1:
+        return f"--foreground-patches {cfg.foreground_patches:g} is a share of the patches: give it in [0, 1]"
     if not cfg.tiles:
-        if cfg.patches_per_image != 1 or cfg.foreground_patches != 0.33:
+        slices = (cfg.dataset_dir / "volumes.json").exists()  # a volume dataset's slices: drawn by the same share
+        if cfg.patches_per_image != 1 or (cfg.foreground_patches != 0.33 and not slices):
             return ("--patches-per-image and --foreground-patches choose patches, which only a --patch below --size "
-                    "draws; drop them or give --patch")
+                    "draws (--foreground-patches also a volume dataset's slices); drop them or give --patch")
         return None
     if stride and cfg.patch % stride:
         below, above = cfg.patch // stride * stride, (cfg.patch // stride + 1) * stride
         return (f"--patch {cfg.patch} is not a multiple of {stride}, the factor encoder {cfg.encoder} reduces its input "
                 f"by; use {f'{below} or ' if below else ''}{above}")
-    if not 0 <= cfg.foreground_patches <= 1:
-        return f"--foreground-patches {cfg.foreground_patches:g} is a share of the patches: give it in [0, 1]"
     if cfg.patches_per_image < 1:
         return f"--patches-per-image {cfg.patches_per_image}: give at least 1"
     return None

@@ -18,9 +18,14 @@ class CachedSegmentation(Dataset):
     (--patches-per-image); the first keeps that seed, the k-th further one adds k to it.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, rows, augmentation=None, seed: int = 0, draws: int = 1):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, rows, augmentation=None, seed: int = 0, draws: int = 1,
+                 foreground: tuple | None = None):
+        """foreground: (the rows of slices that show some foreground, the probability that an empty slice drawn is
+        swapped for one of them, seeded as the augmentation is): foreground_draws()."""
         self.images, self.masks, self.rows = images, masks, np.asarray(rows)
         self.augmentation, self.seed, self.draws = augmentation, seed, draws
+        self.foreground_rows, self.swap = foreground or (np.empty(0, int), 0.0)
+        self.shows_foreground = set(self.foreground_rows.tolist())
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent worker processes
 
     @property
@@ -37,6 +42,10 @@ class CachedSegmentation(Dataset):
     def __getitem__(self, i):
         draw, row = divmod(i, len(self.rows))
         row = int(self.rows[row])
+        if self.swap and row not in self.shows_foreground:
+            rng = np.random.default_rng(zlib.crc32(f"{self.seed}/{self.epoch}/{row}/{draw}/foreground".encode()))
+            if rng.random() < self.swap:
+                row = int(rng.choice(self.foreground_rows))
         image, mask = np.array(self.images[row]), np.array(self.masks[row])  # writable copies of the memory map
         if self.augmentation is not None:
             key = f"{self.seed}/{self.epoch}/{row}" + (f"/{draw}" if draw else "")
@@ -44,6 +53,21 @@ class CachedSegmentation(Dataset):
             out = self.augmentation(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return channels_first(image), torch.from_numpy(np.ascontiguousarray(mask)), row
+
+
+def foreground_draws(masks: np.ndarray, rows, share: float) -> tuple:
+    """A volume dataset's slices drawn as nnU-Net draws 2D patches (oversample_foreground_percent): at least `share`
+    of the slices an epoch show foreground. (foreground rows, the swap probability that lifts their share f to `share`:
+    (share - f) / (1 - f), 0 where f is already there), and the rule in words."""
+    rows = np.asarray(rows)
+    shows = masks[rows].reshape(len(rows), -1).any(axis=1)
+    found = shows.mean() if len(rows) else 0.0
+    swap = (share - found) / (1 - found) if 0 < found < share else 0.0
+    rule = (f"slices: {found:.0%} of the training slices show foreground, "
+            + (f"so {swap:.0%} of the empty ones drawn are swapped for a foreground one: {share:.0%} show it, as "
+               f"--foreground-patches asks (nnU-Net's share for 2D patches)" if swap else
+               f"at least the {share:.0%} --foreground-patches asks (nnU-Net's share for 2D patches): drawn as they are"))
+    return (rows[shows], swap), rule
 
 
 def channels_first(image: np.ndarray) -> torch.Tensor:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from src.augment import training_augmentation
 from src.cache import input_channels, open_cache
-from src.data import CachedSegmentation, default_workers, make_loader
+from src.data import CachedSegmentation, default_workers, foreground_draws, make_loader
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import create_model, head_weights
@@ -96,8 +96,12 @@ def set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretraine
     images, masks = open_arrays(cfg, accelerator)
     workers = default_workers(cfg.workers, accelerator.num_processes)
     augmentation = training_augmentation(cfg, meta)  # a patch of each image first, for a run trained on patches
+    foreground = None
+    if "volumes" in meta and not cfg.tiles:  # slices drawn as nnU-Net draws 2D patches; patches crop by the same share
+        foreground, rule = foreground_draws(masks, train_rows, cfg.foreground_patches)
+        accelerator.print(rule)
     train_set = CachedSegmentation(images, masks, train_rows, augmentation, seed=cfg.seed,
-                                   draws=cfg.patches_per_image if cfg.tiles else 1)
+                                   draws=cfg.patches_per_image if cfg.tiles else 1, foreground=foreground)
     train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=workers)
     valid_loader, inner_loader = (make_loader(CachedSegmentation(images, masks, rows), cfg.batch_size, False, workers)
                                   if len(rows) else None for rows in (valid_rows, inner_rows))

@@ -18,6 +18,7 @@ import train
 from conftest import TINY, infer_args, paths, prepare
 from src.portable import volumes
 from src.cache import context_problem, open_cache
+from src.data import CachedSegmentation, foreground_draws
 from src.volume_scores import case_scores, case_slices, largest_candidates, read_records, volume_table
 
 SPACING = (0.8, 0.7, 3.0)  # anisotropic: slices are cut across axis 2, the lowest resolution
@@ -74,6 +75,25 @@ def test_slices_padded_and_stacked_back_are_the_identity_and_the_axis_is_the_low
         assert np.array_equal(volumes.stack(list(cut), axis, volume.shape), volume)
         maps = np.stack([cut, cut // 2], axis=1)  # class maps: the leading axis kept
         assert np.array_equal(volumes.stack(list(maps), axis, volume.shape)[1], volume // 2)
+
+
+def test_empty_slices_are_swapped_for_foreground_ones_up_to_the_share_asked():
+    """nnU-Net's oversample_foreground_percent for 2D: at least --foreground-patches of the slices drawn show some
+    foreground; a set already above it is drawn as it is. Seeded by (seed, epoch, row): a resumed run draws alike."""
+    masks = np.zeros((100, 4, 4), np.uint8)
+    masks[:10, 1, 1] = 1  # 10% of the slices show foreground
+    images = np.zeros((100, 4, 4), np.uint8)
+    rows = np.arange(100)
+    foreground, rule = foreground_draws(masks, rows, 0.5)
+    assert foreground[1] == pytest.approx(4 / 9) and "10% of the training slices" in rule and "50% show it" in rule
+    data = CachedSegmentation(images, masks, rows, foreground=foreground)
+    shares = []
+    for epoch in range(20):
+        data.epoch = epoch
+        shares.append(np.mean([data[i][1].any().item() for i in range(100)]))
+    assert 0.45 < np.mean(shares) < 0.55
+    assert [data[i][2] for i in range(100)] == [data[i][2] for i in range(100)]  # the same draw each time asked
+    assert foreground_draws(masks, rows, 0.05)[0][1] == 0 and "drawn as they are" in foreground_draws(masks, rows, 0.05)[1]
 
 
 def test_the_3d_step_keeps_each_chosen_labels_largest_component_and_the_slices_follow_the_volume():
@@ -201,6 +221,7 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     for fold in (0, 1):
         train.main([*tiny, "--dataset", "tiny", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold",
                     str(fold)])
+    assert "of the training slices show foreground" in capsys.readouterr().out  # the slices' rule, stated
     infer.main([*infer_args(tmp_path, "tiny"), "--tta", "none"])
     assert "in 3D over 6 cases (slices stacked back, raw): Dice" in capsys.readouterr().out
     out = tmp_path / "ensemble"

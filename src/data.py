@@ -60,12 +60,14 @@ def foreground_draws(masks: np.ndarray, rows, share: float) -> tuple:
     of the slices an epoch show foreground. (foreground rows, the swap probability that lifts their share f to `share`:
     (share - f) / (1 - f), 0 where f is already there), and the rule in words."""
     rows = np.asarray(rows)
-    shows = masks[rows].reshape(len(rows), -1).any(axis=1)
+    shows = np.concatenate([masks[rows[k:k + 1024]].reshape(len(rows[k:k + 1024]), -1).any(axis=1)
+                            for k in range(0, len(rows), 1024)] or [np.zeros(0, bool)])  # a CT cache is large
     found = shows.mean() if len(rows) else 0.0
     swap = (share - found) / (1 - found) if 0 < found < share else 0.0
     rule = (f"slices: {found:.0%} of the training slices show foreground, "
             + (f"so {swap:.0%} of the empty ones drawn are swapped for a foreground one: {share:.0%} show it, as "
                f"--foreground-patches asks (nnU-Net's share for 2D patches)" if swap else
+               "none to draw more often: drawn as they are" if not found else
                f"at least the {share:.0%} --foreground-patches asks (nnU-Net's share for 2D patches): drawn as they are"))
     return (rows[shows], swap), rule
 

@@ -137,7 +137,7 @@ def test_cases(dataset_dir: Path, meta: dict, test: dict) -> dict:
     for images."""
     if "volumes" not in meta:
         return {}
-    return {case: ids for case, ids in volume_scores.case_slices(load_index(dataset_dir)).items() if set(ids) <= set(test)}
+    return volume_scores.case_slices(load_index(dataset_dir), test)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def print_summary(name: str, scores: pd.DataFrame, table: pd.DataFrame) -> None:
 def volume_table(oof_folder: Path, dataset_dir: Path, meta: dict, index: pd.DataFrame, scored: set) -> pd.DataFrame:
     """A volume dataset's OOF cases in 3D, raw (no post-processing): one row per case and label (src.volume_scores)
     over the cases whose every slice is in `scored`."""
-    cases = {c: ids for c, ids in volume_scores.case_slices(index).items() if set(ids) <= scored}
+    cases = volume_scores.case_slices(index, scored)
     files = ledger.prediction_files(oof_folder)
 
     def mask(image_id: str):

@@ -13,10 +13,15 @@ from src.portable import volumes
 from src.stats import mean_interval
 
 
-def case_slices(index: pd.DataFrame) -> dict:
-    """{case: its slice ids in slice order} of a volume dataset's index.csv."""
+def case_slices(index: pd.DataFrame, among=None) -> dict:
+    """{case: its slice ids in slice order} of a volume dataset's index.csv; among (ids): only the cases whose every
+    slice is among them."""
     ordered = index.sort_values(["case", "slice"])
-    return {case: list(rows["id"]) for case, rows in ordered.groupby("case", sort=True)}
+    cases = {case: list(rows["id"]) for case, rows in ordered.groupby("case", sort=True)}
+    if among is None:
+        return cases
+    among = set(among)
+    return {case: ids for case, ids in cases.items() if among.issuperset(ids)}
 
 
 def read_records(dataset_dir: Path) -> dict:

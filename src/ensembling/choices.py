@@ -168,8 +168,7 @@ def with_3d_step(tuned: PostProcessing, runs: dict, weights: dict, inputs, image
     fold on the other folds' cases, read and post-processed as that fold's choices say, and for the test masks on
     all of them. Each case lies in one fold (folds group slices by case)."""
     fold_of = dict(zip(inputs.image_ids, image_folds.tolist()))
-    cases = {c: ids for c, ids in volume_scores.case_slices(load_index(inputs.dataset_dir)).items()
-             if all(i in fold_of for i in ids)}
+    cases = volume_scores.case_slices(load_index(inputs.dataset_dir), fold_of)
     case_fold = pd.Series({c: fold_of[ids[0]] for c, ids in cases.items()})
     records, axis = volume_scores.read_records(inputs.dataset_dir), inputs.meta["volumes"]["axis"]
     weight_list = [weights[run] for run in runs]

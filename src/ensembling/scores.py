@@ -167,9 +167,7 @@ def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> 
     postprocessed() makes them (each fold with its own choices), stacked back into their cases and post-processed in
     3D with the choice of the case's fold."""
     volumes_meta, classes = inputs.meta["volumes"], inputs.meta["classes"]
-    scored = set(image_ids)
-    cases = {c: ids for c, ids in volume_scores.case_slices(load_index(inputs.dataset_dir)).items()
-             if set(ids) <= scored}
+    cases = volume_scores.case_slices(load_index(inputs.dataset_dir), image_ids)
     records = volume_scores.read_records(inputs.dataset_dir)
 
     def target(image_id: str) -> np.ndarray:

@@ -27,6 +27,7 @@ from pathlib import Path
 from src import packaging
 from src.canonical import image_file, load_index, load_meta
 from src.portable.predictor import image_files
+from src.portable.volumes import channel_files
 from src.volume_scores import read_records
 
 
@@ -157,7 +158,11 @@ def images_of(written: Path, part: str, selection: dict, scores: dict, args) -> 
                                             f"each case's source file that parity is checked on: prepare the dataset "
                                             f"again (python -m src.prepare ... --overwrite; the same seed writes the same "
                                             f"folds)")
-            return {case: Path(records[case]["file"]) for case in sorted(set(index.loc[ids, "case"]))}
+            channels = load_meta(dataset_dir)["channels"]  # several: nnU-Net v2's <case>_0000 ... each linked
+            files = {case: channel_files(Path(records[case]["file"]), channels)
+                     for case in sorted(set(index.loc[ids, "case"]))}
+            return {case if len(paths) == 1 else f"{case}_{k:04d}": path
+                    for case, paths in files.items() for k, path in enumerate(paths)}
         return {i: image_file(dataset_dir, index.loc[i]) for i in ids}
     run, summary = next(iter(scores["runs"].items()))
     folder = Path(packaging.test_set(run, summary, selection, args.dataset).provenance["sets"][args.set]["images"])

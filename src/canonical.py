@@ -7,7 +7,8 @@ data/<name>/
                        spacing add spacing_row_mm, spacing_col_mm (mm between rows, between columns; read with
                        spacing_of), empty for the other images
   images/<id>.<ext>    original size: the source file as it is where it is 8-bit PNG/JPEG/TIFF/BMP (read_image then
-                       to_channels give the dataset's form), else (DICOM, 16-bit, arrays) the converted PNG
+                       to_channels give the dataset's form), else (DICOM, 16-bit, arrays) the converted PNG, or
+                       .npy (H x W x C uint8) where C is neither 1 nor 3: a volume's slice of several modalities
   masks/<id>.png       one class index per pixel (0 background), train rows only
   cache/<size>/images.npy, masks.npy   uint8 arrays resized to the working size (N, or HxW), rows in index.csv order
   volumes.json         volumes only: each case's shape, spacing, split and NIfTI header; its slices are the images
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from src.portable.dicom import pixel_spacing
 from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize, sides,
-                                 size_text, to_channels, write_png)
+                                 size_text, to_channels, write_npy, write_png)
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.portable.problems import InputError, Problem
 from src.portable.submission import default_format
@@ -139,7 +140,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size, source_name: str,
         files = sum(1 for sample in source.samples if sample.file)
         print("converted: " + (", ".join(f"{n} {kind}" for kind, n in conversions.most_common()) or "nothing")
               + (f"; {kept} of {files} image files kept as they are" if files else "")
-              + (f"; {len(rows) - kept} images written as PNG" if len(rows) > kept else ""))
+              + (f"; {len(rows) - kept} images written as {'PNG' if source.channels in (1, 3) else '.npy'}"
+                 if len(rows) > kept else ""))
         for sentence in binarised_sentences(binarised):
             print(sentence)
         index = pd.DataFrame(rows)
@@ -187,7 +189,8 @@ def _convert_all(source: Source, tmp: Path, size, problems: list, workers: int) 
         position, sample = position_sample
         try:
             image, mask = sample.load()
-            done = [f"{mode(image)} -> {target}"] if mode(image) != target else []
+            as_is = image.ndim == 3 and image.shape[2] == source.channels  # colour, or a volume's modalities
+            done = [f"{mode(image)} -> {target}"] if mode(image) != target and not as_is else []
             depth = bit_depth(sample.file) if sample.file else "array"
             if depth not in ("8-bit", "array"):
                 done.append(f"{depth} -> 8-bit")
@@ -198,9 +201,12 @@ def _convert_all(source: Source, tmp: Path, size, problems: list, workers: int) 
                 file = f"images/{sample.id}{sample.file.suffix.lower()}"
                 shutil.copyfile(sample.file, tmp / file)
                 done.append("kept as is")
-            else:
+            elif source.channels in (1, 3):
                 file = f"images/{sample.id}.png"
                 write_png(tmp / file, image)
+            else:  # channels PNG cannot hold as they are
+                file = f"images/{sample.id}.npy"
+                write_npy(tmp / file, image)
             row = {"id": sample.id, "file": file, "split": sample.split, "height": image.shape[0],
                    "width": image.shape[1], "group": sample.group, **sample.extra}
             spacing = pixel_spacing(sample.file) if depth == "DICOM" else None

@@ -3,6 +3,7 @@ scored in 3D with the voxel spacing and written as NIfTI masks with the source's
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel
 import numpy as np
@@ -45,20 +46,34 @@ def case(rng, shape=(20, 14, 5)) -> tuple:
     return image, labels
 
 
-def volume_set(root, cases=6, tests=2) -> dict:
+def volume_set(root, cases=6, tests=2, modalities=("MRI",), layout="decathlon") -> dict:
+    """A Decathlon folder of tiny cases (a 4D image, channels last, for several modalities), or nnU-Net v2's layout
+    (one <case>_000k file per channel)."""
     rng = np.random.default_rng(0)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (root / sub).mkdir(parents=True)
     for k in range(cases + tests):
         image, labels = case(rng, (20 + k % 3, 14, 5))
+        channels = [image, *[(rng.normal(50, 5, image.shape) + 40.0 * (labels == 2)).astype(np.float32)
+                             for _ in modalities[1:]]]  # another contrast: the inner label brighter
         split = "Tr" if k < cases else "Ts"
-        write(root / f"images{split}" / f"vol_{k:03d}.nii.gz", image)
+        if layout == "nnunet":
+            for c in range(len(modalities)):
+                write(root / f"images{split}" / f"vol_{k:03d}_{c:04d}.nii.gz", channels[c])
+        else:
+            write(root / f"images{split}" / f"vol_{k:03d}.nii.gz",
+                  image if len(modalities) == 1 else np.stack(channels, axis=-1))
         if k < cases:
             write(root / "labelsTr" / f"vol_{k:03d}.nii.gz", labels)
-    description = {"name": "tiny", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "outer", "2": "inner"},
-                   "training": [{"image": f"./imagesTr/vol_{k:03d}.nii.gz", "label": f"./labelsTr/vol_{k:03d}.nii.gz"}
-                                for k in range(cases)],
-                   "test": [f"./imagesTs/vol_{k:03d}.nii.gz" for k in range(cases, cases + tests)]}
+    if layout == "nnunet":
+        description = {"channel_names": dict(enumerate(modalities)), "file_ending": ".nii.gz",
+                       "labels": {"background": 0, "outer": 1, "inner": 2}, "numTraining": cases}
+    else:
+        description = {"name": "tiny", "modality": {str(c): m for c, m in enumerate(modalities)},
+                       "labels": {"0": "background", "1": "outer", "2": "inner"},
+                       "training": [{"image": f"./imagesTr/vol_{k:03d}.nii.gz", "label": f"./labelsTr/vol_{k:03d}.nii.gz"}
+                                    for k in range(cases)],
+                       "test": [f"./imagesTs/vol_{k:03d}.nii.gz" for k in range(cases, cases + tests)]}
     (root / "dataset.json").write_text(json.dumps(description))
     return description
 
@@ -214,10 +229,11 @@ def test_nnunet_v2_regions_are_refused_until_overlapping_labels_are_read(tmp_pat
 
 
 def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path, capsys):
-    volume_set(tmp_path / "Task99_Tiny")
-    prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "2")
+    root = tmp_path / "Dataset003_Tiny"  # two modalities in nnU-Net v2's channel files: 2 channels per slice
+    volume_set(root, modalities=("T2", "ADC"), layout="nnunet")
+    prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2")
     tiny = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "1",
-            "--context", "3"]  # 2.5D: a slice and its two neighbours as channels, through training, infer, ensemble
+            "--context", "3"]  # 2.5D: a slice and its two neighbours, 2 x 3 channels, through training, infer, ensemble
     for fold in (0, 1):
         train.main([*tiny, "--dataset", "tiny", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--fold",
                     str(fold)])
@@ -238,22 +254,25 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     board = (out / "tiny" / "leaderboard.md").read_text()
     assert "; in 3D, " in board
     assert "In 3D over 6 cases" in board and "across the lowest resolution" in board and "context 3." in board
-    assert json.loads((tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0" / "config.json").read_text())[
-        "context"] == 3
+    run_dir = tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0"
+    assert json.loads((run_dir / "config.json").read_text())["context"] == 3
+    first_conv = next(w for w in torch.load(next(run_dir.glob("*.pt")), weights_only=True).values() if w.ndim == 4)
+    assert first_conv.shape[1] == 6  # 2 modalities x 3 slices
     export.main(["--dataset", "tiny", *paths(tmp_path), "--ensemble-dir", str(out), "--out-dir", str(tmp_path / "export")])
     assert "parity: 10 of 10 test masks identical" in capsys.readouterr().out  # the 2 test cases' 10 slices
     package = tmp_path / "export" / "tiny"
     assert "nibabel==" in (package / "requirements.txt").read_text()
+    assert json.loads((package / "manifest.json").read_text())["volumes"]["modality"] == ["T2", "ADC"]
     cases = tmp_path / "new-cases"
     cases.mkdir()
-    for k in (6, 7):
-        (cases / f"vol_{k:03d}.nii.gz").symlink_to(tmp_path / "Task99_Tiny" / "imagesTs" / f"vol_{k:03d}.nii.gz")
+    for k, c in ((6, 0), (6, 1), (7, 0), (7, 1)):
+        (cases / f"vol_{k:03d}_{c:04d}.nii.gz").symlink_to(root / "imagesTs" / f"vol_{k:03d}_{c:04d}.nii.gz")
     done = subprocess.run([sys.executable, "-I", str(package / "predict.py"), "--images", str(cases), "--out",
                            str(tmp_path / "run" / "submission.csv")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "submission.csv").read_text() == (out / "tiny" / "submission.csv").read_text()
     for k in (6, 7):
-        source = nibabel.load(str(tmp_path / "Task99_Tiny" / "imagesTs" / f"vol_{k:03d}.nii.gz"))
+        source = nibabel.load(str(root / "imagesTs" / f"vol_{k:03d}_0000.nii.gz"))
         written = nibabel.load(str(out / "tiny" / "volumes" / f"vol_{k:03d}.nii.gz"))
         assert written.shape == source.shape and np.array_equal(written.affine, source.affine)
         packaged = nibabel.load(str(tmp_path / "run" / "volumes" / f"vol_{k:03d}.nii.gz"))
@@ -334,6 +353,31 @@ def test_an_nnunet_v2_dataset_is_read_through_its_channel_files(tmp_path):
     assert set(index[index.split == "test"]["case"]) == {"vol_003"}
     assert json.loads((tmp_path / "data" / "Dataset002_Tiny" / "meta.json").read_text())["classes"] == [
         "background", "outer", "inner"]
+
+
+def test_modalities_become_channels_alike_from_a_4d_image_and_from_channel_files(tmp_path, capsys):
+    for layout, root in (("decathlon", tmp_path / "Task05_Two"), ("nnunet", tmp_path / "Dataset005_Two")):
+        volume_set(root, cases=3, tests=1, modalities=("T2", "ADC"), layout=layout)
+        prepare(tmp_path, "decathlon", "--src", str(root), "--name", layout, "--k", "3")
+    assert "channel 1 (ADC) z-scored per volume" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "data" / "nnunet" / "meta.json").read_text())
+    assert meta["channels"] == 2 and meta["volumes"]["modality"] == ["T2", "ADC"]
+    caches = [np.load(next((tmp_path / "data" / name / "cache").glob("*/images.npy"))) for name in ("decathlon", "nnunet")]
+    assert caches[0].shape[-1] == 2 and np.array_equal(*caches)  # the same slices from either layout
+    assert not np.array_equal(caches[0][..., 0], caches[0][..., 1])  # two contrasts, each z-scored on its own
+    index = pd.read_csv(tmp_path / "data" / "nnunet" / "index.csv")
+    assert index["file"].str.endswith(".npy").all() and np.array_equal(
+        np.load(tmp_path / "data" / "nnunet" / index["file"][0]), caches[1][0])
+    seen = volumes.ContextImages(caches[1], volumes.neighbour_rows(index["case"], index["slice"], 3))
+    assert seen.shape[-1] == 6 and np.array_equal(seen[1][..., 2:4], caches[1][1])  # slice by slice, its channels
+    (tmp_path / "Dataset005_Two" / "imagesTr" / "vol_001_0001.nii.gz").unlink()  # a missing channel file
+    with pytest.raises(SystemExit, match="vol_001_0001.nii.gz: channel file of case vol_001 not found"):
+        prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Dataset005_Two"), "--name", "gone", "--k", "3")
+    assert not (tmp_path / "data" / "gone").exists()
+    files = [Path(f"vol_{k}_{c:04d}.nii.gz") for k, c in ((1, 0), (1, 1), (2, 0))]
+    assert volumes.case_files(files[:2], 2) == {"vol_1": files[:2]}
+    with pytest.raises(ValueError, match="vol_2: channel file vol_2_0001 missing"):
+        volumes.case_files(files, 2)
 
 
 def test_cases_of_one_patient_share_a_fold_through_the_metadata(tmp_path):

@@ -57,7 +57,8 @@ def panels(image_id: str, choices, scores: dict, inputs) -> tuple:
                                        scores["runs"][run]["postprocessed"]["postprocess"])
     dice = {run: per_image(pd.DataFrame([{"id": image_id, **row} for row in image_scores(
         mask, target, meta["classes"], with_hd95=False)]))["dice"].iloc[0] for run, mask in masks.items()}
-    return image_id, read_dataset_image(dataset_dir, inputs.index.loc[image_id], meta["channels"]), target, masks, dice
+    image = read_dataset_image(dataset_dir, inputs.index.loc[image_id], meta["channels"])
+    return image_id, image if meta["channels"] in (1, 3) else image[..., 0], target, masks, dice  # a volume: channel 0
 
 
 def log_to_tracker(out: Path, scores: dict, choices, tracker: str | None) -> None:

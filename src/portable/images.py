@@ -32,6 +32,8 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 def read_image(path: Path) -> np.ndarray:
     """uint8 H x W or H x W x C (RGB or RGBA order), 16-bit and DICOM windowed to 8 bits. Raises ValueError."""
     path = Path(path)
+    if path.suffix.lower() == ".npy":  # a volume's slice of several channels (modalities), as prepare wrote it
+        return np.load(path)
     if path.suffix.lower() == ".dcm":
         values = read_dicom(path)
         return values if values.dtype == np.uint8 else window_to_uint8(values)
@@ -132,13 +134,23 @@ def write_png(path: Path, array: np.ndarray) -> None:
         tmp.write_bytes(png.tobytes())
 
 
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """An image whose channels PNG cannot hold as they are (a volume's slice of several modalities), atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as file:
+            np.save(file, array)
+
+
 def mode(image: np.ndarray) -> str:
     return {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}.get(1 if image.ndim == 2 else image.shape[2], "?")
 
 
 def to_channels(image: np.ndarray, channels: int, name: str) -> np.ndarray:
-    """H x W (channels=1) or H x W x 3: RGB to grey by luminance, alpha dropped, grey replicated to RGB."""
+    """H x W (channels=1) or H x W x 3: RGB to grey by luminance, alpha dropped, grey replicated to RGB. An image
+    with the dataset's channels already is kept (a volume's slice of 2, 4 or more modalities)."""
     have = 1 if image.ndim == 2 else image.shape[2]
+    if channels > 1 and have == channels:
+        return image
     if have not in (1, 2, 3, 4):
         raise InputError(name, f"has {have} channels; expected grey, grey+alpha, RGB or RGBA")
     if have == 2:  # grey + alpha

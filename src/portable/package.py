@@ -17,7 +17,7 @@ from .images import as_size
 from .maps import final_mask, uint8_maps
 from .predictor import Model, file_batches, image_files, predict
 from .submission import mask_codes, read_sample, staged, submission_text
-from .volumes import finish_case, volume_batches, volume_files, write_mask
+from .volumes import case_files, channel_names, finish_case, volume_batches, volume_files, write_mask
 
 CHECKED_VERSIONS = {"torch": ("torch", "segmentation_models_pytorch", "timm"), "onnx": ("onnxruntime",)}
 
@@ -59,6 +59,8 @@ def run(folder: Path, args) -> None:
     paths = volume_files(args.images) if "volumes" in manifest else image_files(args.images)
     if not paths:
         raise PackageError(f"--images {args.images} holds no NIfTI volumes (.nii, .nii.gz), which this package reads")
+    if "volumes" in manifest:  # {case: its files}: one per channel, or one
+        paths = case_files(paths, len(channel_names(manifest["volumes"])))
     if args.sample_submission:  # its problems before the work
         read_sample(args.sample_submission, manifest["classes"], manifest["submission"])
     device = choose_device(manifest["format"], args.device)
@@ -150,13 +152,14 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     return models
 
 
-def predict_all(models: list, manifest: dict, paths: list, batch_size: int, masks_dir: Path | None,
+def predict_all(models: list, manifest: dict, paths: list | dict, batch_size: int, masks_dir: Path | None,
                 volumes_dir: Path | None = None) -> dict:
     """{image id: its masks' run-length encodings (submission.mask_codes)}, each mask written to masks_dir where
     given: every image through every model (predictor.predict), its maps averaged and post-processed as ensemble.py
-    does (maps.final_mask). A package of volumes reads NIfTI files as prepare cut them (volumes.volume_batches): its
-    images are their slices, and each case's slice masks are stacked into volumes_dir/<case>.nii.gz after the 3D step
-    (volumes.finish_case), which its slices' masks and codes then follow."""
+    does (maps.final_mask). A package of volumes reads NIfTI cases (paths: {case: its files}, volumes.case_files)
+    as prepare cut them (volumes.volume_batches): its images are their slices, and each case's slice masks are
+    stacked into volumes_dir/<case>.nii.gz after the 3D step (volumes.finish_case), which its slices' masks and codes
+    then follow."""
     codes, geometry, case_masks = {}, {}, {}
     if "volumes" in manifest:
         batches = volume_batches(paths, manifest["volumes"], manifest["models"][0]["context"], batch_size, geometry)

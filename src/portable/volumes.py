@@ -42,6 +42,73 @@ def volume_files(folder: Path) -> list:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_volume(p) and not p.name.startswith("."))
 
 
+def case_files(paths: list, channels: int) -> dict:
+    """{case: its files, one per channel or one 4D file} of a folder's volumes. With several channels, files named
+    <case>_0000 ... (nnU-Net v2's channel files) are one case's, in that order; any other file is a case of its own
+    (a 4D image, channels last, as the Decathlon stores them). ValueError names a case missing a channel file."""
+    cases, numbered = {}, {}
+    for path in paths:
+        name = volume_id(path)
+        case, _, number = name.rpartition("_")
+        if channels > 1 and case and len(number) == 4 and number.isdigit():
+            numbered.setdefault(case, {})[int(number)] = path
+        else:
+            cases[name] = [path]
+    for case, files in numbered.items():
+        if sorted(files) != list(range(channels)):
+            missing = [f"{case}_{k:04d}" for k in range(channels) if k not in files]
+            raise ValueError(f"{case}: channel file {', '.join(missing) or sorted(files)[-1]} "
+                             f"{'missing' if missing else 'unexpected'}; the models read {channels} channels, "
+                             f"{case}_0000 to {case}_{channels - 1:04d}")
+        cases[case] = [files[k] for k in range(channels)]
+    return dict(sorted(cases.items()))
+
+
+def channel_files(first: Path, channels: int) -> list:
+    """A case's files from the first one prepare recorded: nnU-Net v2's <case>_0000 and its siblings, else the one
+    file (3D, or 4D with the channels last)."""
+    name = volume_id(first)
+    if channels == 1 or not name.endswith("_0000"):
+        return [Path(first)]
+    return [Path(first).with_name(Path(first).name.replace(name, f"{name[:-4]}{k:04d}", 1)) for k in range(channels)]
+
+
+def read_channels(paths: list, channels: int) -> tuple:
+    """(the first file's nibabel image, the case's voxels as X x Y x Z x channels): one 4D file with its channels
+    last, or one 3D file per channel whose shapes and affines agree. ValueError names the file at fault."""
+    images = [load(p) for p in paths]
+    first = images[0]
+    if len(paths) == 1 and len(first.shape) == 4 and first.shape[3] == channels:
+        return first, np.asarray(data(first))
+    for path, image in zip(paths, images):
+        if len(image.shape) != 3:
+            shape = "x".join(map(str, image.shape))
+            raise ValueError(f"{path}: a {len(image.shape)}D image ({shape}); the models read {channels} channel"
+                             f"{'s' if channels > 1 else ''}: " + ("3D volumes" if channels == 1 else
+                             f"a 4D image with them last, or one 3D file each (<case>_0000 ...)"))
+        if image.shape != first.shape or not np.allclose(image.affine, first.affine, atol=1e-3):
+            raise ValueError(f"{path}: its shape or affine differs from {paths[0]}'s, so the channels' voxels do not "
+                             f"line up")
+    if len(paths) != channels:
+        raise ValueError(f"{paths[0]}: {len(paths)} channel file(s); the models read {channels}")
+    return first, np.stack([np.asarray(data(image)) for image in images], axis=-1)
+
+
+def channel_names(rules: dict) -> list:
+    """The modality of each channel (meta.json's volumes: one name, or a list of them for several channels)."""
+    return rules["modality"] if isinstance(rules["modality"], list) else [rules["modality"]]
+
+
+def model_slices(voxels: np.ndarray, names: list, ct: dict | None, axis: int, size: tuple) -> np.ndarray:
+    """A case's voxels (X x Y x Z x channels) as the models read them: each channel normalised by its modality's rule
+    (normalise: CT by the dataset's statistics), stored as uint8, cut across axis and padded; (n, H, W) for one
+    channel, (n, H, W, channels) for several, channels last as the cache's colour images."""
+    stored = np.stack([to_uint8(normalise(voxels[..., c], ct if name.upper() == "CT" else None))
+                       for c, name in enumerate(names)], axis=-1)
+    cut = slices(stored, axis, size, Z_ZERO)
+    return cut[..., 0] if len(names) == 1 else cut
+
+
 def load(path: Path):
     """The nibabel image of a NIfTI file (data read lazily), or ValueError naming the file."""
     import nibabel  # here: 2D datasets never need it
@@ -98,14 +165,22 @@ def to_uint8(z: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(Z_ZERO + LEVELS_PER_SD * z), 0, 255).astype(np.uint8)
 
 
-def normalisation_rule(ct: dict | None) -> str:
+def normalisation_rule(ct: dict | None, names: tuple = ()) -> str:
+    """The rule prepare prints and meta.json keeps; names: the channels' modalities where there are several."""
     stored = (f"stored as uint8 = {Z_ZERO} + {LEVELS_PER_SD} z (z from {-Z_ZERO / LEVELS_PER_SD:.2f} to "
               f"{(255 - Z_ZERO) / LEVELS_PER_SD:.2f})")
-    if ct is None:
-        return f"intensities z-scored per volume (nnU-Net's rule for MRI and any modality but CT), {stored}"
-    return (f"CT intensities clipped to the training foreground's {CT_PERCENTILES[0]:g} and {CT_PERCENTILES[1]:g} "
-            f"percentiles ({ct['low']:.1f}, {ct['high']:.1f}), z-scored with its mean {ct['mean']:.1f} and standard "
-            f"deviation {ct['std']:.1f} (nnU-Net's CT rule), {stored}")
+    per_volume = "z-scored per volume (nnU-Net's rule for MRI and any modality but CT)"
+    ct_rule = None if ct is None else (
+        f"clipped to the training foreground's {CT_PERCENTILES[0]:g} and {CT_PERCENTILES[1]:g} percentiles "
+        f"({ct['low']:.1f}, {ct['high']:.1f}), z-scored with its mean {ct['mean']:.1f} and standard deviation "
+        f"{ct['std']:.1f} (nnU-Net's CT rule)")
+    if len(names) > 1:
+        each = "; ".join(f"channel {c} ({name}) " + (ct_rule if name.upper() == "CT" else per_volume)
+                         for c, name in enumerate(names))
+        return f"{len(names)} channels, each normalised by its modality: {each}; each {stored}"
+    if ct_rule is None:
+        return f"intensities {per_volume}, {stored}"
+    return f"CT intensities {ct_rule}, {stored}"
 
 
 def padding(shape: tuple, size: tuple) -> tuple:
@@ -114,10 +189,11 @@ def padding(shape: tuple, size: tuple) -> tuple:
 
 
 def slices(volume: np.ndarray, axis: int, size: tuple, fill: int) -> np.ndarray:
-    """(n, H, W) slices across axis, each centred in size and padded with fill."""
+    """(n, H, W) slices across axis (0-2), each centred in size and padded with fill; a channel axis after the three
+    (X x Y x Z x C) stays last: (n, H, W, C)."""
     moved = np.moveaxis(volume, axis, 0)
-    top, left = padding(moved.shape[1:], size)
-    out = np.full((moved.shape[0], *size), fill, dtype=volume.dtype)
+    top, left = padding(moved.shape[1:3], size)
+    out = np.full((moved.shape[0], *size, *moved.shape[3:]), fill, dtype=volume.dtype)
     out[:, top:top + moved.shape[1], left:left + moved.shape[2]] = moved
     return out
 
@@ -186,31 +262,34 @@ def neighbour_rows(cases, slice_numbers, context: int) -> np.ndarray:
 
 class ContextImages:
     """The cache's images seen with context: indexing rows gives each row's neighbouring slices as channels
-    (H x W x context, channels last as the cache's colour images), so datasets and batches read it as the cache."""
+    (H x W x context, channels last as the cache's colour images; with several channels per slice, H x W x
+    (context x channels), slice by slice), so datasets and batches read it as the cache."""
 
     def __init__(self, images: np.ndarray, neighbours: np.ndarray):
         self.images, self.neighbours = images, neighbours
-        self.ndim, self.shape = 4, (len(images), *images.shape[1:3], neighbours.shape[1])
+        self.channels = images.shape[3] if images.ndim == 4 else 1
+        self.ndim, self.shape = 4, (len(images), *images.shape[1:3], neighbours.shape[1] * self.channels)
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, rows) -> np.ndarray:
-        return np.moveaxis(self.images[self.neighbours[rows]], -3, -1)
+        seen = self.images[self.neighbours[rows]]  # (..., context, H, W[, C])
+        if self.channels == 1:
+            return np.moveaxis(seen, -3, -1)
+        seen = np.moveaxis(seen, -4, -2)  # (..., H, W, context, C)
+        return seen.reshape(*seen.shape[:-2], -1)
 
 
-def volume_batches(paths: list, rules: dict, context: int, batch_size: int, geometry: dict) -> Iterator[Batch]:
-    """Batches of the slices of NIfTI files, each volume read, normalised, cut and padded by the rules prepare
-    recorded (meta.json's volumes) and seen with `context` slices as channels; keys <case>_<slice> as prepare names
-    them. geometry gets each case's (shape, header) as its volume is read, for write_mask."""
-    size, axis = tuple(rules["slice_size"]), rules["axis"]
-    for path in paths:
-        image = load(path)
-        if len(image.shape) != 3:
-            raise ValueError(f"{path}: a {len(image.shape)}D image; the models read 3D volumes of one modality")
-        case = volume_id(path)
-        geometry[case] = (image.shape, header_text(image))
-        cut = slices(to_uint8(normalise(data(image), rules["ct"])), axis, size, Z_ZERO)
+def volume_batches(cases: dict, rules: dict, context: int, batch_size: int, geometry: dict) -> Iterator[Batch]:
+    """Batches of the slices of NIfTI cases ({case: its files}, case_files), each case read, normalised, cut and
+    padded by the rules prepare recorded (meta.json's volumes) and seen with `context` slices as channels; keys
+    <case>_<slice> as prepare names them. geometry gets each case's (shape, header) as it is read, for write_mask."""
+    size, axis, names = tuple(rules["slice_size"]), rules["axis"], channel_names(rules)
+    for case, paths in cases.items():
+        image, voxels = read_channels(paths, len(names))
+        geometry[case] = (voxels.shape[:3], header_text(image))
+        cut = model_slices(voxels, names, rules["ct"], axis, size)
         view = ContextImages(cut, neighbour_rows([case] * len(cut), range(len(cut)), context))
         for first in range(0, len(cut), batch_size):
             rows = np.arange(first, min(first + batch_size, len(cut)))

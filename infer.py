@@ -27,7 +27,7 @@ import torch
 from src import runs as ledger, tracking
 from src.cache import open_cache
 from src.canonical import load_index
-from src.config import Config, OldRunFormat, overlap_share, positive
+from src.config import Config, OldRunFormat, name_parts, overlap_share, positive
 from src.folds import FoldFileError, SplitChanged, read_split
 from src.oof_scores import fold_table, print_summary, score_oof, training_summary, volume_line
 from src.portable.files import write_atomic
@@ -82,15 +82,16 @@ def find_runs(args) -> list:
     if not folders:
         sys.exit(f"infer: no training runs in {root} (train one with `accelerate launch train.py ...`)")
     names = list(folders)
-    for flag, value, there in (("--arch", args.arch, {n.split("-", 1)[0] for n in names}),
-                               ("--encoder", args.encoder, {n.split("-", 1)[1] for n in names if "-" in n})):
+    parts = {n: name_parts(n) for n in names}
+    for flag, value, there in (("--arch", args.arch, {p[0] for p in parts.values()}),
+                               ("--encoder", args.encoder, {p[1] for p in parts.values() if p[1]})):
         if value and value not in there:
             sys.exit(f"infer: {flag} {value}: no such run in {root} (there are: {', '.join(sorted(there))})")
     if ledger.unmatched(names, args.runs):
         sys.exit(f"infer: --runs {','.join(ledger.unmatched(names, args.runs))} matches no run in {root} (there are: "
                  f"{', '.join(names)})")
-    names = [n for n in ledger.select(names, args.runs) if (not args.arch or n.split("-", 1)[0] == args.arch)
-             and (not args.encoder or n.split("-", 1)[-1] == args.encoder)]
+    names = [n for n in ledger.select(names, args.runs) if (not args.arch or parts[n][0] == args.arch)
+             and (not args.encoder or parts[n][1] == args.encoder)]
     chosen = [f for n in names for f in folders[n]]
     if args.folds:
         asked = args.folds.split(",")

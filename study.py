@@ -39,6 +39,9 @@ def parse_args(argv=None) -> tuple:
     parser.add_argument("--runs-per-gpu", type=int, default=1, help="runs side by side on each GPU (ray: 1/K GPU each)")
     parser.add_argument("--parallel", type=int, default=1, help="local, on CPU: runs side by side, sharing the cores")
     parser.add_argument("--address", help="ray: the cluster, e.g. auto (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--contexts", help="volumes: several train.py --context values, e.g. 1,3: every run is "
+                                           "trained with each, side by side (<arch>-<encoder>-c3), and the "
+                                           "leaderboard compares each context with single slices")
     parser.add_argument("--name", help="the study's name: its ensemble/<dataset>/<name>/ folder and W&B tag "
                                        "(default: <dataset>-<archs>-<encoders>)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command, run nothing")
@@ -71,6 +74,14 @@ def parse_args(argv=None) -> tuple:
         cfg = study.train_config(train_flags)
     except ValueError as error:
         parser.error(str(error))
+    if args.contexts and any(flag.split("=")[0] == "--context" for flag in train_flags):
+        parser.error("give --contexts (the study's several) or --context (one, for every run), not both")
+    args.contexts = [cfg.context] if not args.contexts else list(dict.fromkeys(
+        int(k) if k.strip().isdigit() and int(k) % 2 else parser.error(
+            f"--contexts {args.contexts}: odd numbers of slices, comma-separated, e.g. 1,3") for k in args.contexts.split(",")))
+    if args.export and len(args.contexts) > 1:
+        parser.error("--export packs runs of one context (a package reads each volume once): ensemble.py --runs of "
+                     "one context, then export.py")
     args.name = args.name or "-".join([cfg.dataset, args.archs.replace(",", "+"), args.encoders.replace(",", "+")])
     if cfg.tracker == "wandb":  # each run keeps its group (arch-encoder) and gets the study's name as a tag
         train_flags = [*train_flags, "--tags", ",".join(filter(None, [cfg.tags, args.name]))]
@@ -194,11 +205,12 @@ def main(argv=None):
     archs, encoders = study.canonical_archs(args.archs.split(",")), args.encoders.split(",")
     try:
         folds = study.fold_numbers(cfg, args.folds)
-        runs = study.plan(cfg, archs, encoders, folds, train_flags)
+        runs = study.plan(cfg, archs, encoders, folds, train_flags, args.contexts)
         states = ", ".join(f"{sum(r.state == s for r in runs)} {s}" for s in study.STATES
                            if any(r.state == s for r in runs))
-        print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders x {len(folds)} folds = {len(runs)} "
-              f"runs, {states}")
+        contexts = f" x {len(args.contexts)} contexts" if len(args.contexts) > 1 else ""
+        print(f"# {cfg.dataset}: {len(archs)} archs x {len(encoders)} encoders{contexts} x {len(folds)} folds = "
+              f"{len(runs)} runs, {states}")
         settings = study.settings_line(cfg, train_flags)
         if settings:  # prepare printed the plan as planned; the study's flags may override it
             print(settings)
@@ -218,7 +230,7 @@ def main(argv=None):
     saved = {run.run_dir: ledger.epochs_saved(run.run_dir) if run.state == "resumable" else 0 for run in todo}
     start = time.time()
     results, utilisation, signum = train(args, todo, cfg.epochs, sum(cfg.epochs - saved[run.run_dir] for run in todo))
-    after = study.plan(cfg, archs, encoders, folds, train_flags)
+    after = study.plan(cfg, archs, encoders, folds, train_flags, args.contexts)
     if signum:
         stopped(after, signum, argv)
 

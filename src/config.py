@@ -58,6 +58,21 @@ def knob(default, help, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+def run_name(arch: str, encoder: str, context: int = 1) -> str:
+    """A run's folder name: <arch>-<encoder>, and -c<K> for slices seen with K-slice context (2.5D), so that one
+    study's runs of several contexts sit side by side."""
+    return f"{arch}-{encoder}" + (f"-c{context}" if context > 1 else "")
+
+
+def name_parts(name: str) -> tuple:
+    """(arch, encoder, context) of a run's folder name (run_name's inverse)."""
+    arch, _, rest = name.partition("-")
+    encoder, _, context = rest.rpartition("-c")
+    if encoder and context.isdigit():
+        return arch, encoder, int(context)
+    return arch, rest, 1
+
+
 @dataclass
 class Config:
     # data
@@ -159,7 +174,7 @@ class Config:
 
     @property
     def run_name(self) -> str:
-        return f"{self.arch}-{self.encoder}"
+        return run_name(self.arch, self.encoder, self.context)
 
     @property
     def run_dir(self) -> Path:

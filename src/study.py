@@ -15,6 +15,7 @@ The plan knows nothing about GPUs or where commands run: src/engine.py does.
 """
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import runs as ledger
-from src.config import Config, add_config_arguments, config_from_args, flag_value, patch_problem
+from src.config import Config, add_config_arguments, config_from_args, flag_value, patch_problem, run_name
 from src.canonical import load_index
 from src.folds import load_folds
 from src.plan import apply_plan, given_flags, load_plan
@@ -43,10 +44,11 @@ class Run:
     state: str
     command: list
     why: str = ""  # running: its owner; stale: the settings that differ
+    context: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-{self.encoder}"
+        return run_name(self.arch, self.encoder, self.context)
 
     @property
     def log(self) -> Path:
@@ -140,19 +142,18 @@ def canonical_archs(archs: list) -> list:
     return list(dict.fromkeys(canonical_arch(a) for a in archs))
 
 
-def plan(cfg: Config, archs: list, encoders: list, folds: list, train_flags: list) -> list:
-    """Every run of the grid in order (encoder, fold, arch: the architectures of an encoder and fold start side by
-    side, under the same conditions), with its state and the command that moves it on."""
-    runs = []
-    for encoder in encoders:
-        for fold in folds:
-            for arch in canonical_archs(archs):
-                run_cfg = dataclasses.replace(cfg, arch=arch, encoder=encoder, fold=fold)
-                state, why = ledger.run_state(run_cfg.run_dir, run_cfg)
-                extra = {"resumable": ["--resume"], "failed": ["--overwrite"], "stale": ["--overwrite"]}.get(state, [])
-                command = ["python", script("train.py"), *train_flags, "--arch", arch, "--encoder", encoder, "--fold",
-                           str(fold), *extra]
-                runs.append(Run(arch, encoder, fold, run_cfg.run_dir, state, command, why))
+def plan(cfg: Config, archs: list, encoders: list, folds: list, train_flags: list, contexts: list | None = None) -> list:
+    """Every run of the grid in order (encoder, fold, context, arch: the architectures of an encoder and fold start
+    side by side, under the same conditions), with its state and the command that moves it on. contexts: cfg's own,
+    or the study's several (each run's command then names its --context)."""
+    runs, contexts = [], contexts or [cfg.context]
+    for encoder, fold, context, arch in itertools.product(encoders, folds, contexts, canonical_archs(archs)):
+        run_cfg = dataclasses.replace(cfg, arch=arch, encoder=encoder, fold=fold, context=context)
+        state, why = ledger.run_state(run_cfg.run_dir, run_cfg)
+        extra = {"resumable": ["--resume"], "failed": ["--overwrite"], "stale": ["--overwrite"]}.get(state, [])
+        command = ["python", script("train.py"), *train_flags, "--arch", arch, "--encoder", encoder, "--fold",
+                   str(fold), *(["--context", str(context)] if contexts != [cfg.context] else []), *extra]
+        runs.append(Run(arch, encoder, fold, run_cfg.run_dir, state, command, why, context))
     return runs
 
 

@@ -246,7 +246,7 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     scores = json.loads((out / "tiny" / "scores.json").read_text())
     assert scores["volumes"]["models"]["ensemble"]["cases"] == 6 and set(
         scores["volumes"]["models"]["ensemble"]["per_class"]) == {"outer", "inner"}
-    assert scores["volumes"]["rules"]["context"] == {"unet-tu-test_resnet": 3}
+    assert scores["volumes"]["rules"]["context"] == {"unet-tu-test_resnet-c3": 3}  # its run folder names it
     assert scores["best_interval"]["unit"] == "case" and scores["best_interval"]["units"] == 6  # bootstrap over cases
     # nnU-Net's 3D step chosen per fold on the other fold's cases, and on all of them for the test volumes
     assert all(isinstance(t["postprocess"]["largest_3d"], list) for t in scores["tuning_by_fold"].values())
@@ -254,7 +254,7 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
     board = (out / "tiny" / "leaderboard.md").read_text()
     assert "; in 3D, " in board
     assert "In 3D over 6 cases" in board and "across the lowest resolution" in board and "context 3." in board
-    run_dir = tmp_path / "runs" / "tiny" / "unet-tu-test_resnet" / "fold0"
+    run_dir = tmp_path / "runs" / "tiny" / "unet-tu-test_resnet-c3" / "fold0"
     assert json.loads((run_dir / "config.json").read_text())["context"] == 3
     first_conv = next(w for w in torch.load(next(run_dir.glob("*.pt")), weights_only=True).values() if w.ndim == 4)
     assert first_conv.shape[1] == 6  # 2 modalities x 3 slices
@@ -279,6 +279,37 @@ def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_w
         assert np.array_equal(np.asanyarray(packaged.dataobj), np.asanyarray(written.dataobj))
         assert np.array_equal(packaged.affine, source.affine)
         assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2}
+
+
+def test_a_study_plans_each_context_side_by_side_and_the_ensemble_compares_it_with_single_slices(tmp_path, capsys):
+    import study
+    from src.ensembling.report import comparison_markdown
+    from src.ensembling.scores import compare_architectures
+    volume_set(tmp_path / "Task99_Tiny", cases=4, tests=0)
+    prepare(tmp_path, "decathlon", "--src", str(tmp_path / "Task99_Tiny"), "--name", "tiny", "--k", "2")
+    tiny = [f for k, f in enumerate(TINY) if not {f, TINY[k - 1]} & {"--size", "--encoder"}]
+    flags = [*tiny, "--encoders", "tu-test_resnet", "--size", "32", "--epochs", "1", "--dataset", "tiny",
+             *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--archs", "unet", "--dry-run"]
+    for wrong, words in ((["--contexts", "1,2"], "--contexts 1,2: odd numbers"),
+                         (["--contexts", "1,3", "--context", "3"], "give --contexts"),
+                         (["--contexts", "1,3", "--export"], "--export packs runs of one context")):
+        with pytest.raises(SystemExit):
+            study.main([*flags, *wrong])
+        assert words in capsys.readouterr().err
+    study.main([*flags, "--contexts", "1,3"])
+    out = capsys.readouterr().out
+    assert "1 archs x 1 encoders x 2 contexts x 2 folds = 4 runs" in out
+    commands = [line for line in out.splitlines() if line.startswith("python")]
+    assert [c.split("--context ")[1][0] for c in commands] == ["1", "3", "1", "3"]  # fold by fold, side by side
+    assert "--runs unet-tu-test_resnet-c3 --folds 0,1" in out  # inferred, ensembled under its own name
+    cases = [f"c{k}" for k in range(8)]
+    single = pd.Series(np.linspace(0.7, 0.8, 8), index=cases)
+    [versus] = compare_architectures(cases, {"unet-x": {"flip": single}, "unet-x-c3": {"flip": single + 0.02}},
+                                     cases, None, "case")
+    assert versus["context"] == 3 and versus["baseline"] == versus["challenger"] == "unet" and versus["encoder"] == "x"
+    assert versus["mean_difference"] == pytest.approx(0.02) and versus["unit"] == "case"
+    assert "- x, Unet at context 3 vs Unet on single slices (TTA flip, 8 cases" in comparison_markdown([
+        {**versus, "p_holm": versus["wilcoxon_p"]}])
 
 
 def test_a_folder_of_volumes_with_ct_intensities_is_normalised_by_the_training_foreground(tmp_path, capsys):

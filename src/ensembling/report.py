@@ -171,8 +171,8 @@ def headline(scores: dict) -> list:
                      f"{scores['ensemble_gain_raw']:+.4f}.")
     if scores["comparisons"]:
         lines.append("- " + "; ".join(
-            f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}, {c['encoder']}: "
-            + (f"{ARCHS[c['challenger']]} {c['verdict']}" if c["verdict"] in ("better", "worse") else c["verdict"])
+            f"{compared(c)[0]} vs {compared(c)[1]}, {c['encoder']}: "
+            + (f"{compared(c)[0]} {c['verdict']}" if c["verdict"] in ("better", "worse") else c["verdict"])
             + f", raw Dice {c['mean_difference']:+.4f}, 95% CI {span(c['ci95'], '+.4f')} (TTA {c['tta']}, "
             f"Holm-adjusted p {c['p_holm']:.3g})" for c in scores["comparisons"]) + ".")
     else:
@@ -282,9 +282,16 @@ def level_note(r: dict) -> str:
     return f" (level{'s' * (len(set(r['level_by_fold'].values())) > 1)} {levels})"
 
 
+def compared(c: dict) -> tuple:
+    """(challenger, baseline) of a comparison as printed: Unet++ and Unet, or Unet at context 3 and Unet alone."""
+    if c.get("context"):
+        return f"{ARCHS[c['challenger']]} at context {c['context']}", f"{ARCHS[c['baseline']]} on single slices"
+    return ARCHS[c["challenger"]], ARCHS[c["baseline"]]
+
+
 def comparison_markdown(comparisons: list) -> str:
     """scores.compare_architectures()'s comparisons, one line each under the rule they share."""
-    pairs = ", ".join(dict.fromkeys(f"{ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]}" for c in comparisons))
+    pairs = ", ".join(dict.fromkeys(" vs ".join(compared(c)) for c in comparisons))
     lines = [f"{pairs}, both on the same images, on raw masks (the models' own: threshold 0.5 or argmax, no "
              "post-processing) at one TTA fixed in advance (Wilcoxon signed-rank and a bootstrap 95% interval "
              "of the mean Dice difference, over patients where the split grouped images by patient; p Holm-adjusted "
@@ -292,8 +299,8 @@ def comparison_markdown(comparisons: list) -> str:
              "other folds):", ""]
     for c in comparisons:
         units = (f"{c['units']} {c['unit']}s, " if c["unit"] != "image" else "") + f"{c['images']} images"
-        lines.append(f"- {c['encoder']}, {ARCHS[c['challenger']]} vs {ARCHS[c['baseline']]} (TTA {c['tta']}, "
-                     f"{units}): {ARCHS[c['challenger']]} {c['verdict']} (mean raw Dice difference "
+        lines.append(f"- {c['encoder']}, {' vs '.join(compared(c))} (TTA {c['tta']}, "
+                     f"{units}): {compared(c)[0]} {c['verdict']} (mean raw Dice difference "
                      f"{c['mean_difference']:+.4f}, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], "
                      f"p = {c['wilcoxon_p']:.3g}, Holm-adjusted p = {c['p_holm']:.3g})")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger, volume_scores
 from src.canonical import load_index
+from src.config import name_parts, run_name
 from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
@@ -246,13 +247,20 @@ def per_class(summaries: dict, ensemble: dict) -> dict:
 def compare_architectures(image_ids: list, dice_of: dict, groups: list | None, tta: str | None,
                           group_unit: str = "patient") -> list:
     """For each encoder, each pair of COMPARED both ran with (Unet++ vs Unet; the deep-supervised Unet++ at its levels
-    chosen by fold vs Unet and vs Unet++), on the same images, both at one TTA mode fixed in advance (tta, else the
+    chosen by fold vs Unet and vs Unet++), and each run of slices with context against the same run without (its
+    comparison has a context), on the same images, both at one TTA mode fixed in advance (tta, else the
     most augmented both have), over patients where groups (one per image of image_ids) are given; p Holm-adjusted
     over all the comparisons together. dice_of: {run: {mode: per-image Dice}}."""
     comparisons, group_of = [], dict(zip(image_ids, groups)) if groups else {}
-    encoders = dict.fromkeys(name.split("-", 1)[1] for name in dice_of)  # run folders: <arch>-<encoder>
-    for encoder, (baseline, challenger) in ((e, pair) for e in encoders for pair in COMPARED):
-        pair = (f"{baseline}-{encoder}", f"{challenger}-{encoder}")
+    encoders = dict.fromkeys(name.split("-", 1)[1] for name in dice_of)  # run folders: <arch>-<encoder>[-c<K>]
+    wanted = [((f"{b}-{e}", f"{c}-{e}"), {"encoder": e, "baseline": b, "challenger": c})
+              for e in encoders for b, c in COMPARED]
+    for name in dice_of:  # slices with K-slice context against the same run without: the study's --contexts
+        arch, encoder, context = name_parts(name)
+        if context > 1:
+            wanted.append(((run_name(arch, encoder), name),
+                           {"encoder": encoder, "baseline": arch, "challenger": arch, "context": context}))
+    for pair, which in wanted:
         if not all(n in dice_of for n in pair):
             continue
         mode = tta or next((m for m in reversed(ledger.TTA_MODES) if all(m in dice_of[n] for n in pair)), None)
@@ -262,7 +270,7 @@ def compare_architectures(image_ids: list, dice_of: dict, groups: list | None, t
             continue
         a, b = (dice_of[n][mode] for n in pair)
         common = [i for i in image_ids if i in a.index and i in b.index]
-        comparisons.append({"encoder": encoder, "baseline": baseline, "challenger": challenger, "tta": mode,
+        comparisons.append({**which, "tta": mode,
                             **paired_comparison(a[common].to_numpy(), b[common].to_numpy(),
                                                 groups=[group_of[i] for i in common] if groups else None,
                                                 alpha=ALPHA, group_unit=group_unit)})

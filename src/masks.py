@@ -159,3 +159,14 @@ def binarised_sentences(done: list) -> list:
                          f"between 0 and 255, {why}"
                          + ("" if reason == "--mask-threshold" else " (--mask-threshold T to choose the threshold)"))
     return sentences
+
+
+OVERLAP_FIX = ("prepare stores one class per pixel, and keeping either class would drop the other's pixels from the "
+               "training masks and the scores without a word: give each pixel one class")
+
+
+def overlap_error(where, pixels: int, first: str, second: str) -> InputError:
+    """Labels of two classes on the same pixels of a multiclass mask (RLE rows, per-class mask files): refused, and
+    grouped into one line over the images (src/problems.py), each image's pixels in its detail."""
+    return InputError(where, "labels of different classes overlap", f"{pixels} pixels of {first} and {second}",
+                      OVERLAP_FIX)

@@ -39,19 +39,49 @@ def test_rle_rows_are_merged_and_empty_rows_are_empty_masks(tmp_path):
     assert load_meta(data)["task"] == "binary"
 
 
-def test_rle_class_column_makes_a_multiclass_dataset_in_row_order(tmp_path):
-    images = images_folder(tmp_path, ["a", "b", "c"])
+def test_rle_class_column_makes_a_multiclass_dataset_and_overlapping_classes_are_refused(tmp_path):
+    images = images_folder(tmp_path, ["a", "b", "c", "d"])
     one, three = np.zeros((12, 10), np.uint8), np.zeros((12, 10), np.uint8)
-    one[0:5, 0:5], three[4:12, 4:10] = 1, 1  # overlapping: the later row wins
-    csv = write_csv(tmp_path / "train.csv", [("a", rle_encode(one, "row"), "1"), ("a", rle_encode(three, "row"), "3"),
-                                             ("b", rle_encode(one, "row"), "3")], ("id", "rle", "ClassId"))
-    prepare(tmp_path, "rle", "--images", str(images), "--csv", str(csv), "--rle-order", "row", "--size", "8", "--k",
-            "2", "--allow-unmasked")
+    one[0:5, 0:5], three[5:12, 4:10] = 1, 1
+    rows = [("a", rle_encode(one, "row"), "1"), ("a", rle_encode(three, "row"), "3"), ("b", rle_encode(one, "row"), "3")]
+    csv = write_csv(tmp_path / "train.csv", rows, ("id", "rle", "ClassId"))
+    args = ["rle", "--images", str(images), "--csv", str(csv), "--rle-order", "row", "--size", "8", "--k", "2",
+            "--allow-unmasked"]
+    prepare(tmp_path, *args)
     data = tmp_path / "data" / "rle"
     assert load_meta(data)["classes"] == ["background", "class_1", "class_2", "class_3"]
     np.testing.assert_array_equal(read_image(data / "masks" / "a.png"), np.where(three, 3, one))
     np.testing.assert_array_equal(read_image(data / "masks" / "b.png"), one * 3)
     assert load_index(data).set_index("id").loc["c", "split"] == "test"  # no row, --allow-unmasked
+    wider = one.copy()
+    wider[4:7, 3:6] = 1  # 4 pixels on class 3's
+    write_csv(csv, [*rows, ("c", rle_encode(wider, "row"), "1"), ("c", rle_encode(three, "row"), "3"),
+                    ("d", rle_encode(three, "row"), "2"), ("d", rle_encode(three, "row"), "2"),  # one class twice: merged
+                    ("d", rle_encode(wider, "row"), "1")], ("id", "rle", "ClassId"))
+    with pytest.raises(SystemExit) as refused:  # neither row overwrites the other without a word
+        prepare(tmp_path / "again", *args)
+    assert "2 x labels of different classes overlap: c (4 pixels of class_1 and class_3), d (4 pixels of class_2 and " \
+           "class_1); prepare stores one class per pixel" in str(refused.value)
+    assert not (tmp_path / "again" / "data" / "rle").exists()
+
+
+def test_per_class_mask_folders_give_their_class_and_overlaps_are_refused(tmp_path):
+    images = images_folder(tmp_path, ["a", "b"])
+    lungs, heart = np.zeros((12, 10), np.uint8), np.zeros((12, 10), np.uint8)
+    lungs[1:8, 1:4], heart[6:11, 3:8] = 255, 255  # one pixel row shared at [6:8, 3]
+    for name, mask in (("lung", lungs), ("heart", heart)):
+        (tmp_path / "masks" / name).mkdir(parents=True)
+        write_png(tmp_path / "masks" / name / "a.png", mask)
+        write_png(tmp_path / "masks" / name / "b.png", mask if name == "lung" else np.zeros_like(mask))
+    args = ["folder", "--images", str(images), "--masks", str(tmp_path / "masks"), "--task", "multiclass",
+            "--classes", "background,lung,heart", "--size", "8", "--k", "2", "--strategy", "kfold", "--name", "cls"]
+    with pytest.raises(SystemExit, match=r"a: labels of different classes overlap \(2 pixels of heart and lung\)"):
+        prepare(tmp_path, *args)
+    lungs[6:8] = 0
+    write_png(tmp_path / "masks" / "lung" / "a.png", lungs)
+    prepare(tmp_path, *args)
+    mask = read_image(tmp_path / "data" / "cls" / "masks" / "a.png")
+    np.testing.assert_array_equal(mask, np.where(heart > 0, 2, np.where(lungs > 0, 1, 0)))
 
 
 def test_class_names_from_the_csv_or_from_classes(tmp_path):

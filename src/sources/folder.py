@@ -7,6 +7,8 @@ another image plus a mask suffix is that image's mask, so images and masks may s
 Masks, searched recursively, belong to the image whose id is their stem less a usual suffix (`x.png`, `x_mask.png`,
 `x_mask_1.png`, `x_segmentation.png`, `x-seg.png`, `x_gt.png`, `leftMask/x.png`), else to the nearest folder named
 after an image (`masks/<id>/*.png`, `<id>/masks/*.png`: one file per instance). Several masks of one image merge.
+For a multiclass task, masks in folders named after the classes (`masks/<class>/<id>.png`) give their foreground
+that class; two classes on one pixel are refused.
 """
 import re
 from collections import defaultdict
@@ -16,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from src.portable.images import IMAGE_SUFFIXES, read_image
-from src.masks import read_mask
+from src.masks import overlap_error, read_mask
 from src.portable.problems import InputError, Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files
 
@@ -44,15 +46,26 @@ def looked_for(path: Path, root: Path) -> str:
     return f"looked for '{mask_key(path)}.*'" + (f" (its name) and '{folders[0]}.*' (its folder)" if folders else "")
 
 
-def merged_mask(paths: list) -> np.ndarray:
+def merged_mask(paths: list, class_of: dict | None = None, classes: list | None = None) -> np.ndarray:
     """Several mask files for one image (left and right lung, the instances of a nucleus set) merge by maximum:
-    their union for binary masks."""
+    their union for binary masks. class_of: {file: class index} for files in per-class folders
+    (`masks/<class>/<id>.png`), each file's foreground painted with its class; two classes on one pixel are refused
+    (masks.overlap_error), never one overwriting the other."""
     masks = [read_mask(p) for p in paths]
     for path, mask in zip(paths, masks):
         if mask.shape != masks[0].shape:
             raise InputError(path, "mask size differs from the image's other masks", f"{mask.shape[1]}x"
                              f"{mask.shape[0]}, {paths[0].name} {masks[0].shape[1]}x{masks[0].shape[0]}")
-    return np.maximum.reduce(masks)
+    if not class_of:
+        return np.maximum.reduce(masks)
+    merged = np.zeros(masks[0].shape[:2], np.uint8)
+    for path, mask in zip(paths, masks):
+        drawn, index = mask > 0, class_of[path]
+        clash = drawn & (merged > 0) & (merged != index)
+        if clash.any():
+            raise overlap_error(path.stem, int(clash.sum()), classes[int(merged[clash].flat[0])], classes[index])
+        merged[drawn] = index
+    return merged
 
 
 def nested_images(folder: Path, masks: Path | None = None) -> list:
@@ -96,6 +109,7 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         problems.append(f"{masks}: no mask files in this folder")
     if problems:  # an empty folder is a wrong path: said alone, not as every file of the other folder lacking a match
         return Source(task, classes or [], channels, [], problems)
+    class_of = class_folders(mask_files, masks, classes) if task == "multiclass" else None
     seen, samples = {}, []
     for path in files:
         if path.stem in seen:
@@ -105,8 +119,8 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         group = group_of(path.stem) if group_of else ""
         if path.stem in mask_files:
             paths = mask_files[path.stem]
-            samples.append(Sample(path.stem, lambda p=path, m=paths: (read_image(p), merged_mask(m)), group=group,
-                                  file=path, mask_files=tuple(paths)))
+            samples.append(Sample(path.stem, lambda p=path, m=paths: (read_image(p), merged_mask(
+                m, class_of, classes)), group=group, file=path, mask_files=tuple(paths)))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", group=group,
                                   file=path))
@@ -122,6 +136,16 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         samples += test_samples(test, seen, problems)
     classes = classes or (["background", "foreground"] if task == "binary" else [])
     return Source(task, classes, channels, samples, problems)
+
+
+def class_folders(mask_files: dict, root: Path, classes: list | None) -> dict | None:
+    """{mask file: class index} where every mask file lies in a folder named after one of --classes (`masks/<class>/<id>.png`, one binary file per class, as many public sets ship them); None otherwise,
+    the files then holding class indices themselves."""
+    names = {name: index for index, name in enumerate(classes or []) if index > 0}
+    found = {p: names.get(p.relative_to(root).parts[0]) for paths in mask_files.values() for p in paths}
+    if not names or not found or any(index is None or len(p.relative_to(root).parts) < 2 for p, index in found.items()):
+        return None
+    return found
 
 
 def _find_dir(root: Path, names: list) -> Path | None:

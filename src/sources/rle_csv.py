@@ -1,7 +1,7 @@
 """Kaggle-style masks: a folder of images and a CSV of run-length encodings (SIIM-ACR, Severstal, Airbus, HuBMAP...).
 
-One or several rows per image (merged), an optional class column for multiclass or the class joined to the id
-(`Image_Label`: '<image>_<class>'), '' or -1 for an empty mask. Every bad row is reported with its CSV line number.
+One or several rows per image (merged; rows of two classes on the same pixels refused), an optional class column
+for multiclass or the class joined to the id (`Image_Label`: '<image>_<class>'), '' or -1 for an empty mask. Every bad row is reported with its CSV line number.
 How the labels came is recorded as the dataset's submission format (src/portable/submission.py).
 """
 from collections import defaultdict
@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from src.masks import overlap_error
 from src.portable.images import read_image
 from src.portable.rle import rle_decode, rle_runs
 from src.portable.submission import find_column
@@ -32,18 +33,25 @@ def class_indices(values: pd.Series, classes: list | None) -> tuple:
     return values.map({name: i for i, name in enumerate(classes)}).to_numpy(), classes
 
 
-def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: bool) -> np.ndarray:
-    """Merge the rows of one image (max for binary, later row wins for classes); all bad rows in one error."""
-    mask, errors = np.zeros(shape, np.uint8), []
+def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: bool, classes: list) -> np.ndarray:
+    """Merge the rows of one image (their union for one class); all bad rows in one error, and rows of different
+    classes that cover the same pixels refused (masks.overlap_error), never one overwriting the other."""
+    mask, errors, overlap = np.zeros(shape, np.uint8), [], None
     for line, image_id, rle, class_index in rows:
         try:
-            decoded = rle_decode(rle, shape, order, relative)
+            decoded = rle_decode(rle, shape, order, relative) > 0
         except ValueError as error:
             errors.append(f"{csv_name} line {line}: '{image_id}' ({shape[1]}x{shape[0]}): {error}")
             continue
-        mask[decoded > 0] = class_index
+        clash = decoded & (mask > 0) & (mask != class_index)
+        if clash.any() and overlap is None:
+            first = classes[int(mask[clash].flat[0])]
+            overlap = overlap_error(f"{image_id}", int(clash.sum()), first, classes[class_index])
+        mask[decoded] = class_index
     if errors:
         raise ValueError("\n  ".join(errors))
+    if overlap is not None:
+        raise overlap
     return mask
 
 
@@ -127,7 +135,7 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         seen[path.stem] = path
         if path in rows_of or absent_empty:
             samples.append(Sample(path.stem, lambda p=path, r=rows_of.get(path, []): (
-                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative)), file=path))
+                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative, classes)), file=path))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", file=path))
         else:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import socket
 import sys
 import threading
@@ -26,6 +25,7 @@ import pandas as pd
 from src.checkpoint import last_state, settings_changed
 from src.config import Config, OldRunFormat, load_run_config, settled_lr
 from src.portable.files import atomic_path, write_atomic
+from src.portable.maps import mean_at, mean_maps
 from src.folds import fingerprint
 
 
@@ -384,6 +384,15 @@ def read_maps(paths: list, weights: list) -> tuple:
     averages them, maps.final_mask makes them a mask."""
     loaded = [load_pred(path) for path in paths]
     return [(prob, weight) for (prob, _), weight in zip(loaded, weights)], loaded[-1][1]
+
+
+def mean_probabilities(weights: list):
+    """(image id, prediction sets, one per weight) -> the sets' weighted mean OOF probabilities of the image at its
+    own size (maps.mean_at): what the ensemble's tuning, scores and 3D step read."""
+    def probabilities(image_id: str, sets: tuple) -> np.ndarray:
+        weighted, size = read_maps([s.oof(image_id) for s in sets], weights)
+        return mean_at(mean_maps(weighted), size)
+    return probabilities
 
 
 def check_set_name(name: str) -> None:

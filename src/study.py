@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import itertools
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 

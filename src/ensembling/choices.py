@@ -171,7 +171,7 @@ def with_3d_step(tuned: PostProcessing, runs: dict, weights: dict, inputs, image
     cases = volume_scores.case_slices(load_index(inputs.dataset_dir), fold_of)
     case_fold = pd.Series({c: fold_of[ids[0]] for c, ids in cases.items()})
     records, axis = volume_scores.read_records(inputs.dataset_dir), inputs.meta["volumes"]["axis"]
-    weight_list = [weights[run] for run in runs]
+    probabilities = ledger.mean_probabilities([weights[run] for run in runs])
 
     def target(image_id: str) -> np.ndarray:
         return read_image(inputs.dataset_dir / "masks" / f"{image_id}.png")
@@ -179,8 +179,7 @@ def with_3d_step(tuned: PostProcessing, runs: dict, weights: dict, inputs, image
     @functools.cache  # a (read, settings) pair several folds share is scored once
     def candidates(read: tuple, settings: str) -> pd.DataFrame:
         def mask(image_id: str) -> np.ndarray:
-            weighted, size = ledger.read_maps([s.oof(image_id) for s in read], weight_list)
-            return postprocess.apply(mean_at(mean_maps(weighted), size), json.loads(settings))
+            return postprocess.apply(probabilities(image_id, read), json.loads(settings))
         return volume_scores.largest_candidates(mask, target, cases, records, axis, inputs.meta["classes"])
 
     def step(read: tuple, settings: dict, on_cases) -> dict:

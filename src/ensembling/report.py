@@ -16,7 +16,6 @@ from src.plotting import pyplot
 from src.portable import postprocess
 from src.portable.files import write_atomic
 from src.portable.images import read_image
-from src.portable.maps import mean_at, mean_maps
 from src.portable.postprocess import shrink
 from src.runs import TTA_MODES
 
@@ -52,8 +51,7 @@ def panels(image_id: str, choices, scores: dict, inputs) -> tuple:
     target = read_image(dataset_dir / "masks" / f"{image_id}.png")
     masks = {}
     for run, choice in choices.runs.items():
-        weighted, size = ledger.read_maps([choice.for_test.oof(image_id)], [1.0])
-        masks[run] = postprocess.apply(mean_at(mean_maps(weighted), size),
+        masks[run] = postprocess.apply(ledger.mean_probabilities([1.0])(image_id, (choice.for_test,)),
                                        scores["runs"][run]["postprocessed"]["postprocess"])
     dice = {run: per_image(pd.DataFrame([{"id": image_id, **row} for row in image_scores(
         mask, target, meta["classes"], with_hd95=False)]))["dice"].iloc[0] for run, mask in masks.items()}

@@ -17,7 +17,6 @@ from src.config import name_parts, run_name
 from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
-from src.portable.maps import mean_at, mean_maps
 from src.stats import holm, mean_interval, paired_comparison
 
 ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons (after Holm's adjustment) and of ensemble vs best
@@ -133,7 +132,7 @@ def postprocessed(runs: dict, weights: dict, tuned, image_ids: list, fold_of: di
     weight_list = [weights[run] for run in runs]
     for_test = tuple(c.for_test for c in runs.values())
 
-    probabilities = mean_probabilities(weight_list)
+    probabilities = ledger.mean_probabilities(weight_list)
 
     def one(image_id: str) -> tuple:
         target, fold = read_image(masks_dir / f"{image_id}.png"), fold_of[image_id]
@@ -155,14 +154,6 @@ def postprocessed(runs: dict, weights: dict, tuned, image_ids: list, fold_of: di
             "dice_optimistic": per_image(optimistic)["dice"].mean()}, table
 
 
-def mean_probabilities(weight_list: list):
-    """(image id, the runs' prediction sets) -> their weighted mean OOF probabilities at the image's size."""
-    def probabilities(image_id: str, read: tuple) -> np.ndarray:
-        weighted, size = ledger.read_maps([s.oof(image_id) for s in read], weight_list)
-        return mean_at(mean_maps(weighted), size)
-    return probabilities
-
-
 def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> dict:
     """A volume dataset's 3D scores of each model ({model: (runs, weights)}), its slices' OOF masks made as
     postprocessed() makes them (each fold with its own choices), stacked back into their cases and post-processed in
@@ -179,7 +170,7 @@ def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> 
     out = {"rules": {"axis": volumes_meta["axis_rule"], "normalisation": volumes_meta["normalisation"],
                      "size": volumes_meta["size_rule"], "context": contexts}, "models": {}}
     for model, (runs, weights) in models.items():
-        probabilities = mean_probabilities([weights[run] for run in runs])
+        probabilities = ledger.mean_probabilities([weights[run] for run in runs])
 
         def mask(image_id: str) -> np.ndarray:
             fold = fold_of[image_id]

@@ -74,14 +74,10 @@ def parse_args(argv=None) -> tuple:
         cfg = study.train_config(train_flags)
     except ValueError as error:
         parser.error(str(error))
-    if args.contexts and any(flag.split("=")[0] == "--context" for flag in train_flags):
-        parser.error("give --contexts (the study's several) or --context (one, for every run), not both")
-    args.contexts = [cfg.context] if not args.contexts else list(dict.fromkeys(
-        int(k) if k.strip().isdigit() and int(k) % 2 else parser.error(
-            f"--contexts {args.contexts}: odd numbers of slices, comma-separated, e.g. 1,3") for k in args.contexts.split(",")))
-    if args.export and len(args.contexts) > 1:
-        parser.error("--export packs runs of one context (a package reads each volume once): ensemble.py --runs of "
-                     "one context, then export.py")
+    try:
+        args.contexts = study.contexts(args.contexts, cfg, train_flags, args.export)
+    except ValueError as error:
+        parser.error(str(error))
     args.name = args.name or "-".join([cfg.dataset, args.archs.replace(",", "+"), args.encoders.replace(",", "+")])
     if cfg.tracker == "wandb":  # each run keeps its group (arch-encoder) and gets the study's name as a tag
         train_flags = [*train_flags, "--tags", ",".join(filter(None, [cfg.tags, args.name]))]
@@ -108,19 +104,6 @@ def ensemble_arguments(args, cfg, names: list) -> list:
             "--name", args.name, "--data-dir", cfg.data_dir, "--folds-dir", cfg.folds_dir, "--preds-dir",
             args.preds_dir, "--out-dir", args.out_dir,
             *(["--sample-submission", args.sample_submission] if args.sample_submission else [])]
-
-
-def call(stage, argv: list) -> str:
-    """A stage's main in this process: '' when it ended well, else why not, in one line (its own, or the error)."""
-    try:
-        stage(argv)
-    except SystemExit as stop:
-        if stop.code in (None, 0):
-            return ""
-        return stop.code if isinstance(stop.code, str) else f"exit code {stop.code} (its message is above)"
-    except Exception as error:  # a truncated file, a bug: the study reports it with the run and goes on
-        return f"{type(error).__name__}: {error}"
-    return ""
 
 
 def check_before_training(args, cfg, archs, encoders, runs) -> None:
@@ -284,7 +267,7 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
     import infer
     problems, failed = [], set()
     for (name, tta), argv in infer_arguments(args, cfg, finished).items():
-        problem = call(infer.main, argv)
+        problem = study.call(infer.main, argv)
         if problem:
             problems.append(f"infer.py {name} --tta {tta} failed: {problem} (python {study.script('infer.py')} "
                             f"{shlex.join(argv)})")
@@ -297,13 +280,13 @@ def infer_and_ensemble(args, cfg, finished: list, folds: list) -> tuple:
         return problems, None
     leaderboard = Path(args.out_dir) / cfg.dataset / args.name / "leaderboard.md"
     before = leaderboard.stat().st_mtime_ns if leaderboard.exists() else None
-    problem = call(ensemble.main, ensemble_arguments(args, cfg, inferred))
+    problem = study.call(ensemble.main, ensemble_arguments(args, cfg, inferred))
     if problem:
         problems.append(f"ensemble.py failed: {problem}")
     wrote = leaderboard.exists() and leaderboard.stat().st_mtime_ns != before
     if args.export and wrote and not problem:
         import export
-        failure = call(export.main, study.export_arguments(args.name, args.export, args.out_dir, cfg))
+        failure = study.call(export.main, study.export_arguments(args.name, args.export, args.out_dir, cfg))
         problems += [f"export.py failed: {failure}"] if failure else []
     return problems, leaderboard if wrote and not problem else None
 

@@ -164,3 +164,32 @@ def images_trained(run: Run, after_epoch: int) -> int:
     epochs = pd.read_csv(history)
     epochs = epochs[epochs["epoch"] > after_epoch]
     return int((epochs["train_images"] + epochs["train_repeats"]).sum())
+
+
+def contexts(text: str | None, cfg: Config, train_flags: list, export: str | None) -> list:
+    """--contexts as train.py --context values (cfg's own when not given); ValueError for an even or non-numeric
+    value, for --context given too, and for --export of several (a package reads each volume with one context)."""
+    if not text:
+        return [cfg.context]
+    if any(flag.split("=")[0] == "--context" for flag in train_flags):
+        raise ValueError("give --contexts (the study's several) or --context (one, for every run), not both")
+    if not all(k.strip().isdigit() and int(k) % 2 for k in text.split(",")):
+        raise ValueError(f"--contexts {text}: odd numbers of slices, comma-separated, e.g. 1,3")
+    values = list(dict.fromkeys(int(k) for k in text.split(",")))
+    if export and len(values) > 1:
+        raise ValueError("--export packs runs of one context (a package reads each volume once): ensemble.py --runs "
+                         "of one context, then export.py")
+    return values
+
+
+def call(stage, argv: list) -> str:
+    """A stage's main in this process: '' when it ended well, else why not, in one line (its own, or the error)."""
+    try:
+        stage(argv)
+    except SystemExit as stop:
+        if stop.code in (None, 0):
+            return ""
+        return stop.code if isinstance(stop.code, str) else f"exit code {stop.code} (its message is above)"
+    except Exception as error:  # a truncated file, a bug: the study reports it with the run and goes on
+        return f"{type(error).__name__}: {error}"
+    return ""

@@ -226,10 +226,10 @@ def test_parallel_2_trains_two_runs_side_by_side(finished_study):
 
 
 def test_only_a_stage_that_exits_non_zero_is_a_problem_of_the_study():
-    assert study.call(lambda argv: sys.exit(0), []) == ""
-    assert study.call(lambda argv: sys.exit(), []) == ""
-    assert study.call(lambda argv: sys.exit(2), []) == "exit code 2 (its message is above)"
-    assert study.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
+    assert plan_module.call(lambda argv: sys.exit(0), []) == ""
+    assert plan_module.call(lambda argv: sys.exit(), []) == ""
+    assert plan_module.call(lambda argv: sys.exit(2), []) == "exit code 2 (its message is above)"
+    assert plan_module.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
 
 
 def test_a_failed_run_is_trained_again_with_overwrite_and_its_old_log_goes_aside(demo_dir, tmp_path, capsys,
@@ -378,9 +378,9 @@ def test_a_misspelt_encoder_and_one_only_unetpp_ds_refuses_stop_the_study_before
 def test_any_failure_of_a_stage_becomes_one_line_for_the_summary():
     def truncated(argv):
         raise EOFError("Ran out of input")
-    assert study.call(truncated, []) == "EOFError: Ran out of input"
-    assert study.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
-    assert study.call(lambda argv: None, []) == ""
+    assert plan_module.call(truncated, []) == "EOFError: Ran out of input"
+    assert plan_module.call(lambda argv: sys.exit("infer: no runs"), []) == "infer: no runs"
+    assert plan_module.call(lambda argv: None, []) == ""
 
 
 def start_study(args) -> subprocess.Popen:

@@ -3,13 +3,15 @@
 data/<name>/
   meta.json            task, class names, channels, source, the submission format (src/portable/submission.py)
   index.csv            one row per image: id, file, split (train/test), height, width, group, foreground,
-                       dominant_class, and the source's or metadata CSV's own columns; DICOM images with a pixel
+                       dominant_class (multilabel: labels, the bits of the classes present), and the source's or
+                       metadata CSV's own columns; DICOM images with a pixel
                        spacing add spacing_row_mm, spacing_col_mm (mm between rows, between columns; read with
                        spacing_of), empty for the other images
   images/<id>.<ext>    original size: the source file as it is where it is 8-bit PNG/JPEG/TIFF/BMP (read_image then
                        to_channels give the dataset's form), else (DICOM, 16-bit, arrays) the converted PNG, or
                        .npy (H x W x C uint8) where C is neither 1 nor 3: a volume's slice of several modalities
-  masks/<id>.png       one class index per pixel (0 background), train rows only
+  masks/<id>.png       one class index per pixel (0 background), train rows only; multilabel: one bit per class
+                       (class c is bit c - 1, src/portable/labels.py), so that a pixel holds every class it has
   cache/<size>/images.npy, masks.npy   uint8 arrays resized to the working size (N, or HxW), rows in index.csv order
   volumes.json         volumes only: each case's shape, spacing, split and NIfTI header; its slices are the images
                        (index.csv's case and slice columns; the rules in meta.json's volumes: src/portable/volumes.py)
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from src.portable.dicom import pixel_spacing
 from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize, sides,
                                  size_text, to_channels, write_npy, write_png)
+from src.portable.labels import MAX_LABELS, label_mask
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.portable.problems import InputError, Problem
 from src.portable.submission import default_format
@@ -101,6 +104,23 @@ def majority_channels(samples: list, workers: int) -> tuple:
                       f"saved as colour{f'; {unreadable} unreadable' if unreadable else ''}; {choice})")
 
 
+def multilabel_refused(meta: dict, stage: str) -> str:
+    """'' or the line a stage that reads one class per pixel stops with on a multilabel dataset: its runs train and
+    validate (Dice per class); their prediction, ensembling and packaging come next."""
+    if meta.get("task") != "multilabel":
+        return ""
+    return (f"{stage}: {meta['name']} is multilabel (classes that overlap: {', '.join(meta['classes'][1:])}); "
+            f"train.py trains and validates its runs (Dice per class), and {stage} reads one class per pixel so far")
+
+
+def class_pixels(mask: np.ndarray, task: str, n_classes: int) -> np.ndarray:
+    """Pixels of each class (background first: the pixels of no class) in a mask of the task."""
+    if task != "multilabel":
+        return np.bincount(mask.ravel(), minlength=n_classes)
+    return np.array([np.count_nonzero(mask == 0)] + [np.count_nonzero(label_mask(mask, c, task))
+                                                     for c in range(1, n_classes)])
+
+
 def _mask_where(sample: Sample) -> str:
     """What a mask problem names: the mask file, or the image id when several files (or none) made the mask."""
     return str(sample.mask_files[0]) if len(sample.mask_files) == 1 else sample.id
@@ -126,6 +146,9 @@ def write_dataset(source: Source, out_dir: Path, cache_size, source_name: str,
                  for i, n in Counter(s.id for s in source.samples).items() if n > 1]
     if not source.samples:  # said before a colour census of nothing
         raise PrepareError(problems or ["the source holds no images"])
+    if source.task == "multilabel" and len(source.classes) - 1 > MAX_LABELS:
+        raise PrepareError([f"{len(source.classes) - 1} labels: a multilabel mask holds at most {MAX_LABELS}, one bit "
+                            f"each of a byte"])
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -220,10 +243,11 @@ def _convert_all(source: Source, tmp: Path, size, problems: list, workers: int) 
             mask, binarised = class_mask(mask, image, sample)
             write_png(tmp / "masks" / f"{sample.id}.png", mask)
             cache_masks[position] = resize(mask, size, is_mask=True)
-            counts = np.bincount(mask.ravel(), minlength=n_classes)
+            counts = class_pixels(mask, source.task, n_classes)
             dominant = int(counts[1:].argmax() + 1) if counts[1:].any() else 0
-            return ({**row, "foreground": round(float(1 - counts[0] / mask.size), 6), "dominant_class": dominant},
-                    done, binarised, None)
+            extra = {"labels": int(np.bitwise_or.reduce(mask.ravel()))} if source.task == "multilabel" else {}
+            return ({**row, "foreground": round(float(1 - counts[0] / mask.size), 6),
+                     "dominant_class": dominant, **extra}, done, binarised, None)
         except (ValueError, OSError) as error:
             return None, [], None, _as_problem(error, sample)
 

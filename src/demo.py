@@ -23,7 +23,8 @@ def _smooth_noise(rng, shape, scale):
 
 
 def chest_xray(seed: int, index: int):
-    """A grey chest-X-ray-like image (uint8 HxW) and its binary lung mask (uint8 0/1)."""
+    """A grey chest-X-ray-like image (uint8 HxW), its binary lung mask (uint8 0/1: the lung fields the heart leaves)
+    and its labels that overlap (bits, src/portable/labels.py: the whole lungs 1, the heart over them 2)."""
     rng = np.random.default_rng([seed, index])
     h, w = int(rng.integers(200, 320)), int(rng.integers(200, 320))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -40,6 +41,7 @@ def chest_xray(seed: int, index: int):
         lung = (((xx - lx) / lung_w) ** 2 + ((yy - ly) / lung_h) ** 2) * wobble < 1
         mask[lung] = 1
     heart = ((xx - cx - 0.05 * w) / (0.13 * w)) ** 2 + ((yy - cy - 0.15 * h) / (0.13 * h)) ** 2 < 1
+    overlapping = mask | (heart.astype(np.uint8) << 1)
     mask[heart] = 0
     image[mask == 1] -= rng.uniform(55, 85)
     image[heart] += 30
@@ -49,7 +51,7 @@ def chest_xray(seed: int, index: int):
     image += rng.normal(0, rng.uniform(4, 12), (h, w))
     contrast, gamma = rng.uniform(0.7, 1.3), rng.uniform(0.8, 1.25)
     image = 255 * (np.clip((image - 128) * contrast + 128, 0, 255) / 255) ** gamma
-    return image.astype(np.uint8), mask
+    return image.astype(np.uint8), mask, overlapping
 
 
 def tissue_of(seed: int, index: int) -> str:

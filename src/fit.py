@@ -14,7 +14,7 @@ from src.data import CachedSegmentation, default_workers, foreground_draws, make
 from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes, summarize
 from src.models import create_model, head_weights
-from src.portable.models import ModelError, normalize
+from src.portable.models import ModelError, normalize, outputs
 from src.optim import build_optimizer, build_scheduler, sync_lookahead
 from src.portable.torch_model import Probabilities
 from src.sliding import windowed
@@ -41,7 +41,7 @@ def validate(model, loader, accelerator, meta, tissue_of_row=None, cfg=None) -> 
             pred = predicted_classes(model(normalize(images)), meta["task"])
         else:
             pred = predicted_classes(window(images), meta["task"], threshold=0.5)
-        stats = accelerator.gather_for_metrics((*confusion(pred, masks, n_classes), batch_rows))
+        stats = accelerator.gather_for_metrics((*confusion(pred, masks, n_classes, meta["task"]), batch_rows))
         counts.append([s.cpu() for s in stats[:3]])
         rows.append(stats[3].cpu())
         if example is None:
@@ -111,7 +111,7 @@ def set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretraine
     try:
         with accelerator.main_process_first():  # one download into the cache, which the other processes then read
             model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context),
-                                 1 if meta["task"] == "binary" else n_classes,
+                                 outputs(meta["task"], meta["classes"]),
                                  cfg.encoder_weights if pretrained else "none", cfg.decoder_channels)
         ds_weights = head_weights(cfg.ds_weights, cfg.arch)
     except ModelError as error:

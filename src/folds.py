@@ -25,9 +25,15 @@ def group_labels(groups, ids) -> pd.Series:
 
 def strata(train: pd.DataFrame, task: str, k: int, bins: int = 5) -> np.ndarray:
     """Binary: quantile bins of the mask's foreground fraction (at least k images each, so that every bin can be
-    split k ways). Multiclass: the dominant foreground class."""
+    split k ways). Multiclass: the dominant foreground class. Multilabel: the set of classes present (the label
+    powerset, so that each combination, the overlaps included, spreads over the folds), combinations of fewer than k
+    images pooled into one stratum."""
     if task == "multiclass":
         return train["dominant_class"].to_numpy()
+    if task == "multilabel":
+        combination = train["labels"].astype(int)
+        rare = combination.map(combination.value_counts()) < k
+        return combination.where(~rare, -1).to_numpy()
     ranks = train["foreground"].rank(method="first")
     return pd.qcut(ranks, q=max(1, min(bins, len(train) // k)), labels=False).to_numpy()
 

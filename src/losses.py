@@ -1,15 +1,18 @@
-"""Dice + BCE (binary) or Dice + cross-entropy/focal (multiclass), or the Lovász hinge/softmax per image, from smp's
-losses; for a deep-supervised model, the weighted mean over its heads."""
+"""Dice + BCE (binary; multilabel: a sigmoid per class, smp's multilabel mode) or Dice + cross-entropy/focal
+(multiclass), or the Lovász hinge/softmax per image, from smp's losses; for a deep-supervised model, the weighted mean
+over its heads."""
 import numpy as np
 import torch
 from segmentation_models_pytorch import losses
 
-TASK_LOSSES = {"binary": ("dice_bce", "lovasz"), "multiclass": ("dice_ce", "lovasz")}
+from src.metrics import unpack_labels
+
+TASK_LOSSES = {"binary": ("dice_bce", "lovasz"), "multiclass": ("dice_ce", "lovasz"), "multilabel": ("dice_bce", "lovasz")}
 
 
 def loss_name(loss: str, task: str) -> str:
     """--loss resolved for the task (auto: dice_bce or dice_ce); a loss of the other task is a ValueError."""
-    name = {"binary": "dice_bce", "multiclass": "dice_ce"}[task] if loss == "auto" else loss
+    name = {"binary": "dice_bce", "multiclass": "dice_ce", "multilabel": "dice_bce"}[task] if loss == "auto" else loss
     if name not in TASK_LOSSES[task]:
         raise ValueError(f"--loss {loss} is for the other task: {task} masks take {' or '.join(TASK_LOSSES[task])}")
     return name
@@ -45,7 +48,7 @@ class SegmentationLoss(torch.nn.Module):
             self.lovasz = losses.LovaszLoss(mode=task, per_image=True)
             return
         self.dice = losses.DiceLoss(mode=task, from_logits=True)
-        if task == "binary":
+        if task in ("binary", "multilabel"):
             self.ce = losses.SoftBCEWithLogitsLoss()
         elif focal:
             self.ce = losses.FocalLoss(mode="multiclass")
@@ -63,6 +66,8 @@ class SegmentationLoss(torch.nn.Module):
         logits = logits.float()
         if self.task == "binary":
             target = target[:, None].float()
+        elif self.task == "multilabel":  # bits -> one channel per class (src/portable/labels.py)
+            target = unpack_labels(target, logits.shape[1]).float()
         if self.loss == "lovasz":
             return self.lovasz(logits, target)
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * self.ce(logits, target)

@@ -32,7 +32,7 @@ from src.portable.images import size_text
 from src.losses import SegmentationLoss, class_weights
 from src.cache import input_channels
 from src.models import create_model, head_weights
-from src.portable.models import normalize
+from src.portable.models import normalize, outputs
 from src.optim import build_optimizer
 from src.plotting import pyplot
 
@@ -79,11 +79,10 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         n_classes = len(meta["classes"])
-        binary = meta["task"] == "binary"
-        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), 1 if binary else n_classes,
+        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), outputs(meta["task"], meta["classes"]),
                              cfg.encoder_weights, cfg.decoder_channels)
         model = model.to(device, memory_format=torch.channels_last).train()
-        weights = None if binary else class_weights(cfg.class_weights, masks[train_rows], n_classes)
+        weights = None if meta["task"] != "multiclass" else class_weights(cfg.class_weights, masks[train_rows], n_classes)
         loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights,
                                    head_weights(cfg.ds_weights, cfg.arch), cfg.loss).to(device)
         per_step = processes * cfg.grad_accum

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from src.portable.images import apply_orientation, decode, exif_orientation
+from src.portable.labels import MAX_LABELS, pack
 from src.portable.problems import InputError
 
 HALF = 128
@@ -141,6 +142,10 @@ def class_indices(mask: np.ndarray, task: str, classes: list, where: str, colors
                          "pass --class-colors with one hex colour per class, in class order (000000,ff0000,...)")
     if task == "binary":
         return binary(mask, where, threshold, jpeg)
+    if task == "multilabel":  # one bit per class, as the source packed them (src/portable/labels.py)
+        if int(mask.max()) >= 1 << (len(classes) - 1):
+            raise InputError(where, f"mask value sets a bit beyond the {len(classes) - 1} labels", str(int(mask.max())))
+        return mask.astype(np.uint8), None
     if mask.max() >= len(classes):
         raise InputError(where, f"mask value is not a class id (0..{len(classes) - 1})", str(int(mask.max())),
                          "list every class in --classes, background first")
@@ -161,8 +166,8 @@ def binarised_sentences(done: list) -> list:
     return sentences
 
 
-OVERLAP_FIX = ("prepare stores one class per pixel, and keeping either class would drop the other's pixels from the "
-               "training masks and the scores without a word: give each pixel one class")
+OVERLAP_FIX = ("a multiclass mask holds one class per pixel, and keeping either class would drop the other's pixels "
+               "from the training masks and the scores without a word: --task multilabel keeps every class of a pixel")
 
 
 def overlap_error(where, pixels: int, first: str, second: str) -> InputError:
@@ -170,3 +175,24 @@ def overlap_error(where, pixels: int, first: str, second: str) -> InputError:
     grouped into one line over the images (src/problems.py), each image's pixels in its detail."""
     return InputError(where, "labels of different classes overlap", f"{pixels} pixels of {first} and {second}",
                       OVERLAP_FIX)
+
+
+def parse_regions(text: str) -> dict:
+    """--regions 'whole=1,2 core=2' -> {'whole': [1, 2], 'core': [2]}: each region a label of its own, the union of
+    the listed label values, as nnU-Net's region-based training defines them. ValueError for any other form."""
+    regions = {}
+    for part in text.split():
+        name, _, values = part.partition("=")
+        numbers = values.split(",")
+        if not name or not all(v.strip().isdigit() and int(v) > 0 for v in numbers) or name in regions:
+            raise ValueError(f"--regions {text!r}: give name=value[,value...] per region, e.g. 'whole=1,2 core=2' "
+                             f"(label values above 0, each name once)")
+        regions[name] = [int(v) for v in numbers]
+    if not regions or len(regions) > MAX_LABELS:
+        raise ValueError(f"--regions {text!r}: give 1 to {MAX_LABELS} regions")
+    return regions
+
+
+def regions_mask(label_map: np.ndarray, regions: list) -> np.ndarray:
+    """A label map (values 0..) -> one bit per region (src/portable/labels.py): the pixels of any of its values."""
+    return pack(np.stack([np.isin(label_map, values) for values in regions]))

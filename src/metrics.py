@@ -18,14 +18,26 @@ _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))  # 4-connected bound
 
 
 def predicted_classes(logits: torch.Tensor, task: str, threshold: float = 0.0) -> torch.Tensor:
-    """N x C x H x W logits -> N x H x W class indices (binary: foreground probability above 0.5). Probabilities
-    instead of logits: threshold 0.5."""
+    """N x C x H x W logits -> N x H x W class indices (binary: foreground probability above 0.5; multilabel: each
+    class above 0.5, its bit). Probabilities instead of logits: threshold 0.5."""
+    if task == "multilabel":
+        bits = 1 << torch.arange(logits.shape[1], device=logits.device)
+        return ((logits > threshold).long() * bits[:, None, None]).sum(dim=1)
     return (logits[:, 0] > threshold).long() if task == "binary" else logits.argmax(dim=1)
 
 
-def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> tuple:
+def unpack_labels(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """N x H x W bits (src/portable/labels.py) -> N x K x H x W of 0 and 1, class 1 first."""
+    return (mask.long()[:, None] >> torch.arange(k, device=mask.device)[:, None, None]) & 1
+
+
+def confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, task: str = "") -> tuple:
     """Per image and foreground class: true positive, false positive and false negative pixel counts (N x C-1)."""
     pred, target = pred.long(), target.long()
+    if task == "multilabel":
+        tp, fp, fn, _ = smp.metrics.get_stats(*(unpack_labels(m, n_classes - 1) for m in (pred, target)),
+                                              mode="multilabel")
+        return tp, fp, fn
     if n_classes == 2:
         tp, fp, fn, _ = smp.metrics.get_stats(pred[:, None], target[:, None], mode="binary")
         return tp, fp, fn

@@ -24,11 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from src.canonical import load_index, load_meta
+from src.canonical import class_pixels, load_index, load_meta
 from src.portable.files import write_atomic
 from src.config import Config, flag_value
 from src.folds import group_labels, load_folds
 from src.portable.images import as_size, read_image, sides, size_text
+from src.portable.labels import label_mask
 
 STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
@@ -51,14 +52,15 @@ def plan_path(dataset_dir: Path) -> Path:
     return Path(dataset_dir) / "plan.json"
 
 
-def mask_census(path: Path, n_classes: int) -> tuple:
-    """(each class's objects' equivalent diameters over the geometric mean of the image's sides, its pixel share)."""
+def mask_census(path: Path, n_classes: int, task: str) -> tuple:
+    """(each class's objects' equivalent diameters over the geometric mean of the image's sides, its pixel share):
+    a multilabel mask's classes by their own pixels, where they overlap too."""
     mask = read_image(path)
     side = math.sqrt(mask.shape[0] * mask.shape[1])
-    counts = np.bincount(mask.ravel(), minlength=n_classes)[:n_classes]
+    counts = class_pixels(mask, task, n_classes)[:n_classes]
     diameters = []
     for cls in range(1, n_classes):
-        _, _, stats, _ = cv2.connectedComponentsWithStats((mask == cls).astype(np.uint8), connectivity=8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(label_mask(mask, cls, task).astype(np.uint8), connectivity=8)
         diameters.append(2 * np.sqrt(stats[1:, cv2.CC_STAT_AREA] / np.pi) / side)
     return diameters, counts / mask.size
 
@@ -73,7 +75,8 @@ def fingerprint(dataset_dir: Path, folds_dir: Path) -> dict:
     classes = meta["classes"]
     rows = labelled.iloc[np.unique(np.linspace(0, len(labelled) - 1, min(len(labelled), MASKS_READ)).astype(int))]
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # OpenCV decodes outside the GIL
-        census = list(pool.map(lambda i: mask_census(dataset_dir / "masks" / f"{i}.png", len(classes)), rows["id"]))
+        census = list(pool.map(lambda i: mask_census(dataset_dir / "masks" / f"{i}.png", len(classes), meta["task"]),
+                               rows["id"]))
     diameters = [np.concatenate([c[0][k] for c in census]) for k in range(len(classes) - 1)]
     image_shares = np.array([c[1] for c in census])
     shares = image_shares.mean(axis=0)  # each image counts once, as at training size
@@ -220,6 +223,8 @@ def plan_class_weights(fp: dict, fold: int | None = None) -> tuple:
     the weights themselves train.py computes from the run's own training masks (--class-weights auto)."""
     if fp["task"] == "binary":
         return "none", "binary masks: Dice + BCE, no class weights"
+    if fp["task"] == "multilabel":
+        return "none", "labels that overlap: a sigmoid per class, Dice + BCE (smp's multilabel mode), no class weights"
     by_fold = fp.get("fold_class_shares")
     if not by_fold:  # no split yet: no fold is scored, so every labelled mask may be read
         by_fold, fold = [fp["class_shares"]], 0

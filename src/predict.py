@@ -15,7 +15,7 @@ import torch
 from src.config import load_run_config
 from src.cache import input_channels
 from src.models import create_model
-from src.portable.models import ModelError, ready
+from src.portable.models import ModelError, outputs, ready
 from src.portable.predictor import Batch, image_files, predict
 from src.runs import check_set_name, is_finished, save_pred
 
@@ -51,8 +51,8 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tu
     """(model in eval mode, Config, dataset meta), rebuilt from run_dir/config.json and weights, with no network."""
     cfg, meta = load_run_config(run_dir)
     try:
-        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), 1 if meta["task"] == "binary" else
-                             len(meta["classes"]), "none", cfg.decoder_channels)
+        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), outputs(meta["task"], meta["classes"]),
+                             "none", cfg.decoder_channels)
     except ModelError as error:
         raise ModelError(f"{Path(run_dir) / 'config.json'}: {error}") from error
     return ready(model, torch.load(weights, map_location="cpu", weights_only=True), device), cfg, meta

@@ -2,6 +2,7 @@
 
   python -m src.prepare demo                       # generated lungs, offline
   python -m src.prepare demo --multiclass          # generated nuclei (5 classes + background)
+  python -m src.prepare demo --multilabel          # generated lungs and the heart over them (labels that overlap)
   python -m src.prepare chest-xray --src DIR       # Montgomery / Shenzhen / Kaggle masks-and-labels
   python -m src.prepare pannuke --src DIR          # the official PanNuke fold files
   python -m src.prepare folder --images DIR --masks DIR [--test DIR] [--task multiclass --classes background,a,b]
@@ -26,7 +27,7 @@ from src import sources
 from src.canonical import PrepareError, write_dataset
 from src.config import working_size
 from src.folds import NO_GROUP, STRATEGIES, kept_folds_problem, load_folds, write_folds
-from src.masks import parse_colors
+from src.masks import parse_colors, parse_regions
 from src.portable.images import size_text
 from src.plan import describe, given_flags, write_plan
 from src.problems import report
@@ -42,8 +43,13 @@ def parse_args(argv=None):
     parser.add_argument("--masks", type=Path, help="folder: the masks, matched by file stem (x.png, x_mask.png, "
                         "x_mask_1.png, x_segmentation.png) or by folder (masks/<id>/*.png); may be --images itself")
     parser.add_argument("--test", type=Path, help="folder, rle: unlabelled test images")
-    parser.add_argument("--task", choices=["binary", "multiclass"], default="binary", help="folder: mask kind")
-    parser.add_argument("--classes", help="folder, rle: comma-separated class names, background first")
+    parser.add_argument("--task", choices=["binary", "multiclass", "multilabel"], default="binary",
+                        help="folder, rle: mask kind; multilabel keeps every class of a pixel (classes that overlap: "
+                             "per-class mask folders, an RLE CSV's class rows, --regions of label maps)")
+    parser.add_argument("--classes", help="folder, rle: comma-separated class names, background first (multilabel: "
+                                          "the labels alone)")
+    parser.add_argument("--regions", help="folder: label maps (or volumes) as nnU-Net's regions, each one label of "
+                                          "a multilabel dataset, the union of its values: 'whole=1,2 core=2'")
     parser.add_argument("--class-colors", help="colour-coded masks: one hex colour per class, in class order "
                         "(000000,ff0000,00ff00)")
     parser.add_argument("--mask-threshold", type=int,
@@ -69,6 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--rotation-invariant", action="store_true",
                         help="folder: images have no up or down (histology); augment with vertical flips and 90° turns")
     parser.add_argument("--multiclass", action="store_true", help="demo: generated nuclei instead of lungs")
+    parser.add_argument("--multilabel", action="store_true", help="demo: the lungs and the heart over them, labels "
+                                                                  "that overlap")
     parser.add_argument("--count", type=int, default=240, help="demo: number of labelled images")
     parser.add_argument("--test-count", type=int, default=24, help="demo: number of unlabelled test images")
     parser.add_argument("--size", type=working_size, default=256, help="the resized cache's size in pixels: N (a square) "
@@ -91,8 +99,8 @@ def parse_args(argv=None):
 
 def build_source(args) -> tuple:
     if args.source == "demo":
-        name = "demo-multiclass" if args.multiclass else "demo"
-        return name, sources.demo_source(args.count, args.seed, args.multiclass, args.test_count)
+        name = "demo-multiclass" if args.multiclass else "demo-multilabel" if args.multilabel else "demo"
+        return name, sources.demo_source(args.count, args.seed, args.multiclass, args.test_count, args.multilabel)
     if args.source == "chest-xray":
         if args.src is None:
             raise PrepareError(["chest-xray needs --src pointing at the downloaded folder"])
@@ -105,30 +113,50 @@ def build_source(args) -> tuple:
         if args.src is None or not (args.src / "dataset.json").exists():
             raise PrepareError([f"decathlon needs --src pointing at a folder holding dataset.json (given: {args.src})"])
         try:
-            cases, classes, modality, problems = sources.decathlon_cases(args.src)
+            cases, classes, modality, problems, regions = sources.decathlon_cases(args.src)
         except (ValueError, KeyError) as error:
             raise PrepareError([str(error)]) from None
-        source = sources.volume_source(cases, "binary" if len(classes) == 2 else "multiclass", classes, modality)
+        task = "multilabel" if regions else "binary" if len(classes) == 2 else "multiclass"
+        source = sources.volume_source(cases, task, classes, modality, regions)
         source.problems += problems
         return args.src.resolve().name, source
     classes = args.classes.split(",") if args.classes else None
+    if args.task == "multilabel" and classes:  # the labels alone: background first, as every task lists them
+        classes = ["background", *[c for c in classes if c != "background"]]
+    regions = None
+    if args.regions:
+        try:
+            regions = parse_regions(args.regions)
+        except ValueError as error:
+            raise PrepareError([str(error)]) from None
+        if args.task != "multilabel" or args.source != "folder":
+            raise PrepareError(["--regions makes a multilabel dataset of a folder's label maps: prepare folder "
+                                "--task multilabel --regions ..."])
     if args.source == "rle":
         if args.images is None or args.csv is None:
             raise PrepareError(["rle needs --images DIR and --csv FILE"])
         return "rle", sources.rle_csv(args.images, args.csv, args.id_column, args.rle_column, args.class_column,
                                       classes, args.rle_order, args.rle_relative, args.allow_unmasked,
-                                      args.absent_empty, args.test, args.channels)
+                                      args.absent_empty, args.test, args.channels, args.task == "multilabel")
     if args.images is None or args.masks is None:
         raise PrepareError(["folder needs --images DIR and --masks DIR"])
     if args.task == "multiclass" and not classes:
         raise PrepareError(["--task multiclass needs --classes background,class1,class2,..."])
+    if args.task == "multilabel" and not (classes or regions):
+        raise PrepareError(["--task multilabel needs --classes a,b,... (masks/<class>/ folders) or --regions"])
     name = folder_name(args.images, args.name)
     if sources.volume_files(args.images):
         cases, problems = sources.folder_cases(args.images, args.masks, args.test, args.allow_unmasked)
-        source = sources.volume_source(cases, args.task, classes or ["background", "foreground"], args.modality)
+        source = sources.volume_source(cases, args.task, ["background", *regions] if regions else classes or [
+            "background", "foreground"], args.modality, regions)
         source.problems += problems
         return name, source
-    source = sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes, args.channels)
+    if regions:  # label maps, read as a multiclass set's, then one bit per region
+        source = sources.as_regions(sources.folder(args.images, args.masks, args.test, args.allow_unmasked,
+                                                   "multiclass", None, args.channels), regions)
+    else:
+        source = sources.folder(args.images, args.masks, args.test, args.allow_unmasked, args.task, classes,
+                                args.channels)
     source.rotation_invariant = args.rotation_invariant
     return name, source
 

@@ -61,7 +61,8 @@ def test_rle_class_column_makes_a_multiclass_dataset_and_overlapping_classes_are
     with pytest.raises(SystemExit) as refused:  # neither row overwrites the other without a word
         prepare(tmp_path / "again", *args)
     assert "2 x labels of different classes overlap: c (4 pixels of class_1 and class_3), d (4 pixels of class_2 and " \
-           "class_1); prepare stores one class per pixel" in str(refused.value)
+           "class_1); a multiclass mask holds one class per pixel" in str(refused.value)
+    assert "--task multilabel keeps every class of a pixel" in str(refused.value)
     assert not (tmp_path / "again" / "data" / "rle").exists()
 
 

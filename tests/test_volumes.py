@@ -219,13 +219,20 @@ def test_a_bad_volume_stops_prepare_in_one_line_and_writes_nothing(tmp_path, cap
     assert not (tmp_path / "data" / "tiny").exists()
 
 
-def test_nnunet_v2_regions_are_refused_until_overlapping_labels_are_read(tmp_path):
+def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_path):
+    from src.portable.labels import unpack
     root = tmp_path / "Dataset001_Tiny"
-    (root / "labelsTr").mkdir(parents=True)
+    volume_set(root, cases=2, tests=0, layout="nnunet")
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz",
                                                    "labels": {"background": 0, "whole": [1, 2], "core": 2}}))
-    with pytest.raises(SystemExit, match="labels whole are regions"):
-        prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny")
+    prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2")
+    meta = json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
+    assert meta["task"] == "multilabel" and meta["classes"] == ["background", "whole", "core"]
+    labels = np.asanyarray(nibabel.load(str(root / "labelsTr" / "vol_000.nii.gz")).dataobj)
+    cut = volumes.slices(labels, 2, tuple(meta["volumes"]["slice_size"]), 0)
+    masks = np.load(tmp_path / "data" / "tiny" / "cache" / "32" / "masks.npy")[:len(cut)]
+    whole, core = unpack(masks, 2)  # per region, slice by slice
+    assert np.array_equal(whole, cut > 0) and np.array_equal(core, cut == 2) and core.any()
 
 
 def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path, capsys):

@@ -19,6 +19,12 @@ class ModelError(ValueError):
     """A model that cannot be built as asked; the message says what to do."""
 
 
+def outputs(task: str, classes: list) -> int:
+    """The model's output channels: one foreground map (binary), one per class with background (multiclass,
+    softmax), one per label without it (multilabel, a sigmoid each)."""
+    return {"binary": 1, "multiclass": len(classes), "multilabel": len(classes) - 1}[task]
+
+
 def canonical_arch(arch: str) -> str:
     """'unetplusplus', 'Unet++' and 'unetpp' are all 'unetpp'; run folders use this name."""
     name = arch.lower()

@@ -138,13 +138,13 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
     import torch
     from safetensors.torch import load_file
 
-    from .models import at_level, build_model, ready
+    from .models import at_level, build_model, outputs, ready
     from .torch_model import torch_predictor
 
     torch_device, models = torch.device(device), []
-    outputs = 1 if manifest["task"] == "binary" else len(manifest["classes"])
     for spec in manifest["models"]:
-        built = build_model(spec["arch"], spec["encoder"], manifest["channels"] * spec["context"], outputs,
+        built = build_model(spec["arch"], spec["encoder"], manifest["channels"] * spec["context"],
+                            outputs(manifest["task"], manifest["classes"]),
                             spec["decoder_channels"])
         net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
         models.append(Model(f"{spec['run']} fold{spec['fold']}", as_size(spec["size"]), spec["weight"], torch_predictor(

@@ -20,7 +20,7 @@ class Probabilities(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(normalize(images)).float()
-        return logits.sigmoid() if self.task == "binary" else logits.softmax(dim=1)
+        return logits.softmax(dim=1) if self.task == "multiclass" else logits.sigmoid()  # multilabel: one per class
 
 
 def with_tta(model: torch.nn.Module, task: str, mode: str) -> torch.nn.Module:

@@ -8,10 +8,10 @@ from src.sources.generated import demo_source
 from src.sources.metadata import attach_metadata
 from src.sources.pannuke import PANNUKE_CLASSES, pannuke, pannuke_class_map
 from src.sources.rle_csv import rle_csv
-from src.sources.sample import Sample, Source
+from src.sources.sample import Sample, Source, as_regions
 from src.sources.volumes import decathlon_cases, folder_cases, volume_source
 from src.portable.volumes import volume_files
 
-__all__ = ["PANNUKE_CLASSES", "Sample", "Source", "attach_metadata", "chest_xray", "demo_source", "folder",
+__all__ = ["PANNUKE_CLASSES", "Sample", "Source", "as_regions", "attach_metadata", "chest_xray", "demo_source", "folder",
            "mask_key", "pannuke", "pannuke_class_map", "patient_of", "rle_csv",
            "decathlon_cases", "folder_cases", "volume_files", "volume_source"]

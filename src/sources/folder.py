@@ -46,7 +46,8 @@ def looked_for(path: Path, root: Path) -> str:
     return f"looked for '{mask_key(path)}.*'" + (f" (its name) and '{folders[0]}.*' (its folder)" if folders else "")
 
 
-def merged_mask(paths: list, class_of: dict | None = None, classes: list | None = None) -> np.ndarray:
+def merged_mask(paths: list, class_of: dict | None = None, classes: list | None = None,
+                multilabel: bool = False) -> np.ndarray:
     """Several mask files for one image (left and right lung, the instances of a nucleus set) merge by maximum:
     their union for binary masks. class_of: {file: class index} for files in per-class folders
     (`masks/<class>/<id>.png`), each file's foreground painted with its class; two classes on one pixel are refused
@@ -61,6 +62,9 @@ def merged_mask(paths: list, class_of: dict | None = None, classes: list | None 
     merged = np.zeros(masks[0].shape[:2], np.uint8)
     for path, mask in zip(paths, masks):
         drawn, index = mask > 0, class_of[path]
+        if multilabel:  # each class its bit, where classes overlap too (src/portable/labels.py)
+            merged[drawn] |= np.uint8(1 << (index - 1))
+            continue
         clash = drawn & (merged > 0) & (merged != index)
         if clash.any():
             raise overlap_error(path.stem, int(clash.sum()), classes[int(merged[clash].flat[0])], classes[index])
@@ -109,7 +113,11 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         problems.append(f"{masks}: no mask files in this folder")
     if problems:  # an empty folder is a wrong path: said alone, not as every file of the other folder lacking a match
         return Source(task, classes or [], channels, [], problems)
-    class_of = class_folders(mask_files, masks, classes) if task == "multiclass" else None
+    class_of = class_folders(mask_files, masks, classes) if task in ("multiclass", "multilabel") else None
+    if task == "multilabel" and class_of is None:
+        return Source(task, classes or [], channels, [], [
+            f"{masks}: --task multilabel reads one folder of binary masks per class, named as --classes "
+            f"({', '.join((classes or [])[1:])}): masks/<class>/<id>.png; label maps take --regions"])
     seen, samples = {}, []
     for path in files:
         if path.stem in seen:
@@ -120,7 +128,7 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         if path.stem in mask_files:
             paths = mask_files[path.stem]
             samples.append(Sample(path.stem, lambda p=path, m=paths: (read_image(p), merged_mask(
-                m, class_of, classes)), group=group, file=path, mask_files=tuple(paths)))
+                m, class_of, classes, task == "multilabel")), group=group, file=path, mask_files=tuple(paths)))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", group=group,
                                   file=path))

@@ -33,15 +33,20 @@ def class_indices(values: pd.Series, classes: list | None) -> tuple:
     return values.map({name: i for i, name in enumerate(classes)}).to_numpy(), classes
 
 
-def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: bool, classes: list) -> np.ndarray:
-    """Merge the rows of one image (their union for one class); all bad rows in one error, and rows of different
-    classes that cover the same pixels refused (masks.overlap_error), never one overwriting the other."""
+def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: bool, classes: list,
+                multilabel: bool = False) -> np.ndarray:
+    """Merge the rows of one image (their union for one class); all bad rows in one error. Multilabel: each class
+    its bit (src/portable/labels.py); otherwise rows of different classes that cover the same pixels are refused
+    (masks.overlap_error), never one overwriting the other."""
     mask, errors, overlap = np.zeros(shape, np.uint8), [], None
     for line, image_id, rle, class_index in rows:
         try:
             decoded = rle_decode(rle, shape, order, relative) > 0
         except ValueError as error:
             errors.append(f"{csv_name} line {line}: '{image_id}' ({shape[1]}x{shape[0]}): {error}")
+            continue
+        if multilabel:
+            mask[decoded] |= np.uint8(1 << (class_index - 1))
             continue
         clash = decoded & (mask > 0) & (mask != class_index)
         if clash.any() and overlap is None:
@@ -80,7 +85,8 @@ def order_hint(rows_of: dict, order: str, relative: bool, images: int = 20) -> s
 def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: str | None = None,
             class_column: str | None = None, classes: list | None = None, order: str = "column",
             relative: bool = False, allow_unmasked: bool = False, absent_empty: bool = False,
-            test: Path | None = None, channels: int = 0) -> Source:
+            test: Path | None = None, channels: int = 0, multilabel: bool = False) -> Source:
+    """multilabel: the class column's classes kept apart, each a bit of the mask, where they overlap too."""
     problems = [f"{p}: does not exist" for p in (images, csv, test) if p is not None and not p.exists()]
     if problems:
         return Source("binary", classes or [], channels, [], problems)
@@ -101,8 +107,11 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         problems.append(f"{csv}: no column '{class_column}' (columns: {', '.join(table.columns)})")
     if problems:
         return Source("binary", classes or [], channels, [], problems)
-    task = "multiclass" if columns["class"] else "binary"
-    if task == "multiclass":
+    if multilabel and not columns["class"]:
+        return Source("multilabel", classes or [], channels, [], [f"{csv}: --task multilabel needs a class column "
+                                                                  f"(columns: {', '.join(table.columns)})"])
+    task = ("multilabel" if multilabel else "multiclass") if columns["class"] else "binary"
+    if task != "binary":
         try:
             indices, classes = class_indices(table[columns["class"]].str.strip(), classes)
         except ValueError as error:
@@ -135,7 +144,7 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         seen[path.stem] = path
         if path in rows_of or absent_empty:
             samples.append(Sample(path.stem, lambda p=path, r=rows_of.get(path, []): (
-                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative, classes)), file=path))
+                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative, classes, multilabel)), file=path))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", file=path))
         else:

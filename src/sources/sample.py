@@ -20,7 +20,7 @@ class Sample:
 
 @dataclass
 class Source:
-    task: str  # "binary" or "multiclass"
+    task: str  # "binary", "multiclass" or "multilabel" (one bit per class: src/portable/labels.py)
     classes: list
     channels: int  # 1 or 3; 0: the majority of the images decides (src/canonical.py)
     samples: list
@@ -47,3 +47,17 @@ def unsafe_id(image_id: str) -> bool:
 
 def duplicate_id(path: Path, other: Path) -> Problem:
     return Problem(str(path), "duplicate id: another image has the same stem", str(other), "rename one of them")
+
+
+def as_regions(source: Source, regions: dict) -> Source:
+    """A source of label maps as nnU-Net's regions ({name: label values}): each mask one bit per region
+    (masks.regions_mask), a multilabel dataset whose classes are the regions."""
+    from src.masks import regions_mask
+
+    def load(sample_load):
+        image, mask = sample_load()
+        return image, None if mask is None else regions_mask(mask, list(regions.values()))
+    for sample in source.samples:
+        sample.load = lambda original=sample.load: load(original)
+    source.task, source.classes = "multilabel", ["background", *regions]
+    return source

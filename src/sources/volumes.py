@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from src.masks import regions_mask
 from src.portable import volumes
 from src.portable.problems import Problem
 from src.sources.sample import Sample, Source
@@ -47,17 +48,22 @@ def folder_cases(images: Path, masks: Path | None, test: Path | None, allow_unma
 
 
 def decathlon_cases(root: Path) -> tuple:
-    """(cases, classes, modality, problems) of a Decathlon or nnU-Net v2 folder, read through its dataset.json."""
+    """(cases, classes, modality, problems, regions) of a Decathlon or nnU-Net v2 folder, read through its
+    dataset.json; regions ({name: label values}, or None): nnU-Net v2's labels given as lists of values, every label
+    then a region of its own, the classes their names (a multilabel dataset)."""
     description = json.loads((root / "dataset.json").read_text())
     if "channel_names" in description:  # nnU-Net v2: labels {name: value}, a list of values is a region
         modalities = list(description["channel_names"].values())
         labels = description["labels"]
-        regions = [name for name, value in labels.items() if isinstance(value, list)]
-        if regions:
-            raise ValueError(f"{root / 'dataset.json'}: labels {', '.join(regions)} are regions (lists of values), "
-                             f"which overlap; prepare reads one label per voxel")
-        classes = [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
-        values = sorted(int(v) for v in labels.values())
+        if any(isinstance(value, list) for value in labels.values()):  # regions: every label one, nnU-Net's way
+            regions = {name: [int(v) for v in (value if isinstance(value, list) else [value])]
+                       for name, value in labels.items() if value != 0}
+            classes = ["background", *regions]
+            values = list(range(max(v for vs in regions.values() for v in vs) + 1))
+        else:
+            regions = None
+            classes = [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
+            values = sorted(int(v) for v in labels.values())
         ending = description.get("file_ending", ".nii.gz")
 
         def files(folder, case):  # the case's channel files, <case>_0000 ...
@@ -67,6 +73,7 @@ def decathlon_cases(root: Path) -> tuple:
         cases += [Case(p.name[:-len(f"_0000{ending}")], files("imagesTs", p.name[:-len(f"_0000{ending}")]), None, "test")
                   for p in sorted((root / "imagesTs").glob(f"*_0000{ending}"))]
     else:  # the Decathlon's: modality and labels as {value: name}, the pairs listed
+        regions = None
         modalities = [description["modality"][k] for k in sorted(description["modality"], key=int)]
         classes = [description["labels"][k] for k in sorted(description["labels"], key=int)]
         values = sorted(int(k) for k in description["labels"])
@@ -80,19 +87,21 @@ def decathlon_cases(root: Path) -> tuple:
                         f"{', '.join(modalities)})") for c in cases for p in (*c.images, c.label)
                 if p is not None and not p.exists()]
     return ([c for c in cases if all(p.exists() for p in (*c.images, c.label) if p is not None)], classes,
-            modalities if len(modalities) > 1 else modalities[0], problems)
+            modalities if len(modalities) > 1 else modalities[0], problems, regions)
 
 
-def volume_source(cases: list, task: str, classes: list, modality: str | list) -> Source:
+def volume_source(cases: list, task: str, classes: list, modality: str | list, regions: dict | None = None) -> Source:
     """The slices of every readable case, with a problem for each case that cannot be used (nothing is written
     while any is found: src/canonical.py). modality: the channel's, or a list of one per channel (their order in
-    the files), each a channel of the slices."""
+    the files), each a channel of the slices. regions ({name: label values}): the label volumes' values become one
+    bit per region (masks.regions_mask), the classes the regions' names."""
     names = modality if isinstance(modality, list) else [modality]
     ct_channels = [c for c, name in enumerate(names) if name.upper() == "CT"]
     problems, records, foreground = [], {}, []
     for case in tqdm(cases, desc="read volumes", unit="case"):
         try:
-            records[case.id], sample = read_case(case, len(classes), len(names), ct_channels)
+            values = max(v for vs in regions.values() for v in vs) + 1 if regions else len(classes)
+            records[case.id], sample = read_case(case, values, len(names), ct_channels)
         except ValueError as error:
             problems.append(Problem(*str(error).split(": ", 1)) if ": " in str(error) else Problem(case.id, str(error)))
             continue
@@ -119,6 +128,8 @@ def volume_source(cases: list, task: str, classes: list, modality: str | list) -
     def case_slices(case: Case) -> tuple:
         cut = volumes.model_slices(volumes.read_channels(list(case.images), len(names))[1], names, ct, axis, size)
         labels = None if case.label is None else volumes.slices(label_values(case), axis, size, 0)
+        if labels is not None and regions:
+            labels = regions_mask(labels, list(regions.values()))
         return cut, labels
 
     samples = []

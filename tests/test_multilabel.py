@@ -1,0 +1,120 @@
+"""Labels that overlap (--task multilabel): every class of a pixel kept, one bit each, from each form such data comes
+in: a binary mask folder per class, an RLE CSV's class rows, nnU-Net-style regions of label maps."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import infer
+import study
+import train
+from conftest import TINY, paths, prepare
+from src.canonical import load_index, load_meta
+from src.losses import SegmentationLoss
+from src.metrics import confusion, predicted_classes
+from src.portable.images import read_image, write_png
+from src.portable.labels import label_mask, pack, unpack
+from src.portable.rle import rle_encode
+
+
+def lungs_and_heart(k: int) -> tuple:
+    """Two lungs and a heart over the left one (the overlap), shifted by k."""
+    lungs, heart = np.zeros((16, 12), bool), np.zeros((16, 12), bool)
+    lungs[2:13, 1:5], lungs[2:13, 7:11] = True, True
+    heart[8 + k % 3:14, 3:8] = True
+    return lungs, heart
+
+
+def images_folder(tmp_path, count: int):
+    (tmp_path / "images").mkdir()
+    for k in range(count):
+        write_png(tmp_path / "images" / f"x{k}.png", np.full((16, 12), 40 * k % 255, np.uint8))
+    return tmp_path / "images"
+
+
+def test_bits_hold_every_class_of_a_pixel():
+    lungs, heart = lungs_and_heart(0)
+    mask = pack(np.stack([lungs, heart]))
+    assert mask.dtype == np.uint8 and mask[10, 3] == 3  # both: the heart over the left lung
+    assert np.array_equal(unpack(mask, 2), np.stack([lungs, heart]))
+    assert np.array_equal(label_mask(mask, 2, "multilabel"), heart)
+    assert np.array_equal(label_mask(np.where(heart, 2, 0), 2, "multiclass"), heart)
+
+
+def test_per_class_folders_and_rle_rows_keep_overlapping_classes_and_folds_spread_their_combinations(tmp_path):
+    images = images_folder(tmp_path, 8)
+    rows = []
+    for k in range(8):
+        lungs, heart = lungs_and_heart(k)
+        heart = heart if k % 2 else np.zeros_like(heart)  # half the images without a heart
+        for name, mask in (("lung", lungs), ("heart", heart)):
+            (tmp_path / "masks" / name).mkdir(parents=True, exist_ok=True)
+            write_png(tmp_path / "masks" / name / f"x{k}.png", mask.astype(np.uint8) * 255)
+            rows.append((f"x{k}", rle_encode(mask.astype(np.uint8)) if mask.any() else "", name))
+    pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]).to_csv(tmp_path / "train.csv", index=False)
+    prepare(tmp_path / "a", "folder", "--images", str(images), "--masks", str(tmp_path / "masks"), "--task",
+            "multilabel", "--classes", "lung,heart", "--name", "folders", "--size", "16", "--k", "2")
+    prepare(tmp_path / "b", "rle", "--images", str(images), "--csv", str(tmp_path / "train.csv"), "--task",
+            "multilabel", "--classes", "lung,heart", "--size", "16", "--k", "2")
+    for data in (tmp_path / "a" / "data" / "folders", tmp_path / "b" / "data" / "rle"):
+        meta, index = load_meta(data), load_index(data)
+        assert meta["task"] == "multilabel" and meta["classes"] == ["background", "lung", "heart"]
+        for k in range(8):
+            lungs, heart = lungs_and_heart(k)
+            mask = read_image(data / "masks" / f"x{k}.png")
+            assert np.array_equal(unpack(mask, 2), np.stack([lungs, heart if k % 2 else heart & False]))
+        assert index.set_index("id")["labels"].to_dict() == {f"x{k}": 3 if k % 2 else 1 for k in range(8)}
+    folds = pd.read_csv(tmp_path / "a" / "folds" / "folders.csv").merge(index[["id", "labels"]], on="id")
+    assert (folds.groupby("fold")["labels"].apply(lambda v: (v == 3).sum()) == 2).all()  # the overlaps: 2 a fold
+
+
+def test_regions_of_label_maps_are_their_nested_unions(tmp_path):
+    images = images_folder(tmp_path, 4)
+    (tmp_path / "labels").mkdir()
+    for k in range(4):
+        label_map = np.zeros((16, 12), np.uint8)
+        label_map[2:14, 2:10], label_map[5:10, 4:8] = 1, 2  # an edema (1) around a core (2)
+        write_png(tmp_path / "labels" / f"x{k}.png", label_map)
+    for wrong in ("whole=1,x", "whole=0"):
+        with pytest.raises(SystemExit, match="give name=value"):
+            prepare(tmp_path / "bad", "folder", "--images", str(images), "--masks", str(tmp_path / "labels"), "--task",
+                    "multilabel", "--regions", wrong)
+    prepare(tmp_path, "folder", "--images", str(images), "--masks", str(tmp_path / "labels"), "--task", "multilabel",
+            "--regions", "whole=1,2 core=2", "--name", "tumour", "--size", "16", "--k", "2")
+    assert load_meta(tmp_path / "data" / "tumour")["classes"] == ["background", "whole", "core"]
+    whole, core = unpack(read_image(tmp_path / "data" / "tumour" / "masks" / "x0.png"), 2)
+    assert whole[2:14, 2:10].all() and whole.sum() == 12 * 8 and core[5:10, 4:8].all() and core.sum() == 20
+
+
+def test_a_sigmoid_per_class_is_scored_per_class_where_the_classes_overlap():
+    lungs, heart = (torch.from_numpy(m) for m in lungs_and_heart(0))
+    target = torch.from_numpy(pack(np.stack([lungs.numpy(), heart.numpy()])))[None]
+    logits = torch.stack([lungs.float() * 8 - 4, torch.full(heart.shape, -4.0)])[None]  # the lungs alone predicted
+    pred = predicted_classes(logits, "multilabel")
+    assert torch.equal(pred, lungs.long()[None])  # bit 1 where the lungs are, no heart
+    tp, fp, fn = confusion(pred, target, 3, "multilabel")
+    assert tp.tolist() == [[lungs.sum().item(), 0]] and fp.tolist() == [[0, 0]] and fn.tolist() == [[0, heart.sum().item()]]
+    loss = SegmentationLoss("multilabel")
+    assert loss(logits, target) > loss(torch.stack([lungs.float() * 8 - 4, heart.float() * 8 - 4])[None], target)
+
+
+def test_the_multilabel_demo_trains_and_validates_each_class_and_the_later_stages_say_they_read_one_class(
+        tmp_path, capsys):
+    prepare(tmp_path, "demo", "--multilabel", "--count", "12", "--test-count", "0", "--size", "32", "--k", "2")
+    data = tmp_path / "data" / "demo-multilabel"
+    masks = np.load(data / "cache" / "32" / "masks.npy")
+    assert load_meta(data)["classes"] == ["background", "lung", "heart"] and (masks == 3).any()  # heart over lung
+    flags = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "2",
+             "--dataset", "demo-multilabel", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    train.main([*flags, "--fold", "0"])
+    metrics = json.loads((tmp_path / "runs" / "demo-multilabel" / "unet-tu-test_resnet" / "fold0" /
+                          "metrics.json").read_text())
+    assert {"dice_lung", "dice_heart"} <= set(metrics) and metrics["dice_lung"] > 0.3  # Dice per class
+    with pytest.raises(SystemExit, match="demo-multilabel is multilabel .* infer.py reads one class per pixel so far"):
+        infer.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+                    "--preds-dir", str(tmp_path / "preds")])
+    with pytest.raises(SystemExit, match="study.py reads one class per pixel so far"):
+        study.main([*[f for f in flags if f not in ("--encoder", "tu-test_resnet")], "--encoders", "tu-test_resnet",
+                    "--dry-run"])

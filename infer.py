@@ -26,7 +26,7 @@ import torch
 
 from src import runs as ledger, tracking
 from src.cache import open_cache
-from src.canonical import load_index, multilabel_refused
+from src.canonical import load_index
 from src.config import Config, OldRunFormat, name_parts, overlap_share, positive
 from src.folds import FoldFileError, SplitChanged, read_split
 from src.oof_scores import fold_table, print_summary, score_oof, training_summary, volume_line
@@ -179,8 +179,6 @@ def main(argv=None):
             continue
         except (FileNotFoundError, ModelError, OldRunFormat) as error:
             sys.exit(f"infer: {error}")
-        if multilabel_refused(meta, "infer.py"):
-            sys.exit(multilabel_refused(meta, "infer.py"))
         split, folds = trained_split(run_dir, index)
         window_flags = {"overlap": args.overlap, "sw_batch_size": args.sw_batch_size}  # the prediction's, not the run's
         cfg = replace(cfg, **{k: v for k, v in window_flags.items() if v is not None})

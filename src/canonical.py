@@ -105,12 +105,12 @@ def majority_channels(samples: list, workers: int) -> tuple:
 
 
 def multilabel_refused(meta: dict, stage: str) -> str:
-    """'' or the line a stage that reads one class per pixel stops with on a multilabel dataset: its runs train and
-    validate (Dice per class); their prediction, ensembling and packaging come next."""
+    """'' or the line a stage that reads one class per pixel stops with on a multilabel dataset: train.py trains and
+    validates its runs, infer.py predicts and scores them (Dice per class); ensembling and packaging come next."""
     if meta.get("task") != "multilabel":
         return ""
     return (f"{stage}: {meta['name']} is multilabel (classes that overlap: {', '.join(meta['classes'][1:])}); "
-            f"train.py trains and validates its runs (Dice per class), and {stage} reads one class per pixel so far")
+            f"train.py and infer.py score its runs per class, and {stage} reads one class per pixel so far")
 
 
 def class_pixels(mask: np.ndarray, task: str, n_classes: int) -> np.ndarray:

@@ -14,6 +14,8 @@ import segmentation_models_pytorch as smp
 import torch
 from scipy import ndimage
 
+from src.portable.labels import label_mask
+
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))  # 4-connected boundaries, as scipy's default erosion
 
 
@@ -111,16 +113,17 @@ def _distance_to(edge: np.ndarray, scale: tuple) -> np.ndarray:
 
 
 def image_scores(pred: np.ndarray, target: np.ndarray, class_names: list, with_hd95: bool = True,
-                 spacing=None) -> list:
+                 spacing=None, task: str = "") -> list:
     """One row per foreground class of one image: pixel counts, Dice, IoU, HD95 in pixels of this image and in percent
     of its diagonal, and given spacing = (row_mm, col_mm) (src.canonical.spacing_of), HD95 in mm.
 
     with_hd95=False leaves HD95 out, for callers that need only the overlap scores (it is most of the work).
+    task multilabel: the masks hold a bit per class (src/portable/labels.py), each class scored on its own pixels.
     """
     diagonal = float(np.hypot(*target.shape[:2]))
     rows = []
     for c, name in enumerate(class_names[1:], start=1):
-        p, t = pred == c, target == c
+        p, t = label_mask(pred, c, task), label_mask(target, c, task)
         tp = np.count_nonzero(p & t)
         fp, fn = np.count_nonzero(p) - tp, np.count_nonzero(t) - tp
         dice, iou = dice_iou([tp], [fp], [fn])

@@ -52,7 +52,8 @@ def score_oof(predictions: ledger.PredictionSet, folds: pd.DataFrame, dataset_di
         pred = postprocess.apply(resize_prob(*load_pred(files[row.id])), postprocess.PLAIN[meta["task"]])
         mask = read_image(Path(dataset_dir) / "masks" / f"{row.id}.png")
         keys = {k: v for k, v in row._asdict().items() if k not in spacing}
-        return [{**keys, **r} for r in image_scores(pred, mask, meta["classes"], spacing=spacing_of(row))]
+        return [{**keys, **r} for r in image_scores(pred, mask, meta["classes"], spacing=spacing_of(row),
+                                                    task=meta["task"])]
 
     rows = thread_map(score, list(info.itertuples(index=False)), max_workers=HOST_THREADS, desc="score OOF",
                       unit="img")
@@ -101,7 +102,7 @@ def volume_table(oof_folder: Path, dataset_dir: Path, meta: dict, index: pd.Data
 
     return volume_scores.volume_table(mask, lambda i: read_image(Path(dataset_dir) / "masks" / f"{i}.png"), cases,
                                       volume_scores.read_records(dataset_dir), meta["volumes"]["axis"],
-                                      meta["classes"])
+                                      meta["classes"], task=meta["task"])
 
 
 def volume_line(predictions: ledger.PredictionSet, dataset_dir: Path, meta: dict, index: pd.DataFrame,

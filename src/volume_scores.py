@@ -10,6 +10,7 @@ import pandas as pd
 
 from src.metrics import dice_iou
 from src.portable import volumes
+from src.portable.labels import label_mask
 from src.stats import mean_interval
 
 
@@ -42,11 +43,12 @@ def hd95_mm(pred: np.ndarray, target: np.ndarray, spacing: tuple) -> float:
                                             spacing=list(spacing))[0, 0])
 
 
-def case_scores(pred: np.ndarray, target: np.ndarray, classes: list, spacing: tuple) -> list:
-    """One row per foreground label of one case's volumes: voxel counts, Dice, HD95 in mm."""
+def case_scores(pred: np.ndarray, target: np.ndarray, classes: list, spacing: tuple, task: str = "") -> list:
+    """One row per foreground label of one case's volumes: voxel counts, Dice, HD95 in mm (multilabel: each label
+    its bit, labels.py)."""
     rows = []
     for c, name in enumerate(classes[1:], start=1):
-        p, t = pred == c, target == c
+        p, t = label_mask(pred, c, task), label_mask(target, c, task)
         tp = int(np.count_nonzero(p & t))
         fp, fn = int(np.count_nonzero(p)) - tp, int(np.count_nonzero(t)) - tp
         rows.append({"class": name, "tp": tp, "fp": fp, "fn": fn, "dice": dice_iou([tp], [fp], [fn])[0].item(),
@@ -55,7 +57,7 @@ def case_scores(pred: np.ndarray, target: np.ndarray, classes: list, spacing: tu
 
 
 def volume_table(mask_of, target_of, cases: dict, records: dict, axis: int, classes: list,
-                 largest_of=lambda case: []) -> pd.DataFrame:
+                 largest_of=lambda case: [], task: str = "") -> pd.DataFrame:
     """Scores of every case whose slices mask_of and target_of give (id -> class map at the slice's size): one row per
     case and foreground label. largest_of: the labels of a case whose largest 3D component alone is kept."""
     rows = []
@@ -63,7 +65,7 @@ def volume_table(mask_of, target_of, cases: dict, records: dict, axis: int, clas
         shape, spacing = records[case]["shape"], records[case]["spacing"]
         pred = volumes.keep_largest(volumes.stack([mask_of(i) for i in ids], axis, shape), largest_of(case))
         target = volumes.stack([target_of(i) for i in ids], axis, shape)
-        rows += [{"case": case, **row} for row in case_scores(pred, target, classes, spacing)]
+        rows += [{"case": case, **row} for row in case_scores(pred, target, classes, spacing, task)]
     return pd.DataFrame(rows)
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import ensemble
 import infer
 import study
 import train
@@ -112,9 +113,17 @@ def test_the_multilabel_demo_trains_and_validates_each_class_and_the_later_stage
     metrics = json.loads((tmp_path / "runs" / "demo-multilabel" / "unet-tu-test_resnet" / "fold0" /
                           "metrics.json").read_text())
     assert {"dice_lung", "dice_heart"} <= set(metrics) and metrics["dice_lung"] > 0.3  # Dice per class
-    with pytest.raises(SystemExit, match="demo-multilabel is multilabel .* infer.py reads one class per pixel so far"):
-        infer.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"),
-                    "--preds-dir", str(tmp_path / "preds")])
+    infer.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+                "--preds-dir", str(tmp_path / "preds"), "--tta", "flip"])  # a sigmoid per class, flipped and back
+    predicted = tmp_path / "preds" / "demo-multilabel" / "unet-tu-test_resnet" / "tta-flip"
+    scores = pd.read_csv(predicted / "oof_scores.csv")
+    assert set(scores["class"]) == {"lung", "heart"} and len(scores) == 2 * 6  # each class of the fold's 6 images
+    for row in scores.rename(columns={"class": "label"}).itertuples():  # each class against its own pixels, the heart's over the lung counted in both
+        truth = unpack(read_image(data / "masks" / f"{row.id}.png"), 2)[["lung", "heart"].index(row.label)]
+        assert row.tp + row.fn == truth.sum()
+    with pytest.raises(SystemExit, match="demo-multilabel is multilabel .* ensemble.py reads one class per pixel so far"):
+        ensemble.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--preds-dir", str(tmp_path / "preds"),
+                       "--out-dir", str(tmp_path / "ensemble")])
     with pytest.raises(SystemExit, match="study.py reads one class per pixel so far"):
         study.main([*[f for f in flags if f not in ("--encoder", "tu-test_resnet")], "--encoders", "tu-test_resnet",
                     "--dry-run"])

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from .labels import pack
+
 
 THRESHOLDS = [round(float(t), 2) for t in np.arange(0.3, 0.701, 0.05)]
 MIN_AREAS = [0.0, 0.0005, 0.002, 0.005, 0.01]  # fraction of the image's pixels; the first is no post-processing
@@ -95,14 +97,19 @@ def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
 
 SLICE_FREE = ("task", "largest_3d")  # settings that are not a slice's: largest_3d is a volume's (volumes.keep_largest)
 
-# No post-processing: threshold 0.5 (binary) or argmax (multiclass).
-PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []}}
+# No post-processing: threshold 0.5 (binary; multilabel: each class's sigmoid) or argmax (multiclass).
+PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []},
+         "multilabel": {"task": "multilabel", "by_class": []}}
 
 
 def apply(probs: np.ndarray, settings: dict) -> np.ndarray:
-    """Probabilities (C x H x W, floats in [0, 1]) -> final class map with the chosen settings."""
+    """Probabilities (C x H x W, floats in [0, 1]) -> final class map with the chosen settings; multilabel: each
+    class's binary settings (by_class, class 1 first; the plain ones where none), one bit each (labels.py)."""
     if settings["task"] == "binary":
         return apply_binary(probs[0], BinarySettings(**{k: v for k, v in settings.items() if k not in SLICE_FREE}))
+    if settings["task"] == "multilabel":
+        chosen = settings["by_class"] or [{}] * len(probs)
+        return pack(np.stack([apply_binary(prob, BinarySettings(**by)) for prob, by in zip(probs, chosen)]))
     return apply_multiclass(probs, settings["min_areas"])
 
 

@@ -109,17 +109,18 @@ def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Pa
     def case_codes(case: str, masks: Path) -> dict:
         ids, record = cases[case], records[case]
         labels, slice_masks = volumes.finish_case([final(i) for i in ids], meta["volumes"]["axis"], record["shape"],
-                                                  settings.get("largest_3d", []))
+                                                  settings.get("largest_3d", []), meta["task"])
         volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", labels, record["header"])
-        return {i: mask_codes(i, m, meta["classes"], meta["submission"], masks) for i, m in zip(ids, slice_masks)}
+        return {i: mask_codes(i, m, meta["classes"], meta["submission"], masks, meta["task"])
+                for i, m in zip(ids, slice_masks)}
 
     if not test:
         print("ensemble: no test images, so submission.csv holds its header alone (prepare --test DIR adds them to the "
               "dataset; infer.py --images DIR and ensemble.py --set NAME write the masks of any folder)")
     alone = [i for i in test if i not in {i for ids in cases.values() for i in ids}]  # images, or slices of no case
     with staged(folder / "masks") as masks:
-        found = dict(zip(alone, thread_map(lambda i: mask_codes(i, final(i), meta["classes"], meta["submission"], masks),
-                                           alone, max_workers=HOST_THREADS, desc="test masks", unit="img"))) if alone else {}
+        found = dict(zip(alone, thread_map(lambda i: mask_codes(i, final(i), meta["classes"], meta["submission"], masks,
+                                                                meta["task"]), alone, max_workers=HOST_THREADS, desc="test masks", unit="img"))) if alone else {}
         for codes in thread_map(lambda c: case_codes(c, masks), list(cases), max_workers=HOST_THREADS,
                                 desc="test volumes", unit="case"):
             found.update(codes)

@@ -23,7 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from src import engine, study
-from src.canonical import load_meta, multilabel_refused
 from src import runs as ledger
 from src.estimate import StudyEstimate
 
@@ -109,8 +108,6 @@ def ensemble_arguments(args, cfg, names: list) -> list:
 
 def check_before_training(args, cfg, archs, encoders, runs) -> None:
     """Stop before any run starts for what every run would fail on, or for stale runs nobody decided about."""
-    if multilabel_refused(load_meta(cfg.dataset_dir), "study.py"):  # its runs train, and would then stop at infer
-        sys.exit(multilabel_refused(load_meta(cfg.dataset_dir), "study.py"))
     started = {run.encoder for run in runs if run.state in ("done", "resumable")}  # train.py built these already
     todo = {run.encoder for run in runs if run.state not in ("done", "running")} - started
     checked = dict.fromkeys([archs[0], *(a for a in archs if a == "unetpp_ds")])  # it refuses encoders others take

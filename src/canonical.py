@@ -104,15 +104,6 @@ def majority_channels(samples: list, workers: int) -> tuple:
                       f"saved as colour{f'; {unreadable} unreadable' if unreadable else ''}; {choice})")
 
 
-def multilabel_refused(meta: dict, stage: str) -> str:
-    """'' or the line a stage that reads one class per pixel stops with on a multilabel dataset: train.py trains and
-    validates its runs, infer.py predicts and scores them (Dice per class); ensembling and packaging come next."""
-    if meta.get("task") != "multilabel":
-        return ""
-    return (f"{stage}: {meta['name']} is multilabel (classes that overlap: {', '.join(meta['classes'][1:])}); "
-            f"train.py and infer.py score its runs per class, and {stage} reads one class per pixel so far")
-
-
 def class_pixels(mask: np.ndarray, task: str, n_classes: int) -> np.ndarray:
     """Pixels of each class (background first: the pixels of no class) in a mask of the task."""
     if task != "multilabel":

@@ -31,7 +31,7 @@ def strata(train: pd.DataFrame, task: str, k: int, bins: int = 5) -> np.ndarray:
     if task == "multiclass":
         return train["dominant_class"].to_numpy()
     if task == "multilabel":
-        combination = train["labels"].astype(int)
+        combination = pd.to_numeric(train["labels"]).astype(int)
         rare = combination.map(combination.value_counts()) < k
         return combination.where(~rare, -1).to_numpy()
     ranks = train["foreground"].rank(method="first")

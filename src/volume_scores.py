@@ -63,13 +63,14 @@ def volume_table(mask_of, target_of, cases: dict, records: dict, axis: int, clas
     rows = []
     for case, ids in cases.items():
         shape, spacing = records[case]["shape"], records[case]["spacing"]
-        pred = volumes.keep_largest(volumes.stack([mask_of(i) for i in ids], axis, shape), largest_of(case))
+        pred = volumes.keep_largest(volumes.stack([mask_of(i) for i in ids], axis, shape), largest_of(case), task)
         target = volumes.stack([target_of(i) for i in ids], axis, shape)
         rows += [{"case": case, **row} for row in case_scores(pred, target, classes, spacing, task)]
     return pd.DataFrame(rows)
 
 
-def largest_candidates(mask_of, target_of, cases: dict, records: dict, axis: int, classes: list) -> pd.DataFrame:
+def largest_candidates(mask_of, target_of, cases: dict, records: dict, axis: int, classes: list,
+                       task: str = "") -> pd.DataFrame:
     """What nnU-Net's 3D post-processing is chosen on: per case and foreground label, its 3D Dice as predicted
     ("plain") and with only the label's largest component kept ("largest")."""
     rows = []
@@ -78,9 +79,10 @@ def largest_candidates(mask_of, target_of, cases: dict, records: dict, axis: int
         pred = volumes.stack([mask_of(i) for i in ids], axis, shape)
         target = volumes.stack([target_of(i) for i in ids], axis, shape)
         for label in range(1, len(classes)):
-            true = target == label
-            rows.append({"case": case, "label": label, "plain": volume_dice(pred == label, true),
-                         "largest": volume_dice(volumes.keep_largest(pred, [label]) == label, true)})
+            true = label_mask(target, label, task)
+            rows.append({"case": case, "label": label, "plain": volume_dice(label_mask(pred, label, task), true),
+                         "largest": volume_dice(label_mask(volumes.keep_largest(pred, [label], task), label, task),
+                                                true)})
     return pd.DataFrame(rows)
 
 

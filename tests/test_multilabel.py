@@ -1,6 +1,8 @@
 """Labels that overlap (--task multilabel): every class of a pixel kept, one bit each, from each form such data comes
 in: a binary mask folder per class, an RLE CSV's class rows, nnU-Net-style regions of label maps."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -8,8 +10,8 @@ import pytest
 import torch
 
 import ensemble
+import export
 import infer
-import study
 import train
 from conftest import TINY, paths, prepare
 from src.canonical import load_index, load_meta
@@ -101,15 +103,15 @@ def test_a_sigmoid_per_class_is_scored_per_class_where_the_classes_overlap():
     assert loss(logits, target) > loss(torch.stack([lungs.float() * 8 - 4, heart.float() * 8 - 4])[None], target)
 
 
-def test_the_multilabel_demo_trains_and_validates_each_class_and_the_later_stages_say_they_read_one_class(
-        tmp_path, capsys):
-    prepare(tmp_path, "demo", "--multilabel", "--count", "12", "--test-count", "0", "--size", "32", "--k", "2")
+def test_the_multilabel_demo_through_training_infer_the_ensemble_and_the_package(tmp_path, capsys):
+    prepare(tmp_path, "demo", "--multilabel", "--count", "12", "--test-count", "2", "--size", "32", "--k", "2")
     data = tmp_path / "data" / "demo-multilabel"
     masks = np.load(data / "cache" / "32" / "masks.npy")
     assert load_meta(data)["classes"] == ["background", "lung", "heart"] and (masks == 3).any()  # heart over lung
     flags = [*TINY[:TINY.index("--size")], *TINY[TINY.index("--size") + 2:], "--size", "32", "--epochs", "2",
              "--dataset", "demo-multilabel", *paths(tmp_path), "--runs-dir", str(tmp_path / "runs")]
-    train.main([*flags, "--fold", "0"])
+    for fold in (0, 1):
+        train.main([*flags, "--fold", str(fold)])
     metrics = json.loads((tmp_path / "runs" / "demo-multilabel" / "unet-tu-test_resnet" / "fold0" /
                           "metrics.json").read_text())
     assert {"dice_lung", "dice_heart"} <= set(metrics) and metrics["dice_lung"] > 0.3  # Dice per class
@@ -117,13 +119,45 @@ def test_the_multilabel_demo_trains_and_validates_each_class_and_the_later_stage
                 "--preds-dir", str(tmp_path / "preds"), "--tta", "flip"])  # a sigmoid per class, flipped and back
     predicted = tmp_path / "preds" / "demo-multilabel" / "unet-tu-test_resnet" / "tta-flip"
     scores = pd.read_csv(predicted / "oof_scores.csv")
-    assert set(scores["class"]) == {"lung", "heart"} and len(scores) == 2 * 6  # each class of the fold's 6 images
-    for row in scores.rename(columns={"class": "label"}).itertuples():  # each class against its own pixels, the heart's over the lung counted in both
+    assert set(scores["class"]) == {"lung", "heart"} and len(scores) == 2 * 12  # each class of every image
+    for row in scores.rename(columns={"class": "label"}).itertuples():  # each class against its own pixels
         truth = unpack(read_image(data / "masks" / f"{row.id}.png"), 2)[["lung", "heart"].index(row.label)]
-        assert row.tp + row.fn == truth.sum()
-    with pytest.raises(SystemExit, match="demo-multilabel is multilabel .* ensemble.py reads one class per pixel so far"):
-        ensemble.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--preds-dir", str(tmp_path / "preds"),
-                       "--out-dir", str(tmp_path / "ensemble")])
-    with pytest.raises(SystemExit, match="study.py reads one class per pixel so far"):
-        study.main([*[f for f in flags if f not in ("--encoder", "tu-test_resnet")], "--encoders", "tu-test_resnet",
-                    "--dry-run"])
+        assert row.tp + row.fn == truth.sum()  # the heart's pixels over the lung counted in both
+    out = tmp_path / "ensemble"
+    ensemble.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--preds-dir", str(tmp_path / "preds"),
+                   "--out-dir", str(out), "--figures", "0"])
+    board = json.loads((out / "demo-multilabel" / "scores.json").read_text())
+    assert all(len(t["postprocess"]["by_class"]) == 2 for t in board["tuning_by_fold"].values())  # each class its own
+    submission = pd.read_csv(out / "demo-multilabel" / "submission.csv", keep_default_na=False)
+    assert len(submission) == 2 * 2 and set(submission["class"]) == {"lung", "heart"}  # a row per image and class
+    for image_id in submission["id"].unique():
+        written = read_image(out / "demo-multilabel" / "masks" / f"{image_id}.png")
+        rows = submission[submission["id"] == image_id].set_index("class")["rle"]
+        for c, name in enumerate(["lung", "heart"], start=1):  # an overlapping pixel in both rows
+            assert rows[name] == rle_encode(label_mask(written, c, "multilabel"))
+    export.main(["--dataset", "demo-multilabel", *paths(tmp_path), "--ensemble-dir", str(out), "--out-dir",
+                 str(tmp_path / "export")])
+    assert "parity: 2 of 2 test masks identical" in capsys.readouterr().out
+    test_images = tmp_path / "test-images"
+    test_images.mkdir()
+    for image_id in submission["id"].unique():
+        (test_images / f"{image_id}.png").symlink_to(data / "images" / f"{image_id}.png")
+    done = subprocess.run([sys.executable, "-I", str(tmp_path / "export" / "demo-multilabel" / "predict.py"), "--images",
+                           str(test_images), "--out", str(tmp_path / "run" / "submission.csv")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "submission.csv").read_text() == (out / "demo-multilabel" / "submission.csv").read_text()
+
+
+def test_each_class_is_tuned_on_the_other_folds_alone():
+    from src.portable.postprocess import THRESHOLDS, binary_candidates, choose_by_fold
+    candidates = binary_candidates()
+    wanted = {0: 0.3, 1: 0.7}  # fold 0's images favour a low threshold for class 1, fold 1's a high one
+    scores = np.zeros((4, 2, len(candidates)))
+    for image, fold in enumerate([0, 0, 1, 1]):
+        for j, c in enumerate(candidates):
+            scores[image, 0, j] = 1 - abs(c.threshold - wanted[fold]) - 0.01 * (c.fill_holes + c.keep_largest) - c.min_area
+            scores[image, 1, j] = 1 - abs(c.threshold - 0.5) - 0.01 * (c.fill_holes + c.keep_largest) - c.min_area
+    chosen = choose_by_fold("multilabel", scores, [0, 0, 1, 1])
+    assert [chosen[f]["by_class"][0]["threshold"] for f in (0, 1)] == [0.7, 0.3]  # each fold's from the other's
+    assert {chosen[f]["by_class"][1]["threshold"] for f in (0, 1)} == {0.5} and 0.3 in THRESHOLDS

@@ -23,6 +23,7 @@ from src.canonical import load_index
 from src.metrics import image_dice
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
+from src.portable.labels import label_mask
 from src.portable.maps import mean_at, mean_maps
 
 
@@ -148,6 +149,9 @@ def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, i
         probs = mean_at(mean_maps(weighted), target.shape)  # straight from the models' size to the tuning size
         if task == "binary":
             return postprocess.binary_candidate_dice(probs[0], target, candidates)
+        if task == "multilabel":  # each class's bit as a binary mask of its own
+            return np.stack([postprocess.binary_candidate_dice(prob, label_mask(target, c, task), candidates)
+                             for c, prob in enumerate(probs, start=1)])
         return postprocess.multiclass_candidate_counts(probs, target)
 
     reads_of_fold = {f: tuple(c.by_fold[f] for c in runs.values()) for f in sorted(set(image_folds.tolist()))}
@@ -180,7 +184,8 @@ def with_3d_step(tuned: PostProcessing, runs: dict, weights: dict, inputs, image
     def candidates(read: tuple, settings: str) -> pd.DataFrame:
         def mask(image_id: str) -> np.ndarray:
             return postprocess.apply(probabilities(image_id, read), json.loads(settings))
-        return volume_scores.largest_candidates(mask, target, cases, records, axis, inputs.meta["classes"])
+        return volume_scores.largest_candidates(mask, target, cases, records, axis, inputs.meta["classes"],
+                                                inputs.meta["task"])
 
     def step(read: tuple, settings: dict, on_cases) -> dict:
         table = candidates(read, json.dumps(settings, sort_keys=True))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from src import runs as ledger
-from src.canonical import load_index, load_meta, multilabel_refused
+from src.canonical import load_index, load_meta
 from src.folds import FoldFileError, SplitChanged, read_split
 from src.portable.submission import read_sample
 
@@ -122,8 +122,6 @@ def check(sets: dict, selection: Selection, dataset_dir: Path, by: str | None, w
     current weights (OOF, test, and --set), the OOF images they all predicted, the runs' weights (--weights), a
     sample submission that can be followed, and an output folder free for this selection."""
     meta, index, subgroups = read_dataset(dataset_dir, by)
-    if multilabel_refused(meta, "ensemble.py"):
-        sys.exit(multilabel_refused(meta, "ensemble.py"))
     try:
         if sample:
             read_sample(sample, meta["classes"], meta["submission"])

@@ -138,13 +138,15 @@ def postprocessed(runs: dict, weights: dict, tuned, image_ids: list, fold_of: di
         target, fold = read_image(masks_dir / f"{image_id}.png"), fold_of[image_id]
         read, settings = tuple(c.by_fold[fold] for c in runs.values()), tuned.by_fold[fold]
         probs = probabilities(image_id, read)
-        rows = image_scores(postprocess.apply(probs, settings), target, classes)
-        raw = image_scores(postprocess.apply(probs, postprocess.PLAIN[settings["task"]]), target, classes,
-                           with_hd95=False)
+        task = settings["task"]
+        rows = image_scores(postprocess.apply(probs, settings), target, classes, task=task)
+        raw = image_scores(postprocess.apply(probs, postprocess.PLAIN[task]), target, classes, with_hd95=False,
+                           task=task)
         if read == for_test and settings == tuned.for_test:
             return rows, raw, rows
         probs = probs if read == for_test else probabilities(image_id, for_test)
-        return rows, raw, image_scores(postprocess.apply(probs, tuned.for_test), target, classes, with_hd95=False)
+        return rows, raw, image_scores(postprocess.apply(probs, tuned.for_test), target, classes, with_hd95=False,
+                                       task=task)
 
     scored = dict(zip(image_ids, thread_map(one, image_ids, max_workers=HOST_THREADS, desc="score ensemble (OOF)",
                                             unit="img")))
@@ -178,7 +180,8 @@ def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> 
             return postprocess.apply(probabilities(image_id, read), tuned[model].by_fold[fold])
         def largest(case: str) -> list:  # the 3D step of the case's fold
             return tuned[model].by_fold[fold_of[cases[case][0]]].get("largest_3d", [])
-        table = volume_scores.volume_table(mask, target, cases, records, volumes_meta["axis"], classes, largest)
+        table = volume_scores.volume_table(mask, target, cases, records, volumes_meta["axis"], classes, largest,
+                                           inputs.meta["task"])
         out["models"][model] = volume_scores.summary(table)
     return out
 

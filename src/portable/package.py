@@ -72,6 +72,7 @@ def run(folder: Path, args) -> None:
     text, said = submission_text(codes, manifest["classes"], manifest["submission"], args.sample_submission)
     if said:
         print(f"predict: {said}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # --out in a folder not made yet
     write_atomic(args.out, text)
     speed = len(codes) / seconds
     volumes_note = f" ({len(paths)} volumes, in {args.volumes_dir or args.out.parent / 'volumes'}/)" if (
@@ -170,7 +171,8 @@ def predict_all(models: list, manifest: dict, paths: list | dict, batch_size: in
             final = final_mask([(prob, model.weight) for prob, model in zip(maps, models)], size,
                                manifest["postprocess"])
             if not geometry:
-                codes[image_id] = mask_codes(image_id, final, manifest["classes"], manifest["submission"], masks)
+                codes[image_id] = mask_codes(image_id, final, manifest["classes"], manifest["submission"], masks,
+                                             manifest["task"])
                 continue
             case = image_id.rsplit("_", 1)[0]
             case_masks.setdefault(case, []).append((image_id, final))
@@ -178,8 +180,8 @@ def predict_all(models: list, manifest: dict, paths: list | dict, batch_size: in
             if len(case_masks[case]) == shape[manifest["volumes"]["axis"]]:  # its last slice: the 3D step, write
                 ids, finals = zip(*case_masks.pop(case))
                 labels, slice_masks = finish_case(list(finals), manifest["volumes"]["axis"], shape,
-                                                  manifest["postprocess"].get("largest_3d", []))
+                                                  manifest["postprocess"].get("largest_3d", []), manifest["task"])
                 write_mask(volumes_dir / f"{case}.nii.gz", labels, header)
                 for i, mask in zip(ids, slice_masks):
-                    codes[i] = mask_codes(i, mask, manifest["classes"], manifest["submission"], masks)
+                    codes[i] = mask_codes(i, mask, manifest["classes"], manifest["submission"], masks, manifest["task"])
     return codes

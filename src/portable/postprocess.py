@@ -166,11 +166,16 @@ def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:
-    """The best settings on OOF images. Binary: the highest mean Dice over images. Multiclass (candidate_scores of
+    """The best settings on OOF images. Binary: the highest mean Dice over images; multilabel: so for each class,
+    its bit a binary mask (an image without the class in truth or prediction scores 1, as binary). Multiclass (candidate_scores of
     multiclass_candidate_counts, one per image): per class, the minimum area of highest mean Dice over the images where
     the class is in truth or prediction, among those within POOLED_TOLERANCE of its pooled Dice without one."""
     if task == "binary":
         return {"task": task, **asdict(binary_candidates()[int(candidate_scores.mean(axis=0).argmax())])}
+    if task == "multilabel":  # images x classes x candidates: each class's binary settings, chosen on its own Dice
+        candidates = binary_candidates()
+        return {"task": task, "by_class": [asdict(candidates[int(j)]) for j in
+                                           candidate_scores.mean(axis=0).argmax(axis=1)]}
     tp, predicted, truth = np.moveaxis(candidate_scores, -1, 0)  # each images x classes x areas
     dice = _dice_or(tp, predicted + truth, np.nan)  # images x classes x areas, NaN where the class is absent
     scored = (predicted + truth > 0).sum(axis=0)

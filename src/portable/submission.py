@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import IMAGE_SUFFIXES, write_png
+from .labels import label_mask
 from .rle import rle_encode
 
 SPELLINGS = {
@@ -42,12 +43,13 @@ def default_format(task: str) -> dict:
             "order": "column", "relative": False, "empty": ""}
 
 
-def mask_codes(image_id: str, final: np.ndarray, classes: list, fmt: dict, masks: Path | None) -> dict:
-    """{class index: run-length encoding} of one image's class map ({1: ...} for binary) in the format's pixel order,
-    its mask written to masks/<id>.png first where masks is a folder."""
+def mask_codes(image_id: str, final: np.ndarray, classes: list, fmt: dict, masks: Path | None, task: str = "") -> dict:
+    """{class index: run-length encoding} of one image's class map ({1: ...} for binary; multilabel: each class's
+    bit, so an overlapping pixel is in every row of its classes) in the format's pixel order, its mask written to
+    masks/<id>.png first where masks is a folder."""
     if masks is not None:
         write_png(masks / f"{image_id}.png", final * 255 if binary(fmt) else final)
-    return {k: rle_encode(final == k, fmt["order"], fmt["relative"]) for k in range(1, len(classes))}
+    return {k: rle_encode(label_mask(final, k, task), fmt["order"], fmt["relative"]) for k in range(1, len(classes))}
 
 
 def binary(fmt: dict) -> bool:

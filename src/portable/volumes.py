@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from .images import as_size
+from .labels import label_mask
 from .predictor import Batch
 
 SUFFIXES = (".nii.gz", ".nii")
@@ -207,24 +208,26 @@ def stack(slice_maps: list, axis: int, shape: tuple) -> np.ndarray:
     return np.stack(cropped, axis=axis + cropped[0].ndim - 2)
 
 
-def keep_largest(labels: np.ndarray, which: list) -> np.ndarray:
-    """A label volume with only the largest 3D component of each label in which; the others become background."""
+def keep_largest(labels: np.ndarray, which: list, task: str = "") -> np.ndarray:
+    """A label volume with only the largest 3D component of each label in which; the others become background
+    (multilabel: lose that label's bit alone, labels.py)."""
     if not which:
         return labels
     from scipy import ndimage  # here: 2D datasets and packages never need it
     kept = labels.copy()
     for label in which:
-        components, count = ndimage.label(labels == label)
+        components, count = ndimage.label(label_mask(labels, label, task))
         if count > 1:
             largest = np.bincount(components.ravel())[1:].argmax() + 1
-            kept[(components > 0) & (components != largest)] = 0
+            dropped = (components > 0) & (components != largest)
+            kept[dropped] = kept[dropped] & np.uint8(~(1 << (label - 1)) & 0xFF) if task == "multilabel" else 0
     return kept
 
 
-def finish_case(slice_masks: list, axis: int, shape: tuple, largest: list) -> tuple:
+def finish_case(slice_masks: list, axis: int, shape: tuple, largest: list, task: str = "") -> tuple:
     """A case's post-processed slice masks (class indices, at the padded slice size) -> (its label volume after the 3D
     step, the slice masks cut back from that volume): the NIfTI mask and the submission's slices agree."""
-    labels = keep_largest(stack(slice_masks, axis, shape), largest)
+    labels = keep_largest(stack(slice_masks, axis, shape), largest, task)
     return labels, list(slices(labels, axis, slice_masks[0].shape, 0))
 
 

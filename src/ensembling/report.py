@@ -393,7 +393,8 @@ def slice_settings_text(settings: dict) -> str:
                            if any(settings["min_areas"]) else "")
     return ", ".join([f"threshold {settings['threshold']:g}"] + ["fill holes"] * settings["fill_holes"] +
                      [f"min area {settings['min_area']:g}"] * bool(settings["min_area"]) +
-                     [f"keep {settings['keep_largest']} largest"] * bool(settings["keep_largest"]))
+                     [f"keep {settings['keep_largest']} largest"] * bool(settings["keep_largest"]) +
+                     [f"emptied below {settings['min_total']:g} of the image"] * bool(settings.get("min_total")))
 
 
 def training_cell(training: dict | None) -> str:

@@ -25,6 +25,9 @@ MIN_AREAS = [0.0, 0.0005, 0.002, 0.005, 0.01]  # fraction of the image's pixels;
 POOLED_TOLERANCE = 0.005  # multiclass: the most a chosen minimum area may lower its class's pooled Dice
 KEEP_LARGEST = [0, 1, 2]  # 0: keep all
 FILL_HOLES = [False, True]
+# multilabel: a class predicted on less than this share of the image is emptied there (the "empty if smaller than A"
+# rule of SIIM's and Severstal's winning solutions), 0: never
+MIN_TOTALS = [0.0, 0.001, 0.005, 0.01, 0.02]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class BinarySettings:
     fill_holes: bool = False
     min_area: float = 0.0
     keep_largest: int = 0
+    min_total: float = 0.0  # multilabel's per class (MIN_TOTALS); binary tuning keeps it 0
 
 
 def _labelled(mask: np.ndarray) -> tuple:
@@ -77,11 +81,12 @@ def _binary_mask(prob: np.ndarray, threshold: float, fill_holes: bool) -> np.nda
 def apply_binary(prob: np.ndarray, settings: BinarySettings) -> np.ndarray:
     """H x W probabilities in [0, 1] -> uint8 0/1 mask."""
     mask = _binary_mask(prob, settings.threshold, settings.fill_holes)
-    if not settings.min_area and not settings.keep_largest:
-        return mask.astype(np.uint8)
-    labels, sizes = _components(mask)
-    keep = np.concatenate([[False], _kept(sizes, settings.min_area * mask.size, settings.keep_largest)])
-    return keep[labels].astype(np.uint8)
+    if settings.min_area or settings.keep_largest:
+        labels, sizes = _components(mask)
+        mask = np.concatenate([[False], _kept(sizes, settings.min_area * mask.size, settings.keep_largest)])[labels]
+    if settings.min_total and np.count_nonzero(mask) < settings.min_total * mask.size:
+        return np.zeros(mask.shape, np.uint8)
+    return mask.astype(np.uint8)
 
 
 def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
@@ -113,8 +118,9 @@ def apply(probs: np.ndarray, settings: dict) -> np.ndarray:
     return apply_multiclass(probs, settings["min_areas"])
 
 
-def binary_candidates() -> list:
-    return [BinarySettings(*c) for c in itertools.product(THRESHOLDS, FILL_HOLES, MIN_AREAS, KEEP_LARGEST)]
+def binary_candidates(min_totals: tuple = (0.0,)) -> list:
+    """Every setting tuning tries; min_totals: the minimum total areas (multilabel: MIN_TOTALS)."""
+    return [BinarySettings(*c) for c in itertools.product(THRESHOLDS, FILL_HOLES, MIN_AREAS, KEEP_LARGEST, min_totals)]
 
 
 def _dice(tp: int, predicted: int, truth: int) -> float:
@@ -132,7 +138,10 @@ def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list)
             cache[(c.threshold, c.fill_holes)] = sizes, np.bincount(labels[truth], minlength=len(sizes) + 1)[1:]
         sizes, overlaps = cache[(c.threshold, c.fill_holes)]
         keep = _kept(sizes, c.min_area * prob.size, c.keep_largest)
-        scores.append(_dice(int(overlaps[keep].sum()), int(sizes[keep].sum()), truth_area))
+        predicted = int(sizes[keep].sum())
+        if predicted < c.min_total * prob.size:  # emptied: too little of the class to keep
+            keep, predicted = np.zeros_like(keep), 0
+        scores.append(_dice(int(overlaps[keep].sum()), predicted, truth_area))
     return np.array(scores)
 
 
@@ -173,7 +182,7 @@ def choose(task: str, candidate_scores: np.ndarray) -> dict:
     if task == "binary":
         return {"task": task, **asdict(binary_candidates()[int(candidate_scores.mean(axis=0).argmax())])}
     if task == "multilabel":  # images x classes x candidates: each class's binary settings, chosen on its own Dice
-        candidates = binary_candidates()
+        candidates = binary_candidates(tuple(MIN_TOTALS))
         return {"task": task, "by_class": [asdict(candidates[int(j)]) for j in
                                            candidate_scores.mean(axis=0).argmax(axis=1)]}
     tp, predicted, truth = np.moveaxis(candidate_scores, -1, 0)  # each images x classes x areas

@@ -20,6 +20,7 @@ from src.metrics import confusion, predicted_classes
 from src.portable.images import read_image, write_png
 from src.portable.labels import label_mask, pack, unpack
 from src.portable.rle import rle_encode
+from src.portable.submission import mask_codes, submission_text
 
 
 def lungs_and_heart(k: int) -> tuple:
@@ -69,8 +70,34 @@ def test_per_class_folders_and_rle_rows_keep_overlapping_classes_and_folds_sprea
             mask = read_image(data / "masks" / f"x{k}.png")
             assert np.array_equal(unpack(mask, 2), np.stack([lungs, heart if k % 2 else heart & False]))
         assert index.set_index("id")["labels"].to_dict() == {f"x{k}": 3 if k % 2 else 1 for k in range(8)}
+    meta = load_meta(tmp_path / "b" / "data" / "rle")  # the CSV's rows come back as its submission writes them
+    codes = {f"x{k}": mask_codes(f"x{k}", read_image(tmp_path / "b" / "data" / "rle" / "masks" / f"x{k}.png"),
+                                 meta["classes"], meta["submission"], None, "multilabel") for k in range(8)}
+    assert submission_text(codes, meta["classes"], meta["submission"])[0] == (tmp_path / "train.csv").read_text()
     folds = pd.read_csv(tmp_path / "a" / "folds" / "folders.csv").merge(index[["id", "labels"]], on="id")
     assert (folds.groupby("fold")["labels"].apply(lambda v: (v == 3).sum()) == 2).all()  # the overlaps: 2 a fold
+
+
+def test_a_file_of_a_channel_per_class_gives_the_same_bits_in_numpy_or_tiff(tmp_path):
+    import tifffile
+    images = images_folder(tmp_path, 4)
+    for form in ("npy", "tif"):
+        (tmp_path / f"masks-{form}").mkdir()
+        for k in range(4):
+            lungs, heart = lungs_and_heart(k)
+            if form == "npy":
+                np.save(tmp_path / f"masks-{form}" / f"x{k}.npy", np.stack([lungs, heart], axis=-1).astype(np.uint8))  # last
+            else:
+                tifffile.imwrite(tmp_path / f"masks-{form}" / f"x{k}.tif", np.stack([lungs, heart]).astype(np.uint8) * 255)  # pages
+        prepare(tmp_path / form, "folder", "--images", str(images), "--masks", str(tmp_path / f"masks-{form}"), "--task",
+                "multilabel", "--classes", "lung,heart", "--name", "ml", "--size", "16", "--k", "2")
+        for k in range(4):
+            assert np.array_equal(unpack(read_image(tmp_path / form / "data" / "ml" / "masks" / f"x{k}.png"), 2),
+                                  np.stack(lungs_and_heart(k)))
+    np.save(tmp_path / "masks-npy" / "x0.npy", np.zeros((16, 12, 3), np.uint8))
+    with pytest.raises(SystemExit, match=r"x0.npy: mask is not a channel per class \(2\) \(16x12x3\)"):
+        prepare(tmp_path / "bad", "folder", "--images", str(images), "--masks", str(tmp_path / "masks-npy"), "--task",
+                "multilabel", "--classes", "lung,heart", "--size", "16", "--k", "2")
 
 
 def test_regions_of_label_maps_are_their_nested_unions(tmp_path):

@@ -8,7 +8,8 @@ Masks, searched recursively, belong to the image whose id is their stem less a u
 `x_mask_1.png`, `x_segmentation.png`, `x-seg.png`, `x_gt.png`, `leftMask/x.png`), else to the nearest folder named
 after an image (`masks/<id>/*.png`, `<id>/masks/*.png`: one file per instance). Several masks of one image merge.
 For a multiclass task, masks in folders named after the classes (`masks/<class>/<id>.png`) give their foreground
-that class; two classes on one pixel are refused.
+that class; two classes on one pixel are refused. A multilabel task reads such folders, or one file of a channel per
+class for each image (`.npy`, TIFF), every class a bit of the mask (src/portable/labels.py).
 """
 import re
 from collections import defaultdict
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from src.portable.images import IMAGE_SUFFIXES, read_image
+from src.portable.labels import pack
 from src.masks import overlap_error, read_mask
 from src.portable.problems import InputError, Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files
@@ -72,6 +74,26 @@ def merged_mask(paths: list, class_of: dict | None = None, classes: list | None 
     return merged
 
 
+def channel_mask(paths: list, labels: int) -> np.ndarray:
+    """A multilabel image's one mask file of a channel per class (NumPy, or a TIFF of pages or samples; channels
+    first or last, any value above 0 the class) -> its bits (src/portable/labels.py)."""
+    if len(paths) != 1:
+        raise InputError(paths[0], f"{len(paths)} mask files for one image", ", ".join(p.name for p in paths),
+                         "--task multilabel reads one file of a channel per class, or masks/<class>/<id>.png")
+    path = paths[0]
+    if path.suffix.lower() == ".npy":
+        array = np.load(path)
+    else:
+        import tifffile
+        array = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else read_mask(path)
+    if array.ndim == 3 and array.shape[0] == labels and array.shape[-1] != labels:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim != 3 or array.shape[-1] != labels:
+        raise InputError(path, f"mask is not a channel per class ({labels})", "x".join(map(str, array.shape)),
+                         "a multilabel mask file holds one channel per --classes label, first or last")
+    return pack(np.moveaxis(array > 0, -1, 0))
+
+
 def nested_images(folder: Path, masks: Path | None = None) -> list:
     """The image files under folder at any depth but those under a `masks` folder (the Data Science Bowl's
     `<id>/masks/`) or under masks (a masks folder inside the images folder)."""
@@ -106,18 +128,16 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         problems.append(f"{images}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     ids, image_paths = {p.stem for p in files}, set(files)
     mask_files = defaultdict(list)
+    suffixes = IMAGE_SUFFIXES | ({".npy"} if task == "multilabel" else set())  # multilabel: channel arrays too
     for path in sorted(masks.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path not in image_paths:
+        if path.is_file() and path.suffix.lower() in suffixes and path not in image_paths:
             mask_files[mask_owner(path, masks, ids)].append(path)
     if not mask_files:
         problems.append(f"{masks}: no mask files in this folder")
     if problems:  # an empty folder is a wrong path: said alone, not as every file of the other folder lacking a match
         return Source(task, classes or [], channels, [], problems)
     class_of = class_folders(mask_files, masks, classes) if task in ("multiclass", "multilabel") else None
-    if task == "multilabel" and class_of is None:
-        return Source(task, classes or [], channels, [], [
-            f"{masks}: --task multilabel reads one folder of binary masks per class, named as --classes "
-            f"({', '.join((classes or [])[1:])}): masks/<class>/<id>.png; label maps take --regions"])
+    channel_files = task == "multilabel" and class_of is None  # one file of a channel per class for each image
     seen, samples = {}, []
     for path in files:
         if path.stem in seen:
@@ -127,8 +147,9 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
         group = group_of(path.stem) if group_of else ""
         if path.stem in mask_files:
             paths = mask_files[path.stem]
-            samples.append(Sample(path.stem, lambda p=path, m=paths: (read_image(p), merged_mask(
-                m, class_of, classes, task == "multilabel")), group=group, file=path, mask_files=tuple(paths)))
+            samples.append(Sample(path.stem, lambda p=path, m=paths: (read_image(p), channel_mask(
+                m, len(classes) - 1) if channel_files else merged_mask(m, class_of, classes, task == "multilabel")),
+                group=group, file=path, mask_files=tuple(paths)))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", group=group,
                                   file=path))

@@ -1,7 +1,8 @@
 """The canonical dataset layout every stage reads.
 
 data/<name>/
-  meta.json            task, class names, channels, source, the submission format (src/portable/submission.py)
+  meta.json            task, class names, channels, source, the submission format (src/portable/submission.py);
+                       regions: {region: its label values} where a multilabel set came from label maps
   index.csv            one row per image: id, file, split (train/test), height, width, group, foreground,
                        dominant_class (multilabel: labels, the bits of the classes present), and the source's or
                        metadata CSV's own columns; DICOM images with a pixel
@@ -163,7 +164,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size, source_name: str,
         meta = {"name": out_dir.name, "task": source.task, "classes": source.classes, "channels": source.channels,
                 "source": source_name, "official_folds": source.official_folds,
                 "rotation_invariant": source.rotation_invariant,
-                "submission": source.submission or default_format(source.task)}
+                "submission": source.submission or default_format(source.task),
+                **({"regions": source.regions} if source.regions else {})}
         if source.volumes:  # the rules in meta.json, each case's geometry beside it
             meta["volumes"] = {k: v for k, v in source.volumes.items() if k != "cases"}
             (tmp / "volumes.json").write_text(json.dumps(source.volumes["cases"]) + "\n")

@@ -114,6 +114,7 @@ def test_regions_of_label_maps_are_their_nested_unions(tmp_path):
     prepare(tmp_path, "folder", "--images", str(images), "--masks", str(tmp_path / "labels"), "--task", "multilabel",
             "--regions", "whole=1,2 core=2", "--name", "tumour", "--size", "16", "--k", "2")
     assert load_meta(tmp_path / "data" / "tumour")["classes"] == ["background", "whole", "core"]
+    assert load_meta(tmp_path / "data" / "tumour")["regions"] == {"whole": [1, 2], "core": [2]}
     whole, core = unpack(read_image(tmp_path / "data" / "tumour" / "masks" / "x0.png"), 2)
     assert whole[2:14, 2:10].all() and whole.sum() == 12 * 8 and core[5:10, 4:8].all() and core.sum() == 20
 

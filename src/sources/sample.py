@@ -31,6 +31,7 @@ class Source:
     mask_threshold: int | None = None  # binarise every non-binary mask at this value (src/masks.py)
     submission: dict | None = None  # how the labels came (src/portable/submission.py); None: its default format
     volumes: dict | None = None  # slices of NIfTI volumes: the rules and each case's geometry (src/sources/volumes.py)
+    regions: dict | None = None  # multilabel from label maps: {region: its label values} (masks.regions_mask)
 
 
 def image_files(folder: Path, leave_out: tuple = ()) -> list:
@@ -59,5 +60,5 @@ def as_regions(source: Source, regions: dict) -> Source:
         return image, None if mask is None else regions_mask(mask, list(regions.values()))
     for sample in source.samples:
         sample.load = lambda original=sample.load: load(original)
-    source.task, source.classes = "multilabel", ["background", *regions]
+    source.task, source.classes, source.regions = "multilabel", ["background", *regions], regions
     return source

@@ -142,7 +142,7 @@ def volume_source(cases: list, task: str, classes: list, modality: str | list, r
             samples.append(Sample(f"{case.id}_{k:04d}", lambda c=case, k=k: tuple(
                 None if part is None else part[k] for part in case_slices(c)), split=case.split, group=case.id,
                 extra={"case": case.id, "slice": k, "spacing_row_mm": row_mm, "spacing_col_mm": col_mm}))
-    source = Source(task, classes, len(names), samples, problems)
+    source = Source(task, classes, len(names), samples, problems, regions=regions)
     source.volumes = {**description, "cases": records}
     return source
 

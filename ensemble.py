@@ -119,8 +119,10 @@ def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Pa
               "dataset; infer.py --images DIR and ensemble.py --set NAME write the masks of any folder)")
     alone = [i for i in test if i not in {i for ids in cases.values() for i in ids}]  # images, or slices of no case
     with staged(folder / "masks") as masks:
-        found = dict(zip(alone, thread_map(lambda i: mask_codes(i, final(i), meta["classes"], meta["submission"], masks,
-                                                                meta["task"]), alone, max_workers=HOST_THREADS, desc="test masks", unit="img"))) if alone else {}
+        def codes(i: str) -> dict:
+            return mask_codes(i, final(i), meta["classes"], meta["submission"], masks, meta["task"])
+        found = dict(zip(alone, thread_map(codes, alone, max_workers=HOST_THREADS, desc="test masks",
+                                           unit="img"))) if alone else {}
         for codes in thread_map(lambda c: case_codes(c, masks), list(cases), max_workers=HOST_THREADS,
                                 desc="test volumes", unit="case"):
             found.update(codes)

@@ -7,7 +7,8 @@ from segmentation_models_pytorch import losses
 
 from src.metrics import unpack_labels
 
-TASK_LOSSES = {"binary": ("dice_bce", "lovasz"), "multiclass": ("dice_ce", "lovasz"), "multilabel": ("dice_bce", "lovasz")}
+TASK_LOSSES = {"binary": ("dice_bce", "lovasz"), "multiclass": ("dice_ce", "lovasz"),
+               "multilabel": ("dice_bce", "lovasz")}
 
 
 def loss_name(loss: str, task: str) -> str:

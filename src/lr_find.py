@@ -79,10 +79,11 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         n_classes = len(meta["classes"])
-        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), outputs(meta["task"], meta["classes"]),
-                             cfg.encoder_weights, cfg.decoder_channels)
+        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context),
+                             outputs(meta["task"], meta["classes"]), cfg.encoder_weights, cfg.decoder_channels)
         model = model.to(device, memory_format=torch.channels_last).train()
-        weights = None if meta["task"] != "multiclass" else class_weights(cfg.class_weights, masks[train_rows], n_classes)
+        weights = (class_weights(cfg.class_weights, masks[train_rows], n_classes) if meta["task"] == "multiclass"
+                   else None)
         loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights,
                                    head_weights(cfg.ds_weights, cfg.arch), cfg.loss).to(device)
         per_step = processes * cfg.grad_accum

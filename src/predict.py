@@ -51,8 +51,8 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device) -> tu
     """(model in eval mode, Config, dataset meta), rebuilt from run_dir/config.json and weights, with no network."""
     cfg, meta = load_run_config(run_dir)
     try:
-        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context), outputs(meta["task"], meta["classes"]),
-                             "none", cfg.decoder_channels)
+        model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context),
+                             outputs(meta["task"], meta["classes"]), "none", cfg.decoder_channels)
     except ModelError as error:
         raise ModelError(f"{Path(run_dir) / 'config.json'}: {error}") from error
     return ready(model, torch.load(weights, map_location="cpu", weights_only=True), device), cfg, meta

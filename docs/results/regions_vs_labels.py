@@ -30,7 +30,7 @@ def main(labels_dataset: str, labels_folder: str, regions_dataset: str, regions_
     labels_files = prediction_files(Path(labels_folder) / "oof")
     regions_files = prediction_files(Path(regions_folder) / "oof")
     cases = case_slices(index, set(labels_files) & set(regions_files))
-    plain = postprocess.PLAIN["multiclass" if load_meta(Path("data") / labels_dataset)["task"] != "binary" else "binary"]
+    plain = postprocess.PLAIN[load_meta(Path("data") / labels_dataset)["task"]]  # threshold 0.5 or argmax
 
     def from_labels(image_id):
         return regions_mask(postprocess.apply(resize_prob(*load_pred(labels_files[image_id])), plain), definition)

@@ -54,7 +54,8 @@ def panels(image_id: str, choices, scores: dict, inputs) -> tuple:
         masks[run] = postprocess.apply(ledger.mean_probabilities([1.0])(image_id, (choice.for_test,)),
                                        scores["runs"][run]["postprocessed"]["postprocess"])
     dice = {run: per_image(pd.DataFrame([{"id": image_id, **row} for row in image_scores(
-        mask, target, meta["classes"], with_hd95=False, task=meta["task"])]))["dice"].iloc[0] for run, mask in masks.items()}
+        mask, target, meta["classes"], with_hd95=False, task=meta["task"])]))["dice"].iloc[0]
+        for run, mask in masks.items()}
     image = read_dataset_image(dataset_dir, inputs.index.loc[image_id], meta["channels"])
     return image_id, image if meta["channels"] in (1, 3) else image[..., 0], target, masks, dice  # a volume: channel 0
 

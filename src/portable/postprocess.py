@@ -103,7 +103,8 @@ def apply_multiclass(probs: np.ndarray, min_areas: list) -> np.ndarray:
 SLICE_FREE = ("task", "largest_3d")  # settings that are not a slice's: largest_3d is a volume's (volumes.keep_largest)
 
 # No post-processing: threshold 0.5 (binary; multilabel: each class's sigmoid) or argmax (multiclass).
-PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())}, "multiclass": {"task": "multiclass", "min_areas": []},
+PLAIN = {"binary": {"task": "binary", **asdict(BinarySettings())},
+         "multiclass": {"task": "multiclass", "min_areas": []},
          "multilabel": {"task": "multilabel", "by_class": []}}
 
 
@@ -176,7 +177,8 @@ def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
 
 def choose(task: str, candidate_scores: np.ndarray) -> dict:
     """The best settings on OOF images. Binary: the highest mean Dice over images; multilabel: so for each class,
-    its bit a binary mask (an image without the class in truth or prediction scores 1, as binary). Multiclass (candidate_scores of
+    its bit a binary mask (an image without the class in truth or prediction scores 1, as binary). Multiclass
+    (candidate_scores of
     multiclass_candidate_counts, one per image): per class, the minimum area of highest mean Dice over the images where
     the class is in truth or prediction, among those within POOLED_TOLERANCE of its pooled Dice without one."""
     if task == "binary":

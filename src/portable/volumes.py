@@ -46,12 +46,14 @@ def volume_files(folder: Path) -> list:
 def case_files(paths: list, channels: int) -> dict:
     """{case: its files, one per channel or one 4D file} of a folder's volumes. With several channels, files named
     <case>_0000 ... (nnU-Net v2's channel files) are one case's, in that order; any other file is a case of its own
-    (a 4D image, channels last, as the Decathlon stores them). ValueError names a case missing a channel file."""
+    (a 4D image, channels last, as the Decathlon stores them); with one, a folder of <case>_0000 files (nnU-Net v2's)
+    names its cases <case>, as prepare does. ValueError names a case missing a channel file."""
     cases, numbered = {}, {}
+    v2 = all(volume_id(p).endswith("_0000") for p in paths)  # nnU-Net v2's one channel: <case>_0000, case <case>
     for path in paths:
         name = volume_id(path)
         case, _, number = name.rpartition("_")
-        if channels > 1 and case and len(number) == 4 and number.isdigit():
+        if (channels > 1 or v2) and case and len(number) == 4 and number.isdigit():
             numbered.setdefault(case, {})[int(number)] = path
         else:
             cases[name] = [path]

@@ -12,6 +12,6 @@ from src.sources.sample import Sample, Source, as_regions
 from src.sources.volumes import decathlon_cases, folder_cases, volume_source
 from src.portable.volumes import volume_files
 
-__all__ = ["PANNUKE_CLASSES", "Sample", "Source", "as_regions", "attach_metadata", "chest_xray", "demo_source", "folder",
-           "mask_key", "pannuke", "pannuke_class_map", "patient_of", "rle_csv",
+__all__ = ["PANNUKE_CLASSES", "Sample", "Source", "as_regions", "attach_metadata", "chest_xray", "demo_source",
+           "folder", "mask_key", "pannuke", "pannuke_class_map", "patient_of", "rle_csv",
            "decathlon_cases", "folder_cases", "volume_files", "volume_source"]

@@ -168,7 +168,8 @@ def folder(images: Path, masks: Path, test: Path | None = None, allow_unmasked: 
 
 
 def class_folders(mask_files: dict, root: Path, classes: list | None) -> dict | None:
-    """{mask file: class index} where every mask file lies in a folder named after one of --classes (`masks/<class>/<id>.png`, one binary file per class, as many public sets ship them); None otherwise,
+    """{mask file: class index} where every mask file lies in a folder named after one of --classes
+    (`masks/<class>/<id>.png`, one binary file per class, as many public sets ship them); None otherwise,
     the files then holding class indices themselves."""
     names = {name: index for index, name in enumerate(classes or []) if index > 0}
     found = {p: names.get(p.relative_to(root).parts[0]) for paths in mask_files.values() for p in paths}

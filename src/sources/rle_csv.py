@@ -1,7 +1,8 @@
 """Kaggle-style masks: a folder of images and a CSV of run-length encodings (SIIM-ACR, Severstal, Airbus, HuBMAP...).
 
-One or several rows per image (merged; rows of two classes on the same pixels refused), an optional class column
-for multiclass or the class joined to the id (`Image_Label`: '<image>_<class>'), '' or -1 for an empty mask. Every bad row is reported with its CSV line number.
+One or several rows per image (merged; rows of two classes on the same pixels refused, or kept as bits with
+--task multilabel), an optional class column for multiclass or the class joined to the id (`Image_Label`:
+'<image>_<class>'), '' or -1 for an empty mask. Every bad row is reported with its CSV line number.
 How the labels came is recorded as the dataset's submission format (src/portable/submission.py).
 """
 from collections import defaultdict
@@ -144,7 +145,8 @@ def rle_csv(images: Path, csv: Path, id_column: str | None = None, rle_column: s
         seen[path.stem] = path
         if path in rows_of or absent_empty:
             samples.append(Sample(path.stem, lambda p=path, r=rows_of.get(path, []): (
-                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative, classes, multilabel)), file=path))
+                (image := read_image(p)), decode_rows(r, image.shape[:2], csv.name, order, relative, classes,
+                                                      multilabel)), file=path))
         elif allow_unmasked:
             samples.append(Sample(path.stem, lambda p=path: (read_image(p), None), split="test", file=path))
         else:

@@ -137,7 +137,8 @@ class Config:
     dice_weight: float = knob(1.0, "weight of the Dice loss")
     ce_weight: float = knob(0.8, "weight of BCE (binary) or cross-entropy/focal (multiclass)")
     focal: bool = knob(False, "multiclass: focal loss instead of cross-entropy")
-    class_weights: str = knob("auto", "multiclass cross-entropy weights: auto (inverse sqrt frequency), none, or a list")
+    class_weights: str = knob("auto", "multiclass cross-entropy weights (multilabel: each channel's BCE): auto "
+                                      "(inverse sqrt frequency), none, or a list")
     # run
     precision: str = knob("auto", "mixed precision: auto (bf16/fp16 on GPU, none on CPU)", choices=["auto", "no", "fp16", "bf16"])
     compile: bool = knob(False, "torch.compile the model")

@@ -19,17 +19,23 @@ def loss_name(loss: str, task: str) -> str:
     return name
 
 
-def class_weights(spec: str, masks: np.ndarray, n_classes: int) -> torch.Tensor | None:
-    """none, auto (inverse square root of the training pixels' class frequency, mean 1), or 'w0,w1,...'."""
+def class_weights(spec: str, masks: np.ndarray, n_classes: int, task: str = "multiclass") -> torch.Tensor | None:
+    """none, auto (inverse square root of the training pixels' class frequency, mean 1), or 'w0,w1,...'. Multiclass:
+    one per class, background first (cross-entropy's); multilabel: one per label channel, no background (each
+    channel's BCE), the frequency of its bit among the pixels."""
     if spec == "none":
         return None
+    channels = n_classes - 1 if task == "multilabel" else n_classes
     if spec == "auto":
-        counts = np.bincount(np.asarray(masks).ravel(), minlength=n_classes).astype(np.float64) + 1
-        weights = 1 / np.sqrt(counts / counts.sum())
+        masks = np.asarray(masks).ravel()
+        counts = (np.array([np.count_nonzero((masks >> c) & 1) for c in range(channels)]) if task == "multilabel"
+                  else np.bincount(masks, minlength=n_classes)).astype(np.float64) + 1
+        weights = 1 / np.sqrt(counts / (masks.size if task == "multilabel" else counts.sum()))
         return torch.tensor(weights / weights.mean(), dtype=torch.float32)
     weights = [float(w) for w in spec.split(",")]
-    if len(weights) != n_classes:
-        raise ValueError(f"--class-weights has {len(weights)} values for {n_classes} classes (background included)")
+    if len(weights) != channels:
+        raise ValueError(f"--class-weights has {len(weights)} values for {channels} "
+                         + ("labels (a BCE channel each)" if task == "multilabel" else "classes (background included)"))
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -49,7 +55,9 @@ class SegmentationLoss(torch.nn.Module):
             self.lovasz = losses.LovaszLoss(mode=task, per_image=True)
             return
         self.dice = losses.DiceLoss(mode=task, from_logits=True)
-        if task in ("binary", "multilabel"):
+        if task == "multilabel":  # weights: one per channel, broadcast over the pixels
+            self.ce = losses.SoftBCEWithLogitsLoss(weight=None if weights is None else weights[None, :, None, None])
+        elif task == "binary":
             self.ce = losses.SoftBCEWithLogitsLoss()
         elif focal:
             self.ce = losses.FocalLoss(mode="multiclass")

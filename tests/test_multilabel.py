@@ -15,7 +15,7 @@ import infer
 import train
 from conftest import TINY, paths, prepare
 from src.canonical import load_index, load_meta
-from src.losses import SegmentationLoss
+from src.losses import SegmentationLoss, class_weights
 from src.metrics import confusion, predicted_classes
 from src.portable.images import read_image, write_png
 from src.portable.labels import label_mask, pack, unpack
@@ -129,6 +129,10 @@ def test_a_sigmoid_per_class_is_scored_per_class_where_the_classes_overlap():
     assert tp.tolist() == [[lungs.sum().item(), 0]] and fp.tolist() == [[0, 0]] and fn.tolist() == [[0, heart.sum().item()]]
     loss = SegmentationLoss("multilabel")
     assert loss(logits, target) > loss(torch.stack([lungs.float() * 8 - 4, heart.float() * 8 - 4])[None], target)
+    weights = class_weights("auto", target.numpy(), 3, "multilabel")  # a BCE weight per channel: the rarer heart more
+    assert weights.shape == (2,) and weights[1] > weights[0] and weights.mean().item() == pytest.approx(1)
+    weighted = SegmentationLoss("multilabel", weights=weights)
+    assert "ce.weight" in dict(weighted.named_buffers()) and weighted(logits, target) > loss(logits, target)  # heart missed
 
 
 def test_the_multilabel_demo_through_training_infer_the_ensemble_and_the_package(tmp_path, capsys):

@@ -146,6 +146,8 @@ def build_source(args) -> tuple:
         raise PrepareError(["--task multilabel needs --classes a,b,... (masks/<class>/ folders) or --regions"])
     name = folder_name(args.images, args.name)
     if sources.volume_files(args.images):
+        if args.task == "multilabel" and not regions:  # a label volume holds values, not bits
+            raise PrepareError(["label volumes become labels that overlap through --regions 'name=value,... ...'"])
         cases, problems = sources.folder_cases(args.images, args.masks, args.test, args.allow_unmasked)
         source = sources.volume_source(cases, args.task, ["background", *regions] if regions else classes or [
             "background", "foreground"], args.modality, regions)

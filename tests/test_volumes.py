@@ -233,6 +233,9 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     masks = np.load(tmp_path / "data" / "tiny" / "cache" / "32" / "masks.npy")[:len(cut)]
     whole, core = unpack(masks, 2)  # per region, slice by slice
     assert np.array_equal(whole, cut > 0) and np.array_equal(core, cut == 2) and core.any()
+    with pytest.raises(SystemExit, match="label volumes become labels that overlap through --regions"):
+        prepare(tmp_path, "folder", "--images", str(root / "imagesTr"), "--masks", str(root / "labelsTr"), "--task",
+                "multilabel", "--classes", "whole,core", "--name", "bits")  # values are not bits
 
 
 def test_a_volume_set_trains_on_slices_and_the_ensemble_scores_cases_in_3d_and_writes_nifti(tmp_path, capsys):

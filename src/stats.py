@@ -55,6 +55,21 @@ def mean_interval(values: np.ndarray, groups=None, seed: int = 0, resamples: int
             "unit": unit, "units": int(len(counts))}
 
 
+def pooled_dice_interval(tp, fp, fn, groups=None, seed: int = 0, resamples: int = 10000, alpha: float = 0.05,
+                         group_unit: str = "patient") -> dict:
+    """A class's Dice with its pixels pooled over images, and its bootstrap 95% interval (images, or patients where
+    groups are given, drawn with replacement; each draw's pooled 2TP / (2TP + FP + FN))."""
+    tp, fp, fn = (np.asarray(a, float) for a in (tp, fp, fn))
+    unit, codes = _units(len(tp), groups, group_unit)
+    sums, counts = np.bincount(codes, 2 * tp), np.bincount(codes, 2 * tp + fp + fn)
+    dice = float(sums.sum() / counts.sum()) if counts.sum() else 1.0
+    if not counts.sum():
+        return {"dice": dice, "ci95": [1.0, 1.0], "unit": unit, "units": int(len(counts))}
+    with np.errstate(invalid="ignore", divide="ignore"):  # a draw without the class: no pooled Dice, left out
+        low, high = _bootstrap_interval(sums, counts, seed, resamples, alpha)
+    return {"dice": dice, "ci95": [low, high], "unit": unit, "units": int(len(counts))}
+
+
 def _units(images: int, groups, group_unit: str = "patient") -> tuple:
     """("image", each image its own unit) or (group_unit, each image's group code) for a bootstrap's draws."""
     if groups is None:
@@ -73,7 +88,7 @@ def _bootstrap_interval(sums: np.ndarray, counts: np.ndarray, seed: int, resampl
     for start in range(0, resamples, chunk):
         drawn = rng.integers(0, n, (min(chunk, resamples - start), n), dtype=np.int32)
         statistics[start:start + len(drawn)] = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
-    low, high = np.quantile(statistics, [alpha / 2, 1 - alpha / 2])
+    low, high = np.nanquantile(statistics, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
 
 

@@ -160,6 +160,8 @@ def test_the_multilabel_demo_through_training_infer_the_ensemble_and_the_package
                    "--out-dir", str(out), "--figures", "0"])
     board = json.loads((out / "demo-multilabel" / "scores.json").read_text())
     assert all(len(t["postprocess"]["by_class"]) == 2 for t in board["tuning_by_fold"].values())  # each class its own
+    for name, (low, high) in board["per_class_interval"].items():  # every class's Dice with its interval
+        assert low <= board["per_class"][name]["ensemble"] <= high and name in ("lung", "heart")
     submission = pd.read_csv(out / "demo-multilabel" / "submission.csv", keep_default_na=False)
     assert len(submission) == 2 * 2 and set(submission["class"]) == {"lung", "heart"}  # a row per image and class
     for image_id in submission["id"].unique():

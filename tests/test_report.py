@@ -224,7 +224,10 @@ def test_multiclass_leaderboard_leads_with_pooled_class_dice_and_announces_a_cla
                                for c, (raw, _) in classes.items()}
     scores["macro"] = {m: {"postprocessed": 0.241, "raw": 0.3775} for m in ("unet-r18", "unetpp-r18", "ensemble")}
     scores["lowered_classes"] = [{"model": "ensemble", "class": "epithelial", "raw": 0.28, "postprocessed": 0.002}]
+    scores["per_class_interval"] = {"inflammatory": [0.45, 0.51], "epithelial": [0.0, 0.01]}
     board = report.leaderboard_markdown(scores).splitlines()
+    assert ("The ensemble's pooled Dice per class with its bootstrap 95% interval: inflammatory 0.4800 [0.4500, "
+            "0.5100], epithelial 0.0020 [0.0000, 0.0100].") in board
     first_table = next(i for i, line in enumerate(board) if line.startswith("|"))
     assert board[first_table] == "| model | macro mean | inflammatory | epithelial | Dice per image |"
     assert board[first_table + 4] == ("| ensemble | 0.2410 (0.3775) | 0.4800 (0.4750) | 0.0020 (0.2800) | "

@@ -221,6 +221,9 @@ def per_class_markdown(scores: dict) -> list:
         cells = [f"{scores['macro'][n]['postprocessed']:.4f} ({scores['macro'][n]['raw']:.4f})"]
         cells += [f"{scores['per_class'][c][n]:.4f} ({scores['per_class_raw'][c][n]:.4f})" for c in classes]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {per_image[n]['dice']:.4f} ({per_image[n]['dice_raw']:.4f}) |")
+    lines += ["", "The ensemble's pooled Dice per class with its bootstrap 95% interval: " + ", ".join(
+        f"{c} {scores['per_class'][c]['ensemble']:.4f} [{low:.4f}, {high:.4f}]"
+        for c, (low, high) in scores["per_class_interval"].items()) + "."]
     lowered = scores["lowered_classes"]
     if lowered:
         lines += ["", "Post-processing lowered a class's pooled Dice (its minimum area erased more true than false "
@@ -395,7 +398,7 @@ def slice_settings_text(settings: dict) -> str:
     return ", ".join([f"threshold {settings['threshold']:g}"] + ["fill holes"] * settings["fill_holes"] +
                      [f"min area {settings['min_area']:g}"] * bool(settings["min_area"]) +
                      [f"keep {settings['keep_largest']} largest"] * bool(settings["keep_largest"]) +
-                     [f"emptied below {settings['min_total']:g} of the image"] * bool(settings.get("min_total")))
+                     [f"emptied below {settings.get('min_total', 0):g} of the image"] * bool(settings.get("min_total")))
 
 
 def training_cell(training: dict | None) -> str:

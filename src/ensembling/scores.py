@@ -17,7 +17,7 @@ from src.config import name_parts, run_name
 from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
-from src.stats import holm, mean_interval, paired_comparison
+from src.stats import holm, mean_interval, paired_comparison, pooled_dice_interval
 
 ALPHA = 0.05  # significance level of the Unet++ vs Unet comparisons (after Holm's adjustment) and of ensemble vs best
 ARCHS = ("unet", "unetpp", "unetpp_ds")  # the architectures the study's table sets side by side, by encoder
@@ -51,7 +51,9 @@ def score(inputs, choices, compare_tta: str | None) -> tuple:
               "checkpoint": selection.checkpoint, "images": {"scored": len(ids), "left_out": len(inputs.folds) - len(ids)},
               "runs": summaries, "ensemble": ensemble, **ensemble_gain(summaries, ensemble),
               "tta_gain": {run: tta_gain(dice_of[run], ids) for run in choices.runs},
-              **(per_class(summaries, ensemble) if len(classes) > 2 else {"per_class": {}}),
+              **(per_class(summaries, ensemble, tables["ensemble"], dict(zip(ids, groups)) if groups else None, unit)
+                 if len(classes) > 2
+                 else {"per_class": {}}),
               "by": {"column": subgroups.name, "table": dice_by_group(dice, subgroups).reset_index().to_dict("records")}
               if subgroups is not None else None,
               "comparisons": comparisons,
@@ -224,14 +226,20 @@ def ensemble_gain(summaries: dict, ensemble: dict) -> dict:
             "ensemble_gain_raw": ensemble["dice_raw"] - summaries[best_raw]["postprocessed"]["dice_raw"]}
 
 
-def per_class(summaries: dict, ensemble: dict) -> dict:
-    """Multiclass: each model's Dice per class with pixels pooled over the scored images, post-processed
-    (cross-validated) and raw, their macro means, and every class that post-processing lowered."""
+def per_class(summaries: dict, ensemble: dict, table: pd.DataFrame, group_of: dict | None, unit: str) -> dict:
+    """Several classes: each model's Dice per class with pixels pooled over the scored images, post-processed
+    (cross-validated) and raw, their macro means, every class that post-processing lowered, and the ensemble's
+    pooled Dice per class with its bootstrap interval (over images, or their groups: group_of {id: group}; table:
+    its scores)."""
     models = {**{n: s["postprocessed"] for n, s in summaries.items()}, "ensemble": ensemble}
     classes = list(ensemble["per_class"])
     pooled = {c: {n: m["per_class"][c] for n, m in models.items()} for c in classes}
     raw = {c: {n: m["per_class_raw"][c] for n, m in models.items()} for c in classes}
-    return {"per_class": pooled, "per_class_raw": raw,
+    intervals = {c: pooled_dice_interval(*(rows[k].to_numpy() for k in ("tp", "fp", "fn")),
+                                         groups=[group_of[i] for i in rows["id"]] if group_of else None,
+                                         group_unit=unit)["ci95"]
+                 for c, rows in table.groupby("class", sort=False)}
+    return {"per_class": pooled, "per_class_raw": raw, "per_class_interval": intervals,
             "macro": {n: {"postprocessed": float(np.mean([pooled[c][n] for c in classes])),
                           "raw": float(np.mean([raw[c][n] for c in classes]))} for n in models},
             "lowered_classes": [{"model": n, "class": c, "raw": raw[c][n], "postprocessed": pooled[c][n]}

@@ -28,6 +28,7 @@ from src.portable import volumes
 from src.canonical import load_index
 from src.ensembling import choices, inputs, report, scores as scoring
 from src.portable.files import write_atomic
+from src.portable.labels import label_order, to_labels
 from src.portable.images import HOST_THREADS
 from src.portable.maps import final_mask
 from src.portable.submission import mask_codes, staged, submission_text
@@ -110,7 +111,8 @@ def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Pa
         ids, record = cases[case], records[case]
         labels, slice_masks = volumes.finish_case([final(i) for i in ids], meta["volumes"]["axis"], record["shape"],
                                                   settings.get("largest_3d", []), meta["task"])
-        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", labels, record["header"])
+        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", to_labels(labels, label_order(meta["regions"]))
+                           if "regions" in meta else labels, record["header"])  # regions: as nnU-Net writes them
         return {i: mask_codes(i, m, meta["classes"], meta["submission"], masks, meta["task"])
                 for i, m in zip(ids, slice_masks)}
 

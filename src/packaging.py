@@ -158,7 +158,7 @@ def manifest_of(package: Path, models: list, scores: dict, meta: dict, kind: str
                       "grey replicated to RGB (portable/images.py)",
                       "resize": "cv2 INTER_AREA to each model's size; maps back to the image's size bilinear",
                       "normalisation": "ImageNet mean and std on 0-255 (their averages for grey)"},
-            "postprocess": scores["postprocess"],
+            "postprocess": scores["postprocess"], **({"regions": meta["regions"]} if "regions" in meta else {}),
             **({"volumes": {k: meta["volumes"][k] for k in ("axis", "ct", "slice_size", "modality", "normalisation",
                                                             "axis_rule", "size_rule")}} if "volumes" in meta else {}),
             "models": [{k: v for k, v in m.items() if k not in ("meta", "weights_file")} for m in models],

@@ -220,7 +220,7 @@ def test_a_bad_volume_stops_prepare_in_one_line_and_writes_nothing(tmp_path, cap
 
 
 def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_path):
-    from src.portable.labels import unpack
+    from src.portable.labels import label_order, to_labels, unpack
     root = tmp_path / "Dataset001_Tiny"
     volume_set(root, cases=2, tests=0, layout="nnunet")
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz",
@@ -233,6 +233,8 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     masks = np.load(tmp_path / "data" / "tiny" / "cache" / "32" / "masks.npy")[:len(cut)]
     whole, core = unpack(masks, 2)  # per region, slice by slice
     assert np.array_equal(whole, cut > 0) and np.array_equal(core, cut == 2) and core.any()
+    assert meta["regions"] == {"whole": [1, 2], "core": [2]}  # and the NIfTI masks go back to these labels:
+    assert np.array_equal(to_labels(masks, label_order(meta["regions"])), cut)
     with pytest.raises(SystemExit, match="label volumes become labels that overlap through --regions"):
         prepare(tmp_path, "folder", "--images", str(root / "imagesTr"), "--masks", str(root / "labelsTr"), "--task",
                 "multilabel", "--classes", "whole,core", "--name", "bits")  # values are not bits

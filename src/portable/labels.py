@@ -25,3 +25,24 @@ def pack(channels: np.ndarray) -> np.ndarray:
 def unpack(mask: np.ndarray, k: int) -> np.ndarray:
     """... uint8 bits (H x W, or N x H x W) -> K x ... booleans, class 1 first."""
     return (mask[None] >> np.arange(k, dtype=np.uint8).reshape(-1, *[1] * mask.ndim)) & 1 > 0
+
+
+def label_order(regions: dict) -> list:
+    """The label value each region ({name: its values}, meta.json's regions) becomes in a label map: the smallest of
+    its values that no later region holds (whole=1,2 core=2 -> 1, 2; BraTS' whole=1,2,3 core=2,3 enhancing=3 -> 1, 2,
+    3: nnU-Net's regions_class_order for nested regions)."""
+    regions = list(regions.values())
+    order = []
+    for i, values in enumerate(regions):
+        own = set(values) - {v for later in regions[i + 1:] for v in later}
+        order.append(min(own) if own else max(values))
+    return order
+
+
+def to_labels(bits: np.ndarray, order: list) -> np.ndarray:
+    """Bits of regions -> a label map as nnU-Net writes one: each region's pixels take its label value (order), a
+    later region over an earlier one (the nested core inside the whole)."""
+    labels = np.zeros(bits.shape, np.uint8)
+    for i, value in enumerate(order):
+        labels[(bits >> i) & 1 > 0] = value
+    return labels

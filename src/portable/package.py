@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .files import write_atomic
 from .images import as_size
+from .labels import label_order, to_labels
 from .maps import final_mask, uint8_maps
 from .predictor import Model, file_batches, image_files, predict
 from .submission import mask_codes, read_sample, staged, submission_text
@@ -181,7 +182,8 @@ def predict_all(models: list, manifest: dict, paths: list | dict, batch_size: in
                 ids, finals = zip(*case_masks.pop(case))
                 labels, slice_masks = finish_case(list(finals), manifest["volumes"]["axis"], shape,
                                                   manifest["postprocess"].get("largest_3d", []), manifest["task"])
-                write_mask(volumes_dir / f"{case}.nii.gz", labels, header)
+                write_mask(volumes_dir / f"{case}.nii.gz", to_labels(labels, label_order(manifest["regions"]))
+                           if "regions" in manifest else labels, header)  # regions: as nnU-Net writes them
                 for i, mask in zip(ids, slice_masks):
                     codes[i] = mask_codes(i, mask, manifest["classes"], manifest["submission"], masks, manifest["task"])
     return codes

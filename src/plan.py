@@ -31,7 +31,10 @@ from src.folds import group_labels, load_folds
 from src.portable.images import as_size, read_image, sides, size_text
 from src.portable.labels import label_mask
 
-STEPS = 1000  # optimiser steps a run should make, whatever the dataset's size
+STEPS = 1000  # optimiser steps a run of 2D images should make, whatever the dataset's size
+# Volumes: several thousand slices of 200 cases, where 1000 steps are 3 epochs; twice that gained more than Unet++ or
+# 2.5D on the hippocampus, on each of two folds (docs/results.md)
+VOLUME_STEPS = 2000
 MIN_OBJECT_PX = 48  # a one-pixel error all along an object's edge costs it about 2 / diameter of Dice: 4% at 48 px
 SIZE_STEP, MIN_SIZE = 32, 64  # smp encoders halve the input five times
 EMA_DECAY = 0.9999  # the plan's --ema: timm's warm-up keeps it below 1 - (1 + step)^-2/3 (0.990 at 1000 steps)
@@ -207,7 +210,9 @@ def plan_epochs(fp: dict, batch: int, steps: int, processes: int = 1, grad_accum
     per_epoch = steps_per_epoch(fp, batch, processes * grad_accum)
     epochs = min(EPOCHS_RANGE[1], max(EPOCHS_RANGE[0], round(steps / per_epoch)))
     folds = f"{fp['folds']} folds" if fp["folds"] else f"{FOLDS_ASSUMED} folds assumed (no fold file)"
-    return epochs, (f"{steps} optimiser steps (--steps) at {per_epoch} an epoch ({fp['train_images']} training images "
+    why = (f", the budget for slices of volumes (twice the 2D images' {STEPS}, measured on the hippocampus)"
+           if steps == VOLUME_STEPS and "slice_size" in fp else "")
+    return epochs, (f"{steps} optimiser steps (--steps{why}) at {per_epoch} an epoch ({fp['train_images']} training images "
                     f"a fold of {fp['labelled_images']}, {folds}; batch {batch} x {processes} process(es) x "
                     f"--grad-accum {grad_accum} a step; train.py plans again for its own), "
                     f"within {EPOCHS_RANGE[0]}..{EPOCHS_RANGE[1]}")
@@ -284,10 +289,17 @@ def plan_from(fp: dict, steps: int = STEPS, given: dict | None = None, processes
     return values, rules
 
 
-def write_plan(dataset_dir: Path, folds_dir: Path, steps: int = STEPS, given: dict | None = None) -> dict:
+def budget(fp: dict) -> int:
+    """The optimiser steps the plan budgets when --steps is not given: VOLUME_STEPS for slices of volumes, else STEPS."""
+    return VOLUME_STEPS if "slice_size" in fp else STEPS
+
+
+def write_plan(dataset_dir: Path, folds_dir: Path, steps: int | None = None, given: dict | None = None) -> dict:
     """given: values the user chose when preparing ({"size": 64} from prepare --size), kept as given and followed by
-    the values planned after them; None keeps those of the plan it replaces (a new split plans again)."""
+    the values planned after them; None keeps those of the plan it replaces (a new split plans again). steps: the
+    budget, budget()'s by default."""
     fp = fingerprint(dataset_dir, folds_dir)
+    steps = steps or budget(fp)
     if given is None:
         given = (load_plan(dataset_dir) or {}).get("given", {})
     values, rules = plan_from(fp, steps, given)
@@ -359,7 +371,8 @@ def main(argv=None) -> dict:
     parser.add_argument("dataset", help="a dataset prepared under --data-dir")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--folds-dir", type=Path, default=Path("folds"))
-    parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps a run should make (sets the epochs)")
+    parser.add_argument("--steps", type=int, help=f"optimiser steps a run should make (sets the epochs; default "
+                                                  f"{STEPS}, {VOLUME_STEPS} for slices of volumes)")
     args = parser.parse_args(argv)
     dataset_dir = args.data_dir / args.dataset
     try:

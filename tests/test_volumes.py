@@ -225,9 +225,11 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     volume_set(root, cases=2, tests=0, layout="nnunet")
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz",
                                                    "labels": {"background": 0, "whole": [1, 2], "core": 2}}))
-    prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2")
+    prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2", plan=True)
     meta = json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
     assert meta["task"] == "multilabel" and meta["classes"] == ["background", "whole", "core"]
+    planned = json.loads((tmp_path / "data" / "tiny" / "plan.json").read_text())  # slices: twice the 2D budget
+    assert planned["steps"] == 2000 and "the budget for slices of volumes" in planned["rules"]["epochs"]
     labels = np.asanyarray(nibabel.load(str(root / "labelsTr" / "vol_000.nii.gz")).dataobj)
     cut = volumes.slices(labels, 2, tuple(meta["volumes"]["slice_size"]), 0)
     masks = np.load(tmp_path / "data" / "tiny" / "cache" / "32" / "masks.npy")[:len(cut)]

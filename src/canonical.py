@@ -31,7 +31,7 @@ from tqdm import tqdm
 from src.portable.dicom import pixel_spacing
 from src.portable.images import (bit_depth, exif_orientation, looks_grey, mode, read_as, read_image, resize, sides,
                                  size_text, to_channels, write_npy, write_png)
-from src.portable.labels import MAX_LABELS, label_mask
+from src.portable.labels import MAX_LABELS, class_pixels
 from src.masks import JPEG_SUFFIXES, binarised_sentences, class_indices
 from src.portable.problems import InputError, Problem
 from src.portable.submission import default_format
@@ -103,14 +103,6 @@ def majority_channels(samples: list, workers: int) -> tuple:
               f"--channels {3 if channels == 1 else 1} to choose otherwise")
     return channels, (f"channels: {channels} ({sum(readable)} of {len(readable)} readable images are grey or grey "
                       f"saved as colour{f'; {unreadable} unreadable' if unreadable else ''}; {choice})")
-
-
-def class_pixels(mask: np.ndarray, task: str, n_classes: int) -> np.ndarray:
-    """Pixels of each class (background first: the pixels of no class) in a mask of the task."""
-    if task != "multilabel":
-        return np.bincount(mask.ravel(), minlength=n_classes)
-    return np.array([np.count_nonzero(mask == 0)] + [np.count_nonzero(label_mask(mask, c, task))
-                                                     for c in range(1, n_classes)])
 
 
 def _mask_where(sample: Sample) -> str:

@@ -117,8 +117,7 @@ def set_up(cfg, meta, accelerator, train_rows, valid_rows, inner_rows, pretraine
     except ModelError as error:
         sys.exit(f"train: {error}")
     model = model.to(memory_format=torch.channels_last)
-    weights = (class_weights(cfg.class_weights, masks[train_rows], n_classes, meta["task"])
-               if meta["task"] != "binary" else None)
+    weights = class_weights(cfg.class_weights, masks[train_rows], n_classes, meta["task"])
     loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights, ds_weights, cfg.loss)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)  # stepped per epoch, so not wrapped by accelerate.prepare

@@ -6,6 +6,7 @@ import torch
 from segmentation_models_pytorch import losses
 
 from src.metrics import unpack_labels
+from src.portable.labels import class_pixels
 
 TASK_LOSSES = {"binary": ("dice_bce", "lovasz"), "multiclass": ("dice_ce", "lovasz"),
                "multilabel": ("dice_bce", "lovasz")}
@@ -22,14 +23,14 @@ def loss_name(loss: str, task: str) -> str:
 def class_weights(spec: str, masks: np.ndarray, n_classes: int, task: str = "multiclass") -> torch.Tensor | None:
     """none, auto (inverse square root of the training pixels' class frequency, mean 1), or 'w0,w1,...'. Multiclass:
     one per class, background first (cross-entropy's); multilabel: one per label channel, no background (each
-    channel's BCE), the frequency of its bit among the pixels."""
-    if spec == "none":
+    channel's BCE), the frequency of its bit among the pixels. Binary masks take none (None)."""
+    if spec == "none" or task == "binary":
         return None
     channels = n_classes - 1 if task == "multilabel" else n_classes
     if spec == "auto":
-        masks = np.asarray(masks).ravel()
-        counts = (np.array([np.count_nonzero((masks >> c) & 1) for c in range(channels)]) if task == "multilabel"
-                  else np.bincount(masks, minlength=n_classes)).astype(np.float64) + 1
+        masks = np.asarray(masks)
+        counts = class_pixels(masks, task, n_classes).astype(np.float64)
+        counts = counts[1:] + 1 if task == "multilabel" else counts + 1  # a label's own pixels, overlaps included
         weights = 1 / np.sqrt(counts / (masks.size if task == "multilabel" else counts.sum()))
         return torch.tensor(weights / weights.mean(), dtype=torch.float32)
     weights = [float(w) for w in spec.split(",")]

@@ -82,8 +82,7 @@ def range_test(cfg, meta, train_rows, images, masks, device, steps: int, start: 
         model = create_model(cfg.arch, cfg.encoder, input_channels(meta, cfg.context),
                              outputs(meta["task"], meta["classes"]), cfg.encoder_weights, cfg.decoder_channels)
         model = model.to(device, memory_format=torch.channels_last).train()
-        weights = (class_weights(cfg.class_weights, masks[train_rows], n_classes, meta["task"])
-                   if meta["task"] != "binary" else None)
+        weights = class_weights(cfg.class_weights, masks[train_rows], n_classes, meta["task"])
         loss_fn = SegmentationLoss(meta["task"], cfg.dice_weight, cfg.ce_weight, cfg.focal, weights,
                                    head_weights(cfg.ds_weights, cfg.arch), cfg.loss).to(device)
         per_step = processes * cfg.grad_accum

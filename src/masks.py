@@ -170,6 +170,19 @@ OVERLAP_FIX = ("a multiclass mask holds one class per pixel, and keeping either 
                "from the training masks and the scores without a word: --task multilabel keeps every class of a pixel")
 
 
+def paint_class(mask: np.ndarray, drawn: np.ndarray, c: int, multilabel: bool) -> tuple | None:
+    """Draws class c's pixels (drawn) into a mask being merged from several files or rows: its bit (multilabel,
+    src/portable/labels.py), else its index. Returns None, or (pixels, the class there before) where a multiclass
+    mask already held another class on some of them, which the caller refuses (overlap_error)."""
+    if multilabel:
+        mask[drawn] |= np.uint8(1 << (c - 1))
+        return None
+    clash = drawn & (mask > 0) & (mask != c)
+    before = (int(clash.sum()), int(mask[clash].flat[0])) if clash.any() else None
+    mask[drawn] = c
+    return before
+
+
 def overlap_error(where, pixels: int, first: str, second: str) -> InputError:
     """Labels of two classes on the same pixels of a multiclass mask (RLE rows, per-class mask files): refused, and
     grouped into one line over the images (src/problems.py), each image's pixels in its detail."""

@@ -24,12 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from src.canonical import class_pixels, load_index, load_meta
+from src.canonical import load_index, load_meta
 from src.portable.files import write_atomic
 from src.config import Config, flag_value
 from src.folds import group_labels, load_folds
 from src.portable.images import as_size, read_image, sides, size_text
-from src.portable.labels import label_mask
+from src.portable.labels import class_pixels, label_mask
 
 STEPS = 1000  # optimiser steps a run of 2D images should make, whatever the dataset's size
 # Volumes: several thousand slices of 200 cases, where 1000 steps are 3 epochs; twice that gained more than Unet++ or

@@ -62,12 +62,11 @@ def pooled_dice_interval(tp, fp, fn, groups=None, seed: int = 0, resamples: int 
     tp, fp, fn = (np.asarray(a, float) for a in (tp, fp, fn))
     unit, codes = _units(len(tp), groups, group_unit)
     sums, counts = np.bincount(codes, 2 * tp), np.bincount(codes, 2 * tp + fp + fn)
-    dice = float(sums.sum() / counts.sum()) if counts.sum() else 1.0
-    if not counts.sum():
-        return {"dice": dice, "ci95": [1.0, 1.0], "unit": unit, "units": int(len(counts))}
+    if not counts.sum():  # the class nowhere, in truth or prediction: Dice 1, as an empty image scores
+        return {"dice": 1.0, "ci95": [1.0, 1.0], "unit": unit, "units": int(len(counts))}
     with np.errstate(invalid="ignore", divide="ignore"):  # a draw without the class: no pooled Dice, left out
         low, high = _bootstrap_interval(sums, counts, seed, resamples, alpha)
-    return {"dice": dice, "ci95": [low, high], "unit": unit, "units": int(len(counts))}
+    return {"dice": float(sums.sum() / counts.sum()), "ci95": [low, high], "unit": unit, "units": int(len(counts))}
 
 
 def _units(images: int, groups, group_unit: str = "patient") -> tuple:

@@ -140,7 +140,7 @@ def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, i
     fold on the other folds' images, every image read as that fold reads it (its TTA and level), and on all images
     as the test masks read them. runs: {run: Choice}. Areas are tuned on masks shrunk to tune_size
     (postprocess.shrink); each OOF file is read once per way of reading it, usually once."""
-    candidates = postprocess.binary_candidates(tuple(postprocess.MIN_TOTALS) if task == "multilabel" else (0.0,))
+    candidates = postprocess.candidates_of(task)
     weight_list = [weights[run] for run in runs]
 
     def candidate_scores(image_id: str, read: tuple) -> np.ndarray:

@@ -16,6 +16,14 @@ def label_mask(mask: np.ndarray, c: int, task: str) -> np.ndarray:
     return mask == c
 
 
+def class_pixels(mask: np.ndarray, task: str, n_classes: int) -> np.ndarray:
+    """Pixels of each class (background first: the pixels of no class) in a mask of the task."""
+    if task != "multilabel":
+        return np.bincount(np.ravel(mask), minlength=n_classes)
+    return np.array([np.count_nonzero(mask == 0)] + [np.count_nonzero(label_mask(mask, c, task))
+                                                     for c in range(1, n_classes)])
+
+
 def pack(channels: np.ndarray) -> np.ndarray:
     """K x ... booleans (class 1 first; K x H x W, or K x slices x H x W) -> ... uint8 bits."""
     weights = (1 << np.arange(len(channels), dtype=np.uint16)).reshape(-1, *[1] * (np.ndim(channels) - 1))

@@ -124,6 +124,12 @@ def binary_candidates(min_totals: tuple = (0.0,)) -> list:
     return [BinarySettings(*c) for c in itertools.product(THRESHOLDS, FILL_HOLES, MIN_AREAS, KEEP_LARGEST, min_totals)]
 
 
+def candidates_of(task: str) -> list:
+    """The binary settings a task's tuning scores (choose() reads the scores in this order): multilabel adds each
+    class's minimum total area."""
+    return binary_candidates(tuple(MIN_TOTALS) if task == "multilabel" else (0.0,))
+
+
 def _dice(tp: int, predicted: int, truth: int) -> float:
     return 1.0 if predicted + truth == 0 else 2 * tp / (predicted + truth)
 
@@ -182,9 +188,9 @@ def choose(task: str, candidate_scores: np.ndarray) -> dict:
     multiclass_candidate_counts, one per image): per class, the minimum area of highest mean Dice over the images where
     the class is in truth or prediction, among those within POOLED_TOLERANCE of its pooled Dice without one."""
     if task == "binary":
-        return {"task": task, **asdict(binary_candidates()[int(candidate_scores.mean(axis=0).argmax())])}
+        return {"task": task, **asdict(candidates_of(task)[int(candidate_scores.mean(axis=0).argmax())])}
     if task == "multilabel":  # images x classes x candidates: each class's binary settings, chosen on its own Dice
-        candidates = binary_candidates(tuple(MIN_TOTALS))
+        candidates = candidates_of(task)
         return {"task": task, "by_class": [asdict(candidates[int(j)]) for j in
                                            candidate_scores.mean(axis=0).argmax(axis=1)]}
     tp, predicted, truth = np.moveaxis(candidate_scores, -1, 0)  # each images x classes x areas

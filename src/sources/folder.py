@@ -20,7 +20,7 @@ import numpy as np
 
 from src.portable.images import IMAGE_SUFFIXES, read_image
 from src.portable.labels import pack
-from src.masks import overlap_error, read_mask
+from src.masks import overlap_error, paint_class, read_mask
 from src.portable.problems import InputError, Problem
 from src.sources.sample import Sample, Source, duplicate_id, image_files
 
@@ -63,14 +63,9 @@ def merged_mask(paths: list, class_of: dict | None = None, classes: list | None 
         return np.maximum.reduce(masks)
     merged = np.zeros(masks[0].shape[:2], np.uint8)
     for path, mask in zip(paths, masks):
-        drawn, index = mask > 0, class_of[path]
-        if multilabel:  # each class its bit, where classes overlap too (src/portable/labels.py)
-            merged[drawn] |= np.uint8(1 << (index - 1))
-            continue
-        clash = drawn & (merged > 0) & (merged != index)
-        if clash.any():
-            raise overlap_error(path.stem, int(clash.sum()), classes[int(merged[clash].flat[0])], classes[index])
-        merged[drawn] = index
+        clash = paint_class(merged, mask > 0, class_of[path], multilabel)
+        if clash:
+            raise overlap_error(path.stem, clash[0], classes[clash[1]], classes[class_of[path]])
     return merged
 
 

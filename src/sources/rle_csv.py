@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from src.masks import overlap_error
+from src.masks import overlap_error, paint_class
 from src.portable.images import read_image
 from src.portable.rle import rle_decode, rle_runs
 from src.portable.submission import find_column
@@ -46,14 +46,9 @@ def decode_rows(rows: list, shape: tuple, csv_name: str, order: str, relative: b
         except ValueError as error:
             errors.append(f"{csv_name} line {line}: '{image_id}' ({shape[1]}x{shape[0]}): {error}")
             continue
-        if multilabel:
-            mask[decoded] |= np.uint8(1 << (class_index - 1))
-            continue
-        clash = decoded & (mask > 0) & (mask != class_index)
-        if clash.any() and overlap is None:
-            first = classes[int(mask[clash].flat[0])]
-            overlap = overlap_error(f"{image_id}", int(clash.sum()), first, classes[class_index])
-        mask[decoded] = class_index
+        clash = paint_class(mask, decoded, class_index, multilabel)
+        if clash and overlap is None:
+            overlap = overlap_error(image_id, clash[0], classes[clash[1]], classes[class_index])
     if errors:
         raise ValueError("\n  ".join(errors))
     if overlap is not None:

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from src.masks import regions_mask
 from src.portable.images import IMAGE_SUFFIXES
 from src.portable.problems import Problem
 
@@ -53,8 +54,6 @@ def duplicate_id(path: Path, other: Path) -> Problem:
 def as_regions(source: Source, regions: dict) -> Source:
     """A source of label maps as nnU-Net's regions ({name: label values}): each mask one bit per region
     (masks.regions_mask), a multilabel dataset whose classes are the regions."""
-    from src.masks import regions_mask
-
     def load(sample_load):
         image, mask = sample_load()
         return image, None if mask is None else regions_mask(mask, list(regions.values()))

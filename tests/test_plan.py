@@ -130,6 +130,15 @@ def test_a_tiny_dataset_gets_more_epochs_per_image(demo_plan):
     assert tiny["aug"] == "heavy" and large["aug"] == "medium"
 
 
+def test_slices_of_volumes_get_the_budget_that_gave_20_epochs_on_the_hippocampus(demo_plan):
+    fp = {**demo_plan["fingerprint"], "train_images": 5727, "labelled_images": 7161, "folds": 5,
+          "slice_size": [64, 64], "slice_rule": "padded"}
+    sliced = plan.plan_from(fp, steps=plan.budget(fp))[0]
+    flat = {k: v for k, v in fp.items() if k not in ("slice_size", "slice_rule")}
+    assert (sliced["epochs"], sliced["batch_size"]) == (20, 16)  # 358 steps an epoch: the measured 20, not the floor
+    assert plan.plan_from(flat, steps=plan.budget(flat))[0]["epochs"] == 10  # 2D images keep 1000 steps (the floor)
+
+
 def parse(argv):
     parser = argparse.ArgumentParser()  # as train.py's
     add_config_arguments(parser)

@@ -229,7 +229,7 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     meta = json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
     assert meta["task"] == "multilabel" and meta["classes"] == ["background", "whole", "core"]
     planned = json.loads((tmp_path / "data" / "tiny" / "plan.json").read_text())  # slices: twice the 2D budget
-    assert planned["steps"] == 2000 and "the budget for slices of volumes" in planned["rules"]["epochs"]
+    assert planned["steps"] == 7200 and "the budget for slices of volumes" in planned["rules"]["epochs"]
     labels = np.asanyarray(nibabel.load(str(root / "labelsTr" / "vol_000.nii.gz")).dataobj)
     cut = volumes.slices(labels, 2, tuple(meta["volumes"]["slice_size"]), 0)
     masks = np.load(tmp_path / "data" / "tiny" / "cache" / "32" / "masks.npy")[:len(cut)]

@@ -193,17 +193,18 @@ def test_each_class_is_tuned_on_the_other_folds_alone():
             cost = 0.01 * (c.fill_holes + c.keep_largest) + c.min_area + c.min_total
             scores[image, 0, j] = 1 - abs(c.threshold - wanted[fold]) - cost
             scores[image, 1, j] = 1 - abs(c.threshold - 0.5) - cost
-    chosen = choose_by_fold("multilabel", scores, [0, 0, 1, 1])
+    counts = np.stack([10 * scores, np.full_like(scores, 10), np.full_like(scores, 10)], axis=-1)  # Dice = scores
+    chosen = choose_by_fold("multilabel", counts, [0, 0, 1, 1])
     assert [chosen[f]["by_class"][0]["threshold"] for f in (0, 1)] == [0.7, 0.3]  # each fold's from the other's
     assert {chosen[f]["by_class"][1]["threshold"] for f in (0, 1)} == {0.5} and 0.3 in THRESHOLDS
 
 
 def test_a_class_predicted_on_less_than_its_tuned_minimum_is_emptied_there_alone():
-    from src.portable.postprocess import apply, binary_candidate_dice, binary_candidates
+    from src.portable.postprocess import apply, binary_candidate_counts, binary_candidates
     probs = np.zeros((2, 40, 40), np.float32)
     probs[0, 1:3, 1:3] = probs[1, 1:3, 1:3] = 0.9  # 4 pixels of each class: 0.25% of the image
     settings = {"task": "multilabel", "by_class": [{"min_total": 0.005}, {"min_total": 0.0}]}
     assert np.array_equal(unpack(apply(probs, settings), 2).sum(axis=(1, 2)), [0, 4])  # the first class alone emptied
     candidates = binary_candidates((0.0, 0.005))  # tuning scores the rule: a false positive emptied scores 1
-    dice = dict(zip(candidates, binary_candidate_dice(probs[0], np.zeros((40, 40), bool), candidates)))
-    assert dice[candidates[0]] == 0 and dice[candidates[1]] == 1 and candidates[1].min_total == 0.005
+    counts = binary_candidate_counts(probs[0], np.zeros((40, 40), bool), candidates)
+    assert counts[:2].tolist() == [[0, 4, 0], [0, 0, 0]] and candidates[1].min_total == 0.005

@@ -80,8 +80,12 @@ def choose(inputs, tune_size: int) -> Choices:
     runs = {run: best({mode: at_mode[run][mode] for mode in inputs.modes[run]}) for run in inputs.sets}
     test = test_inputs(runs, weights, inputs.selection, set(folds), inputs.test_ids)
 
+    cases = (load_index(inputs.dataset_dir).set_index("id")["case"].reindex(inputs.image_ids).to_numpy()
+             if "volumes" in inputs.meta else None)  # a volume's slices are tuned on its 3D Dice
+
     def tuned(chosen: dict, weight_of: dict) -> PostProcessing:
-        return tune_postprocessing(chosen, weight_of, masks_dir, task, inputs.image_ids, image_folds, tune_size)
+        return tune_postprocessing(chosen, weight_of, masks_dir, task, inputs.image_ids, image_folds, tune_size,
+                                   cases)
 
     models = {**{run: ({run: choice}, {run: 1.0}) for run, choice in runs.items()}, "ensemble": (runs, weights)}
     post = {model: tuned(*model_runs) for model, model_runs in models.items()}  # each run alone, then the ensemble
@@ -135,11 +139,12 @@ def test_inputs(runs: dict, weights: dict, selection, folds: set, test_ids: list
 
 
 def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, image_ids: list,
-                        image_folds: np.ndarray, tune_size: int) -> PostProcessing:
+                        image_folds: np.ndarray, tune_size: int, cases=None) -> PostProcessing:
     """Post-processing chosen on the runs' weighted mean OOF probabilities (test predictions are never read): for each
     fold on the other folds' images, every image read as that fold reads it (its TTA and level), and on all images
     as the test masks read them. runs: {run: Choice}. Areas are tuned on masks shrunk to tune_size
-    (postprocess.shrink); each OOF file is read once per way of reading it, usually once."""
+    (postprocess.shrink); each OOF file is read once per way of reading it, usually once. cases: each image's case
+    (volumes): the settings are chosen on the cases' 3D Dice, each case's slice counts summed."""
     candidates = postprocess.candidates_of(task)
     weight_list = [weights[run] for run in runs]
 
@@ -148,9 +153,9 @@ def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, i
         target = postprocess.shrink(read_image(masks_dir / f"{image_id}.png"), tune_size)
         probs = mean_at(mean_maps(weighted), target.shape)  # straight from the models' size to the tuning size
         if task == "binary":
-            return postprocess.binary_candidate_dice(probs[0], target, candidates)
+            return postprocess.binary_candidate_counts(probs[0], target, candidates)
         if task == "multilabel":  # each class's bit as a binary mask of its own
-            return np.stack([postprocess.binary_candidate_dice(prob, label_mask(target, c, task), candidates)
+            return np.stack([postprocess.binary_candidate_counts(prob, label_mask(target, c, task), candidates)
                              for c, prob in enumerate(probs, start=1)])
         return postprocess.multiclass_candidate_counts(probs, target)
 
@@ -161,8 +166,8 @@ def tune_postprocessing(runs: dict, weights: dict, masks_dir: Path, task: str, i
         names = ", ".join(s.tta + (f" {s.level}" if s.level else "") for s in read)
         scores = np.stack(thread_map(lambda i: candidate_scores(i, read), image_ids, max_workers=HOST_THREADS,
                                      desc=f"tune post-processing (OOF, TTA {names})", unit="img"))
-        chosen[read] = (postprocess.choose_by_fold(task, scores, image_folds),
-                        postprocess.choose(task, scores) if read == read_for_test else None)
+        chosen[read] = (postprocess.choose_by_fold(task, scores, image_folds, cases),
+                        postprocess.choose(task, scores, cases) if read == read_for_test else None)
     return PostProcessing({f: chosen[read][0][f] for f, read in reads_of_fold.items()}, chosen[read_for_test][1])
 
 

@@ -130,16 +130,13 @@ def candidates_of(task: str) -> list:
     return binary_candidates(tuple(MIN_TOTALS) if task == "multilabel" else (0.0,))
 
 
-def _dice(tp: int, predicted: int, truth: int) -> float:
-    return 1.0 if predicted + truth == 0 else 2 * tp / (predicted + truth)
-
-
-def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list) -> np.ndarray:
-    """Dice of every candidate setting on one image (same order as candidates)."""
+def binary_candidate_counts(prob: np.ndarray, truth: np.ndarray, candidates: list) -> np.ndarray:
+    """(candidates x 3) pixel counts (true positive, predicted, true) of every candidate setting on one image (same
+    order as candidates): its Dice on the image, and on a volume's slices summed, the case's 3D Dice."""
     truth = truth.astype(bool)
     truth_area = int(truth.sum())
-    cache, scores = {}, []
-    for c in candidates:
+    cache, counts = {}, np.zeros((len(candidates), 3))
+    for j, c in enumerate(candidates):
         if (c.threshold, c.fill_holes) not in cache:
             labels, sizes = _components(_binary_mask(prob, c.threshold, c.fill_holes))
             cache[(c.threshold, c.fill_holes)] = sizes, np.bincount(labels[truth], minlength=len(sizes) + 1)[1:]
@@ -148,8 +145,8 @@ def binary_candidate_dice(prob: np.ndarray, truth: np.ndarray, candidates: list)
         predicted = int(sizes[keep].sum())
         if predicted < c.min_total * prob.size:  # emptied: too little of the class to keep
             keep, predicted = np.zeros_like(keep), 0
-        scores.append(_dice(int(overlaps[keep].sum()), predicted, truth_area))
-    return np.array(scores)
+        counts[j] = overlaps[keep].sum(), predicted, truth_area
+    return counts
 
 
 def multiclass_candidate_counts(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -181,19 +178,32 @@ def shrink(array: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST_EXACT)
 
 
-def choose(task: str, candidate_scores: np.ndarray) -> dict:
-    """The best settings on OOF images. Binary: the highest mean Dice over images; multilabel: so for each class,
-    its bit a binary mask (an image without the class in truth or prediction scores 1, as binary). Multiclass
-    (candidate_scores of
-    multiclass_candidate_counts, one per image): per class, the minimum area of highest mean Dice over the images where
-    the class is in truth or prediction, among those within POOLED_TOLERANCE of its pooled Dice without one."""
-    if task == "binary":
-        return {"task": task, **asdict(candidates_of(task)[int(candidate_scores.mean(axis=0).argmax())])}
-    if task == "multilabel":  # images x classes x candidates: each class's binary settings, chosen on its own Dice
+def by_group(counts: np.ndarray, groups) -> np.ndarray:
+    """Candidate counts of images summed within each group (a volume's slices: its case), so that a group is scored
+    as one image: the case's 3D Dice. groups None: the images as they are."""
+    if groups is None:
+        return counts
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    summed = np.zeros((group.max() + 1, *counts.shape[1:]))
+    np.add.at(summed, group, counts)
+    return summed
+
+
+def choose(task: str, candidate_counts: np.ndarray, groups=None) -> dict:
+    """The best settings on OOF images, from each image's candidate counts (true positive, predicted, true in the
+    last axis). Binary: the highest mean Dice over images (an image without the class in truth or prediction scores
+    1); multilabel: so for each class, its bit a binary mask. Multiclass (multiclass_candidate_counts): per class, the
+    minimum area of highest mean Dice over the images where the class is in truth or prediction, among those within
+    POOLED_TOLERANCE of its pooled Dice without one. groups (one per image, e.g. a volume's case): each group's
+    counts summed first, so that the mean is over groups (cases scored in 3D, as nnU-Net chooses its
+    post-processing), never over the slices a metric does not score."""
+    tp, predicted, truth = np.moveaxis(by_group(candidate_counts, groups), -1, 0)
+    if task in ("binary", "multilabel"):
+        mean = _dice_or(tp, predicted + truth, 1.0).mean(axis=0)  # candidates, or classes x candidates
         candidates = candidates_of(task)
-        return {"task": task, "by_class": [asdict(candidates[int(j)]) for j in
-                                           candidate_scores.mean(axis=0).argmax(axis=1)]}
-    tp, predicted, truth = np.moveaxis(candidate_scores, -1, 0)  # each images x classes x areas
+        if task == "binary":
+            return {"task": task, **asdict(candidates[int(mean.argmax())])}
+        return {"task": task, "by_class": [asdict(candidates[int(j)]) for j in mean.argmax(axis=1)]}
     dice = _dice_or(tp, predicted + truth, np.nan)  # images x classes x areas, NaN where the class is absent
     scored = (predicted + truth > 0).sum(axis=0)
     mean = np.where(scored > 0, np.nansum(dice, axis=0) / np.maximum(scored, 1), 1.0)  # present nowhere: nothing lost
@@ -207,11 +217,14 @@ def _dice_or(tp: np.ndarray, predicted_and_true: np.ndarray, empty: float) -> np
     return np.divide(2 * tp, predicted_and_true, out=np.full(tp.shape, empty), where=predicted_and_true > 0)
 
 
-def choose_by_fold(task: str, candidate_scores: np.ndarray, folds) -> dict:
+def choose_by_fold(task: str, candidate_counts: np.ndarray, folds, groups=None) -> dict:
     """{fold: the settings chosen on the images of every other fold}: applied to its own fold, each is scored on
     images its choice never saw, so the mean score is an estimate, not a fit (cross-validated tuning).
 
-    candidate_scores: one row per image, as for choose(); folds: each row's fold.
+    candidate_counts: one row per image, as for choose(); folds: each row's fold; groups: each row's group (a case
+    lies in one fold).
     """
     folds = np.asarray(folds)
-    return {int(f): choose(task, candidate_scores[folds != f]) for f in np.unique(folds)}
+    groups = None if groups is None else np.asarray(groups)
+    return {int(f): choose(task, candidate_counts[folds != f], None if groups is None else groups[folds != f])
+            for f in np.unique(folds)}

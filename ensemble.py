@@ -111,7 +111,7 @@ def write_masks(folder: Path, test: dict, settings: dict, meta: dict, sample: Pa
         ids, record = cases[case], records[case]
         labels, slice_masks = volumes.finish_case([final(i) for i in ids], meta["volumes"]["axis"], record["shape"],
                                                   settings.get("largest_3d", []), meta["task"])
-        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", to_labels(labels, label_order(meta["regions"]))
+        volumes.write_mask(folder / "volumes" / f"{case}.nii.gz", to_labels(labels, label_order(meta))
                            if "regions" in meta else labels, record["header"])  # regions: as nnU-Net writes them
         return {i: mask_codes(i, m, meta["classes"], meta["submission"], masks, meta["task"])
                 for i, m in zip(ids, slice_masks)}

@@ -122,9 +122,10 @@ def levels_asked(spec: str) -> list:
     return asked
 
 
-def level_models(model: torch.nn.Module, cfg: Config, levels: list, told: set) -> list:
+def level_models(model: torch.nn.Module, cfg: Config, levels: list, told: set, task: str) -> list:
     """[(level, the model predicting at it)]: each level asked of a unetpp_ds run (its sub-network, built once per
-    fold); any other run's own forward (level None), said once where --level asked another level."""
+    fold; the heads' mean averages the task's probabilities); any other run's own forward (level None), said once
+    where --level asked another level."""
     if cfg.arch != DEEP_SUPERVISED:
         if levels != ["L4"] and cfg.run_name not in told:
             told.add(cfg.run_name)
@@ -132,7 +133,7 @@ def level_models(model: torch.nn.Module, cfg: Config, levels: list, told: set) -
         return [(None, model)]
     built = []
     for level in levels:
-        net = at_level(model, level)
+        net = at_level(model, level, task)
         if getattr(net, "encoder_fallback", False) and (cfg.run_name, level) not in told:
             told.add((cfg.run_name, level))
             print(f"infer: {cfg.run_name} {level}: encoder {cfg.encoder} cannot be cut to this level's stages, so it "
@@ -187,7 +188,7 @@ def main(argv=None):
             sys.exit(f"infer: {foreign}")
         parameters_m = sum(p.numel() for p in model.parameters()) / 1e6  # for the leaderboard's per-encoder table
         images, _ = open_cache(dataset_dir, cfg.size, cfg.context)
-        for level, net in level_models(model, cfg, levels, told):
+        for level, net in level_models(model, cfg, levels, told, meta["task"]):
             predictions = ledger.PredictionSet(cfg.run_name, args.checkpoint, args.tta, level, ledger.set_folder(
                 args.preds_dir, args.dataset, cfg.run_name, args.tta, args.checkpoint, level))
             out_dir = predictions.folder

@@ -157,7 +157,8 @@ def write_dataset(source: Source, out_dir: Path, cache_size, source_name: str,
                 "source": source_name, "official_folds": source.official_folds,
                 "rotation_invariant": source.rotation_invariant,
                 "submission": source.submission or default_format(source.task),
-                **({"regions": source.regions} if source.regions else {})}
+                **({"regions": source.regions} if source.regions else {}),
+                **({"regions_class_order": source.region_order} if source.region_order else {})}
         if source.volumes:  # the rules in meta.json, each case's geometry beside it
             meta["volumes"] = {k: v for k, v in source.volumes.items() if k != "cases"}
             (tmp / "volumes.json").write_text(json.dumps(source.volumes["cases"]) + "\n")

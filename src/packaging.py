@@ -133,7 +133,8 @@ def write_onnx(package: Path, models: list, images: list) -> None:
     (package / "weights").mkdir(parents=True, exist_ok=True)
     for model in models:
         run_dir = model["weights_file"].parent
-        net = at_level(load_trained_model(run_dir, model["weights_file"], torch.device("cpu"))[0], model["level"])
+        net = at_level(load_trained_model(run_dir, model["weights_file"], torch.device("cpu"))[0], model["level"],
+                       model["meta"]["task"])
         model["file"] = f"weights/{model['run']}-fold{model['fold']}.onnx"
         export_onnx(net, model["meta"]["task"], model["meta"]["channels"], package / model["file"])
         batch = np.stack([model_input(read_as(p, model["meta"]["channels"]), model["size"]) for p in images])
@@ -158,7 +159,8 @@ def manifest_of(package: Path, models: list, scores: dict, meta: dict, kind: str
                       "grey replicated to RGB (portable/images.py)",
                       "resize": "cv2 INTER_AREA to each model's size; maps back to the image's size bilinear",
                       "normalisation": "ImageNet mean and std on 0-255 (their averages for grey)"},
-            "postprocess": scores["postprocess"], **({"regions": meta["regions"]} if "regions" in meta else {}),
+            "postprocess": scores["postprocess"],
+            **{k: meta[k] for k in ("regions", "regions_class_order") if k in meta},
             **({"volumes": {k: meta["volumes"][k] for k in ("axis", "ct", "slice_size", "modality", "normalisation",
                                                             "axis_rule", "size_rule")}} if "volumes" in meta else {}),
             "models": [{k: v for k, v in m.items() if k not in ("meta", "weights_file")} for m in models],
@@ -203,7 +205,7 @@ def predict_here(models: list, scores: dict, meta: dict, images: Path, work: Pat
     from src.predict import load_trained_model
     device = torch.device(choose_device("torch", device))
     built = [Model(f"{m['run']} fold{m['fold']}", m["size"], m["weight"], torch_predictor(
-        at_level(load_trained_model(m["weights_file"].parent, m["weights_file"], device)[0], m["level"]),
+        at_level(load_trained_model(m["weights_file"].parent, m["weights_file"], device)[0], m["level"], meta["task"]),
         meta["task"], m["tta"], m["window"], m["sw_batch_size"], device)) for m in models]
     predict_all(built, {**meta, "postprocess": scores["postprocess"]}, image_files(images), 32, work / "masks")
     return work / "masks"

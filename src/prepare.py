@@ -113,11 +113,11 @@ def build_source(args) -> tuple:
         if args.src is None or not (args.src / "dataset.json").exists():
             raise PrepareError([f"decathlon needs --src pointing at a folder holding dataset.json (given: {args.src})"])
         try:
-            cases, classes, modality, problems, regions = sources.decathlon_cases(args.src)
+            cases, classes, modality, problems, regions, region_order = sources.decathlon_cases(args.src)
         except (ValueError, KeyError) as error:
             raise PrepareError([str(error)]) from None
         task = "multilabel" if regions else "binary" if len(classes) == 2 else "multiclass"
-        source = sources.volume_source(cases, task, classes, modality, regions)
+        source = sources.volume_source(cases, task, classes, modality, regions, region_order)
         source.problems += problems
         return args.src.resolve().name, source
     classes = args.classes.split(",") if args.classes else None

@@ -52,7 +52,7 @@ def test_pruned_levels_are_smaller_run_less_and_predict_as_their_heads():
     images = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         heads = model.head_logits(images)
-    levels = [level_model(model, level) for level in ("L1", "L2", "L3", "L4")]
+    levels = [level_model(model, level, "binary") for level in ("L1", "L2", "L3", "L4")]
     sizes = [sum(p.numel() for p in level.parameters()) for level in levels]
     runs = [modules_run(level, images) for level in levels]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4, sizes  # each level strictly smaller than the next
@@ -64,8 +64,13 @@ def test_pruned_levels_are_smaller_run_less_and_predict_as_their_heads():
     with torch.no_grad():
         for level, head in zip(levels, heads):
             torch.testing.assert_close(level(images), head)
-        mean = level_model(model, "mean")(images).sigmoid()
+        mean = level_model(model, "mean", "binary")(images).sigmoid()
     torch.testing.assert_close(mean, torch.stack(heads).sigmoid().mean(0))  # accurate mode: mean probability
+    two = tiny(classes=2).eval()  # two channels: a sigmoid each (multilabel), or a softmax over them (multiclass)
+    with torch.no_grad():
+        heads = torch.stack(two.head_logits(images))
+        torch.testing.assert_close(level_model(two, "mean", "multilabel")(images).sigmoid(), heads.sigmoid().mean(0))
+        torch.testing.assert_close(level_model(two, "mean", "multiclass")(images).exp(), heads.softmax(2).mean(0))
 
 
 def test_l4_is_the_models_eval_forward_which_is_smps_own():
@@ -75,7 +80,7 @@ def test_l4_is_the_models_eval_forward_which_is_smps_own():
                              decoder_channels=(16, 16, 8, 8, 8)).eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("deep_heads.")})
     with torch.no_grad():
-        torch.testing.assert_close(level_model(model, "L4")(images), model(images), rtol=0, atol=0)
+        torch.testing.assert_close(level_model(model, "L4", "binary")(images), model(images), rtol=0, atol=0)
         torch.testing.assert_close(model(images), plain(images), rtol=0, atol=0)
 
 
@@ -87,7 +92,7 @@ def test_every_level_is_cut_and_predicts_as_the_full_models_head(encoder):
     with torch.no_grad():
         heads = model.head_logits(images)
         for level, head in zip(model.levels, heads):
-            net = level_model(model, level)
+            net = level_model(model, level, "binary")
             assert not net.encoder_fallback, level
             assert torch.allclose(net(images), head, atol=1e-5), level
 
@@ -96,7 +101,7 @@ def test_a_mobilenet_level_holds_only_the_stages_it_reads():
     """L2 reads mobilenet_v2's stride-2, 4 and 8 features: the stride-16 stage (0.49 M) is not kept."""
     torch.manual_seed(0)
     model = create_model("unetpp_ds", "mobilenet_v2", 3, 1, "none", "64,32,16,16,8").eval()
-    sizes = {row["level"]: row for row in level_sizes(model)}
+    sizes = {row["level"]: row for row in level_sizes(model, "binary")}
     assert sizes["L2"]["parameters"] < 0.2e6
     assert not any(row["encoder_fallback"] for row in sizes.values())
     assert sizes["L3"]["parameters"] < 1e6  # the stride-32 stage's 1.7 M are not kept either
@@ -108,7 +113,7 @@ def test_an_encoder_that_cannot_be_cut_runs_in_full_but_skips_decoder_nodes(caps
     model = tiny("tu-mobilenetv3_small_050", classes=3).eval()
     images = torch.rand(1, 1, 32, 32)
     cfg = Config(arch="unetpp_ds", encoder="tu-mobilenetv3_small_050", encoder_weights="none")
-    (_, l1), (_, l4) = infer.level_models(model, cfg, ["L1", "L4"], set())
+    (_, l1), (_, l4) = infer.level_models(model, cfg, ["L1", "L4"], set(), "multiclass")
     assert l1.encoder_fallback and not l4.encoder_fallback
     assert capsys.readouterr().out == ("infer: unetpp_ds-tu-mobilenetv3_small_050 L1: encoder "
                                        "tu-mobilenetv3_small_050 cannot be cut to this level's stages, so it runs all "

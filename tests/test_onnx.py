@@ -19,7 +19,7 @@ DECODER = "32,16,16,8,8"
 MODELS = {"unet": lambda classes: create_model("unet", "tu-test_resnet", 3, classes, "none", DECODER),
           "unetpp": lambda classes: create_model("unetpp", "mobilenet_v2", 3, classes, "none", DECODER),
           "unetpp_ds-L2": lambda classes: level_model(create_model("unetpp_ds", "resnet18", 3, classes, "none",
-                                                                   DECODER), "L2")}
+                                                                   DECODER), "L2", "binary")}
 TASKS = {"binary": 1, "multiclass": 3}
 
 

@@ -236,7 +236,13 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     whole, core = unpack(masks, 2)  # per region, slice by slice
     assert np.array_equal(whole, cut > 0) and np.array_equal(core, cut == 2) and core.any()
     assert meta["regions"] == {"whole": [1, 2], "core": [2]}  # and the NIfTI masks go back to these labels:
-    assert np.array_equal(to_labels(masks, label_order(meta["regions"])), cut)
+    assert np.array_equal(to_labels(masks, label_order(meta)), cut)
+    assert label_order({**meta, "regions_class_order": [2, 1]}) == [2, 1]  # nnU-Net's own order, where given
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "labels": {"background": 0, "whole":
+                                                   [1, 2], "core": 2}, "regions_class_order": [1]}))
+    with pytest.raises(SystemExit, match=r"regions_class_order \[1\] does not give each of its 2 regions"):
+        prepare(tmp_path, "decathlon", "--src", str(root), "--name", "ordered", "--k", "2")
+    assert not (tmp_path / "data" / "ordered").exists()
     with pytest.raises(SystemExit, match="label volumes become labels that overlap through --regions"):
         prepare(tmp_path, "folder", "--images", str(root / "imagesTr"), "--masks", str(root / "labelsTr"), "--task",
                 "multilabel", "--classes", "whole,core", "--name", "bits")  # values are not bits

@@ -43,9 +43,9 @@ def _nets(model, cfg: Config, size: int) -> dict:
     builds them."""
     if not isinstance(model, UnetPlusPlusDS):
         return {cfg.run_name: (model, "-")}
-    sizes = {row["level"]: row for row in level_sizes(model, size)}
+    sizes = {row["level"]: row for row in level_sizes(model, "binary", size)}
     return {f"{cfg.run_name} {level}": (net, sizes[level]["modules_run"])
-            for level, net in level_models(model, cfg, list(LEVELS), set())}
+            for level, net in level_models(model, cfg, list(LEVELS), set(), "binary")}
 
 
 def trained(dataset: str, fold: str = "0", runs_dir: str = "runs") -> dict:

@@ -66,16 +66,17 @@ class UnetPlusPlusDS(smp.UnetPlusPlus):
 
 
 class HeadMean(torch.nn.Module):
-    """The papers' accurate mode: the heads' probabilities averaged, returned as logits (log-odds for one class,
-    log-probabilities for several) so that whatever reads logits reads it unchanged."""
+    """The papers' accurate mode: the heads' probabilities averaged, returned as logits (log-odds for one class and
+    for each of a multilabel model's sigmoids, log-probabilities for a softmax's classes) so that whatever reads
+    logits reads it unchanged."""
 
-    def __init__(self, model: UnetPlusPlusDS):
+    def __init__(self, model: UnetPlusPlusDS, task: str):
         super().__init__()
-        self.model = model
+        self.model, self.sigmoids = model, task != "multiclass"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.stack(self.model.head_logits(x)).float()
-        if logits.shape[2] == 1:  # log(mean p) - log(mean (1 - p)), stable however sure the heads are
+        if self.sigmoids:  # each channel: log(mean p) - log(mean (1 - p)), stable however sure the heads are
             log_sigmoid = torch.nn.functional.logsigmoid
             return torch.logsumexp(log_sigmoid(logits), 0) - torch.logsumexp(log_sigmoid(-logits), 0)
         return torch.logsumexp(logits.log_softmax(2), 0) - math.log(len(logits))
@@ -106,11 +107,12 @@ class FirstFeatures(torch.nn.Module):
         return self.encoder(x)[:self.count]
 
 
-def level_model(model: UnetPlusPlusDS, level: str) -> torch.nn.Module:
+def level_model(model: UnetPlusPlusDS, level: str, task: str) -> torch.nn.Module:
     """An eval-mode copy of the model that predicts at one level: 'L1' ... 'L4' (the sub-network up to that top-row
-    node, running only what it needs; L4 is the full Unet++ without the other heads) or 'mean' (all heads)."""
+    node, running only what it needs; L4 is the full Unet++ without the other heads) or 'mean' (all heads, averaged
+    as the task's probabilities: a sigmoid per channel, or multiclass's softmax)."""
     if level == "mean":
-        return HeadMean(copy.deepcopy(model)).eval()
+        return HeadMean(copy.deepcopy(model), task).eval()
     if level not in model.levels:
         raise ValueError(f"unknown level '{level}'; choose one of {', '.join(model.levels)}, mean")
     j = model.levels.index(level) + 1
@@ -197,13 +199,13 @@ def _drop_unrun(encoder: torch.nn.Module, ran: set) -> None:
             _drop_unrun(child, ran)
 
 
-def level_sizes(model: UnetPlusPlusDS, size: int = 32) -> list:
+def level_sizes(model: UnetPlusPlusDS, task: str, size: int = 32) -> list:
     """Per level: parameters, modules its forward runs on one size x size image, and whether its encoder runs in
     full for want of a cut."""
     probe = torch.rand(1, model.encoder_args["in_channels"], size, size, device=next(model.parameters()).device)
     rows = []
     for level in [*model.levels, "mean"]:
-        pruned = level_model(model, level)
+        pruned = level_model(model, level, task)
         rows.append({"level": level, "parameters": sum(p.numel() for p in pruned.parameters()),
                      "modules_run": len(_run(pruned, probe)[0]),
                      "encoder_fallback": getattr(pruned, "encoder_fallback", False)})

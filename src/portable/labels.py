@@ -35,11 +35,14 @@ def unpack(mask: np.ndarray, k: int) -> np.ndarray:
     return (mask[None] >> np.arange(k, dtype=np.uint8).reshape(-1, *[1] * mask.ndim)) & 1 > 0
 
 
-def label_order(regions: dict) -> list:
-    """The label value each region ({name: its values}, meta.json's regions) becomes in a label map: the smallest of
-    its values that no later region holds (whole=1,2 core=2 -> 1, 2; BraTS' whole=1,2,3 core=2,3 enhancing=3 -> 1, 2,
-    3: nnU-Net's regions_class_order for nested regions)."""
-    regions = list(regions.values())
+def label_order(meta: dict) -> list:
+    """The label value each region (meta.json's regions, {name: its values}) becomes in a label map: nnU-Net v2's
+    regions_class_order where dataset.json gave one, else the smallest of the region's values that no later region
+    holds (whole=1,2 core=2 -> 1, 2; BraTS' whole=1,2,3 core=2,3 enhancing=3 -> 1, 2, 3: nnU-Net's own order for
+    nested regions)."""
+    if meta.get("regions_class_order"):
+        return list(meta["regions_class_order"])
+    regions = list(meta["regions"].values())
     order = []
     for i, values in enumerate(regions):
         own = set(values) - {v for later in regions[i + 1:] for v in later}

@@ -70,10 +70,10 @@ def ready(model: torch.nn.Module, state: dict, device) -> torch.nn.Module:
     return model.to(device).eval().to(memory_format=torch.channels_last)
 
 
-def at_level(model: torch.nn.Module, level: str | None) -> torch.nn.Module:
-    """A unetpp_ds model's sub-network at a level (L1 ... L4, mean), channels-last; any other model (level None)
-    itself."""
-    return model if level is None else level_model(model, level).to(memory_format=torch.channels_last)
+def at_level(model: torch.nn.Module, level: str | None, task: str) -> torch.nn.Module:
+    """A unetpp_ds model's sub-network at a level (L1 ... L4, mean: its heads averaged as the task's probabilities),
+    channels-last; any other model (level None) itself."""
+    return model if level is None else level_model(model, level, task).to(memory_format=torch.channels_last)
 
 
 def _decoder_channels(smp_arch: str, text: str) -> dict:

@@ -148,7 +148,7 @@ def load_models(manifest: dict, folder: Path, device: str) -> list:
         built = build_model(spec["arch"], spec["encoder"], manifest["channels"] * spec["context"],
                             outputs(manifest["task"], manifest["classes"]),
                             spec["decoder_channels"])
-        net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"])
+        net = at_level(ready(built, load_file(folder / spec["file"]), torch_device), spec["level"], manifest["task"])
         models.append(Model(f"{spec['run']} fold{spec['fold']}", as_size(spec["size"]), spec["weight"], torch_predictor(
             net, manifest["task"], spec["tta"], spec["window"], spec["sw_batch_size"], torch_device)))
     return models
@@ -182,7 +182,7 @@ def predict_all(models: list, manifest: dict, paths: list | dict, batch_size: in
                 ids, finals = zip(*case_masks.pop(case))
                 labels, slice_masks = finish_case(list(finals), manifest["volumes"]["axis"], shape,
                                                   manifest["postprocess"].get("largest_3d", []), manifest["task"])
-                write_mask(volumes_dir / f"{case}.nii.gz", to_labels(labels, label_order(manifest["regions"]))
+                write_mask(volumes_dir / f"{case}.nii.gz", to_labels(labels, label_order(manifest))
                            if "regions" in manifest else labels, header)  # regions: as nnU-Net writes them
                 for i, mask in zip(ids, slice_masks):
                     codes[i] = mask_codes(i, mask, manifest["classes"], manifest["submission"], masks, manifest["task"])

@@ -33,6 +33,7 @@ class Source:
     submission: dict | None = None  # how the labels came (src/portable/submission.py); None: its default format
     volumes: dict | None = None  # slices of NIfTI volumes: the rules and each case's geometry (src/sources/volumes.py)
     regions: dict | None = None  # multilabel from label maps: {region: its label values} (masks.regions_mask)
+    region_order: list | None = None  # nnU-Net v2's regions_class_order: each region's value in a label map
 
 
 def image_files(folder: Path, leave_out: tuple = ()) -> list:

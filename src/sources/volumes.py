@@ -48,9 +48,10 @@ def folder_cases(images: Path, masks: Path | None, test: Path | None, allow_unma
 
 
 def decathlon_cases(root: Path) -> tuple:
-    """(cases, classes, modality, problems, regions) of a Decathlon or nnU-Net v2 folder, read through its
-    dataset.json; regions ({name: label values}, or None): nnU-Net v2's labels given as lists of values, every label
-    then a region of its own, the classes their names (a multilabel dataset)."""
+    """(cases, classes, modality, problems, regions, region_order) of a Decathlon or nnU-Net v2 folder, read through
+    its dataset.json; regions ({name: label values}, or None): nnU-Net v2's labels given as lists of values, every
+    label then a region of its own, the classes their names (a multilabel dataset); region_order: its
+    regions_class_order (the value each region takes in a label map), None where it gives none."""
     description = json.loads((root / "dataset.json").read_text())
     if "channel_names" in description:  # nnU-Net v2: labels {name: value}, a list of values is a region
         modalities = list(description["channel_names"].values())
@@ -60,8 +61,13 @@ def decathlon_cases(root: Path) -> tuple:
                        for name, value in labels.items() if value != 0}
             classes = ["background", *regions]
             values = list(range(max(v for vs in regions.values() for v in vs) + 1))
+            region_order = description.get("regions_class_order")
+            if region_order is not None and (len(region_order) != len(regions)
+                                             or not set(region_order) <= set(values[1:])):
+                raise ValueError(f"{root / 'dataset.json'}: regions_class_order {region_order} does not give each of "
+                                 f"its {len(regions)} regions ({', '.join(regions)}) one label value of {values[1:]}")
         else:
-            regions = None
+            regions = region_order = None
             classes = [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
             values = sorted(int(v) for v in labels.values())
         ending = description.get("file_ending", ".nii.gz")
@@ -73,7 +79,7 @@ def decathlon_cases(root: Path) -> tuple:
         cases += [Case(p.name[:-len(f"_0000{ending}")], files("imagesTs", p.name[:-len(f"_0000{ending}")]), None, "test")
                   for p in sorted((root / "imagesTs").glob(f"*_0000{ending}"))]
     else:  # the Decathlon's: modality and labels as {value: name}, the pairs listed
-        regions = None
+        regions = region_order = None
         modalities = [description["modality"][k] for k in sorted(description["modality"], key=int)]
         classes = [description["labels"][k] for k in sorted(description["labels"], key=int)]
         values = sorted(int(k) for k in description["labels"])
@@ -87,10 +93,11 @@ def decathlon_cases(root: Path) -> tuple:
                         f"{', '.join(modalities)})") for c in cases for p in (*c.images, c.label)
                 if p is not None and not p.exists()]
     return ([c for c in cases if all(p.exists() for p in (*c.images, c.label) if p is not None)], classes,
-            modalities if len(modalities) > 1 else modalities[0], problems, regions)
+            modalities if len(modalities) > 1 else modalities[0], problems, regions, region_order)
 
 
-def volume_source(cases: list, task: str, classes: list, modality: str | list, regions: dict | None = None) -> Source:
+def volume_source(cases: list, task: str, classes: list, modality: str | list, regions: dict | None = None,
+                  region_order: list | None = None) -> Source:
     """The slices of every readable case, with a problem for each case that cannot be used (nothing is written
     while any is found: src/canonical.py). modality: the channel's, or a list of one per channel (their order in
     the files), each a channel of the slices. regions ({name: label values}): the label volumes' values become one
@@ -142,7 +149,7 @@ def volume_source(cases: list, task: str, classes: list, modality: str | list, r
             samples.append(Sample(f"{case.id}_{k:04d}", lambda c=case, k=k: tuple(
                 None if part is None else part[k] for part in case_slices(c)), split=case.split, group=case.id,
                 extra={"case": case.id, "slice": k, "spacing_row_mm": row_mm, "spacing_col_mm": col_mm}))
-    source = Source(task, classes, len(names), samples, problems, regions=regions)
+    source = Source(task, classes, len(names), samples, problems, regions=regions, region_order=region_order)
     source.volumes = {**description, "cases": records}
     return source
 

@@ -52,6 +52,16 @@ def test_onnxruntime_predicts_what_pytorch_does_at_other_batches_and_sizes(expor
     assert OnnxModel(path).predict(images(1, 3, 64, 64)).shape == (1, TASKS[task], 64, 64)
 
 
+def test_a_multilabel_model_exports_a_sigmoid_per_label(tmp_path):
+    torch.manual_seed(0)
+    model = MODELS["unet"](2).eval()  # two labels that may overlap: no background channel, no softmax
+    path = export_onnx(model, "multilabel", 3, tmp_path / "multilabel.onnx")
+    batch = images(2, 3, 64, 64)
+    assert check_onnx(model, "multilabel", path, [batch])["ok"]  # against the model's own sigmoids
+    probabilities = OnnxModel(path).predict(batch)
+    assert probabilities.shape == (2, 2, 64, 64) and not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3)
+
+
 def test_check_onnx_tells_when_the_file_is_not_the_model(exported):
     _, path = exported("unet", "binary")
     torch.manual_seed(1)

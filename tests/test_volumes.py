@@ -228,7 +228,7 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2", plan=True)
     meta = json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
     assert meta["task"] == "multilabel" and meta["classes"] == ["background", "whole", "core"]
-    planned = json.loads((tmp_path / "data" / "tiny" / "plan.json").read_text())  # slices: twice the 2D budget
+    planned = json.loads((tmp_path / "data" / "tiny" / "plan.json").read_text())  # slices: the volumes' budget
     assert planned["steps"] == 7200 and "the budget for slices of volumes" in planned["rules"]["epochs"]
     labels = np.asanyarray(nibabel.load(str(root / "labelsTr" / "vol_000.nii.gz")).dataobj)
     cut = volumes.slices(labels, 2, tuple(meta["volumes"]["slice_size"]), 0)

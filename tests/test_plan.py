@@ -136,6 +136,7 @@ def test_slices_of_volumes_get_the_budget_that_gave_20_epochs_on_the_hippocampus
     sliced = plan.plan_from(fp, steps=plan.budget(fp))[0]
     flat = {k: v for k, v in fp.items() if k not in ("slice_size", "slice_rule")}
     assert (sliced["epochs"], sliced["batch_size"]) == (20, 16)  # 358 steps an epoch: the measured 20, not the floor
+    assert sliced["context"] == 3  # 2.5D: ahead of single slices for Unet and Unet++ on the hippocampus
     assert plan.plan_from(flat, steps=plan.budget(flat))[0]["epochs"] == 10  # 2D images keep 1000 steps (the floor)
 
 

@@ -224,7 +224,8 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     root = tmp_path / "Dataset001_Tiny"
     volume_set(root, cases=2, tests=0, layout="nnunet")
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "file_ending": ".nii.gz",
-                                                   "labels": {"background": 0, "whole": [1, 2], "core": 2}}))
+                                                   "labels": {"background": 0, "whole": [1, 2], "core": 2},
+                                                   "regions_class_order": [1, 2]}))
     prepare(tmp_path, "decathlon", "--src", str(root), "--name", "tiny", "--k", "2", plan=True)
     meta = json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
     assert meta["task"] == "multilabel" and meta["classes"] == ["background", "whole", "core"]
@@ -235,7 +236,8 @@ def test_nnunet_v2_regions_are_read_as_nested_labels_of_a_multilabel_set(tmp_pat
     masks = np.load(tmp_path / "data" / "tiny" / "cache" / "32" / "masks.npy")[:len(cut)]
     whole, core = unpack(masks, 2)  # per region, slice by slice
     assert np.array_equal(whole, cut > 0) and np.array_equal(core, cut == 2) and core.any()
-    assert meta["regions"] == {"whole": [1, 2], "core": [2]}  # and the NIfTI masks go back to these labels:
+    assert meta["regions"] == {"whole": [1, 2], "core": [2]} and meta["regions_class_order"] == [1, 2]  # kept, and
+    # the NIfTI masks go back to these labels:
     assert np.array_equal(to_labels(masks, label_order(meta)), cut)
     assert label_order({**meta, "regions_class_order": [2, 1]}) == [2, 1]  # nnU-Net's own order, where given
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "labels": {"background": 0, "whole":

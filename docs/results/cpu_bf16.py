@@ -3,7 +3,8 @@ runs there), for Unet or Unet++ on resnet34 at the hippocampus's shape (batch 16
 
   python docs/results/cpu_bf16.py [threads] [unet|unetpp]
 
-A CPU with AVX512-BF16 or AMX runs bfloat16 convolutions natively; one without emulates them, slower than float32.
+A CPU with AVX512-BF16 or AMX runs bfloat16 convolutions natively; one without emulates them, which can be slower than
+float32 (not measured here).
 """
 import sys
 import time

@@ -38,26 +38,26 @@ def _seconds(model, batches) -> float:
     return time.perf_counter() - started
 
 
-def _nets(model, cfg: Config, size: int) -> dict:
+def _nets(model, cfg: Config, size: int, task: str) -> dict:
     """{name: (model, modules run or '-')}: the run's model, or each level of a unetpp_ds, built as infer.py --level
-    builds them."""
+    builds them for the task."""
     if not isinstance(model, UnetPlusPlusDS):
         return {cfg.run_name: (model, "-")}
-    sizes = {row["level"]: row for row in level_sizes(model, "binary", size)}
+    sizes = {row["level"]: row for row in level_sizes(model, task, size)}
     return {f"{cfg.run_name} {level}": (net, sizes[level]["modules_run"])
-            for level, net in level_models(model, cfg, list(LEVELS), set(), "binary")}
+            for level, net in level_models(model, cfg, list(LEVELS), set(), task)}
 
 
 def trained(dataset: str, fold: str = "0", runs_dir: str = "runs") -> dict:
     """{name: (model, batches, modules run)} of the fold's trained runs, on its first cached images."""
     models = {}
     for run_dir in sorted(Path(runs_dir, dataset).glob(f"*/fold{fold}")):
-        model, cfg, _ = load_trained_model(run_dir, checkpoint_file(run_dir, "selected"), torch.device("cpu"))
+        model, cfg, meta = load_trained_model(run_dir, checkpoint_file(run_dir, "selected"), torch.device("cpu"))
         images, _ = open_cache(Path("data") / dataset, cfg.size)
         stack = torch.from_numpy(np.array(images[:IMAGES]))  # uint8, as the loader hands it over
         stack = stack.permute(0, 3, 1, 2) if stack.ndim == 4 else stack[:, None]
         batches = [normalize(stack[i:i + BATCH]) for i in range(0, len(stack), BATCH)]
-        models.update({name: (net, batches, modules) for name, (net, modules) in _nets(model, cfg, cfg.size).items()})
+        models.update({name: (net, batches, modules) for name, (net, modules) in _nets(model, cfg, cfg.size, meta["task"]).items()})
     return models
 
 
@@ -72,7 +72,7 @@ def untrained(encoder: str, decoder_channels: str, size: str) -> dict:
         cfg = Config(arch=arch, encoder=encoder, encoder_weights="none", decoder_channels=decoder_channels, size=side)
         model = create_model(arch, encoder, 3, 1, "none", decoder_channels).eval()
         model = model.to(memory_format=torch.channels_last)  # as load_trained_model hands it over
-        models.update({name: (net, batches, modules) for name, (net, modules) in _nets(model, cfg, side).items()})
+        models.update({name: (net, batches, modules) for name, (net, modules) in _nets(model, cfg, side, "binary").items()})  # one class
     return models
 
 

@@ -19,7 +19,6 @@ import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger, volume_scores
-from src.canonical import load_index
 from src.metrics import image_dice
 from src.portable import postprocess
 from src.portable.images import HOST_THREADS, read_image
@@ -80,7 +79,7 @@ def choose(inputs, tune_size: int) -> Choices:
     runs = {run: best({mode: at_mode[run][mode] for mode in inputs.modes[run]}) for run in inputs.sets}
     test = test_inputs(runs, weights, inputs.selection, set(folds), inputs.test_ids)
 
-    cases = (load_index(inputs.dataset_dir).set_index("id")["case"].reindex(inputs.image_ids).to_numpy()
+    cases = (inputs.index["case"].reindex(inputs.image_ids).to_numpy()
              if "volumes" in inputs.meta else None)  # a volume's slices are tuned on its 3D Dice
 
     def tuned(chosen: dict, weight_of: dict) -> PostProcessing:
@@ -177,7 +176,7 @@ def with_3d_step(tuned: PostProcessing, runs: dict, weights: dict, inputs, image
     fold on the other folds' cases, read and post-processed as that fold's choices say, and for the test masks on
     all of them. Each case lies in one fold (folds group slices by case)."""
     fold_of = dict(zip(inputs.image_ids, image_folds.tolist()))
-    cases = volume_scores.case_slices(load_index(inputs.dataset_dir), fold_of)
+    cases = volume_scores.case_slices(inputs.index, fold_of)
     case_fold = pd.Series({c: fold_of[ids[0]] for c, ids in cases.items()})
     records, axis = volume_scores.read_records(inputs.dataset_dir), inputs.meta["volumes"]["axis"]
     probabilities = ledger.mean_probabilities([weights[run] for run in runs])

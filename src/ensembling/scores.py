@@ -12,7 +12,6 @@ import pandas as pd
 from tqdm.contrib.concurrent import thread_map
 
 from src import runs as ledger, volume_scores
-from src.canonical import load_index
 from src.config import name_parts, run_name
 from src.metrics import dice_by_group, image_dice, image_scores, per_image, pooled_by_class
 from src.portable import postprocess
@@ -163,7 +162,7 @@ def in_3d(inputs, models: dict, tuned: dict, image_ids: list, fold_of: dict) -> 
     postprocessed() makes them (each fold with its own choices), stacked back into their cases and post-processed in
     3D with the choice of the case's fold."""
     volumes_meta, classes = inputs.meta["volumes"], inputs.meta["classes"]
-    cases = volume_scores.case_slices(load_index(inputs.dataset_dir), image_ids)
+    cases = volume_scores.case_slices(inputs.index, image_ids)
     records = volume_scores.read_records(inputs.dataset_dir)
 
     def target(image_id: str) -> np.ndarray:

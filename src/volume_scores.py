@@ -3,6 +3,7 @@ in 3D and HD95 in mm with the voxel spacing (MONAI's compute_hausdorff_distance)
 for images: a label absent from both scores Dice 1 and HD95 0; absent from one, HD95 is the volume's diagonal in mm.
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,10 @@ def hd95_mm(pred: np.ndarray, target: np.ndarray, spacing: tuple) -> float:
     import torch
     from monai.metrics import compute_hausdorff_distance  # here: 2D datasets never load MONAI's metrics
     as_onehot = [torch.from_numpy(np.stack([~m, m])[None]) for m in (pred, target)]
-    return float(compute_hausdorff_distance(*as_onehot, include_background=False, percentile=95,
-                                            spacing=list(spacing))[0, 0])
+    with warnings.catch_warnings():  # MONAI 1.5-1.6 pass their own deprecated argument on every call (MONAI #9059)
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        return float(compute_hausdorff_distance(*as_onehot, include_background=False, percentile=95,
+                                                spacing=list(spacing))[0, 0])
 
 
 def case_scores(pred: np.ndarray, target: np.ndarray, classes: list, spacing: tuple, task: str = "") -> list:

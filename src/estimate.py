@@ -1,6 +1,7 @@
 """The wall time a run or a study will take, said once a first epoch is timed (no extra step is run to time one).
 
-train.py says it after its first epoch; study.py once the first of its runs has written an epoch to history.csv.
+train.py says it after its first epoch; study.py once the first of its runs has written an epoch to history.csv
+since the study began (a resumed run's older epochs ran at another time, beside other work, so they are not read).
 Each epoch of a run costs about the same (a fixed schedule, the same images), so the first one's seconds times the
 epochs is the estimate, less what only the first one pays (starting the loader's workers, the first logging: its
 other_seconds); other architectures and encoders of a study take their own time, which the line says.
@@ -38,15 +39,22 @@ def epoch_seconds(row) -> float:
     return float(row["seconds"] - row["other_seconds"])
 
 
-def first_epoch(run_dirs: list) -> tuple | None:
-    """(the run folder, its first epoch's seconds, start-up left out) of the first folder whose history.csv holds an
-    epoch, else None."""
+def epochs_written(run_dir: Path) -> list:
+    """(epoch, seconds) of each epoch in a run folder's history.csv: which epochs, and which run of them (a run
+    trained again from scratch writes its epoch 1 anew, at other seconds)."""
+    history = Path(run_dir) / "history.csv"
+    if not history.exists():
+        return []
+    return [(int(row["epoch"]), float(row["seconds"]), epoch_seconds(row)) for _, row in pd.read_csv(history).iterrows()]
+
+
+def first_epoch(run_dirs: list, before: dict | None = None) -> tuple | None:
+    """(the run folder, the epoch's number, its seconds, start-up left out) of the first epoch in a folder's history.csv
+    that it did not hold before ({folder: epochs_written then}), else None."""
     for run_dir in run_dirs:
-        history = Path(run_dir) / "history.csv"
-        if history.exists():
-            epochs = pd.read_csv(history)
-            if len(epochs):
-                return Path(run_dir), epoch_seconds(epochs.iloc[0])
+        new = [e for e in epochs_written(run_dir) if e not in (before or {}).get(run_dir, [])]
+        if new:
+            return Path(run_dir), new[0][0], new[0][2]
     return None
 
 
@@ -56,6 +64,7 @@ class StudyEstimate:
     def __init__(self, run_dirs: list, epochs: int, epochs_left: int, at_once: int, device: str):
         self.run_dirs, self.epochs, self.epochs_left = run_dirs, epochs, epochs_left
         self.at_once, self.device = at_once, device
+        self.before = {run_dir: epochs_written(run_dir) for run_dir in run_dirs}  # a resumed run's older epochs
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.watch, daemon=True)
 
@@ -65,19 +74,19 @@ class StudyEstimate:
 
     def watch(self) -> None:
         while not self.done.wait(POLL_SECONDS):
-            timed = first_epoch(self.run_dirs)
+            timed = first_epoch(self.run_dirs, self.before)
             if timed:
                 tqdm.write(self.line(*timed))  # above the study's progress bar
                 return
 
-    def line(self, run_dir: Path, seconds: float) -> str:
+    def line(self, run_dir: Path, epoch: int, seconds: float) -> str:
         runs = len(self.run_dirs)
         runs = f"{runs} run{'s' if runs > 1 else ''}"
         what = (f"{runs} x {self.epochs} epochs" if self.epochs_left == len(self.run_dirs) * self.epochs
                 else f"{runs}, {self.epochs_left} epochs left")
         at_once = f", {self.at_once} at a time" if self.at_once > 1 else ""
         return line(what, seconds * self.epochs_left / self.at_once, f"on the {self.device}{at_once}",
-                    f"{run_dir.parent.name} {run_dir.name}'s first epoch took {seconds:.0f} s; other archs and "
+                    f"{run_dir.parent.name} {run_dir.name}'s epoch {epoch} took {seconds:.0f} s; other archs and "
                     f"encoders take their own")
 
     def __exit__(self, *exc):

@@ -40,12 +40,13 @@ def epoch_seconds(row) -> float:
 
 
 def epochs_written(run_dir: Path) -> list:
-    """(epoch, seconds) of each epoch in a run folder's history.csv: which epochs, and which run of them (a run
-    trained again from scratch writes its epoch 1 anew, at other seconds)."""
+    """(epoch, seconds, seconds less start-up) of each epoch in a run folder's history.csv: which epochs, and which
+    training of them (a run trained again from scratch writes its epoch 1 anew, at other seconds)."""
     history = Path(run_dir) / "history.csv"
     if not history.exists():
         return []
-    return [(int(row["epoch"]), float(row["seconds"]), epoch_seconds(row)) for _, row in pd.read_csv(history).iterrows()]
+    rows = pd.read_csv(history).iterrows()
+    return [(int(row["epoch"]), float(row["seconds"]), epoch_seconds(row)) for _, row in rows]
 
 
 def first_epoch(run_dirs: list, before: dict | None = None) -> tuple | None:

@@ -195,7 +195,7 @@ def test_the_study_packages_its_ensemble_at_the_end_with_export(finished_study):
 def test_the_study_says_how_long_its_runs_will_take_once_one_has_timed_an_epoch(finished_study):
     said = [line for line in finished_study[1].splitlines() if "--epochs to shorten" in line]
     assert len(said) == 1 and re.fullmatch(r"~ \d+ (s|min) for 4 runs x 1 epochs on the CPU, 2 at a time \(\S+ fold\d's "
-                                           r"first epoch took \d+ s; other archs and encoders take their own\); "
+                                           r"epoch 1 took \d+ s; other archs and encoders take their own\); "
                                            r"--epochs to shorten", said[0]), said
 
 
